@@ -1,0 +1,178 @@
+//! The two traits every store implements, with their contracts.
+//!
+//! - [`ChangeSource`]: changes a store has seen, from a durable [`Checkpoint`].
+//! - [`RecordSink`]: idempotent, batched writes and reads keyed by `contact_id`.
+//!
+//! A store is usually both ([`Store`]). The engine owns all sync state; a store
+//! keeps none of the engine's bookkeeping (no journal, no cursors), only what
+//! its own change capture needs.
+
+mod error;
+
+pub use error::{RetryClass, StoreError};
+
+use async_trait::async_trait;
+use contact_sync_core::{Contact, Invalid};
+use serde::{Deserialize, Serialize};
+
+/// A position in a store's change stream, opaque to the engine (a sequence
+/// number, an LSN, a watermark). The engine stores it in the state database
+/// and hands it back; only the store that made it interprets it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Checkpoint(pub String);
+
+impl Checkpoint {
+    pub fn new(s: impl Into<String>) -> Self {
+        Checkpoint(s.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One change seen in a store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The store's own id for the record (row id, person id); for stores
+    /// whose key is `contact_id`, the `contact_id`.
+    pub native_id: String,
+    /// What happened.
+    pub kind: ChangeKind,
+}
+
+/// What a change says about the record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeKind {
+    /// The record as it was at the change (or as it is now, for stores that
+    /// can only read the current row). `contact_id` is empty when the store
+    /// does not know it yet (a record created there): the engine matches or
+    /// mints one and writes it back. A record with `deleted_at` set is a
+    /// soft delete.
+    Upsert(Box<Contact>),
+    /// The record was removed outright. `contact_id` when the store still
+    /// knows it; otherwise the engine finds it by `native_id`.
+    Delete { contact_id: Option<String> },
+    /// The row could not be read as a contact (broken JSON in a text column,
+    /// a column of the wrong type). Goes to the dead-letter list.
+    Undecodable {
+        invalid: Invalid,
+        payload: Option<serde_json::Value>,
+    },
+}
+
+/// A page of changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeBatch {
+    /// In commit order. Several changes of one record may appear; the
+    /// engine applies them in order.
+    pub changes: Vec<Change>,
+    /// The checkpoint that covers every change in this batch: reading from
+    /// it returns only later changes. Equal to the input when empty.
+    pub checkpoint: Checkpoint,
+    /// More changes are ready after `checkpoint`.
+    pub has_more: bool,
+}
+
+/// Changes a store has seen since a checkpoint.
+///
+/// Contract:
+/// - **Durable and repeatable**: reading does not consume. Until
+///   [`acknowledge`](ChangeSource::acknowledge) is called with a checkpoint
+///   at or after a change, reading from an earlier checkpoint returns that
+///   change again (at-least-once). The engine stores the checkpoint only
+///   after it has durably applied the batch.
+/// - **Ordered**: changes come in commit order; a later change of a record
+///   never comes before an earlier one.
+/// - `from = None` means "from the oldest change still kept".
+#[async_trait]
+pub trait ChangeSource: Send {
+    /// Up to `limit` changes after `from`.
+    async fn read_changes(
+        &mut self,
+        from: Option<&Checkpoint>,
+        limit: usize,
+    ) -> Result<ChangeBatch, StoreError>;
+
+    /// Everything up to and including `upto` is durably applied; the store
+    /// may discard it (delete change-table rows, advance a replication
+    /// slot). Idempotent; acknowledging an older checkpoint is a no-op.
+    async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError>;
+}
+
+/// The result of one write in a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOutcome {
+    /// Durably applied (or already there). `native_id` is the store's own id
+    /// for the record.
+    Applied { native_id: String },
+    /// The store holds a higher version; nothing was written.
+    Stale { stored_version: i64 },
+    /// The store refused this record for good (bad value for its schema,
+    /// unique clash). Retrying will not help: it goes to dead letters.
+    Rejected { field: String, reason: String },
+}
+
+/// Idempotent, batched writes and reads keyed by `contact_id`.
+///
+/// Contract:
+/// - **Idempotent**: applying the same write twice leaves the store as
+///   applying it once. Creates use `contact_id` (or an id derived from it)
+///   as the key, so a retry never duplicates.
+/// - **Version guard**: a write applies only when the store holds no record
+///   for the contact, or one whose `version` is not higher than the write's;
+///   otherwise its outcome is [`WriteOutcome::Stale`]. Stores that cannot
+///   keep a version apply every write.
+/// - **Tombstones**: a contact with `deleted_at` set is written as the
+///   store's delete (a row with `deleted_at`, a soft delete).
+/// - **Outcomes**: `Ok` holds one outcome per write, in order. `Err` means
+///   the batch may be partly applied; the engine retries it whole, which
+///   idempotency makes safe.
+/// - **Reads** return the store's current record (tombstones included),
+///   normalized ([`Contact::normalize`]), with `contact_id` set.
+#[async_trait]
+pub trait RecordSink: Send {
+    async fn write_batch(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// The records for these ids that exist (in any order).
+    async fn read(&mut self, contact_ids: &[String]) -> Result<Vec<Contact>, StoreError>;
+
+    /// Up to `limit` records with `contact_id > after`, ordered by
+    /// `contact_id`, tombstones included: the full-scan path of initial sync
+    /// and drift checks, one page at a time.
+    async fn scan(&mut self, after: Option<&str>, limit: usize)
+        -> Result<Vec<Contact>, StoreError>;
+
+    /// Number of live (not deleted) records.
+    async fn count(&mut self) -> Result<u64, StoreError>;
+
+    /// Live records whose primary email or primary phone is one of these
+    /// (emails lower-cased, phones E.164): identity matching of records
+    /// that arrive without a `contact_id`.
+    async fn find_by_identity(
+        &mut self,
+        emails: &[String],
+        phones: &[String],
+    ) -> Result<Vec<Contact>, StoreError>;
+}
+
+/// What the engine needs to know about a store besides its data.
+pub trait StoreInfo {
+    /// The store's name in config, logs and the state database (`local`,
+    /// `supabase`, `twenty`, `canonical`).
+    fn name(&self) -> &str;
+
+    /// Whether records read from this store carry a real `version` (else an
+    /// incoming change counts as base version + 1).
+    fn keeps_version(&self) -> bool;
+}
+
+/// A store: a change source, a record sink, and its description.
+pub trait Store: ChangeSource + RecordSink + StoreInfo {}
+
+impl<T: ChangeSource + RecordSink + StoreInfo> Store for T {}

@@ -1,0 +1,160 @@
+//! Journal entries, conflicts and dead letters: the records the engine keeps
+//! about what it did. Plain data; the state store persists them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{Contact, Timestamp};
+
+/// What a journal entry did to the canonical contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Created or updated (including an undelete).
+    Upsert,
+    /// Turned into a tombstone.
+    Delete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Upsert => "upsert",
+            Op::Delete => "delete",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "upsert" => Some(Op::Upsert),
+            "delete" => Some(Op::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One field's change, old → new (JSON `null` when absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub old: Value,
+    pub new: Value,
+}
+
+/// How a field changed on both sides was settled (DESIGN.md rule 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The incoming side had the higher version.
+    IncomingByVersion,
+    /// The canonical side had the higher version.
+    CanonicalByVersion,
+    /// Equal versions; the incoming side was updated later.
+    IncomingByTime,
+    /// Equal versions; the canonical side was updated later.
+    CanonicalByTime,
+    /// Equal versions and timestamps: canonical kept, a person must decide.
+    Open,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::IncomingByVersion => "incoming_by_version",
+            Resolution::CanonicalByVersion => "canonical_by_version",
+            Resolution::IncomingByTime => "incoming_by_time",
+            Resolution::CanonicalByTime => "canonical_by_time",
+            Resolution::Open => "open",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Resolution> {
+        Some(match s {
+            "incoming_by_version" => Resolution::IncomingByVersion,
+            "canonical_by_version" => Resolution::CanonicalByVersion,
+            "incoming_by_time" => Resolution::IncomingByTime,
+            "canonical_by_time" => Resolution::CanonicalByTime,
+            "open" => Resolution::Open,
+            _ => return None,
+        })
+    }
+    /// True when the incoming value was taken.
+    pub fn incoming_won(self) -> bool {
+        matches!(
+            self,
+            Resolution::IncomingByVersion | Resolution::IncomingByTime
+        )
+    }
+}
+
+/// A field changed differently on both sides since the last sync.
+/// `field` is `"deleted_at"` for a delete racing an edit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldConflict {
+    pub field: String,
+    pub base: Value,
+    pub canonical: Value,
+    pub incoming: Value,
+    pub canonical_version: i64,
+    pub incoming_version: i64,
+    pub resolution: Resolution,
+}
+
+/// One entry of the change journal: the audit trail and the feed every
+/// store's writer consumes. It carries the full new record so that a writer
+/// needs nothing else (the seam for moving the journal to a log service).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Position in the journal (assigned by the state store; 0 before).
+    pub seq: i64,
+    pub contact_id: String,
+    /// The canonical version this entry produced.
+    pub version: i64,
+    /// The version before (0 for a new contact).
+    pub prev_version: i64,
+    pub op: Op,
+    /// Store the change came from (`last_updated_by` of the new version).
+    pub origin: String,
+    pub changes: Vec<FieldChange>,
+    /// Fields changed on both sides, with how each was settled (losers too).
+    pub conflicts: Vec<FieldConflict>,
+    /// The canonical record after this entry.
+    pub after: Contact,
+    /// Content hash of `after`.
+    pub hash: String,
+    pub at: Timestamp,
+}
+
+impl JournalEntry {
+    /// The record as it was before this entry, when `changes` says enough to
+    /// rebuild it (always, for entries the engine wrote).
+    pub fn before(&self) -> Option<Contact> {
+        if self.prev_version == 0 {
+            return None;
+        }
+        let mut old = serde_json::Map::new();
+        for ch in &self.changes {
+            old.insert(ch.field.clone(), ch.old.clone());
+        }
+        let mut c = self.after.clone();
+        c.set_fields(&old).ok()?;
+        c.version = self.prev_version;
+        if self.op == Op::Delete {
+            c.deleted_at = None;
+        }
+        Some(c)
+    }
+}
+
+/// A record refused by validation or by a store, kept for a person to see.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    /// Store the record came from or was going to.
+    pub store: String,
+    /// The record's contact id, or the store's own id when it has none.
+    pub record: String,
+    pub field: String,
+    pub reason: String,
+    /// The record as received, when there was one.
+    pub payload: Option<Value>,
+    pub at: Timestamp,
+}

@@ -1,0 +1,18 @@
+//! contact-sync core: the canonical [`Contact`], its validation rules, the
+//! content hash, the three-way merge and the journal records.
+//!
+//! Invariant: nothing in this crate does IO (no files, network, clock reads
+//! other than [`model::now`], which callers pass in to the merge).
+
+pub mod hash;
+pub mod identity;
+pub mod journal;
+pub mod merge;
+pub mod model;
+pub mod validate;
+
+pub use hash::content_hash;
+pub use journal::{DeadLetter, FieldChange, FieldConflict, JournalEntry, Op, Resolution};
+pub use merge::{merge, MergeInput, MergeOutcome};
+pub use model::{Contact, Email, Phone, Timestamp};
+pub use validate::{validate, Invalid};

@@ -1,0 +1,431 @@
+//! Validation rules of the canonical contact (DESIGN.md, "Validate").
+//!
+//! A record that fails goes to the dead-letter list with an [`Invalid`] that
+//! names the record, the field and the reason; nothing else is held up.
+
+use serde_json::Value;
+
+use crate::model::{category_name, Contact};
+
+/// Longest text field, in bytes.
+pub const MAX_TEXT_BYTES: usize = 8 * 1024;
+/// Longest `notes`, in bytes.
+pub const MAX_NOTES_BYTES: usize = 64 * 1024;
+/// Largest JSON field once serialized, in bytes.
+pub const MAX_JSON_BYTES: usize = 256 * 1024;
+/// Most entries in `tags`, `emails` or `phones`.
+pub const MAX_LIST_LEN: usize = 100;
+
+/// Why a record was refused: which record, which field, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("contact {record}: field `{field}`: {reason}")]
+pub struct Invalid {
+    /// The record's `contact_id`, or the store's own id when it has none.
+    pub record: String,
+    pub field: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(
+        record: impl Into<String>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        let record = record.into();
+        Invalid {
+            record: if record.trim().is_empty() {
+                "<no id>".to_string()
+            } else {
+                record
+            },
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks every rule; returns the first violation found.
+///
+/// Call on a [`Contact::normalize`]d contact. Tombstones are checked only for
+/// their identity: a delete must never be refused for stale content.
+pub fn validate(c: &Contact) -> Result<(), Invalid> {
+    let bad = |field: &str, reason: String| Err(Invalid::new(&c.contact_id, field, reason));
+    if c.contact_id.trim().is_empty() {
+        return bad("contact_id", "is missing".into());
+    }
+    if c.contact_id.len() > 256 {
+        return bad(
+            "contact_id",
+            format!("is {} bytes, at most 256", c.contact_id.len()),
+        );
+    }
+    if c.version < 1 {
+        return bad("version", format!("is {}, must be at least 1", c.version));
+    }
+    if c.is_deleted() {
+        return Ok(());
+    }
+    if c.canonical_name.trim().is_empty() {
+        return bad("canonical_name", "is missing".into());
+    }
+    for (name, v) in [
+        ("canonical_name", Some(&c.canonical_name)),
+        ("display_name", c.display_name.as_ref()),
+        ("first_name", c.first_name.as_ref()),
+        ("middle_name", c.middle_name.as_ref()),
+        ("last_name", c.last_name.as_ref()),
+        ("name_prefix", c.name_prefix.as_ref()),
+        ("name_suffix", c.name_suffix.as_ref()),
+        ("nickname", c.nickname.as_ref()),
+        ("phonetic_name", c.phonetic_name.as_ref()),
+        ("organization", c.organization.as_ref()),
+        ("job_title", c.job_title.as_ref()),
+        ("department", c.department.as_ref()),
+        ("relationship_label", c.relationship_label.as_ref()),
+        ("source", c.source.as_ref()),
+        ("last_updated_by", c.last_updated_by.as_ref()),
+    ] {
+        if let Some(s) = v {
+            if s.len() > MAX_TEXT_BYTES {
+                return bad(
+                    name,
+                    format!("is {} bytes, at most {MAX_TEXT_BYTES}", s.len()),
+                );
+            }
+        }
+    }
+    if let Some(n) = &c.notes {
+        if n.len() > MAX_NOTES_BYTES {
+            return bad(
+                "notes",
+                format!("is {} bytes, at most {MAX_NOTES_BYTES}", n.len()),
+            );
+        }
+    }
+    match (&c.category_code, &c.subcategory_code) {
+        (Some(cat), sub) => {
+            if category_name(cat).is_none() {
+                return bad(
+                    "category_code",
+                    format!("{cat:?} is not one of A, B, C, D, E, F, G, H, X"),
+                );
+            }
+            if let Some(sub) = sub {
+                if !sub.starts_with(cat.as_str()) || sub.len() == cat.len() {
+                    return bad(
+                        "subcategory_code",
+                        format!("{sub:?} is not under category {cat:?} (expected e.g. {cat}1)"),
+                    );
+                }
+                if sub.len() > 16 {
+                    return bad(
+                        "subcategory_code",
+                        format!("{sub:?} is longer than 16 bytes"),
+                    );
+                }
+            }
+        }
+        (None, Some(sub)) => {
+            return bad(
+                "subcategory_code",
+                format!("{sub:?} is set but category_code is missing"),
+            );
+        }
+        (None, None) => {}
+    }
+    for (name, len) in [
+        ("tags", c.tags.len()),
+        ("emails", c.emails.len()),
+        ("phones", c.phones.len()),
+    ] {
+        if len > MAX_LIST_LEN {
+            return bad(name, format!("has {len} entries, at most {MAX_LIST_LEN}"));
+        }
+    }
+    for t in &c.tags {
+        if t.len() > 256 {
+            return bad("tags", format!("tag of {} bytes, at most 256", t.len()));
+        }
+    }
+    for e in &c.emails {
+        if !is_email(&e.address) {
+            return bad("emails", format!("{:?} is not an email address", e.address));
+        }
+    }
+    if c.emails.iter().filter(|e| e.is_primary).count() > 1 {
+        return bad("emails", "more than one is marked primary".into());
+    }
+    for p in &c.phones {
+        if !is_e164(&p.number) {
+            return bad(
+                "phones",
+                format!(
+                    "{:?} is not an E.164 number (+ and 8 to 15 digits)",
+                    p.number
+                ),
+            );
+        }
+    }
+    if c.phones.iter().filter(|p| p.is_primary).count() > 1 {
+        return bad("phones", "more than one is marked primary".into());
+    }
+    for (name, v) in [
+        ("llm_context", &c.llm_context),
+        ("relationships", &c.relationships),
+        ("communication_stats", &c.communication_stats),
+        ("social_profiles", &c.social_profiles),
+        ("custom_attributes", &c.custom_attributes),
+    ] {
+        if let Some(v) = v {
+            let size = serde_json::to_string(v)
+                .map(|s| s.len())
+                .unwrap_or(usize::MAX);
+            if size > MAX_JSON_BYTES {
+                return bad(
+                    name,
+                    format!("is {size} bytes of JSON, at most {MAX_JSON_BYTES}"),
+                );
+            }
+        }
+    }
+    if let Some(v) = &c.llm_context {
+        check_llm_context(v).map_err(|(f, r)| Invalid::new(&c.contact_id, f, r))?;
+    }
+    if let Some(v) = &c.relationships {
+        check_relationships(v).map_err(|r| Invalid::new(&c.contact_id, "relationships", r))?;
+    }
+    for (name, v) in [
+        ("communication_stats", &c.communication_stats),
+        ("social_profiles", &c.social_profiles),
+        ("custom_attributes", &c.custom_attributes),
+    ] {
+        if let Some(v) = v {
+            if !v.is_object() {
+                return bad(name, format!("must be a JSON object, found {}", kind(v)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A plausible email address: one `@`, a non-empty local part, a dotted
+/// domain, no spaces.
+pub fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && domain.len() <= 253
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// E.164: `+` then 8 to 15 digits, the first not 0.
+pub fn is_e164(s: &str) -> bool {
+    let Some(digits) = s.strip_prefix('+') else {
+        return false;
+    };
+    (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn check_llm_context(v: &Value) -> Result<(), (String, String)> {
+    let field = |k: &str| format!("llm_context.{k}");
+    let Value::Object(m) = v else {
+        return Err((
+            "llm_context".into(),
+            format!("must be a JSON object, found {}", kind(v)),
+        ));
+    };
+    for k in [
+        "relationship_arc",
+        "communication_style",
+        "personality_notes",
+        "how_met",
+        "current_state",
+    ] {
+        if let Some(x) = m.get(k) {
+            if !x.is_string() && !x.is_null() {
+                return Err((field(k), format!("must be text, found {}", kind(x))));
+            }
+        }
+    }
+    for k in [
+        "key_interests",
+        "conversation_topics",
+        "blind_spots",
+        "strengths",
+        "tensions",
+    ] {
+        if let Some(x) = m.get(k) {
+            match x {
+                Value::Null => {}
+                Value::Array(items) => {
+                    if let Some(bad) = items.iter().find(|i| !i.is_string()) {
+                        return Err((field(k), format!("must hold text, found {}", kind(bad))));
+                    }
+                }
+                other => {
+                    return Err((
+                        field(k),
+                        format!("must be a list of text, found {}", kind(other)),
+                    ))
+                }
+            }
+        }
+    }
+    for k in ["emotional_depth", "closeness_level"] {
+        if let Some(x) = m.get(k) {
+            if x.is_null() {
+                continue;
+            }
+            match x.as_i64() {
+                Some(n) if (1..=10).contains(&n) => {}
+                _ => return Err((field(k), format!("must be a whole number 1-10, found {x}"))),
+            }
+        }
+    }
+    if let Some(x) = m.get("important_dates") {
+        match x {
+            Value::Null => {}
+            Value::Array(items) => {
+                for item in items {
+                    let ok = item.is_object()
+                        && item.get("date").is_some_and(Value::is_string)
+                        && item.get("event").is_some_and(Value::is_string);
+                    if !ok {
+                        return Err((
+                            field("important_dates"),
+                            format!("each entry needs text `date` and `event`, found {item}"),
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err((
+                    field("important_dates"),
+                    format!("must be a list, found {}", kind(other)),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_relationships(v: &Value) -> Result<(), String> {
+    let Value::Array(items) = v else {
+        return Err(format!("must be a JSON list, found {}", kind(v)));
+    };
+    for item in items {
+        if !item.get("contact_id").is_some_and(|x| x.is_string()) {
+            return Err(format!(
+                "each entry needs a text `contact_id`, found {item}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Email, Phone};
+    use serde_json::json;
+
+    fn ok() -> Contact {
+        let mut c = Contact::new("c1", "Ada Lovelace");
+        c.category_code = Some("B".into());
+        c.subcategory_code = Some("B2".into());
+        c.emails.push(Email {
+            address: "ada@example.com".into(),
+            label: None,
+            is_primary: true,
+        });
+        c.phones.push(Phone {
+            number: "+442071234567".into(),
+            label: None,
+            is_primary: true,
+        });
+        c.llm_context = Some(json!({"closeness_level": 7, "key_interests": ["maths"]}));
+        c
+    }
+
+    fn err(c: &Contact) -> Invalid {
+        validate(c).expect_err("should be invalid")
+    }
+
+    #[test]
+    fn accepts_a_good_contact() {
+        validate(&ok()).unwrap();
+    }
+
+    #[test]
+    fn names_the_record_and_field() {
+        let mut c = ok();
+        c.canonical_name = String::new();
+        let e = err(&c);
+        assert_eq!(
+            (e.record.as_str(), e.field.as_str()),
+            ("c1", "canonical_name")
+        );
+        assert_eq!(
+            e.to_string(),
+            "contact c1: field `canonical_name`: is missing"
+        );
+
+        let mut c = ok();
+        c.category_code = Some("Q".into());
+        assert_eq!(err(&c).field, "category_code");
+
+        let mut c = ok();
+        c.subcategory_code = Some("C2".into());
+        let e = err(&c);
+        assert_eq!(e.field, "subcategory_code");
+        assert!(e.reason.contains("not under category"), "{e}");
+
+        let mut c = ok();
+        c.emails[0].address = "not-an-email".into();
+        assert_eq!(err(&c).field, "emails");
+
+        let mut c = ok();
+        c.phones[0].number = "020 7123 4567".into();
+        assert_eq!(err(&c).field, "phones");
+
+        let mut c = ok();
+        c.llm_context = Some(json!({"closeness_level": 11}));
+        assert_eq!(err(&c).field, "llm_context.closeness_level");
+
+        let mut c = ok();
+        c.notes = Some("x".repeat(MAX_NOTES_BYTES + 1));
+        assert_eq!(err(&c).field, "notes");
+
+        let mut c = ok();
+        c.contact_id = " ".into();
+        assert_eq!(err(&c).record, "<no id>");
+    }
+
+    #[test]
+    fn tombstones_need_only_identity() {
+        let mut c = ok();
+        c.canonical_name = String::new();
+        c.deleted_at = Some(crate::model::now());
+        validate(&c).unwrap();
+    }
+}
