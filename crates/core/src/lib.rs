@@ -16,3 +16,6 @@ pub use journal::{DeadLetter, FieldChange, FieldConflict, JournalEntry, Op, Reso
 pub use merge::{merge, MergeInput, MergeOutcome};
 pub use model::{Contact, Email, Phone, Timestamp};
 pub use validate::{validate, Invalid};
+pub mod prompt;
+#[cfg(feature = "synth")]
+pub mod synth;

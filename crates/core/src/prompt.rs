@@ -1,0 +1,1 @@
+//! LLM prompt context from contacts (being written).

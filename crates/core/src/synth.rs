@@ -1,0 +1,1 @@
+//! Synthetic, realistic contacts (being written).
