@@ -170,6 +170,14 @@ pub trait StoreInfo {
     /// Whether records read from this store carry a real `version` (else an
     /// incoming change counts as base version + 1).
     fn keeps_version(&self) -> bool;
+
+    /// Whether this store should hold `contact` at all (a CRM may leave out
+    /// category X). A contact a store does not accept is written there as a
+    /// tombstone if the store has it, and left out otherwise.
+    fn accepts(&self, contact: &Contact) -> bool {
+        let _ = contact;
+        true
+    }
 }
 
 /// A store: a change source, a record sink, and its description.

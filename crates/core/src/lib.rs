@@ -13,7 +13,7 @@ pub mod validate;
 
 pub use hash::content_hash;
 pub use journal::{DeadLetter, FieldChange, FieldConflict, JournalEntry, Op, Resolution};
-pub use merge::{merge, MergeInput, MergeOutcome};
+pub use merge::{diff, merge, MergeInput, MergeOutcome};
 pub use model::{Contact, Email, Phone, Timestamp};
 pub use validate::{validate, Invalid};
 pub mod prompt;

@@ -264,6 +264,32 @@ pub fn merge(input: MergeInput<'_>) -> MergeOutcome {
     }
 }
 
+/// Field changes from `old` to `new` over the content fields and the
+/// tombstone (`deleted_at`); `old = None` lists every field `new` sets.
+pub fn diff(old: Option<&Contact>, new: &Contact) -> Vec<FieldChange> {
+    let new_fields = new.content_fields();
+    let old_fields = old.map(|o| o.content_fields());
+    let mut out = Vec::new();
+    for (field, nv) in new_fields {
+        let ov = old_fields
+            .as_ref()
+            .map_or(Value::Null, |o| o[field.as_str()].clone());
+        let empty = |v: &Value| v.is_null() || *v == Value::Array(vec![]);
+        if ov != nv && !(empty(&ov) && empty(&nv)) {
+            out.push(FieldChange { field, old: ov, new: nv });
+        }
+    }
+    let (od, nd) = (old.and_then(|o| o.deleted_at), new.deleted_at);
+    if od != nd {
+        out.push(FieldChange {
+            field: "deleted_at".to_string(),
+            old: ts_value(od),
+            new: ts_value(nd),
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
