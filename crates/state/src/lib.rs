@@ -14,9 +14,17 @@
 //! Single-instance: [`StateDb::lock`] takes an OS file lock beside the
 //! database; a second daemon gets [`StateError::Locked`].
 
-use std::path::{Path, PathBuf};
+mod lock;
+mod read;
+mod schema;
 
-use contact_sync_core::{DeadLetter, FieldConflict, JournalEntry, Timestamp};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use contact_sync_core::model::{format_ts, now};
+use contact_sync_core::{DeadLetter, FieldConflict, JournalEntry, Resolution, Timestamp};
+use rusqlite::{params, Connection, TransactionBehavior};
 use serde::Serialize;
 
 /// Errors of the state database.
@@ -35,6 +43,12 @@ pub enum StateError {
     Sqlite(#[from] rusqlite::Error),
     #[error("state database: corrupt {what}: {message}")]
     Corrupt { what: String, message: String },
+    /// A write named something that does not exist (e.g. an unknown conflict id).
+    #[error("state database: no such {what}")]
+    NotFound { what: String },
+    /// A write was given a value it cannot store (e.g. an unknown conflict status).
+    #[error("state database: invalid {what}: {message}")]
+    Invalid { what: String, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;
@@ -85,6 +99,8 @@ pub struct RunStats {
 pub struct StoreStatus {
     pub store: String,
     pub last_success: Option<Timestamp>,
+    /// The most recent error, kept after a later success (then
+    /// `consecutive_errors` is 0) so `status` can still show it.
     pub last_error: Option<String>,
     pub last_error_at: Option<Timestamp>,
     /// Errors since the last success.
@@ -95,68 +111,178 @@ pub struct StoreStatus {
 
 /// The held single-instance lock; released on drop (and by the OS when the
 /// process dies, even by kill -9).
+#[derive(Debug)]
 pub struct StateLock {
-    // the open lock file (flock'd)
+    /// The open, flock'd lock file; `None` for an in-memory database.
+    file: Option<File>,
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        if let Some(file) = &self.file {
+            lock::release(file);
+        }
+        // Closing the file releases the flock.
+    }
 }
 
 /// The state database.
+#[derive(Debug)]
 pub struct StateDb {
     conn: rusqlite::Connection,
     path: Option<PathBuf>,
 }
 
 /// One write transaction; nothing is visible to others until [`StateTx::commit`].
+/// Dropping it without committing rolls everything back.
 pub struct StateTx<'a> {
     tx: rusqlite::Transaction<'a>,
 }
 
+/// How long a statement waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest error text kept by [`StateTx::record_run`].
+const MAX_ERROR_LEN: usize = 2000;
+
+/// Pragmas every connection gets. `wal` is false for in-memory databases.
+fn configure(conn: &Connection, wal: bool) -> rusqlite::Result<std::result::Result<(), String>> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    if wal {
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Ok(Err(format!(
+                "cannot switch to WAL mode (journal_mode is {mode}); is the file on a network filesystem?"
+            )));
+        }
+        // NORMAL is durable across a process crash in WAL mode (only an OS
+        // crash can lose the last commits), which is what restarts need.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(Ok(()))
+}
+
+/// Truncates `s` to at most `max` bytes on a char boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T, what: impl FnOnce() -> String) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StateError::Invalid {
+        what: what(),
+        message: e.to_string(),
+    })
+}
+
 impl StateDb {
     /// Opens (creating and migrating when needed) the state database at
-    /// `path`, in WAL mode. Does not take the lock.
+    /// `path`, in WAL mode. Does not take the lock. Creates the parent
+    /// directory when it is missing.
     pub fn open(path: &Path) -> Result<StateDb> {
-        todo!()
+        let err = |message: String| StateError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| err(format!("creating directory {}: {e}", parent.display())))?;
+        }
+        let mut conn = Connection::open(path).map_err(|e| err(format!("opening: {e}")))?;
+        configure(&conn, true)
+            .map_err(|e| err(format!("configuring: {e}")))?
+            .map_err(err)?;
+        schema::migrate(&mut conn).map_err(err)?;
+        Ok(StateDb {
+            conn,
+            path: Some(path.to_path_buf()),
+        })
     }
     /// A private in-memory database (tests).
     pub fn open_in_memory() -> Result<StateDb> {
-        todo!()
+        let err = |message: String| StateError::Open {
+            path: PathBuf::from(":memory:"),
+            message,
+        };
+        let mut conn = Connection::open_in_memory().map_err(|e| err(format!("opening: {e}")))?;
+        configure(&conn, false)
+            .map_err(|e| err(format!("configuring: {e}")))?
+            .map_err(err)?;
+        schema::migrate(&mut conn).map_err(err)?;
+        Ok(StateDb { conn, path: None })
     }
     /// Takes the single-instance lock (`<path>.lock`, flock, non-blocking),
     /// writing pid and start time into it. In-memory: always succeeds.
+    ///
+    /// Another live holder (another process, or another `StateLock` of this
+    /// one) gives [`StateError::Locked`] with the pid and start time it wrote.
     pub fn lock(&self) -> Result<StateLock> {
-        todo!()
+        let file = match &self.path {
+            Some(path) => Some(lock::acquire(path)?),
+            None => None,
+        };
+        Ok(StateLock { file })
     }
     /// Whether some process holds the lock now (for `status`): Some((pid, since)).
+    /// This process counts too, when it holds a [`StateLock`].
     pub fn lock_holder(&self) -> Result<Option<(String, String)>> {
-        todo!()
+        match &self.path {
+            Some(path) => lock::holder(path),
+            None => Ok(None),
+        }
     }
 
+    /// Starts a write transaction (`BEGIN IMMEDIATE`: it takes the write
+    /// lock now, waiting up to the busy timeout for another writer).
     pub fn tx(&mut self) -> Result<StateTx<'_>> {
-        todo!()
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Ok(StateTx { tx })
+    }
+
+    /// The database file, `None` when in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The schema version of the open database (`PRAGMA user_version`).
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(schema::version(&self.conn)?)
     }
 
     // --- reads ---
     pub fn checkpoint(&self, store: &str) -> Result<Option<String>> {
-        todo!()
+        read::checkpoint(&self.conn, store)
     }
     /// Last journal seq applied by `consumer` (a store name); 0 when none.
     pub fn cursor(&self, consumer: &str) -> Result<i64> {
-        todo!()
+        read::cursor(&self.conn, consumer)
     }
     /// Highest journal seq; 0 when empty.
     pub fn journal_head(&self) -> Result<i64> {
-        todo!()
+        read::journal_head(&self.conn)
     }
     /// Entries with `seq > after` and `seq <= upto`, in seq order, at most `limit`.
     pub fn journal_after(&self, after: i64, upto: i64, limit: usize) -> Result<Vec<JournalEntry>> {
-        todo!()
+        read::journal_after(&self.conn, after, upto, limit)
     }
     /// Entries of one contact, newest first, at most `limit`.
     pub fn journal_of(&self, contact_id: &str, limit: usize) -> Result<Vec<JournalEntry>> {
-        todo!()
+        read::journal_of(&self.conn, contact_id, limit)
     }
     /// The entry that produced `version` of `contact_id`, if any.
     pub fn journal_version(&self, contact_id: &str, version: i64) -> Result<Option<JournalEntry>> {
-        todo!()
+        read::journal_version(&self.conn, contact_id, version)
     }
     /// The entry whose `prev_version` is `version` (to rebuild the record at `version` from its before-image).
     pub fn journal_after_version(
@@ -164,74 +290,146 @@ impl StateDb {
         contact_id: &str,
         version: i64,
     ) -> Result<Option<JournalEntry>> {
-        todo!()
+        read::journal_after_version(&self.conn, contact_id, version)
     }
     pub fn store_record(&self, store: &str, contact_id: &str) -> Result<Option<StoreRecord>> {
-        todo!()
+        read::store_record(&self.conn, store, contact_id)
     }
     /// Many at once (one query per chunk of ids); missing ids are absent.
+    /// The order of the result is unspecified.
     pub fn store_records(&self, store: &str, contact_ids: &[String]) -> Result<Vec<StoreRecord>> {
-        todo!()
+        read::store_records(&self.conn, store, contact_ids)
     }
+    /// The record of `store` whose native id is `native_id` (a live one
+    /// first, should several share it).
     pub fn store_record_by_native(
         &self,
         store: &str,
         native_id: &str,
     ) -> Result<Option<StoreRecord>> {
-        todo!()
+        read::store_record_by_native(&self.conn, store, native_id)
     }
     /// Number of sync records of a store, live ones only.
     pub fn store_record_count(&self, store: &str) -> Result<u64> {
-        todo!()
+        read::store_record_count(&self.conn, store)
     }
     /// `status = 'open'` only when `open_only`. Newest first.
     pub fn conflicts(&self, open_only: bool) -> Result<Vec<ConflictRow>> {
-        todo!()
+        read::conflicts(&self.conn, open_only)
     }
     pub fn conflict(&self, id: i64) -> Result<Option<ConflictRow>> {
-        todo!()
+        read::conflict(&self.conn, id)
     }
     pub fn open_conflict_count(&self) -> Result<u64> {
-        todo!()
+        read::open_conflict_count(&self.conn)
     }
     /// Newest first, at most `limit`.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        todo!()
+        read::dead_letters(&self.conn, limit)
     }
     pub fn dead_letter_count(&self) -> Result<u64> {
-        todo!()
+        read::dead_letter_count(&self.conn)
     }
+    /// The store's totals and last outcomes; all zero/empty for a store
+    /// that never ran.
     pub fn store_status(&self, store: &str) -> Result<StoreStatus> {
-        todo!()
+        read::store_status(&self.conn, store)
     }
     /// Every store that has a checkpoint, cursor, record or run, sorted.
     pub fn known_stores(&self) -> Result<Vec<String>> {
-        todo!()
+        read::known_stores(&self.conn)
     }
     /// Free-form key/value (e.g. `initial_sync_done`, `backfill:<store>`).
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        todo!()
+        read::meta(&self.conn, key)
     }
 }
 
 impl StateTx<'_> {
     pub fn set_checkpoint(&self, store: &str, checkpoint: &str) -> Result<()> {
-        todo!()
+        self.tx
+            .prepare_cached(
+                "INSERT INTO checkpoints (store, checkpoint, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (store) DO UPDATE
+                 SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
+            )?
+            .execute(params![store, checkpoint, format_ts(&now())])?;
+        Ok(())
     }
     pub fn set_cursor(&self, consumer: &str, seq: i64) -> Result<()> {
-        todo!()
+        self.tx
+            .prepare_cached(
+                "INSERT INTO cursors (consumer, seq, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (consumer) DO UPDATE
+                 SET seq = excluded.seq, updated_at = excluded.updated_at",
+            )?
+            .execute(params![consumer, seq, format_ts(&now())])?;
+        Ok(())
     }
     /// Appends an entry, assigning and returning its `seq` (the entry's own `seq` is ignored).
+    /// Seqs only grow, even across rolled-back or removed entries.
     pub fn append_journal(&self, entry: &JournalEntry) -> Result<i64> {
-        todo!()
+        let what = |part: &str| {
+            format!(
+                "journal entry {} v{} ({part})",
+                entry.contact_id, entry.version
+            )
+        };
+        let changes = to_json(&entry.changes, || what("changes"))?;
+        let conflicts = to_json(&entry.conflicts, || what("conflicts"))?;
+        let after = to_json(&entry.after, || what("after"))?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO journal (contact_id, version, prev_version, op, origin,
+                                      changes, conflicts, after, hash, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                entry.contact_id,
+                entry.version,
+                entry.prev_version,
+                entry.op.as_str(),
+                entry.origin,
+                changes,
+                conflicts,
+                after,
+                entry.hash,
+                format_ts(&entry.at),
+            ])?;
+        Ok(self.tx.last_insert_rowid())
     }
     /// Inserts or replaces the record keyed by (store, contact_id).
     pub fn put_store_record(&self, rec: &StoreRecord) -> Result<()> {
-        todo!()
+        self.tx
+            .prepare_cached(
+                "INSERT INTO store_records (store, contact_id, native_id, synced_version, hash, deleted)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (store, contact_id) DO UPDATE
+                 SET native_id = excluded.native_id, synced_version = excluded.synced_version,
+                     hash = excluded.hash, deleted = excluded.deleted",
+            )?
+            .execute(params![
+                rec.store,
+                rec.contact_id,
+                rec.native_id,
+                rec.synced_version,
+                rec.hash,
+                rec.deleted,
+            ])?;
+        Ok(())
     }
+    /// Removes the record keyed by (store, contact_id); absent is not an error.
     pub fn delete_store_record(&self, store: &str, contact_id: &str) -> Result<()> {
-        todo!()
+        self.tx
+            .prepare_cached("DELETE FROM store_records WHERE store = ?1 AND contact_id = ?2")?
+            .execute(params![store, contact_id])?;
+        Ok(())
     }
+    /// Records a conflict and returns its id. A conflict the merge settled
+    /// by rule (`resolution` other than [`Resolution::Open`]) is stored
+    /// already settled (`kept_incoming` / `kept_canonical`, resolved at
+    /// `at`), so it shows in the audit list but not in the open count; an
+    /// [`Resolution::Open`] one is `open` until [`StateTx::resolve_conflict`].
     pub fn add_conflict(
         &self,
         contact_id: &str,
@@ -239,18 +437,89 @@ impl StateTx<'_> {
         conflict: &FieldConflict,
         at: Timestamp,
     ) -> Result<i64> {
-        todo!()
+        let what = |part: &str| format!("conflict {contact_id}/{} ({part})", conflict.field);
+        let base = to_json(&conflict.base, || what("base"))?;
+        let canonical = to_json(&conflict.canonical, || what("canonical"))?;
+        let incoming = to_json(&conflict.incoming, || what("incoming"))?;
+        let at = format_ts(&at);
+        let (status, resolved_at) = match conflict.resolution {
+            Resolution::Open => ("open", None),
+            r if r.incoming_won() => ("kept_incoming", Some(at.as_str())),
+            _ => ("kept_canonical", Some(at.as_str())),
+        };
+        self.tx
+            .prepare_cached(
+                "INSERT INTO conflicts (contact_id, store, field, base, canonical, incoming,
+                     canonical_version, incoming_version, resolution, status, created_at, resolved_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![
+                contact_id,
+                store,
+                conflict.field,
+                base,
+                canonical,
+                incoming,
+                conflict.canonical_version,
+                conflict.incoming_version,
+                conflict.resolution.as_str(),
+                status,
+                at,
+                resolved_at,
+            ])?;
+        Ok(self.tx.last_insert_rowid())
     }
     /// Marks a conflict settled (`kept_canonical` / `kept_incoming`).
+    /// An unknown id is [`StateError::NotFound`], another status
+    /// [`StateError::Invalid`].
     pub fn resolve_conflict(&self, id: i64, status: &str, at: Timestamp) -> Result<()> {
-        todo!()
+        if !matches!(status, "kept_canonical" | "kept_incoming") {
+            return Err(StateError::Invalid {
+                what: format!("status for conflict {id}"),
+                message: format!("{status:?} is not kept_canonical or kept_incoming"),
+            });
+        }
+        let n = self
+            .tx
+            .prepare_cached("UPDATE conflicts SET status = ?1, resolved_at = ?2 WHERE id = ?3")?
+            .execute(params![status, format_ts(&at), id])?;
+        if n == 0 {
+            return Err(StateError::NotFound {
+                what: format!("conflict {id}"),
+            });
+        }
+        Ok(())
     }
     /// Appends a dead letter (its `id` is ignored); returns the new id.
     pub fn add_dead_letter(&self, dl: &DeadLetter) -> Result<i64> {
-        todo!()
+        let payload = dl
+            .payload
+            .as_ref()
+            .map(|p| {
+                to_json(p, || {
+                    format!("dead letter {}/{} (payload)", dl.store, dl.record)
+                })
+            })
+            .transpose()?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO dead_letters (store, record, field, reason, payload, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                dl.store,
+                dl.record,
+                dl.field,
+                dl.reason,
+                payload,
+                format_ts(&dl.at)
+            ])?;
+        Ok(self.tx.last_insert_rowid())
     }
     /// Adds a run's stats to the store's totals; `error = None` marks a success at `at`
     /// (resets consecutive errors), `Some` records the error.
+    /// The error text is kept (at most 2,000 bytes) after later successes
+    /// as `last_error`; callers must keep secrets out of it.
     pub fn record_run(
         &self,
         store: &str,
@@ -258,12 +527,107 @@ impl StateTx<'_> {
         error: Option<&str>,
         at: Timestamp,
     ) -> Result<()> {
-        todo!()
+        let at = format_ts(&at);
+        let (success, error_at) = match error {
+            None => (Some(at.as_str()), None),
+            Some(_) => (None, Some(at.as_str())),
+        };
+        let error = error.map(|e| truncate(e, MAX_ERROR_LEN));
+        self.tx
+            .prepare_cached(
+                "INSERT INTO store_stats (store, runs, captured, applied, written, skipped_echo,
+                     dead_letters, conflicts, last_success, last_error, last_error_at,
+                     consecutive_errors, updated_at)
+                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                     CASE WHEN ?9 IS NULL THEN 0 ELSE 1 END, ?11)
+                 ON CONFLICT (store) DO UPDATE SET
+                     runs = runs + 1,
+                     captured = captured + excluded.captured,
+                     applied = applied + excluded.applied,
+                     written = written + excluded.written,
+                     skipped_echo = skipped_echo + excluded.skipped_echo,
+                     dead_letters = dead_letters + excluded.dead_letters,
+                     conflicts = conflicts + excluded.conflicts,
+                     last_success = COALESCE(excluded.last_success, last_success),
+                     last_error = COALESCE(excluded.last_error, last_error),
+                     last_error_at = COALESCE(excluded.last_error_at, last_error_at),
+                     consecutive_errors = CASE WHEN excluded.last_error IS NULL THEN 0
+                                               ELSE consecutive_errors + 1 END,
+                     updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                store,
+                read::sql_u64(stats.captured),
+                read::sql_u64(stats.applied),
+                read::sql_u64(stats.written),
+                read::sql_u64(stats.skipped_echo),
+                read::sql_u64(stats.dead_letters),
+                read::sql_u64(stats.conflicts),
+                success,
+                error,
+                error_at,
+                at,
+            ])?;
+        Ok(())
     }
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        todo!()
+        self.tx
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, value])?;
+        Ok(())
     }
+    /// Removes a meta key; absent is not an error.
+    pub fn delete_meta(&self, key: &str) -> Result<()> {
+        self.tx
+            .prepare_cached("DELETE FROM meta WHERE key = ?1")?
+            .execute([key])?;
+        Ok(())
+    }
+    /// Makes every write of this transaction durable and visible.
     pub fn commit(self) -> Result<()> {
-        todo!()
+        self.tx.commit()?;
+        Ok(())
+    }
+
+    // --- reads inside the transaction (they see its own writes) ---
+
+    /// As [`StateDb::checkpoint`].
+    pub fn checkpoint(&self, store: &str) -> Result<Option<String>> {
+        read::checkpoint(&self.tx, store)
+    }
+    /// As [`StateDb::cursor`].
+    pub fn cursor(&self, consumer: &str) -> Result<i64> {
+        read::cursor(&self.tx, consumer)
+    }
+    /// As [`StateDb::journal_head`].
+    pub fn journal_head(&self) -> Result<i64> {
+        read::journal_head(&self.tx)
+    }
+    /// As [`StateDb::journal_version`].
+    pub fn journal_version(&self, contact_id: &str, version: i64) -> Result<Option<JournalEntry>> {
+        read::journal_version(&self.tx, contact_id, version)
+    }
+    /// As [`StateDb::store_record`].
+    pub fn store_record(&self, store: &str, contact_id: &str) -> Result<Option<StoreRecord>> {
+        read::store_record(&self.tx, store, contact_id)
+    }
+    /// As [`StateDb::store_records`].
+    pub fn store_records(&self, store: &str, contact_ids: &[String]) -> Result<Vec<StoreRecord>> {
+        read::store_records(&self.tx, store, contact_ids)
+    }
+    /// As [`StateDb::store_record_by_native`].
+    pub fn store_record_by_native(
+        &self,
+        store: &str,
+        native_id: &str,
+    ) -> Result<Option<StoreRecord>> {
+        read::store_record_by_native(&self.tx, store, native_id)
+    }
+    /// As [`StateDb::meta`].
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        read::meta(&self.tx, key)
     }
 }

@@ -1,0 +1,440 @@
+//! Queries and row decoding, shared by [`crate::StateDb`] and
+//! [`crate::StateTx`] (a transaction reads its own uncommitted writes).
+
+use contact_sync_core::model::parse_ts;
+use contact_sync_core::{DeadLetter, FieldConflict, JournalEntry, Op, Resolution, Timestamp};
+use rusqlite::types::FromSql;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::de::DeserializeOwned;
+
+use crate::{ConflictRow, Result, RunStats, StateError, StoreRecord, StoreStatus};
+
+/// Bound parameters per query at most (SQLite's old default limit was 999;
+/// 500 keeps statements small and the cache of prepared shapes tiny).
+pub(crate) const MAX_PARAMS: usize = 500;
+
+/// A `usize` limit as an SQL `LIMIT` value (saturating).
+pub(crate) fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// A `u64` counter as SQLite INTEGER (saturating).
+pub(crate) fn sql_u64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn corrupt(what: String, message: impl std::fmt::Display) -> StateError {
+    StateError::Corrupt {
+        what,
+        message: message.to_string(),
+    }
+}
+
+/// One column; a value of the wrong type is `Corrupt` naming `what`.
+fn col<T: FromSql>(row: &Row<'_>, idx: usize, what: impl FnOnce() -> String) -> Result<T> {
+    row.get(idx).map_err(|e| corrupt(what(), e))
+}
+
+fn ts(text: &str, what: impl FnOnce() -> String) -> Result<Timestamp> {
+    parse_ts(text).ok_or_else(|| corrupt(what(), format!("not an RFC 3339 timestamp: {text:?}")))
+}
+
+fn opt_ts(text: Option<String>, what: impl FnOnce() -> String) -> Result<Option<Timestamp>> {
+    text.map(|t| ts(&t, what)).transpose()
+}
+
+fn json<T: DeserializeOwned>(text: &str, what: impl FnOnce() -> String) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| corrupt(what(), e))
+}
+
+fn count(n: i64, what: impl FnOnce() -> String) -> Result<u64> {
+    u64::try_from(n).map_err(|_| corrupt(what(), format!("negative count {n}")))
+}
+
+// --- journal ---
+
+const JOURNAL_COLS: &str =
+    "seq, contact_id, version, prev_version, op, origin, changes, conflicts, after, hash, at";
+
+fn journal_row(row: &Row<'_>) -> Result<JournalEntry> {
+    let seq: i64 = col(row, 0, || "journal seq".to_string())?;
+    let what = |c: &str| format!("journal entry seq {seq} ({c})");
+    let op: String = col(row, 4, || what("op"))?;
+    let changes: String = col(row, 6, || what("changes"))?;
+    let conflicts: String = col(row, 7, || what("conflicts"))?;
+    let after: String = col(row, 8, || what("after"))?;
+    let at: String = col(row, 10, || what("at"))?;
+    Ok(JournalEntry {
+        seq,
+        contact_id: col(row, 1, || what("contact_id"))?,
+        version: col(row, 2, || what("version"))?,
+        prev_version: col(row, 3, || what("prev_version"))?,
+        op: Op::parse(&op).ok_or_else(|| corrupt(what("op"), format!("unknown op {op:?}")))?,
+        origin: col(row, 5, || what("origin"))?,
+        changes: json(&changes, || what("changes"))?,
+        conflicts: json(&conflicts, || what("conflicts"))?,
+        after: json(&after, || what("after"))?,
+        hash: col(row, 9, || what("hash"))?,
+        at: ts(&at, || what("at"))?,
+    })
+}
+
+fn journal_query(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<JournalEntry>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(journal_row(row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn journal_head(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM journal")?
+        .query_row([], |r| r.get(0))?)
+}
+
+pub(crate) fn journal_after(
+    conn: &Connection,
+    after: i64,
+    upto: i64,
+    limit: usize,
+) -> Result<Vec<JournalEntry>> {
+    journal_query(
+        conn,
+        &format!(
+            "SELECT {JOURNAL_COLS} FROM journal WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
+        ),
+        params![after, upto, sql_limit(limit)],
+    )
+}
+
+pub(crate) fn journal_of(
+    conn: &Connection,
+    contact_id: &str,
+    limit: usize,
+) -> Result<Vec<JournalEntry>> {
+    journal_query(
+        conn,
+        &format!(
+            "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 ORDER BY seq DESC LIMIT ?2"
+        ),
+        params![contact_id, sql_limit(limit)],
+    )
+}
+
+pub(crate) fn journal_version(
+    conn: &Connection,
+    contact_id: &str,
+    version: i64,
+) -> Result<Option<JournalEntry>> {
+    Ok(journal_query(
+        conn,
+        &format!(
+            "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 AND version = ?2 ORDER BY seq DESC LIMIT 1"
+        ),
+        params![contact_id, version],
+    )?
+    .pop())
+}
+
+pub(crate) fn journal_after_version(
+    conn: &Connection,
+    contact_id: &str,
+    version: i64,
+) -> Result<Option<JournalEntry>> {
+    Ok(journal_query(
+        conn,
+        &format!(
+            "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 AND prev_version = ?2 ORDER BY seq DESC LIMIT 1"
+        ),
+        params![contact_id, version],
+    )?
+    .pop())
+}
+
+// --- checkpoints, cursors, meta ---
+
+pub(crate) fn checkpoint(conn: &Connection, store: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT checkpoint FROM checkpoints WHERE store = ?1")?
+        .query_row([store], |r| r.get(0))
+        .optional()?)
+}
+
+pub(crate) fn cursor(conn: &Connection, consumer: &str) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT seq FROM cursors WHERE consumer = ?1")?
+        .query_row([consumer], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+pub(crate) fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+// --- store records ---
+
+const RECORD_COLS: &str = "store, contact_id, native_id, synced_version, hash, deleted";
+
+fn record_row(row: &Row<'_>) -> Result<StoreRecord> {
+    let store: String = col(row, 0, || "store record (store)".to_string())?;
+    let contact_id: String = col(row, 1, || format!("store record of {store} (contact_id)"))?;
+    let what = |c: &str| format!("store record {store}/{contact_id} ({c})");
+    let native_id = col(row, 2, || what("native_id"))?;
+    let synced_version = col(row, 3, || what("synced_version"))?;
+    let hash = col(row, 4, || what("hash"))?;
+    let deleted = col(row, 5, || what("deleted"))?;
+    Ok(StoreRecord {
+        store,
+        contact_id,
+        native_id,
+        synced_version,
+        hash,
+        deleted,
+    })
+}
+
+pub(crate) fn store_record(
+    conn: &Connection,
+    store: &str,
+    contact_id: &str,
+) -> Result<Option<StoreRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND contact_id = ?2"
+    ))?;
+    let mut rows = stmt.query(params![store, contact_id])?;
+    rows.next()?.map(record_row).transpose()
+}
+
+/// `?2, ?3, …, ?{n+1}` (parameter 1 is the store).
+fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 5);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push('?');
+        s.push_str(&(i + 2).to_string());
+    }
+    s
+}
+
+pub(crate) fn store_records(
+    conn: &Connection,
+    store: &str,
+    contact_ids: &[String],
+) -> Result<Vec<StoreRecord>> {
+    let mut out = Vec::with_capacity(contact_ids.len());
+    // One parameter is the store.
+    for chunk in contact_ids.chunks(MAX_PARAMS - 1) {
+        let sql = format!(
+            "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND contact_id IN ({})",
+            placeholders(chunk.len())
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let params = std::iter::once(store).chain(chunk.iter().map(String::as_str));
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        while let Some(row) = rows.next()? {
+            out.push(record_row(row)?);
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn store_record_by_native(
+    conn: &Connection,
+    store: &str,
+    native_id: &str,
+) -> Result<Option<StoreRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND native_id = ?2 \
+         ORDER BY deleted, contact_id LIMIT 1"
+    ))?;
+    let mut rows = stmt.query(params![store, native_id])?;
+    rows.next()?.map(record_row).transpose()
+}
+
+pub(crate) fn store_record_count(conn: &Connection, store: &str) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM store_records WHERE store = ?1 AND deleted = 0")?
+        .query_row([store], |r| r.get(0))?;
+    count(n, || format!("store record count of {store}"))
+}
+
+// --- conflicts ---
+
+const CONFLICT_COLS: &str = "id, contact_id, store, field, base, canonical, incoming, \
+     canonical_version, incoming_version, resolution, status, created_at, resolved_at";
+
+fn conflict_row(row: &Row<'_>) -> Result<ConflictRow> {
+    let id: i64 = col(row, 0, || "conflict id".to_string())?;
+    let what = |c: &str| format!("conflict {id} ({c})");
+    let base: String = col(row, 4, || what("base"))?;
+    let canonical: String = col(row, 5, || what("canonical"))?;
+    let incoming: String = col(row, 6, || what("incoming"))?;
+    let resolution: String = col(row, 9, || what("resolution"))?;
+    let created_at: String = col(row, 11, || what("created_at"))?;
+    let resolved_at: Option<String> = col(row, 12, || what("resolved_at"))?;
+    Ok(ConflictRow {
+        id,
+        contact_id: col(row, 1, || what("contact_id"))?,
+        store: col(row, 2, || what("store"))?,
+        conflict: FieldConflict {
+            field: col(row, 3, || what("field"))?,
+            base: json(&base, || what("base"))?,
+            canonical: json(&canonical, || what("canonical"))?,
+            incoming: json(&incoming, || what("incoming"))?,
+            canonical_version: col(row, 7, || what("canonical_version"))?,
+            incoming_version: col(row, 8, || what("incoming_version"))?,
+            resolution: Resolution::parse(&resolution).ok_or_else(|| {
+                corrupt(
+                    what("resolution"),
+                    format!("unknown resolution {resolution:?}"),
+                )
+            })?,
+        },
+        status: col(row, 10, || what("status"))?,
+        created_at: ts(&created_at, || what("created_at"))?,
+        resolved_at: opt_ts(resolved_at, || what("resolved_at"))?,
+    })
+}
+
+pub(crate) fn conflicts(conn: &Connection, open_only: bool) -> Result<Vec<ConflictRow>> {
+    let sql = if open_only {
+        format!("SELECT {CONFLICT_COLS} FROM conflicts WHERE status = 'open' ORDER BY id DESC")
+    } else {
+        format!("SELECT {CONFLICT_COLS} FROM conflicts ORDER BY id DESC")
+    };
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(conflict_row(row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn conflict(conn: &Connection, id: i64) -> Result<Option<ConflictRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CONFLICT_COLS} FROM conflicts WHERE id = ?1"
+    ))?;
+    let mut rows = stmt.query([id])?;
+    rows.next()?.map(conflict_row).transpose()
+}
+
+pub(crate) fn open_conflict_count(conn: &Connection) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM conflicts WHERE status = 'open'")?
+        .query_row([], |r| r.get(0))?;
+    count(n, || "open conflict count".to_string())
+}
+
+// --- dead letters ---
+
+fn dead_letter_row(row: &Row<'_>) -> Result<DeadLetter> {
+    let id: i64 = col(row, 0, || "dead letter id".to_string())?;
+    let what = |c: &str| format!("dead letter {id} ({c})");
+    let payload: Option<String> = col(row, 5, || what("payload"))?;
+    let at: String = col(row, 6, || what("at"))?;
+    Ok(DeadLetter {
+        id,
+        store: col(row, 1, || what("store"))?,
+        record: col(row, 2, || what("record"))?,
+        field: col(row, 3, || what("field"))?,
+        reason: col(row, 4, || what("reason"))?,
+        payload: payload.map(|p| json(&p, || what("payload"))).transpose()?,
+        at: ts(&at, || what("at"))?,
+    })
+}
+
+pub(crate) fn dead_letters(conn: &Connection, limit: usize) -> Result<Vec<DeadLetter>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, store, record, field, reason, payload, at FROM dead_letters \
+         ORDER BY id DESC LIMIT ?1",
+    )?;
+    let mut rows = stmt.query([sql_limit(limit)])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(dead_letter_row(row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn dead_letter_count(conn: &Connection) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM dead_letters")?
+        .query_row([], |r| r.get(0))?;
+    count(n, || "dead letter count".to_string())
+}
+
+// --- run stats ---
+
+pub(crate) fn store_status(conn: &Connection, store: &str) -> Result<StoreStatus> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT captured, applied, written, skipped_echo, dead_letters, conflicts, \
+                last_success, last_error, last_error_at, consecutive_errors \
+         FROM store_stats WHERE store = ?1",
+    )?;
+    let mut rows = stmt.query([store])?;
+    let Some(row) = rows.next()? else {
+        return Ok(StoreStatus {
+            store: store.to_string(),
+            ..StoreStatus::default()
+        });
+    };
+    let what = |c: &str| format!("run stats of {store} ({c})");
+    let counter = |idx: usize, c: &str| -> Result<u64> {
+        let n: i64 = col(row, idx, || what(c))?;
+        count(n, || what(c))
+    };
+    let totals = RunStats {
+        captured: counter(0, "captured")?,
+        applied: counter(1, "applied")?,
+        written: counter(2, "written")?,
+        skipped_echo: counter(3, "skipped_echo")?,
+        dead_letters: counter(4, "dead_letters")?,
+        conflicts: counter(5, "conflicts")?,
+    };
+    Ok(StoreStatus {
+        store: store.to_string(),
+        last_success: opt_ts(col(row, 6, || what("last_success"))?, || {
+            what("last_success")
+        })?,
+        last_error: col(row, 7, || what("last_error"))?,
+        last_error_at: opt_ts(col(row, 8, || what("last_error_at"))?, || {
+            what("last_error_at")
+        })?,
+        consecutive_errors: counter(9, "consecutive_errors")?,
+        totals,
+    })
+}
+
+pub(crate) fn known_stores(conn: &Connection) -> Result<Vec<String>> {
+    // The distinct stores of store_records by walking its primary key from
+    // one store to the next (a loose index scan), not by reading every row.
+    let mut stmt = conn.prepare_cached(
+        "WITH RECURSIVE rec(store) AS (
+             SELECT MIN(store) FROM store_records
+             UNION ALL
+             SELECT (SELECT MIN(store) FROM store_records WHERE store > rec.store)
+             FROM rec WHERE rec.store IS NOT NULL
+         )
+         SELECT store FROM rec WHERE store IS NOT NULL
+         UNION SELECT store FROM checkpoints
+         UNION SELECT consumer FROM cursors
+         UNION SELECT store FROM store_stats
+         ORDER BY 1",
+    )?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}

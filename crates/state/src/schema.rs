@@ -1,0 +1,137 @@
+//! Schema creation and forward migrations, versioned with `PRAGMA user_version`.
+//!
+//! `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. Migrations
+//! are append-only: never edit a released one, add the next.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Version 1: every table of the state database.
+const V1: &str = r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE checkpoints (
+    store      TEXT PRIMARY KEY NOT NULL,
+    checkpoint TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+CREATE TABLE cursors (
+    consumer   TEXT PRIMARY KEY NOT NULL,
+    seq        INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+CREATE TABLE store_records (
+    store          TEXT NOT NULL,
+    contact_id     TEXT NOT NULL,
+    native_id      TEXT,
+    synced_version INTEGER NOT NULL,
+    hash           TEXT NOT NULL,
+    deleted        INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+    PRIMARY KEY (store, contact_id)
+) WITHOUT ROWID;
+CREATE INDEX store_records_native ON store_records (store, native_id);
+
+CREATE TABLE journal (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    contact_id   TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    prev_version INTEGER NOT NULL,
+    op           TEXT NOT NULL,
+    origin       TEXT NOT NULL,
+    changes      TEXT NOT NULL,
+    conflicts    TEXT NOT NULL,
+    after        TEXT NOT NULL,
+    hash         TEXT NOT NULL,
+    at           TEXT NOT NULL
+);
+CREATE INDEX journal_contact_version ON journal (contact_id, version);
+CREATE INDEX journal_contact_prev ON journal (contact_id, prev_version);
+
+CREATE TABLE conflicts (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    contact_id       TEXT NOT NULL,
+    store            TEXT NOT NULL,
+    field            TEXT NOT NULL,
+    base             TEXT NOT NULL,
+    canonical        TEXT NOT NULL,
+    incoming         TEXT NOT NULL,
+    canonical_version INTEGER NOT NULL,
+    incoming_version INTEGER NOT NULL,
+    resolution       TEXT NOT NULL,
+    status           TEXT NOT NULL
+        CHECK (status IN ('open', 'kept_canonical', 'kept_incoming')),
+    created_at       TEXT NOT NULL,
+    resolved_at      TEXT
+);
+CREATE INDEX conflicts_status ON conflicts (status, id);
+
+CREATE TABLE dead_letters (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    store   TEXT NOT NULL,
+    record  TEXT NOT NULL,
+    field   TEXT NOT NULL,
+    reason  TEXT NOT NULL,
+    payload TEXT,
+    at      TEXT NOT NULL
+);
+
+CREATE TABLE store_stats (
+    store              TEXT PRIMARY KEY NOT NULL,
+    runs               INTEGER NOT NULL DEFAULT 0,
+    captured           INTEGER NOT NULL DEFAULT 0,
+    applied            INTEGER NOT NULL DEFAULT 0,
+    written            INTEGER NOT NULL DEFAULT 0,
+    skipped_echo       INTEGER NOT NULL DEFAULT 0,
+    dead_letters       INTEGER NOT NULL DEFAULT 0,
+    conflicts          INTEGER NOT NULL DEFAULT 0,
+    last_success       TEXT,
+    last_error         TEXT,
+    last_error_at      TEXT,
+    consecutive_errors INTEGER NOT NULL DEFAULT 0,
+    updated_at         TEXT NOT NULL
+);
+"#;
+
+/// Every migration, in order; the schema version is `MIGRATIONS.len()`.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Reads `PRAGMA user_version`.
+pub(crate) fn version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`], one migration per
+/// transaction. Returns an error message (for `StateError::Open`) when the
+/// file was written by a newer build or a migration fails.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let current = version(conn).map_err(|e| format!("reading schema version: {e}"))?;
+    if current > SCHEMA_VERSION {
+        return Err(format!(
+            "schema version {current} was written by a newer contact-sync (this build knows up to {SCHEMA_VERSION}); upgrade contact-sync"
+        ));
+    }
+    if current < 0 {
+        return Err(format!("invalid schema version {current}"));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let target = i as i64 + 1;
+        let step = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Another process may have migrated while we waited for the write lock.
+            if version(&tx)? < target {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", target)?;
+            }
+            tx.commit()
+        };
+        step(conn).map_err(|e| format!("migrating schema to version {target}: {e}"))?;
+    }
+    Ok(())
+}
