@@ -1,1 +1,230 @@
-//! placeholder
+//! The sync engine (DESIGN.md, "Sync semantics").
+//!
+//! One [`Engine`] drives one canonical store and any number of other stores
+//! through the state database:
+//!
+//! 1. **Canonical apply** ([`canonical`]): journal entries not yet in the
+//!    canonical store are written to it (the journal is the write-ahead log).
+//! 2. **Capture** ([`capture`]): each store's changes are read from its
+//!    checkpoint, validated (bad records become dead letters), echo-filtered
+//!    by content hash, merged three-way into canonical, journaled; the batch's
+//!    journal entries, conflicts, dead letters, sync records and the new
+//!    checkpoint commit in one state transaction; then canonical is written
+//!    and the store is told it may discard the changes.
+//! 3. **Propagate** ([`propagate`]): each store consumes the journal from its
+//!    own cursor, writes what it lacks, records the hash written, and only
+//!    then advances its cursor.
+//!
+//! Invariants: a checkpoint or cursor advances only in the same transaction
+//! that durably records what it covers; every store write is idempotent and
+//! keyed by `contact_id`; a write whose content the store already has is
+//! never sent (no echo, no loop).
+
+mod backfill;
+mod canonical;
+mod capture;
+mod error;
+mod propagate;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use contact_sync_connector::Store;
+use contact_sync_core::model::Timestamp;
+use contact_sync_state::{RunStats, StateDb};
+use serde::Serialize;
+
+pub use backfill::{BackfillProgress, StoreVerification};
+pub use error::EngineError;
+
+/// The consumer name of the canonical store in cursors and sync records.
+pub const CANONICAL: &str = "canonical";
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Changes read and journal entries written per batch.
+    pub batch_size: usize,
+    /// Contacts per page when backfilling a store.
+    pub backfill_page: usize,
+    /// Most batches read from one store in one cycle (bounds a cycle's length).
+    pub max_batches_per_cycle: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            batch_size: 100,
+            backfill_page: 1000,
+            max_batches_per_cycle: 1000,
+        }
+    }
+}
+
+/// A source of "now", so tests can control time.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// What one cycle did, per store.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CycleReport {
+    pub stores: Vec<StoreReport>,
+}
+
+/// What one cycle did for one store.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreReport {
+    pub store: String,
+    pub stats: RunStats,
+    pub error: Option<String>,
+}
+
+impl CycleReport {
+    /// Errors of this cycle, as `store: message` lines.
+    pub fn errors(&self) -> Vec<String> {
+        self.stores
+            .iter()
+            .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.store)))
+            .collect()
+    }
+
+    fn entry(&mut self, store: &str) -> &mut StoreReport {
+        if let Some(i) = self.stores.iter().position(|s| s.store == store) {
+            return &mut self.stores[i];
+        }
+        self.stores.push(StoreReport {
+            store: store.to_string(),
+            ..Default::default()
+        });
+        self.stores.last_mut().expect("just pushed")
+    }
+}
+
+/// The sync engine. See the crate docs for the loop and its invariants.
+pub struct Engine {
+    state: StateDb,
+    canonical: Box<dyn Store>,
+    stores: Vec<Box<dyn Store>>,
+    opts: EngineOptions,
+    clock: Clock,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Engine {
+    /// An engine over `canonical` and the other `stores`. Store names must
+    /// be unique and none may be named [`CANONICAL`].
+    pub fn new(
+        state: StateDb,
+        canonical: Box<dyn Store>,
+        stores: Vec<Box<dyn Store>>,
+        opts: EngineOptions,
+    ) -> Result<Engine, EngineError> {
+        let mut names = std::collections::BTreeSet::new();
+        for s in &stores {
+            if s.name() == CANONICAL || !names.insert(s.name().to_string()) {
+                return Err(EngineError::Config(format!(
+                    "store name {:?} is used twice (or is reserved for the canonical store)",
+                    s.name()
+                )));
+            }
+        }
+        Ok(Engine {
+            state,
+            canonical,
+            stores,
+            opts,
+            clock: Arc::new(contact_sync_core::model::now),
+            shutdown: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// A flag that, once set, makes the engine stop after the batch in
+    /// flight (SIGINT/SIGTERM).
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
+    pub fn state(&self) -> &StateDb {
+        &self.state
+    }
+
+    pub fn state_mut(&mut self) -> &mut StateDb {
+        &mut self.state
+    }
+
+    /// Names of the non-canonical stores, in configuration order.
+    pub fn store_names(&self) -> Vec<String> {
+        self.stores.iter().map(|s| s.name().to_string()).collect()
+    }
+
+    /// The store called `name` (`canonical` for the canonical store).
+    pub fn store_mut(&mut self, name: &str) -> Option<&mut (dyn Store + 'static)> {
+        if name == CANONICAL {
+            return Some(self.canonical.as_mut());
+        }
+        self.stores
+            .iter_mut()
+            .find(|s| s.name() == name)
+            .map(|s| s.as_mut())
+    }
+
+    /// One full cycle: finish canonical writes, capture canonical's own
+    /// changes, capture and merge every store's changes, then propagate the
+    /// journal to every store. A failing store is reported and skipped; the
+    /// others go on. A failing canonical store fails the cycle.
+    pub async fn cycle(&mut self) -> Result<CycleReport, EngineError> {
+        let mut report = CycleReport::default();
+        self.apply_canonical(&mut report).await?;
+        self.capture_canonical(&mut report).await?;
+        for i in 0..self.stores.len() {
+            if self.stopping() {
+                break;
+            }
+            let name = self.stores[i].name().to_string();
+            if let Err(e) = self.capture_store(i, &mut report).await {
+                if !e.is_store_error() {
+                    return Err(e);
+                }
+                tracing::warn!(store = %name, error = %e, alert = "sync_failure", "capture failed");
+                report.entry(&name).error = Some(e.to_string());
+            }
+        }
+        for i in 0..self.stores.len() {
+            if self.stopping() {
+                break;
+            }
+            let name = self.stores[i].name().to_string();
+            if report.entry(&name).error.is_some() {
+                continue;
+            }
+            if let Err(e) = self.propagate_store(i, &mut report).await {
+                if !e.is_store_error() {
+                    return Err(e);
+                }
+                tracing::warn!(store = %name, error = %e, alert = "sync_failure", "propagation failed");
+                report.entry(&name).error = Some(e.to_string());
+            }
+        }
+        let now = (self.clock)();
+        let tx = self.state.tx()?;
+        for s in &report.stores {
+            tx.record_run(&s.store, &s.stats, s.error.as_deref(), now)?;
+        }
+        tx.commit()?;
+        Ok(report)
+    }
+
+    /// Pending journal entries for a store: journal head minus its cursor.
+    pub fn pending(&self, store: &str) -> Result<i64, EngineError> {
+        Ok(self.state.journal_head()? - self.state.cursor(store)?)
+    }
+}

@@ -1,0 +1,419 @@
+//! Capture: a store's changes → validate → echo filter → merge → journal.
+
+use std::collections::{BTreeSet, HashMap};
+
+use contact_sync_connector::{ChangeKind, Checkpoint};
+use contact_sync_core::identity::mint_contact_id;
+use contact_sync_core::{
+    content_hash, merge, validate, Contact, DeadLetter, FieldConflict, JournalEntry, MergeInput,
+    Op, Resolution,
+};
+use contact_sync_state::{RunStats, StoreRecord};
+
+use crate::{CycleReport, Engine, EngineError, CANONICAL};
+
+/// One change, resolved to a contact id.
+struct Item {
+    native_id: String,
+    contact_id: String,
+    /// `None`: the record was removed outright in the store.
+    incoming: Option<Contact>,
+    /// The store does not know the contact id yet: write it back.
+    writeback: bool,
+}
+
+pub(crate) fn add_stats(into: &mut RunStats, s: &RunStats) {
+    into.captured += s.captured;
+    into.applied += s.applied;
+    into.written += s.written;
+    into.skipped_echo += s.skipped_echo;
+    into.dead_letters += s.dead_letters;
+    into.conflicts += s.conflicts;
+}
+
+impl Engine {
+    /// Reads and merges a store's changes, batch by batch, until it has no
+    /// more (or the per-cycle bound is reached).
+    pub(crate) async fn capture_store(
+        &mut self,
+        i: usize,
+        report: &mut CycleReport,
+    ) -> Result<(), EngineError> {
+        let name = self.stores[i].name().to_string();
+        if let Some(cp) = self.state.checkpoint(&name)? {
+            // A previous acknowledge may have been lost; repeating it is harmless.
+            if let Err(e) = self.stores[i].acknowledge(&Checkpoint(cp)).await {
+                tracing::debug!(store = %name, error = %e, "re-acknowledge failed");
+            }
+        }
+        for _ in 0..self.opts.max_batches_per_cycle {
+            if self.stopping() {
+                break;
+            }
+            let from = self.state.checkpoint(&name)?.map(Checkpoint);
+            let batch = self.stores[i]
+                .read_changes(from.as_ref(), self.opts.batch_size)
+                .await?;
+            if batch.changes.is_empty() {
+                if from.as_ref() != Some(&batch.checkpoint) {
+                    let tx = self.state.tx()?;
+                    tx.set_checkpoint(&name, batch.checkpoint.as_str())?;
+                    tx.commit()?;
+                }
+                break;
+            }
+            let stats = self
+                .merge_batch(i, batch.changes, &batch.checkpoint)
+                .await?;
+            add_stats(&mut report.entry(&name).stats, &stats);
+            self.apply_canonical(report).await?;
+            if let Err(e) = self.stores[i].acknowledge(&batch.checkpoint).await {
+                // The checkpoint is stored; the next read starts after it anyway.
+                tracing::warn!(store = %name, error = %e, "acknowledge failed; will repeat");
+            }
+            if !batch.has_more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The record at `version` of a contact, as the last agreed base.
+    pub(crate) fn base_at(
+        &self,
+        contact_id: &str,
+        version: i64,
+        canonical: Option<&Contact>,
+    ) -> Result<Option<Contact>, EngineError> {
+        if version <= 0 {
+            return Ok(None);
+        }
+        if let Some(c) = canonical.filter(|c| c.version == version) {
+            return Ok(Some(c.clone()));
+        }
+        if let Some(e) = self.state.journal_version(contact_id, version)? {
+            return Ok(Some(e.after));
+        }
+        if let Some(e) = self.state.journal_after_version(contact_id, version)? {
+            return Ok(e.before());
+        }
+        Ok(None)
+    }
+
+    /// Finds the contact id of a record that arrived without one: the id
+    /// already mapped to its native id, else a canonical contact with the
+    /// same primary email or phone, else a freshly minted (deterministic) id.
+    async fn resolve_identity(
+        &mut self,
+        store: &str,
+        native_id: &str,
+        c: &Contact,
+        minted_in_batch: &HashMap<String, String>,
+    ) -> Result<String, EngineError> {
+        if let Some(id) = minted_in_batch.get(native_id) {
+            return Ok(id.clone());
+        }
+        if let Some(rec) = self.state.store_record_by_native(store, native_id)? {
+            return Ok(rec.contact_id);
+        }
+        let emails: Vec<String> = c
+            .primary_email()
+            .map(|e| e.to_lowercase())
+            .into_iter()
+            .collect();
+        let phones: Vec<String> = c.primary_phone().map(str::to_string).into_iter().collect();
+        if !emails.is_empty() || !phones.is_empty() {
+            let mut found = self
+                .canonical
+                .find_by_identity(&emails, &phones)
+                .await
+                .map_err(EngineError::Canonical)?;
+            found.retain(|f| !f.is_deleted());
+            found.sort_by(|a, b| a.contact_id.cmp(&b.contact_id));
+            // Prefer an email match over a phone match.
+            let by_email = found
+                .iter()
+                .find(|f| f.primary_email().is_some() && f.primary_email() == c.primary_email());
+            if let Some(m) = by_email.or(found.first()) {
+                // The store already links another of its records to this
+                // contact: this one is a duplicate there, for a person to merge.
+                if let Some(r) = self.state.store_record(store, &m.contact_id)? {
+                    if r.native_id.as_deref().is_some_and(|n| n != native_id) && !r.deleted {
+                        return Err(EngineError::Request(format!(
+                            "duplicates contact {} (same primary email or phone), which {store} already holds as record {}; merge or delete one of them in {store}",
+                            m.contact_id,
+                            r.native_id.unwrap_or_default()
+                        )));
+                    }
+                }
+                return Ok(m.contact_id.clone());
+            }
+        }
+        Ok(mint_contact_id(store, native_id))
+    }
+
+    /// Merges one batch of a store's changes and commits the result with the
+    /// batch's checkpoint in one state transaction.
+    async fn merge_batch(
+        &mut self,
+        i: usize,
+        changes: Vec<contact_sync_connector::Change>,
+        checkpoint: &Checkpoint,
+    ) -> Result<RunStats, EngineError> {
+        let name = self.stores[i].name().to_string();
+        let versioned = self.stores[i].keeps_version();
+        let now = (self.clock)();
+        let mut stats = RunStats {
+            captured: changes.len() as u64,
+            ..Default::default()
+        };
+        let mut dead: Vec<DeadLetter> = Vec::new();
+        let mut items: Vec<Item> = Vec::with_capacity(changes.len());
+        let mut minted: HashMap<String, String> = HashMap::new();
+
+        for ch in changes {
+            match ch.kind {
+                ChangeKind::Undecodable { invalid, payload } => dead.push(DeadLetter {
+                    id: 0,
+                    store: name.clone(),
+                    record: invalid.record,
+                    field: invalid.field,
+                    reason: invalid.reason,
+                    payload,
+                    at: now,
+                }),
+                ChangeKind::Upsert(c) => {
+                    let mut c = *c;
+                    c.normalize();
+                    let mut writeback = false;
+                    if c.contact_id.is_empty() {
+                        let id = match self
+                            .resolve_identity(&name, &ch.native_id, &c, &minted)
+                            .await
+                        {
+                            Ok(id) => id,
+                            Err(EngineError::Request(reason)) => {
+                                dead.push(DeadLetter {
+                                    id: 0,
+                                    store: name.clone(),
+                                    record: format!("{name} record {}", ch.native_id),
+                                    field: "contact_id".into(),
+                                    reason,
+                                    payload: serde_json::to_value(&c).ok(),
+                                    at: now,
+                                });
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        minted.insert(ch.native_id.clone(), id.clone());
+                        c.contact_id = id;
+                        writeback = true;
+                    }
+                    if let Err(invalid) = validate(&c) {
+                        let record = if writeback {
+                            format!("{name} record {}", ch.native_id)
+                        } else {
+                            invalid.record
+                        };
+                        dead.push(DeadLetter {
+                            id: 0,
+                            store: name.clone(),
+                            record,
+                            field: invalid.field,
+                            reason: invalid.reason,
+                            payload: serde_json::to_value(&c).ok(),
+                            at: now,
+                        });
+                        continue;
+                    }
+                    items.push(Item {
+                        native_id: ch.native_id,
+                        contact_id: c.contact_id.clone(),
+                        incoming: Some(c),
+                        writeback,
+                    });
+                }
+                ChangeKind::Delete { contact_id } => {
+                    let id = match contact_id.filter(|s| !s.is_empty()) {
+                        Some(id) => Some(id),
+                        None => self
+                            .state
+                            .store_record_by_native(&name, &ch.native_id)?
+                            .map(|r| r.contact_id),
+                    };
+                    match id {
+                        Some(contact_id) => items.push(Item {
+                            native_id: ch.native_id,
+                            contact_id,
+                            incoming: None,
+                            writeback: false,
+                        }),
+                        None => tracing::debug!(store = %name, native_id = %ch.native_id,
+                            "delete of a record never synced; nothing to do"),
+                    }
+                }
+            }
+        }
+
+        let ids: Vec<String> = items
+            .iter()
+            .map(|it| it.contact_id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut canon: HashMap<String, Contact> = HashMap::new();
+        if !ids.is_empty() {
+            for mut c in self
+                .canonical
+                .read(&ids)
+                .await
+                .map_err(EngineError::Canonical)?
+            {
+                c.normalize();
+                canon.insert(c.contact_id.clone(), c);
+            }
+        }
+        let mut recs: HashMap<String, StoreRecord> = self
+            .state
+            .store_records(&name, &ids)?
+            .into_iter()
+            .map(|r| (r.contact_id.clone(), r))
+            .collect();
+
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut entries: Vec<JournalEntry> = Vec::new();
+        let mut open: Vec<(String, FieldConflict)> = Vec::new();
+        for it in items {
+            let rec = recs.get(&it.contact_id).cloned();
+            let synced_version = rec.as_ref().map_or(0, |r| r.synced_version);
+            let current = canon.get(&it.contact_id);
+            let base = self.base_at(&it.contact_id, synced_version, current)?;
+            let incoming = match it.incoming {
+                Some(c) => c,
+                None => {
+                    // Removed outright: a tombstone of what the store last had.
+                    let Some(mut t) = base.clone().or_else(|| current.cloned()) else {
+                        continue;
+                    };
+                    if t.is_deleted() {
+                        continue;
+                    }
+                    t.deleted_at = Some(now);
+                    t
+                }
+            };
+            let hash = content_hash(&incoming);
+            if let Some(r) = &rec {
+                if r.hash == hash && r.deleted == incoming.is_deleted() && !it.writeback {
+                    stats.skipped_echo += 1;
+                    continue;
+                }
+            }
+            let outcome = merge(MergeInput {
+                base: base.as_ref(),
+                canonical: current,
+                incoming: &incoming,
+                incoming_versioned: versioned,
+                origin: &name,
+                now,
+            });
+            for c in &outcome.conflicts {
+                stats.conflicts += 1;
+                if c.resolution == Resolution::Open {
+                    tracing::warn!(store = %name, contact_id = %it.contact_id, field = %c.field,
+                        alert = "conflict_detected", "conflict needs a person to decide");
+                    open.push((it.contact_id.clone(), c.clone()));
+                }
+            }
+            let mut note_needed = !outcome.conflicts.is_empty() || it.writeback;
+            if let Some(mut w) = outcome.write {
+                w.external_ids.insert(name.clone(), it.native_id.clone());
+                let prev_version = current.map_or(0, |c| c.version);
+                let entry = JournalEntry {
+                    seq: 0,
+                    contact_id: it.contact_id.clone(),
+                    version: w.version,
+                    prev_version,
+                    op: if w.is_deleted() {
+                        Op::Delete
+                    } else {
+                        Op::Upsert
+                    },
+                    origin: name.clone(),
+                    changes: outcome.changes,
+                    conflicts: outcome.conflicts.clone(),
+                    hash: content_hash(&w),
+                    after: w.clone(),
+                    at: now,
+                };
+                entries.push(entry);
+                stats.applied += 1;
+                canon.insert(it.contact_id.clone(), w);
+                note_needed = false;
+            }
+            let current = canon.get(&it.contact_id);
+            if note_needed {
+                if let Some(c) = current {
+                    // Canonical unchanged, but the store must be told: the
+                    // losers of a conflict are kept in the journal, and a
+                    // record without id gets its id written back.
+                    entries.push(JournalEntry {
+                        seq: 0,
+                        contact_id: it.contact_id.clone(),
+                        version: c.version,
+                        prev_version: c.version,
+                        op: if c.is_deleted() {
+                            Op::Delete
+                        } else {
+                            Op::Upsert
+                        },
+                        origin: name.clone(),
+                        changes: vec![],
+                        conflicts: outcome.conflicts,
+                        hash: content_hash(c),
+                        after: c.clone(),
+                        at: now,
+                    });
+                }
+            }
+            touched.insert(it.contact_id.clone());
+            let agreed = current.filter(|c| content_hash(c) == hash && !it.writeback);
+            recs.insert(
+                it.contact_id.clone(),
+                StoreRecord {
+                    store: name.clone(),
+                    contact_id: it.contact_id.clone(),
+                    native_id: Some(it.native_id.clone()),
+                    synced_version: agreed.map_or(synced_version, |c| c.version),
+                    // A record that must get its id written back is not yet in sync.
+                    hash: if it.writeback { String::new() } else { hash },
+                    deleted: incoming.is_deleted(),
+                },
+            );
+        }
+
+        stats.dead_letters = dead.len() as u64;
+        for d in &dead {
+            tracing::warn!(store = %d.store, record = %d.record, field = %d.field,
+                reason = %d.reason, "record refused; kept in dead letters");
+        }
+        let tx = self.state.tx()?;
+        for e in &entries {
+            tx.append_journal(e)?;
+        }
+        for (id, c) in &open {
+            tx.add_conflict(id, &name, c, now)?;
+        }
+        for d in &dead {
+            tx.add_dead_letter(d)?;
+        }
+        for id in &touched {
+            tx.put_store_record(&recs[id])?;
+        }
+        tx.set_checkpoint(&name, checkpoint.as_str())?;
+        tx.commit()?;
+        debug_assert!(name != CANONICAL);
+        Ok(stats)
+    }
+}

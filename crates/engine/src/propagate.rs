@@ -1,0 +1,195 @@
+//! Propagation: each store consumes the journal from its own cursor.
+
+use std::collections::HashMap;
+
+use contact_sync_connector::{StoreError, WriteOutcome};
+use contact_sync_core::{Contact, DeadLetter, JournalEntry};
+use contact_sync_state::{RunStats, StoreRecord};
+
+use crate::canonical::latest_per_contact;
+use crate::capture::add_stats;
+use crate::{CycleReport, Engine, EngineError, CANONICAL};
+
+/// What to send a store for one journal entry.
+pub(crate) enum Plan<'a> {
+    /// Send this record.
+    Write(&'a JournalEntry, Contact),
+    /// The store already has this content: only note the agreement.
+    Agree(StoreRecord),
+}
+
+/// Decides, per latest entry, whether the store needs a write. A store is
+/// never sent content it already has (the hash it last got or gave equals
+/// the entry's), nor a tombstone of something it never had.
+pub(crate) fn plan<'a>(
+    store: &str,
+    accepts: impl Fn(&Contact) -> bool,
+    latest: &[&'a JournalEntry],
+    recs: &HashMap<String, StoreRecord>,
+) -> Vec<Plan<'a>> {
+    let mut out = Vec::new();
+    for e in latest {
+        let rec = recs.get(&e.contact_id);
+        let mut after = e.after.clone();
+        let mut hash = e.hash.clone();
+        if !after.is_deleted() && !accepts(&after) {
+            // Left out of this store: remove it if it is there.
+            after.deleted_at = Some(e.at);
+            hash = contact_sync_core::content_hash(&after);
+        }
+        if let Some(r) = rec {
+            if r.synced_version > e.version {
+                continue; // the store already agreed with a newer version (a replay)
+            }
+            if r.hash == hash && r.deleted == after.is_deleted() {
+                if r.synced_version < e.version {
+                    out.push(Plan::Agree(StoreRecord {
+                        synced_version: e.version,
+                        ..r.clone()
+                    }));
+                }
+                continue;
+            }
+        }
+        if after.is_deleted() && rec.is_none_or(|r| r.deleted) {
+            continue;
+        }
+        if let Some(native) = rec.and_then(|r| r.native_id.clone()) {
+            after.external_ids.insert(store.to_string(), native);
+        }
+        after.content_hash = Some(hash);
+        out.push(Plan::Write(e, after));
+    }
+    out
+}
+
+impl Engine {
+    /// Sends a store every journal entry after its cursor that canonical
+    /// already holds, batch by batch; the cursor advances with the records
+    /// of what was written, in one transaction, after the store confirmed.
+    pub(crate) async fn propagate_store(
+        &mut self,
+        i: usize,
+        report: &mut CycleReport,
+    ) -> Result<(), EngineError> {
+        let name = self.stores[i].name().to_string();
+        loop {
+            if self.stopping() {
+                return Ok(());
+            }
+            let cursor = self.state.cursor(&name)?;
+            let upto = self.state.cursor(CANONICAL)?;
+            if cursor >= upto {
+                return Ok(());
+            }
+            let entries = self
+                .state
+                .journal_after(cursor, upto, self.opts.batch_size.max(1))?;
+            let Some(last_seq) = entries.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            let latest = latest_per_contact(&entries);
+            let ids: Vec<String> = latest.iter().map(|e| e.contact_id.clone()).collect();
+            let recs: HashMap<String, StoreRecord> = self
+                .state
+                .store_records(&name, &ids)?
+                .into_iter()
+                .map(|r| (r.contact_id.clone(), r))
+                .collect();
+            let store = &self.stores[i];
+            let plans = plan(&name, |c| store.accepts(c), &latest, &recs);
+            let stats = self.send(i, &name, plans, last_seq).await?;
+            add_stats(&mut report.entry(&name).stats, &stats);
+        }
+    }
+
+    /// Writes the planned records to store `i` and commits what happened,
+    /// with the store's new cursor when `cursor` is given.
+    pub(crate) async fn send(
+        &mut self,
+        i: usize,
+        name: &str,
+        plans: Vec<Plan<'_>>,
+        cursor: i64,
+    ) -> Result<RunStats, EngineError> {
+        let now = (self.clock)();
+        let mut writes = Vec::new();
+        let mut sent = Vec::new();
+        let mut agree = Vec::new();
+        for p in plans {
+            match p {
+                Plan::Write(e, c) => {
+                    sent.push((
+                        e.contact_id.clone(),
+                        e.version,
+                        c.content_hash.clone().unwrap_or_default(),
+                    ));
+                    writes.push(c);
+                }
+                Plan::Agree(r) => agree.push(r),
+            }
+        }
+        let outcomes = if writes.is_empty() {
+            vec![]
+        } else {
+            self.stores[i].write_batch(&writes).await?
+        };
+        if outcomes.len() != writes.len() {
+            return Err(StoreError::permanent(
+                name,
+                format!(
+                    "returned {} outcomes for {} writes",
+                    outcomes.len(),
+                    writes.len()
+                ),
+            )
+            .into());
+        }
+        let mut stats = RunStats::default();
+        let tx = self.state.tx()?;
+        for ((contact_id, version, hash), (o, c)) in
+            sent.into_iter().zip(outcomes.into_iter().zip(&writes))
+        {
+            match o {
+                WriteOutcome::Applied { native_id } => {
+                    stats.written += 1;
+                    tx.put_store_record(&StoreRecord {
+                        store: name.to_string(),
+                        contact_id,
+                        native_id: Some(native_id),
+                        synced_version: version,
+                        hash,
+                        deleted: c.is_deleted(),
+                    })?;
+                }
+                WriteOutcome::Stale { stored_version } => {
+                    // The store has a newer edit of its own; capture brings it in.
+                    tracing::debug!(store = %name, contact_id = %contact_id, version,
+                        stored_version, "store holds a newer version; not overwritten");
+                }
+                WriteOutcome::Rejected { field, reason } => {
+                    stats.dead_letters += 1;
+                    tracing::warn!(store = %name, contact_id = %contact_id, field = %field,
+                        reason = %reason, alert = "sync_failure", "store refused a record");
+                    tx.add_dead_letter(&DeadLetter {
+                        id: 0,
+                        store: name.to_string(),
+                        record: contact_id,
+                        field,
+                        reason,
+                        payload: serde_json::to_value(c).ok(),
+                        at: now,
+                    })?;
+                }
+            }
+        }
+        for r in &agree {
+            tx.put_store_record(r)?;
+        }
+        if cursor > 0 {
+            tx.set_cursor(name, cursor)?;
+        }
+        tx.commit()?;
+        Ok(stats)
+    }
+}
