@@ -7,7 +7,10 @@
 //!   version the store last agreed with (the merge base), and the content
 //!   hash last written to or read from it (the echo filter).
 //! - `journal`: append-only change log (audit trail and propagation feed).
-//! - `conflicts`, `dead_letters`, `runs`, `meta`.
+//! - `conflicts`, `dead_letters`, `store_stats` (run totals per store), `meta`.
+//!
+//! The schema version is `PRAGMA user_version`; opening migrates forward
+//! and refuses a file written by a newer build.
 //!
 //! Writes go through a [`StateTx`] so that one batch's journal entries,
 //! conflicts, dead letters, sync records and checkpoint commit together.
