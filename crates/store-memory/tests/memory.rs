@@ -160,7 +160,7 @@ async fn engine_writes_are_echoed_unless_disabled() {
 async fn write_log_counts_redundant_writes() {
     let (mut store, handle) = MemoryStore::with_options(MemoryOptions::new("local"));
     let v1 = contact("c1", "Ada", 1);
-    store.write_batch(&[v1.clone()]).await.unwrap();
+    store.write_batch(std::slice::from_ref(&v1)).await.unwrap();
     // Same content, newer version: applied, but redundant.
     store.write_batch(&[contact("c1", "Ada", 2)]).await.unwrap();
     store
