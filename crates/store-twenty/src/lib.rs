@@ -1,0 +1,1 @@
+//! Twenty CRM store (work in progress).
