@@ -1,6 +1,6 @@
 //! Content hash: a stable fingerprint of a contact's content fields.
 //!
-//! The hash covers [`crate::model::CONTENT_FIELDS`] and the tombstone flag,
+//! The hash covers [`crate::model::CONTENT_FIELDS`] (all tombstones hash alike),
 //! not the id or sync metadata (version, timestamps, origin), so the same
 //! content read back from any store hashes the same. The echo filter and the
 //! drift check compare these hashes.
@@ -15,12 +15,17 @@ use crate::model::Contact;
 /// differ only in `""` versus absent would otherwise hash differently.
 pub fn content_hash(c: &Contact) -> String {
     let mut h = Sha256::new();
+    if c.is_deleted() {
+        // A tombstone is a tombstone whatever content it still carries: two
+        // stores that both deleted a contact agree.
+        h.update(b"contact-sync tombstone");
+        return hex::encode(h.finalize());
+    }
     let fields = c.content_fields();
     // serde_json writes maps in insertion order (preserve_order), which is
     // canonical order here.
     let bytes = serde_json::to_vec(&fields).expect("JSON map always serializes");
     h.update(&bytes);
-    h.update(if c.is_deleted() { b"\x01" } else { b"\x00" });
     hex::encode(h.finalize())
 }
 
@@ -47,6 +52,13 @@ mod tests {
         let mut d = a.clone();
         d.deleted_at = Some(now());
         assert_ne!(content_hash(&a), content_hash(&d));
+        let mut e = b.clone();
+        e.deleted_at = Some(now());
+        assert_eq!(
+            content_hash(&d),
+            content_hash(&e),
+            "tombstones agree whatever their content"
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ impl Engine {
             let cursor = self.state.cursor(CANONICAL)?;
             let head = self.state.journal_head()?;
             if cursor >= head {
+                self.canonical_uncertain = false;
                 return Ok(());
             }
             let entries = self
@@ -61,14 +62,64 @@ impl Engine {
                     })
                 })
                 .collect();
+            // After a failed or interrupted write the engine cannot know
+            // what canonical holds: look before writing, so that a retry at
+            // the same version never overwrites an edit made since.
+            let mut already: Vec<(&JournalEntry, WriteOutcome)> = Vec::new();
+            let todo: Vec<&JournalEntry> = if self.canonical_uncertain && !todo.is_empty() {
+                let ids: Vec<String> = todo.iter().map(|e| e.contact_id.clone()).collect();
+                let held: HashMap<String, Contact> = self
+                    .canonical
+                    .read(&ids)
+                    .await
+                    .map_err(EngineError::Canonical)?
+                    .into_iter()
+                    .map(|mut c| {
+                        c.normalize();
+                        (c.contact_id.clone(), c)
+                    })
+                    .collect();
+                todo.into_iter()
+                    .filter(|e| match held.get(&e.contact_id) {
+                        Some(h) if h.version > e.version => {
+                            already.push((
+                                e,
+                                WriteOutcome::Stale {
+                                    stored_version: h.version,
+                                },
+                            ));
+                            false
+                        }
+                        Some(h) if h.version == e.version => {
+                            let outcome = if content_hash(h) == e.hash {
+                                WriteOutcome::Applied {
+                                    native_id: e.contact_id.clone(),
+                                }
+                            } else {
+                                WriteOutcome::Stale {
+                                    stored_version: h.version,
+                                }
+                            };
+                            already.push((e, outcome));
+                            false
+                        }
+                        _ => true,
+                    })
+                    .collect()
+            } else {
+                todo
+            };
             let writes: Vec<Contact> = todo.iter().map(|e| e.after.clone()).collect();
             let outcomes = if writes.is_empty() {
                 vec![]
             } else {
-                self.canonical
-                    .write_batch(&writes)
-                    .await
-                    .map_err(EngineError::Canonical)?
+                match self.canonical.write_batch(&writes).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        self.canonical_uncertain = true;
+                        return Err(EngineError::Canonical(e));
+                    }
+                }
             };
             if outcomes.len() != writes.len() {
                 return Err(EngineError::Canonical(
@@ -84,7 +135,7 @@ impl Engine {
             }
             let mut stats = RunStats::default();
             let tx = self.state.tx()?;
-            for (e, o) in todo.iter().zip(outcomes) {
+            for (e, o) in todo.iter().copied().zip(outcomes).chain(already) {
                 match o {
                     WriteOutcome::Applied { native_id } => {
                         stats.written += 1;
@@ -154,7 +205,9 @@ impl Engine {
                 }
                 break;
             }
-            let stats = self.journal_canonical_batch(batch.changes, &batch.checkpoint)?;
+            let stats = self
+                .journal_canonical_batch(batch.changes, &batch.checkpoint)
+                .await?;
             add_stats(&mut report.entry(CANONICAL).stats, &stats);
             self.apply_canonical(report).await?;
             if let Err(e) = self.canonical.acknowledge(&batch.checkpoint).await {
@@ -167,7 +220,10 @@ impl Engine {
         Ok(())
     }
 
-    fn journal_canonical_batch(
+    /// Journals what canonical holds now for each changed contact. The
+    /// change images only say *which* contacts changed: canonical is the
+    /// truth, and an image may be older than what the engine wrote since.
+    async fn journal_canonical_batch(
         &mut self,
         changes: Vec<contact_sync_connector::Change>,
         checkpoint: &Checkpoint,
@@ -179,12 +235,13 @@ impl Engine {
         };
         let mut dead = Vec::new();
         let mut entries: Vec<JournalEntry> = Vec::new();
-        // The latest known canonical record per contact (journal, then this batch).
-        let mut known: HashMap<String, Contact> = HashMap::new();
         let mut recs: HashMap<String, StoreRecord> = HashMap::new();
         let mut touched = BTreeSet::new();
+        // Changed contact ids, in order of first appearance, with a native id.
+        let mut order: Vec<(String, String)> = Vec::new();
+        let mut seen = BTreeSet::new();
         for ch in changes {
-            let (contact_id, incoming) = match ch.kind {
+            let contact_id = match ch.kind {
                 ChangeKind::Undecodable { invalid, payload } => {
                     dead.push(DeadLetter {
                         id: 0,
@@ -197,56 +254,79 @@ impl Engine {
                     });
                     continue;
                 }
-                ChangeKind::Upsert(c) => (c.contact_id.clone(), Some(*c)),
-                ChangeKind::Delete { contact_id } => {
-                    let id = match contact_id.filter(|s| !s.is_empty()) {
-                        Some(id) => id,
-                        None => match self
-                            .state
-                            .store_record_by_native(CANONICAL, &ch.native_id)?
-                        {
-                            Some(r) => r.contact_id,
-                            None => continue,
-                        },
-                    };
-                    (id, None)
-                }
-            };
-            if contact_id.is_empty() {
-                dead.push(DeadLetter {
-                    id: 0,
-                    store: CANONICAL.to_string(),
-                    record: format!("canonical record {}", ch.native_id),
-                    field: "contact_id".into(),
-                    reason: "is missing".into(),
-                    payload: incoming.and_then(|c| serde_json::to_value(c).ok()),
-                    at: now,
-                });
-                continue;
-            }
-            if !known.contains_key(&contact_id) {
-                if let Some(e) = self.state.journal_of(&contact_id, 1)?.into_iter().next() {
-                    known.insert(contact_id.clone(), e.after);
-                }
-            }
-            if !recs.contains_key(&contact_id) {
-                if let Some(r) = self.state.store_record(CANONICAL, &contact_id)? {
-                    recs.insert(contact_id.clone(), r);
-                }
-            }
-            let prev = known.get(&contact_id).cloned();
-            let mut c = match incoming {
-                Some(mut c) => {
-                    c.normalize();
-                    c
-                }
-                None => {
-                    let Some(mut t) = prev.clone() else { continue };
-                    if t.is_deleted() {
+                ChangeKind::Upsert(c) => {
+                    if c.contact_id.trim().is_empty() {
+                        dead.push(DeadLetter {
+                            id: 0,
+                            store: CANONICAL.to_string(),
+                            record: format!("canonical record {}", ch.native_id),
+                            field: "contact_id".into(),
+                            reason: "is missing".into(),
+                            payload: serde_json::to_value(&c).ok(),
+                            at: now,
+                        });
                         continue;
                     }
+                    c.contact_id.trim().to_string()
+                }
+                ChangeKind::Delete { contact_id } => match contact_id.filter(|s| !s.is_empty()) {
+                    Some(id) => id,
+                    None => match self
+                        .state
+                        .store_record_by_native(CANONICAL, &ch.native_id)?
+                    {
+                        Some(r) => r.contact_id,
+                        None => continue,
+                    },
+                },
+            };
+            if seen.insert(contact_id.clone()) {
+                order.push((contact_id, ch.native_id));
+            }
+        }
+        let ids: Vec<String> = order.iter().map(|(id, _)| id.clone()).collect();
+        let mut current: HashMap<String, Contact> = HashMap::new();
+        if !ids.is_empty() {
+            for c in self
+                .canonical
+                .read(&ids)
+                .await
+                .map_err(EngineError::Canonical)?
+            {
+                current.insert(c.contact_id.clone(), c);
+            }
+        }
+        for r in self.state.store_records(CANONICAL, &ids)? {
+            recs.insert(r.contact_id.clone(), r);
+        }
+        for (contact_id, native_id) in order {
+            let prev = self
+                .state
+                .journal_of(&contact_id, 1)?
+                .into_iter()
+                .next()
+                .map(|e| e.after);
+            let (mut c, held_version) = match current.remove(&contact_id) {
+                Some(mut c) => {
+                    c.normalize();
+                    let v = c.version;
+                    (c, v)
+                }
+                None => {
+                    // Removed outright: a tombstone of the last known record
+                    // (only its id when the engine never journaled it).
+                    let mut t = match prev.clone() {
+                        Some(p) if p.is_deleted() => continue,
+                        Some(p) => p,
+                        None => {
+                            let mut t = Contact::new(contact_id.clone(), "");
+                            t.version =
+                                recs.get(&contact_id).map_or(0, |r| r.synced_version).max(1);
+                            t
+                        }
+                    };
                     t.deleted_at = Some(now);
-                    t
+                    (t, 0)
                 }
             };
             let hash = content_hash(&c);
@@ -266,13 +346,25 @@ impl Engine {
                     payload: serde_json::to_value(&c).ok(),
                     at: now,
                 });
+                // Remember the refused content so it is reported once.
+                recs.insert(
+                    contact_id.clone(),
+                    StoreRecord {
+                        store: CANONICAL.to_string(),
+                        contact_id: contact_id.clone(),
+                        native_id: Some(native_id),
+                        synced_version: recs.get(&contact_id).map_or(0, |r| r.synced_version),
+                        hash,
+                        deleted: c.is_deleted(),
+                    },
+                );
+                touched.insert(contact_id);
                 continue;
             }
             let prev_version = prev
                 .as_ref()
                 .map_or(0, |p| p.version)
                 .max(recs.get(&contact_id).map_or(0, |r| r.synced_version));
-            let held_version = c.version;
             // Another tool may have edited without bumping the version.
             if c.version <= prev_version {
                 c.version = prev_version + 1;
@@ -284,7 +376,8 @@ impl Engine {
                 c.last_updated_by = Some(CANONICAL.to_string());
             }
             c.content_hash = Some(hash.clone());
-            let entry = JournalEntry {
+            stats.applied += 1;
+            entries.push(JournalEntry {
                 seq: 0,
                 contact_id: contact_id.clone(),
                 version: c.version,
@@ -303,23 +396,20 @@ impl Engine {
                 hash: hash.clone(),
                 after: c.clone(),
                 at: now,
-            };
-            stats.applied += 1;
-            entries.push(entry);
+            });
             // What canonical holds now: apply rewrites it only if the version was bumped.
             recs.insert(
                 contact_id.clone(),
                 StoreRecord {
                     store: CANONICAL.to_string(),
                     contact_id: contact_id.clone(),
-                    native_id: Some(ch.native_id.clone()),
+                    native_id: Some(native_id),
                     synced_version: held_version,
                     hash,
                     deleted: c.is_deleted(),
                 },
             );
-            touched.insert(contact_id.clone());
-            known.insert(contact_id, c);
+            touched.insert(contact_id);
         }
         stats.dead_letters = dead.len() as u64;
         let tx = self.state.tx()?;

@@ -310,6 +310,21 @@ impl Engine {
                     continue;
                 }
             }
+            // A late copy of an older write of ours (change images arrive in
+            // order, so an image equal to a version older than the one the
+            // store has since agreed with is that write coming back).
+            if let Some(r) = &rec {
+                if r.synced_version > 1 && !it.writeback {
+                    let older = self.state.journal_of(&it.contact_id, 32)?;
+                    if older
+                        .iter()
+                        .any(|e| e.version < r.synced_version && e.hash == hash)
+                    {
+                        stats.skipped_echo += 1;
+                        continue;
+                    }
+                }
+            }
             let outcome = merge(MergeInput {
                 base: base.as_ref(),
                 canonical: current,

@@ -107,6 +107,10 @@ pub struct Engine {
     opts: EngineOptions,
     clock: Clock,
     shutdown: Arc<AtomicBool>,
+    /// True after a canonical write failed (or at start-up): canonical may
+    /// hold writes the engine did not see confirmed, so the next apply
+    /// reads before it writes.
+    canonical_uncertain: bool,
 }
 
 impl Engine {
@@ -134,6 +138,7 @@ impl Engine {
             opts,
             clock: Arc::new(contact_sync_core::model::now),
             shutdown: Arc::new(AtomicBool::new(false)),
+            canonical_uncertain: true,
         })
     }
 

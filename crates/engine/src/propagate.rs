@@ -52,6 +52,13 @@ pub(crate) fn plan<'a>(
             }
         }
         if after.is_deleted() && rec.is_none_or(|r| r.deleted) {
+            // Deleted there too: nothing to send, but they agree now.
+            if let Some(r) = rec.filter(|r| r.synced_version < e.version) {
+                out.push(Plan::Agree(StoreRecord {
+                    synced_version: e.version,
+                    ..r.clone()
+                }));
+            }
             continue;
         }
         if let Some(native) = rec.and_then(|r| r.native_id.clone()) {

@@ -130,6 +130,16 @@ pub fn person(id: &str, name: &str) -> Contact {
 pub async fn settle(engine: &mut Engine, max: usize) -> usize {
     for i in 1..=max {
         let r = engine.cycle().await.expect("cycle");
+        if std::env::var("DEBUG_CASE").is_ok() {
+            let head = engine.state().journal_head().unwrap();
+            eprintln!(
+                "cycle {i}: head {head} {:?}",
+                r.stores
+                    .iter()
+                    .map(|s| (&s.store, s.stats.captured, s.stats.applied, s.stats.written))
+                    .collect::<Vec<_>>()
+            );
+        }
         assert!(r.errors().is_empty(), "cycle errors: {:?}", r.errors());
         let busy: u64 = r
             .stores
