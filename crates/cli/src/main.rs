@@ -1,1 +1,172 @@
-fn main() {}
+//! `contact-sync`: the command line and the daemon.
+
+mod commands;
+mod config;
+mod daemon;
+mod stores;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Keeps contacts identical across BigQuery, Twenty CRM, Supabase and a
+/// local database. With no --config, everything lives in ./contact-sync-data/.
+#[derive(Parser, Debug)]
+#[command(name = "contact-sync", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: the embedded SQLite set-up.
+    #[arg(long, global = true, env = "CONTACT_SYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Log contact data unmasked (it is personal data; off by default).
+    #[arg(long, global = true)]
+    pub log_pii: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Put synthetic, realistic contacts into the canonical store.
+    Seed {
+        /// How many valid contacts.
+        #[arg(long, default_value_t = 1000)]
+        contacts: u64,
+        /// How many invalid ones to add on purpose (they end up in dead letters).
+        #[arg(long, default_value_t = 0)]
+        invalid: u64,
+        /// Random seed (same seed → same contacts).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Index of the first contact (ids are c<index>).
+        #[arg(long, default_value_t = 0)]
+        first_index: u64,
+    },
+    /// The daemon: sync every --interval seconds and on change wake-ups
+    /// until SIGINT/SIGTERM.
+    Run {
+        /// Backfill every store from canonical first, then verify.
+        #[arg(long)]
+        initial_sync: bool,
+        /// Run one full cycle and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between cycles (default from config, else 300).
+        #[arg(long)]
+        interval: Option<u64>,
+        /// Changes per batch (default from config, else 100).
+        #[arg(long)]
+        batch_size: Option<usize>,
+    },
+    /// Backfill canonical → all stores with a progress bar, verify, print a summary.
+    InitialSync {
+        #[arg(long)]
+        batch_size: Option<usize>,
+    },
+    /// Running or not, totals, per store: contacts, last sync, pending, errors, drift.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One contact as a store holds it.
+    Show {
+        contact_id: String,
+        /// Store to read from (default: canonical).
+        #[arg(long)]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Conflicts that need a person.
+    Conflicts {
+        #[command(subcommand)]
+        action: ConflictAction,
+    },
+    /// Records refused by validation or by a store.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConflictAction {
+    /// Open conflicts (all with --all).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Settle a conflict: keep the canonical value or take the incoming one.
+    Resolve {
+        id: i64,
+        #[arg(long, value_enum)]
+        keep: Keep,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Keep {
+    Canonical,
+    Incoming,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLetterAction {
+    /// The newest dead letters.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("CONTACT_SYNC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(commands::dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<config::ConfigError>() {
+                eprintln!("error: {c}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -188,6 +188,7 @@ impl Engine {
     /// others go on. A failing canonical store fails the cycle.
     pub async fn cycle(&mut self) -> Result<CycleReport, EngineError> {
         let mut report = CycleReport::default();
+        report.entry(CANONICAL);
         self.apply_canonical(&mut report).await?;
         self.capture_canonical(&mut report).await?;
         for i in 0..self.stores.len() {

@@ -1,0 +1,306 @@
+//! The one-shot commands: seed, status, show, conflicts, dead letters.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use contact_sync_core::model::format_ts;
+use contact_sync_core::synth::Generator;
+use contact_sync_core::Contact;
+use contact_sync_engine::CANONICAL;
+use contact_sync_state::StateDb;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::{stores, Cli, Command, ConflictAction, DeadLetterAction, Keep};
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Seed {
+            contacts,
+            invalid,
+            seed,
+            first_index,
+        } => seed_contacts(&cfg, contacts, invalid, seed, first_index).await,
+        Command::Run {
+            initial_sync,
+            once,
+            interval,
+            batch_size,
+        } => crate::daemon::run(&cfg, initial_sync, once, interval, batch_size).await,
+        Command::InitialSync { batch_size } => {
+            crate::daemon::initial_sync_only(&cfg, batch_size).await
+        }
+        Command::Status { json } => status(&cfg, json).await,
+        Command::Show {
+            contact_id,
+            store,
+            json,
+        } => show(&cfg, &contact_id, store.as_deref(), json).await,
+        Command::Conflicts { action } => match action {
+            ConflictAction::List { json, all } => conflicts_list(&cfg, json, all),
+            ConflictAction::Resolve { id, keep } => conflicts_resolve(&cfg, id, keep).await,
+        },
+        Command::DeadLetters { action } => match action {
+            DeadLetterAction::List { json, limit } => dead_letters_list(&cfg, json, limit),
+        },
+    }
+}
+
+/// Opens the state database, creating its directory.
+pub fn open_state(cfg: &Config) -> anyhow::Result<StateDb> {
+    let path = cfg.state_path();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(StateDb::open(&path)?)
+}
+
+async fn seed_contacts(
+    cfg: &Config,
+    n: u64,
+    invalid: u64,
+    seed: u64,
+    first: u64,
+) -> anyhow::Result<ExitCode> {
+    let mut canonical = stores::open_canonical(cfg).await?;
+    let mut g = Generator::new(seed);
+    let mut batch: Vec<Contact> = Vec::with_capacity(1000);
+    let mut written = 0u64;
+    for i in first..first + n + invalid {
+        let c = if i < first + n {
+            g.contact(i)
+        } else {
+            g.invalid_contact(i).0
+        };
+        batch.push(c);
+        if batch.len() == 1000 {
+            written += canonical.write_batch(&batch).await?.len() as u64;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        written += canonical.write_batch(&batch).await?.len() as u64;
+    }
+    // Tell the daemon to copy the new contacts everywhere at its next cycle.
+    let mut state = open_state(cfg)?;
+    let tx = state.tx()?;
+    tx.set_meta(
+        "backfill_requested_at",
+        &format_ts(&contact_sync_core::model::now()),
+    )?;
+    tx.commit()?;
+    println!(
+        "seeded {written} contacts ({n} valid, {invalid} invalid on purpose) into the canonical store"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct StatusReport {
+    running: bool,
+    pid: Option<String>,
+    since: Option<String>,
+    canonical_contacts: u64,
+    journal_head: i64,
+    conflicts_open: u64,
+    dead_letters: u64,
+    stores: Vec<StoreLine>,
+}
+
+#[derive(Serialize)]
+struct StoreLine {
+    store: String,
+    contacts: Option<u64>,
+    last_success: Option<String>,
+    pending: i64,
+    consecutive_errors: u64,
+    last_error: Option<String>,
+    drift_pct: Option<f64>,
+    drift_checked_at: Option<String>,
+}
+
+async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let state = open_state(cfg)?;
+    let holder = state.lock_holder()?;
+    let head = state.journal_head()?;
+    let mut canonical = stores::open_canonical(cfg).await?;
+    let canonical_contacts = canonical.count().await?;
+    let mut lines = Vec::new();
+    let mut names = vec![CANONICAL.to_string()];
+    names.extend(cfg.stores().keys().cloned());
+    for name in names {
+        let st = state.store_status(&name)?;
+        let contacts = if name == CANONICAL {
+            Some(canonical_contacts)
+        } else {
+            let sc = &cfg.stores()[&name];
+            match stores::open_store(cfg, &name, sc).await {
+                Ok(mut s) => s.count().await.ok(),
+                Err(_) => None,
+            }
+        };
+        let drift: Option<serde_json::Value> = state
+            .meta(&format!("drift:{name}"))?
+            .and_then(|s| serde_json::from_str(&s).ok());
+        lines.push(StoreLine {
+            pending: head - state.cursor(&name)?,
+            contacts,
+            last_success: st.last_success.map(|t| format_ts(&t)),
+            consecutive_errors: st.consecutive_errors,
+            last_error: st.last_error,
+            drift_pct: drift.as_ref().and_then(|d| d["drift_pct"].as_f64()),
+            drift_checked_at: drift
+                .as_ref()
+                .and_then(|d| d["checked_at"].as_str().map(str::to_string)),
+            store: name,
+        });
+    }
+    let report = StatusReport {
+        running: holder.is_some(),
+        pid: holder.as_ref().map(|h| h.0.clone()),
+        since: holder.as_ref().map(|h| h.1.clone()),
+        canonical_contacts,
+        journal_head: head,
+        conflicts_open: state.open_conflict_count()?,
+        dead_letters: state.dead_letter_count()?,
+        stores: lines,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match (&report.pid, &report.since) {
+        (Some(pid), Some(since)) => println!("daemon: running (pid {pid}, since {since})"),
+        _ => println!("daemon: not running"),
+    }
+    println!("canonical contacts: {}", report.canonical_contacts);
+    println!("journal entries: {}", report.journal_head);
+    println!(
+        "{:<12} {:>9} {:<28} {:>8} {:>7} {:>8}",
+        "store", "contacts", "last successful sync", "pending", "errors", "drift"
+    );
+    for l in &report.stores {
+        println!(
+            "{:<12} {:>9} {:<28} {:>8} {:>7} {:>8}",
+            l.store,
+            l.contacts.map_or("?".into(), |c| c.to_string()),
+            l.last_success.clone().unwrap_or_else(|| "never".into()),
+            l.pending,
+            l.consecutive_errors,
+            l.drift_pct.map_or("-".into(), |d| format!("{d:.2} %")),
+        );
+        if let Some(e) = &l.last_error {
+            println!("{:<12} last error: {e}", "");
+        }
+    }
+    println!("conflicts open: {}", report.conflicts_open);
+    println!("dead letters: {}", report.dead_letters);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(cfg: &Config, id: &str, store: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let name = store.unwrap_or(CANONICAL);
+    let mut s = if name == CANONICAL {
+        stores::open_canonical(cfg).await?
+    } else {
+        let sc = cfg
+            .stores()
+            .get(name)
+            .with_context(|| format!("no store named {name:?} in the configuration"))?;
+        stores::open_store(cfg, name, sc).await?
+    };
+    let found = s.read(&[id.to_string()]).await?;
+    let Some(c) = found.into_iter().next() else {
+        eprintln!("contact {id} is not in store {name}");
+        return Ok(ExitCode::from(1));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        let v = serde_json::to_value(&c)?;
+        if let serde_json::Value::Object(m) = v {
+            for (k, v) in m {
+                if v.is_null() || v == serde_json::json!([]) || v == serde_json::json!({}) {
+                    continue;
+                }
+                println!(
+                    "{k:<20} {}",
+                    if let Some(s) = v.as_str() {
+                        s.to_string()
+                    } else {
+                        v.to_string()
+                    }
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn conflicts_list(cfg: &Config, json: bool, all: bool) -> anyhow::Result<ExitCode> {
+    let state = open_state(cfg)?;
+    let rows = state.conflicts(!all)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("no {}conflicts", if all { "" } else { "open " });
+    }
+    for r in rows {
+        println!(
+            "#{} {} contact {} field {} ({}): canonical v{} {} | {} v{} {}",
+            r.id,
+            format_ts(&r.created_at),
+            r.contact_id,
+            r.conflict.field,
+            r.status,
+            r.conflict.canonical_version,
+            r.conflict.canonical,
+            r.store,
+            r.conflict.incoming_version,
+            r.conflict.incoming,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn conflicts_resolve(cfg: &Config, id: i64, keep: Keep) -> anyhow::Result<ExitCode> {
+    let mut engine = crate::daemon::build_engine(cfg, None).await?;
+    let _lock = engine.state().lock()?;
+    engine.resolve_conflict(id, keep == Keep::Incoming).await?;
+    println!(
+        "conflict {id} settled: kept {}",
+        if keep == Keep::Incoming {
+            "incoming (propagated at the next cycle)"
+        } else {
+            "canonical"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dead_letters_list(cfg: &Config, json: bool, limit: usize) -> anyhow::Result<ExitCode> {
+    let state = open_state(cfg)?;
+    let rows = state.dead_letters(limit)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("no dead letters");
+    }
+    for d in rows {
+        println!(
+            "#{} {} store {} record {} field `{}`: {}",
+            d.id,
+            format_ts(&d.at),
+            d.store,
+            d.record,
+            d.field,
+            d.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

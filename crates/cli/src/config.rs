@@ -1,0 +1,205 @@
+//! Configuration: a TOML file, or the embedded default when there is none.
+//!
+//! ```toml
+//! data_dir = "contact-sync-data"      # default; relative to the working directory
+//!
+//! [sync]
+//! interval_secs = 300
+//! batch_size = 100
+//!
+//! [canonical]
+//! kind = "sqlite"                      # the embedded default
+//! path = "contact-sync-data/canonical.db"
+//!
+//! [stores.local]
+//! kind = "sqlite"
+//! path = "contact-sync-data/local.db"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why the configuration cannot be used. Printed as is, then exit 2.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub sync: SyncConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub canonical: Option<StoreConfig>,
+    /// Stores other than canonical, by name. `None` → the default `local`.
+    #[serde(default)]
+    pub stores: Option<BTreeMap<String, StoreConfig>>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("contact-sync-data")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            interval_secs: default_interval(),
+            batch_size: default_batch(),
+        }
+    }
+}
+
+fn default_interval() -> u64 {
+    300
+}
+
+fn default_batch() -> usize {
+    100
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    pub path: Option<PathBuf>,
+}
+
+/// One store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// An SQLite file (table `contacts`).
+    Sqlite { path: Option<PathBuf> },
+}
+
+impl Config {
+    /// Reads `path`, or the embedded default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut cfg: Config = match path {
+            None => toml::from_str("").map_err(|e| ConfigError(e.to_string()))?,
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", p.display()))
+                })?;
+                toml::from_str(&text).map_err(|e| {
+                    ConfigError(format!(
+                        "config file {}: {}",
+                        p.display(),
+                        e.to_string().trim()
+                    ))
+                })?
+            }
+        };
+        cfg.check()?;
+        if cfg.canonical.is_none() {
+            cfg.canonical = Some(StoreConfig::Sqlite { path: None });
+        }
+        if cfg.stores.is_none() {
+            let mut m = BTreeMap::new();
+            m.insert("local".to_string(), StoreConfig::Sqlite { path: None });
+            cfg.stores = Some(m);
+        }
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.sync.batch_size == 0 || self.sync.batch_size > 10_000 {
+            return Err(ConfigError(format!(
+                "sync.batch_size = {} is out of range (1 to 10000)",
+                self.sync.batch_size
+            )));
+        }
+        if self.sync.interval_secs == 0 {
+            return Err(ConfigError("sync.interval_secs must be at least 1".into()));
+        }
+        if let Some(stores) = &self.stores {
+            for name in stores.keys() {
+                let ok = !name.is_empty()
+                    && name.len() <= 32
+                    && name.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    });
+                if !ok || name == "canonical" {
+                    return Err(ConfigError(format!(
+                        "store name {name:?} is not allowed: use lower-case letters, digits, _ or - (and not \"canonical\")"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.state
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("state.db"))
+    }
+
+    pub fn canonical(&self) -> &StoreConfig {
+        self.canonical.as_ref().expect("filled by load")
+    }
+
+    pub fn stores(&self) -> &BTreeMap<String, StoreConfig> {
+        self.stores.as_ref().expect("filled by load")
+    }
+
+    /// The file of an SQLite store: its configured path, or `<data_dir>/<name>.db`.
+    pub fn sqlite_path(&self, name: &str, path: &Option<PathBuf>) -> PathBuf {
+        path.clone()
+            .unwrap_or_else(|| self.data_dir.join(format!("{name}.db")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_embedded() {
+        let c = Config::load(None).unwrap();
+        assert!(matches!(c.canonical(), StoreConfig::Sqlite { path: None }));
+        assert!(c.stores().contains_key("local"));
+        assert_eq!(c.state_path(), PathBuf::from("contact-sync-data/state.db"));
+        assert_eq!(c.sync.interval_secs, 300);
+        assert_eq!(c.sync.batch_size, 100);
+    }
+
+    #[test]
+    fn bad_config_names_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[sync]\nbatch_size = 0\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e.0.contains("batch_size"), "{e}");
+        std::fs::write(&p, "[sync]\nbatchsize = 5\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e.0.contains("batchsize"), "{e}");
+        std::fs::write(&p, "[stores.local]\nkind = \"oracle\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e.0.contains("oracle"), "{e}");
+        let e = Config::load(Some(&dir.path().join("missing.toml"))).unwrap_err();
+        assert!(e.0.contains("cannot read config file"), "{e}");
+    }
+}

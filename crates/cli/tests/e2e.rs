@@ -1,0 +1,287 @@
+//! End to end through the binary, on the embedded default (SQLite files in a
+//! temporary working directory).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_contact-sync"))
+}
+
+fn cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.current_dir(dir)
+        .args(args)
+        .env_remove("CONTACT_SYNC_CONFIG");
+    c
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    cmd(dir, args).output().expect("run contact-sync")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(
+        out.status.success(),
+        "contact-sync {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(dir: &Path, args: &[&str]) -> Value {
+    serde_json::from_str(&ok(dir, args)).expect("JSON output")
+}
+
+fn db(dir: &Path, name: &str) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(dir.join("contact-sync-data").join(name)).expect("open db");
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c
+}
+
+fn count(dir: &Path, name: &str, sql: &str) -> i64 {
+    db(dir, name)
+        .query_row(sql, [], |r| r.get(0))
+        .expect("count")
+}
+
+fn store<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["store"] == name)
+        .unwrap_or_else(|| panic!("no store {name} in {status}"))
+}
+
+#[test]
+fn seed_sync_edit_local_and_status_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = ok(d, &["seed", "--contacts", "200", "--invalid", "5"]);
+    assert!(out.contains("seeded 205 contacts"), "{out}");
+    let out = ok(d, &["run", "--initial-sync", "--once"]);
+    assert!(out.contains("verification:"), "{out}");
+    assert!(out.contains("local") && out.contains("OK"), "{out}");
+
+    // Every valid contact is in the local store, the invalid ones are not.
+    assert_eq!(
+        count(
+            d,
+            "local.db",
+            "SELECT count(*) FROM contacts WHERE deleted_at IS NULL"
+        ),
+        200
+    );
+    let dl = json(d, &["dead-letters", "list", "--json"]);
+    assert_eq!(dl.as_array().unwrap().len(), 5, "{dl}");
+    for x in dl.as_array().unwrap() {
+        assert_eq!(x["store"], "canonical");
+        assert!(!x["field"].as_str().unwrap().is_empty());
+        assert!(!x["reason"].as_str().unwrap().is_empty());
+    }
+
+    // A person edits the local SQLite database directly.
+    let id = "c000000003";
+    let n = db(d, "local.db")
+        .execute(
+            "UPDATE contacts SET job_title = 'Chief Gardener' WHERE contact_id = ?1",
+            [id],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    ok(d, &["run", "--once"]);
+    let c = json(d, &["show", id, "--json"]);
+    assert_eq!(c["job_title"], "Chief Gardener", "{c}");
+    assert_eq!(c["version"], 2, "{c}");
+    assert_eq!(c["last_updated_by"], "local", "{c}");
+
+    let st = json(d, &["status", "--json"]);
+    assert_eq!(st["running"], false);
+    assert_eq!(st["dead_letters"], 5);
+    assert_eq!(st["conflicts_open"], 0);
+    let local = store(&st, "local");
+    assert_eq!(local["contacts"], 200);
+    assert_eq!(local["pending"], 0);
+    assert_eq!(local["drift_pct"], 0.0);
+    assert!(local["last_success"].is_string(), "{st}");
+    // The human form says the same.
+    let text = ok(d, &["status"]);
+    assert!(
+        text.contains("daemon: not running") && text.contains("dead letters: 5"),
+        "{text}"
+    );
+}
+
+#[test]
+fn equal_versions_and_times_on_both_sides_make_one_open_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "20"]);
+    ok(d, &["run", "--initial-sync", "--once"]);
+    let id = "c000000007";
+    let ts = "2026-06-01T10:00:00.000000Z";
+    for (file, title) in [
+        ("canonical.db", "Canonical title"),
+        ("local.db", "Local title"),
+    ] {
+        db(d, file)
+            .execute(
+                "UPDATE contacts SET job_title = ?1, version = 2, last_updated = ?2 WHERE contact_id = ?3",
+                rusqlite::params![title, ts, id],
+            )
+            .unwrap();
+    }
+    ok(d, &["run", "--once"]);
+    let conflicts = json(d, &["conflicts", "list", "--json"]);
+    let list = conflicts.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{conflicts}");
+    assert_eq!(list[0]["contact_id"], id);
+    assert_eq!(list[0]["conflict"]["field"], "job_title");
+    assert_eq!(list[0]["conflict"]["canonical"], "Canonical title");
+    assert_eq!(list[0]["conflict"]["incoming"], "Local title");
+    // Canonical kept, and the local store brought back in line.
+    assert_eq!(
+        json(d, &["show", id, "--json"])["job_title"],
+        "Canonical title"
+    );
+    assert_eq!(
+        json(d, &["show", id, "--store", "local", "--json"])["job_title"],
+        "Canonical title"
+    );
+
+    // Resolve by taking the incoming value.
+    let cid = list[0]["id"].as_i64().unwrap().to_string();
+    ok(d, &["conflicts", "resolve", &cid, "--keep", "incoming"]);
+    ok(d, &["run", "--once"]);
+    assert_eq!(
+        json(d, &["show", id, "--store", "local", "--json"])["job_title"],
+        "Local title"
+    );
+    assert_eq!(
+        json(d, &["conflicts", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn local_rows(d: &Path) -> i64 {
+    let p = d.join("contact-sync-data").join("local.db");
+    if !p.exists() {
+        return 0;
+    }
+    rusqlite::Connection::open(p)
+        .and_then(|c| {
+            c.busy_timeout(Duration::from_secs(5))?;
+            c.query_row("SELECT count(*) FROM contacts", [], |r| r.get(0))
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn kill_9_during_initial_sync_then_restart_finishes_with_every_contact_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "10000"]);
+    let mut child: Child = cmd(
+        d,
+        &["run", "--initial-sync", "--once", "--batch-size", "100"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for("the backfill to start", Duration::from_secs(120), || {
+        local_rows(d) > 0
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let partial = local_rows(d);
+    assert!(
+        partial < 10_000,
+        "the kill came too late to test anything ({partial} rows)"
+    );
+
+    ok(d, &["run", "--once"]);
+    assert_eq!(
+        count(d, "local.db", "SELECT count(*) FROM contacts"),
+        10_000
+    );
+    assert_eq!(
+        count(
+            d,
+            "local.db",
+            "SELECT count(DISTINCT contact_id) FROM contacts"
+        ),
+        10_000
+    );
+    let out = ok(d, &["initial-sync"]);
+    assert!(out.contains("OK"), "{out}");
+}
+
+#[test]
+fn a_second_daemon_refuses_and_sigterm_stops_the_first_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "10"]);
+    let mut first = cmd(d, &["run", "--interval", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the daemon to hold the lock",
+        Duration::from_secs(60),
+        || json(d, &["status", "--json"])["running"] == true,
+    );
+    let second = run(d, &["run", "--once"]);
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use by another contact-sync"), "{err}");
+
+    let pid = first.id().to_string();
+    let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(st.success());
+    let status = first.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM must end the daemon cleanly"
+    );
+    assert_eq!(json(d, &["status", "--json"])["running"], false);
+}
+
+#[test]
+fn bad_config_is_a_clear_error_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("bad.toml"), "[sync]\nbatch_size = \"many\"\n").unwrap();
+    let out = run(d, &["--config", "bad.toml", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("batch_size"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = run(d, &["--config", "missing.toml", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
