@@ -1,1 +1,67 @@
-//! Twenty CRM store (work in progress).
+//! Twenty CRM as a contact-sync store.
+//!
+//! # Wiring (for the engine / CLI)
+//!
+//! ```ignore
+//! use contact_sync_twenty::{TwentyConfig, TwentyStore, Secret, webhook};
+//!
+//! let mut cfg = TwentyConfig::new("https://crm.example.com", Secret::new(api_key));
+//! cfg.webhook_secret = Some(Secret::new(hook_secret));               // enables the receiver
+//! cfg.webhook_url = Some("https://me.example.com/webhooks/twenty".into()); // registered by migrate
+//! let mut store = TwentyStore::new(cfg)?;
+//! store.migrate().await?;                 // `contact-sync migrate`: custom fields + webhook
+//! let report = store.check().await?;      // `contact-sync check`: missing fields, webhook
+//! if let Some(rx) = store.webhook_receiver() {
+//!     app = app.merge(webhook::router(rx.clone()));   // POST /webhooks/twenty
+//!     let wake = rx.notify();                          // wake.notified().await → run a cycle
+//! }
+//! // then use it as any `Store` (ChangeSource + RecordSink + StoreInfo);
+//! // `store.stats()` gives progress counters (requests, 429s, waits, records).
+//! ```
+//!
+//! # Behaviour
+//! - **Client**: token bucket at `requests_per_minute` per `rate_window`
+//!   (Twenty's own limiter shape, so a matching rate sees no 429); a 429
+//!   (no `Retry-After`) empties the bucket, backs off with jitter and
+//!   resumes: a long sync never fails because of the limit. 5xx/network
+//!   errors are retried a few times, then a transient [`StoreError`];
+//!   401/403 are permanent. Errors and logs never hold the API key.
+//! - **Mapping** ([`mapping`]): Twenty's composite fields exactly, the rest
+//!   in custom fields ([`mapping::CUSTOM_FIELDS`]); reading back normalizes
+//!   (`""` → absent, lower-cased emails) so an untouched record hashes like
+//!   canonical.
+//! - **Writes** ([`RecordSink`]): deterministic ids
+//!   (`identity::store_uuid(name, contact_id)`) + `?upsert=true` in batches
+//!   of `batch_size`, so an initial sync of N contacts costs
+//!   ceil(N / batch_size) requests plus provisioning (company lookups and
+//!   creates). PATCH by id only for people created in Twenty (id in
+//!   `external_ids[name]`); never a PATCH without id. Tombstones: soft
+//!   delete. Category X is not pushed (and soft-deleted when a contact
+//!   becomes X) unless `include_excluded`.
+//! - **Changes** ([`ChangeSource`]): verified webhook events first (no
+//!   checkpoint advance), then `updatedAt[gte]` polling, the durable
+//!   catch-up path (Twenty never retries a webhook). Checkpoint = watermark
+//!   + ids seen near it, so nothing is missed or repeated. People created in
+//!   Twenty arrive with an empty `contact_id` and `native_id` = person id.
+//! - **Version**: `keeps_version()` is false (see
+//!   [`TwentyStore::keeps_version`](StoreInfo::keeps_version)).
+//!
+//! [`StoreError`]: contact_sync_connector::StoreError
+//! [`RecordSink`]: contact_sync_connector::RecordSink
+//! [`ChangeSource`]: contact_sync_connector::ChangeSource
+//! [`StoreInfo`]: contact_sync_connector::StoreInfo
+
+mod client;
+mod config;
+pub mod mapping;
+mod store;
+pub mod webhook;
+
+pub use client::TwentyStats;
+pub use config::{Secret, TwentyConfig, MAX_BATCH};
+pub use store::{CheckReport, MigrateReport, TwentyStore};
+pub use webhook::{NonceCache, WebhookError, WebhookReceiver};
+
+// Re-exported for the `StoreInfo` doc link above.
+#[doc(hidden)]
+pub use contact_sync_connector::StoreInfo;

@@ -290,16 +290,28 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         })
 }
 
-/// Orders two scalar values: timestamps as time, numbers as numbers, else
-/// text.
+/// Orders two scalar values: both timestamps → as time; both marked
+/// numeric (see [`num_key`]) → as numbers; else as text (so ids that look
+/// like numbers still sort as text, as in Postgres).
 pub fn order(a: &str, b: &str) -> std::cmp::Ordering {
-    if let (Ok(x), Ok(y)) = (a.parse::<f64>(), b.parse::<f64>()) {
-        return x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal);
+    if let (Some(x), Some(y)) = (a.strip_prefix(NUM), b.strip_prefix(NUM)) {
+        if let (Ok(x), Ok(y)) = (x.parse::<f64>(), y.parse::<f64>()) {
+            return x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal);
+        }
     }
-    if let (Some(x), Some(y)) = (parse_time(a), parse_time(b)) {
-        return x.cmp(&y);
+    if a.len() >= 10 && b.len() >= 10 {
+        if let (Some(x), Some(y)) = (parse_time(a), parse_time(b)) {
+            return x.cmp(&y);
+        }
     }
     a.cmp(b)
+}
+
+const NUM: &str = "\u{1}";
+
+/// The text form of a JSON number that [`order`] compares numerically.
+pub fn num_key(n: &serde_json::Number) -> String {
+    format!("{NUM}{n}")
 }
 
 fn like(pattern: &str, text: &str, ci: bool) -> bool {
@@ -349,6 +361,11 @@ fn compare(v: &Value, comparator: &str, want: &FilterValue) -> bool {
             let Some(t) = as_text(v) else {
                 return c == "neq";
             };
+            let (t, w) = match v {
+                Value::Number(n) => (num_key(n), format!("{NUM}{w}")),
+                _ => (t, w.clone()),
+            };
+            let w = &w;
             match c {
                 "eq" => order(&t, w) == Equal,
                 "neq" => order(&t, w) != Equal,

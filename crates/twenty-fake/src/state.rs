@@ -1122,6 +1122,7 @@ fn key_of(rec: &Value, spec: &[(Vec<String>, bool, bool)]) -> Vec<Option<String>
                 Value::Null => None,
                 Value::String(s) if s.is_empty() => None,
                 Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(filter::num_key(n)),
                 other => Some(other.to_string()),
             }
         })

@@ -1,0 +1,319 @@
+//! The HTTP client: a token bucket at the configured rate, 429 handling
+//! (back off with jitter, resume; never fail because of the limit),
+//! bounded retries of transient failures, and progress counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use contact_sync_connector::StoreError;
+use rand::Rng;
+use reqwest::Method;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::config::TwentyConfig;
+
+/// Attempts for a request that fails transiently (5xx, network).
+const TRANSIENT_ATTEMPTS: u32 = 6;
+/// A run of 429s longer than this gives up with a transient error (the
+/// engine retries the batch later); far beyond any sane limit window.
+const MAX_RATE_LIMITED_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// Progress and health counters of the Twenty client, shared by clones.
+#[derive(Debug, Default)]
+pub(crate) struct StatsInner {
+    pub requests: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub retries: AtomicU64,
+    pub throttle_wait_ms: AtomicU64,
+    pub records_written: AtomicU64,
+    pub records_read: AtomicU64,
+    pub webhooks_accepted: AtomicU64,
+    pub webhooks_rejected: AtomicU64,
+}
+
+/// A snapshot of the store's counters (progress of a long sync, 429s seen).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TwentyStats {
+    /// HTTP requests sent (retries included).
+    pub requests: u64,
+    /// Responses 429 received (each was waited out and retried).
+    pub rate_limited: u64,
+    /// Requests retried after a transient failure or a 429.
+    pub retries: u64,
+    /// Time spent waiting for the token bucket or after a 429, in ms.
+    pub throttle_wait_ms: u64,
+    /// Records written (created, updated, deleted).
+    pub records_written: u64,
+    /// Records read (pages of people, webhooks decoded).
+    pub records_read: u64,
+    /// Webhooks verified and queued.
+    pub webhooks_accepted: u64,
+    /// Webhooks rejected (signature, timestamp, nonce, size, body).
+    pub webhooks_rejected: u64,
+}
+
+impl StatsInner {
+    pub fn snapshot(&self) -> TwentyStats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TwentyStats {
+            requests: g(&self.requests),
+            rate_limited: g(&self.rate_limited),
+            retries: g(&self.retries),
+            throttle_wait_ms: g(&self.throttle_wait_ms),
+            records_written: g(&self.records_written),
+            records_read: g(&self.records_read),
+            webhooks_accepted: g(&self.webhooks_accepted),
+            webhooks_rejected: g(&self.webhooks_rejected),
+        }
+    }
+    pub fn add(a: &AtomicU64, n: u64) {
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A token bucket: `capacity` tokens, refilled evenly at `capacity` per
+/// `window`. Matches Twenty's own limiter, so a client at the server's rate
+/// never sees a 429.
+#[derive(Debug)]
+struct Bucket {
+    capacity: f64,
+    per_sec: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.per_sec).min(self.capacity);
+        self.last = now;
+    }
+}
+
+/// A response that was not a success, auth failure or 429.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+    /// Twenty's error text (`messages` joined), for error messages.
+    pub fn message(&self) -> String {
+        match self.body.get("messages").and_then(Value::as_array) {
+            Some(m) => m
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; "),
+            None => {
+                let s = self.body.to_string();
+                s.chars().take(300).collect()
+            }
+        }
+    }
+    pub fn is_duplicate(&self) -> bool {
+        self.status == 400 && self.message().to_lowercase().contains("duplicate")
+    }
+}
+
+/// The HTTP client of one workspace.
+#[derive(Clone)]
+pub(crate) struct Client {
+    http: reqwest::Client,
+    base: String,
+    auth: String,
+    store: String,
+    bucket: Arc<Mutex<Bucket>>,
+    unit: Duration,
+    pub stats: Arc<StatsInner>,
+}
+
+impl Client {
+    pub fn new(cfg: &TwentyConfig) -> Result<Client, StoreError> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.request_timeout)
+            .build()
+            .map_err(|e| StoreError::permanent(&cfg.name, format!("building the HTTP client: {e}")))?;
+        let capacity = cfg.requests_per_minute as f64;
+        Ok(Client {
+            http,
+            base: cfg.base().to_string(),
+            auth: format!("Bearer {}", cfg.api_key.expose()),
+            store: cfg.name.clone(),
+            bucket: Arc::new(Mutex::new(Bucket {
+                capacity,
+                per_sec: capacity / cfg.rate_window.as_secs_f64(),
+                tokens: capacity,
+                last: Instant::now(),
+            })),
+            unit: cfg.rate_window / cfg.requests_per_minute,
+            stats: Arc::new(StatsInner::default()),
+        })
+    }
+
+    /// Waits for a token.
+    async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut b = self.bucket.lock().await;
+                b.refill(Instant::now());
+                if b.tokens >= 1.0 {
+                    b.tokens -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - b.tokens) / b.per_sec)
+            };
+            StatsInner::add(&self.stats.throttle_wait_ms, wait.as_millis() as u64);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The server's bucket is empty: empty ours too.
+    async fn drain(&self) {
+        let mut b = self.bucket.lock().await;
+        b.refill(Instant::now());
+        b.tokens = 0.0;
+    }
+
+    fn jittered(&self, attempt: u32) -> Duration {
+        let base = self.unit.max(Duration::from_millis(10));
+        let max = (base * 2u32.saturating_pow(attempt.min(6))).min(Duration::from_secs(30));
+        let lo = max / 2;
+        let span = (max - lo).as_millis().max(1) as u64;
+        lo + Duration::from_millis(rand::thread_rng().gen_range(0..=span))
+    }
+
+    /// Sends a request (path with query, e.g. `/rest/people?limit=1`),
+    /// rate limited and retried. `Ok` holds any reply other than 2xx
+    /// success, 401/403 and 429 as a [`Reply`] for the caller to judge;
+    /// 401/403 are permanent errors; transient failures that persist are
+    /// transient errors. Error text never holds the API key.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, StoreError> {
+        let url = format!("{}{}", self.base, path);
+        let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        let mut transient = 0u32;
+        let mut limited = 0u32;
+        let started = Instant::now();
+        loop {
+            self.acquire().await;
+            StatsInner::add(&self.stats.requests, 1);
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .header("Authorization", &self.auth)
+                .header("Accept", "application/json");
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let failure = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let bytes = resp.bytes().await;
+                    match bytes {
+                        Ok(bytes) => {
+                            let body: Value = if bytes.is_empty() {
+                                Value::Null
+                            } else {
+                                serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                                    Value::String(String::from_utf8_lossy(&bytes).chars().take(300).collect())
+                                })
+                            };
+                            let reply = Reply { status, body };
+                            match status {
+                                429 => {
+                                    StatsInner::add(&self.stats.rate_limited, 1);
+                                    StatsInner::add(&self.stats.retries, 1);
+                                    self.drain().await;
+                                    if started.elapsed() > MAX_RATE_LIMITED_WAIT {
+                                        return Err(StoreError::transient(
+                                            &self.store,
+                                            format!("{what}: still rate limited (429) after {:?}", started.elapsed()),
+                                        ));
+                                    }
+                                    let wait = self.jittered(limited);
+                                    limited += 1;
+                                    tracing::debug!(store = %self.store, request = %what, wait_ms = wait.as_millis() as u64, "rate limited (429); backing off");
+                                    StatsInner::add(&self.stats.throttle_wait_ms, wait.as_millis() as u64);
+                                    tokio::time::sleep(wait).await;
+                                    continue;
+                                }
+                                401 | 403 => {
+                                    return Err(StoreError::permanent(
+                                        &self.store,
+                                        format!("{what}: authentication failed ({status} {}); check the API key", reply.message()),
+                                    ))
+                                }
+                                500..=599 => format!("{what}: server error {status}: {}", reply.message()),
+                                _ => return Ok(reply),
+                            }
+                        }
+                        Err(e) => format!("{what}: reading the response: {e}"),
+                    }
+                }
+                Err(e) => format!("{what}: {}", describe(&e)),
+            };
+            transient += 1;
+            if transient >= TRANSIENT_ATTEMPTS {
+                return Err(StoreError::transient(&self.store, failure));
+            }
+            StatsInner::add(&self.stats.retries, 1);
+            let wait = self.jittered(transient);
+            tracing::debug!(store = %self.store, error = %failure, wait_ms = wait.as_millis() as u64, "transient failure; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Like [`send`](Self::send) but any non-2xx reply is an error
+    /// (4xx permanent) naming `context`.
+    pub async fn send_ok(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        context: &str,
+    ) -> Result<Value, StoreError> {
+        let r = self.send(method, path, body).await?;
+        if r.ok() {
+            Ok(r.body)
+        } else {
+            Err(StoreError::permanent(
+                &self.store,
+                format!("{context}: HTTP {}: {}", r.status, r.message()),
+            ))
+        }
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    // reqwest's Display holds the URL (no secrets in our URLs) and the kind.
+    if e.is_timeout() {
+        format!("timed out ({e})")
+    } else if e.is_connect() {
+        format!("cannot connect ({e})")
+    } else {
+        e.to_string()
+    }
+}
+
+/// Percent-encodes a query value.
+pub(crate) fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
