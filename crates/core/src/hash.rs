@@ -21,12 +21,88 @@ pub fn content_hash(c: &Contact) -> String {
         h.update(b"contact-sync tombstone");
         return hex::encode(h.finalize());
     }
-    let fields = c.content_fields();
-    // serde_json writes maps in insertion order (preserve_order), which is
-    // canonical order here.
-    let bytes = serde_json::to_vec(&fields).expect("JSON map always serializes");
-    h.update(&bytes);
+    // Streams the content fields, in canonical order, straight into the
+    // hasher: the same bytes as `serde_json::to_vec(&c.content_fields())`,
+    // without building the intermediate JSON tree.
+    serde_json::to_writer(HashWriter(&mut h), &ContentView::of(c))
+        .expect("hashing never fails to write");
     hex::encode(h.finalize())
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The content fields by reference, in [`crate::model::CONTENT_FIELDS`] order.
+#[derive(serde::Serialize)]
+struct ContentView<'a> {
+    canonical_name: &'a String,
+    display_name: &'a Option<String>,
+    first_name: &'a Option<String>,
+    middle_name: &'a Option<String>,
+    last_name: &'a Option<String>,
+    name_prefix: &'a Option<String>,
+    name_suffix: &'a Option<String>,
+    nickname: &'a Option<String>,
+    phonetic_name: &'a Option<String>,
+    organization: &'a Option<String>,
+    job_title: &'a Option<String>,
+    department: &'a Option<String>,
+    category_code: &'a Option<String>,
+    subcategory_code: &'a Option<String>,
+    relationship_label: &'a Option<String>,
+    notes: &'a Option<String>,
+    tags: &'a Vec<String>,
+    source: &'a Option<String>,
+    created_at: &'a Option<crate::model::Timestamp>,
+    llm_context: &'a Option<serde_json::Value>,
+    relationships: &'a Option<serde_json::Value>,
+    communication_stats: &'a Option<serde_json::Value>,
+    social_profiles: &'a Option<serde_json::Value>,
+    custom_attributes: &'a Option<serde_json::Value>,
+    emails: &'a Vec<crate::model::Email>,
+    phones: &'a Vec<crate::model::Phone>,
+}
+
+impl<'a> ContentView<'a> {
+    fn of(c: &'a Contact) -> Self {
+        ContentView {
+            canonical_name: &c.canonical_name,
+            display_name: &c.display_name,
+            first_name: &c.first_name,
+            middle_name: &c.middle_name,
+            last_name: &c.last_name,
+            name_prefix: &c.name_prefix,
+            name_suffix: &c.name_suffix,
+            nickname: &c.nickname,
+            phonetic_name: &c.phonetic_name,
+            organization: &c.organization,
+            job_title: &c.job_title,
+            department: &c.department,
+            category_code: &c.category_code,
+            subcategory_code: &c.subcategory_code,
+            relationship_label: &c.relationship_label,
+            notes: &c.notes,
+            tags: &c.tags,
+            source: &c.source,
+            created_at: &c.created_at,
+            llm_context: &c.llm_context,
+            relationships: &c.relationships,
+            communication_stats: &c.communication_stats,
+            social_profiles: &c.social_profiles,
+            custom_attributes: &c.custom_attributes,
+            emails: &c.emails,
+            phones: &c.phones,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -59,6 +135,16 @@ mod tests {
             content_hash(&e),
             "tombstones agree whatever their content"
         );
+    }
+
+    #[test]
+    fn streamed_hash_equals_hash_of_the_content_map() {
+        let mut a = Contact::new("c1", "Ada");
+        a.tags = vec!["x".into()];
+        a.llm_context = Some(serde_json::json!({"closeness_level": 3}));
+        a.created_at = Some(now());
+        let bytes = serde_json::to_vec(&a.content_fields()).unwrap();
+        assert_eq!(content_hash(&a), hex::encode(Sha256::digest(&bytes)));
     }
 
     #[test]

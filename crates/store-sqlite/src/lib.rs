@@ -35,6 +35,8 @@ pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     name: String,
+    insert_sql: String,
+    update_sql: String,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -110,6 +112,8 @@ impl SqliteStore {
             conn,
             path: path.to_path_buf(),
             name: name.to_string(),
+            insert_sql: insert_sql(),
+            update_sql: update_sql(),
         })
     }
 
@@ -150,7 +154,7 @@ impl SqliteStore {
     }
 
     fn write_one(
-        name: &str,
+        (name, insert_sql, update_sql): (&str, &str, &str),
         tx: &rusqlite::Transaction<'_>,
         c: &Contact,
     ) -> Result<WriteOutcome, rusqlite::Error> {
@@ -189,12 +193,12 @@ impl SqliteStore {
             Some(id) => {
                 let mut all: Vec<&dyn rusqlite::ToSql> = params.to_vec();
                 all.push(&id);
-                tx.prepare_cached(&update_sql())?
+                tx.prepare_cached(update_sql)?
                     .execute(params_from_iter(all))?;
                 id
             }
             None => {
-                tx.prepare_cached(&insert_sql())?
+                tx.prepare_cached(insert_sql)?
                     .execute(params_from_iter(params))?;
                 tx.last_insert_rowid()
             }
@@ -320,6 +324,7 @@ impl ChangeSource for SqliteStore {
 impl RecordSink for SqliteStore {
     async fn write_batch(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError> {
         let name = self.name.clone();
+        let (insert, update) = (self.insert_sql.clone(), self.update_sql.clone());
         let fail = |e: rusqlite::Error| classify(&name, "write batch", e);
         let tx = self
             .conn
@@ -339,7 +344,7 @@ impl RecordSink for SqliteStore {
                 });
                 continue;
             }
-            let outcome = match Self::write_one(&name, &tx, c) {
+            let outcome = match Self::write_one((&name, &insert, &update), &tx, c) {
                 Ok(o) => o,
                 Err(rusqlite::Error::SqliteFailure(f, msg))
                     if f.code == rusqlite::ErrorCode::ConstraintViolation =>
