@@ -276,7 +276,11 @@ pub fn diff(old: Option<&Contact>, new: &Contact) -> Vec<FieldChange> {
             .map_or(Value::Null, |o| o[field.as_str()].clone());
         let empty = |v: &Value| v.is_null() || *v == Value::Array(vec![]);
         if ov != nv && !(empty(&ov) && empty(&nv)) {
-            out.push(FieldChange { field, old: ov, new: nv });
+            out.push(FieldChange {
+                field,
+                old: ov,
+                new: nv,
+            });
         }
     }
     let (od, nd) = (old.and_then(|o| o.deleted_at), new.deleted_at);
