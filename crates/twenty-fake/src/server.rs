@@ -447,6 +447,13 @@ fn dispatch(
             let b = parse_body(body)?;
             Ok((201, st.create_company(&b)?, vec![]))
         }
+        ("POST", ["rest", "batch", "companies"]) => {
+            let b = parse_body(body)?;
+            let Value::Array(items) = b else {
+                return Err(ApiError::bad_request("Body must be an array of records"));
+            };
+            Ok((201, st.create_companies(&items, upsert)?, vec![]))
+        }
         ("GET", ["rest", "companies", id]) => Ok((200, st.get_company(id)?, vec![])),
         ("GET", ["rest", "metadata", "objects"]) => Ok((200, st.objects(), vec![])),
         ("GET", ["rest", "metadata", "fields"]) => Ok((200, st.fields(), vec![])),

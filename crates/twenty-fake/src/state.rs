@@ -830,6 +830,46 @@ impl State {
         Ok(json!({"data": {"createCompany": c}}))
     }
 
+    /// `POST /rest/batch/companies` (`upsert` matches on id).
+    pub fn create_companies(&mut self, bodies: &[Value], upsert: bool) -> Result<Value, ApiError> {
+        if bodies.len() > MAX_RECORDS {
+            return Err(ApiError::bad_request(format!(
+                "Maximum number of records to upsert is {MAX_RECORDS}."
+            )));
+        }
+        // Validate all first: the batch is all or nothing.
+        for b in bodies {
+            if b.get("name").and_then(Value::as_str).is_none() {
+                return Err(ApiError::bad_request("Company name is required"));
+            }
+            if let Some(id) = b.get("id").and_then(Value::as_str) {
+                if Uuid::parse_str(id).is_err() {
+                    return Err(ApiError::bad_request(format!("Invalid UUID: {id}")));
+                }
+                if !upsert && self.companies.contains_key(id) {
+                    return Err(ApiError::duplicate());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for b in bodies {
+            let name = b.get("name").and_then(Value::as_str).unwrap_or_default();
+            let id = b
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| Uuid::new_v4().to_string());
+            if let Some(c) = self.companies.get_mut(&id) {
+                c.insert("name".into(), json!(name));
+                c.insert("updatedAt".into(), json!(now_ts()));
+                out.push(Value::Object(c.clone()));
+            } else {
+                out.push(self.insert_company(&id, name));
+            }
+        }
+        Ok(json!({"data": {"createCompanies": out}}))
+    }
+
     /// `GET /rest/companies`.
     pub fn list_companies(&self, q: &ListQuery) -> Result<Value, ApiError> {
         let f = filter::parse(q.filter.as_deref().unwrap_or("")).map_err(ApiError::bad_request)?;
