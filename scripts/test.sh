@@ -18,4 +18,4 @@ for setup in scripts/postgres/setup.sh scripts/bigquery/setup.sh; do
 done
 
 echo "== cargo test --workspace"
-cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
+cargo test --workspace -- --test-threads="${TEST_THREADS:-2}"
