@@ -139,7 +139,9 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(cfg.request_timeout)
             .build()
-            .map_err(|e| StoreError::permanent(&cfg.name, format!("building the HTTP client: {e}")))?;
+            .map_err(|e| {
+                StoreError::permanent(&cfg.name, format!("building the HTTP client: {e}"))
+            })?;
         let capacity = cfg.requests_per_minute as f64;
         Ok(Client {
             http,
@@ -226,7 +228,9 @@ impl Client {
                                 Value::Null
                             } else {
                                 serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                                    Value::String(String::from_utf8_lossy(&bytes).chars().take(300).collect())
+                                    Value::String(
+                                        String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                                    )
                                 })
                             };
                             let reply = Reply { status, body };
@@ -311,7 +315,9 @@ pub(crate) fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }

@@ -107,7 +107,10 @@ impl TwentyConfig {
             ));
         }
         if self.requests_per_minute == 0 {
-            return Err(format!("{}: `requests_per_minute` must be at least 1", self.name));
+            return Err(format!(
+                "{}: `requests_per_minute` must be at least 1",
+                self.name
+            ));
         }
         if self.rate_window.is_zero() {
             return Err(format!("{}: `rate_window` must be positive", self.name));
@@ -130,7 +133,10 @@ mod tests {
         let mut c = TwentyConfig::new("http://127.0.0.1:1", Secret::new("jwt-super-secret"));
         c.webhook_secret = Some(Secret::new("hook-secret"));
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("jwt-super-secret") && !dbg.contains("hook-secret"), "{dbg}");
+        assert!(
+            !dbg.contains("jwt-super-secret") && !dbg.contains("hook-secret"),
+            "{dbg}"
+        );
         assert!(c.validate().is_ok());
         c.batch_size = 201;
         assert!(c.validate().unwrap_err().contains("batch_size"));

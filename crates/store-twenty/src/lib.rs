@@ -41,7 +41,7 @@
 //! - **Changes** ([`ChangeSource`]): verified webhook events first (no
 //!   checkpoint advance), then `updatedAt[gte]` polling, the durable
 //!   catch-up path (Twenty never retries a webhook). Checkpoint = watermark
-//!   + ids seen near it, so nothing is missed or repeated. People created in
+//!   and the ids seen near it, so nothing is missed or repeated. People created in
 //!   Twenty arrive with an empty `contact_id` and `native_id` = person id.
 //! - **Version**: `keeps_version()` is false (see
 //!   [`TwentyStore::keeps_version`](StoreInfo::keeps_version)).

@@ -35,17 +35,35 @@ pub struct CustomFieldSpec {
 }
 
 const fn text(name: &'static str, label: &'static str, canonical: &'static str) -> CustomFieldSpec {
-    CustomFieldSpec { name, ty: "TEXT", label, unique: false, canonical }
+    CustomFieldSpec {
+        name,
+        ty: "TEXT",
+        label,
+        unique: false,
+        canonical,
+    }
 }
 const fn raw(name: &'static str, label: &'static str, canonical: &'static str) -> CustomFieldSpec {
-    CustomFieldSpec { name, ty: "RAW_JSON", label, unique: false, canonical }
+    CustomFieldSpec {
+        name,
+        ty: "RAW_JSON",
+        label,
+        unique: false,
+        canonical,
+    }
 }
 
 /// The custom fields on Person, in creation order. Timestamps are TEXT
 /// (RFC 3339, microseconds) because Twenty's DATE_TIME keeps only
 /// milliseconds and the content hash needs them exact.
 pub const CUSTOM_FIELDS: &[CustomFieldSpec] = &[
-    CustomFieldSpec { name: "contactId", ty: "TEXT", label: "Contact ID", unique: true, canonical: "contact_id" },
+    CustomFieldSpec {
+        name: "contactId",
+        ty: "TEXT",
+        label: "Contact ID",
+        unique: true,
+        canonical: "contact_id",
+    },
     text("canonicalName", "Canonical name", "canonical_name"),
     text("displayName", "Display name", "display_name"),
     text("middleName", "Middle name", "middle_name"),
@@ -64,12 +82,22 @@ pub const CUSTOM_FIELDS: &[CustomFieldSpec] = &[
     text("contactCreatedAt", "Contact created at", "created_at"),
     raw("llmContext", "LLM context", "llm_context"),
     raw("contactRelationships", "Relationships", "relationships"),
-    raw("communicationStats", "Communication stats", "communication_stats"),
+    raw(
+        "communicationStats",
+        "Communication stats",
+        "communication_stats",
+    ),
     raw("socialProfiles", "Social profiles", "social_profiles"),
     raw("customAttributes", "Custom attributes", "custom_attributes"),
     raw("emailDetails", "Email details", "emails"),
     raw("phoneDetails", "Phone details", "phones"),
-    CustomFieldSpec { name: "contactVersion", ty: "NUMBER", label: "Contact version", unique: false, canonical: "version" },
+    CustomFieldSpec {
+        name: "contactVersion",
+        ty: "NUMBER",
+        label: "Contact version",
+        unique: false,
+        canonical: "version",
+    },
     text("lastUpdatedBy", "Last updated by", "last_updated_by"),
     text("contactDeletedAt", "Contact deleted at", "deleted_at"),
 ];
@@ -78,18 +106,74 @@ pub const CUSTOM_FIELDS: &[CustomFieldSpec] = &[
 
 /// Calling codes and the country Twenty shows for them.
 const CALLING_CODES: &[(&str, &str)] = &[
-    ("1", "US"), ("7", "RU"), ("20", "EG"), ("27", "ZA"), ("30", "GR"), ("31", "NL"),
-    ("32", "BE"), ("33", "FR"), ("34", "ES"), ("36", "HU"), ("39", "IT"), ("40", "RO"),
-    ("41", "CH"), ("43", "AT"), ("44", "GB"), ("45", "DK"), ("46", "SE"), ("47", "NO"),
-    ("48", "PL"), ("49", "DE"), ("51", "PE"), ("52", "MX"), ("54", "AR"), ("55", "BR"),
-    ("56", "CL"), ("57", "CO"), ("58", "VE"), ("60", "MY"), ("61", "AU"), ("62", "ID"),
-    ("63", "PH"), ("64", "NZ"), ("65", "SG"), ("66", "TH"), ("81", "JP"), ("82", "KR"),
-    ("84", "VN"), ("86", "CN"), ("90", "TR"), ("91", "IN"), ("92", "PK"), ("94", "LK"),
-    ("98", "IR"), ("212", "MA"), ("213", "DZ"), ("216", "TN"), ("234", "NG"), ("254", "KE"),
-    ("351", "PT"), ("352", "LU"), ("353", "IE"), ("354", "IS"), ("358", "FI"), ("359", "BG"),
-    ("370", "LT"), ("371", "LV"), ("372", "EE"), ("380", "UA"), ("385", "HR"), ("386", "SI"),
-    ("420", "CZ"), ("421", "SK"), ("852", "HK"), ("886", "TW"), ("966", "SA"), ("971", "AE"),
-    ("972", "IL"), ("974", "QA"),
+    ("1", "US"),
+    ("7", "RU"),
+    ("20", "EG"),
+    ("27", "ZA"),
+    ("30", "GR"),
+    ("31", "NL"),
+    ("32", "BE"),
+    ("33", "FR"),
+    ("34", "ES"),
+    ("36", "HU"),
+    ("39", "IT"),
+    ("40", "RO"),
+    ("41", "CH"),
+    ("43", "AT"),
+    ("44", "GB"),
+    ("45", "DK"),
+    ("46", "SE"),
+    ("47", "NO"),
+    ("48", "PL"),
+    ("49", "DE"),
+    ("51", "PE"),
+    ("52", "MX"),
+    ("54", "AR"),
+    ("55", "BR"),
+    ("56", "CL"),
+    ("57", "CO"),
+    ("58", "VE"),
+    ("60", "MY"),
+    ("61", "AU"),
+    ("62", "ID"),
+    ("63", "PH"),
+    ("64", "NZ"),
+    ("65", "SG"),
+    ("66", "TH"),
+    ("81", "JP"),
+    ("82", "KR"),
+    ("84", "VN"),
+    ("86", "CN"),
+    ("90", "TR"),
+    ("91", "IN"),
+    ("92", "PK"),
+    ("94", "LK"),
+    ("98", "IR"),
+    ("212", "MA"),
+    ("213", "DZ"),
+    ("216", "TN"),
+    ("234", "NG"),
+    ("254", "KE"),
+    ("351", "PT"),
+    ("352", "LU"),
+    ("353", "IE"),
+    ("354", "IS"),
+    ("358", "FI"),
+    ("359", "BG"),
+    ("370", "LT"),
+    ("371", "LV"),
+    ("372", "EE"),
+    ("380", "UA"),
+    ("385", "HR"),
+    ("386", "SI"),
+    ("420", "CZ"),
+    ("421", "SK"),
+    ("852", "HK"),
+    ("886", "TW"),
+    ("966", "SA"),
+    ("971", "AE"),
+    ("972", "IL"),
+    ("974", "QA"),
 ];
 
 /// Splits an E.164 number into (national number, country code, calling
@@ -118,7 +202,10 @@ pub fn join_phone(number: &str, calling_code: &str) -> String {
         return String::new();
     }
     if n.starts_with('+') {
-        return n.chars().filter(|c| *c == '+' || c.is_ascii_digit()).collect();
+        return n
+            .chars()
+            .filter(|c| *c == '+' || c.is_ascii_digit())
+            .collect();
     }
     let digits: String = n.chars().filter(char::is_ascii_digit).collect();
     let cc = calling_code.trim();
@@ -137,7 +224,9 @@ pub fn join_phone(number: &str, calling_code: &str) -> String {
 /// `{"linkedin": {"url": …}}`, key case-insensitive).
 pub fn linkedin_url(social: Option<&Value>) -> Option<String> {
     let obj = social?.as_object()?;
-    let (_, v) = obj.iter().find(|(k, _)| k.eq_ignore_ascii_case("linkedin"))?;
+    let (_, v) = obj
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("linkedin"))?;
     match v {
         Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
         Value::Object(o) => o
@@ -154,7 +243,10 @@ fn set_linkedin(social: &mut Option<Value>, url: Option<&str>) {
     match url {
         None => {
             if let Some(Value::Object(o)) = social {
-                let key = o.keys().find(|k| k.eq_ignore_ascii_case("linkedin")).cloned();
+                let key = o
+                    .keys()
+                    .find(|k| k.eq_ignore_ascii_case("linkedin"))
+                    .cloned();
                 if let Some(k) = key {
                     o.remove(&k);
                 }
@@ -321,7 +413,11 @@ pub fn person_updated_at(p: &Value) -> &str {
 pub fn person_to_contact(p: &Value, store: &str) -> Result<Contact, Invalid> {
     let pid = person_id(p).to_string();
     let contact_id = s(p, "/contactId").trim().to_string();
-    let rec = if contact_id.is_empty() { pid.clone() } else { contact_id.clone() };
+    let rec = if contact_id.is_empty() {
+        pid.clone()
+    } else {
+        contact_id.clone()
+    };
     let bad = |field: &str, reason: String| Invalid::new(&rec, field, reason);
 
     let first = opt(p, "name/firstName");
@@ -371,13 +467,18 @@ pub fn person_to_contact(p: &Value, store: &str) -> Result<Contact, Invalid> {
                 other => Err(bad("tags", format!("tag is not a string: {other}"))),
             })
             .collect::<Result<_, _>>()?,
-        Some(other) => return Err(bad("tags", format!("expected an array of strings, got {other}"))),
+        Some(other) => {
+            return Err(bad(
+                "tags",
+                format!("expected an array of strings, got {other}"),
+            ))
+        }
     };
     c.created_at = match opt(p, "contactCreatedAt") {
         None => None,
-        Some(t) => Some(
-            parse_ts(&t).ok_or_else(|| bad("created_at", format!("not a timestamp: {t:?}")))?,
-        ),
+        Some(t) => {
+            Some(parse_ts(&t).ok_or_else(|| bad("created_at", format!("not a timestamp: {t:?}")))?)
+        }
     };
     c.llm_context = json_field(p, "llmContext");
     c.relationships = json_field(p, "contactRelationships");
@@ -399,7 +500,10 @@ pub fn person_to_contact(p: &Value, store: &str) -> Result<Contact, Invalid> {
     if !primary_email.is_empty() {
         composite.push(primary_email.clone());
     }
-    if let Some(a) = p.pointer("/emails/additionalEmails").and_then(Value::as_array) {
+    if let Some(a) = p
+        .pointer("/emails/additionalEmails")
+        .and_then(Value::as_array)
+    {
         composite.extend(
             a.iter()
                 .filter_map(Value::as_str)
@@ -410,7 +514,10 @@ pub fn person_to_contact(p: &Value, store: &str) -> Result<Contact, Invalid> {
     let details: Vec<Email> = json_field(p, "emailDetails")
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default();
-    let mut detail_addrs: Vec<String> = details.iter().map(|e| e.address.trim().to_lowercase()).collect();
+    let mut detail_addrs: Vec<String> = details
+        .iter()
+        .map(|e| e.address.trim().to_lowercase())
+        .collect();
     let mut sorted_comp = composite.clone();
     detail_addrs.sort();
     sorted_comp.sort();
@@ -447,7 +554,10 @@ pub fn person_to_contact(p: &Value, store: &str) -> Result<Contact, Invalid> {
     if !primary_phone.is_empty() {
         composite.push(primary_phone.clone());
     }
-    if let Some(a) = p.pointer("/phones/additionalPhones").and_then(Value::as_array) {
+    if let Some(a) = p
+        .pointer("/phones/additionalPhones")
+        .and_then(Value::as_array)
+    {
         for ph in a {
             let n = join_phone(
                 ph.get("number").and_then(Value::as_str).unwrap_or(""),
@@ -461,7 +571,10 @@ pub fn person_to_contact(p: &Value, store: &str) -> Result<Contact, Invalid> {
     let details: Vec<Phone> = json_field(p, "phoneDetails")
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default();
-    let mut detail_nums: Vec<String> = details.iter().map(|d| d.number.trim().to_string()).collect();
+    let mut detail_nums: Vec<String> = details
+        .iter()
+        .map(|d| d.number.trim().to_string())
+        .collect();
     let mut sorted_comp = composite.clone();
     detail_nums.sort();
     sorted_comp.sort();
@@ -470,24 +583,23 @@ pub fn person_to_contact(p: &Value, store: &str) -> Result<Contact, Invalid> {
         tmp.phones = details.clone();
         tmp.primary_phone().map(|n| n.trim().to_string())
     };
-    c.phones = if detail_nums == sorted_comp
-        && detail_primary.as_deref().unwrap_or("") == primary_phone
-    {
-        details
-    } else {
-        composite
-            .iter()
-            .enumerate()
-            .map(|(i, n)| Phone {
-                number: n.clone(),
-                label: details
-                    .iter()
-                    .find(|d| d.number.trim() == n)
-                    .and_then(|d| d.label.clone()),
-                is_primary: i == 0 && !primary_phone.is_empty(),
-            })
-            .collect()
-    };
+    c.phones =
+        if detail_nums == sorted_comp && detail_primary.as_deref().unwrap_or("") == primary_phone {
+            details
+        } else {
+            composite
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Phone {
+                    number: n.clone(),
+                    label: details
+                        .iter()
+                        .find(|d| d.number.trim() == n)
+                        .and_then(|d| d.label.clone()),
+                    is_primary: i == 0 && !primary_phone.is_empty(),
+                })
+                .collect()
+        };
 
     c.version = match p.get("contactVersion") {
         Some(Value::Number(n)) => n
@@ -533,11 +645,18 @@ mod tests {
 
     #[test]
     fn linkedin_follows_social_profiles_both_ways() {
-        let sp = json!({"linkedin": {"url": "https://linkedin.com/in/a", "handle": "a"}, "x": "@a"});
-        assert_eq!(linkedin_url(Some(&sp)).as_deref(), Some("https://linkedin.com/in/a"));
+        let sp =
+            json!({"linkedin": {"url": "https://linkedin.com/in/a", "handle": "a"}, "x": "@a"});
+        assert_eq!(
+            linkedin_url(Some(&sp)).as_deref(),
+            Some("https://linkedin.com/in/a")
+        );
         let mut v = Some(sp);
         set_linkedin(&mut v, Some("https://linkedin.com/in/b"));
-        assert_eq!(v.as_ref().unwrap()["linkedin"]["url"], "https://linkedin.com/in/b");
+        assert_eq!(
+            v.as_ref().unwrap()["linkedin"]["url"],
+            "https://linkedin.com/in/b"
+        );
         set_linkedin(&mut v, None);
         assert_eq!(v, Some(json!({"x": "@a"})));
     }
@@ -546,8 +665,16 @@ mod tests {
     fn user_edits_in_composites_win_over_details() {
         let mut c = Contact::new("c1", "Ada Lovelace");
         c.emails = vec![
-            Email { address: "ada@example.com".into(), label: Some("work".into()), is_primary: true },
-            Email { address: "a@example.org".into(), label: Some("home".into()), is_primary: false },
+            Email {
+                address: "ada@example.com".into(),
+                label: Some("work".into()),
+                is_primary: true,
+            },
+            Email {
+                address: "a@example.org".into(),
+                label: Some("home".into()),
+                is_primary: false,
+            },
         ];
         let mut p = Value::Object(contact_to_person(&c, None));
         p["id"] = json!("p1");

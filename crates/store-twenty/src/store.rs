@@ -183,7 +183,12 @@ impl TwentyStore {
     async fn person_fields(&self) -> Result<(String, HashMap<String, String>), StoreError> {
         let body = self
             .client
-            .send_ok(Method::GET, "/rest/metadata/objects?limit=1000", None, "listing objects")
+            .send_ok(
+                Method::GET,
+                "/rest/metadata/objects?limit=1000",
+                None,
+                "listing objects",
+            )
             .await?;
         let person = data_list(&body, "objects")
             .into_iter()
@@ -222,11 +227,19 @@ impl TwentyStore {
                         .await?;
                     let list: Vec<&Value> = data_list(&body, "fields")
                         .into_iter()
-                        .filter(|f| f.get("objectMetadataId").and_then(Value::as_str) == Some(&object_id))
+                        .filter(|f| {
+                            f.get("objectMetadataId").and_then(Value::as_str) == Some(&object_id)
+                        })
                         .collect();
                     collect(list, &mut fields);
-                    let next = body.pointer("/pageInfo/hasNextPage").and_then(Value::as_bool) == Some(true);
-                    after = body.pointer("/pageInfo/endCursor").and_then(Value::as_str).map(str::to_string);
+                    let next = body
+                        .pointer("/pageInfo/hasNextPage")
+                        .and_then(Value::as_bool)
+                        == Some(true);
+                    after = body
+                        .pointer("/pageInfo/endCursor")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
                     if !next || after.is_none() {
                         break;
                     }
@@ -239,7 +252,12 @@ impl TwentyStore {
     async fn webhooks(&self) -> Result<Vec<Value>, StoreError> {
         let body = self
             .client
-            .send_ok(Method::GET, "/rest/metadata/webhooks", None, "listing webhooks")
+            .send_ok(
+                Method::GET,
+                "/rest/metadata/webhooks",
+                None,
+                "listing webhooks",
+            )
             .await?;
         Ok(data_list(&body, "webhooks").into_iter().cloned().collect())
     }
@@ -251,11 +269,11 @@ impl TwentyStore {
         for f in CUSTOM_FIELDS {
             match fields.get(f.name) {
                 None => report.missing_fields.push(f.name.to_string()),
-                Some(t) if t != f.ty => report.wrong_type_fields.push((
-                    f.name.to_string(),
-                    f.ty.to_string(),
-                    t.clone(),
-                )),
+                Some(t) if t != f.ty => {
+                    report
+                        .wrong_type_fields
+                        .push((f.name.to_string(), f.ty.to_string(), t.clone()))
+                }
                 Some(_) => {}
             }
         }
@@ -315,7 +333,12 @@ impl TwentyStore {
                 });
                 let r = self
                     .client
-                    .send_ok(Method::POST, "/rest/metadata/webhooks", Some(&body), "registering the webhook")
+                    .send_ok(
+                        Method::POST,
+                        "/rest/metadata/webhooks",
+                        Some(&body),
+                        "registering the webhook",
+                    )
                     .await?;
                 report.webhook_id = r
                     .pointer("/data/createOneWebhook/id")
@@ -389,11 +412,18 @@ impl TwentyStore {
                         c.get("name").and_then(Value::as_str),
                         c.get("id").and_then(Value::as_str),
                     ) {
-                        map.entry(n.trim().to_string()).or_insert_with(|| id.to_string());
+                        map.entry(n.trim().to_string())
+                            .or_insert_with(|| id.to_string());
                     }
                 }
-                let next = body.pointer("/pageInfo/hasNextPage").and_then(Value::as_bool) == Some(true);
-                after = body.pointer("/pageInfo/endCursor").and_then(Value::as_str).map(str::to_string);
+                let next = body
+                    .pointer("/pageInfo/hasNextPage")
+                    .and_then(Value::as_bool)
+                    == Some(true);
+                after = body
+                    .pointer("/pageInfo/endCursor")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
                 if !next || after.is_none() {
                     break;
                 }
@@ -417,7 +447,11 @@ impl TwentyStore {
             let body = Value::Array(body);
             let r = self
                 .client
-                .send(Method::POST, "/rest/batch/companies?upsert=true", Some(&body))
+                .send(
+                    Method::POST,
+                    "/rest/batch/companies?upsert=true",
+                    Some(&body),
+                )
                 .await?;
             if !r.ok() {
                 return Err(self.err(format!(
@@ -484,8 +518,14 @@ impl TwentyStore {
             let page = data_list(&body, "people");
             StatsInner::add(&self.client.stats.records_read, page.len() as u64);
             out.extend(page.into_iter().cloned());
-            let next = body.pointer("/pageInfo/hasNextPage").and_then(Value::as_bool) == Some(true);
-            after = body.pointer("/pageInfo/endCursor").and_then(Value::as_str).map(str::to_string);
+            let next = body
+                .pointer("/pageInfo/hasNextPage")
+                .and_then(Value::as_bool)
+                == Some(true);
+            after = body
+                .pointer("/pageInfo/endCursor")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             if !next || after.is_none() {
                 return Ok((out, next));
             }
@@ -498,14 +538,22 @@ impl TwentyStore {
     async fn soft_delete(&self, pid: &str) -> Result<(), StoreError> {
         let r = self
             .client
-            .send(Method::DELETE, &format!("/rest/people/{pid}?soft_delete=true"), None)
+            .send(
+                Method::DELETE,
+                &format!("/rest/people/{pid}?soft_delete=true"),
+                None,
+            )
             .await?;
         // 404: already soft-deleted or gone.
         if r.ok() || r.status == 404 {
             StatsInner::add(&self.client.stats.records_written, 1);
             Ok(())
         } else {
-            Err(self.err(format!("soft-deleting person {pid}: HTTP {}: {}", r.status, r.message())))
+            Err(self.err(format!(
+                "soft-deleting person {pid}: HTTP {}: {}",
+                r.status,
+                r.message()
+            )))
         }
     }
 
@@ -514,16 +562,25 @@ impl TwentyStore {
             "query": "mutation RestorePerson($id: UUID!) { restorePerson(id: $id) { id } }",
             "variables": {"id": pid},
         });
-        let r = self.client.send(Method::POST, "/graphql", Some(&body)).await?;
+        let r = self
+            .client
+            .send(Method::POST, "/graphql", Some(&body))
+            .await?;
         Ok(r.ok() && r.body.get("errors").is_none())
     }
 
     /// One upsert request for `bodies`; the ids Twenty answered, in order.
-    async fn upsert_batch(&self, bodies: &[Value]) -> Result<Result<Vec<String>, crate::client::Reply>, StoreError> {
+    async fn upsert_batch(
+        &self,
+        bodies: &[Value],
+    ) -> Result<Result<Vec<String>, crate::client::Reply>, StoreError> {
         let (path, payload) = if bodies.len() == 1 {
             ("/rest/people?upsert=true", bodies[0].clone())
         } else {
-            ("/rest/batch/people?upsert=true", Value::Array(bodies.to_vec()))
+            (
+                "/rest/batch/people?upsert=true",
+                Value::Array(bodies.to_vec()),
+            )
         };
         let r = self.client.send(Method::POST, path, Some(&payload)).await?;
         if !r.ok() {
@@ -540,17 +597,17 @@ impl TwentyStore {
             r.body
                 .pointer("/data/createPeople")
                 .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .map(|p| person_id(p).to_string())
-                        .collect()
-                })
+                .map(|a| a.iter().map(|p| person_id(p).to_string()).collect())
                 .unwrap_or_default()
         };
         if ids.len() != bodies.len() {
             return Err(StoreError::transient(
                 &self.cfg.name,
-                format!("upsert of {} people answered {} records", bodies.len(), ids.len()),
+                format!(
+                    "upsert of {} people answered {} records",
+                    bodies.len(),
+                    ids.len()
+                ),
             ));
         }
         StatsInner::add(&self.client.stats.records_written, ids.len() as u64);
@@ -600,7 +657,11 @@ impl TwentyStore {
                         let field = if r.is_duplicate() { "emails" } else { "record" };
                         outcomes[*i] = Some(WriteOutcome::Rejected {
                             field: field.into(),
-                            reason: format!("Twenty refused the person (HTTP {}): {}", r.status, r.message()),
+                            reason: format!(
+                                "Twenty refused the person (HTTP {}): {}",
+                                r.status,
+                                r.message()
+                            ),
                         });
                     }
                     Err(r) => {
@@ -720,7 +781,8 @@ impl TwentyStore {
                 if cp.seen.get(&pid) == Some(&at) {
                     continue;
                 }
-                let (Some(at_ts), w_ts) = (parse_ts(&at), cp.watermark.as_deref().and_then(parse_ts))
+                let (Some(at_ts), w_ts) =
+                    (parse_ts(&at), cp.watermark.as_deref().and_then(parse_ts))
                 else {
                     continue;
                 };
@@ -741,8 +803,14 @@ impl TwentyStore {
                     cp.watermark = Some(at);
                 }
             }
-            let next = body.pointer("/pageInfo/hasNextPage").and_then(Value::as_bool) == Some(true);
-            after = body.pointer("/pageInfo/endCursor").and_then(Value::as_str).map(str::to_string);
+            let next = body
+                .pointer("/pageInfo/hasNextPage")
+                .and_then(Value::as_bool)
+                == Some(true);
+            after = body
+                .pointer("/pageInfo/endCursor")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             if !next || after.is_none() {
                 break;
             }
@@ -852,7 +920,11 @@ impl RecordSink for TwentyStore {
             } else {
                 outcomes[i] = Some(WriteOutcome::Rejected {
                     field: if r.is_duplicate() { "emails" } else { "record" }.into(),
-                    reason: format!("Twenty refused the update (HTTP {}): {}", r.status, r.message()),
+                    reason: format!(
+                        "Twenty refused the update (HTTP {}): {}",
+                        r.status,
+                        r.message()
+                    ),
                 });
             }
         }
@@ -901,7 +973,11 @@ impl RecordSink for TwentyStore {
                 }
                 let r = self
                     .client
-                    .send(Method::PATCH, &format!("/rest/people/{pid}"), Some(&Value::Object(body)))
+                    .send(
+                        Method::PATCH,
+                        &format!("/rest/people/{pid}"),
+                        Some(&Value::Object(body)),
+                    )
                     .await?;
                 if !r.ok() && r.status != 404 {
                     return Err(self.err(format!(
@@ -939,9 +1015,8 @@ impl RecordSink for TwentyStore {
             }
             let filter = format!("and(contactId[in]:[{}],{ALL_ROWS})", list.join(","));
             for p in self.list_all(&filter, None, usize::MAX).await?.0 {
-                let c = person_to_contact(&p, &self.cfg.name).map_err(|e| {
-                    self.err(format!("reading person {}: {e}", person_id(&p)))
-                })?;
+                let c = person_to_contact(&p, &self.cfg.name)
+                    .map_err(|e| self.err(format!("reading person {}: {e}", person_id(&p))))?;
                 if !wanted.contains(c.contact_id.as_str()) {
                     continue;
                 }
@@ -964,7 +1039,9 @@ impl RecordSink for TwentyStore {
     ) -> Result<Vec<Contact>, StoreError> {
         let after = after.unwrap_or("");
         let Some(q) = quote(after) else {
-            return Err(self.err(format!("cannot scan after {after:?}: contains a double quote")));
+            return Err(self.err(format!(
+                "cannot scan after {after:?}: contains a double quote"
+            )));
         };
         let filter = format!("and(contactId[gt]:{q},{ALL_ROWS})");
         let (people, _) = self.list_all(&filter, Some("contactId,id"), limit).await?;
@@ -1014,7 +1091,9 @@ impl RecordSink for TwentyStore {
             preds.push(if cc.is_empty() {
                 format!("phones.primaryPhoneNumber[eq]:{n}")
             } else {
-                format!("and(phones.primaryPhoneNumber[eq]:{n},phones.primaryPhoneCallingCode[eq]:{c})")
+                format!(
+                    "and(phones.primaryPhoneNumber[eq]:{n},phones.primaryPhoneCallingCode[eq]:{c})"
+                )
             });
         }
         let mut out: HashMap<String, Contact> = HashMap::new();

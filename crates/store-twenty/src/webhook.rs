@@ -164,14 +164,19 @@ pub fn verify(
         .parse()
         .map_err(|_| WebhookError::MalformedHeader("x-twenty-webhook-timestamp"))?;
     // Twenty sends milliseconds; accept seconds as well.
-    let millis = if n.abs() < 100_000_000_000 { n.saturating_mul(1000) } else { n };
+    let millis = if n.abs() < 100_000_000_000 {
+        n.saturating_mul(1000)
+    } else {
+        n
+    };
     let skew_ms = now.timestamp_millis() - millis;
     if skew_ms.unsigned_abs() > MAX_SKEW.as_millis() as u64 {
         return Err(WebhookError::StaleTimestamp {
             skew_secs: skew_ms / 1000,
         });
     }
-    let expected = hex::decode(sig).map_err(|_| WebhookError::MalformedHeader("x-twenty-webhook-signature"))?;
+    let expected = hex::decode(sig)
+        .map_err(|_| WebhookError::MalformedHeader("x-twenty-webhook-signature"))?;
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.expose().as_bytes())
         .map_err(|_| WebhookError::BadSignature)?;
     mac.update(ts.as_bytes());
@@ -200,8 +205,12 @@ pub fn verify(
         event_name,
         record,
         updated_fields: body.get("updatedFields").and_then(|v| {
-            v.as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            v.as_array().map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
         }),
         webhook_id: text("webhookId"),
         workspace_id: text("workspaceId"),
@@ -307,9 +316,18 @@ mod tests {
 
     fn headers(ts: &str, sig: &str, nonce: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("X-Twenty-Webhook-Timestamp", HeaderValue::from_str(ts).unwrap());
-        h.insert("X-Twenty-Webhook-Signature", HeaderValue::from_str(sig).unwrap());
-        h.insert("X-Twenty-Webhook-Nonce", HeaderValue::from_str(nonce).unwrap());
+        h.insert(
+            "X-Twenty-Webhook-Timestamp",
+            HeaderValue::from_str(ts).unwrap(),
+        );
+        h.insert(
+            "X-Twenty-Webhook-Signature",
+            HeaderValue::from_str(sig).unwrap(),
+        );
+        h.insert(
+            "X-Twenty-Webhook-Nonce",
+            HeaderValue::from_str(nonce).unwrap(),
+        );
         h
     }
 
@@ -330,7 +348,9 @@ mod tests {
         let forged = sign("other", &ts, body);
         let e = verify(&secret, &headers(&ts, &forged, "n2"), body, now, &cache).unwrap_err();
         assert_eq!(e, WebhookError::BadSignature);
-        let old = (now - chrono::Duration::minutes(6)).timestamp_millis().to_string();
+        let old = (now - chrono::Duration::minutes(6))
+            .timestamp_millis()
+            .to_string();
         let sig_old = sign("s3cr3t-value", &old, body);
         let e = verify(&secret, &headers(&old, &sig_old, "n3"), body, now, &cache).unwrap_err();
         assert!(matches!(e, WebhookError::StaleTimestamp { .. }));

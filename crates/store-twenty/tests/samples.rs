@@ -21,8 +21,21 @@ fn sample(name: &str) -> Value {
 /// Standard Person fields of Twenty 2.21 (the recordings also hold the
 /// recording workspace's custom fields, which the target need not have).
 const STANDARD: &[&str] = &[
-    "id", "createdAt", "updatedAt", "deletedAt", "name", "emails", "linkedinLink", "jobTitle",
-    "phones", "avatarUrl", "avatarFile", "position", "createdBy", "updatedBy", "companyId",
+    "id",
+    "createdAt",
+    "updatedAt",
+    "deletedAt",
+    "name",
+    "emails",
+    "linkedinLink",
+    "jobTitle",
+    "phones",
+    "avatarUrl",
+    "avatarFile",
+    "position",
+    "createdBy",
+    "updatedBy",
+    "companyId",
 ];
 
 /// A type skeleton: objects by key, arrays by their first element, scalars
@@ -43,11 +56,15 @@ fn person_shape(p: &Value) -> BTreeMap<String, Value> {
     STANDARD
         .iter()
         .map(|k| {
-            let v = p.get(*k).unwrap_or_else(|| panic!("person lacks standard field {k}: {p}"));
+            let v = p
+                .get(*k)
+                .unwrap_or_else(|| panic!("person lacks standard field {k}: {p}"));
             // Nullable ids/dates: only presence is compared.
             let s = match *k {
                 "deletedAt" | "companyId" | "avatarFile" => json!("nullable"),
-                "createdBy" | "updatedBy" => json!(v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>())),
+                "createdBy" | "updatedBy" => {
+                    json!(v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
+                }
                 _ => shape(v),
             };
             (k.to_string(), s)
@@ -74,7 +91,10 @@ fn assert_person_like(got: &Value, recorded: &Value, what: &str) {
 }
 
 fn envelope_keys(v: &Value) -> Vec<String> {
-    let mut keys: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let mut keys: Vec<String> = v
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
     if let Some(d) = v.get("data").and_then(Value::as_object) {
         keys.extend(d.keys().map(|k| format!("data.{k}")));
     }
@@ -100,7 +120,9 @@ async fn target_reproduces_the_recorded_people_api() {
     let http = t.http();
 
     // create
-    let (status, created) = http.req(Method::POST, "/rest/people", Some(person_body(&t, 1))).await;
+    let (status, created) = http
+        .req(Method::POST, "/rest/people", Some(person_body(&t, 1)))
+        .await;
     assert_eq!(status, 201, "{created}");
     let rec = sample("create_person.json");
     assert_eq!(envelope_keys(&created), envelope_keys(&rec));
@@ -111,11 +133,16 @@ async fn target_reproduces_the_recorded_people_api() {
         json!(format!("sample.person.1.{}@example.com", t.run)),
         "emails are lower-cased on write"
     );
-    assert_eq!(p["emails"]["additionalEmails"][0], json!(format!("s.p.1.{}@example.org", t.run)));
+    assert_eq!(
+        p["emails"]["additionalEmails"][0],
+        json!(format!("s.p.1.{}@example.org", t.run))
+    );
     let id = p["id"].as_str().unwrap().to_string();
 
     // get
-    let (status, got) = http.req(Method::GET, &format!("/rest/people/{id}"), None).await;
+    let (status, got) = http
+        .req(Method::GET, &format!("/rest/people/{id}"), None)
+        .await;
     assert_eq!(status, 200);
     let rec = sample("get_person.json");
     assert_eq!(envelope_keys(&got), envelope_keys(&rec));
@@ -134,7 +161,10 @@ async fn target_reproduces_the_recorded_people_api() {
     assert_eq!(envelope_keys(&upd), envelope_keys(&rec));
     let u = &upd["data"]["updatePerson"];
     assert_person_like(u, &rec["data"]["updatePerson"], "update");
-    assert_eq!(u["name"], json!({"firstName": "Sample", "lastName": "Persona"}));
+    assert_eq!(
+        u["name"],
+        json!({"firstName": "Sample", "lastName": "Persona"})
+    );
     assert_eq!(u["jobTitle"], json!(""), "null text reads back as \"\"");
 
     // upsert by id
@@ -148,15 +178,28 @@ async fn target_reproduces_the_recorded_people_api() {
     assert_eq!(status, 201, "{ups}");
     let rec = sample("upsert_person.json");
     assert_eq!(envelope_keys(&ups), envelope_keys(&rec));
-    assert_eq!(ups["data"]["createPerson"]["id"], json!(id), "upsert matched on id");
-    assert_eq!(ups["data"]["createPerson"]["name"]["lastName"], json!("Persona"));
+    assert_eq!(
+        ups["data"]["createPerson"]["id"],
+        json!(id),
+        "upsert matched on id"
+    );
+    assert_eq!(
+        ups["data"]["createPerson"]["name"]["lastName"],
+        json!("Persona")
+    );
 
     // upsert by primary email (another id, same email) updates the same person
     let mut by_mail = person_body(&t, 1);
     by_mail["jobTitle"] = json!("Matched by email");
-    let (status, ups) = http.req(Method::POST, "/rest/people?upsert=true", Some(by_mail)).await;
+    let (status, ups) = http
+        .req(Method::POST, "/rest/people?upsert=true", Some(by_mail))
+        .await;
     assert_eq!(status, 201, "{ups}");
-    assert_eq!(ups["data"]["createPerson"]["id"], json!(id), "upsert matched on primary email");
+    assert_eq!(
+        ups["data"]["createPerson"]["id"],
+        json!(id),
+        "upsert matched on primary email"
+    );
 
     // duplicate without upsert
     let (status, dup) = http
@@ -185,41 +228,69 @@ async fn target_reproduces_the_recorded_people_api() {
     let rec = sample("list_people_limit2.json");
     assert_eq!(envelope_keys(&list), envelope_keys(&rec));
     assert_eq!(list["data"]["people"].as_array().unwrap().len(), 2);
-    assert_person_like(&list["data"]["people"][0], &rec["data"]["people"][0], "list");
+    assert_person_like(
+        &list["data"]["people"][0],
+        &rec["data"]["people"][0],
+        "list",
+    );
     assert_eq!(list["pageInfo"]["hasNextPage"], json!(true));
 
     // soft delete, then hidden unless the filter names deletedAt
     let (status, soft) = http
-        .req(Method::DELETE, &format!("/rest/people/{id}?soft_delete=true"), None)
+        .req(
+            Method::DELETE,
+            &format!("/rest/people/{id}?soft_delete=true"),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{soft}");
     let rec = sample("soft_delete_person.json");
     assert_eq!(envelope_keys(&soft), envelope_keys(&rec));
     assert!(soft["data"]["deletePerson"]["deletedAt"].is_string());
-    let (status, gone) = http.req(Method::GET, &format!("/rest/people/{id}"), None).await;
+    let (status, gone) = http
+        .req(Method::GET, &format!("/rest/people/{id}"), None)
+        .await;
     assert_eq!((status, gone), (404, sample("error_not_found.json")));
     let f = format!("and(id[eq]:{id},deletedAt[is]:NOT_NULL)");
     let (status, del) = http
-        .req(Method::GET, &format!("/rest/people?filter={}", urlenc(&f)), None)
+        .req(
+            Method::GET,
+            &format!("/rest/people?filter={}", urlenc(&f)),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     let rec = sample("list_deleted_people.json");
     assert_eq!(envelope_keys(&del), envelope_keys(&rec));
     assert_eq!(del["data"]["people"].as_array().unwrap().len(), 1);
     let (_, hidden) = http
-        .req(Method::GET, &format!("/rest/people?filter={}", urlenc(&format!("id[eq]:{id}"))), None)
+        .req(
+            Method::GET,
+            &format!("/rest/people?filter={}", urlenc(&format!("id[eq]:{id}"))),
+            None,
+        )
         .await;
-    assert_eq!(hidden["data"]["people"], json!([]), "soft-deleted rows are hidden by default");
+    assert_eq!(
+        hidden["data"]["people"],
+        json!([]),
+        "soft-deleted rows are hidden by default"
+    );
 
     // destroy
-    let (status, destroyed) = http.req(Method::DELETE, &format!("/rest/people/{id}"), None).await;
+    let (status, destroyed) = http
+        .req(Method::DELETE, &format!("/rest/people/{id}"), None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(destroyed, json!({"data": {"deletePerson": {"id": id}}}));
     assert_eq!(shape(&destroyed), shape(&sample("destroy_person.json")));
 
     for p in made {
-        http.req(Method::DELETE, &format!("/rest/people/{}", p["id"].as_str().unwrap()), None)
-            .await;
+        http.req(
+            Method::DELETE,
+            &format!("/rest/people/{}", p["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
     }
 }
 
@@ -238,14 +309,24 @@ async fn target_reproduces_the_recorded_errors_and_metadata() {
     let http = t.http();
     let (s, b) = http.call(Method::GET, "/rest/people", None, None).await;
     assert_eq!((s, b), (403, sample("error_no_token.json")));
-    let (s, b) = http.call(Method::GET, "/rest/people", None, Some("not-a-valid-token")).await;
+    let (s, b) = http
+        .call(Method::GET, "/rest/people", None, Some("not-a-valid-token"))
+        .await;
     assert_eq!((s, b), (401, sample("error_bad_token.json")));
     let (s, b) = http
-        .req(Method::GET, &format!("/rest/people?filter={}", urlenc("updatedAt[foo]:1")), None)
+        .req(
+            Method::GET,
+            &format!("/rest/people?filter={}", urlenc("updatedAt[foo]:1")),
+            None,
+        )
         .await;
     assert_eq!((s, b), (400, sample("error_bad_filter.json")));
     let (s, b) = http
-        .req(Method::GET, &format!("/rest/people/{}", uuid::Uuid::new_v4()), None)
+        .req(
+            Method::GET,
+            &format!("/rest/people/{}", uuid::Uuid::new_v4()),
+            None,
+        )
         .await;
     assert_eq!((s, b), (404, sample("error_not_found.json")));
 
@@ -254,12 +335,25 @@ async fn target_reproduces_the_recorded_errors_and_metadata() {
     let rec = sample("metadata_fields_person.json");
     assert_eq!(envelope_keys(&fields), envelope_keys(&rec));
     let f0 = fields["data"][0].as_object().unwrap();
-    for k in ["id", "type", "name", "label", "isNullable", "isUnique", "objectMetadataId", "isActive", "isSystem"] {
+    for k in [
+        "id",
+        "type",
+        "name",
+        "label",
+        "isNullable",
+        "isUnique",
+        "objectMetadataId",
+        "isActive",
+        "isSystem",
+    ] {
         assert!(f0.contains_key(k), "field metadata lacks {k}");
     }
     let (s, hooks) = http.req(Method::GET, "/rest/metadata/webhooks", None).await;
     assert_eq!(s, 200);
-    assert!(hooks.is_array(), "webhooks list is a bare array, as recorded: {hooks}");
+    assert!(
+        hooks.is_array(),
+        "webhooks list is a bare array, as recorded: {hooks}"
+    );
 }
 
 #[tokio::test]
@@ -274,17 +368,37 @@ async fn fake_pages_and_caps_like_twenty() {
         let bodies: Vec<Value> = (0..105)
             .map(|i| json!({"emails": {"primaryEmail": format!("p{b}-{i}@example.com")}}))
             .collect();
-        let (s, r) = http.req(Method::POST, "/rest/batch/people", Some(Value::Array(bodies))).await;
+        let (s, r) = http
+            .req(
+                Method::POST,
+                "/rest/batch/people",
+                Some(Value::Array(bodies)),
+            )
+            .await;
         assert_eq!(s, 201, "{r}");
     }
     let too_many: Vec<Value> = (0..201).map(|_| json!({})).collect();
-    let (s, _) = http.req(Method::POST, "/rest/batch/people", Some(Value::Array(too_many))).await;
+    let (s, _) = http
+        .req(
+            Method::POST,
+            "/rest/batch/people",
+            Some(Value::Array(too_many)),
+        )
+        .await;
     assert_eq!(s, 400, "batch create is capped at 200");
     let (_, page) = http.req(Method::GET, "/rest/people", None).await;
-    assert_eq!(page["data"]["people"].as_array().unwrap().len(), 60, "default page is 60");
+    assert_eq!(
+        page["data"]["people"].as_array().unwrap().len(),
+        60,
+        "default page is 60"
+    );
     assert_eq!(page["totalCount"], json!(210));
     let (_, page) = http.req(Method::GET, "/rest/people?limit=500", None).await;
-    assert_eq!(page["data"]["people"].as_array().unwrap().len(), 200, "limit is cut to 200 silently");
+    assert_eq!(
+        page["data"]["people"].as_array().unwrap().len(),
+        200,
+        "limit is cut to 200 silently"
+    );
     // Cursor paging with order_by visits every record once.
     let mut seen = std::collections::BTreeSet::new();
     let mut after: Option<String> = None;
@@ -295,7 +409,10 @@ async fn fake_pages_and_caps_like_twenty() {
         }
         let (_, page) = http.req(Method::GET, &path, None).await;
         for p in page["data"]["people"].as_array().unwrap() {
-            assert!(seen.insert(p["id"].as_str().unwrap().to_string()), "record repeated across pages");
+            assert!(
+                seen.insert(p["id"].as_str().unwrap().to_string()),
+                "record repeated across pages"
+            );
         }
         if page["pageInfo"]["hasNextPage"] != json!(true) {
             break;
@@ -305,7 +422,10 @@ async fn fake_pages_and_caps_like_twenty() {
     assert_eq!(seen.len(), 210);
 
     // 429 with the recorded body, no Retry-After.
-    t.fake().set_rate_limit(Some(RateLimit { requests: 100, window: std::time::Duration::from_secs(60) }));
+    t.fake().set_rate_limit(Some(RateLimit {
+        requests: 100,
+        window: std::time::Duration::from_secs(60),
+    }));
     let mut limited = None;
     for _ in 0..300 {
         let resp = reqwest::Client::new()
@@ -321,7 +441,11 @@ async fn fake_pages_and_caps_like_twenty() {
         }
     }
     let expected: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{}/tests/samples/error_rate_limited_429.json", env!("CARGO_MANIFEST_DIR"))).unwrap(),
+        &std::fs::read_to_string(format!(
+            "{}/tests/samples/error_rate_limited_429.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(limited, Some(expected));

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{eventually, hash, target};
-use contact_sync_connector::{ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreInfo, WriteOutcome};
+use contact_sync_connector::{
+    ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreInfo, WriteOutcome,
+};
 use contact_sync_core::model::now;
 use contact_sync_core::Contact;
 use contact_sync_twenty::mapping::CUSTOM_FIELDS;
@@ -19,7 +21,10 @@ use serde_json::json;
 async fn head(store: &mut TwentyStore) -> Checkpoint {
     let mut cp: Option<Checkpoint> = None;
     loop {
-        let b = store.read_changes(cp.as_ref(), 500).await.expect("read_changes");
+        let b = store
+            .read_changes(cp.as_ref(), 500)
+            .await
+            .expect("read_changes");
         cp = Some(b.checkpoint);
         if !b.has_more {
             return cp.unwrap_or_else(|| Checkpoint::new(""));
@@ -27,11 +32,17 @@ async fn head(store: &mut TwentyStore) -> Checkpoint {
     }
 }
 
-async fn all_changes(store: &mut TwentyStore, from: &Checkpoint) -> (Vec<contact_sync_connector::Change>, Checkpoint) {
+async fn all_changes(
+    store: &mut TwentyStore,
+    from: &Checkpoint,
+) -> (Vec<contact_sync_connector::Change>, Checkpoint) {
     let mut cp = from.clone();
     let mut out = Vec::new();
     loop {
-        let b = store.read_changes(Some(&cp), 100).await.expect("read_changes");
+        let b = store
+            .read_changes(Some(&cp), 100)
+            .await
+            .expect("read_changes");
         out.extend(b.changes);
         cp = b.checkpoint;
         if !b.has_more {
@@ -57,17 +68,27 @@ async fn provisioning_is_idempotent() {
         CUSTOM_FIELDS.len()
     );
     let second = store.migrate().await.expect("second migrate");
-    assert!(second.fields_created.is_empty(), "second run created {:?}", second.fields_created);
+    assert!(
+        second.fields_created.is_empty(),
+        "second run created {:?}",
+        second.fields_created
+    );
     assert_eq!(second.fields_present.len(), CUSTOM_FIELDS.len());
     let check = store.check().await.expect("check");
-    assert!(check.missing_fields.is_empty() && check.wrong_type_fields.is_empty(), "{check:?}");
+    assert!(
+        check.missing_fields.is_empty() && check.wrong_type_fields.is_empty(),
+        "{check:?}"
+    );
     if let Some(f) = &t.fake {
         assert_eq!(
             f.counters().route("POST /rest/metadata/fields") as usize,
             CUSTOM_FIELDS.len(),
             "each custom field is created exactly once"
         );
-        let (_, fields) = t.http().req(Method::GET, "/rest/metadata/fields", None).await;
+        let (_, fields) = t
+            .http()
+            .req(Method::GET, "/rest/metadata/fields", None)
+            .await;
         let contact_id = fields["data"]
             .as_array()
             .unwrap()
@@ -91,11 +112,15 @@ async fn initial_sync_of_1000_contacts_within_the_request_budget() {
     let before = store.stats().requests;
     let outcomes = store.write_batch(&contacts).await.expect("write_batch");
     let used = store.stats().requests - before;
-    assert!(outcomes.iter().all(|o| matches!(o, WriteOutcome::Applied { .. })));
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, WriteOutcome::Applied { .. })));
     for (c, o) in contacts.iter().zip(&outcomes) {
         assert_eq!(
             o,
-            &WriteOutcome::Applied { native_id: store.person_id_for(&c.contact_id) },
+            &WriteOutcome::Applied {
+                native_id: store.person_id_for(&c.contact_id)
+            },
             "deterministic person id"
         );
     }
@@ -104,7 +129,10 @@ async fn initial_sync_of_1000_contacts_within_the_request_budget() {
         let c = f.counters();
         assert_eq!(c.route("POST /rest/batch/people"), batches);
         // Provisioning: one company listing and one batch create per 200 new companies.
-        let orgs: std::collections::BTreeSet<_> = contacts.iter().filter_map(|c| c.organization.clone()).collect();
+        let orgs: std::collections::BTreeSet<_> = contacts
+            .iter()
+            .filter_map(|c| c.organization.clone())
+            .collect();
         let provisioning = 1 + orgs.len().div_ceil(200) as u64;
         assert!(
             c.total <= batches + provisioning,
@@ -120,7 +148,12 @@ async fn initial_sync_of_1000_contacts_within_the_request_budget() {
     let by_id: HashMap<_, _> = got.iter().map(|c| (c.contact_id.clone(), c)).collect();
     for c in &contacts {
         let g = by_id.get(&c.contact_id).expect("written contact readable");
-        assert_eq!(hash(g), hash(c), "content read back differs for {}:\nwrote {c:?}\nread {g:?}", c.contact_id);
+        assert_eq!(
+            hash(g),
+            hash(c),
+            "content read back differs for {}:\nwrote {c:?}\nread {g:?}",
+            c.contact_id
+        );
     }
     // Writing the same again changes nothing (idempotent).
     store.write_batch(&contacts[..60]).await.expect("rewrite");
@@ -144,28 +177,64 @@ async fn update_and_soft_delete() {
     let mut dead = cs[1].clone();
     dead.version += 1;
     dead.deleted_at = Some(now());
-    let out = store.write_batch(&[cs[0].clone(), dead.clone()]).await.expect("write 2");
-    assert!(out.iter().all(|o| matches!(o, WriteOutcome::Applied { .. })), "{out:?}");
-    let got = store.read(&[cs[0].contact_id.clone(), dead.contact_id.clone()]).await.expect("read");
-    let g0 = got.iter().find(|c| c.contact_id == cs[0].contact_id).expect("updated");
+    let out = store
+        .write_batch(&[cs[0].clone(), dead.clone()])
+        .await
+        .expect("write 2");
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, WriteOutcome::Applied { .. })),
+        "{out:?}"
+    );
+    let got = store
+        .read(&[cs[0].contact_id.clone(), dead.contact_id.clone()])
+        .await
+        .expect("read");
+    let g0 = got
+        .iter()
+        .find(|c| c.contact_id == cs[0].contact_id)
+        .expect("updated");
     assert_eq!(hash(g0), hash(&cs[0]));
     assert_eq!(g0.job_title.as_deref(), Some("Chief Tester"));
-    let g1 = got.iter().find(|c| c.contact_id == dead.contact_id).expect("tombstone readable");
+    let g1 = got
+        .iter()
+        .find(|c| c.contact_id == dead.contact_id)
+        .expect("tombstone readable");
     assert_eq!(g1.deleted_at, dead.deleted_at, "tombstone time kept");
     if let Some(f) = &t.fake {
-        let p = f.person(&store.person_id_for(&dead.contact_id)).expect("soft-deleted, not destroyed");
+        let p = f
+            .person(&store.person_id_for(&dead.contact_id))
+            .expect("soft-deleted, not destroyed");
         assert!(p["deletedAt"].is_string());
-        assert_eq!(f.counters().route("PATCH /rest/people"), 0, "never a PATCH without id");
+        assert_eq!(
+            f.counters().route("PATCH /rest/people"),
+            0,
+            "never a PATCH without id"
+        );
     }
     // Deleting again is idempotent.
-    let out = store.write_batch(std::slice::from_ref(&dead)).await.expect("delete again");
+    let out = store
+        .write_batch(std::slice::from_ref(&dead))
+        .await
+        .expect("delete again");
     assert!(matches!(out[0], WriteOutcome::Applied { .. }));
     // Resurrection: a live write after the tombstone restores the person.
     let mut back = cs[1].clone();
     back.version = dead.version + 1;
-    let out = store.write_batch(std::slice::from_ref(&back)).await.expect("resurrect");
-    assert_eq!(out[0], WriteOutcome::Applied { native_id: store.person_id_for(&back.contact_id) });
-    let got = store.read(std::slice::from_ref(&back.contact_id)).await.expect("read");
+    let out = store
+        .write_batch(std::slice::from_ref(&back))
+        .await
+        .expect("resurrect");
+    assert_eq!(
+        out[0],
+        WriteOutcome::Applied {
+            native_id: store.person_id_for(&back.contact_id)
+        }
+    );
+    let got = store
+        .read(std::slice::from_ref(&back.contact_id))
+        .await
+        .expect("read");
     assert!(!got[0].is_deleted(), "restored");
     assert_eq!(hash(&got[0]), hash(&back));
 }
@@ -184,10 +253,20 @@ async fn polling_picks_up_edits_and_deletes_made_in_twenty() {
     let p0 = store.person_id_for(&cs[0].contact_id);
     let p1 = store.person_id_for(&cs[1].contact_id);
     let (s, _) = http
-        .req(Method::PATCH, &format!("/rest/people/{p0}"), Some(json!({"jobTitle": "Edited in Twenty"})))
+        .req(
+            Method::PATCH,
+            &format!("/rest/people/{p0}"),
+            Some(json!({"jobTitle": "Edited in Twenty"})),
+        )
         .await;
     assert_eq!(s, 200);
-    let (s, _) = http.req(Method::DELETE, &format!("/rest/people/{p1}?soft_delete=true"), None).await;
+    let (s, _) = http
+        .req(
+            Method::DELETE,
+            &format!("/rest/people/{p1}?soft_delete=true"),
+            None,
+        )
+        .await;
     assert_eq!(s, 200);
     // And creates a person of their own.
     let email = format!("{}.new.person@example.com", t.run);
@@ -195,7 +274,10 @@ async fn polling_picks_up_edits_and_deletes_made_in_twenty() {
         .req(Method::POST, "/rest/people", Some(json!({"name": {"firstName": "New", "lastName": "Person"}, "emails": {"primaryEmail": email}})))
         .await;
     assert_eq!(s, 201);
-    let native = made["data"]["createPerson"]["id"].as_str().unwrap().to_string();
+    let native = made["data"]["createPerson"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let (changes, cp) = all_changes(&mut store, &start).await;
     let edit = changes
@@ -210,9 +292,15 @@ async fn polling_picks_up_edits_and_deletes_made_in_twenty() {
         .find(|c| c.contact_id == cs[1].contact_id)
         .expect("soft delete seen by polling");
     assert!(del.is_deleted());
-    let new = changes.iter().find(|c| c.native_id == native).expect("new person seen");
+    let new = changes
+        .iter()
+        .find(|c| c.native_id == native)
+        .expect("new person seen");
     let newc = upserted(new).expect("upsert");
-    assert_eq!(newc.contact_id, "", "a person created in Twenty has no contact_id yet");
+    assert_eq!(
+        newc.contact_id, "",
+        "a person created in Twenty has no contact_id yet"
+    );
     assert_eq!(newc.canonical_name, "New Person");
     assert_eq!(newc.primary_email(), Some(email.as_str()));
     // Nothing is repeated from the new checkpoint.
@@ -225,14 +313,28 @@ async fn polling_picks_up_edits_and_deletes_made_in_twenty() {
     if let Some(f) = &t.fake {
         f.reset_counters();
     }
-    let out = store.write_batch(std::slice::from_ref(&linked)).await.expect("write back");
-    assert_eq!(out[0], WriteOutcome::Applied { native_id: native.clone() });
+    let out = store
+        .write_batch(std::slice::from_ref(&linked))
+        .await
+        .expect("write back");
+    assert_eq!(
+        out[0],
+        WriteOutcome::Applied {
+            native_id: native.clone()
+        }
+    );
     if let Some(f) = &t.fake {
         assert_eq!(f.counters().route("PATCH /rest/people/{id}"), 1);
         assert_eq!(f.counters().route("POST /rest/batch/people"), 0);
-        assert_eq!(f.person(&native).unwrap()["contactId"], json!(linked.contact_id));
+        assert_eq!(
+            f.person(&native).unwrap()["contactId"],
+            json!(linked.contact_id)
+        );
     }
-    let got = store.read(std::slice::from_ref(&linked.contact_id)).await.expect("read");
+    let got = store
+        .read(std::slice::from_ref(&linked.contact_id))
+        .await
+        .expect("read");
     assert_eq!(got[0].external_ids.get("twenty"), Some(&native));
 }
 
@@ -250,7 +352,12 @@ async fn paging_by_checkpoint_loses_and_repeats_nothing() {
     loop {
         let b = store.read_changes(Some(&cp), 7).await.expect("read");
         assert!(b.changes.len() <= 7);
-        seen.extend(b.changes.iter().filter_map(upserted).map(|c| c.contact_id.clone()));
+        seen.extend(
+            b.changes
+                .iter()
+                .filter_map(upserted)
+                .map(|c| c.contact_id.clone()),
+        );
         cp = b.checkpoint;
         if !b.has_more {
             break;
@@ -262,14 +369,20 @@ async fn paging_by_checkpoint_loses_and_repeats_nothing() {
     assert_eq!(sorted.len(), seen.len(), "a change was repeated");
     let mut want: Vec<String> = cs.iter().map(|c| c.contact_id.clone()).collect();
     want.sort();
-    let mine: Vec<String> = sorted.into_iter().filter(|c| c.starts_with(&t.run)).collect();
+    let mine: Vec<String> = sorted
+        .into_iter()
+        .filter(|c| c.starts_with(&t.run))
+        .collect();
     assert_eq!(mine, want, "every write seen once");
 }
 
 #[tokio::test]
 async fn rate_limit_storm_is_survived_with_nothing_lost() {
     let t = target(FakeConfig {
-        rate_limit: Some(RateLimit { requests: 4, window: Duration::from_millis(400) }),
+        rate_limit: Some(RateLimit {
+            requests: 4,
+            window: Duration::from_millis(400),
+        }),
         ..FakeConfig::default()
     })
     .await;
@@ -285,8 +398,13 @@ async fn rate_limit_storm_is_survived_with_nothing_lost() {
     store.migrate().await.expect("migrate under 429s");
     let cs = t.contacts(150);
     let out = store.write_batch(&cs).await.expect("write under 429s");
-    assert!(out.iter().all(|o| matches!(o, WriteOutcome::Applied { .. })));
-    let got = store.read(&cs.iter().map(|c| c.contact_id.clone()).collect::<Vec<_>>()).await.expect("read");
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, WriteOutcome::Applied { .. })));
+    let got = store
+        .read(&cs.iter().map(|c| c.contact_id.clone()).collect::<Vec<_>>())
+        .await
+        .expect("read");
     assert_eq!(got.len(), 150, "nothing lost");
     let stats = store.stats();
     assert!(stats.rate_limited > 0, "the storm happened: {stats:?}");
@@ -303,8 +421,13 @@ async fn category_x_is_not_pushed() {
     cs[0].subcategory_code = Some("X1".into());
     assert!(!store.accepts(&cs[0]) && store.accepts(&cs[1]));
     let out = store.write_batch(&cs).await.expect("write");
-    assert!(out.iter().all(|o| matches!(o, WriteOutcome::Applied { .. })));
-    let got = store.read(&[cs[0].contact_id.clone(), cs[1].contact_id.clone()]).await.expect("read");
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, WriteOutcome::Applied { .. })));
+    let got = store
+        .read(&[cs[0].contact_id.clone(), cs[1].contact_id.clone()])
+        .await
+        .expect("read");
     assert_eq!(got.len(), 1, "X contact must not be in Twenty");
     assert_eq!(got[0].contact_id, cs[1].contact_id);
     if let Some(f) = &t.fake {
@@ -315,10 +438,20 @@ async fn category_x_is_not_pushed() {
     now_x.category_code = Some("X".into());
     now_x.subcategory_code = None;
     now_x.version += 1;
-    store.write_batch(std::slice::from_ref(&now_x)).await.expect("write X");
-    let got = store.read(std::slice::from_ref(&now_x.contact_id)).await.expect("read");
+    store
+        .write_batch(std::slice::from_ref(&now_x))
+        .await
+        .expect("write X");
+    let got = store
+        .read(std::slice::from_ref(&now_x.contact_id))
+        .await
+        .expect("read");
     assert!(got[0].is_deleted(), "became X → soft-deleted");
-    assert_ne!(got[0].category_code.as_deref(), Some("X"), "the X content itself is not pushed");
+    assert_ne!(
+        got[0].category_code.as_deref(),
+        Some("X"),
+        "the X content itself is not pushed"
+    );
     if t.fake.is_some() {
         assert_eq!(store.count().await.unwrap(), 0);
     }
@@ -337,17 +470,28 @@ async fn workflow_update_is_no_content_change() {
     let cs = t.contacts(5);
     store.write_batch(&cs).await.expect("write");
     if let Some(f) = &t.fake {
-        eventually("the workflow to update 5 people", || f.counters().workflow_updates >= 5).await;
+        eventually("the workflow to update 5 people", || {
+            f.counters().workflow_updates >= 5
+        })
+        .await;
         assert!(f.people().iter().all(|p| p["companyId"].is_string()));
     } else {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     let (changes, _) = all_changes(&mut store, &start).await;
     for c in &cs {
-        let seen: Vec<&Contact> = changes.iter().filter_map(upserted).filter(|x| x.contact_id == c.contact_id).collect();
+        let seen: Vec<&Contact> = changes
+            .iter()
+            .filter_map(upserted)
+            .filter(|x| x.contact_id == c.contact_id)
+            .collect();
         assert!(!seen.is_empty(), "change for {}", c.contact_id);
         for s in seen {
-            assert_eq!(hash(s), hash(c), "the workflow's update must not look like a content change");
+            assert_eq!(
+                hash(s),
+                hash(c),
+                "the workflow's update must not look like a content change"
+            );
         }
     }
 }

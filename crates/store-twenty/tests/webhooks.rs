@@ -28,7 +28,10 @@ fn sample(name: &str) -> Value {
 #[test]
 fn recorded_twenty_deliveries_verify_and_decode() {
     // The recording workspace's webhook secret (metadata_webhooks.json).
-    let secret = sample("metadata_webhooks.json")[0]["secret"].as_str().unwrap().to_string();
+    let secret = sample("metadata_webhooks.json")[0]["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let secret = Secret::new(secret);
     let events = sample("webhook_events.json");
     let nonces = NonceCache::new();
@@ -42,21 +45,36 @@ fn recorded_twenty_deliveries_verify_and_decode() {
         }
         // Twenty signs the compact JSON it sends.
         let raw = serde_json::to_vec(&ev["body"]).unwrap();
-        let ts: i64 = ev["headers"]["X-Twenty-Webhook-Timestamp"].as_str().unwrap().parse().unwrap();
+        let ts: i64 = ev["headers"]["X-Twenty-Webhook-Timestamp"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         let at = chrono::DateTime::from_timestamp_millis(ts + 2_000).unwrap();
         let got = verify(&secret, &h, &raw, at, &nonces).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(got.event_name, ev["body"]["eventName"].as_str().unwrap());
         let c = person_to_contact(&got.record, "twenty").unwrap();
         assert_eq!(c.is_deleted(), !got.record["deletedAt"].is_null(), "{name}");
-        assert_eq!(c.primary_email(), got.record["emails"]["primaryEmail"].as_str().filter(|s| !s.is_empty()));
+        assert_eq!(
+            c.primary_email(),
+            got.record["emails"]["primaryEmail"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+        );
         // The same delivery again is a replay.
-        assert_eq!(verify(&secret, &h, &raw, at, &nonces), Err(WebhookError::ReplayedNonce));
+        assert_eq!(
+            verify(&secret, &h, &raw, at, &nonces),
+            Err(WebhookError::ReplayedNonce)
+        );
         // A tampered body fails.
         let mut tampered = raw.clone();
         tampered.push(b' ');
         let mut h2 = h.clone();
         h2.insert("x-twenty-webhook-nonce", HeaderValue::from_static("fresh"));
-        assert_eq!(verify(&secret, &h2, &tampered, at, &nonces), Err(WebhookError::BadSignature));
+        assert_eq!(
+            verify(&secret, &h2, &tampered, at, &nonces),
+            Err(WebhookError::BadSignature)
+        );
     }
 }
 
@@ -97,14 +115,19 @@ async fn fake_signed_webhooks_reach_read_changes() {
     let cs = t.contacts(3);
     let notify = rx.notify();
     let woke = notify.notified();
-    contact_sync_connector::RecordSink::write_batch(&mut store, &cs).await.expect("write");
+    contact_sync_connector::RecordSink::write_batch(&mut store, &cs)
+        .await
+        .expect("write");
     tokio::time::timeout(std::time::Duration::from_secs(10), woke)
         .await
         .expect("the receiver notifies the daemon");
     eventually("3 person.created webhooks queued", || rx.queued() >= 3).await;
     let cp = Checkpoint::new("");
     let b = store.read_changes(Some(&cp), 100).await.expect("read");
-    assert_eq!(b.checkpoint, cp, "webhook changes do not advance the checkpoint");
+    assert_eq!(
+        b.checkpoint, cp,
+        "webhook changes do not advance the checkpoint"
+    );
     assert!(b.has_more);
     for c in &cs {
         let got = b
@@ -115,14 +138,22 @@ async fn fake_signed_webhooks_reach_read_changes() {
                 _ => None,
             })
             .expect("webhook change for each write");
-        assert_eq!(hash(got), hash(c), "our own write comes back with the same hash (echo)");
+        assert_eq!(
+            hash(got),
+            hash(c),
+            "our own write comes back with the same hash (echo)"
+        );
     }
 
     // An edit in Twenty arrives decoded.
     let pid = store.person_id_for(&cs[0].contact_id);
     let http = t.http();
-    http.req(Method::PATCH, &format!("/rest/people/{pid}"), Some(json!({"jobTitle": "Via webhook"})))
-        .await;
+    http.req(
+        Method::PATCH,
+        &format!("/rest/people/{pid}"),
+        Some(json!({"jobTitle": "Via webhook"})),
+    )
+    .await;
     eventually("person.updated queued", || rx.queued() >= 1).await;
     let b = store.read_changes(Some(&cp), 100).await.expect("read");
     let ch = &b.changes[0];
@@ -132,12 +163,21 @@ async fn fake_signed_webhooks_reach_read_changes() {
         other => panic!("{other:?}"),
     }
     // Destroy → Delete with the contact id.
-    http.req(Method::DELETE, &format!("/rest/people/{pid}"), None).await;
+    http.req(Method::DELETE, &format!("/rest/people/{pid}"), None)
+        .await;
     eventually("person.destroyed queued", || rx.queued() >= 1).await;
     let b = store.read_changes(Some(&cp), 100).await.expect("read");
-    assert_eq!(b.changes[0].kind, ChangeKind::Delete { contact_id: Some(cs[0].contact_id.clone()) });
+    assert_eq!(
+        b.changes[0].kind,
+        ChangeKind::Delete {
+            contact_id: Some(cs[0].contact_id.clone())
+        }
+    );
     let f = t.fake();
-    eventually("5 deliveries answered 2xx", || f.counters().webhooks_delivered >= 5).await;
+    eventually("5 deliveries answered 2xx", || {
+        f.counters().webhooks_delivered >= 5
+    })
+    .await;
     assert_eq!(store.stats().webhooks_rejected, 0);
 
     // Webhooks lost: polling still catches the edit.
@@ -153,8 +193,12 @@ async fn fake_signed_webhooks_reach_read_changes() {
         }
     };
     let p1 = store.person_id_for(&cs[1].contact_id);
-    http.req(Method::PATCH, &format!("/rest/people/{p1}"), Some(json!({"jobTitle": "Webhook lost"})))
-        .await;
+    http.req(
+        Method::PATCH,
+        &format!("/rest/people/{p1}"),
+        Some(json!({"jobTitle": "Webhook lost"})),
+    )
+    .await;
     assert!(f.counters().webhooks_dropped >= 1);
     assert_eq!(rx.queued(), 0);
     let b = store.read_changes(Some(&start), 100).await.unwrap();
@@ -221,25 +265,40 @@ async fn forged_stale_and_replayed_deliveries_are_refused_without_leaking() {
     };
     let now = chrono::Utc::now().timestamp_millis().to_string();
     let good = sign(secret, &now, &body);
-    assert_eq!(post(now.clone(), good.clone(), "n-1", body.clone()).await, 200);
+    assert_eq!(
+        post(now.clone(), good.clone(), "n-1", body.clone()).await,
+        200
+    );
     assert_eq!(rx.queued(), 1);
     // Replayed nonce.
-    assert_eq!(post(now.clone(), good.clone(), "n-1", body.clone()).await, 401);
+    assert_eq!(
+        post(now.clone(), good.clone(), "n-1", body.clone()).await,
+        401
+    );
     // Forged signature.
     let forged = sign("guessed-secret", &now, &body);
-    assert_eq!(post(now.clone(), forged.clone(), "n-2", body.clone()).await, 401);
+    assert_eq!(
+        post(now.clone(), forged.clone(), "n-2", body.clone()).await,
+        401
+    );
     // Stale timestamp, correctly signed.
     let old = (chrono::Utc::now().timestamp_millis() - 6 * 60 * 1000).to_string();
     let old_sig = sign(secret, &old, &body);
     assert_eq!(post(old, old_sig.clone(), "n-3", body.clone()).await, 401);
     // Too large.
     let big = vec![b'x'; webhook::MAX_BODY_BYTES + 10];
-    assert_eq!(post(now.clone(), sign(secret, &now, &big), "n-4", big).await, 413);
+    assert_eq!(
+        post(now.clone(), sign(secret, &now, &big), "n-4", big).await,
+        413
+    );
     assert_eq!(rx.queued(), 1, "only the good delivery was queued");
     assert!(store.stats().webhooks_rejected >= 3);
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(text.contains("rejected a Twenty webhook"), "rejections are logged: {text}");
+    assert!(
+        text.contains("rejected a Twenty webhook"),
+        "rejections are logged: {text}"
+    );
     for leak in [secret, good.as_str(), forged.as_str(), old_sig.as_str()] {
         assert!(!text.contains(leak), "logs leak {leak}: {text}");
     }

@@ -125,9 +125,7 @@ pub fn parse(s: &str) -> Result<Filter, String> {
             parts.iter().map(|p| parse(p)).collect::<Result<_, _>>()?,
         ));
     }
-    for (kw, build) in [
-        ("and(", 0u8), ("or(", 1), ("not(", 2),
-    ] {
+    for (kw, build) in [("and(", 0u8), ("or(", 1), ("not(", 2)] {
         if s.starts_with(kw) && s.ends_with(')') {
             let preds = split_predicates(s);
             let subs: Vec<Filter> = preds
@@ -142,7 +140,9 @@ pub fn parse(s: &str) -> Result<Filter, String> {
                     if subs.len() != 1 {
                         return Err(format!("'filter' invalid. 'not' conjunction should contain only 1 condition. {} found", subs.len()));
                     }
-                    Filter::Not(Box::new(subs.into_iter().next().unwrap_or(Filter::And(vec![]))))
+                    Filter::Not(Box::new(
+                        subs.into_iter().next().unwrap_or(Filter::And(vec![])),
+                    ))
                 }
             });
         }
@@ -351,10 +351,7 @@ fn compare(v: &Value, comparator: &str, want: &FilterValue) -> bool {
             as_text(v).is_some_and(|t| items.iter().any(|i| order(&t, i) == Equal))
         }
         ("containsAny", FilterValue::List(items)) => match v {
-            Value::Array(arr) => arr
-                .iter()
-                .filter_map(as_text)
-                .any(|t| items.contains(&t)),
+            Value::Array(arr) => arr.iter().filter_map(as_text).any(|t| items.contains(&t)),
             _ => false,
         },
         (c, FilterValue::One(w)) => {

@@ -14,7 +14,11 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     port: u16,
     /// API key to accept as `Authorization: Bearer <key>`.
-    #[arg(long, env = "TWENTY_FAKE_API_KEY", default_value = "fake-twenty-api-key")]
+    #[arg(
+        long,
+        env = "TWENTY_FAKE_API_KEY",
+        default_value = "fake-twenty-api-key"
+    )]
     api_key: String,
     /// Requests allowed per window (omit for no limit; Twenty's default is 100).
     #[arg(long)]
@@ -30,7 +34,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let fake = FakeTwenty::start(FakeConfig {
         api_key: args.api_key,

@@ -137,9 +137,7 @@ impl FakeTwenty {
         });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
         let addr = listener.local_addr()?;
-        let app = Router::new()
-            .fallback(handle)
-            .with_state(inner.clone());
+        let app = Router::new().fallback(handle).with_state(inner.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -314,18 +312,18 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(json!({}));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
 }
 
 /// Takes one token from the workspace bucket; false when empty.
 fn take_token(inner: &Inner) -> Option<RateLimit> {
-    let Some(rate) = *lock(&inner.rate) else {
-        return None;
-    };
+    let rate = (*lock(&inner.rate))?;
     let mut b = lock(&inner.bucket);
     let now = Instant::now();
     let per_sec = rate.requests as f64 / rate.window.as_secs_f64().max(1e-9);
-    b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * per_sec).min(rate.requests as f64);
+    b.tokens =
+        (b.tokens + now.duration_since(b.last).as_secs_f64() * per_sec).min(rate.requests as f64);
     b.last = now;
     if b.tokens >= 1.0 {
         b.tokens -= 1.0;

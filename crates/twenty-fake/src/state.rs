@@ -371,7 +371,11 @@ impl State {
                                     Value::Array(a) => Value::Array(
                                         a.iter()
                                             .map(|e| {
-                                                json!(e.as_str().unwrap_or_default().trim().to_lowercase())
+                                                json!(e
+                                                    .as_str()
+                                                    .unwrap_or_default()
+                                                    .trim()
+                                                    .to_lowercase())
                                             })
                                             .collect(),
                                     ),
@@ -414,8 +418,16 @@ impl State {
 
     fn search_vector(rec: &Map<String, Value>) -> String {
         let mut words: Vec<String> = Vec::new();
-        for p in ["/name/firstName", "/name/lastName", "/emails/primaryEmail", "/jobTitle"] {
-            if let Some(s) = Value::Object(rec.clone()).pointer(p).and_then(Value::as_str) {
+        for p in [
+            "/name/firstName",
+            "/name/lastName",
+            "/emails/primaryEmail",
+            "/jobTitle",
+        ] {
+            if let Some(s) = Value::Object(rec.clone())
+                .pointer(p)
+                .and_then(Value::as_str)
+            {
                 words.extend(s.split_whitespace().map(|w| w.to_lowercase()));
             }
         }
@@ -542,7 +554,12 @@ impl State {
             self.put(rec);
             let rendered = self.person(&rid).unwrap_or(Value::Null);
             events.push(Event {
-                name: if created { "person.created" } else { "person.updated" }.into(),
+                name: if created {
+                    "person.created"
+                } else {
+                    "person.updated"
+                }
+                .into(),
                 record: rendered.clone(),
                 updated_fields: if created { None } else { Some(changed) },
             });
@@ -752,7 +769,10 @@ impl State {
         Ok(if f.names_deleted_at() {
             f
         } else {
-            Filter::And(vec![f, filter::parse("deletedAt[is]:NULL").map_err(ApiError::bad_request)?])
+            Filter::And(vec![
+                f,
+                filter::parse("deletedAt[is]:NULL").map_err(ApiError::bad_request)?,
+            ])
         })
     }
 
@@ -879,7 +899,18 @@ impl State {
             .map(|c| Value::Object(c.clone()))
             .filter(|c| f.matches(c) && c["deletedAt"].is_null())
             .collect();
-        page("companies", recs, q, &["id".into(), "name".into(), "createdAt".into(), "updatedAt".into(), "position".into()])
+        page(
+            "companies",
+            recs,
+            q,
+            &[
+                "id".into(),
+                "name".into(),
+                "createdAt".into(),
+                "updatedAt".into(),
+                "position".into(),
+            ],
+        )
     }
 
     /// `GET /rest/companies/{id}`.
@@ -942,8 +973,18 @@ impl State {
             )));
         }
         const TYPES: &[&str] = &[
-            "TEXT", "NUMBER", "NUMERIC", "BOOLEAN", "DATE_TIME", "DATE", "SELECT", "MULTI_SELECT",
-            "RAW_JSON", "RATING", "UUID", "ARRAY",
+            "TEXT",
+            "NUMBER",
+            "NUMERIC",
+            "BOOLEAN",
+            "DATE_TIME",
+            "DATE",
+            "SELECT",
+            "MULTI_SELECT",
+            "RAW_JSON",
+            "RATING",
+            "UUID",
+            "ARRAY",
         ];
         if !TYPES.contains(&ty.as_str()) {
             return Err(ApiError::bad_request(format!(
@@ -958,13 +999,19 @@ impl State {
             )));
         }
         if self.person_field_names().contains(&name)
-            || self.standard_fields.iter().any(|f| f["name"] == json!(name))
+            || self
+                .standard_fields
+                .iter()
+                .any(|f| f["name"] == json!(name))
         {
             return Err(ApiError::bad_request(format!(
                 "Name \"{name}\" is not available"
             )));
         }
-        let is_unique = body.get("isUnique").and_then(Value::as_bool).unwrap_or(false);
+        let is_unique = body
+            .get("isUnique")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let now = now_ts();
         let meta = json!({
             "id": Uuid::new_v4().to_string(),
@@ -1037,9 +1084,9 @@ impl State {
             .iter()
             .filter(|w| {
                 w["operations"].as_array().is_some_and(|ops| {
-                    ops.iter().filter_map(Value::as_str).any(|op| {
-                        op == event || op == "*.*" || op == format!("{object}.*")
-                    })
+                    ops.iter()
+                        .filter_map(Value::as_str)
+                        .any(|op| op == event || op == "*.*" || op == format!("{object}.*"))
                 })
             })
             .map(|w| {
@@ -1114,7 +1161,10 @@ fn custom_value(f: &CustomField, v: &Value) -> Result<Value, ApiError> {
 
 // ---------- ordering and paging ----------
 
-fn order_spec(raw: Option<&str>, known: &[String]) -> Result<Vec<(Vec<String>, bool, bool)>, ApiError> {
+fn order_spec(
+    raw: Option<&str>,
+    known: &[String],
+) -> Result<Vec<(Vec<String>, bool, bool)>, ApiError> {
     // (path, ascending, nulls_first)
     let mut spec = Vec::new();
     if let Some(raw) = raw.filter(|s| !s.trim().is_empty()) {

@@ -20,7 +20,10 @@ pub struct Target {
 }
 
 pub fn live() -> Option<(String, String)> {
-    match (std::env::var("TWENTY_BASE_URL"), std::env::var("TWENTY_API_KEY")) {
+    match (
+        std::env::var("TWENTY_BASE_URL"),
+        std::env::var("TWENTY_API_KEY"),
+    ) {
         (Ok(u), Ok(k)) if !u.is_empty() && !k.is_empty() => Some((u, k)),
         _ => None,
     }
@@ -132,10 +135,18 @@ impl Http {
         let resp = r.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
-    pub async fn req(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let key = self.key.clone();
         self.call(method, path, body, Some(&key)).await
     }
