@@ -112,6 +112,9 @@ impl TwentyConfig {
                 self.name
             ));
         }
+        if self.webhook_secret.as_ref().is_some_and(Secret::is_empty) {
+            return Err(format!("{}: `webhook_secret` is set but empty", self.name));
+        }
         if self.rate_window.is_zero() {
             return Err(format!("{}: `rate_window` must be positive", self.name));
         }

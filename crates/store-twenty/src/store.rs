@@ -880,9 +880,26 @@ impl RecordSink for TwentyStore {
             .filter_map(|c| c.organization.clone())
             .collect();
         self.ensure_companies(&orgs).await?;
+        // Twenty's upsert also matches on primary email: two contacts of one
+        // batch sharing it would land on one person. The later one is refused.
+        let mut emails_in_batch: HashMap<String, &str> = HashMap::new();
         for (i, c) in writes.iter().enumerate() {
             if last.get(c.contact_id.as_str()) != Some(&i) {
                 continue;
+            }
+            if !c.is_deleted() && self.accepts(c) {
+                if let Some(e) = c.primary_email().map(|e| e.trim().to_lowercase()) {
+                    if let Some(other) = emails_in_batch.get(&e) {
+                        outcomes[i] = Some(WriteOutcome::Rejected {
+                            field: "emails".into(),
+                            reason: format!(
+                                "primary email is also the primary email of contact {other}; Twenty would merge them into one person"
+                            ),
+                        });
+                        continue;
+                    }
+                    emails_in_batch.insert(e, c.contact_id.as_str());
+                }
             }
             if c.contact_id.trim().is_empty() {
                 outcomes[i] = Some(WriteOutcome::Rejected {

@@ -508,3 +508,63 @@ async fn store_keeps_the_sink_and_source_contracts() {
     contact_sync_memory::conformance::sink_contract(&mut store).await;
     contact_sync_memory::conformance::source_contract(&mut store).await;
 }
+
+#[tokio::test]
+async fn shared_primary_email_in_one_batch_is_refused_not_merged() {
+    let t = target(FakeConfig::default()).await;
+    let mut store = t.store();
+    store.migrate().await.expect("migrate");
+    let mut cs = t.contacts(2);
+    cs[1].emails = cs[0].emails.clone();
+    let out = store.write_batch(&cs).await.expect("write");
+    assert!(matches!(out[0], WriteOutcome::Applied { .. }), "{out:?}");
+    match &out[1] {
+        WriteOutcome::Rejected { field, reason } => {
+            assert_eq!(field, "emails");
+            assert!(reason.contains(&cs[0].contact_id), "{reason}");
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    let got = store.read(&[cs[0].contact_id.clone()]).await.expect("read");
+    assert_eq!(hash(&got[0]), hash(&cs[0]), "the first contact is intact");
+}
+
+#[tokio::test]
+async fn unreadable_person_is_undecodable_not_dropped() {
+    let t = target(FakeConfig::default()).await;
+    let mut store = t.store();
+    store.migrate().await.expect("migrate");
+    let cs = t.contacts(1);
+    store.write_batch(&cs).await.expect("write");
+    let start = head(&mut store).await;
+    let pid = store.person_id_for(&cs[0].contact_id);
+    let (s, _) = t
+        .http()
+        .req(
+            Method::PATCH,
+            &format!("/rest/people/{pid}"),
+            Some(json!({"contactTags": {"not": "a list"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (changes, _) = all_changes(&mut store, &start).await;
+    let ch = changes
+        .iter()
+        .find(|c| c.native_id == pid)
+        .expect("change seen");
+    match &ch.kind {
+        ChangeKind::Undecodable { invalid, payload } => {
+            assert_eq!(invalid.field, "tags");
+            assert_eq!(invalid.record, cs[0].contact_id);
+            assert!(payload.is_some());
+        }
+        other => panic!("expected Undecodable, got {other:?}"),
+    }
+}
+
+#[test]
+fn store_is_send_and_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<TwentyStore>();
+    is::<contact_sync_twenty::WebhookReceiver>();
+}
