@@ -923,10 +923,20 @@ impl RecordSink for TwentyStore {
         for (i, pid) in patches {
             let c = &writes[i];
             let body = Value::Object(contact_to_person(c, self.company_for(c).as_deref()));
-            let r = self
+            let mut r = self
                 .client
                 .send(Method::PATCH, &format!("/rest/people/{pid}"), Some(&body))
                 .await?;
+            if r.status == 404 {
+                // Soft-deleted in Twenty: bring the person back, then update.
+                let held = self.people_by_ids(std::slice::from_ref(&pid)).await?;
+                if held.contains_key(&pid) && self.restore(&pid).await? {
+                    r = self
+                        .client
+                        .send(Method::PATCH, &format!("/rest/people/{pid}"), Some(&body))
+                        .await?;
+                }
+            }
             if r.ok() {
                 StatsInner::add(&self.client.stats.records_written, 1);
                 outcomes[i] = Some(WriteOutcome::Applied { native_id: pid });

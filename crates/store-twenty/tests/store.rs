@@ -336,6 +336,35 @@ async fn polling_picks_up_edits_and_deletes_made_in_twenty() {
         .await
         .expect("read");
     assert_eq!(got[0].external_ids.get("twenty"), Some(&native));
+
+    // Soft-deleted by the user, then written again: restored in place.
+    let (s, _) = http
+        .req(
+            Method::DELETE,
+            &format!("/rest/people/{native}?soft_delete=true"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut again = got[0].clone();
+    again.job_title = Some("Back again".into());
+    let out = store
+        .write_batch(std::slice::from_ref(&again))
+        .await
+        .expect("write again");
+    assert_eq!(
+        out[0],
+        WriteOutcome::Applied {
+            native_id: native.clone()
+        }
+    );
+    let got = store
+        .read(std::slice::from_ref(&again.contact_id))
+        .await
+        .expect("read");
+    assert_eq!(got.len(), 1, "no second person");
+    assert!(!got[0].is_deleted());
+    assert_eq!(got[0].job_title.as_deref(), Some("Back again"));
 }
 
 #[tokio::test]
