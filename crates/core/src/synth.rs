@@ -16,7 +16,7 @@
 //! * is about 2 KB of JSON (1–3 KB; 33 keys, a full `llm_context`).
 //!
 //! [`Generator::invalid_contact`] produces contacts with exactly one defect,
-//! cycling through the rules of [`crate::validate`], and says which field
+//! cycling through the rules of [`mod@crate::validate`], and says which field
 //! `validate` reports.
 
 use std::collections::BTreeMap;

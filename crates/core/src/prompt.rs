@@ -1,1 +1,0 @@
-//! LLM prompt context from contacts (being written).
