@@ -450,3 +450,85 @@ async fn fake_pages_and_caps_like_twenty() {
     .unwrap();
     assert_eq!(limited, Some(expected));
 }
+
+#[tokio::test]
+async fn fake_webhook_deliveries_match_the_recording() {
+    let t = target(FakeConfig::default()).await;
+    if t.fake.is_none() {
+        eprintln!("a live Twenty cannot reach this test's loopback capture server: skipped");
+        return;
+    }
+    // A capture server standing in for the daemon.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Value)>>>;
+    let seen: Seen = Default::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |h: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let s2 = s2.clone();
+            async move {
+                s2.lock()
+                    .unwrap()
+                    .push((h, serde_json::from_slice(&body).unwrap()));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let http = t.http();
+    let (s, reg) = http
+        .req(
+            Method::POST,
+            "/rest/metadata/webhooks",
+            Some(json!({"targetUrl": url, "operations": ["person.*"], "secret": "abc"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{reg}");
+    let (_, hooks) = http.req(Method::GET, "/rest/metadata/webhooks", None).await;
+    let rec = sample("metadata_webhooks.json");
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "applicationId")
+            .cloned()
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&hooks[0]), keys(&rec[0]), "webhook metadata shape");
+
+    http.req(Method::POST, "/rest/people", Some(person_body(&t, 9)))
+        .await;
+    common::eventually("a delivery", || !seen.lock().unwrap().is_empty()).await;
+    let (headers, body) = seen.lock().unwrap()[0].clone();
+    let recorded = &sample("webhook_events.json")["person.created"];
+    let mut got_keys: Vec<String> = body.as_object().unwrap().keys().cloned().collect();
+    let mut rec_keys: Vec<String> = recorded["body"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    got_keys.sort();
+    rec_keys.sort();
+    assert_eq!(got_keys, rec_keys, "webhook body keys");
+    assert_person_like(
+        &body["record"],
+        &recorded["body"]["record"],
+        "webhook record",
+    );
+    for h in recorded["headers"].as_object().unwrap().keys() {
+        assert!(
+            headers.contains_key(h.as_str()),
+            "delivery lacks header {h}"
+        );
+    }
+    let ts = headers["x-twenty-webhook-timestamp"].to_str().unwrap();
+    assert_eq!(ts.len(), 13, "timestamp in milliseconds");
+}
