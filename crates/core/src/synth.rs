@@ -207,8 +207,8 @@ fn random_date(rng: &mut SmallRng, years: std::ops::Range<u64>) -> String {
     )
 }
 
-fn obj(entries: Vec<(&'static str, Value)>) -> Value {
-    let mut m = Map::with_capacity(entries.len());
+fn obj<const N: usize>(entries: [(&'static str, Value); N]) -> Value {
+    let mut m = Map::with_capacity(N);
     for (k, v) in entries {
         m.insert(k.to_string(), v);
     }
@@ -829,13 +829,13 @@ fn build(rng: &mut SmallRng, index: u64) -> Contact {
     // llm_context with every documented key.
     let mut dates = Vec::with_capacity(2);
     let (ev, sig) = *pick(rng, EVENTS);
-    dates.push(obj(vec![
+    dates.push(obj([
         ("date", Value::from(random_date(rng, 1960..2005))),
         ("event", Value::from("Birthday")),
         ("significance", Value::from("Always call in the morning")),
     ]));
     if ev != "Birthday" && rng.gen_ratio(3, 10) {
-        dates.push(obj(vec![
+        dates.push(obj([
             ("date", Value::from(random_date(rng, 2010..2026))),
             ("event", Value::from(ev)),
             ("significance", Value::from(sig)),
@@ -846,7 +846,7 @@ fn build(rng: &mut SmallRng, index: u64) -> Contact {
     let n_blind = 1;
     let n_strengths = rng.gen_range(1..=2);
     let n_tensions = 1;
-    let llm_context = obj(vec![
+    let llm_context = obj([
         ("relationship_arc", Value::from(*pick(rng, ARCS))),
         ("communication_style", Value::from(*pick(rng, STYLES))),
         (
@@ -891,21 +891,22 @@ fn build(rng: &mut SmallRng, index: u64) -> Contact {
             continue;
         }
         last_target = target;
-        rels.push(obj(vec![
+        rels.push(obj([
             ("contact_id", Value::from(Generator::contact_id(target))),
             ("relation", Value::from(*pick(rng, RELATIONS))),
             ("notes", Value::from(*pick(rng, RELATION_NOTES))),
         ]));
     }
 
-    let communication_stats = obj(vec![
+    let communication_stats = obj([
         ("messages_90d", Value::from(rng.gen_range(0..400u32))),
         ("calls_90d", Value::from(rng.gen_range(0..40u32))),
         ("last_contact", Value::from(random_date(rng, 2023..2026))),
         ("preferred_channel", Value::from(*pick(rng, CHANNELS))),
     ]);
-    let mut profiles = vec![(
-        "linkedin",
+    let mut profiles = Map::with_capacity(2);
+    profiles.insert(
+        "linkedin".to_string(),
         Value::from(
             [
                 "https://www.linkedin.com/in/",
@@ -917,15 +918,15 @@ fn build(rng: &mut SmallRng, index: u64) -> Contact {
             ]
             .concat(),
         ),
-    )];
+    );
     if rng.gen_ratio(3, 10) {
-        profiles.push((
-            "instagram",
+        profiles.insert(
+            "instagram".to_string(),
             Value::from(["@", first_slug, "_", last_slug, &idx].concat()),
-        ));
+        );
     }
-    let social_profiles = obj(profiles);
-    let custom_attributes = obj(vec![
+    let social_profiles = Value::Object(profiles);
+    let custom_attributes = obj([
         ("timezone", Value::from(*pick(rng, TIMEZONES))),
         ("language", Value::from(*pick(rng, LANGUAGES))),
         ("birthday_reminder", Value::from(rng.gen_bool(0.6))),
