@@ -275,11 +275,17 @@ pub fn build_multi_contact_context(
     let minimals: Vec<ContactContext> = fulls.iter().map(|f| minimal(f, format)).collect();
     let mins: Vec<usize> = minimals.iter().map(|m| size(m, format)).collect();
 
-    // The longest prefix whose headers fit.
+    // The longest prefix whose headers fit (prefix[k] = sum of mins[..k]).
+    let prefix: Vec<usize> = std::iter::once(0)
+        .chain(mins.iter().scan(0usize, |acc, &m| {
+            *acc = acc.saturating_add(m);
+            Some(*acc)
+        }))
+        .collect();
     let mut k = n;
     loop {
         if let Some(avail) = multi_allowance(k, n - k, opts.max_tokens, format) {
-            if mins[..k].iter().sum::<usize>() <= avail {
+            if prefix[k] <= avail {
                 break;
             }
         }
