@@ -80,6 +80,15 @@ async fn main() {
         peak_rss_mb()
     );
 
+    let t = Instant::now();
+    engine.verify().await.expect("verify");
+    let vsecs = t.elapsed().as_secs_f64();
+    println!(
+        "of which verification alone: {vsecs:.2} s ({:.0} contacts/s); backfill ≈ {:.0} contacts/s",
+        n as f64 / vsecs,
+        n as f64 / (secs - vsecs).max(1e-9)
+    );
+
     // 10 contacts edited in the local store, then one cycle.
     let conn = rusqlite::Connection::open(dir.path().join("local.db")).expect("open local");
     for i in 0..10u64 {

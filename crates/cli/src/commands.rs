@@ -11,7 +11,11 @@ use contact_sync_state::StateDb;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::{stores, Cli, Command, ConflictAction, DeadLetterAction, Keep};
+use contact_sync_core::prompt::{
+    build_multi_contact_context, build_prompt_with_contact, PromptFormat, PromptOptions,
+};
+
+use crate::{stores, Cli, Command, ConflictAction, DeadLetterAction, Keep, PromptFormatArg};
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(cli.config.as_deref())?;
@@ -44,7 +48,86 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DeadLetters { action } => match action {
             DeadLetterAction::List { json, limit } => dead_letters_list(&cfg, json, limit),
         },
+        Command::Migrate => {
+            stores::migrate_all(&cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prompt {
+            contacts,
+            base_prompt,
+            base_prompt_file,
+            source,
+            format,
+            max_tokens,
+            allow_excluded,
+        } => {
+            let base = match (base_prompt, base_prompt_file) {
+                (Some(b), _) => Some(b),
+                (None, Some(f)) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?,
+                ),
+                (None, None) => None,
+            };
+            let opts = PromptOptions {
+                max_tokens,
+                allow_excluded,
+                format: match format {
+                    PromptFormatArg::Text => PromptFormat::Text,
+                    PromptFormatArg::Json => PromptFormat::Json,
+                },
+            };
+            prompt(&cfg, &contacts, base.as_deref(), source.as_deref(), &opts).await
+        }
     }
+}
+
+/// Opens a store by name (`canonical` or a configured store).
+async fn open_named(
+    cfg: &Config,
+    name: &str,
+) -> anyhow::Result<Box<dyn contact_sync_connector::Store>> {
+    if name == CANONICAL {
+        return stores::open_canonical(cfg).await;
+    }
+    let sc = cfg
+        .stores()
+        .get(name)
+        .with_context(|| format!("no store named {name:?} in the configuration"))?;
+    stores::open_store(cfg, name, sc).await
+}
+
+async fn prompt(
+    cfg: &Config,
+    ids: &[String],
+    base: Option<&str>,
+    source: Option<&str>,
+    opts: &PromptOptions,
+) -> anyhow::Result<ExitCode> {
+    let name = source.unwrap_or(CANONICAL);
+    let mut store = open_named(cfg, name).await?;
+    let mut found = store.read(ids).await?;
+    let mut ordered = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(i) = found.iter().position(|c| &c.contact_id == id) else {
+            anyhow::bail!("contact {id} is not in store {name}");
+        };
+        let mut c = found.swap_remove(i);
+        c.normalize();
+        ordered.push(c);
+    }
+    let p = match (base, ordered.as_slice()) {
+        (Some(b), [one]) => build_prompt_with_contact(b, one, opts)?,
+        (base, many) => {
+            let mut p = build_multi_contact_context(many, opts)?;
+            if let Some(b) = base.filter(|b| !b.trim().is_empty()) {
+                p.text = format!("{}\n\n{}", b.trim_end(), p.text);
+            }
+            p
+        }
+    };
+    println!("{}", p.text);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Opens the state database, creating its directory.
@@ -201,15 +284,7 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
 
 async fn show(cfg: &Config, id: &str, store: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let name = store.unwrap_or(CANONICAL);
-    let mut s = if name == CANONICAL {
-        stores::open_canonical(cfg).await?
-    } else {
-        let sc = cfg
-            .stores()
-            .get(name)
-            .with_context(|| format!("no store named {name:?} in the configuration"))?;
-        stores::open_store(cfg, name, sc).await?
-    };
+    let mut s = open_named(cfg, name).await?;
     let found = s.read(&[id.to_string()]).await?;
     let Some(c) = found.into_iter().next() else {
         eprintln!("contact {id} is not in store {name}");

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::secret::SecretRef;
+
 /// Why the configuration cannot be used. Printed as is, then exit 2.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -91,6 +93,48 @@ pub struct StateConfig {
 pub enum StoreConfig {
     /// An SQLite file (table `contacts`).
     Sqlite { path: Option<PathBuf> },
+    /// A Twenty CRM workspace.
+    Twenty(TwentyStoreConfig),
+}
+
+/// `kind = "twenty"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwentyStoreConfig {
+    /// `https://crm.example.com` (without `/rest`).
+    pub base_url: String,
+    /// The API key: `{ env = "…" }`, `{ file = "…" }` or `{ command = […] }`.
+    pub api_key: SecretRef,
+    /// Records per batch create (default 60, at most 200).
+    #[serde(default = "default_twenty_batch")]
+    pub batch_size: usize,
+    /// Requests per minute allowed by the workspace (default 100).
+    #[serde(default = "default_twenty_rpm")]
+    pub requests_per_minute: u32,
+    /// Push category X (Exclude) contacts too (default false).
+    #[serde(default)]
+    pub include_excluded: bool,
+    /// Secret of the webhook (enables `/webhooks/twenty` on the daemon).
+    #[serde(default)]
+    pub webhook_secret: Option<SecretRef>,
+    /// Public URL of the daemon's `/webhooks/twenty`, registered by `migrate`.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Rate-limit window in seconds (default 60; tests shorten it).
+    #[serde(default = "default_twenty_window")]
+    pub rate_window_secs: f64,
+}
+
+fn default_twenty_batch() -> usize {
+    60
+}
+
+fn default_twenty_rpm() -> u32 {
+    100
+}
+
+fn default_twenty_window() -> f64 {
+    60.0
 }
 
 impl Config {

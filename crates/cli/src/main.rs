@@ -3,6 +3,7 @@
 mod commands;
 mod config;
 mod daemon;
+mod secret;
 mod stores;
 
 use std::path::PathBuf;
@@ -96,6 +97,37 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Create what each store needs (tables, custom fields, webhooks).
+    Migrate,
+    /// Build LLM prompt context from contacts.
+    Prompt {
+        /// Contact id (repeat for several contacts).
+        #[arg(long = "contact", required = true)]
+        contacts: Vec<String>,
+        /// Text to put before the context.
+        #[arg(long, conflicts_with = "base_prompt_file")]
+        base_prompt: Option<String>,
+        /// File whose text goes before the context.
+        #[arg(long)]
+        base_prompt_file: Option<PathBuf>,
+        /// Store to read the contacts from (default: canonical).
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, value_enum, default_value_t = PromptFormatArg::Text)]
+        format: PromptFormatArg,
+        /// Token budget (approximate).
+        #[arg(long, default_value_t = 2000)]
+        max_tokens: usize,
+        /// Let category X (Exclude) contacts into the prompt.
+        #[arg(long)]
+        allow_excluded: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum PromptFormatArg {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

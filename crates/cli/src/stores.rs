@@ -4,7 +4,9 @@ use anyhow::Context;
 use contact_sync_connector::Store;
 use contact_sync_sqlite::SqliteStore;
 
-use crate::config::{Config, StoreConfig};
+use contact_sync_twenty::{Secret, TwentyConfig, TwentyStore};
+
+use crate::config::{Config, ConfigError, StoreConfig, TwentyStoreConfig};
 
 /// Opens one store by its configuration.
 pub async fn open_store(
@@ -23,7 +25,53 @@ pub async fn open_store(
                 .with_context(|| format!("store {name}: cannot open {}", path.display()))?;
             Ok(Box::new(s))
         }
+        StoreConfig::Twenty(t) => Ok(Box::new(twenty_store(name, t)?)),
     }
+}
+
+/// The Twenty store of a configuration (secrets resolved).
+pub fn twenty_store(name: &str, t: &TwentyStoreConfig) -> anyhow::Result<TwentyStore> {
+    let key = t.api_key.resolve(&format!("stores.{name}.api_key"))?;
+    let mut cfg = TwentyConfig::new(t.base_url.clone(), Secret::new(key.expose()));
+    cfg.name = name.to_string();
+    cfg.batch_size = t.batch_size;
+    cfg.requests_per_minute = t.requests_per_minute;
+    cfg.include_excluded = t.include_excluded;
+    cfg.webhook_url = t.webhook_url.clone();
+    cfg.rate_window = std::time::Duration::from_secs_f64(t.rate_window_secs.max(0.001));
+    if let Some(s) = &t.webhook_secret {
+        cfg.webhook_secret = Some(Secret::new(
+            s.resolve(&format!("stores.{name}.webhook_secret"))?
+                .expose(),
+        ));
+    }
+    cfg.validate().map_err(ConfigError)?;
+    Ok(TwentyStore::new(cfg).with_context(|| format!("store {name}"))?)
+}
+
+/// Runs each configured store's own set-up (Twenty: custom fields and the
+/// webhook); prints what was done.
+pub async fn migrate_all(cfg: &Config) -> anyhow::Result<()> {
+    for (name, sc) in cfg.stores() {
+        match sc {
+            StoreConfig::Sqlite { path } => {
+                let path = cfg.sqlite_path(name, path);
+                open_store(cfg, name, sc).await?;
+                println!("{name}: SQLite table contacts ready in {}", path.display());
+            }
+            StoreConfig::Twenty(t) => {
+                let mut store = twenty_store(name, t)?;
+                let report = store
+                    .migrate()
+                    .await
+                    .with_context(|| format!("store {name}: migrate"))?;
+                println!("{name}: {report:?}");
+            }
+        }
+    }
+    open_canonical(cfg).await?;
+    println!("canonical: ready");
+    Ok(())
 }
 
 /// The canonical store.

@@ -285,3 +285,73 @@ fn bad_config_is_a_clear_error_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
+
+#[test]
+fn prompt_context_is_the_same_from_any_store_and_refuses_unknown_and_excluded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "300"]);
+    ok(d, &["run", "--initial-sync", "--once"]);
+    let conn = db(d, "canonical.db");
+    let pick = |sql: &str| -> String { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let normal = pick("SELECT contact_id FROM contacts WHERE category_code NOT IN ('X', 'H') ORDER BY contact_id LIMIT 1");
+    let excluded = pick(
+        "SELECT contact_id FROM contacts WHERE category_code = 'X' ORDER BY contact_id LIMIT 1",
+    );
+    let name = pick(&format!(
+        "SELECT canonical_name FROM contacts WHERE contact_id = '{normal}'"
+    ));
+
+    let from_canonical = ok(
+        d,
+        &[
+            "prompt",
+            "--contact",
+            &normal,
+            "--base-prompt",
+            "Write a birthday note.",
+        ],
+    );
+    assert!(
+        from_canonical.starts_with("Write a birthday note."),
+        "{from_canonical}"
+    );
+    assert!(from_canonical.contains(&name), "{from_canonical}");
+    let from_local = ok(
+        d,
+        &[
+            "prompt",
+            "--contact",
+            &normal,
+            "--base-prompt",
+            "Write a birthday note.",
+            "--source",
+            "local",
+        ],
+    );
+    assert_eq!(from_canonical, from_local);
+
+    let small = ok(d, &["prompt", "--contact", &normal, "--max-tokens", "60"]);
+    assert!(small.contains("omitted"), "{small}");
+
+    let out = run(d, &["prompt", "--contact", "c999999999"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("c999999999"));
+    let out = run(d, &["prompt", "--contact", &excluded]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&excluded) && err.contains("Exclude"), "{err}");
+    let allowed = ok(
+        d,
+        &[
+            "prompt",
+            "--contact",
+            &excluded,
+            "--allow-excluded",
+            "--format",
+            "json",
+        ],
+    );
+    let v: Value = serde_json::from_str(allowed.trim()).expect("json prompt");
+    assert!(v.to_string().contains(&excluded), "{v}");
+}

@@ -1,0 +1,149 @@
+//! End to end through the binary with Twenty: the embedded canonical store,
+//! the local SQLite store and the stateful fake Twenty on loopback (real
+//! HTTP, rate limit and the workflow that edits new people a second later).
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use contact_sync_twenty_fake::{FakeConfig, FakeTwenty, RateLimit};
+use serde_json::Value;
+
+fn run(dir: &Path, args: &[&str], key: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_contact-sync"))
+        .current_dir(dir)
+        .args(["--config", "contact-sync.toml"])
+        .args(args)
+        .env("TEST_TWENTY_KEY", key)
+        .output()
+        .expect("run contact-sync")
+}
+
+fn ok(dir: &Path, args: &[&str], key: &str) -> String {
+    let out = run(dir, args, key);
+    assert!(
+        out.status.success(),
+        "contact-sync {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn writes(fake: &FakeTwenty) -> u64 {
+    fake.counters()
+        .by_route
+        .iter()
+        .filter(|(k, _)| k.contains("people") && !k.starts_with("GET"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_reach_twenty_and_edits_in_twenty_come_back() {
+    let fake = FakeTwenty::start(FakeConfig {
+        rate_limit: Some(RateLimit {
+            requests: 40,
+            window: Duration::from_secs(1),
+        }),
+        workflow_delay: Some(Duration::from_millis(300)),
+        ..FakeConfig::default()
+    })
+    .await
+    .expect("fake twenty");
+    let key = fake.api_key().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!(
+            "[stores.local]\nkind = \"sqlite\"\n\n[stores.twenty]\nkind = \"twenty\"\nbase_url = \"{}\"\napi_key = {{ env = \"TEST_TWENTY_KEY\" }}\nbatch_size = 50\nrequests_per_minute = 40\nrate_window_secs = 1.0\n",
+            fake.base_url()
+        ),
+    )
+    .unwrap();
+
+    let (d2, k2) = (d.clone(), key.clone());
+    let blocking = move |args: Vec<&'static str>| {
+        let (d, k) = (d2.clone(), k2.clone());
+        tokio::task::spawn_blocking(move || ok(&d, &args, &k))
+    };
+    blocking(vec!["migrate"]).await.unwrap();
+    blocking(vec!["seed", "--contacts", "300"]).await.unwrap();
+    let out = blocking(vec!["run", "--initial-sync", "--once"])
+        .await
+        .unwrap();
+    assert!(out.contains("twenty") && !out.contains("DRIFT"), "{out}");
+
+    // Every contact but category X is in Twenty, once.
+    let conn = rusqlite::Connection::open(d.join("contact-sync-data/local.db")).unwrap();
+    let not_x: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM contacts WHERE category_code IS NOT 'X' AND deleted_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        not_x > 0 && not_x < 300,
+        "the synthetic set has some X contacts: {not_x}"
+    );
+    let live: Vec<Value> = fake
+        .people()
+        .into_iter()
+        .filter(|p| p["deletedAt"].is_null())
+        .collect();
+    assert_eq!(live.len() as i64, not_x);
+
+    // Twenty's workflow touches every new person a moment later: no
+    // conflicts, no writes back, no loop.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    blocking(vec!["run", "--once"]).await.unwrap();
+    let before = writes(&fake);
+    let out = blocking(vec!["run", "--once"]).await.unwrap();
+    assert_eq!(
+        writes(&fake),
+        before,
+        "an idle cycle wrote to Twenty: {out}"
+    );
+    let conflicts: Value =
+        serde_json::from_str(&blocking(vec!["conflicts", "list", "--json"]).await.unwrap())
+            .unwrap();
+    assert_eq!(conflicts.as_array().unwrap().len(), 0, "{conflicts}");
+
+    // A person edits someone in Twenty (through its API, as the UI would).
+    let target = live
+        .iter()
+        .find(|p| p["contactId"].is_string())
+        .expect("a synced person");
+    let contact_id = target["contactId"].as_str().unwrap().to_string();
+    let person_id = target["id"].as_str().unwrap().to_string();
+    let resp = reqwest::Client::new()
+        .patch(format!("{}/rest/people/{person_id}", fake.base_url()))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"jobTitle": "Head of Twenty Edits"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    blocking(vec!["run", "--once"]).await.unwrap();
+    let d3 = d.clone();
+    let k3 = key.clone();
+    let cid = contact_id.clone();
+    let show = tokio::task::spawn_blocking(move || ok(&d3, &["show", &cid, "--json"], &k3))
+        .await
+        .unwrap();
+    let c: Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(c["job_title"], "Head of Twenty Edits", "{c}");
+    assert_eq!(c["last_updated_by"], "twenty", "{c}");
+    let local: String = conn
+        .query_row(
+            "SELECT job_title FROM contacts WHERE contact_id = ?1",
+            [&contact_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(local, "Head of Twenty Edits");
+    fake.stop().await;
+}
