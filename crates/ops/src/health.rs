@@ -239,12 +239,14 @@ mod tests {
             matches!(&h.reasons()[0], UnhealthyReason::Lagging { store, .. } if store == "local")
         );
 
-        let mut failed_cycle = MetricsSnapshot::default();
-        failed_cycle.last_cycle = Some(CycleOutcome::failed(
-            "canonical: connection refused",
-            Duration::from_secs(1),
-            contact_sync_core::model::now(),
-        ));
+        let failed_cycle = MetricsSnapshot {
+            last_cycle: Some(CycleOutcome::failed(
+                "canonical: connection refused",
+                Duration::from_secs(1),
+                contact_sync_core::model::now(),
+            )),
+            ..Default::default()
+        };
         let h = HealthStatus::evaluate(&failed_cycle, &t);
         let body = h.to_json(&failed_cycle);
         assert_eq!(body["status"], "unhealthy");
