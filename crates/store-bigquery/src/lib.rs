@@ -1,0 +1,47 @@
+//! BigQuery as the canonical store.
+//!
+//! - [`BigQueryClient`]: a thin REST v2 client (datasets, tables,
+//!   insertAll, jobs.query / getQueryResults) with bounded retries of
+//!   transient failures, errors classified for the engine, and a job
+//!   counter. Auth is a separate [`TokenProvider`]: [`NoAuth`] (emulator),
+//!   [`ServiceAccountKey`] (key file → JWT → OAuth token),
+//!   [`MetadataServer`], [`StaticToken`].
+//! - [`BigQueryStore`]: the `contacts` table as a `RecordSink` (one MERGE
+//!   job per batch with a `version` guard) and a `ChangeSource` (polling
+//!   `last_updated` with an overlap window); [`BigQueryStore::migrate`]
+//!   creates the dataset and tables; [`ColumnMap`] fits existing tables.
+//!
+//! Wiring (the engine / CLI):
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use contact_sync_bigquery::*;
+//! let client = BigQueryClient::new(
+//!     ClientConfig::new("my-project"),
+//!     Arc::new(ServiceAccountKey::from_file("/etc/contact-sync/sa.json")?),
+//! )?;
+//! // or, for the emulator: BigQueryClient::emulator("http://127.0.0.1:9050", "test-project")?
+//! let cfg = BigQueryStoreConfig::new("contacts_ds");
+//! BigQueryStore::migrate(&client, &cfg).await?;
+//! let store = BigQueryStore::open(client, cfg).await?;
+//! # let _ = store; Ok(()) }
+//! ```
+
+mod auth;
+mod client;
+mod error;
+mod schema;
+mod store;
+
+pub use auth::{
+    AccessToken, MetadataServer, NoAuth, ServiceAccountKey, StaticToken, TokenProvider,
+    DEFAULT_METADATA_TOKEN_URL, DEFAULT_SCOPE, DEFAULT_TOKEN_URL,
+};
+pub use client::{
+    normalize_type, BigQueryClient, ClientConfig, Field, InsertRow, ParamType, ParamValue,
+    QueryParam, QueryResult, StatsSnapshot,
+};
+pub use error::BqError;
+pub use schema::{contacts_schema, journal_schema, ColumnMap};
+pub use store::{BigQueryStore, BigQueryStoreConfig, MigrateReport};

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Starts the local BigQuery emulator installed by setup.sh on 127.0.0.1 and
+# waits until it answers. Prints `export CONTACT_SYNC_BQ_URL=...` and
+# `export CONTACT_SYNC_BQ_PID=...` on stdout; logs go to DATA/emulator.log.
+#
+#   bash scripts/bigquery/start.sh [PORT] [DATA_DIR]
+#
+# PORT defaults to 9050 (GRPC port = PORT+1); DATA_DIR to
+# $CONTACT_SYNC_BQ_HOME/data-PORT. Project: test-project. Stop it with
+# `kill $CONTACT_SYNC_BQ_PID`.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+HOME_DIR=${CONTACT_SYNC_BQ_HOME:-${CONTACT_SYNC_CACHE:-$repo/.ci-cache}/bigquery}
+PORT=${1:-9050}
+DATA=${2:-$HOME_DIR/data-$PORT}
+BIN="$HOME_DIR/venv-lbq/bin/local-bigquery"
+if [ ! -x "$BIN" ]; then
+  echo "scripts/bigquery/start.sh: $BIN missing: run scripts/bigquery/setup.sh first" >&2
+  exit 1
+fi
+mkdir -p "$DATA"
+HOME="$HOME_DIR/home" nohup "$BIN" serve --host 127.0.0.1 --port "$PORT" --grpc-port $((PORT + 1)) \
+  --project test-project --data-dir "$DATA" >"$DATA/emulator.log" 2>&1 &
+pid=$!
+url="http://127.0.0.1:$PORT"
+for _ in $(seq 1 150); do
+  if curl -fsS -o /dev/null "$url/bigquery/v2/projects/test-project/datasets" 2>/dev/null; then
+    echo "export CONTACT_SYNC_BQ_URL=$url"
+    echo "export CONTACT_SYNC_BQ_PID=$pid"
+    exit 0
+  fi
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "scripts/bigquery/start.sh: emulator exited; log:" >&2
+    tail -n 30 "$DATA/emulator.log" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+echo "scripts/bigquery/start.sh: emulator not ready on $url after 30 s; log: $DATA/emulator.log" >&2
+kill "$pid" 2>/dev/null || true
+exit 1
