@@ -604,6 +604,22 @@ impl OpsHandle {
         g.last_cycle = Some(outcome);
     }
 
+    /// What the daemon calls after every cycle: counts `outcome`, reads
+    /// the durable numbers of `stores` from `state`, and returns the merged
+    /// snapshot (to hand to [`crate::Alerter::process`]). Synchronous, so
+    /// no state borrow lives across an `.await`.
+    pub fn after_cycle(
+        &self,
+        state: &StateDb,
+        stores: &[StoreSample],
+        outcome: CycleOutcome,
+    ) -> Result<MetricsSnapshot, OpsError> {
+        let at = outcome.finished_at;
+        self.record_cycle(outcome);
+        self.update(MetricsSnapshot::from_state(state, stores, at)?);
+        Ok(self.snapshot_at(at))
+    }
+
     /// Counts `n` webhook deliveries accepted for `store`.
     pub fn add_webhook_events(&self, store: &str, n: u64) {
         let mut g = self.write();

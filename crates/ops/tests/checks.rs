@@ -266,3 +266,76 @@ async fn run_checks_covers_everything_in_order() {
     assert_eq!(checks[0].level, Level::Ok, "{checks:?}");
     assert!(!fresh.exists());
 }
+
+/// A store that never answers `count()` (a firewall dropping packets).
+struct Silent(MemoryStore);
+
+impl contact_sync_connector::StoreInfo for Silent {
+    fn name(&self) -> &str {
+        "bigquery"
+    }
+    fn keeps_version(&self) -> bool {
+        true
+    }
+}
+
+#[async_trait]
+impl contact_sync_connector::ChangeSource for Silent {
+    async fn read_changes(
+        &mut self,
+        from: Option<&contact_sync_connector::Checkpoint>,
+        limit: usize,
+    ) -> Result<contact_sync_connector::ChangeBatch, contact_sync_connector::StoreError> {
+        self.0.read_changes(from, limit).await
+    }
+    async fn acknowledge(
+        &mut self,
+        upto: &contact_sync_connector::Checkpoint,
+    ) -> Result<(), contact_sync_connector::StoreError> {
+        self.0.acknowledge(upto).await
+    }
+}
+
+#[async_trait]
+impl contact_sync_connector::RecordSink for Silent {
+    async fn write_batch(
+        &mut self,
+        writes: &[contact_sync_core::Contact],
+    ) -> Result<Vec<contact_sync_connector::WriteOutcome>, contact_sync_connector::StoreError> {
+        self.0.write_batch(writes).await
+    }
+    async fn read(
+        &mut self,
+        ids: &[String],
+    ) -> Result<Vec<contact_sync_core::Contact>, contact_sync_connector::StoreError> {
+        self.0.read(ids).await
+    }
+    async fn scan(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<contact_sync_core::Contact>, contact_sync_connector::StoreError> {
+        self.0.scan(after, limit).await
+    }
+    async fn count(&mut self) -> Result<u64, contact_sync_connector::StoreError> {
+        std::future::pending().await
+    }
+    async fn find_by_identity(
+        &mut self,
+        emails: &[String],
+        phones: &[String],
+    ) -> Result<Vec<contact_sync_core::Contact>, contact_sync_connector::StoreError> {
+        self.0.find_by_identity(emails, phones).await
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_never_answers_fails_after_the_timeout() {
+    let (inner, _h) = MemoryStore::with_options(MemoryOptions::new("bigquery"));
+    let mut silent = Silent(inner);
+    let c = check_store_reachable(&mut silent, Duration::from_millis(50)).await;
+    assert_eq!(c.name, "store bigquery reachable");
+    assert_eq!(c.level, Level::Fail);
+    assert!(c.message.starts_with("bigquery: no answer within"), "{c:?}");
+    assert!(c.hint.as_deref().unwrap().contains("firewall"), "{c:?}");
+}

@@ -171,6 +171,27 @@ async fn health_is_200_then_503_after_a_recorded_failure() {
 }
 
 #[tokio::test]
+async fn after_cycle_records_the_engine_result() {
+    let w = World::new(4);
+    let mut engine = w.synced_engine().await;
+    let ops = OpsHandle::default();
+    let started = std::time::Instant::now();
+    let result = engine.cycle().await;
+    let outcome = CycleOutcome::from_result(&result, started.elapsed(), now());
+    assert!(outcome.completed());
+    let snap = ops
+        .after_cycle(engine.state(), &samples(&w), outcome)
+        .unwrap();
+    assert_eq!(snap.cycles_total, 1);
+    assert_eq!(snap.store("local").unwrap().contacts, Some(4));
+    assert!(snap
+        .last_cycle
+        .as_ref()
+        .is_some_and(|c| c.failed_stores.is_empty()));
+    assert!(ops.health().is_healthy());
+}
+
+#[tokio::test]
 async fn lag_over_the_threshold_is_unhealthy() {
     let w = World::new(3);
     let engine = w.synced_engine().await;
