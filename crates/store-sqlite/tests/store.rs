@@ -1,0 +1,685 @@
+//! The SQLite store against real SQLite files in temp dirs; user edits are
+//! made through a second plain rusqlite connection, as the sqlite3 CLI would.
+
+mod common;
+
+use std::path::PathBuf;
+
+use chrono::{TimeZone, Utc};
+use contact_sync_connector::{
+    ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreInfo, WriteOutcome,
+};
+use contact_sync_core::model::ALL_FIELDS;
+use contact_sync_core::{Contact, Email, Phone};
+use contact_sync_sqlite::SqliteStore;
+use rusqlite::Connection;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    store: SqliteStore,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("local.db");
+    let store = SqliteStore::open(&path, "local").expect("open store");
+    Fixture {
+        _dir: dir,
+        path,
+        store,
+    }
+}
+
+/// A second connection, like the sqlite3 CLI.
+fn cli(path: &PathBuf) -> Connection {
+    let c = Connection::open(path).expect("open cli connection");
+    c.busy_timeout(std::time::Duration::from_secs(5))
+        .expect("busy timeout");
+    c
+}
+
+fn applied_id(o: &WriteOutcome) -> String {
+    match o {
+        WriteOutcome::Applied { native_id } => native_id.clone(),
+        other => panic!("expected Applied, got {other:?}"),
+    }
+}
+
+async fn all_changes(store: &mut SqliteStore) -> Vec<contact_sync_connector::Change> {
+    store
+        .read_changes(None, 1_000)
+        .await
+        .expect("read_changes")
+        .changes
+}
+
+#[tokio::test]
+async fn all_33_fields_round_trip() {
+    let mut f = fixture();
+    let mut c = common::full_contact(7);
+    // Every field set, the tombstone too.
+    c.deleted_at = Some(Utc.with_ymd_and_hms(2026, 3, 4, 5, 6, 7).unwrap());
+    c.external_ids.insert("local".into(), "x".into());
+    let json = serde_json::to_value(&c).expect("to json");
+    for field in ALL_FIELDS {
+        assert!(!json[*field].is_null(), "test contact must fill `{field}`");
+    }
+    assert_eq!(json.as_object().map(|m| m.len()), Some(33));
+
+    let out = f
+        .store
+        .write_batch(std::slice::from_ref(&c))
+        .await
+        .expect("write");
+    assert_eq!(out.len(), 1);
+    applied_id(&out[0]);
+    let back = f.store.read(std::slice::from_ref(&c.contact_id)).await.expect("read");
+    assert_eq!(back, vec![c.clone()]);
+    let scanned = f.store.scan(None, 10).await.expect("scan");
+    assert_eq!(scanned, vec![c.clone()]);
+
+    // Stored as documented: JSON text and RFC 3339 text.
+    let db = cli(&f.path);
+    let (emails, created, version): (String, String, i64) = db
+        .query_row(
+            "SELECT emails, created_at, version FROM contacts WHERE contact_id = ?1",
+            [&c.contact_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("row");
+    assert!(emails.starts_with("[{\"address\""), "{emails}");
+    assert!(created.ends_with('Z') && created.contains('T'), "{created}");
+    assert_eq!(version, c.version);
+    assert_eq!(f.store.name(), "local");
+    assert!(f.store.keeps_version());
+    assert_eq!(f.store.path(), f.path.as_path());
+}
+
+#[tokio::test]
+async fn writing_twice_is_idempotent() {
+    let mut f = fixture();
+    let batch: Vec<Contact> = (0..3).map(common::full_contact).collect();
+    let first = f.store.write_batch(&batch).await.expect("write 1");
+    let second = f.store.write_batch(&batch).await.expect("write 2");
+    assert_eq!(first, second, "same row ids both times");
+    assert_eq!(f.store.count().await.expect("count"), 3);
+    let rows: i64 = cli(&f.path)
+        .query_row("SELECT count(*) FROM contacts", [], |r| r.get(0))
+        .expect("count rows");
+    assert_eq!(rows, 3);
+    let ids: Vec<String> = batch.iter().map(|c| c.contact_id.clone()).collect();
+    let mut back = f.store.read(&ids).await.expect("read");
+    back.sort_by(|a, b| a.contact_id.cmp(&b.contact_id));
+    assert_eq!(back, batch);
+}
+
+#[tokio::test]
+async fn lower_version_is_stale_and_changes_nothing() {
+    let mut f = fixture();
+    let mut c = common::full_contact(1);
+    c.version = 5;
+    c.job_title = Some("CEO".into());
+    f.store
+        .write_batch(std::slice::from_ref(&c))
+        .await
+        .expect("write v5");
+
+    let mut older = c.clone();
+    older.version = 4;
+    older.job_title = Some("Intern".into());
+    let out = f.store.write_batch(&[older]).await.expect("write v4");
+    assert_eq!(out, vec![WriteOutcome::Stale { stored_version: 5 }]);
+    let back = f.store.read(std::slice::from_ref(&c.contact_id)).await.expect("read");
+    assert_eq!(back[0].job_title.as_deref(), Some("CEO"));
+
+    // Equal version applies; higher applies.
+    let mut same = c.clone();
+    same.job_title = Some("Chair".into());
+    applied_id(&f.store.write_batch(&[same]).await.expect("write v5 again")[0]);
+    let mut newer = c.clone();
+    newer.version = 6;
+    newer.job_title = Some("Founder".into());
+    applied_id(&f.store.write_batch(&[newer]).await.expect("write v6")[0]);
+    let back = f.store.read(std::slice::from_ref(&c.contact_id)).await.expect("read");
+    assert_eq!(back[0].job_title.as_deref(), Some("Founder"));
+    assert_eq!(back[0].version, 6);
+}
+
+#[tokio::test]
+async fn a_batch_mixes_outcomes_per_record() {
+    let mut f = fixture();
+    let mut a = common::full_contact(1);
+    a.version = 3;
+    f.store
+        .write_batch(std::slice::from_ref(&a))
+        .await
+        .expect("seed");
+    let mut stale = a.clone();
+    stale.version = 2;
+    let fresh = common::full_contact(2);
+    let no_id = Contact::new("", "Nobody");
+    let out = f
+        .store
+        .write_batch(&[stale, fresh.clone(), no_id])
+        .await
+        .expect("batch");
+    assert_eq!(out[0], WriteOutcome::Stale { stored_version: 3 });
+    applied_id(&out[1]);
+    assert!(
+        matches!(&out[2], WriteOutcome::Rejected { field, .. } if field == "contact_id"),
+        "{:?}",
+        out[2]
+    );
+    assert_eq!(f.store.count().await.expect("count"), 2);
+}
+
+#[tokio::test]
+async fn tombstone_keeps_the_row_with_deleted_at() {
+    let mut f = fixture();
+    let c = common::full_contact(3);
+    let row = applied_id(
+        &f.store
+            .write_batch(std::slice::from_ref(&c))
+            .await
+            .expect("write")[0],
+    );
+    let mut dead = c.clone();
+    dead.version += 1;
+    dead.deleted_at = Some(Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap());
+    let row2 = applied_id(
+        &f.store
+            .write_batch(std::slice::from_ref(&dead))
+            .await
+            .expect("delete")[0],
+    );
+    assert_eq!(row, row2, "same row, kept");
+    assert_eq!(f.store.count().await.expect("count"), 0, "not live");
+    let back = f.store.read(std::slice::from_ref(&c.contact_id)).await.expect("read");
+    assert_eq!(back, vec![dead.clone()]);
+    assert_eq!(f.store.scan(None, 10).await.expect("scan"), vec![dead]);
+}
+
+#[tokio::test]
+async fn user_edits_are_captured_with_the_full_row_and_own_writes_are_not() {
+    let mut f = fixture();
+    let c = common::full_contact(4);
+    let row = applied_id(
+        &f.store
+            .write_batch(std::slice::from_ref(&c))
+            .await
+            .expect("write")[0],
+    );
+    assert!(
+        all_changes(&mut f.store).await.is_empty(),
+        "own write echoed"
+    );
+
+    let db = cli(&f.path);
+    db.execute(
+        "UPDATE contacts SET job_title = 'CTO' WHERE contact_id = ?1",
+        [&c.contact_id],
+    )
+    .expect("user update");
+    let changes = all_changes(&mut f.store).await;
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].native_id, row);
+    let mut expected = c.clone();
+    expected.job_title = Some("CTO".into());
+    assert_eq!(changes[0].kind, ChangeKind::Upsert(Box::new(expected)));
+
+    // Still nothing from the store's own writes after a user edit.
+    let mut again = c.clone();
+    again.version += 1;
+    f.store.write_batch(&[again]).await.expect("write 2");
+    assert_eq!(all_changes(&mut f.store).await.len(), 1);
+    let suppress: i64 = db
+        .query_row("SELECT suppress FROM _contact_sync_control", [], |r| {
+            r.get(0)
+        })
+        .expect("control");
+    assert_eq!(suppress, 0, "other connections only ever see capture on");
+}
+
+#[tokio::test]
+async fn user_insert_without_contact_id_is_captured_with_its_row_id() {
+    let mut f = fixture();
+    let db = cli(&f.path);
+    db.execute(
+        "INSERT INTO contacts (canonical_name, emails, created_at) VALUES \
+         ('Grace Hopper', '[{\"address\":\"Grace@Navy.mil\",\"is_primary\":true}]', '2024-05-06 07:08:09')",
+        [],
+    )
+    .expect("user insert");
+    let row = db.last_insert_rowid().to_string();
+    let changes = all_changes(&mut f.store).await;
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].native_id, row);
+    let ChangeKind::Upsert(c) = &changes[0].kind else {
+        panic!("expected upsert, got {:?}", changes[0].kind)
+    };
+    assert_eq!(c.contact_id, "");
+    assert_eq!(c.canonical_name, "Grace Hopper");
+    assert_eq!(c.version, 1);
+    assert_eq!(c.primary_email(), Some("grace@navy.mil"));
+    assert_eq!(
+        c.created_at,
+        Some(Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap())
+    );
+    // A record without contact_id is not a record of the sink yet.
+    assert!(f.store.scan(None, 10).await.expect("scan").is_empty());
+    assert_eq!(f.store.count().await.expect("count"), 0);
+}
+
+#[tokio::test]
+async fn write_back_of_a_minted_id_updates_the_users_row() {
+    let mut f = fixture();
+    let db = cli(&f.path);
+    db.execute(
+        "INSERT INTO contacts (canonical_name) VALUES ('Ada Lovelace')",
+        [],
+    )
+    .expect("user insert");
+    let row = db.last_insert_rowid().to_string();
+    let seen = f.store.read_changes(None, 10).await.expect("changes");
+    f.store.acknowledge(&seen.checkpoint).await.expect("ack");
+
+    let mut minted = Contact::new("minted-1", "Ada Lovelace");
+    minted.external_ids.insert("local".into(), row.clone());
+    minted.emails.push(Email {
+        address: "ada@example.com".into(),
+        label: None,
+        is_primary: true,
+    });
+    let out = f
+        .store
+        .write_batch(std::slice::from_ref(&minted))
+        .await
+        .expect("write back");
+    assert_eq!(
+        out,
+        vec![WriteOutcome::Applied {
+            native_id: row.clone()
+        }]
+    );
+    // Retrying the same write is idempotent (now keyed by contact_id).
+    let out = f
+        .store
+        .write_batch(std::slice::from_ref(&minted))
+        .await
+        .expect("retry");
+    assert_eq!(
+        out,
+        vec![WriteOutcome::Applied {
+            native_id: row.clone()
+        }]
+    );
+
+    let rows: Vec<(i64, Option<String>)> = db
+        .prepare("SELECT id, contact_id FROM contacts")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(
+        rows,
+        vec![(row.parse().unwrap(), Some("minted-1".to_string()))]
+    );
+    assert!(
+        all_changes(&mut f.store).await.is_empty(),
+        "write-back echoed"
+    );
+    let found = f
+        .store
+        .find_by_identity(&["ada@example.com".into()], &[])
+        .await
+        .expect("find");
+    assert_eq!(found.len(), 1);
+}
+
+#[tokio::test]
+async fn write_back_onto_a_contact_the_store_already_has_removes_the_duplicate() {
+    let mut f = fixture();
+    let existing = common::full_contact(9);
+    let kept = applied_id(
+        &f.store
+            .write_batch(std::slice::from_ref(&existing))
+            .await
+            .expect("seed")[0],
+    );
+    let db = cli(&f.path);
+    db.execute("INSERT INTO contacts (canonical_name) VALUES ('dup')", [])
+        .expect("user insert");
+    let dup = db.last_insert_rowid().to_string();
+
+    let mut merged = existing.clone();
+    merged.version += 1;
+    merged.external_ids.insert("local".into(), dup);
+    let out = f.store.write_batch(&[merged]).await.expect("write");
+    assert_eq!(out, vec![WriteOutcome::Applied { native_id: kept }]);
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM contacts", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn user_delete_is_a_delete_change() {
+    let mut f = fixture();
+    let c = common::full_contact(5);
+    let row = applied_id(
+        &f.store
+            .write_batch(std::slice::from_ref(&c))
+            .await
+            .expect("write")[0],
+    );
+    let db = cli(&f.path);
+    db.execute(
+        "DELETE FROM contacts WHERE contact_id = ?1",
+        [&c.contact_id],
+    )
+    .expect("user delete");
+    db.execute("INSERT INTO contacts (canonical_name) VALUES ('x')", [])
+        .expect("insert");
+    db.execute("DELETE FROM contacts WHERE contact_id IS NULL", [])
+        .expect("delete unnamed");
+    let changes = all_changes(&mut f.store).await;
+    assert_eq!(changes.len(), 3);
+    assert_eq!(changes[0].native_id, row);
+    assert_eq!(
+        changes[0].kind,
+        ChangeKind::Delete {
+            contact_id: Some(c.contact_id.clone())
+        }
+    );
+    assert_eq!(changes[2].kind, ChangeKind::Delete { contact_id: None });
+}
+
+#[tokio::test]
+async fn broken_values_typed_by_a_user_are_undecodable_naming_record_and_field() {
+    let mut f = fixture();
+    let c = common::full_contact(6);
+    f.store
+        .write_batch(std::slice::from_ref(&c))
+        .await
+        .expect("write");
+    let db = cli(&f.path);
+    db.execute(
+        "UPDATE contacts SET llm_context = '{\"relationship_arc\": \"oops' WHERE contact_id = ?1",
+        [&c.contact_id],
+    )
+    .expect("broken json is accepted by sqlite");
+    db.execute(
+        "INSERT INTO contacts (canonical_name, created_at) VALUES ('Bad Date', 'last tuesday')",
+        [],
+    )
+    .expect("insert");
+    let bad_row = db.last_insert_rowid();
+    db.execute(
+        "INSERT INTO contacts (contact_id, canonical_name, emails) VALUES ('c-shape', 'Shape', '{\"address\": \"a@b.c\"}')",
+        [],
+    )
+    .expect("insert");
+
+    let changes = all_changes(&mut f.store).await;
+    assert_eq!(changes.len(), 3);
+    let undecodable: Vec<_> = changes
+        .iter()
+        .map(|ch| match &ch.kind {
+            ChangeKind::Undecodable { invalid, payload } => {
+                assert!(payload.is_some());
+                (invalid.record.clone(), invalid.field.clone())
+            }
+            other => panic!("expected undecodable, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        undecodable,
+        vec![
+            (c.contact_id.clone(), "llm_context".to_string()),
+            (format!("row {bad_row}"), "created_at".to_string()),
+            ("c-shape".to_string(), "emails".to_string()),
+        ]
+    );
+    // The payload is the row image, broken value included.
+    if let ChangeKind::Undecodable {
+        payload: Some(p), ..
+    } = &changes[0].kind
+    {
+        assert_eq!(p["llm_context"], "{\"relationship_arc\": \"oops");
+        assert_eq!(p["contact_id"], c.contact_id.as_str());
+    }
+    // Reads leave the broken row out instead of failing.
+    assert!(f
+        .store
+        .read(std::slice::from_ref(&c.contact_id))
+        .await
+        .expect("read")
+        .is_empty());
+}
+
+#[tokio::test]
+async fn changes_replay_from_a_checkpoint_until_acknowledged() {
+    let mut f = fixture();
+    let db = cli(&f.path);
+    for i in 0..5 {
+        db.execute(
+            "INSERT INTO contacts (contact_id, canonical_name) VALUES (?1, 'n')",
+            [format!("u{i}")],
+        )
+        .expect("insert");
+    }
+    let first = f.store.read_changes(None, 2).await.expect("page 1");
+    assert_eq!(first.changes.len(), 2);
+    assert!(first.has_more);
+    let replay = f.store.read_changes(None, 2).await.expect("page 1 again");
+    assert_eq!(replay, first, "reading does not consume");
+
+    let second = f
+        .store
+        .read_changes(Some(&first.checkpoint), 10)
+        .await
+        .expect("page 2");
+    assert_eq!(second.changes.len(), 3);
+    assert!(!second.has_more);
+    let native: Vec<&str> = first
+        .changes
+        .iter()
+        .chain(&second.changes)
+        .map(|c| c.native_id.as_str())
+        .collect();
+    assert_eq!(native, vec!["1", "2", "3", "4", "5"], "commit order");
+
+    // Acknowledging the first page discards only it.
+    f.store.acknowledge(&first.checkpoint).await.expect("ack");
+    f.store
+        .acknowledge(&Checkpoint::new("1"))
+        .await
+        .expect("older ack is a no-op");
+    let rest = f.store.read_changes(None, 10).await.expect("after ack");
+    assert_eq!(rest.changes, second.changes);
+    assert_eq!(rest.checkpoint, second.checkpoint);
+    // An empty read keeps the checkpoint.
+    let empty = f
+        .store
+        .read_changes(Some(&second.checkpoint), 10)
+        .await
+        .expect("empty");
+    assert!(empty.changes.is_empty());
+    assert_eq!(empty.checkpoint, second.checkpoint);
+    assert!(f
+        .store
+        .read_changes(Some(&Checkpoint::new("not a number")), 10)
+        .await
+        .is_err());
+    // Reopening the store keeps unacknowledged changes (durable).
+    drop(f.store);
+    let mut reopened = SqliteStore::open(&f.path, "local").expect("reopen");
+    assert_eq!(
+        reopened
+            .read_changes(None, 10)
+            .await
+            .expect("after reopen")
+            .changes,
+        second.changes
+    );
+}
+
+#[tokio::test]
+async fn find_by_identity_matches_primary_email_or_phone() {
+    let mut f = fixture();
+    let mut a = Contact::new("a", "A");
+    a.emails = vec![
+        Email {
+            address: "other@x.org".into(),
+            label: None,
+            is_primary: false,
+        },
+        Email {
+            address: "ada@x.org".into(),
+            label: None,
+            is_primary: true,
+        },
+    ];
+    let mut b = Contact::new("b", "B");
+    b.phones = vec![Phone {
+        number: "+15550100".into(),
+        label: None,
+        is_primary: false,
+    }];
+    let mut gone = Contact::new("gone", "G");
+    gone.emails = vec![Email {
+        address: "gone@x.org".into(),
+        label: None,
+        is_primary: true,
+    }];
+    gone.deleted_at = Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    f.store.write_batch(&[a, b, gone]).await.expect("write");
+
+    let ids = |v: Vec<Contact>| v.into_iter().map(|c| c.contact_id).collect::<Vec<_>>();
+    let found = f
+        .store
+        .find_by_identity(&["ADA@x.org".into()], &[])
+        .await
+        .expect("find");
+    assert_eq!(ids(found), vec!["a"]);
+    let found = f
+        .store
+        .find_by_identity(&["other@x.org".into()], &[])
+        .await
+        .expect("find");
+    assert!(found.is_empty(), "only the primary email matches");
+    let found = f
+        .store
+        .find_by_identity(&["ada@x.org".into()], &["+15550100".into()])
+        .await
+        .expect("find");
+    assert_eq!(ids(found), vec!["a", "b"]);
+    let found = f
+        .store
+        .find_by_identity(&["gone@x.org".into()], &[])
+        .await
+        .expect("find");
+    assert!(found.is_empty(), "tombstones are not matched");
+
+    // A user edit of the emails keeps the identity index right.
+    cli(&f.path)
+        .execute(
+            "UPDATE contacts SET emails = '[{\"address\":\"New@X.org\"}]' WHERE contact_id = 'b'",
+            [],
+        )
+        .expect("user edit");
+    let found = f
+        .store
+        .find_by_identity(&["new@x.org".into()], &[])
+        .await
+        .expect("find");
+    assert_eq!(ids(found), vec!["b"]);
+}
+
+#[tokio::test]
+async fn scan_pages_in_contact_id_order() {
+    let mut f = fixture();
+    let mut batch: Vec<Contact> = (0..10).map(common::full_contact).collect();
+    batch.reverse();
+    f.store.write_batch(&batch).await.expect("write");
+    cli(&f.path)
+        .execute("INSERT INTO contacts (canonical_name) VALUES ('no id')", [])
+        .expect("insert");
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = f.store.scan(after.as_deref(), 3).await.expect("scan");
+        assert!(page.len() <= 3);
+        seen.extend(page.iter().map(|c| c.contact_id.clone()));
+        match page.last() {
+            Some(c) if page.len() == 3 => after = Some(c.contact_id.clone()),
+            _ => break,
+        }
+    }
+    let expected: Vec<String> = (0..10).map(common::id).collect();
+    assert_eq!(seen, expected);
+    let tail = f.store.scan(Some(&common::id(7)), 100).await.expect("tail");
+    assert_eq!(tail.len(), 2);
+}
+
+#[tokio::test]
+async fn scan_fills_its_page_past_an_undecodable_row() {
+    let mut f = fixture();
+    let batch: Vec<Contact> = (0..5).map(common::full_contact).collect();
+    f.store.write_batch(&batch).await.expect("write");
+    cli(&f.path)
+        .execute(
+            "UPDATE contacts SET tags = 'not json' WHERE contact_id = ?1",
+            [common::id(1)],
+        )
+        .expect("break a row");
+    let page = f.store.scan(None, 3).await.expect("scan");
+    let ids: Vec<String> = page.into_iter().map(|c| c.contact_id).collect();
+    assert_eq!(ids, vec![common::id(0), common::id(2), common::id(3)]);
+}
+
+#[tokio::test]
+async fn an_existing_contacts_table_keeps_working() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    {
+        let db = Connection::open(&path).expect("open");
+        db.execute_batch(
+            "CREATE TABLE contacts (id INTEGER PRIMARY KEY, contact_id TEXT, canonical_name TEXT,
+                                    emails TEXT, CHECK (length(canonical_name) < 40));
+             INSERT INTO contacts (contact_id, canonical_name, emails)
+             VALUES ('old-1', 'Old Timer', '[{\"address\":\"old@x.org\",\"is_primary\":true}]');",
+        )
+        .expect("old schema");
+    }
+    let mut store = SqliteStore::open(&path, "canonical").expect("open old file");
+    let back = store.read(&["old-1".into()]).await.expect("read");
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].canonical_name, "Old Timer");
+    assert_eq!(back[0].version, 1);
+    let found = store
+        .find_by_identity(&["old@x.org".into()], &[])
+        .await
+        .expect("find");
+    assert_eq!(found.len(), 1, "identity columns back-filled");
+
+    let mut newer = back[0].clone();
+    newer.version = 2;
+    newer.job_title = Some("Retired".into());
+    let too_long = Contact::new("old-2", "x".repeat(60));
+    let out = store.write_batch(&[newer, too_long]).await.expect("write");
+    applied_id(&out[0]);
+    assert!(
+        matches!(&out[1], WriteOutcome::Rejected { .. }),
+        "the table's own CHECK refuses one record, not the batch: {:?}",
+        out[1]
+    );
+    drop(store);
+    // Opening again is a no-op on the schema.
+    let mut store = SqliteStore::open(&path, "canonical").expect("reopen");
+    let back = store.read(&["old-1".into()]).await.expect("read");
+    assert_eq!(back[0].job_title.as_deref(), Some("Retired"));
+}
