@@ -7,7 +7,9 @@
 #
 # PORT defaults to 9050 (GRPC port = PORT+1); DATA_DIR to
 # $CONTACT_SYNC_BQ_HOME/data-PORT. Project: test-project. Stop it with
-# `kill $CONTACT_SYNC_BQ_PID`.
+# `kill $CONTACT_SYNC_BQ_PID`. With CONTACT_SYNC_BQ_WATCH_PID=<pid> set, a
+# watchdog stops the emulator (and removes DATA_DIR) once that process
+# exits: test binaries use it so no emulator outlives them.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -23,6 +25,10 @@ mkdir -p "$DATA"
 HOME="$HOME_DIR/home" nohup "$BIN" serve --host 127.0.0.1 --port "$PORT" --grpc-port $((PORT + 1)) \
   --project test-project --data-dir "$DATA" >"$DATA/emulator.log" 2>&1 &
 pid=$!
+if [ -n "${CONTACT_SYNC_BQ_WATCH_PID:-}" ]; then
+  watch=$CONTACT_SYNC_BQ_WATCH_PID
+  nohup bash -c "while kill -0 $watch 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 0.5; done; kill $pid 2>/dev/null; sleep 1; kill -9 $pid 2>/dev/null; rm -rf '$DATA'" >/dev/null 2>&1 &
+fi
 url="http://127.0.0.1:$PORT"
 for _ in $(seq 1 150); do
   if curl -fsS -o /dev/null "$url/bigquery/v2/projects/test-project/datasets" 2>/dev/null; then
