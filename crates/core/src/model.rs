@@ -325,8 +325,27 @@ impl Contact {
                 *t = micros(*t);
             }
         }
-        self.contact_id = self.contact_id.trim().to_string();
-        self.canonical_name = self.canonical_name.trim().to_string();
+        // Allocates only for values that actually change: this runs on
+        // every record of every read, and nearly all are already normal.
+        fn trim(s: &mut String) {
+            let t = s.trim();
+            if t.len() != s.len() {
+                *s = t.to_string();
+            }
+        }
+        fn lower(s: &mut String) {
+            if s.is_ascii() {
+                // Same result as `to_lowercase` for ASCII text.
+                s.make_ascii_lowercase();
+            } else {
+                let l = s.to_lowercase();
+                if l != *s {
+                    *s = l;
+                }
+            }
+        }
+        trim(&mut self.contact_id);
+        trim(&mut self.canonical_name);
         for v in [
             &mut self.display_name,
             &mut self.first_name,
@@ -372,11 +391,12 @@ impl Contact {
             }
         }
         for e in &mut self.emails {
-            e.address = e.address.trim().to_lowercase();
+            trim(&mut e.address);
+            lower(&mut e.address);
             text(&mut e.label);
         }
         for p in &mut self.phones {
-            p.number = p.number.trim().to_string();
+            trim(&mut p.number);
             text(&mut p.label);
         }
     }
@@ -436,5 +456,54 @@ impl Contact {
         })?;
         *self = updated;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_trims_and_lowercases_like_the_plain_rule() {
+        let mut c = Contact::new("  c1 ", " Ada ");
+        c.emails = vec![
+            Email {
+                address: " Ada@Example.COM ".into(),
+                label: Some("  ".into()),
+                is_primary: true,
+            },
+            Email {
+                address: "ÅSA@Exämple.SE".into(),
+                label: Some(" work ".into()),
+                is_primary: false,
+            },
+            Email {
+                address: "already@lower.case".into(),
+                label: None,
+                is_primary: false,
+            },
+        ];
+        c.phones = vec![Phone {
+            number: " +4930123456 ".into(),
+            label: None,
+            is_primary: true,
+        }];
+        let expected: Vec<String> = c
+            .emails
+            .iter()
+            .map(|e| e.address.trim().to_lowercase())
+            .collect();
+        c.normalize();
+        assert_eq!(c.contact_id, "c1");
+        assert_eq!(c.canonical_name, "Ada");
+        let got: Vec<&str> = c.emails.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(got, expected);
+        assert_eq!(c.emails[1].address, "åsa@exämple.se");
+        assert_eq!(c.emails[0].label, None);
+        assert_eq!(c.emails[1].label.as_deref(), Some("work"));
+        assert_eq!(c.phones[0].number, "+4930123456");
+        let once = c.clone();
+        c.normalize();
+        assert_eq!(c, once, "normalize is idempotent");
     }
 }

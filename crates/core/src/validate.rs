@@ -178,9 +178,10 @@ pub fn validate(c: &Contact) -> Result<(), Invalid> {
         ("custom_attributes", &c.custom_attributes),
     ] {
         if let Some(v) = v {
-            let size = serde_json::to_string(v)
-                .map(|s| s.len())
-                .unwrap_or(usize::MAX);
+            if json_size_bound(v, MAX_JSON_BYTES) <= MAX_JSON_BYTES {
+                continue;
+            }
+            let size = json_size(v);
             if size > MAX_JSON_BYTES {
                 return bad(
                     name,
@@ -233,6 +234,58 @@ pub fn is_e164(s: &str) -> bool {
     (8..=15).contains(&digits.len())
         && digits.bytes().all(|b| b.is_ascii_digit())
         && !digits.starts_with('0')
+}
+
+/// The exact length of `serde_json::to_string(v)`, without building the
+/// string.
+fn json_size(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    match serde_json::to_writer(&mut n, v) {
+        Ok(()) => n.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// An upper bound of [`json_size`], cheap to compute (no formatting): a
+/// string counts 6 bytes per byte (`\u00XX`, the longest escape), a number
+/// 32. Stops adding once past `limit` (the result is then just `> limit`).
+fn json_size_bound(v: &Value, limit: usize) -> usize {
+    match v {
+        Value::Null => 4,
+        Value::Bool(_) => 5,
+        Value::Number(_) => 32,
+        Value::String(s) => 2 + 6 * s.len(),
+        Value::Array(items) => {
+            let mut n = 2 + items.len();
+            for item in items {
+                n += json_size_bound(item, limit);
+                if n > limit {
+                    break;
+                }
+            }
+            n
+        }
+        Value::Object(m) => {
+            let mut n = 2 + 2 * m.len();
+            for (k, item) in m {
+                n += 2 + 6 * k.len() + json_size_bound(item, limit);
+                if n > limit {
+                    break;
+                }
+            }
+            n
+        }
+    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -419,6 +472,45 @@ mod tests {
         let mut c = ok();
         c.contact_id = " ".into();
         assert_eq!(err(&c).record, "<no id>");
+    }
+
+    #[test]
+    fn json_size_matches_serialization_and_bound_covers_it() {
+        let values = [
+            json!(null),
+            json!(true),
+            json!(-9_223_372_036_854_775_808i64),
+            json!(u64::MAX),
+            json!(-1.234_567_890_123_456_7e-300),
+            json!("plain"),
+            json!("\u{0}\u{1f}\"\\\n tab\t ünïcödé ✓"),
+            json!([]),
+            json!({}),
+            json!({"a": [1, 2.5, "x\u{7}"], "\u{1}key": {"n": null, "b": false}}),
+        ];
+        for v in &values {
+            let exact = serde_json::to_string(v).unwrap().len();
+            assert_eq!(json_size(v), exact, "{v}");
+            assert!(json_size_bound(v, usize::MAX) >= exact, "{v}");
+        }
+    }
+
+    #[test]
+    fn oversize_json_is_refused_at_the_exact_limit() {
+        // A JSON string of exactly MAX_JSON_BYTES bytes once serialized
+        // passes; one byte more does not.
+        let fits = "x".repeat(MAX_JSON_BYTES - 2 - r#"{"k":}"#.len());
+        let mut c = ok();
+        c.custom_attributes = Some(json!({ "k": fits }));
+        validate(&c).unwrap();
+        c.custom_attributes = Some(json!({ "k": format!("{fits}y") }));
+        let e = err(&c);
+        assert_eq!(e.field, "custom_attributes");
+        assert!(
+            e.reason
+                .contains(&format!("is {} bytes", MAX_JSON_BYTES + 1)),
+            "{e}"
+        );
     }
 
     #[test]
