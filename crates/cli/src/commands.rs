@@ -19,6 +19,7 @@ use crate::{stores, Cli, Command, ConflictAction, DeadLetterAction, Keep, Prompt
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(cli.config.as_deref())?;
+    let config_path = cli.config.clone();
     match cli.command {
         Command::Seed {
             contacts,
@@ -31,7 +32,48 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             once,
             interval,
             batch_size,
-        } => crate::daemon::run(&cfg, initial_sync, once, interval, batch_size).await,
+            safety_check,
+            http_listen,
+            no_http,
+        } => {
+            let o = crate::daemon::RunOptions {
+                initial_sync,
+                once,
+                interval,
+                batch_size,
+                safety_check,
+                http_listen,
+                no_http,
+                config_path,
+            };
+            crate::daemon::run(&cfg, o).await
+        }
+        Command::Check { json } => {
+            let report = safety_report(&cfg, config_path.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.render_human());
+            }
+            Ok(ExitCode::from(report.exit_code() as u8))
+        }
+        Command::Service { kind, user } => {
+            let exe = std::env::current_exe()?;
+            let config = match &config_path {
+                Some(p) => std::path::absolute(p)?,
+                None => anyhow::bail!(
+                    "service: pass --config with the configuration file the service should use"
+                ),
+            };
+            let text = match kind {
+                crate::ServiceKind::Systemd => {
+                    contact_sync_ops::systemd_unit(&exe, &config, &user)?
+                }
+                crate::ServiceKind::Launchd => contact_sync_ops::launchd_plist(&exe, &config)?,
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::InitialSync { batch_size } => {
             crate::daemon::initial_sync_only(&cfg, batch_size).await
         }
@@ -80,6 +122,36 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             prompt(&cfg, &contacts, base.as_deref(), source.as_deref(), &opts).await
         }
     }
+}
+
+/// Runs the safety checks over the configured stores.
+pub async fn safety_report(
+    cfg: &Config,
+    config_path: Option<&std::path::Path>,
+) -> anyhow::Result<contact_sync_ops::CheckReport> {
+    let mut canonical = stores::open_canonical(cfg).await?;
+    let (mut others, _) = stores::open_others(cfg).await?;
+    let state_path = cfg.state_path();
+    let mut all: Vec<&mut dyn contact_sync_connector::Store> = vec![canonical.as_mut()];
+    for s in others.iter_mut() {
+        all.push(s.as_mut());
+    }
+    let has_secrets = match config_path {
+        Some(p) => {
+            std::fs::read_to_string(p).is_ok_and(|t| t.contains("secret") || t.contains("api_key"))
+        }
+        None => false,
+    };
+    Ok(contact_sync_ops::run_checks(contact_sync_ops::CheckInputs {
+        config_path,
+        config_has_secrets: has_secrets,
+        state_path: &state_path,
+        stores: all,
+        extra: Vec::new(),
+        thresholds: contact_sync_ops::CheckThresholds::default(),
+        now: contact_sync_core::model::now(),
+    })
+    .await)
 }
 
 /// Opens a store by name (`canonical` or a configured store).

@@ -49,6 +49,21 @@ pub struct Config {
     /// Stores other than canonical, by name. `None` → the default `local`.
     #[serde(default)]
     pub stores: Option<BTreeMap<String, StoreConfig>>,
+    /// The daemon's HTTP server (`/health`, `/metrics`, `/webhooks/twenty`).
+    #[serde(default)]
+    pub server: contact_sync_ops::ServerConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`: where alerts go besides the log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// A URL that receives each alert as a JSON POST (a secret: it often
+    /// carries a token).
+    #[serde(default)]
+    pub webhook_url: Option<SecretRef>,
 }
 
 fn default_data_dir() -> PathBuf {

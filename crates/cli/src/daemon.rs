@@ -5,7 +5,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use contact_sync_engine::{Engine, EngineOptions, StoreVerification};
+use contact_sync_engine::{Engine, EngineOptions, StoreVerification, CANONICAL};
+use contact_sync_ops::{
+    AlertThresholds, Alerter, CycleOutcome, OpsHandle, StoreSample, WebhookNotifier,
+};
+use contact_sync_twenty::webhook::WebhookReceiver;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::Notify;
 
@@ -15,9 +19,17 @@ use crate::stores;
 
 /// Builds the engine over the configured stores (does not take the lock).
 pub async fn build_engine(cfg: &Config, batch_size: Option<usize>) -> anyhow::Result<Engine> {
+    Ok(build_engine_with_hooks(cfg, batch_size).await?.0)
+}
+
+/// The engine, and the webhook receivers of the stores that take webhooks.
+pub async fn build_engine_with_hooks(
+    cfg: &Config,
+    batch_size: Option<usize>,
+) -> anyhow::Result<(Engine, Vec<(String, WebhookReceiver)>)> {
     let state = open_state(cfg)?;
     let canonical = stores::open_canonical(cfg).await?;
-    let others = stores::open_others(cfg).await?;
+    let (others, hooks) = stores::open_others(cfg).await?;
     let batch = batch_size.unwrap_or(cfg.sync.batch_size);
     if batch == 0 {
         return Err(crate::config::ConfigError("--batch-size must be at least 1".into()).into());
@@ -26,7 +38,7 @@ pub async fn build_engine(cfg: &Config, batch_size: Option<usize>) -> anyhow::Re
         batch_size: batch,
         ..EngineOptions::default()
     };
-    Ok(Engine::new(state, canonical, others, opts)?)
+    Ok((Engine::new(state, canonical, others, opts)?, hooks))
 }
 
 /// Stops the engine after the batch in flight on SIGINT or SIGTERM.
@@ -160,24 +172,88 @@ fn backfill_wanted(engine: &Engine) -> anyhow::Result<bool> {
     Ok(false)
 }
 
+/// Options of `run`.
+pub struct RunOptions {
+    pub initial_sync: bool,
+    pub once: bool,
+    pub interval: Option<u64>,
+    pub batch_size: Option<usize>,
+    pub safety_check: bool,
+    /// Overrides `[server] listen`; `None` keeps the configuration.
+    pub http_listen: Option<std::net::SocketAddr>,
+    pub no_http: bool,
+    pub config_path: Option<std::path::PathBuf>,
+}
+
+/// Numbers for `/metrics` after a cycle: synced records per store.
+fn samples(engine: &Engine) -> anyhow::Result<Vec<StoreSample>> {
+    let mut out = vec![StoreSample::new(CANONICAL, None)];
+    for name in engine.store_names() {
+        let n = engine.state().store_record_count(&name)?;
+        out.push(StoreSample::new(name, Some(n)));
+    }
+    Ok(out)
+}
+
 /// `run`: the daemon.
-pub async fn run(
-    cfg: &Config,
-    initial_sync: bool,
-    once: bool,
-    interval: Option<u64>,
-    batch_size: Option<usize>,
-) -> anyhow::Result<ExitCode> {
-    let interval = Duration::from_secs(interval.unwrap_or(cfg.sync.interval_secs).max(1));
-    let mut engine = build_engine(cfg, batch_size).await?;
+pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
+    let interval = Duration::from_secs(o.interval.unwrap_or(cfg.sync.interval_secs).max(1));
+    if o.safety_check {
+        let report = crate::commands::safety_report(cfg, o.config_path.as_deref()).await?;
+        if report.verdict() == contact_sync_ops::Verdict::Unsafe {
+            eprint!("{}", report.render_human());
+            anyhow::bail!("refusing to start: the safety check says UNSAFE");
+        }
+    }
+    let (mut engine, hooks) = build_engine_with_hooks(cfg, o.batch_size).await?;
     let _lock = engine.state().lock()?;
     let wake = Arc::new(Notify::new());
     install_signal_handlers(&engine, wake.clone());
     let stop = engine.shutdown_flag();
     tracing::info!(stores = ?engine.store_names(), interval_secs = interval.as_secs(), "contact-sync started");
 
-    if initial_sync || backfill_wanted(&engine)? {
-        if !initial_sync {
+    // Webhooks wake the loop at once.
+    let mut extra = axum::Router::new();
+    for (i, (name, rx)) in hooks.iter().enumerate() {
+        if i == 0 {
+            extra = extra.merge(contact_sync_twenty::webhook::router(rx.clone()));
+        } else {
+            tracing::warn!(store = %name, "only the first Twenty store receives webhooks; this one is polled");
+        }
+        let (notify, wake) = (rx.notify(), wake.clone());
+        tokio::spawn(async move {
+            loop {
+                notify.notified().await;
+                wake.notify_one();
+            }
+        });
+    }
+    let ops = OpsHandle::default();
+    let notifier = match &cfg.alerts.webhook_url {
+        Some(url) => Some(
+            WebhookNotifier::new(
+                url.resolve("alerts.webhook_url")?.expose(),
+                Duration::from_secs(10),
+            )
+            .map_err(|e| anyhow::anyhow!("alerts.webhook_url: {e}"))?,
+        ),
+        None => None,
+    };
+    let mut alerter = Alerter::new(AlertThresholds::default(), notifier);
+    let _server = if o.once || o.no_http {
+        None
+    } else {
+        let mut sc = cfg.server.clone();
+        if let Some(addr) = o.http_listen {
+            sc.listen = addr;
+        }
+        let h = contact_sync_ops::serve(&sc, ops.clone(), extra).await?;
+        tracing::info!(addr = %h.local_addr(), "HTTP server: /health /metrics{}", if hooks.is_empty() { "" } else { " /webhooks/twenty" });
+        Some(h)
+    };
+
+    if o.initial_sync || backfill_wanted(&engine)? {
+        if !o.initial_sync {
             tracing::info!("a store has not been backfilled yet: running the initial sync");
         }
         do_initial_sync(&mut engine).await?;
@@ -191,7 +267,16 @@ pub async fn run(
             do_initial_sync(&mut engine).await?;
         }
         let started = Instant::now();
-        match engine.cycle().await {
+        let result = engine.cycle().await;
+        let outcome =
+            CycleOutcome::from_result(&result, started.elapsed(), contact_sync_core::model::now());
+        match ops.after_cycle(engine.state(), &samples(&engine)?, outcome) {
+            Ok(snap) => {
+                alerter.process(&snap).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot update metrics"),
+        }
+        match result {
             Ok(report) => {
                 failures = 0;
                 let errors = report.errors();
@@ -211,7 +296,7 @@ pub async fn run(
                         "cycle done, nothing to do"
                     );
                 }
-                if once {
+                if o.once {
                     print_cycle(&report);
                     return Ok(if errors.is_empty() {
                         ExitCode::SUCCESS
@@ -223,7 +308,7 @@ pub async fn run(
             Err(e) => {
                 failures += 1;
                 tracing::error!(error = %e, alert = "sync_failure", "cycle failed");
-                if once {
+                if o.once {
                     return Err(e.into());
                 }
             }

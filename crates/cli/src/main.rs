@@ -67,6 +67,28 @@ pub enum Command {
         /// Changes per batch (default from config, else 100).
         #[arg(long)]
         batch_size: Option<usize>,
+        /// Run the safety check first and refuse to start when it says UNSAFE.
+        #[arg(long)]
+        safety_check: bool,
+        /// Address of the HTTP server (overrides `[server] listen`).
+        #[arg(long)]
+        http_listen: Option<std::net::SocketAddr>,
+        /// No HTTP server (no /health, /metrics or webhooks).
+        #[arg(long)]
+        no_http: bool,
+    },
+    /// The safety checks: SAFE / SAFE_WITH_WARNINGS (exit 0) or UNSAFE (exit 1).
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a service definition for this installation.
+    Service {
+        #[arg(value_enum)]
+        kind: ServiceKind,
+        /// User the service runs as (systemd).
+        #[arg(long, default_value = "contact-sync")]
+        user: String,
     },
     /// Backfill canonical → all stores with a progress bar, verify, print a summary.
     InitialSync {
@@ -122,6 +144,12 @@ pub enum Command {
         #[arg(long)]
         allow_excluded: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ServiceKind {
+    Systemd,
+    Launchd,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -4,6 +4,7 @@ use anyhow::Context;
 use contact_sync_connector::Store;
 use contact_sync_sqlite::SqliteStore;
 
+use contact_sync_twenty::webhook::WebhookReceiver;
 use contact_sync_twenty::{Secret, TwentyConfig, TwentyStore};
 
 use crate::config::{Config, ConfigError, StoreConfig, TwentyStoreConfig};
@@ -79,11 +80,24 @@ pub async fn open_canonical(cfg: &Config) -> anyhow::Result<Box<dyn Store>> {
     open_store(cfg, contact_sync_engine::CANONICAL, cfg.canonical()).await
 }
 
-/// Every other store, in name order.
-pub async fn open_others(cfg: &Config) -> anyhow::Result<Vec<Box<dyn Store>>> {
+/// Every other store, in name order, with the webhook receivers of those
+/// that take webhooks (store name, receiver).
+pub async fn open_others(
+    cfg: &Config,
+) -> anyhow::Result<(Vec<Box<dyn Store>>, Vec<(String, WebhookReceiver)>)> {
     let mut out = Vec::new();
+    let mut hooks = Vec::new();
     for (name, sc) in cfg.stores() {
-        out.push(open_store(cfg, name, sc).await?);
+        match sc {
+            StoreConfig::Twenty(t) => {
+                let store = twenty_store(name, t)?;
+                if let Some(rx) = store.webhook_receiver() {
+                    hooks.push((name.clone(), rx));
+                }
+                out.push(Box::new(store) as Box<dyn Store>);
+            }
+            _ => out.push(open_store(cfg, name, sc).await?),
+        }
     }
-    Ok(out)
+    Ok((out, hooks))
 }

@@ -173,6 +173,29 @@ fn equal_versions_and_times_on_both_sides_make_one_open_conflict() {
     );
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.1 GET on loopback; the whole response as text.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -240,9 +263,11 @@ fn a_second_daemon_refuses_and_sigterm_stops_the_first_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(d, &["seed", "--contacts", "10"]);
-    let mut first = cmd(d, &["run", "--interval", "1"])
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut first = cmd(d, &["run", "--interval", "1", "--http-listen", &listen])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_for(
@@ -250,6 +275,15 @@ fn a_second_daemon_refuses_and_sigterm_stops_the_first_cleanly() {
         Duration::from_secs(60),
         || json(d, &["status", "--json"])["running"] == true,
     );
+    // Health and metrics on loopback.
+    wait_for("/health", Duration::from_secs(30), || {
+        http_get(port, "/health").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    });
+    wait_for("a cycle in /metrics", Duration::from_secs(30), || {
+        http_get(port, "/metrics").is_some_and(|r| r.contains("contact_sync_cycles_total 1"))
+    });
+    let metrics = http_get(port, "/metrics").unwrap();
+    assert!(metrics.contains("store=\"local\""), "{metrics}");
     let second = run(d, &["run", "--once"]);
     assert_eq!(second.status.code(), Some(1));
     let err = String::from_utf8_lossy(&second.stderr);
@@ -354,4 +388,55 @@ fn prompt_context_is_the_same_from_any_store_and_refuses_unknown_and_excluded() 
     );
     let v: Value = serde_json::from_str(allowed.trim()).expect("json prompt");
     assert!(v.to_string().contains(&excluded), "{v}");
+}
+
+#[test]
+fn check_says_safe_on_a_healthy_setup_and_unsafe_when_a_store_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "20"]);
+    ok(d, &["run", "--initial-sync", "--once"]);
+    let out = run(d, &["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("SAFE"), "{text}");
+    let j = json(d, &["check", "--json"]);
+    assert!(j.to_string().contains("verdict"), "{j}");
+
+    // A Twenty store on a port where nothing listens.
+    let port = free_port();
+    std::fs::write(
+        d.join("c.toml"),
+        format!("[stores.local]\nkind = \"sqlite\"\n\n[stores.crm]\nkind = \"twenty\"\nbase_url = \"http://127.0.0.1:{port}\"\napi_key = {{ env = \"CHECK_TEST_KEY\" }}\n"),
+    )
+    .unwrap();
+    let out = cmd(d, &["--config", "c.toml", "check"])
+        .env("CHECK_TEST_KEY", "k-123-secret")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("UNSAFE") && text.contains("crm"), "{text}");
+    assert!(
+        !text.contains("k-123-secret")
+            && !String::from_utf8_lossy(&out.stderr).contains("k-123-secret")
+    );
+
+    // run --safety-check refuses to start.
+    let out = cmd(
+        d,
+        &["--config", "c.toml", "run", "--once", "--safety-check"],
+    )
+    .env("CHECK_TEST_KEY", "k")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UNSAFE"));
+
+    // A service unit for this installation.
+    let unit = ok(d, &["--config", "c.toml", "service", "systemd"]);
+    assert!(
+        unit.contains("ExecStart=") && unit.contains("c.toml") && unit.contains("Restart="),
+        "{unit}"
+    );
 }
