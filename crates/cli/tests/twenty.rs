@@ -147,3 +147,146 @@ async fn contacts_reach_twenty_and_edits_in_twenty_come_back() {
     assert_eq!(local, "Head of Twenty Edits");
     fake.stop().await;
 }
+
+/// With the daemon running, an edit in Twenty arrives by signed webhook and
+/// reaches the local store without waiting for the polling interval; a
+/// forged webhook is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_from_twenty_reaches_the_local_store_at_once() {
+    let fake = FakeTwenty::start(FakeConfig::default())
+        .await
+        .expect("fake twenty");
+    let key = fake.api_key().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!(
+            "[stores.local]\nkind = \"sqlite\"\n\n[stores.twenty]\nkind = \"twenty\"\nbase_url = \"{}\"\napi_key = {{ env = \"TEST_TWENTY_KEY\" }}\nwebhook_secret = {{ env = \"TEST_TWENTY_HOOK\" }}\nwebhook_url = \"http://127.0.0.1:{port}/webhooks/twenty\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n",
+            fake.base_url()
+        ),
+    )
+    .unwrap();
+    let run_blocking = |args: Vec<String>| {
+        let (d, k) = (d.clone(), key.clone());
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_contact-sync"))
+                .current_dir(&d)
+                .args(["--config", "contact-sync.toml"])
+                .args(&args)
+                .env("TEST_TWENTY_KEY", &k)
+                .env("TEST_TWENTY_HOOK", "hook-secret-for-tests")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    run_blocking(vec!["migrate".into()]).await.unwrap();
+    run_blocking(vec!["seed".into(), "--contacts".into(), "30".into()])
+        .await
+        .unwrap();
+    run_blocking(vec!["run".into(), "--initial-sync".into(), "--once".into()])
+        .await
+        .unwrap();
+
+    // The daemon, polling only every 10 minutes: only a webhook can be fast.
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_contact-sync"))
+        .current_dir(&d)
+        .args(["--config", "contact-sync.toml", "run", "--interval", "600"])
+        .env("TEST_TWENTY_KEY", &key)
+        .env("TEST_TWENTY_HOOK", "hook-secret-for-tests")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..200 {
+        if client
+            .get(&health)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "daemon HTTP server did not come up");
+    // Let the first cycle finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A forged webhook is refused.
+    let forged = client
+        .post(format!("http://127.0.0.1:{port}/webhooks/twenty"))
+        .header("X-Twenty-Webhook-Timestamp", "1795413005786")
+        .header("X-Twenty-Webhook-Nonce", "n1")
+        .header("X-Twenty-Webhook-Signature", "00".repeat(32))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(forged.status().is_client_error(), "{}", forged.status());
+
+    let person = fake
+        .people()
+        .into_iter()
+        .find(|p| p["contactId"].is_string() && p["deletedAt"].is_null())
+        .expect("a synced person");
+    let contact_id = person["contactId"].as_str().unwrap().to_string();
+    let resp = client
+        .patch(format!(
+            "{}/rest/people/{}",
+            fake.base_url(),
+            person["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"jobTitle": "Changed by webhook"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let local = d.join("contact-sync-data/local.db");
+    let mut arrived = false;
+    for _ in 0..200 {
+        let title: Option<String> = rusqlite::Connection::open(&local)
+            .and_then(|c| {
+                c.busy_timeout(Duration::from_secs(2))?;
+                c.query_row(
+                    "SELECT job_title FROM contacts WHERE contact_id = ?1",
+                    [&contact_id],
+                    |r| r.get(0),
+                )
+            })
+            .ok()
+            .flatten();
+        if title.as_deref() == Some("Changed by webhook") {
+            arrived = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let status = daemon.wait().unwrap();
+    assert!(
+        arrived,
+        "the edit did not reach the local store within 10 s"
+    );
+    assert_eq!(status.code(), Some(0));
+    assert!(fake.counters().webhooks_delivered > 0);
+    fake.stop().await;
+}
