@@ -1,0 +1,55 @@
+//! The Postgres / Supabase store of contact-sync.
+//!
+//! ```text
+//! let mut store = PgStore::connect(PgConfig::new("supabase", url)).await?;
+//! store.migrate().await?;                 // table, indexes, triggers, CDC objects
+//! let wake = store.change_notifier().await?;
+//! loop {
+//!     let batch = store.read_changes(checkpoint.as_ref(), 100).await?;
+//!     // … apply, persist batch.checkpoint durably …
+//!     store.acknowledge(&batch.checkpoint).await?;
+//!     if !batch.has_more { wake.wait().await }   // or the poll interval
+//! }
+//! ```
+//!
+//! - **Table** (`migrate`): `id uuid` primary key, `contact_id text unique
+//!   not null`, the 33 fields with JSONB for JSON and arrays, TIMESTAMPTZ
+//!   for timestamps, `version bigint not null default 1`, `updated_at`
+//!   maintained by a trigger; column names configurable
+//!   ([`PgConfig::columns`]). Existing tables get missing columns added;
+//!   JSON kept in TEXT columns is read too (broken JSON becomes
+//!   [`ChangeKind::Undecodable`](contact_sync_connector::ChangeKind) naming
+//!   the row id and field).
+//! - **Change capture** ([`CdcMode`]): a logical replication slot with the
+//!   built-in `pgoutput` plugin and a publication, peeked with plain SQL
+//!   (`pg_logical_slot_peek_binary_changes`), acknowledged with
+//!   `pg_replication_slot_advance`; or a trigger + outbox table.
+//!   Checkpoints: slot mode `X/Y` (end LSN of the last commit delivered) or
+//!   `X/Y:n` (n changes of that transaction delivered); outbox mode the last
+//!   outbox `seq`.
+//! - **Own writes** come back through the slot/outbox like any other change
+//!   (no origin marking: replication origins need superuser, which Supabase
+//!   does not grant); the engine's echo filter drops them by content hash.
+//! - **Wake-ups**: a statement-level trigger NOTIFYs
+//!   [`PgConfig::notify_channel`]; [`ChangeNotifier`] LISTENs.
+//! - **Writes**: binary COPY into a temp staging table, then one
+//!   `INSERT … ON CONFLICT (contact_id) DO UPDATE … WHERE stored version <=
+//!   new version`, per batch, in one transaction.
+//! - **Safety**: [`PgStore::slot_health`] (retained WAL, wal_level),
+//!   [`PgStore::cdc_reset`].
+//!
+//! With the `test-harness` feature, [`harness`] starts private PostgreSQL
+//! clusters for tests.
+
+mod codec;
+mod config;
+mod notify;
+pub mod pgoutput;
+mod store;
+
+#[cfg(feature = "test-harness")]
+pub mod harness;
+
+pub use config::{redact_url, CdcMode, PgConfig};
+pub use notify::ChangeNotifier;
+pub use store::{PgStore, SlotHealth};

@@ -1,0 +1,1627 @@
+//! [`PgStore`]: the Postgres store (connection, schema, writes, reads,
+//! change capture).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use async_trait::async_trait;
+use contact_sync_connector::{
+    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreError, StoreInfo,
+    WriteOutcome,
+};
+use contact_sync_core::model::ALL_FIELDS;
+use contact_sync_core::Contact;
+use tokio::task::JoinHandle;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls};
+
+use crate::codec::{self, RowText};
+use crate::config::{CdcMode, PgConfig};
+use crate::pgoutput::{self, Datum, Lsn, Message};
+
+/// Quotes an identifier for SQL.
+pub(crate) fn qi(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for DDL (where parameters cannot be used).
+pub(crate) fn ql(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Maps a driver error to a [`StoreError`] naming what was being done.
+/// Connection loss, serialization failures, lack of resources and shutdowns
+/// are transient; everything else (missing objects, permissions, bad data)
+/// is permanent. Error details (which may hold row values) are left out.
+pub(crate) fn pg_err(store: &str, what: &str, e: &tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            let msg = format!("{what}: {} (SQLSTATE {code})", db.message());
+            if ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|c| code.starts_with(c))
+                || code == "55P03"
+                || code == "55006"
+            {
+                StoreError::transient(store, msg)
+            } else {
+                StoreError::permanent(store, msg)
+            }
+        }
+        None => StoreError::transient(store, format!("{what}: {e}")),
+    }
+}
+
+fn sqlstate_class(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code()[..2].to_string())
+}
+
+/// Opens one connection with the session settings every query relies on
+/// (UTC timestamps in ISO format).
+///
+/// TLS: this is the one place that picks the transport; to add TLS, parse a
+/// TLS option from the config and pass a `MakeTlsConnect` instead of `NoTls`.
+pub(crate) async fn open(cfg: &PgConfig) -> Result<(Client, JoinHandle<()>), StoreError> {
+    let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|_| {
+        StoreError::permanent(
+            &cfg.name,
+            "the connection string is not valid (expected postgres://user:password@host:port/db or key=value pairs)",
+        )
+    })?;
+    pg.application_name("contact-sync");
+    let (client, connection) = pg
+        .connect(NoTls)
+        .await
+        .map_err(|e| pg_err(&cfg.name, "connecting to Postgres", &e))?;
+    let name = cfg.name.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(store = %name, error = %e, "Postgres connection closed");
+        }
+    });
+    client
+        .batch_execute(
+            "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3",
+        )
+        .await
+        .map_err(|e| pg_err(&cfg.name, "setting up the session", &e))?;
+    Ok((client, task))
+}
+
+/// Column names and types of the contacts table, read from the catalog.
+#[derive(Debug, Clone)]
+struct TableInfo {
+    /// Column → `format_type` of it.
+    types: HashMap<String, String>,
+    /// Column → canonical field (or `id`).
+    field_of: HashMap<String, &'static str>,
+    insert_sql: String,
+    select_list: String,
+}
+
+/// Replication slot health, for `status`, `check` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotHealth {
+    pub mode: CdcMode,
+    /// The server's `wal_level` (`logical` is needed in slot mode).
+    pub wal_level: String,
+    /// The slot exists (slot mode).
+    pub exists: bool,
+    /// A session is reading the slot right now.
+    pub active: bool,
+    /// WAL the server keeps for the slot: `pg_current_wal_lsn() - restart_lsn`.
+    pub retained_wal_bytes: Option<i64>,
+    /// Everything before this position has been acknowledged.
+    pub confirmed_flush_lsn: Option<String>,
+    /// Rows waiting in the outbox (outbox mode).
+    pub outbox_pending: Option<i64>,
+}
+
+/// A position in the slot's stream: the end LSN of a transaction's commit
+/// record, and how many of its changes were delivered when a batch ended
+/// inside it (`None` = the whole transaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SlotPos {
+    lsn: Lsn,
+    partial: Option<usize>,
+}
+
+impl SlotPos {
+    fn parse(store: &str, c: Option<&Checkpoint>) -> Result<SlotPos, StoreError> {
+        let Some(c) = c else {
+            return Ok(SlotPos {
+                lsn: Lsn(0),
+                partial: None,
+            });
+        };
+        let bad = || {
+            StoreError::permanent(
+                store,
+                format!("checkpoint {c} is not a slot position (LSN X/Y or X/Y:n)"),
+            )
+        };
+        let (lsn, partial) = match c.as_str().split_once(':') {
+            Some((l, n)) => (l, Some(n.parse::<usize>().map_err(|_| bad())?)),
+            None => (c.as_str(), None),
+        };
+        Ok(SlotPos {
+            lsn: Lsn::parse(lsn).ok_or_else(bad)?,
+            partial,
+        })
+    }
+    fn checkpoint(&self) -> Checkpoint {
+        match self.partial {
+            Some(n) => Checkpoint::new(format!("{}:{n}", self.lsn)),
+            None => Checkpoint::new(self.lsn.to_string()),
+        }
+    }
+}
+
+/// One row change decoded from the slot, before it is turned into a contact.
+struct RawChange {
+    op: RawOp,
+    row: RowText,
+    /// Fields the update did not carry (unchanged TOAST without an old image).
+    missing: Vec<&'static str>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RawOp {
+    Upsert,
+    Delete,
+}
+
+struct Txn {
+    end_lsn: Lsn,
+    changes: Vec<RawChange>,
+}
+
+/// The Postgres store: a [`ChangeSource`] (replication slot or outbox), a
+/// [`RecordSink`] (batched, version-guarded upserts) and [`StoreInfo`].
+///
+/// Holds one connection, reopened on the next call after it breaks. Our own
+/// writes come back through the change stream like anyone else's; the
+/// engine's echo filter drops them by content hash.
+pub struct PgStore {
+    cfg: PgConfig,
+    client: Option<Client>,
+    conn_task: Option<JoinHandle<()>>,
+    table: Option<TableInfo>,
+    staging_ready: bool,
+    wal_checked: bool,
+    /// Relation oid → column names, from pgoutput Relation messages.
+    relations: HashMap<u32, Vec<String>>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(t) = self.conn_task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+const STAGING: &str = "pg_temp.contact_sync_staging";
+
+impl PgStore {
+    /// Checks the config and opens a connection. Does not touch the schema:
+    /// call [`migrate`](Self::migrate) to create the table and CDC objects.
+    pub async fn connect(cfg: PgConfig) -> Result<PgStore, StoreError> {
+        cfg.check()
+            .map_err(|m| StoreError::permanent(&cfg.name, format!("bad config: {m}")))?;
+        let (client, task) = open(&cfg).await?;
+        Ok(PgStore {
+            cfg,
+            client: Some(client),
+            conn_task: Some(task),
+            table: None,
+            staging_ready: false,
+            wal_checked: false,
+            relations: HashMap::new(),
+        })
+    }
+
+    /// The store's configuration.
+    pub fn config(&self) -> &PgConfig {
+        &self.cfg
+    }
+
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn qtable(&self) -> String {
+        format!("{}.{}", qi(&self.cfg.schema), qi(&self.cfg.table))
+    }
+
+    fn qoutbox(&self) -> String {
+        format!("{}.{}", qi(&self.cfg.schema), qi(&self.cfg.outbox_table))
+    }
+
+    fn table_key(&self) -> String {
+        format!("{}.{}", self.cfg.schema, self.cfg.table)
+    }
+
+    fn col(&self, field: &str) -> String {
+        qi(self.cfg.column(field))
+    }
+
+    /// The live connection, reopened when it was lost.
+    async fn client(&mut self) -> Result<&mut Client, StoreError> {
+        let closed = self.client.as_ref().map(Client::is_closed).unwrap_or(true);
+        if closed {
+            if let Some(t) = self.conn_task.take() {
+                t.abort();
+            }
+            self.client = None;
+            let (client, task) = open(&self.cfg).await?;
+            self.client = Some(client);
+            self.conn_task = Some(task);
+            self.staging_ready = false;
+            self.wal_checked = false;
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| StoreError::transient(&self.cfg.name, "no connection"))
+    }
+
+    /// The server's `wal_level`.
+    pub async fn wal_level(&mut self) -> Result<String, StoreError> {
+        let name = self.cfg.name.clone();
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT current_setting('wal_level')", &[])
+            .await
+            .map_err(|e| pg_err(&name, "reading wal_level", &e))?;
+        Ok(row.get(0))
+    }
+
+    fn wal_level_error(&self, level: &str) -> StoreError {
+        StoreError::permanent(
+            self.name(),
+            format!(
+                "wal_level is `{level}`, but change capture through a logical replication slot needs \
+                 wal_level = logical: set `wal_level = logical` in postgresql.conf (or ALTER SYSTEM SET \
+                 wal_level = logical) and restart Postgres, or configure cdc = outbox"
+            ),
+        )
+    }
+
+    async fn check_wal_level(&mut self) -> Result<(), StoreError> {
+        if self.wal_checked {
+            return Ok(());
+        }
+        let level = self.wal_level().await?;
+        if level != "logical" {
+            return Err(self.wal_level_error(&level));
+        }
+        self.wal_checked = true;
+        Ok(())
+    }
+
+    /// Creates (or completes) the contacts table, its indexes, the
+    /// `updated_at` trigger, the NOTIFY trigger and the CDC objects of the
+    /// configured mode: `REPLICA IDENTITY FULL` + publication + logical slot
+    /// (slot mode), or outbox table + row trigger (outbox mode).
+    /// Idempotent; columns missing from an existing table are added.
+    pub async fn migrate(&mut self) -> Result<(), StoreError> {
+        let name = self.cfg.name.clone();
+        if self.cfg.cdc == CdcMode::Slot {
+            self.check_wal_level().await?;
+        }
+        let t = self.qtable();
+        let s = qi(&self.cfg.schema);
+        let tname = self.cfg.table.clone();
+        let tname = tname.as_str();
+        let (schema_name, table_name) = (self.cfg.schema.clone(), self.cfg.table.clone());
+        let id = self.col("id");
+        let cid = self.col("contact_id");
+        let upd = self.col("updated_at");
+        let mut ddl = format!("CREATE SCHEMA IF NOT EXISTS {s};\n");
+        let mut cols = vec![format!("{id} uuid PRIMARY KEY DEFAULT gen_random_uuid()")];
+        for f in ALL_FIELDS {
+            let c = self.col(f);
+            cols.push(match *f {
+                "contact_id" => format!("{c} text NOT NULL UNIQUE"),
+                "version" => format!("{c} bigint NOT NULL DEFAULT 1"),
+                _ => format!("{c} {}", codec::sql_type(f)),
+            });
+        }
+        cols.push(format!("{upd} timestamptz NOT NULL DEFAULT now()"));
+        ddl.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {t} (\n  {}\n);\n",
+            cols.join(",\n  ")
+        ));
+        ddl.push_str(&format!(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {id} uuid NOT NULL DEFAULT gen_random_uuid();\n"
+        ));
+        for f in ALL_FIELDS {
+            let extra = match *f {
+                "version" => " NOT NULL DEFAULT 1",
+                _ => "",
+            };
+            ddl.push_str(&format!(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {} {}{extra};\n",
+                self.col(f),
+                codec::sql_type(f)
+            ));
+        }
+        ddl.push_str(&format!(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {upd} timestamptz NOT NULL DEFAULT now();\n"
+        ));
+        let idx = |suffix: &str| qi(&format!("{tname}_{suffix}"));
+        ddl.push_str(&format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {t} ({cid} COLLATE \"C\");\n",
+            idx("contact_id_c")
+        ));
+        // updated_at maintained by trigger.
+        let touch_fn = format!("{s}.{}", idx("touch_updated_at"));
+        ddl.push_str(&format!(
+            "CREATE OR REPLACE FUNCTION {touch_fn}() RETURNS trigger LANGUAGE plpgsql AS $f$\n\
+             BEGIN NEW.{upd} := now(); RETURN NEW; END\n$f$;\n\
+             DROP TRIGGER IF EXISTS {trg} ON {t};\n\
+             CREATE TRIGGER {trg} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {touch_fn}();\n",
+            trg = idx("touch_updated_at"),
+        ));
+        // NOTIFY trigger: wakes the poller, carries no data.
+        let notify_fn = format!("{s}.{}", idx("contact_sync_notify"));
+        ddl.push_str(&format!(
+            "CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $f$\n\
+             BEGIN PERFORM pg_notify({chan}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME); RETURN NULL; END\n$f$;\n\
+             DROP TRIGGER IF EXISTS {trg} ON {t};\n\
+             CREATE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {notify_fn}();\n",
+            chan = ql(&self.cfg.notify_channel),
+            trg = idx("contact_sync_notify"),
+        ));
+        match self.cfg.cdc {
+            CdcMode::Slot => {
+                ddl.push_str(&format!("ALTER TABLE {t} REPLICA IDENTITY FULL;\n"));
+            }
+            CdcMode::Outbox => {
+                let o = self.qoutbox();
+                let ofn = format!("{s}.{}", idx("contact_sync_outbox"));
+                let lock_key = outbox_lock_key(&self.cfg.schema, &self.cfg.outbox_table);
+                ddl.push_str(&format!(
+                    "CREATE TABLE IF NOT EXISTS {o} (\n  seq bigserial PRIMARY KEY,\n  tbl text NOT NULL,\n  op text NOT NULL,\n  \
+                     old_row jsonb,\n  new_row jsonb,\n  txid bigint NOT NULL DEFAULT txid_current(),\n  at timestamptz NOT NULL DEFAULT now()\n);\n\
+                     CREATE INDEX IF NOT EXISTS {oi} ON {o} (tbl, seq);\n\
+                     CREATE OR REPLACE FUNCTION {ofn}() RETURNS trigger LANGUAGE plpgsql AS $f$\n\
+                     BEGIN\n  -- Writers serialize here until commit, so seq order is commit order.\n  \
+                     PERFORM pg_advisory_xact_lock({lock_key});\n  \
+                     INSERT INTO {o} (tbl, op, old_row, new_row) VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP,\n    \
+                     CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);\n  \
+                     RETURN NULL;\nEND\n$f$;\n\
+                     DROP TRIGGER IF EXISTS {trg} ON {t};\n\
+                     CREATE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {ofn}();\n",
+                    oi = qi(&format!("{}_tbl_seq", self.cfg.outbox_table)),
+                    trg = idx("contact_sync_outbox"),
+                ));
+            }
+        }
+        let tkey = self.table_key();
+        let cid_col = self.cfg.column("contact_id").to_string();
+        let emails_col = self.cfg.column("emails").to_string();
+        let phones_col = self.cfg.column("phones").to_string();
+        let slot_mode = self.cfg.cdc == CdcMode::Slot;
+        let publication = self.cfg.publication.clone();
+        let client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| pg_err(&name, "migrate: starting a transaction", &e))?;
+        tx.batch_execute(&ddl)
+            .await
+            .map_err(|e| pg_err(&name, &format!("migrate: creating {tkey}"), &e))?;
+        // contact_id must carry a unique index (existing tables may lack it).
+        let has_unique: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
+                 AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass($1) AND i.indisunique \
+                 AND i.indnkeyatts = 1 AND a.attname = $2 AND i.indpred IS NULL)",
+                &[&t, &cid_col],
+            )
+            .await
+            .map_err(|e| pg_err(&name, "migrate: checking the contact_id index", &e))?
+            .get(0);
+        if !has_unique {
+            tx.batch_execute(&format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {t} ({})",
+                qi(&format!("{tname}_contact_id_uniq")),
+                qi(&cid_col)
+            ))
+            .await
+            .map_err(|e| {
+                pg_err(
+                    &name,
+                    "migrate: creating the unique index on contact_id",
+                    &e,
+                )
+            })?;
+        }
+        // Identity lookups: GIN indexes when emails/phones are jsonb.
+        let types: HashMap<String, String> = tx
+            .query(
+                "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+                 WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+                &[&t],
+            )
+            .await
+            .map_err(|e| pg_err(&name, "migrate: reading the table's columns", &e))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        for c in [&emails_col, &phones_col] {
+            if types.get(c).map(String::as_str) == Some("jsonb") {
+                tx.batch_execute(&format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON {t} USING gin ({} jsonb_path_ops)",
+                    qi(&format!("{tname}_{c}_gin")),
+                    qi(c)
+                ))
+                .await
+                .map_err(|e| pg_err(&name, "migrate: creating identity indexes", &e))?;
+            }
+        }
+        if slot_mode {
+            let exists: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+                    &[&publication],
+                )
+                .await
+                .map_err(|e| pg_err(&name, "migrate: reading publications", &e))?
+                .get(0);
+            if !exists {
+                tx.batch_execute(&format!(
+                    "CREATE PUBLICATION {} FOR TABLE {t} WITH (publish = 'insert, update, delete')",
+                    qi(&publication)
+                ))
+                .await
+                .map_err(|e| pg_err(&name, "migrate: creating the publication", &e))?;
+            } else {
+                let has_table: bool = tx
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 \
+                         AND schemaname = $2 AND tablename = $3)",
+                        &[&publication, &schema_name, &table_name],
+                    )
+                    .await
+                    .map_err(|e| pg_err(&name, "migrate: reading the publication", &e))?
+                    .get(0);
+                if !has_table {
+                    tx.batch_execute(&format!(
+                        "ALTER PUBLICATION {} ADD TABLE {t}",
+                        qi(&publication)
+                    ))
+                    .await
+                    .map_err(|e| {
+                        pg_err(&name, "migrate: adding the table to the publication", &e)
+                    })?;
+                }
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| pg_err(&name, "migrate: committing", &e))?;
+        self.table = None;
+        self.staging_ready = false;
+        if slot_mode {
+            self.ensure_slot().await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the logical slot when it does not exist. Must run outside a
+    /// transaction that wrote.
+    async fn ensure_slot(&mut self) -> Result<(), StoreError> {
+        let name = self.cfg.name.clone();
+        let slot = self.cfg.slot_name.clone();
+        let client = self.client().await?;
+        let existing = client
+            .query_opt(
+                "SELECT plugin::text, database::text, current_database()::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| pg_err(&name, "reading replication slots", &e))?;
+        if let Some(row) = existing {
+            let plugin: Option<String> = row.get(0);
+            let db: Option<String> = row.get(1);
+            let here: String = row.get(2);
+            if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(here.as_str()) {
+                return Err(StoreError::permanent(
+                    &name,
+                    format!(
+                        "replication slot `{slot}` exists but is not a pgoutput slot of database `{here}`; \
+                         choose another slot_name or drop it"
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        match client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&slot],
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_db_error().map(|d| d.code().code()) == Some("42710") => Ok(()),
+            Err(e) => Err(pg_err(
+                &name,
+                &format!("creating replication slot `{slot}`"),
+                &e,
+            )),
+        }
+    }
+
+    /// Loads the table's columns (once per connection and migrate).
+    async fn table_info(&mut self) -> Result<TableInfo, StoreError> {
+        if let Some(t) = &self.table {
+            return Ok(t.clone());
+        }
+        let name = self.cfg.name.clone();
+        let tkey = self.table_key();
+        let qt = self.qtable();
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+                 WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+                &[&qt],
+            )
+            .await
+            .map_err(|e| pg_err(&name, &format!("reading the columns of {tkey}"), &e))?;
+        let types: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        if types.is_empty() {
+            return Err(StoreError::permanent(
+                &name,
+                format!("table {tkey} does not exist: run `contact-sync migrate`"),
+            ));
+        }
+        let fields: Vec<&'static str> = std::iter::once("id")
+            .chain(ALL_FIELDS.iter().copied())
+            .collect();
+        let missing: Vec<&str> = fields
+            .iter()
+            .map(|f| self.cfg.column(f))
+            .filter(|c| !types.contains_key(*c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(StoreError::permanent(
+                &name,
+                format!(
+                    "table {tkey} lacks columns {}: run `contact-sync migrate`",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        let field_of = fields
+            .iter()
+            .map(|f| (self.cfg.column(f).to_string(), *f))
+            .collect();
+        let as_text = |f: &str| {
+            let c = self.cfg.column(f);
+            if types.get(c).map(String::as_str) == Some("text") {
+                format!("t.{}", qi(c))
+            } else {
+                format!("t.{}::text", qi(c))
+            }
+        };
+        let select_list = fields
+            .iter()
+            .map(|f| as_text(f))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let target_cols: Vec<String> = ALL_FIELDS.iter().map(|f| self.col(f)).collect();
+        let casts: Vec<String> = ALL_FIELDS
+            .iter()
+            .map(|f| format!("s.{}::{}", qi(f), types[self.cfg.column(f)]))
+            .collect();
+        let sets: Vec<String> = ALL_FIELDS
+            .iter()
+            .filter(|f| **f != "contact_id")
+            .map(|f| format!("{c} = EXCLUDED.{c}", c = self.col(f)))
+            .collect();
+        let insert_sql = format!(
+            "INSERT INTO {t} AS t ({cols}) SELECT {casts} FROM {STAGING} s WHERE s.ord = ANY($1::int4[]) \
+             ON CONFLICT ({cid}) DO UPDATE SET {sets} \
+             WHERE COALESCE(t.{ver}::bigint, 0) <= EXCLUDED.{ver}::bigint \
+             RETURNING t.{cid}::text, t.{id}::text",
+            t = self.qtable(),
+            cols = target_cols.join(", "),
+            casts = casts.join(", "),
+            sets = sets.join(", "),
+            cid = self.col("contact_id"),
+            ver = self.col("version"),
+            id = self.col("id"),
+        );
+        let info = TableInfo {
+            types,
+            field_of,
+            insert_sql,
+            select_list,
+        };
+        self.table = Some(info.clone());
+        Ok(info)
+    }
+
+    /// Rows of the table matching `where_sql` (parameters `params`), decoded.
+    /// Rows that cannot be decoded are logged and left out (the change
+    /// stream reports them as undecodable).
+    async fn select(
+        &mut self,
+        where_sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Contact>, StoreError> {
+        let info = self.table_info().await?;
+        let name = self.cfg.name.clone();
+        let sql = format!(
+            "SELECT {} FROM {} t {where_sql}",
+            info.select_list,
+            self.qtable()
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, params)
+            .await
+            .map_err(|e| pg_err(&name, "reading contacts", &e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut row = RowText {
+                row_id: r.get(0),
+                ..Default::default()
+            };
+            for (i, f) in ALL_FIELDS.iter().enumerate() {
+                row.fields.insert(f, r.get(i + 1));
+            }
+            match codec::decode(&row) {
+                Ok(c) => out.push(c),
+                Err(e) => {
+                    tracing::warn!(store = %name, error = %e.invalid, "skipping a row that is not a valid contact")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replication slot (or outbox) health for `status` and `check`.
+    pub async fn slot_health(&mut self) -> Result<SlotHealth, StoreError> {
+        let name = self.cfg.name.clone();
+        let wal_level = self.wal_level().await?;
+        let mut h = SlotHealth {
+            mode: self.cfg.cdc,
+            wal_level,
+            exists: false,
+            active: false,
+            retained_wal_bytes: None,
+            confirmed_flush_lsn: None,
+            outbox_pending: None,
+        };
+        match self.cfg.cdc {
+            CdcMode::Slot => {
+                let slot = self.cfg.slot_name.clone();
+                let row = self
+                    .client()
+                    .await?
+                    .query_opt(
+                        "SELECT active, (pg_current_wal_lsn() - restart_lsn)::bigint, confirmed_flush_lsn::text \
+                         FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await
+                    .map_err(|e| pg_err(&name, "reading replication slot health", &e))?;
+                if let Some(r) = row {
+                    h.exists = true;
+                    h.active = r.get(0);
+                    h.retained_wal_bytes = r.get(1);
+                    h.confirmed_flush_lsn = r.get(2);
+                }
+            }
+            CdcMode::Outbox => {
+                let sql = format!("SELECT count(*) FROM {} WHERE tbl = $1", self.qoutbox());
+                let tkey = self.table_key();
+                let r = self
+                    .client()
+                    .await?
+                    .query_one(&sql, &[&tkey])
+                    .await
+                    .map_err(|e| pg_err(&name, "reading the outbox", &e))?;
+                h.exists = true;
+                h.outbox_pending = Some(r.get(0));
+            }
+        }
+        Ok(h)
+    }
+
+    /// Drops and recreates the replication slot (slot mode) or empties this
+    /// table's outbox (outbox mode). Changes not yet acknowledged are lost:
+    /// the caller schedules a full reconcile of this store. Returns the
+    /// checkpoint to read from afterwards.
+    pub async fn cdc_reset(&mut self) -> Result<Checkpoint, StoreError> {
+        let name = self.cfg.name.clone();
+        match self.cfg.cdc {
+            CdcMode::Slot => {
+                self.check_wal_level().await?;
+                let slot = self.cfg.slot_name.clone();
+                let client = self.client().await?;
+                client
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await
+                    .map_err(|e| pg_err(&name, &format!("dropping replication slot `{slot}`"), &e))?;
+                self.ensure_slot().await?;
+                let slot = self.cfg.slot_name.clone();
+                let row = self
+                    .client()
+                    .await?
+                    .query_one(
+                        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await
+                    .map_err(|e| pg_err(&name, "reading the new slot", &e))?;
+                let lsn: Option<String> = row.get(0);
+                Ok(Checkpoint::new(lsn.unwrap_or_else(|| "0/0".into())))
+            }
+            CdcMode::Outbox => {
+                let sql = format!(
+                    "WITH d AS (DELETE FROM {} WHERE tbl = $1 RETURNING seq) SELECT COALESCE(max(seq), 0) FROM d",
+                    self.qoutbox()
+                );
+                let tkey = self.table_key();
+                let row = self
+                    .client()
+                    .await?
+                    .query_one(&sql, &[&tkey])
+                    .await
+                    .map_err(|e| pg_err(&name, "emptying the outbox", &e))?;
+                let seq: i64 = row.get(0);
+                Ok(Checkpoint::new(seq.to_string()))
+            }
+        }
+    }
+
+    /// A listener on the NOTIFY channel, on its own connection: the daemon
+    /// awaits [`ChangeNotifier::wait`] to read changes as soon as they are
+    /// committed instead of at the next poll.
+    pub async fn change_notifier(&self) -> Result<crate::notify::ChangeNotifier, StoreError> {
+        crate::notify::ChangeNotifier::start(self.cfg.clone()).await
+    }
+
+    // ---- change capture: replication slot ----
+
+    fn row_from_tuple(&self, cols: &[String], new: &[Datum], old: Option<&[Datum]>) -> RawChange {
+        let mut row = RowText::default();
+        let mut missing = Vec::new();
+        let field_of = |c: &str| -> Option<&'static str> {
+            std::iter::once("id")
+                .chain(ALL_FIELDS.iter().copied())
+                .find(|f| self.cfg.column(f) == c)
+        };
+        for (i, col) in cols.iter().enumerate() {
+            let Some(field) = field_of(col) else { continue };
+            let mut d = new.get(i).cloned().unwrap_or(Datum::Null);
+            if d == Datum::Unchanged {
+                d = old
+                    .and_then(|o| o.get(i))
+                    .cloned()
+                    .unwrap_or(Datum::Unchanged);
+            }
+            let v = match d {
+                Datum::Null => None,
+                Datum::Text(s) => Some(s),
+                Datum::Unchanged => {
+                    missing.push(field);
+                    None
+                }
+            };
+            if field == "id" {
+                row.row_id = v;
+            } else {
+                row.fields.insert(field, v);
+            }
+        }
+        RawChange {
+            op: RawOp::Upsert,
+            row,
+            missing,
+        }
+    }
+
+    async fn peek(&mut self, n: i32) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let name = self.cfg.name.clone();
+        let slot = self.cfg.slot_name.clone();
+        let publication = self.cfg.publication.clone();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
+                 'proto_version', '1', 'publication_names', $3)",
+                &[&slot, &n, &publication],
+            )
+            .await;
+        match rows {
+            Ok(rows) => Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
+            Err(e) => {
+                let code = e.as_db_error().map(|d| d.code().code().to_string());
+                if code.as_deref() == Some("42704") {
+                    return Err(StoreError::permanent(
+                        &name,
+                        format!("replication slot `{slot}` does not exist: run `contact-sync migrate` (or `cdc reset`)"),
+                    ));
+                }
+                if code.as_deref() == Some("55000") {
+                    if let Ok(level) = self.wal_level().await {
+                        if level != "logical" {
+                            return Err(self.wal_level_error(&level));
+                        }
+                    }
+                }
+                Err(pg_err(
+                    &name,
+                    &format!("reading replication slot `{slot}`"),
+                    &e,
+                ))
+            }
+        }
+    }
+
+    fn parse_txns(&mut self, rows: &[(String, Vec<u8>)]) -> Result<Vec<Txn>, StoreError> {
+        let mut txns = Vec::new();
+        let mut cur: Option<Vec<RawChange>> = None;
+        for (lsn, data) in rows {
+            let msg = pgoutput::parse(data).map_err(|e| {
+                StoreError::permanent(
+                    self.name(),
+                    format!("slot `{}` at {lsn}: {e}", self.cfg.slot_name),
+                )
+            })?;
+            match msg {
+                Message::Begin { .. } => cur = Some(Vec::new()),
+                Message::Commit { end_lsn, .. } => {
+                    txns.push(Txn {
+                        end_lsn,
+                        changes: cur.take().unwrap_or_default(),
+                    });
+                }
+                Message::Relation { oid, columns, .. } => {
+                    self.relations
+                        .insert(oid, columns.into_iter().map(|c| c.name).collect());
+                }
+                Message::Insert { rel, new } => {
+                    let cols = self.relation(rel, lsn)?;
+                    let ch = self.row_from_tuple(&cols, &new, None);
+                    cur.get_or_insert_with(Vec::new).push(ch);
+                }
+                Message::Update { rel, old, new } => {
+                    let cols = self.relation(rel, lsn)?;
+                    let ch = self.row_from_tuple(&cols, &new, old.as_deref());
+                    cur.get_or_insert_with(Vec::new).push(ch);
+                }
+                Message::Delete { rel, old } => {
+                    let cols = self.relation(rel, lsn)?;
+                    let mut ch = self.row_from_tuple(&cols, &old, None);
+                    ch.op = RawOp::Delete;
+                    ch.missing.clear();
+                    cur.get_or_insert_with(Vec::new).push(ch);
+                }
+                Message::Truncate { .. } => {
+                    tracing::warn!(store = %self.name(), "TRUNCATE of the contacts table seen in the slot; it is not replicated (run a reconcile)");
+                }
+                Message::Origin { .. } | Message::Other(_) => {}
+            }
+        }
+        Ok(txns)
+    }
+
+    fn relation(&self, rel: u32, lsn: &str) -> Result<Vec<String>, StoreError> {
+        self.relations.get(&rel).cloned().ok_or_else(|| {
+            StoreError::permanent(
+                self.name(),
+                format!(
+                    "slot `{}` at {lsn}: change of relation {rel} before its Relation message",
+                    self.cfg.slot_name
+                ),
+            )
+        })
+    }
+
+    /// Fills values an update did not carry from the current row.
+    async fn fill_missing(&mut self, ch: &mut RawChange) -> Result<(), StoreError> {
+        let Some(row_id) = ch.row.row_id.clone() else {
+            return Ok(());
+        };
+        let info = self.table_info().await?;
+        let name = self.cfg.name.clone();
+        let sql = format!(
+            "SELECT {} FROM {} t WHERE t.{}::text = $1",
+            info.select_list,
+            self.qtable(),
+            self.col("id")
+        );
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&row_id])
+            .await
+            .map_err(|e| pg_err(&name, "reading a row for unchanged TOAST values", &e))?;
+        if let Some(r) = row {
+            for f in std::mem::take(&mut ch.missing) {
+                if let Some(i) = ALL_FIELDS.iter().position(|x| *x == f) {
+                    ch.row.fields.insert(f, r.get(i + 1));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn to_change(raw: RawChange) -> Change {
+        let native_id = raw
+            .row
+            .row_id
+            .clone()
+            .or_else(|| raw.row.fields.get("contact_id").cloned().flatten())
+            .unwrap_or_default();
+        let kind = match raw.op {
+            RawOp::Delete => ChangeKind::Delete {
+                contact_id: raw
+                    .row
+                    .fields
+                    .get("contact_id")
+                    .cloned()
+                    .flatten()
+                    .filter(|s| !s.trim().is_empty()),
+            },
+            RawOp::Upsert => match codec::decode(&raw.row) {
+                Ok(c) => ChangeKind::Upsert(Box::new(c)),
+                Err(e) => ChangeKind::Undecodable {
+                    invalid: e.invalid,
+                    payload: Some(e.payload),
+                },
+            },
+        };
+        Change { native_id, kind }
+    }
+
+    async fn read_slot(
+        &mut self,
+        from: Option<&Checkpoint>,
+        limit: usize,
+    ) -> Result<ChangeBatch, StoreError> {
+        let from_pos = SlotPos::parse(self.name(), from)?;
+        self.check_wal_level().await?;
+        let limit = limit.max(1);
+        let mut n: i64 = (limit as i64) * 4 + 16;
+        loop {
+            let nn = i32::try_from(n).unwrap_or(i32::MAX);
+            let rows = self.peek(nn).await?;
+            let exhausted = (rows.len() as i64) < n;
+            let txns = self.parse_txns(&rows)?;
+            let mut out: Vec<RawChange> = Vec::new();
+            let mut pos = from_pos;
+            let mut stopped_inside = false;
+            let mut left_over = false;
+            for txn in txns {
+                let skip = if txn.end_lsn < from_pos.lsn {
+                    continue;
+                } else if txn.end_lsn == from_pos.lsn {
+                    match from_pos.partial {
+                        None => continue,
+                        Some(k) => k,
+                    }
+                } else {
+                    0
+                };
+                if out.len() >= limit {
+                    left_over = true;
+                    break;
+                }
+                let total = txn.changes.len();
+                let mut taken = skip;
+                for ch in txn.changes.into_iter().skip(skip) {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    out.push(ch);
+                    taken += 1;
+                }
+                if taken < total {
+                    pos = SlotPos {
+                        lsn: txn.end_lsn,
+                        partial: Some(taken),
+                    };
+                    stopped_inside = true;
+                    break;
+                }
+                pos = SlotPos {
+                    lsn: txn.end_lsn,
+                    partial: None,
+                };
+            }
+            if out.len() < limit && !exhausted && !stopped_inside {
+                // Not enough whole transactions in this window: look further.
+                n = n.saturating_mul(2);
+                continue;
+            }
+            let has_more = stopped_inside || left_over || !exhausted;
+            let mut changes = Vec::with_capacity(out.len());
+            for mut raw in out {
+                if !raw.missing.is_empty() {
+                    self.fill_missing(&mut raw).await?;
+                }
+                changes.push(Self::to_change(raw));
+            }
+            let checkpoint = if changes.is_empty() && pos == from_pos {
+                from.cloned().unwrap_or_else(|| pos.checkpoint())
+            } else {
+                pos.checkpoint()
+            };
+            return Ok(ChangeBatch {
+                changes,
+                checkpoint,
+                has_more,
+            });
+        }
+    }
+
+    async fn ack_slot(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
+        let pos = SlotPos::parse(self.name(), Some(upto))?;
+        if pos.partial.is_some() || pos.lsn == Lsn(0) {
+            // The slot only moves by whole transactions.
+            return Ok(());
+        }
+        let name = self.cfg.name.clone();
+        let slot = self.cfg.slot_name.clone();
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| pg_err(&name, "reading the replication slot", &e))?
+            .ok_or_else(|| {
+                StoreError::permanent(
+                    &name,
+                    format!("replication slot `{slot}` does not exist: run `contact-sync migrate`"),
+                )
+            })?;
+        let confirmed: Option<String> = row.get(0);
+        let confirmed = confirmed
+            .as_deref()
+            .and_then(Lsn::parse)
+            .unwrap_or_default();
+        if pos.lsn <= confirmed {
+            return Ok(());
+        }
+        let target = pos.lsn.to_string();
+        client
+            .execute(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                &[&slot, &target],
+            )
+            .await
+            .map_err(|e| {
+                pg_err(
+                    &name,
+                    &format!("advancing replication slot `{slot}` to {target}"),
+                    &e,
+                )
+            })?;
+        Ok(())
+    }
+
+    // ---- change capture: outbox ----
+
+    async fn read_outbox(
+        &mut self,
+        from: Option<&Checkpoint>,
+        limit: usize,
+    ) -> Result<ChangeBatch, StoreError> {
+        let name = self.cfg.name.clone();
+        let from_seq: i64 = match from {
+            None => 0,
+            Some(c) => c.as_str().parse().map_err(|_| {
+                StoreError::permanent(
+                    &name,
+                    format!("checkpoint {c} is not an outbox sequence number"),
+                )
+            })?,
+        };
+        let info = self.table_info().await?;
+        let sql = format!(
+            "SELECT seq, op, old_row::text, new_row::text FROM {} WHERE tbl = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            self.qoutbox()
+        );
+        let tkey = self.table_key();
+        let lim = limit.max(1) as i64;
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&tkey, &from_seq, &lim])
+            .await
+            .map_err(|e| pg_err(&name, "reading the outbox", &e))?;
+        let mut changes = Vec::with_capacity(rows.len());
+        let mut last = from_seq;
+        for r in &rows {
+            let seq: i64 = r.get(0);
+            let op: String = r.get(1);
+            let image: Option<String> = if op == "DELETE" { r.get(2) } else { r.get(3) };
+            let row = image_to_row(&info, image.as_deref().unwrap_or("{}")).map_err(|e| {
+                StoreError::permanent(&name, format!("outbox row {seq}: not a JSON object: {e}"))
+            })?;
+            let raw = RawChange {
+                op: if op == "DELETE" {
+                    RawOp::Delete
+                } else {
+                    RawOp::Upsert
+                },
+                row,
+                missing: Vec::new(),
+            };
+            changes.push(Self::to_change(raw));
+            last = seq;
+        }
+        let has_more = rows.len() as i64 == lim;
+        let checkpoint = if rows.is_empty() {
+            from.cloned().unwrap_or_else(|| Checkpoint::new("0"))
+        } else {
+            Checkpoint::new(last.to_string())
+        };
+        Ok(ChangeBatch {
+            changes,
+            checkpoint,
+            has_more,
+        })
+    }
+
+    async fn ack_outbox(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
+        let name = self.cfg.name.clone();
+        let seq: i64 = upto.as_str().parse().map_err(|_| {
+            StoreError::permanent(
+                &name,
+                format!("checkpoint {upto} is not an outbox sequence number"),
+            )
+        })?;
+        let sql = format!(
+            "DELETE FROM {} WHERE tbl = $1 AND seq <= $2",
+            self.qoutbox()
+        );
+        let tkey = self.table_key();
+        self.client()
+            .await?
+            .execute(&sql, &[&tkey, &seq])
+            .await
+            .map_err(|e| pg_err(&name, "deleting acknowledged outbox rows", &e))?;
+        Ok(())
+    }
+
+    // ---- writes ----
+
+    async fn ensure_staging(&mut self) -> Result<(), StoreError> {
+        if self.staging_ready {
+            return Ok(());
+        }
+        let name = self.cfg.name.clone();
+        let cols: Vec<String> = ALL_FIELDS
+            .iter()
+            .map(|f| format!("{} text", qi(f)))
+            .collect();
+        let sql = format!(
+            "CREATE TEMP TABLE IF NOT EXISTS contact_sync_staging (ord int4 NOT NULL, {}) ON COMMIT DELETE ROWS",
+            cols.join(", ")
+        );
+        self.client()
+            .await?
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| pg_err(&name, "creating the staging table", &e))?;
+        self.staging_ready = true;
+        Ok(())
+    }
+
+    /// One transaction: COPY into staging, lock existing rows, decide the
+    /// outcome of each write in order (version guard), upsert the winners.
+    async fn write_tx(
+        &mut self,
+        writes: &[(usize, &Contact)],
+    ) -> Result<Vec<(usize, WriteOutcome)>, tokio_postgres::Error> {
+        let info = match &self.table {
+            Some(i) => i.clone(),
+            None => unreachable!("write_tx runs after table_info"),
+        };
+        let qtable = self.qtable();
+        let cid = self.col("contact_id");
+        let ver = self.col("version");
+        let id = self.col("id");
+        let cid_type = info.types[self.cfg.column("contact_id")].clone();
+        let Some(client) = self.client.as_mut() else {
+            unreachable!("write_tx runs after client()")
+        };
+        let tx = client.transaction().await?;
+        let copy_sql = format!(
+            "COPY {STAGING} (ord, {}) FROM STDIN BINARY",
+            ALL_FIELDS
+                .iter()
+                .map(|f| qi(f))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let sink = tx.copy_in(&copy_sql).await?;
+        let mut types = vec![Type::INT4];
+        types.extend(std::iter::repeat_n(Type::TEXT, ALL_FIELDS.len()));
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        futures_util::pin_mut!(writer);
+        for (ord, c) in writes {
+            let ord = *ord as i32;
+            let values = codec::encode(c);
+            let mut refs: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(values.len() + 1);
+            refs.push(&ord);
+            for v in &values {
+                refs.push(v);
+            }
+            writer.as_mut().write(&refs).await?;
+        }
+        writer.finish().await?;
+        // Stored versions before the batch, locked until commit.
+        let pre = tx
+            .query(
+                &format!(
+                    "SELECT t.{cid}::text, t.{ver}::bigint, t.{id}::text FROM {qtable} t \
+                     WHERE t.{cid} IN (SELECT s.contact_id::{cid_type} FROM {STAGING} s) FOR UPDATE OF t"
+                ),
+                &[],
+            )
+            .await?;
+        let mut stored: HashMap<String, i64> = HashMap::new();
+        let mut row_ids: HashMap<String, String> = HashMap::new();
+        for r in &pre {
+            let c: String = r.get(0);
+            let v: Option<i64> = r.get(1);
+            stored.insert(c.clone(), v.unwrap_or(0));
+            if let Some(i) = r.get::<_, Option<String>>(2) {
+                row_ids.insert(c, i);
+            }
+        }
+        // Apply in order: the last write per contact that passes the guard wins.
+        let mut outcomes: Vec<(usize, Option<WriteOutcome>)> = Vec::with_capacity(writes.len());
+        let mut winner: HashMap<&str, usize> = HashMap::new();
+        for (ord, c) in writes {
+            match stored.get(c.contact_id.as_str()) {
+                Some(v) if *v > c.version => {
+                    outcomes.push((*ord, Some(WriteOutcome::Stale { stored_version: *v })));
+                }
+                _ => {
+                    stored.insert(c.contact_id.clone(), c.version);
+                    winner.insert(c.contact_id.as_str(), *ord);
+                    outcomes.push((*ord, None));
+                }
+            }
+        }
+        let winners: Vec<i32> = winner.values().map(|o| *o as i32).collect();
+        let returned = tx.query(&info.insert_sql, &[&winners]).await?;
+        for r in &returned {
+            let c: String = r.get(0);
+            let i: Option<String> = r.get(1);
+            if let Some(i) = i {
+                row_ids.insert(c, i);
+            }
+        }
+        let applied: HashSet<String> = returned.iter().map(|r| r.get::<_, String>(0)).collect();
+        let lost: Vec<String> = winner
+            .keys()
+            .filter(|c| !applied.contains(**c))
+            .map(|c| c.to_string())
+            .collect();
+        let mut now_stored: HashMap<String, i64> = HashMap::new();
+        if !lost.is_empty() {
+            // A concurrent writer got there first with a higher version.
+            let rows = tx
+                .query(
+                    &format!("SELECT t.{cid}::text, t.{ver}::bigint FROM {qtable} t WHERE t.{cid}::text = ANY($1)"),
+                    &[&lost],
+                )
+                .await?;
+            for r in rows {
+                now_stored.insert(r.get(0), r.get::<_, Option<i64>>(1).unwrap_or(0));
+            }
+        }
+        tx.commit().await?;
+        let by_ord: HashMap<usize, &Contact> = writes.iter().map(|(o, c)| (*o, *c)).collect();
+        Ok(outcomes
+            .into_iter()
+            .map(|(ord, o)| {
+                let c = by_ord[&ord];
+                let o = o.unwrap_or_else(|| match now_stored.get(&c.contact_id) {
+                    Some(v) if lost.contains(&c.contact_id) => {
+                        WriteOutcome::Stale { stored_version: *v }
+                    }
+                    _ => WriteOutcome::Applied {
+                        native_id: row_ids
+                            .get(&c.contact_id)
+                            .cloned()
+                            .unwrap_or_else(|| c.contact_id.clone()),
+                    },
+                });
+                (ord, o)
+            })
+            .collect())
+    }
+}
+
+/// A stable advisory-lock key for an outbox (FNV-1a of its name).
+fn outbox_lock_key(schema: &str, table: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("contact_sync_outbox:{schema}.{table}").bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// An outbox row image (`to_jsonb(row)`) as text values.
+fn image_to_row(info: &TableInfo, image: &str) -> Result<RowText, serde_json::Error> {
+    let obj: BTreeMap<String, serde_json::Value> = serde_json::from_str(image)?;
+    let mut row = RowText::default();
+    for (col, v) in obj {
+        let Some(field) = info.field_of.get(&col).copied() else {
+            continue;
+        };
+        let is_json = matches!(
+            info.types.get(&col).map(String::as_str),
+            Some("jsonb" | "json")
+        );
+        let text = match v {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) if !is_json => Some(s),
+            other => Some(other.to_string()),
+        };
+        if field == "id" {
+            row.row_id = text;
+        } else {
+            row.fields.insert(field, text);
+        }
+    }
+    Ok(row)
+}
+
+#[async_trait]
+impl ChangeSource for PgStore {
+    /// Slot mode: peeks (never consumes) the slot, skips every transaction
+    /// whose commit ends at or before `from`, and returns whole transactions
+    /// in commit order; the checkpoint is the end LSN of the last commit
+    /// (`X/Y`), or `X/Y:n` when `limit` ended the batch inside a transaction.
+    /// Outbox mode: rows with `seq > from`; the checkpoint is the last `seq`.
+    async fn read_changes(
+        &mut self,
+        from: Option<&Checkpoint>,
+        limit: usize,
+    ) -> Result<ChangeBatch, StoreError> {
+        match self.cfg.cdc {
+            CdcMode::Slot => self.read_slot(from, limit).await,
+            CdcMode::Outbox => self.read_outbox(from, limit).await,
+        }
+    }
+
+    /// Slot mode: `pg_replication_slot_advance` to the checkpoint (only
+    /// forward; a checkpoint inside a transaction waits for its end).
+    /// Outbox mode: deletes the outbox rows up to it.
+    async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
+        match self.cfg.cdc {
+            CdcMode::Slot => self.ack_slot(upto).await,
+            CdcMode::Outbox => self.ack_outbox(upto).await,
+        }
+    }
+}
+
+#[async_trait]
+impl RecordSink for PgStore {
+    async fn write_batch(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let name = self.cfg.name.clone();
+        let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; writes.len()];
+        let mut todo: Vec<(usize, &Contact)> = Vec::with_capacity(writes.len());
+        for (i, c) in writes.iter().enumerate() {
+            if c.contact_id.trim().is_empty() {
+                outcomes[i] = Some(WriteOutcome::Rejected {
+                    field: "contact_id".into(),
+                    reason: "is missing".into(),
+                });
+            } else {
+                todo.push((i, c));
+            }
+        }
+        if !todo.is_empty() {
+            self.client().await?;
+            self.table_info().await?;
+            self.ensure_staging().await?;
+            match self.write_tx(&todo).await {
+                Ok(done) => {
+                    for (i, o) in done {
+                        outcomes[i] = Some(o);
+                    }
+                }
+                Err(e) if matches!(sqlstate_class(&e).as_deref(), Some("22" | "23")) => {
+                    // A value the table refuses: find it record by record.
+                    for (i, c) in &todo {
+                        match self.write_tx(&[(*i, *c)]).await {
+                            Ok(done) => {
+                                for (j, o) in done {
+                                    outcomes[j] = Some(o);
+                                }
+                            }
+                            Err(e)
+                                if matches!(sqlstate_class(&e).as_deref(), Some("22" | "23")) =>
+                            {
+                                let db = e.as_db_error();
+                                let field = db
+                                    .and_then(|d| d.column())
+                                    .and_then(|col| {
+                                        std::iter::once("id")
+                                            .chain(ALL_FIELDS.iter().copied())
+                                            .find(|f| self.cfg.column(f) == col)
+                                    })
+                                    .unwrap_or("record")
+                                    .to_string();
+                                let reason = db
+                                    .map(|d| d.message().to_string())
+                                    .unwrap_or_else(|| e.to_string());
+                                outcomes[*i] = Some(WriteOutcome::Rejected { field, reason });
+                            }
+                            Err(e) => return Err(pg_err(&name, "writing contacts", &e)),
+                        }
+                    }
+                }
+                Err(e) => return Err(pg_err(&name, "writing contacts", &e)),
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(WriteOutcome::Rejected {
+                    field: "record".into(),
+                    reason: "no outcome".into(),
+                })
+            })
+            .collect())
+    }
+
+    async fn read(&mut self, contact_ids: &[String]) -> Result<Vec<Contact>, StoreError> {
+        if contact_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cid = self.col("contact_id");
+        let ids = contact_ids.to_vec();
+        self.select(&format!("WHERE t.{cid}::text = ANY($1)"), &[&ids])
+            .await
+    }
+
+    async fn scan(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Contact>, StoreError> {
+        let cid = self.col("contact_id");
+        let lim = limit as i64;
+        match after {
+            Some(a) => {
+                let a = a.to_string();
+                self.select(
+                    &format!(
+                        "WHERE t.{cid} COLLATE \"C\" > $1 ORDER BY t.{cid} COLLATE \"C\" LIMIT $2"
+                    ),
+                    &[&a, &lim],
+                )
+                .await
+            }
+            None => {
+                self.select(&format!("ORDER BY t.{cid} COLLATE \"C\" LIMIT $1"), &[&lim])
+                    .await
+            }
+        }
+    }
+
+    async fn count(&mut self) -> Result<u64, StoreError> {
+        let name = self.cfg.name.clone();
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE {} IS NULL",
+            self.qtable(),
+            self.col("deleted_at")
+        );
+        let row = self
+            .client()
+            .await?
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| pg_err(&name, "counting contacts", &e))?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
+    async fn find_by_identity(
+        &mut self,
+        emails: &[String],
+        phones: &[String],
+    ) -> Result<Vec<Contact>, StoreError> {
+        if emails.is_empty() && phones.is_empty() {
+            return Ok(Vec::new());
+        }
+        let info = self.table_info().await?;
+        let emails: Vec<String> = emails.iter().map(|e| e.trim().to_lowercase()).collect();
+        let phones: Vec<String> = phones.iter().map(|p| p.trim().to_string()).collect();
+        let cond = |field: &str, key: &str, param: usize| {
+            let col = self.cfg.column(field);
+            if info.types.get(col).map(String::as_str) == Some("jsonb") {
+                format!("t.{} @> ANY(${param}::text[]::jsonb[])", qi(col))
+            } else {
+                let _ = key;
+                format!(
+                    "EXISTS (SELECT 1 FROM unnest(${param}::text[]) k WHERE strpos(lower(t.{}::text), lower(k)) > 0)",
+                    qi(col)
+                )
+            }
+        };
+        let probe = |key: &str, vals: &[String], jsonb: bool| -> Vec<String> {
+            vals.iter()
+                .map(|v| {
+                    if jsonb {
+                        serde_json::json!([{ key: v }]).to_string()
+                    } else {
+                        v.clone()
+                    }
+                })
+                .collect()
+        };
+        let ejson = info
+            .types
+            .get(self.cfg.column("emails"))
+            .map(String::as_str)
+            == Some("jsonb");
+        let pjson = info
+            .types
+            .get(self.cfg.column("phones"))
+            .map(String::as_str)
+            == Some("jsonb");
+        let e_probe = probe("address", &emails, ejson);
+        let p_probe = probe("number", &phones, pjson);
+        let where_sql = format!(
+            "WHERE t.{} IS NULL AND ({} OR {})",
+            self.col("deleted_at"),
+            cond("emails", "address", 1),
+            cond("phones", "number", 2)
+        );
+        let found = self.select(&where_sql, &[&e_probe, &p_probe]).await?;
+        Ok(found
+            .into_iter()
+            .filter(|c| {
+                c.primary_email()
+                    .is_some_and(|e| emails.iter().any(|x| x == e))
+                    || c.primary_phone()
+                        .is_some_and(|p| phones.iter().any(|x| x == p))
+            })
+            .collect())
+    }
+}
+
+impl StoreInfo for PgStore {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn keeps_version(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,605 @@
+//! The Postgres store against a real PostgreSQL, through the store traits.
+
+use std::time::Duration;
+
+use contact_sync_connector::{
+    Change, ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreInfo, WriteOutcome,
+};
+use contact_sync_core::model::{parse_ts, ALL_FIELDS};
+use contact_sync_core::{Contact, Email, Phone};
+use contact_sync_postgres::harness::{self, ClusterOptions, PgCluster};
+use contact_sync_postgres::{CdcMode, PgConfig, PgStore};
+use serde_json::json;
+use tokio_postgres::NoTls;
+
+/// Slots are cluster-wide: one per test database.
+fn cfg_for(url: &str) -> PgConfig {
+    let mut cfg = PgConfig::new("supabase", url);
+    cfg.slot_name = url.rsplit('/').next().unwrap().to_string();
+    cfg
+}
+
+async fn new_store(url: &str, cdc: CdcMode) -> PgStore {
+    let mut cfg = cfg_for(url);
+    cfg.cdc = cdc;
+    let mut s = PgStore::connect(cfg).await.expect("connect");
+    s.migrate().await.expect("migrate");
+    s
+}
+
+async fn fresh(cdc: CdcMode) -> (PgStore, String) {
+    let url = harness::shared().create_database().await;
+    (new_store(&url, cdc).await, url)
+}
+
+/// Runs SQL as "another app" on its own connection.
+async fn other_app(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect other app");
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    drop(client);
+    let _ = task.await;
+}
+
+/// Reads every change after `from` in pages of `page`.
+async fn drain(
+    s: &mut PgStore,
+    from: Option<Checkpoint>,
+    page: usize,
+) -> (Vec<Change>, Option<Checkpoint>) {
+    let mut cp = from;
+    let mut all = Vec::new();
+    loop {
+        let b = s
+            .read_changes(cp.as_ref(), page)
+            .await
+            .expect("read_changes");
+        assert!(b.changes.len() <= page);
+        all.extend(b.changes);
+        cp = Some(b.checkpoint);
+        if !b.has_more {
+            return (all, cp);
+        }
+    }
+}
+
+fn upserted(ch: &Change) -> &Contact {
+    match &ch.kind {
+        ChangeKind::Upsert(c) => c,
+        other => panic!("expected an upsert, got {other:?}"),
+    }
+}
+
+fn full_contact(id: &str) -> Contact {
+    let mut c = Contact::new(id, "Ada Lovelace");
+    c.external_ids.insert("twenty".into(), "p-1".into());
+    c.display_name = Some("Ada".into());
+    c.first_name = Some("Ada".into());
+    c.middle_name = Some("King".into());
+    c.last_name = Some("Lovelace".into());
+    c.name_prefix = Some("Countess".into());
+    c.name_suffix = Some("I".into());
+    c.nickname = Some("Enchantress of Numbers".into());
+    c.phonetic_name = Some("AY-duh".into());
+    c.organization = Some("Analytical Engine Ltd".into());
+    c.job_title = Some("Programmer".into());
+    c.department = Some("R&D".into());
+    c.category_code = Some("G".into());
+    c.subcategory_code = Some("G1".into());
+    c.relationship_label = Some("colleague".into());
+    c.notes = Some("Tab\there, newline\nthere, quote ' \" and backslash \\ and ünïcödé".into());
+    c.tags = vec!["math".into(), "poetry".into()];
+    c.source = Some("import".into());
+    c.created_at = parse_ts("2020-02-03T04:05:06.123456Z");
+    c.llm_context = Some(
+        json!({"relationship_arc": "long", "closeness_level": 8, "key_interests": ["engines"]}),
+    );
+    c.relationships = Some(json!([{"contact_id": "c-babbage", "relation": "mentor"}]));
+    c.communication_stats = Some(json!({"messages": 12}));
+    c.social_profiles = Some(json!({"github": "ada"}));
+    c.custom_attributes = Some(json!({"favourite": "bernoulli"}));
+    c.emails = vec![Email {
+        address: "ada@example.com".into(),
+        label: Some("work".into()),
+        is_primary: true,
+    }];
+    c.phones = vec![Phone {
+        number: "+442071234567".into(),
+        label: None,
+        is_primary: true,
+    }];
+    c.version = 3;
+    c.last_updated = parse_ts("2024-05-06T07:08:09.654321Z");
+    c.last_updated_by = Some("canonical".into());
+    c.deleted_at = None;
+    c.content_hash = Some("abc123".into());
+    c
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_creates_the_design_schema() {
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    s.migrate().await.expect("second migrate");
+    s.migrate().await.expect("third migrate");
+    let (client, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns WHERE table_name = 'contacts'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let types: std::collections::HashMap<String, String> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for f in ALL_FIELDS {
+        assert!(types.contains_key(*f), "column {f} missing");
+    }
+    assert_eq!(types["id"], "uuid");
+    assert_eq!(types["llm_context"], "jsonb");
+    assert_eq!(types["tags"], "jsonb");
+    assert_eq!(types["emails"], "jsonb");
+    assert_eq!(types["created_at"], "timestamp with time zone");
+    assert_eq!(types["version"], "bigint");
+    assert!(types.contains_key("updated_at"));
+    let slots: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 1);
+    // updated_at is maintained by the trigger.
+    client
+        .batch_execute("INSERT INTO contacts (contact_id, canonical_name, updated_at) VALUES ('u1', 'U', '2000-01-01')")
+        .await
+        .unwrap();
+    let fresh: bool = client
+        .query_one(
+            "SELECT updated_at > now() - interval '1 hour' FROM contacts WHERE contact_id = 'u1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(fresh);
+    assert_eq!(s.name(), "supabase");
+    assert!(s.keeps_version());
+}
+
+#[tokio::test]
+async fn round_trip_of_all_33_fields() {
+    let (mut s, _) = fresh(CdcMode::Slot).await;
+    let mut c = full_contact("c-ada");
+    let out = s.write_batch(std::slice::from_ref(&c)).await.unwrap();
+    assert!(
+        matches!(&out[0], WriteOutcome::Applied { native_id } if native_id.len() == 36),
+        "{out:?}"
+    );
+    c.normalize();
+    let back = s.read(&["c-ada".to_string()]).await.unwrap();
+    assert_eq!(back, vec![c.clone()]);
+    // Every one of the 33 fields is set (none left at its default) and survives.
+    let v = serde_json::to_value(&back[0]).unwrap();
+    for f in ALL_FIELDS {
+        if *f != "deleted_at" {
+            assert!(!v[*f].is_null(), "{f} did not round-trip");
+        }
+    }
+    // Same write again: idempotent.
+    let out = s.write_batch(std::slice::from_ref(&c)).await.unwrap();
+    assert!(matches!(out[0], WriteOutcome::Applied { .. }));
+    assert_eq!(s.count().await.unwrap(), 1);
+    let found = s
+        .find_by_identity(&["ADA@example.com".into()], &[])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    let found = s
+        .find_by_identity(&[], &["+442071234567".into()])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert!(s
+        .find_by_identity(&["nobody@example.com".into()], &[])
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn version_guard_and_in_batch_order() {
+    let (mut s, _) = fresh(CdcMode::Slot).await;
+    let mut c = Contact::new("c1", "Version Five");
+    c.version = 5;
+    s.write_batch(&[c.clone()]).await.unwrap();
+    let mut older = Contact::new("c1", "Version Four");
+    older.version = 4;
+    let out = s.write_batch(&[older]).await.unwrap();
+    assert_eq!(out, vec![WriteOutcome::Stale { stored_version: 5 }]);
+    assert_eq!(
+        s.read(&["c1".into()]).await.unwrap()[0].canonical_name,
+        "Version Five"
+    );
+    // Equal version applies; in one batch the writes apply in order.
+    let mut same = Contact::new("c1", "Also Five");
+    same.version = 5;
+    let mut six = Contact::new("c1", "Six");
+    six.version = 6;
+    let mut three = Contact::new("c1", "Three");
+    three.version = 3;
+    let out = s.write_batch(&[same, six, three]).await.unwrap();
+    assert!(matches!(out[0], WriteOutcome::Applied { .. }));
+    assert!(matches!(out[1], WriteOutcome::Applied { .. }));
+    assert_eq!(out[2], WriteOutcome::Stale { stored_version: 6 });
+    let back = &s.read(&["c1".into()]).await.unwrap()[0];
+    assert_eq!((back.canonical_name.as_str(), back.version), ("Six", 6));
+    // A record without contact_id is rejected, the rest applies.
+    let out = s
+        .write_batch(&[Contact::new("", "No Id"), Contact::new("c2", "Two")])
+        .await
+        .unwrap();
+    assert!(matches!(&out[0], WriteOutcome::Rejected { field, .. } if field == "contact_id"));
+    assert!(matches!(out[1], WriteOutcome::Applied { .. }));
+}
+
+#[tokio::test]
+async fn tombstones_are_rows_with_deleted_at() {
+    let (mut s, _) = fresh(CdcMode::Slot).await;
+    s.write_batch(&[
+        Contact::new("a", "A"),
+        Contact::new("b", "B"),
+        Contact::new("c", "C"),
+    ])
+    .await
+    .unwrap();
+    let mut dead = Contact::new("b", "B");
+    dead.version = 2;
+    dead.deleted_at = parse_ts("2024-01-01T00:00:00Z");
+    s.write_batch(&[dead.clone()]).await.unwrap();
+    assert_eq!(s.count().await.unwrap(), 2);
+    let back = s.read(&["b".into()]).await.unwrap();
+    assert_eq!(back[0].deleted_at, dead.deleted_at);
+    let all = s.scan(None, 10).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|c| c.contact_id.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    let page = s.scan(Some("a"), 1).await.unwrap();
+    assert_eq!(page[0].contact_id, "b");
+    assert!(s.find_by_identity(&[], &[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn other_apps_changes_come_in_commit_order_with_images() {
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    other_app(
+        &url,
+        "INSERT INTO contacts (contact_id, canonical_name, tags, emails) VALUES ('x1', 'Xavier', '[\"a\"]', '[{\"address\":\"X@Example.com\",\"is_primary\":true}]');
+         INSERT INTO contacts (contact_id, canonical_name) VALUES ('x2', 'Yolanda');
+         UPDATE contacts SET canonical_name = 'Xavier II', version = 2 WHERE contact_id = 'x1';
+         BEGIN; UPDATE contacts SET notes = 'n' WHERE contact_id = 'x2'; DELETE FROM contacts WHERE contact_id = 'x1'; COMMIT;",
+    )
+    .await;
+    let (changes, cp) = drain(&mut s, None, 2).await;
+    assert_eq!(changes.len(), 5, "{changes:#?}");
+    let c0 = upserted(&changes[0]);
+    assert_eq!(
+        (c0.contact_id.as_str(), c0.canonical_name.as_str()),
+        ("x1", "Xavier")
+    );
+    assert_eq!(c0.tags, vec!["a".to_string()]);
+    assert_eq!(c0.emails[0].address, "x@example.com", "normalized");
+    assert_eq!(upserted(&changes[1]).contact_id, "x2");
+    let c2 = upserted(&changes[2]);
+    assert_eq!((c2.canonical_name.as_str(), c2.version), ("Xavier II", 2));
+    assert_eq!(upserted(&changes[3]).notes.as_deref(), Some("n"));
+    assert_eq!(
+        changes[4].kind,
+        ChangeKind::Delete {
+            contact_id: Some("x1".into())
+        }
+    );
+    assert_eq!(
+        changes[4].native_id, changes[0].native_id,
+        "native id is the row uuid"
+    );
+    // Nothing after the last checkpoint; reading again from it is empty.
+    let b = s.read_changes(cp.as_ref(), 10).await.unwrap();
+    assert!(b.changes.is_empty() && !b.has_more);
+    assert_eq!(Some(b.checkpoint), cp);
+}
+
+#[tokio::test]
+async fn acknowledged_changes_never_come_back_and_unacknowledged_do() {
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    other_app(
+        &url,
+        "INSERT INTO contacts (contact_id, canonical_name) VALUES ('a', 'A');",
+    )
+    .await;
+    let b1 = s.read_changes(None, 10).await.unwrap();
+    assert_eq!(b1.changes.len(), 1);
+    other_app(
+        &url,
+        "INSERT INTO contacts (contact_id, canonical_name) VALUES ('b', 'B');",
+    )
+    .await;
+    // "Crash" between apply and slot advance: reconnect, read again from the
+    // stored (older) checkpoint → the same changes, nothing lost.
+    drop(s);
+    let mut s = new_store(&url, CdcMode::Slot).await;
+    let again = s.read_changes(None, 10).await.unwrap();
+    assert_eq!(again.changes.len(), 2);
+    assert_eq!(again.changes[0], b1.changes[0]);
+    s.acknowledge(&b1.checkpoint).await.unwrap();
+    s.acknowledge(&b1.checkpoint).await.unwrap(); // idempotent
+                                                  // Replay from an older checkpoint (or none) returns nothing acknowledged.
+    let replay = s.read_changes(None, 10).await.unwrap();
+    assert_eq!(replay.changes.len(), 1);
+    assert_eq!(upserted(&replay.changes[0]).contact_id, "b");
+    s.acknowledge(&replay.checkpoint).await.unwrap();
+    s.acknowledge(&b1.checkpoint).await.unwrap(); // older: no-op
+    let none = s.read_changes(Some(&b1.checkpoint), 10).await.unwrap();
+    assert!(none.changes.is_empty());
+    let health = s.slot_health().await.unwrap();
+    assert!(health.exists && health.wal_level == "logical");
+    assert!(health.retained_wal_bytes.is_some());
+}
+
+#[tokio::test]
+async fn our_own_writes_come_back_through_the_slot() {
+    let (mut s, _) = fresh(CdcMode::Slot).await;
+    let c = full_contact("own");
+    s.write_batch(std::slice::from_ref(&c)).await.unwrap();
+    let (changes, _) = drain(&mut s, None, 10).await;
+    assert_eq!(changes.len(), 1);
+    let mut expect = c;
+    expect.normalize();
+    assert_eq!(
+        upserted(&changes[0]),
+        &expect,
+        "same content hash as written"
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_changes_while_down_are_delivered_once() {
+    let (s, url) = fresh(CdcMode::Slot).await;
+    drop(s);
+    let mut sql = String::new();
+    for i in 0..1000 {
+        sql.push_str(&format!(
+            "INSERT INTO contacts (contact_id, canonical_name) VALUES ('d{i:04}', 'Down {i}');\n"
+        ));
+    }
+    sql.push_str("BEGIN; UPDATE contacts SET notes = 'bulk' WHERE contact_id < 'd0100'; COMMIT;");
+    other_app(&url, &sql).await;
+    let mut s = new_store(&url, CdcMode::Slot).await;
+    let mut cp: Option<Checkpoint> = None;
+    let mut seen = Vec::new();
+    loop {
+        let b = s.read_changes(cp.as_ref(), 64).await.unwrap();
+        seen.extend(
+            b.changes
+                .iter()
+                .map(|c| (upserted(c).contact_id.clone(), upserted(c).notes.clone())),
+        );
+        s.acknowledge(&b.checkpoint).await.unwrap();
+        cp = Some(b.checkpoint);
+        if !b.has_more {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 1100);
+    for (i, (id, notes)) in seen.iter().take(1000).enumerate() {
+        assert_eq!(id, &format!("d{i:04}"));
+        assert!(notes.is_none());
+    }
+    assert!(seen[1000..]
+        .iter()
+        .all(|(_, n)| n.as_deref() == Some("bulk")));
+    let mut ids: Vec<&String> = seen[1000..].iter().map(|(i, _)| i).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 100);
+    // A new reader after all acknowledgements sees nothing again.
+    drop(s);
+    let mut s = new_store(&url, CdcMode::Slot).await;
+    assert!(s.read_changes(None, 100).await.unwrap().changes.is_empty());
+}
+
+#[tokio::test]
+async fn changes_across_a_postgres_restart_are_all_delivered() {
+    let cluster = PgCluster::start(ClusterOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.server().create_database().await;
+    let s = new_store(&url, CdcMode::Slot).await;
+    drop(s);
+    other_app(
+        &url,
+        "INSERT INTO contacts (contact_id, canonical_name) VALUES ('r1', 'Before');",
+    )
+    .await;
+    cluster.restart().unwrap();
+    other_app(&url, "INSERT INTO contacts (contact_id, canonical_name) VALUES ('r2', 'After');
+                     UPDATE contacts SET canonical_name = 'Before, edited' WHERE contact_id = 'r1';")
+        .await;
+    cluster.restart().unwrap();
+    let mut s = new_store(&url, CdcMode::Slot).await;
+    let (changes, _) = drain(&mut s, None, 10).await;
+    let names: Vec<&str> = changes
+        .iter()
+        .map(|c| upserted(c).canonical_name.as_str())
+        .collect();
+    assert_eq!(names, ["Before", "After", "Before, edited"]);
+}
+
+#[tokio::test]
+async fn broken_json_in_a_text_column_is_undecodable_with_row_and_field() {
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    // A user's table keeps llm_context as TEXT.
+    other_app(
+        &url,
+        "ALTER TABLE contacts ALTER COLUMN llm_context TYPE text;",
+    )
+    .await;
+    drop(s);
+    let mut s2 = new_store(&url, CdcMode::Slot).await;
+    other_app(
+        &url,
+        "INSERT INTO contacts (contact_id, canonical_name, llm_context) VALUES ('bad', 'Bad', '{\"closeness_level\": 3');
+         INSERT INTO contacts (contact_id, canonical_name, llm_context) VALUES ('good', 'Good', '{\"closeness_level\": 3}');",
+    )
+    .await;
+    let (changes, _) = drain(&mut s2, None, 10).await;
+    assert_eq!(changes.len(), 2);
+    match &changes[0].kind {
+        ChangeKind::Undecodable { invalid, payload } => {
+            assert_eq!(invalid.field, "llm_context");
+            assert_eq!(invalid.record, "bad");
+            assert!(
+                invalid.reason.contains(&changes[0].native_id),
+                "{}",
+                invalid.reason
+            );
+            assert_eq!(payload.as_ref().unwrap()["canonical_name"], "Bad");
+        }
+        other => panic!("expected undecodable, got {other:?}"),
+    }
+    assert_eq!(
+        upserted(&changes[1]).llm_context,
+        Some(json!({"closeness_level": 3}))
+    );
+    // Our writes into the TEXT column round-trip too.
+    let mut c = Contact::new("mine", "Mine");
+    c.llm_context = Some(json!({"a": [1, 2]}));
+    s2.write_batch(std::slice::from_ref(&c)).await.unwrap();
+    assert_eq!(
+        s2.read(&["mine".into()]).await.unwrap()[0].llm_context,
+        c.llm_context
+    );
+    s = s2;
+    let _ = s.count().await.unwrap();
+}
+
+#[tokio::test]
+async fn wal_level_replica_gives_a_clear_error() {
+    let cluster = PgCluster::start(ClusterOptions {
+        wal_level: "replica".into(),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.server().create_database().await;
+    let mut s = PgStore::connect(cfg_for(&url)).await.unwrap();
+    let err = s.migrate().await.unwrap_err();
+    assert!(err.message.contains("wal_level"), "{err}");
+    assert!(!err.is_transient());
+    let err = s.read_changes(None, 10).await.unwrap_err();
+    assert!(err.message.contains("wal_level"), "{err}");
+    // Outbox mode works on the same server.
+    let mut cfg = cfg_for(&url);
+    cfg.cdc = CdcMode::Outbox;
+    let mut s = PgStore::connect(cfg).await.unwrap();
+    s.migrate().await.unwrap();
+    s.write_batch(&[Contact::new("o", "O")]).await.unwrap();
+    assert_eq!(s.read_changes(None, 10).await.unwrap().changes.len(), 1);
+}
+
+#[tokio::test]
+async fn outbox_mode_works_the_same() {
+    let (mut s, url) = fresh(CdcMode::Outbox).await;
+    s.migrate().await.unwrap();
+    other_app(
+        &url,
+        "INSERT INTO contacts (contact_id, canonical_name, tags, created_at) VALUES ('x1', 'Xavier', '[\"a\"]', '2020-01-01 10:00:00.5+02');
+         INSERT INTO contacts (contact_id, canonical_name, llm_context) VALUES ('x2', 'Yolanda', '\"just a string\"');
+         UPDATE contacts SET canonical_name = 'Xavier II' WHERE contact_id = 'x1';
+         DELETE FROM contacts WHERE contact_id = 'x2';",
+    )
+    .await;
+    let b1 = s.read_changes(None, 2).await.unwrap();
+    assert_eq!(b1.changes.len(), 2);
+    assert!(b1.has_more);
+    let c0 = upserted(&b1.changes[0]);
+    assert_eq!(c0.tags, vec!["a".to_string()]);
+    assert_eq!(c0.created_at, parse_ts("2020-01-01T08:00:00.5Z"));
+    assert_eq!(
+        upserted(&b1.changes[1]).llm_context,
+        Some(json!("just a string"))
+    );
+    // Not acknowledged: read again from the start → same changes.
+    let again = s.read_changes(None, 2).await.unwrap();
+    assert_eq!(again.changes, b1.changes);
+    s.acknowledge(&b1.checkpoint).await.unwrap();
+    let b2 = s.read_changes(None, 10).await.unwrap();
+    assert_eq!(b2.changes.len(), 2);
+    assert_eq!(upserted(&b2.changes[0]).canonical_name, "Xavier II");
+    assert_eq!(
+        b2.changes[1].kind,
+        ChangeKind::Delete {
+            contact_id: Some("x2".into())
+        }
+    );
+    s.acknowledge(&b2.checkpoint).await.unwrap();
+    assert!(s
+        .read_changes(Some(&b2.checkpoint), 10)
+        .await
+        .unwrap()
+        .changes
+        .is_empty());
+    assert_eq!(s.slot_health().await.unwrap().outbox_pending, Some(0));
+    // Broken JSON in a TEXT column, outbox flavour.
+    other_app(
+        &url,
+        "ALTER TABLE contacts ALTER COLUMN custom_attributes TYPE text;",
+    )
+    .await;
+    let mut s = new_store(&url, CdcMode::Outbox).await;
+    other_app(&url, "INSERT INTO contacts (contact_id, canonical_name, custom_attributes) VALUES ('b', 'B', '{oops');").await;
+    let b = s.read_changes(Some(&b2.checkpoint), 10).await.unwrap();
+    match &b.changes[0].kind {
+        ChangeKind::Undecodable { invalid, .. } => assert_eq!(invalid.field, "custom_attributes"),
+        other => panic!("expected undecodable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cdc_reset_recreates_the_slot() {
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    other_app(
+        &url,
+        "INSERT INTO contacts (contact_id, canonical_name) VALUES ('a', 'A');",
+    )
+    .await;
+    let cp = s.cdc_reset().await.unwrap();
+    assert!(s.read_changes(None, 10).await.unwrap().changes.is_empty());
+    other_app(
+        &url,
+        "INSERT INTO contacts (contact_id, canonical_name) VALUES ('b', 'B');",
+    )
+    .await;
+    let b = s.read_changes(Some(&cp), 10).await.unwrap();
+    assert_eq!(b.changes.len(), 1);
+}
+
+#[tokio::test]
+async fn notifier_wakes_on_a_commit() {
+    let (s, url) = fresh(CdcMode::Slot).await;
+    let wake = s.change_notifier().await.unwrap();
+    assert!(wake.is_listening());
+    other_app(
+        &url,
+        "INSERT INTO contacts (contact_id, canonical_name) VALUES ('n', 'N');",
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(30), wake.wait())
+        .await
+        .expect("no wake-up within 30 s of a commit");
+}
