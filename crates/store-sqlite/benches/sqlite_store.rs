@@ -2,6 +2,10 @@
 //! filled), in batches/pages of 1,000: write_batch (insert), write_batch
 //! (update, version + 1), scan. Run: `cargo bench -p contact-sync-sqlite`.
 //! Set `SQLITE_BENCH_N` to change the number of contacts.
+//!
+//! Each line shows wall-clock throughput and, on Linux, throughput per
+//! second of CPU time of the bench thread (`/proc/thread-self/schedstat`),
+//! which stays meaningful when other processes share the machine.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -14,19 +18,44 @@ use contact_sync_sqlite::SqliteStore;
 
 const BATCH: usize = 1_000;
 
-fn rate(n: usize, secs: f64) -> String {
-    format!("{:>9.0} contacts/s ({n} in {secs:.3} s)", n as f64 / secs)
+/// CPU time of this thread so far, in seconds (None off Linux).
+fn cpu_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns / 1e9)
 }
 
-async fn write_all(store: &mut SqliteStore, contacts: &[Contact]) -> f64 {
-    let t = Instant::now();
+/// Wall clock and CPU time of one phase.
+struct Timer(Instant, Option<f64>);
+
+impl Timer {
+    fn start() -> Self {
+        Timer(Instant::now(), cpu_secs())
+    }
+    fn report(&self, what: &str, n: usize) {
+        let wall = self.0.elapsed().as_secs_f64();
+        let cpu = match (self.1, cpu_secs()) {
+            (Some(a), Some(b)) => format!(
+                ", {:>9.0} contacts per CPU-second ({:.3} s CPU)",
+                n as f64 / (b - a),
+                b - a
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "{what:<20}{:>9.0} contacts/s ({n} in {wall:.3} s){cpu}",
+            n as f64 / wall
+        );
+    }
+}
+
+async fn write_all(store: &mut SqliteStore, contacts: &[Contact]) {
     for batch in contacts.chunks(BATCH) {
         let out = store.write_batch(batch).await.expect("write_batch");
         assert!(out
             .iter()
             .all(|o| matches!(o, WriteOutcome::Applied { .. })));
     }
-    t.elapsed().as_secs_f64()
 }
 
 async fn run() {
@@ -38,21 +67,23 @@ async fn run() {
     let path = dir.path().join("bench.db");
     let mut store = SqliteStore::open(&path, "local").expect("open");
 
-    let t = Instant::now();
+    let t = Timer::start();
     let mut contacts: Vec<Contact> = (0..n).map(common::full_contact).collect();
-    println!("generate            {}", rate(n, t.elapsed().as_secs_f64()));
+    t.report("generate", n);
 
-    let secs = write_all(&mut store, &contacts).await;
-    println!("write_batch insert  {}", rate(n, secs));
+    let t = Timer::start();
+    write_all(&mut store, &contacts).await;
+    t.report("write_batch insert", n);
 
     for c in &mut contacts {
         c.version += 1;
         c.job_title = Some("Distinguished Engineer".into());
     }
-    let secs = write_all(&mut store, &contacts).await;
-    println!("write_batch update  {}", rate(n, secs));
+    let t = Timer::start();
+    write_all(&mut store, &contacts).await;
+    t.report("write_batch update", n);
 
-    let t = Instant::now();
+    let t = Timer::start();
     let mut after: Option<String> = None;
     let mut seen = 0usize;
     loop {
@@ -64,16 +95,16 @@ async fn run() {
         }
     }
     assert_eq!(seen, n);
-    println!("scan                {}", rate(n, t.elapsed().as_secs_f64()));
+    t.report("scan", n);
 
     let ids: Vec<String> = contacts.iter().map(|c| c.contact_id.clone()).collect();
-    let t = Instant::now();
+    let t = Timer::start();
     let mut got = 0usize;
     for chunk in ids.chunks(BATCH) {
         got += store.read(chunk).await.expect("read").len();
     }
     assert_eq!(got, n);
-    println!("read by id          {}", rate(n, t.elapsed().as_secs_f64()));
+    t.report("read by id", n);
 
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!("database file       {:.1} MiB", size as f64 / 1_048_576.0);

@@ -74,7 +74,11 @@ async fn all_33_fields_round_trip() {
         .expect("write");
     assert_eq!(out.len(), 1);
     applied_id(&out[0]);
-    let back = f.store.read(std::slice::from_ref(&c.contact_id)).await.expect("read");
+    let back = f
+        .store
+        .read(std::slice::from_ref(&c.contact_id))
+        .await
+        .expect("read");
     assert_eq!(back, vec![c.clone()]);
     let scanned = f.store.scan(None, 10).await.expect("scan");
     assert_eq!(scanned, vec![c.clone()]);
@@ -130,7 +134,11 @@ async fn lower_version_is_stale_and_changes_nothing() {
     older.job_title = Some("Intern".into());
     let out = f.store.write_batch(&[older]).await.expect("write v4");
     assert_eq!(out, vec![WriteOutcome::Stale { stored_version: 5 }]);
-    let back = f.store.read(std::slice::from_ref(&c.contact_id)).await.expect("read");
+    let back = f
+        .store
+        .read(std::slice::from_ref(&c.contact_id))
+        .await
+        .expect("read");
     assert_eq!(back[0].job_title.as_deref(), Some("CEO"));
 
     // Equal version applies; higher applies.
@@ -141,7 +149,11 @@ async fn lower_version_is_stale_and_changes_nothing() {
     newer.version = 6;
     newer.job_title = Some("Founder".into());
     applied_id(&f.store.write_batch(&[newer]).await.expect("write v6")[0]);
-    let back = f.store.read(std::slice::from_ref(&c.contact_id)).await.expect("read");
+    let back = f
+        .store
+        .read(std::slice::from_ref(&c.contact_id))
+        .await
+        .expect("read");
     assert_eq!(back[0].job_title.as_deref(), Some("Founder"));
     assert_eq!(back[0].version, 6);
 }
@@ -195,7 +207,11 @@ async fn tombstone_keeps_the_row_with_deleted_at() {
     );
     assert_eq!(row, row2, "same row, kept");
     assert_eq!(f.store.count().await.expect("count"), 0, "not live");
-    let back = f.store.read(std::slice::from_ref(&c.contact_id)).await.expect("read");
+    let back = f
+        .store
+        .read(std::slice::from_ref(&c.contact_id))
+        .await
+        .expect("read");
     assert_eq!(back, vec![dead.clone()]);
     assert_eq!(f.store.scan(None, 10).await.expect("scan"), vec![dead]);
 }
@@ -682,4 +698,47 @@ async fn an_existing_contacts_table_keeps_working() {
     let mut store = SqliteStore::open(&path, "canonical").expect("reopen");
     let back = store.read(&["old-1".into()]).await.expect("read");
     assert_eq!(back[0].job_title.as_deref(), Some("Retired"));
+}
+
+#[tokio::test]
+async fn a_users_own_trigger_still_sees_the_stores_writes_but_capture_does_not() {
+    let mut f = fixture();
+    f.store
+        .write_batch(&[common::full_contact(1)])
+        .await
+        .expect("write before the user's trigger");
+    let db = cli(&f.path);
+    db.execute_batch(
+        "CREATE TABLE audit (contact_id TEXT);
+         CREATE TRIGGER user_audit AFTER INSERT ON contacts
+         BEGIN INSERT INTO audit VALUES (NEW.contact_id); END;",
+    )
+    .expect("user trigger");
+    f.store
+        .write_batch(&[common::full_contact(2)])
+        .await
+        .expect("write with the user's trigger");
+    let audited: Vec<String> = db
+        .prepare("SELECT contact_id FROM audit")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(audited, vec![common::id(2)]);
+    assert!(
+        all_changes(&mut f.store).await.is_empty(),
+        "own writes echoed"
+    );
+    db.execute_batch("DROP TRIGGER user_audit")
+        .expect("drop trigger");
+    f.store
+        .write_batch(&[common::full_contact(3)])
+        .await
+        .expect("write after the user's trigger is gone");
+    assert!(
+        all_changes(&mut f.store).await.is_empty(),
+        "own writes echoed"
+    );
+    assert_eq!(f.store.count().await.expect("count"), 3);
 }
