@@ -3,9 +3,9 @@
 # waits until it answers. Prints `export CONTACT_SYNC_BQ_URL=...` and
 # `export CONTACT_SYNC_BQ_PID=...` on stdout; logs go to DATA/emulator.log.
 #
-#   bash scripts/bigquery/start.sh [PORT] [DATA_DIR]
+#   bash scripts/bigquery/start.sh [PORT] [DATA_DIR] [GRPC_PORT]
 #
-# PORT defaults to 9050 (GRPC port = PORT+1); DATA_DIR to
+# PORT defaults to 9050, GRPC_PORT to PORT+1; DATA_DIR to
 # $CONTACT_SYNC_BQ_HOME/data-PORT. Project: test-project. Stop it with
 # `kill $CONTACT_SYNC_BQ_PID`. With CONTACT_SYNC_BQ_WATCH_PID=<pid> set, a
 # watchdog stops the emulator (and removes DATA_DIR) once that process
@@ -16,13 +16,14 @@ repo=$(cd "$here/../.." && pwd)
 HOME_DIR=${CONTACT_SYNC_BQ_HOME:-${CONTACT_SYNC_CACHE:-$repo/.ci-cache}/bigquery}
 PORT=${1:-9050}
 DATA=${2:-$HOME_DIR/data-$PORT}
+GRPC_PORT=${3:-$((PORT + 1))}
 BIN="$HOME_DIR/venv-lbq/bin/local-bigquery"
 if [ ! -x "$BIN" ]; then
   echo "scripts/bigquery/start.sh: $BIN missing: run scripts/bigquery/setup.sh first" >&2
   exit 1
 fi
 mkdir -p "$DATA"
-HOME="$HOME_DIR/home" nohup "$BIN" serve --host 127.0.0.1 --port "$PORT" --grpc-port $((PORT + 1)) \
+HOME="$HOME_DIR/home" nohup "$BIN" serve --host 127.0.0.1 --port "$PORT" --grpc-port "$GRPC_PORT" \
   --project test-project --data-dir "$DATA" >"$DATA/emulator.log" 2>&1 &
 pid=$!
 if [ -n "${CONTACT_SYNC_BQ_WATCH_PID:-}" ]; then

@@ -136,7 +136,10 @@ async fn read_token_response(
     let resp = resp.map_err(|e| BqError::transient(format!("{what}: {}", e.without_url())))?;
     let status = resp.status();
     let body: TokenResponse = resp.json().await.map_err(|e| {
-        BqError::transient(format!("{what}: HTTP {status}: unreadable answer: {}", e.without_url()))
+        BqError::transient(format!(
+            "{what}: HTTP {status}: unreadable answer: {}",
+            e.without_url()
+        ))
     })?;
     if !status.is_success() || body.access_token.is_none() {
         // `error` / `error_description` are OAuth's fixed texts, never the token.
@@ -201,7 +204,11 @@ impl ServiceAccountKey {
             ))
         })?;
         Self::from_json(&text).map_err(|e| {
-            BqError::permanent(format!("service-account key file {}: {}", path.display(), e.message))
+            BqError::permanent(format!(
+                "service-account key file {}: {}",
+                path.display(),
+                e.message
+            ))
         })
     }
 

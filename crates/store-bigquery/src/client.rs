@@ -282,11 +282,19 @@ impl QueryParam {
     }
     /// A STRING parameter.
     pub fn string(name: &str, v: impl Into<String>) -> Self {
-        Self::new(name, ParamType::Scalar("STRING"), ParamValue::Scalar(v.into()))
+        Self::new(
+            name,
+            ParamType::Scalar("STRING"),
+            ParamValue::Scalar(v.into()),
+        )
     }
     /// An INT64 parameter.
     pub fn int64(name: &str, v: i64) -> Self {
-        Self::new(name, ParamType::Scalar("INT64"), ParamValue::Scalar(v.to_string()))
+        Self::new(
+            name,
+            ParamType::Scalar("INT64"),
+            ParamValue::Scalar(v.to_string()),
+        )
     }
     /// A TIMESTAMP parameter (sent as RFC 3339 with microseconds).
     pub fn timestamp(name: &str, v: &contact_sync_core::Timestamp) -> Self {
@@ -309,7 +317,11 @@ impl QueryParam {
         Self::new(
             name,
             ParamType::Array(Box::new(ParamType::Scalar("INT64"))),
-            ParamValue::Array(v.iter().map(|i| ParamValue::Scalar(i.to_string())).collect()),
+            ParamValue::Array(
+                v.iter()
+                    .map(|i| ParamValue::Scalar(i.to_string()))
+                    .collect(),
+            ),
         )
     }
 
@@ -524,7 +536,14 @@ impl BigQueryClient {
     pub async fn dataset_exists(&self, dataset: &str) -> Result<bool, BqError> {
         let ctx = format!("get dataset {}.{dataset}", self.cfg.project);
         match self
-            .call(Method::Get, &format!("/datasets/{dataset}"), &[], None, &ctx, false)
+            .call(
+                Method::Get,
+                &format!("/datasets/{dataset}"),
+                &[],
+                None,
+                &ctx,
+                false,
+            )
             .await
         {
             Ok(_) => Ok(true),
@@ -693,11 +712,7 @@ impl BigQueryClient {
                     class: contact_sync_connector::RetryClass::Permanent,
                     status: Some(200),
                     reason: Some("insertErrors".into()),
-                    message: format!(
-                        "{ctx}: {} rows refused: {}",
-                        errs.len(),
-                        detail.join("; ")
-                    ),
+                    message: format!("{ctx}: {} rows refused: {}", errs.len(), detail.join("; ")),
                 });
             }
         }
@@ -764,7 +779,14 @@ impl BigQueryClient {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             resp = self
-                .call(Method::Get, &format!("/queries/{job_id}"), &base_q, None, context, false)
+                .call(
+                    Method::Get,
+                    &format!("/queries/{job_id}"),
+                    &base_q,
+                    None,
+                    context,
+                    false,
+                )
                 .await?;
             check_job_errors(context, &resp)?;
         }
@@ -788,7 +810,10 @@ impl BigQueryClient {
                     })?);
                 }
             }
-            let Some(token) = resp.get("pageToken").and_then(Value::as_str).map(str::to_string)
+            let Some(token) = resp
+                .get("pageToken")
+                .and_then(Value::as_str)
+                .map(str::to_string)
             else {
                 break;
             };
@@ -798,7 +823,14 @@ impl BigQueryClient {
             let mut q = base_q.clone();
             q.push(("pageToken", token));
             resp = self
-                .call(Method::Get, &format!("/queries/{job_id}"), &q, None, context, false)
+                .call(
+                    Method::Get,
+                    &format!("/queries/{job_id}"),
+                    &q,
+                    None,
+                    context,
+                    false,
+                )
                 .await?;
             check_job_errors(context, &resp)?;
         }
@@ -852,7 +884,11 @@ fn decode_cell(field: &Field, v: &Value) -> Result<Value, String> {
     if v.is_null() {
         return Ok(Value::Null);
     }
-    let text = || v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let text = || {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
     Ok(match field.ty.as_str() {
         "RECORD" => Value::Object(decode_row(&field.fields, v)?),
         "INT64" | "TIMESTAMP" => {
@@ -860,7 +896,12 @@ fn decode_cell(field: &Field, v: &Value) -> Result<Value, String> {
             let n: i64 = s
                 .parse()
                 .or_else(|_| s.parse::<f64>().map(|f| f as i64))
-                .map_err(|_| format!("column `{}`: {} value {s:?} is not an integer", field.name, field.ty))?;
+                .map_err(|_| {
+                    format!(
+                        "column `{}`: {} value {s:?} is not an integer",
+                        field.name, field.ty
+                    )
+                })?;
             Value::from(n)
         }
         "BOOL" => match text().to_ascii_lowercase().as_str() {
@@ -892,7 +933,10 @@ mod tests {
             Field::repeated("tags", "STRING"),
             Field::repeated_record(
                 "emails",
-                vec![Field::nullable("address", "STRING"), Field::nullable("is_primary", "BOOL")],
+                vec![
+                    Field::nullable("address", "STRING"),
+                    Field::nullable("is_primary", "BOOL"),
+                ],
             ),
         ];
         let schema: Vec<Field> = schema
@@ -907,7 +951,10 @@ mod tests {
         assert_eq!(m["ts"], json!(1704164645123456i64));
         assert_eq!(m["b"], json!(true));
         assert_eq!(m["tags"], json!(["x"]));
-        assert_eq!(m["emails"], json!([{"address": "a@b.c", "is_primary": null}]));
+        assert_eq!(
+            m["emails"],
+            json!([{"address": "a@b.c", "is_primary": null}])
+        );
     }
 
     #[test]
@@ -928,6 +975,9 @@ mod tests {
             j["parameterValue"],
             json!({"arrayValues": [{"structValues": {"b": {"value": "1"}}}]})
         );
-        assert_eq!(j["parameterType"]["arrayType"]["structTypes"][1]["type"]["type"], "INT64");
+        assert_eq!(
+            j["parameterType"]["arrayType"]["structTypes"][1]["type"]["type"],
+            "INT64"
+        );
     }
 }

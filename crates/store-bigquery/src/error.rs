@@ -134,8 +134,12 @@ pub(crate) fn from_body(context: &str, status: Option<u16>, err: &serde_json::Va
     }
     text.push_str(&truncate(message, 600));
     match (class, reason.as_deref()) {
-        (_, Some("quotaExceeded")) => text.push_str(" (quota exceeded: raise the quota or lower the batch rate)"),
-        (_, Some("accessDenied")) => text.push_str(" (permission denied: grant the service account BigQuery Data Editor and Job User)"),
+        (_, Some("quotaExceeded")) => {
+            text.push_str(" (quota exceeded: raise the quota or lower the batch rate)")
+        }
+        (_, Some("accessDenied")) => text.push_str(
+            " (permission denied: grant the service account BigQuery Data Editor and Job User)",
+        ),
         _ => {}
     }
     BqError {
@@ -166,10 +170,22 @@ mod tests {
     fn classification() {
         assert_eq!(classify(Some(429), None), RetryClass::Transient);
         assert_eq!(classify(Some(503), None), RetryClass::Transient);
-        assert_eq!(classify(Some(400), Some("backendError")), RetryClass::Transient);
-        assert_eq!(classify(Some(403), Some("rateLimitExceeded")), RetryClass::Transient);
-        assert_eq!(classify(Some(403), Some("quotaExceeded")), RetryClass::Permanent);
-        assert_eq!(classify(Some(403), Some("accessDenied")), RetryClass::Permanent);
+        assert_eq!(
+            classify(Some(400), Some("backendError")),
+            RetryClass::Transient
+        );
+        assert_eq!(
+            classify(Some(403), Some("rateLimitExceeded")),
+            RetryClass::Transient
+        );
+        assert_eq!(
+            classify(Some(403), Some("quotaExceeded")),
+            RetryClass::Permanent
+        );
+        assert_eq!(
+            classify(Some(403), Some("accessDenied")),
+            RetryClass::Permanent
+        );
         assert_eq!(classify(Some(404), Some("notFound")), RetryClass::Permanent);
         assert_eq!(classify(Some(400), None), RetryClass::Permanent);
     }
@@ -184,7 +200,11 @@ mod tests {
         assert!(!e.is_transient());
         assert!(e.message.contains("p.d.contacts"), "{}", e.message);
         assert!(e.message.contains("quotaExceeded"), "{}", e.message);
-        let e = from_body("q", None, &json!({"reason": "backendError", "message": "x"}));
+        let e = from_body(
+            "q",
+            None,
+            &json!({"reason": "backendError", "message": "x"}),
+        );
         assert!(e.is_transient());
     }
 }

@@ -33,8 +33,12 @@ pub(crate) enum Kind {
 pub(crate) fn kind_of(field: &str) -> Kind {
     match field {
         "contact_id" => Kind::Id,
-        "external_ids" | "llm_context" | "relationships" | "communication_stats"
-        | "social_profiles" | "custom_attributes" => Kind::Json,
+        "external_ids"
+        | "llm_context"
+        | "relationships"
+        | "communication_stats"
+        | "social_profiles"
+        | "custom_attributes" => Kind::Json,
         "tags" => Kind::Tags,
         "created_at" | "last_updated" | "deleted_at" => Kind::Timestamp,
         "emails" => Kind::Emails,
@@ -179,7 +183,11 @@ impl Layout {
                 Kind::Timestamp => !c.is_repeated() && c.ty == "TIMESTAMP",
                 Kind::Version => !c.is_repeated() && c.ty == "INT64",
                 Kind::Emails | Kind::Phones => {
-                    let first = if kind == Kind::Emails { "address" } else { "number" };
+                    let first = if kind == Kind::Emails {
+                        "address"
+                    } else {
+                        "number"
+                    };
                     c.is_repeated()
                         && c.ty == "RECORD"
                         && [first, "label", "is_primary"]

@@ -159,7 +159,11 @@ impl BigQueryStore {
             report.created_dataset = true;
         }
         let full = format!("{}.{}.{}", client.project(), cfg.dataset, cfg.table);
-        match client.table_schema(&cfg.dataset, &cfg.table).await.map_err(e)? {
+        match client
+            .table_schema(&cfg.dataset, &cfg.table)
+            .await
+            .map_err(e)?
+        {
             Some(schema) => {
                 Layout::from_schema(&full, &schema, &cfg.columns).map_err(e)?;
             }
@@ -177,7 +181,12 @@ impl BigQueryStore {
             }
         }
         if let Some(j) = &cfg.journal_table {
-            if client.table_schema(&cfg.dataset, j).await.map_err(e)?.is_none() {
+            if client
+                .table_schema(&cfg.dataset, j)
+                .await
+                .map_err(e)?
+                .is_none()
+            {
                 client
                     .create_table(
                         &cfg.dataset,
@@ -196,7 +205,10 @@ impl BigQueryStore {
     /// Opens the store on an existing table (see [`migrate`](Self::migrate)):
     /// reads its schema and checks every field has a fitting column. A
     /// missing table is a permanent error naming it.
-    pub async fn open(client: BigQueryClient, cfg: BigQueryStoreConfig) -> Result<Self, StoreError> {
+    pub async fn open(
+        client: BigQueryClient,
+        cfg: BigQueryStoreConfig,
+    ) -> Result<Self, StoreError> {
         let full_name = format!("{}.{}.{}", client.project(), cfg.dataset, cfg.table);
         let schema = client
             .table_schema(&cfg.dataset, &cfg.table)
@@ -272,7 +284,10 @@ impl BigQueryStore {
                 QueryParam::int64s("ids", &ints),
             )
         } else {
-            (format!("t.{col} IN UNNEST(@ids)"), QueryParam::strings("ids", ids))
+            (
+                format!("t.{col} IN UNNEST(@ids)"),
+                QueryParam::strings("ids", ids),
+            )
         }
     }
 
@@ -433,7 +448,10 @@ fn row_value(c: &Contact) -> ParamValue {
                     ParamValue::Struct(vec![
                         (first.to_string(), ParamValue::Scalar(a.to_string())),
                         ("label".to_string(), opt_text(label)),
-                        ("is_primary".to_string(), ParamValue::Scalar(primary.to_string())),
+                        (
+                            "is_primary".to_string(),
+                            ParamValue::Scalar(primary.to_string()),
+                        ),
                     ])
                 })
                 .collect(),
@@ -472,7 +490,10 @@ fn row_value(c: &Contact) -> ParamValue {
         ("created_at".into(), opt_ts(&c.created_at)),
         ("llm_context".into(), opt_json(&c.llm_context)),
         ("relationships".into(), opt_json(&c.relationships)),
-        ("communication_stats".into(), opt_json(&c.communication_stats)),
+        (
+            "communication_stats".into(),
+            opt_json(&c.communication_stats),
+        ),
         ("social_profiles".into(), opt_json(&c.social_profiles)),
         ("custom_attributes".into(), opt_json(&c.custom_attributes)),
         (
@@ -609,7 +630,9 @@ pub(crate) fn decode_contact(row: &Map<String, Value>) -> Result<Contact, Invali
                 Ok((
                     addr.to_string(),
                     r.get("label").and_then(Value::as_str).map(str::to_string),
-                    r.get("is_primary").and_then(Value::as_bool).unwrap_or(false),
+                    r.get("is_primary")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
                 ))
             })
             .collect()
@@ -862,8 +885,10 @@ impl RecordSink for BigQueryStore {
             .decode_rows(&res.rows)
             .into_iter()
             .filter(|c| {
-                c.primary_email().is_some_and(|e| emails.iter().any(|x| x == e))
-                    || c.primary_phone().is_some_and(|p| phones.iter().any(|x| x == p))
+                c.primary_email()
+                    .is_some_and(|e| emails.iter().any(|x| x == e))
+                    || c.primary_phone()
+                        .is_some_and(|p| phones.iter().any(|x| x == p))
             })
             .collect())
     }
@@ -907,7 +932,24 @@ impl ChangeSource for BigQueryStore {
             params.push(QueryParam::timestamp("since", &since));
             filter.push_str(&format!(" AND t.{lu} >= @since"));
         }
-        let fetch = limit + cur.seen.len() + 1;
+        if !cur.seen.is_empty() {
+            // Rows already delivered inside the window are left out by the
+            // query itself, so a page costs `limit + 1` rows however many
+            // rows share the window. The key's last two parts are numbers,
+            // so an id containing `|` stays unambiguous.
+            let keys: Vec<String> = cur
+                .seen
+                .iter()
+                .map(|(id, v, t)| format!("{id}|{v}|{t}"))
+                .collect();
+            params.push(QueryParam::strings("seen", &keys));
+            filter.push_str(&format!(
+                " AND CONCAT({}, '|', COALESCE(CAST(t.{} AS STRING), '0'), '|', CAST(UNIX_MICROS(t.{lu}) AS STRING)) NOT IN UNNEST(@seen)",
+                self.layout.id_text("t"),
+                self.layout.col("version").quoted,
+            ));
+        }
+        let fetch = limit + 1;
         let sql = format!(
             "SELECT {} FROM {} t WHERE {filter} ORDER BY t.{lu}, {} LIMIT {fetch}",
             self.layout.select_list("t"),

@@ -11,8 +11,8 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use contact_sync_bigquery::{
-    BigQueryClient, ClientConfig, InsertRow, MetadataServer, NoAuth, QueryParam,
-    ServiceAccountKey, TokenProvider,
+    BigQueryClient, ClientConfig, InsertRow, MetadataServer, NoAuth, QueryParam, ServiceAccountKey,
+    TokenProvider,
 };
 use contact_sync_connector::RetryClass;
 use serde_json::{json, Map, Value};
@@ -34,7 +34,9 @@ struct Fake {
 
 async fn handle(State(st): State<Arc<Fake>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
     st.seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
@@ -47,7 +49,10 @@ async fn handle(State(st): State<Arc<Fake>>, req: Request) -> Response {
         body: String::from_utf8_lossy(&body).to_string(),
     });
     let next = st.script.lock().unwrap().pop_front();
-    let (status, v) = next.unwrap_or((500, json!({"error": {"code": 500, "message": "script exhausted"}})));
+    let (status, v) = next.unwrap_or((
+        500,
+        json!({"error": {"code": 500, "message": "script exhausted"}}),
+    ));
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap())
         .header("content-type", "application/json")
@@ -101,7 +106,10 @@ async fn transient_failures_are_retried_with_backoff() {
     ])
     .await;
     let c = client(&url, Arc::new(NoAuth));
-    let res = c.query("SELECT 1", &[], "probe on table p.d.t").await.expect("retried to success");
+    let res = c
+        .query("SELECT 1", &[], "probe on table p.d.t")
+        .await
+        .expect("retried to success");
     assert_eq!(res.rows[0]["n"], json!(1));
     assert_eq!(res.rows[0]["ts"], json!(1_700_000_000_000_001i64));
     let s = c.stats();
@@ -110,29 +118,59 @@ async fn transient_failures_are_retried_with_backoff() {
     let body: Value = serde_json::from_str(&seen[0].body).unwrap();
     assert_eq!(body["formatOptions"]["useInt64Timestamp"], json!(true));
     assert_eq!(body["useLegacySql"], json!(false));
-    assert!(seen[0].auth.is_none(), "NoAuth sends no Authorization header");
+    assert!(
+        seen[0].auth.is_none(),
+        "NoAuth sends no Authorization header"
+    );
 }
 
 #[tokio::test]
 async fn retries_are_bounded_and_permanent_errors_are_not_retried() {
-    let busy = json!({"error": {"code": 500, "message": "boom", "errors": [{"reason": "backendError"}]}});
+    let busy =
+        json!({"error": {"code": 500, "message": "boom", "errors": [{"reason": "backendError"}]}});
     let (url, st) = fake(vec![(500, busy.clone()); 10]).await;
-    let e = client(&url, Arc::new(NoAuth)).query("SELECT 1", &[], "poll of p.d.t").await.unwrap_err();
+    let e = client(&url, Arc::new(NoAuth))
+        .query("SELECT 1", &[], "poll of p.d.t")
+        .await
+        .unwrap_err();
     assert_eq!(e.class, RetryClass::Transient);
-    assert_eq!(st.seen.lock().unwrap().len(), 4, "one try and three retries");
+    assert_eq!(
+        st.seen.lock().unwrap().len(),
+        4,
+        "one try and three retries"
+    );
 
-    let (url, st) = fake(vec![(403, json!({"error": {"code": 403, "message": "Quota exceeded: too many DML statements",
-        "errors": [{"reason": "quotaExceeded", "message": "Quota exceeded"}]}}))])
+    let (url, st) = fake(vec![(
+        403,
+        json!({"error": {"code": 403, "message": "Quota exceeded: too many DML statements",
+        "errors": [{"reason": "quotaExceeded", "message": "Quota exceeded"}]}}),
+    )])
     .await;
-    let e = client(&url, Arc::new(NoAuth)).query("MERGE", &[], "MERGE of 3 contacts on table p.d.contacts").await.unwrap_err();
+    let e = client(&url, Arc::new(NoAuth))
+        .query("MERGE", &[], "MERGE of 3 contacts on table p.d.contacts")
+        .await
+        .unwrap_err();
     assert_eq!(e.class, RetryClass::Permanent);
-    assert!(e.message.contains("p.d.contacts") && e.message.contains("quotaExceeded"), "{e}");
-    assert_eq!(st.seen.lock().unwrap().len(), 1, "a quota error is not retried");
+    assert!(
+        e.message.contains("p.d.contacts") && e.message.contains("quotaExceeded"),
+        "{e}"
+    );
+    assert_eq!(
+        st.seen.lock().unwrap().len(),
+        1,
+        "a quota error is not retried"
+    );
 
-    let (url, _) = fake(vec![(403, json!({"error": {"code": 403, "message": "Access Denied: Table p:d.contacts",
-        "errors": [{"reason": "accessDenied"}]}}))])
+    let (url, _) = fake(vec![(
+        403,
+        json!({"error": {"code": 403, "message": "Access Denied: Table p:d.contacts",
+        "errors": [{"reason": "accessDenied"}]}}),
+    )])
     .await;
-    let e = client(&url, Arc::new(NoAuth)).query("SELECT", &[], "read on table p.d.contacts").await.unwrap_err();
+    let e = client(&url, Arc::new(NoAuth))
+        .query("SELECT", &[], "read on table p.d.contacts")
+        .await
+        .unwrap_err();
     assert!(!e.is_transient() && e.message.contains("permission"), "{e}");
 }
 
@@ -140,14 +178,32 @@ async fn retries_are_bounded_and_permanent_errors_are_not_retried() {
 async fn errors_in_a_200_body_fail_the_call() {
     // bqemulator style: a failed query as HTTP 200 with errors[].
     let (url, _) = fake(vec![(200, json!({"jobComplete": true, "errors": [{"reason": "invalidQuery", "message": "Syntax error"}]}))]).await;
-    let e = client(&url, Arc::new(NoAuth)).query("SELEC", &[], "scan on table p.d.t").await.unwrap_err();
-    assert!(e.message.contains("invalidQuery") && e.message.contains("p.d.t"), "{e}");
+    let e = client(&url, Arc::new(NoAuth))
+        .query("SELEC", &[], "scan on table p.d.t")
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("invalidQuery") && e.message.contains("p.d.t"),
+        "{e}"
+    );
     assert!(!e.is_transient());
 
     let (url, _) = fake(vec![(200, json!({"insertErrors": [{"index": 1, "errors": [{"reason": "invalid", "message": "no such field: x"}]}]}))]).await;
-    let rows = vec![InsertRow { insert_id: Some("a".into()), json: Map::new() }; 2];
-    let e = client(&url, Arc::new(NoAuth)).insert_all("d", "contacts", &rows).await.unwrap_err();
-    assert!(e.message.contains("row 1") && e.message.contains("p.d.contacts"), "{e}");
+    let rows = vec![
+        InsertRow {
+            insert_id: Some("a".into()),
+            json: Map::new()
+        };
+        2
+    ];
+    let e = client(&url, Arc::new(NoAuth))
+        .insert_all("d", "contacts", &rows)
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("row 1") && e.message.contains("p.d.contacts"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -161,7 +217,11 @@ async fn unfinished_jobs_are_awaited_and_pages_followed() {
     .await;
     let c = client(&url, Arc::new(NoAuth));
     let res = c
-        .query("SELECT n FROM t WHERE x = @x", &[QueryParam::string("x", "it's; DROP")], "q")
+        .query(
+            "SELECT n FROM t WHERE x = @x",
+            &[QueryParam::string("x", "it's; DROP")],
+            "q",
+        )
         .await
         .expect("query");
     let ns: Vec<Value> = res.rows.iter().map(|r| r["n"].clone()).collect();
@@ -171,12 +231,24 @@ async fn unfinished_jobs_are_awaited_and_pages_followed() {
     assert_eq!(seen[1].method, "GET");
     assert_eq!(seen[1].path, "/bigquery/v2/projects/p/queries/job-1");
     assert!(seen[1].query.contains("location=EU"), "{}", seen[1].query);
-    assert!(seen[3].query.contains("pageToken=tok2"), "{}", seen[3].query);
-    assert!(seen[3].query.contains("formatOptions.useInt64Timestamp=true"));
+    assert!(
+        seen[3].query.contains("pageToken=tok2"),
+        "{}",
+        seen[3].query
+    );
+    assert!(seen[3]
+        .query
+        .contains("formatOptions.useInt64Timestamp=true"));
     assert_eq!(c.stats().jobs, 1, "waiting and paging start no new job");
     let body: Value = serde_json::from_str(&seen[0].body).unwrap();
-    assert!(!body["query"].as_str().unwrap().contains("DROP"), "values travel as parameters");
-    assert_eq!(body["queryParameters"][0]["parameterValue"]["value"], json!("it's; DROP"));
+    assert!(
+        !body["query"].as_str().unwrap().contains("DROP"),
+        "values travel as parameters"
+    );
+    assert_eq!(
+        body["queryParameters"][0]["parameterValue"]["value"],
+        json!("it's; DROP")
+    );
 }
 
 #[tokio::test]
@@ -192,7 +264,10 @@ async fn service_account_tokens_are_signed_exchanged_cached_and_never_shown() {
         .expect("key")
         .with_token_url(format!("{url}/token"));
     let shown = format!("{sa:?}");
-    assert!(!shown.contains("PRIVATE KEY") && shown.contains("redacted"), "{shown}");
+    assert!(
+        !shown.contains("PRIVATE KEY") && shown.contains("redacted"),
+        "{shown}"
+    );
     let c = client(&url, Arc::new(sa));
     assert!(c.dataset_exists("d").await.expect("get"));
     assert!(c.dataset_exists("d").await.expect("get"));
@@ -200,15 +275,32 @@ async fn service_account_tokens_are_signed_exchanged_cached_and_never_shown() {
     assert_eq!(seen.len(), 3, "one token exchange for two calls: {seen:?}");
     assert_eq!(seen[0].path, "/token");
     let form: Vec<(String, String)> = url_decode(&seen[0].body);
-    let get = |k: &str| form.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone()).unwrap();
-    assert_eq!(get("grant_type"), "urn:ietf:params:oauth:grant-type:jwt-bearer");
+    let get = |k: &str| {
+        form.iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        get("grant_type"),
+        "urn:ietf:params:oauth:grant-type:jwt-bearer"
+    );
     // The assertion is an RS256 JWT signed by the key, for this audience.
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_audience(&[format!("{url}/token")]);
-    let pubkey = jsonwebtoken::DecodingKey::from_rsa_pem(include_bytes!("fixtures/test-sa-pub.pem")).unwrap();
-    let tok = jsonwebtoken::decode::<Value>(&get("assertion"), &pubkey, &validation).expect("valid JWT");
-    assert_eq!(tok.claims["iss"], json!("contact-sync-test@test-project.iam.gserviceaccount.com"));
-    assert_eq!(tok.claims["scope"], json!("https://www.googleapis.com/auth/bigquery"));
+    let pubkey =
+        jsonwebtoken::DecodingKey::from_rsa_pem(include_bytes!("fixtures/test-sa-pub.pem"))
+            .unwrap();
+    let tok =
+        jsonwebtoken::decode::<Value>(&get("assertion"), &pubkey, &validation).expect("valid JWT");
+    assert_eq!(
+        tok.claims["iss"],
+        json!("contact-sync-test@test-project.iam.gserviceaccount.com")
+    );
+    assert_eq!(
+        tok.claims["scope"],
+        json!("https://www.googleapis.com/auth/bigquery")
+    );
     assert_eq!(tok.header.kid.as_deref(), Some("test-key-id-1"));
     assert_eq!(seen[1].auth.as_deref(), Some("Bearer ya29.SECRET-TOKEN"));
     assert!(!format!("{c:?}").contains("SECRET"));
@@ -216,16 +308,29 @@ async fn service_account_tokens_are_signed_exchanged_cached_and_never_shown() {
 
 #[tokio::test]
 async fn token_errors_are_permanent_and_leak_nothing() {
-    let (url, _) = fake(vec![(400, json!({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}))]).await;
+    let (url, _) = fake(vec![(
+        400,
+        json!({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}),
+    )])
+    .await;
     let sa = ServiceAccountKey::from_json(include_str!("fixtures/test-sa-key.json"))
         .unwrap()
         .with_token_url(format!("{url}/token"));
-    let e = client(&url, Arc::new(sa)).dataset_exists("d").await.unwrap_err();
+    let e = client(&url, Arc::new(sa))
+        .dataset_exists("d")
+        .await
+        .unwrap_err();
     assert_eq!(e.class, RetryClass::Permanent);
     assert!(e.message.contains("invalid_grant"), "{e}");
-    assert!(!e.message.contains("eyJ"), "the signed assertion must not appear: {e}");
+    assert!(
+        !e.message.contains("eyJ"),
+        "the signed assertion must not appear: {e}"
+    );
 
-    let e = ServiceAccountKey::from_json("{\"client_email\": \"x\", \"private_key\": \"not a key SECRETSTUFF\"}").unwrap_err();
+    let e = ServiceAccountKey::from_json(
+        "{\"client_email\": \"x\", \"private_key\": \"not a key SECRETSTUFF\"}",
+    )
+    .unwrap_err();
     assert!(!e.message.contains("SECRETSTUFF"), "{e}");
     let e = ServiceAccountKey::from_file("/nonexistent/key.json").unwrap_err();
     assert!(e.message.contains("/nonexistent/key.json"), "{e}");
@@ -234,11 +339,16 @@ async fn token_errors_are_permanent_and_leak_nothing() {
 #[tokio::test]
 async fn metadata_server_tokens() {
     let (url, st) = fake(vec![
-        (200, json!({"access_token": "meta-token", "expires_in": 120, "token_type": "Bearer"})),
+        (
+            200,
+            json!({"access_token": "meta-token", "expires_in": 120, "token_type": "Bearer"}),
+        ),
         (200, json!({"kind": "bigquery#dataset"})),
     ])
     .await;
-    let md = MetadataServer::new(format!("{url}/computeMetadata/v1/instance/service-accounts/default/token"));
+    let md = MetadataServer::new(format!(
+        "{url}/computeMetadata/v1/instance/service-accounts/default/token"
+    ));
     let c = client(&url, Arc::new(md));
     c.dataset_exists("d").await.expect("get");
     let seen = st.seen.lock().unwrap().clone();

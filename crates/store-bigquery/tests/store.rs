@@ -5,9 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{TestDataset, PROJECT};
-use contact_sync_bigquery::{
-    contacts_schema, BigQueryStore, ColumnMap, InsertRow, QueryParam,
-};
+use contact_sync_bigquery::{contacts_schema, BigQueryStore, ColumnMap, InsertRow, QueryParam};
 use contact_sync_connector::{
     ChangeKind, ChangeSource, Checkpoint, RecordSink, RetryClass, StoreInfo, WriteOutcome,
 };
@@ -24,7 +22,10 @@ fn ts(s: &str) -> Timestamp {
 fn full_contact(id: &str) -> Contact {
     let mut c = Contact::new(id, "Ada Augusta King");
     c.external_ids = BTreeMap::from([
-        ("twenty".to_string(), "3f6c1e2a-0000-4000-8000-000000000001".to_string()),
+        (
+            "twenty".to_string(),
+            "3f6c1e2a-0000-4000-8000-000000000001".to_string(),
+        ),
         ("supabase".to_string(), "42".to_string()),
     ]);
     c.display_name = Some("Ada Lovelace".into());
@@ -51,17 +52,34 @@ fn full_contact(id: &str) -> Contact {
         "important_dates": [{"date": "1815-12-10", "event": "born", "significance": "high"}],
         "emotional_depth": 7, "closeness_level": 6, "blind_spots": [], "nested": {"a": [1, 2.5, null, true]}
     }));
-    c.relationships = Some(json!([{"contact_id": "c-babbage", "relation": "mentor", "notes": "Charles"}]));
+    c.relationships =
+        Some(json!([{"contact_id": "c-babbage", "relation": "mentor", "notes": "Charles"}]));
     c.communication_stats = Some(json!({"letters": 31, "last": "1852-11-27"}));
     c.social_profiles = Some(json!({"web": "https://example.org/ada"}));
     c.custom_attributes = Some(json!({"favourite_number": 1729}));
     c.emails = vec![
-        Email { address: "ada@example.org".into(), label: Some("home".into()), is_primary: true },
-        Email { address: "countess@example.com".into(), label: None, is_primary: false },
+        Email {
+            address: "ada@example.org".into(),
+            label: Some("home".into()),
+            is_primary: true,
+        },
+        Email {
+            address: "countess@example.com".into(),
+            label: None,
+            is_primary: false,
+        },
     ];
     c.phones = vec![
-        Phone { number: "+442071234567".into(), label: Some("work".into()), is_primary: true },
-        Phone { number: "+15551234567".into(), label: None, is_primary: false },
+        Phone {
+            number: "+442071234567".into(),
+            label: Some("work".into()),
+            is_primary: true,
+        },
+        Phone {
+            number: "+15551234567".into(),
+            label: None,
+            is_primary: false,
+        },
     ];
     c.version = 7;
     c.last_updated = Some(ts("2024-05-06T07:08:09.654321Z"));
@@ -84,7 +102,10 @@ async fn drain(
     let mut cp = from;
     let mut all = Vec::new();
     loop {
-        let b = store.read_changes(cp.as_ref(), limit).await.expect("read_changes");
+        let b = store
+            .read_changes(cp.as_ref(), limit)
+            .await
+            .expect("read_changes");
         all.extend(b.changes);
         cp = Some(b.checkpoint);
         if !b.has_more {
@@ -105,12 +126,22 @@ fn upserts(changes: &[contact_sync_connector::Change]) -> Vec<(String, i64)> {
 
 #[tokio::test]
 async fn migrate_creates_the_designed_schema_and_is_idempotent() {
-    let Some(ds) = TestDataset::new("migrate").await else { return };
+    let Some(ds) = TestDataset::new("migrate").await else {
+        return;
+    };
     let cfg = ds.config();
-    let first = BigQueryStore::migrate(&ds.client, &cfg).await.expect("migrate");
+    let first = BigQueryStore::migrate(&ds.client, &cfg)
+        .await
+        .expect("migrate");
     assert!(first.created_dataset && first.created_table && first.created_journal_table);
-    let second = BigQueryStore::migrate(&ds.client, &cfg).await.expect("migrate again");
-    assert_eq!(second, Default::default(), "a second migrate must create nothing");
+    let second = BigQueryStore::migrate(&ds.client, &cfg)
+        .await
+        .expect("migrate again");
+    assert_eq!(
+        second,
+        Default::default(),
+        "a second migrate must create nothing"
+    );
 
     let schema = ds
         .client
@@ -119,38 +150,84 @@ async fn migrate_creates_the_designed_schema_and_is_idempotent() {
         .expect("tables.get")
         .expect("contacts table exists");
     assert_eq!(schema.len(), 33);
-    let col = |n: &str| schema.iter().find(|f| f.name == n).unwrap_or_else(|| panic!("column {n}"));
-    assert_eq!((col("contact_id").ty.as_str(), col("contact_id").mode.as_str()), ("STRING", "REQUIRED"));
-    assert_eq!((col("version").ty.as_str(), col("version").mode.as_str()), ("INT64", "REQUIRED"));
-    assert_eq!((col("emails").ty.as_str(), col("emails").mode.as_str()), ("RECORD", "REPEATED"));
-    let sub: Vec<&str> = col("phones").fields.iter().map(|f| f.name.as_str()).collect();
+    let col = |n: &str| {
+        schema
+            .iter()
+            .find(|f| f.name == n)
+            .unwrap_or_else(|| panic!("column {n}"))
+    };
+    assert_eq!(
+        (
+            col("contact_id").ty.as_str(),
+            col("contact_id").mode.as_str()
+        ),
+        ("STRING", "REQUIRED")
+    );
+    assert_eq!(
+        (col("version").ty.as_str(), col("version").mode.as_str()),
+        ("INT64", "REQUIRED")
+    );
+    assert_eq!(
+        (col("emails").ty.as_str(), col("emails").mode.as_str()),
+        ("RECORD", "REPEATED")
+    );
+    let sub: Vec<&str> = col("phones")
+        .fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
     assert_eq!(sub, ["number", "label", "is_primary"]);
-    assert_eq!((col("tags").ty.as_str(), col("tags").mode.as_str()), ("STRING", "REPEATED"));
-    for j in ["llm_context", "relationships", "communication_stats", "social_profiles", "custom_attributes", "external_ids"] {
+    assert_eq!(
+        (col("tags").ty.as_str(), col("tags").mode.as_str()),
+        ("STRING", "REPEATED")
+    );
+    for j in [
+        "llm_context",
+        "relationships",
+        "communication_stats",
+        "social_profiles",
+        "custom_attributes",
+        "external_ids",
+    ] {
         assert_eq!(col(j).ty, "JSON", "{j}");
     }
     for t in ["created_at", "last_updated", "deleted_at"] {
         assert_eq!(col(t).ty, "TIMESTAMP", "{t}");
     }
     // The store opens on what migrate made, and the data survives a re-migrate.
-    let mut store = BigQueryStore::open(ds.client.clone(), cfg.clone()).await.expect("open");
-    store.write_batch(&[full_contact("m-1")]).await.expect("write");
-    BigQueryStore::migrate(&ds.client, &cfg).await.expect("migrate third time");
+    let mut store = BigQueryStore::open(ds.client.clone(), cfg.clone())
+        .await
+        .expect("open");
+    store
+        .write_batch(&[full_contact("m-1")])
+        .await
+        .expect("write");
+    BigQueryStore::migrate(&ds.client, &cfg)
+        .await
+        .expect("migrate third time");
     assert_eq!(store.count().await.expect("count"), 1);
     ds.cleanup().await;
 }
 
 #[tokio::test]
 async fn all_33_fields_round_trip() {
-    let Some(ds) = TestDataset::new("roundtrip").await else { return };
+    let Some(ds) = TestDataset::new("roundtrip").await else {
+        return;
+    };
     let mut store = ds.store().await;
     let c = full_contact("rt-1");
     let mut tomb = full_contact("rt-2");
     tomb.deleted_at = Some(ts("2025-01-02T03:04:05.000006Z"));
-    let outcomes = store.write_batch(&[c.clone(), tomb.clone()]).await.expect("write");
+    let outcomes = store
+        .write_batch(&[c.clone(), tomb.clone()])
+        .await
+        .expect("write");
     assert!(outcomes.iter().all(applied), "{outcomes:?}");
 
-    let mut got = store.read(&["rt-1".into(), "rt-2".into()]).await.expect("read");
+    let mut got = store
+        .read(&["rt-1".into(), "rt-2".into()])
+        .await
+        .expect("read");
     got.sort_by(|a, b| a.contact_id.cmp(&b.contact_id));
     let mut want = vec![c, tomb];
     for w in &mut want {
@@ -176,12 +253,19 @@ async fn all_33_fields_round_trip() {
 
 #[tokio::test]
 async fn a_stale_replay_is_refused_and_changes_nothing() {
-    let Some(ds) = TestDataset::new("guard").await else { return };
+    let Some(ds) = TestDataset::new("guard").await else {
+        return;
+    };
     let mut store = ds.store().await;
     let mut v3 = full_contact("g-1");
     v3.version = 3;
     v3.job_title = Some("three".into());
-    assert!(applied(&store.write_batch(std::slice::from_ref(&v3)).await.expect("write")[0]));
+    assert!(applied(
+        &store
+            .write_batch(std::slice::from_ref(&v3))
+            .await
+            .expect("write")[0]
+    ));
     let before = store.read(&["g-1".into()]).await.expect("read");
 
     let mut v2 = v3.clone();
@@ -190,7 +274,10 @@ async fn a_stale_replay_is_refused_and_changes_nothing() {
     v2.tags = vec![];
     v2.llm_context = None;
     let jobs = store.jobs_issued();
-    let out = store.write_batch(&[v2.clone(), full_contact("g-2")]).await.expect("write");
+    let out = store
+        .write_batch(&[v2.clone(), full_contact("g-2")])
+        .await
+        .expect("write");
     assert_eq!(out[0], WriteOutcome::Stale { stored_version: 3 });
     assert!(applied(&out[1]), "{out:?}");
     assert_eq!(
@@ -205,7 +292,10 @@ async fn a_stale_replay_is_refused_and_changes_nothing() {
     let mut v4 = v3.clone();
     v4.version = 4;
     v4.job_title = Some("four".into());
-    let out = store.write_batch(&[v4.clone(), v2.clone()]).await.expect("write");
+    let out = store
+        .write_batch(&[v4.clone(), v2.clone()])
+        .await
+        .expect("write");
     assert!(applied(&out[0]));
     assert_eq!(out[1], WriteOutcome::Stale { stored_version: 4 });
     let got = store.read(&["g-1".into()]).await.expect("read");
@@ -216,14 +306,20 @@ async fn a_stale_replay_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn replaying_a_batch_changes_nothing_and_costs_one_job() {
-    let Some(ds) = TestDataset::new("replay").await else { return };
+    let Some(ds) = TestDataset::new("replay").await else {
+        return;
+    };
     let mut store = ds.store().await;
     let mut g = Generator::new(7);
     let batch: Vec<Contact> = (0..40).map(|i| g.contact(i)).collect();
     let jobs = store.jobs_issued();
     let out = store.write_batch(&batch).await.expect("write");
     assert!(out.iter().all(applied), "{out:?}");
-    assert_eq!(store.jobs_issued() - jobs, 1, "a batch of new contacts is one MERGE job");
+    assert_eq!(
+        store.jobs_issued() - jobs,
+        1,
+        "a batch of new contacts is one MERGE job"
+    );
 
     let (_, head) = drain(&mut store, None, 100).await;
     let snapshot = store.scan(None, 1000).await.expect("scan");
@@ -237,18 +333,30 @@ async fn replaying_a_batch_changes_nothing_and_costs_one_job() {
     );
     assert_eq!(store.jobs_issued() - jobs, 1, "a replay is one MERGE job");
     assert_eq!(store.scan(None, 1000).await.expect("scan"), snapshot);
-    let again = store.read_changes(Some(&head), 100).await.expect("read_changes");
-    assert!(again.changes.is_empty(), "a replay must not show up as changes: {:?}", again.changes);
+    let again = store
+        .read_changes(Some(&head), 100)
+        .await
+        .expect("read_changes");
+    assert!(
+        again.changes.is_empty(),
+        "a replay must not show up as changes: {:?}",
+        again.changes
+    );
     assert_eq!(store.count().await.expect("count"), 40);
     ds.cleanup().await;
 }
 
 #[tokio::test]
 async fn tombstones_are_versioned_rows() {
-    let Some(ds) = TestDataset::new("tomb").await else { return };
+    let Some(ds) = TestDataset::new("tomb").await else {
+        return;
+    };
     let mut store = ds.store().await;
     let live = full_contact("t-1");
-    store.write_batch(std::slice::from_ref(&live)).await.expect("write");
+    store
+        .write_batch(std::slice::from_ref(&live))
+        .await
+        .expect("write");
     let (_, head) = drain(&mut store, None, 100).await;
     assert_eq!(store.count().await.expect("count"), 1);
 
@@ -256,8 +364,17 @@ async fn tombstones_are_versioned_rows() {
     dead.version = 8;
     dead.deleted_at = Some(ts("2025-02-03T04:05:06Z"));
     dead.last_updated = Some(ts("2025-02-03T04:05:06Z"));
-    assert!(applied(&store.write_batch(std::slice::from_ref(&dead)).await.expect("write")[0]));
-    assert_eq!(store.count().await.expect("count"), 0, "tombstones are not counted");
+    assert!(applied(
+        &store
+            .write_batch(std::slice::from_ref(&dead))
+            .await
+            .expect("write")[0]
+    ));
+    assert_eq!(
+        store.count().await.expect("count"),
+        0,
+        "tombstones are not counted"
+    );
     let got = store.read(&["t-1".into()]).await.expect("read");
     assert_eq!(got[0].deleted_at, dead.deleted_at);
     assert!(store
@@ -272,7 +389,10 @@ async fn tombstones_are_versioned_rows() {
         other => panic!("expected the tombstone, got {other:?}"),
     }
     // An older live version cannot resurrect it.
-    let out = store.write_batch(std::slice::from_ref(&live)).await.expect("write");
+    let out = store
+        .write_batch(std::slice::from_ref(&live))
+        .await
+        .expect("write");
     assert_eq!(out[0], WriteOutcome::Stale { stored_version: 8 });
     ds.cleanup().await;
 }
@@ -287,14 +407,22 @@ fn foreign_row(id: &str, name: Option<&str>, version: i64, lu: &Timestamp) -> In
     m.insert("version".into(), json!(version.to_string()));
     m.insert("last_updated".into(), json!(format_ts(lu)));
     m.insert("last_updated_by".into(), json!("other-tool"));
-    m.insert("emails".into(), json!([{"address": format!("{id}@Example.com"), "is_primary": true}]));
+    m.insert(
+        "emails".into(),
+        json!([{"address": format!("{id}@Example.com"), "is_primary": true}]),
+    );
     m.insert("llm_context".into(), json!("{\"how_met\": \"script\"}"));
-    InsertRow { insert_id: Some(format!("{id}-{version}")), json: m }
+    InsertRow {
+        insert_id: Some(format!("{id}-{version}")),
+        json: m,
+    }
 }
 
 #[tokio::test]
 async fn changes_by_other_tools_are_delivered_exactly_once_across_overlapping_polls() {
-    let Some(ds) = TestDataset::new("capture").await else { return };
+    let Some(ds) = TestDataset::new("capture").await else {
+        return;
+    };
     let mut store = ds.store().await;
     let (_, cp0) = drain(&mut store, None, 100).await;
 
@@ -315,7 +443,10 @@ async fn changes_by_other_tools_are_delivered_exactly_once_across_overlapping_po
     assert_eq!(upserts(&first), vec![("x-a".into(), 1), ("x-b".into(), 1)]);
     match &first[0].kind {
         ChangeKind::Upsert(c) => {
-            assert_eq!(c.emails[0].address, "x-a@example.com", "records come normalized");
+            assert_eq!(
+                c.emails[0].address, "x-a@example.com",
+                "records come normalized"
+            );
             assert_eq!(c.llm_context, Some(json!({"how_met": "script"})));
             assert_eq!(c.last_updated_by.as_deref(), Some("other-tool"));
         }
@@ -330,7 +461,11 @@ async fn changes_by_other_tools_are_delivered_exactly_once_across_overlapping_po
     // A row committed late, with a last_updated before the watermark but
     // inside the overlap, is still delivered, once.
     ds.client
-        .insert_all(&ds.dataset, "contacts", &[foreign_row("x-c", Some("Cleo"), 1, &(now - sec(3)))])
+        .insert_all(
+            &ds.dataset,
+            "contacts",
+            &[foreign_row("x-c", Some("Cleo"), 1, &(now - sec(3)))],
+        )
         .await
         .expect("late insert");
     let (late, cp2) = drain(&mut store, Some(cp1.clone()), 100).await;
@@ -342,7 +477,14 @@ async fn changes_by_other_tools_are_delivered_exactly_once_across_overlapping_po
         ds.table_sql("contacts")
     );
     ds.client
-        .query(&sql, &[QueryParam::string("notes", "edited elsewhere"), QueryParam::string("id", "x-a")], "other tool's UPDATE")
+        .query(
+            &sql,
+            &[
+                QueryParam::string("notes", "edited elsewhere"),
+                QueryParam::string("id", "x-a"),
+            ],
+            "other tool's UPDATE",
+        )
         .await
         .expect("DML by another tool");
     let (edit, cp3) = drain(&mut store, Some(cp2), 100).await;
@@ -354,15 +496,24 @@ async fn changes_by_other_tools_are_delivered_exactly_once_across_overlapping_po
     let (paged, _) = drain(&mut store, Some(cp0), 1).await;
     let mut ids: Vec<(String, i64)> = upserts(&paged);
     assert_eq!(ids.len(), 3, "{ids:?}");
-    assert_eq!(ids.last().map(|x| x.0.as_str()), Some("x-a"), "the edited row is the latest");
+    assert_eq!(
+        ids.last().map(|x| x.0.as_str()),
+        Some("x-a"),
+        "the edited row is the latest"
+    );
     ids.sort();
-    assert_eq!(ids, vec![("x-a".into(), 2), ("x-b".into(), 1), ("x-c".into(), 1)]);
+    assert_eq!(
+        ids,
+        vec![("x-a".into(), 2), ("x-b".into(), 1), ("x-c".into(), 1)]
+    );
     ds.cleanup().await;
 }
 
 #[tokio::test]
 async fn bad_rows_written_by_another_tool_are_undecodable() {
-    let Some(ds) = TestDataset::new("badrows").await else { return };
+    let Some(ds) = TestDataset::new("badrows").await else {
+        return;
+    };
     // An existing table that keeps JSON as text and has no NOT NULL name.
     let mut schema = contacts_schema(&ColumnMap::default());
     for f in &mut schema {
@@ -373,15 +524,27 @@ async fn bad_rows_written_by_another_tool_are_undecodable() {
             f.mode = "NULLABLE".into();
         }
     }
-    ds.client.create_dataset(&ds.dataset).await.expect("dataset");
-    ds.client.create_table(&ds.dataset, "contacts", &schema, "legacy").await.expect("table");
+    ds.client
+        .create_dataset(&ds.dataset)
+        .await
+        .expect("dataset");
+    ds.client
+        .create_table(&ds.dataset, "contacts", &schema, "legacy")
+        .await
+        .expect("table");
     let cfg = ds.config();
-    BigQueryStore::migrate(&ds.client, &cfg).await.expect("migrate accepts the legacy table");
-    let mut store = BigQueryStore::open(ds.client.clone(), cfg).await.expect("open");
+    BigQueryStore::migrate(&ds.client, &cfg)
+        .await
+        .expect("migrate accepts the legacy table");
+    let mut store = BigQueryStore::open(ds.client.clone(), cfg)
+        .await
+        .expect("open");
 
     let now = contact_sync_core::model::now();
     let mut bad_json = foreign_row("b-1", Some("Broken Json"), 1, &now);
-    bad_json.json.insert("llm_context".into(), json!("{\"how_met\": "));
+    bad_json
+        .json
+        .insert("llm_context".into(), json!("{\"how_met\": "));
     let no_name = foreign_row("b-2", None, 1, &now);
     let mut bad_ids = foreign_row("b-3", Some("Bad Ids"), 1, &now);
     bad_ids.json.insert("external_ids".into(), json!("[1, 2]"));
@@ -397,22 +560,47 @@ async fn bad_rows_written_by_another_tool_are_undecodable() {
         if let ChangeKind::Undecodable { invalid, payload } = &ch.kind {
             assert!(payload.is_some(), "the raw row travels to the dead letter");
             assert_eq!(ch.native_id, invalid.record);
-            bad.push((invalid.record.clone(), invalid.field.clone(), invalid.reason.clone()));
+            bad.push((
+                invalid.record.clone(),
+                invalid.field.clone(),
+                invalid.reason.clone(),
+            ));
         }
     }
     bad.sort();
-    let named: Vec<(&str, &str)> = bad.iter().map(|(r, f, _)| (r.as_str(), f.as_str())).collect();
-    assert_eq!(named, [("b-1", "llm_context"), ("b-2", "canonical_name"), ("b-3", "external_ids")], "{bad:?}");
+    let named: Vec<(&str, &str)> = bad
+        .iter()
+        .map(|(r, f, _)| (r.as_str(), f.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("b-1", "llm_context"),
+            ("b-2", "canonical_name"),
+            ("b-3", "external_ids")
+        ],
+        "{bad:?}"
+    );
     assert!(bad[0].2.contains("JSON"), "{bad:?}");
     assert_eq!(upserts(&changes), vec![("g-1".into(), 1)]);
 
     // Reads leave bad rows out without losing good ones behind them.
     let page = store.scan(None, 1).await.expect("scan");
-    assert_eq!(page.iter().map(|c| c.contact_id.as_str()).collect::<Vec<_>>(), ["g-1"]);
+    assert_eq!(
+        page.iter()
+            .map(|c| c.contact_id.as_str())
+            .collect::<Vec<_>>(),
+        ["g-1"]
+    );
     // Writing into the legacy table keeps JSON as text that reads back.
     let mut c = full_contact("b-1");
     c.version = 2;
-    assert!(applied(&store.write_batch(std::slice::from_ref(&c)).await.expect("write")[0]));
+    assert!(applied(
+        &store
+            .write_batch(std::slice::from_ref(&c))
+            .await
+            .expect("write")[0]
+    ));
     c.normalize();
     assert_eq!(store.read(&["b-1".into()]).await.expect("read"), vec![c]);
     ds.cleanup().await;
@@ -420,7 +608,9 @@ async fn bad_rows_written_by_another_tool_are_undecodable() {
 
 #[tokio::test]
 async fn an_int64_id_table_works_through_the_column_mapping() {
-    let Some(ds) = TestDataset::new("int64").await else { return };
+    let Some(ds) = TestDataset::new("int64").await else {
+        return;
+    };
     let map = ColumnMap::default()
         .rename("contact_id", "id")
         .rename("canonical_name", "full_name")
@@ -428,15 +618,25 @@ async fn an_int64_id_table_works_through_the_column_mapping() {
     let mut schema = contacts_schema(&map);
     schema[0].ty = "INT64".into();
     assert_eq!(schema[0].name, "id");
-    ds.client.create_dataset(&ds.dataset).await.expect("dataset");
-    ds.client.create_table(&ds.dataset, "people", &schema, "existing").await.expect("table");
+    ds.client
+        .create_dataset(&ds.dataset)
+        .await
+        .expect("dataset");
+    ds.client
+        .create_table(&ds.dataset, "people", &schema, "existing")
+        .await
+        .expect("table");
     let mut cfg = ds.config();
     cfg.table = "people".into();
     cfg.journal_table = None;
     cfg.columns = map;
-    let report = BigQueryStore::migrate(&ds.client, &cfg).await.expect("migrate");
+    let report = BigQueryStore::migrate(&ds.client, &cfg)
+        .await
+        .expect("migrate");
     assert!(!report.created_table);
-    let mut store = BigQueryStore::open(ds.client.clone(), cfg.clone()).await.expect("open");
+    let mut store = BigQueryStore::open(ds.client.clone(), cfg.clone())
+        .await
+        .expect("open");
 
     let batch: Vec<Contact> = ["101", "7", "2000", "not-a-number"]
         .iter()
@@ -454,29 +654,70 @@ async fn an_int64_id_table_works_through_the_column_mapping() {
         matches!(&out[3], WriteOutcome::Rejected { field, .. } if field == "contact_id"),
         "{out:?}"
     );
-    let got = store.read(&["7".into(), "nope".into()]).await.expect("read");
+    let got = store
+        .read(&["7".into(), "nope".into()])
+        .await
+        .expect("read");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].contact_id, "7");
     assert_eq!(got[0].canonical_name, "Ada Augusta King");
     assert_eq!(got[0].version, 7);
-    let ids: Vec<String> = store.scan(None, 10).await.expect("scan").into_iter().map(|c| c.contact_id).collect();
-    assert_eq!(ids, ["101", "2000", "7"], "scan is in text order of contact_id");
-    let after: Vec<String> = store.scan(Some("101"), 10).await.expect("scan").into_iter().map(|c| c.contact_id).collect();
+    let ids: Vec<String> = store
+        .scan(None, 10)
+        .await
+        .expect("scan")
+        .into_iter()
+        .map(|c| c.contact_id)
+        .collect();
+    assert_eq!(
+        ids,
+        ["101", "2000", "7"],
+        "scan is in text order of contact_id"
+    );
+    let after: Vec<String> = store
+        .scan(Some("101"), 10)
+        .await
+        .expect("scan")
+        .into_iter()
+        .map(|c| c.contact_id)
+        .collect();
     assert_eq!(after, ["2000", "7"]);
-    let found = store.find_by_identity(&["P2000@example.org".into()], &[]).await.expect("find");
-    assert_eq!(found.iter().map(|c| c.contact_id.as_str()).collect::<Vec<_>>(), ["2000"]);
+    let found = store
+        .find_by_identity(&["P2000@example.org".into()], &[])
+        .await
+        .expect("find");
+    assert_eq!(
+        found
+            .iter()
+            .map(|c| c.contact_id.as_str())
+            .collect::<Vec<_>>(),
+        ["2000"]
+    );
     let mut old = batch[1].clone();
     old.version = 1;
-    assert_eq!(store.write_batch(&[old]).await.expect("write")[0], WriteOutcome::Stale { stored_version: 7 });
+    assert_eq!(
+        store.write_batch(&[old]).await.expect("write")[0],
+        WriteOutcome::Stale { stored_version: 7 }
+    );
 
     // Another tool's row with an integer id comes through as text.
     let mut m = Map::new();
     m.insert("id".into(), json!("55"));
     m.insert("full_name".into(), json!("Fifty Five"));
     m.insert("rev".into(), json!("3"));
-    m.insert("last_updated".into(), json!(format_ts(&contact_sync_core::model::now())));
+    m.insert(
+        "last_updated".into(),
+        json!(format_ts(&contact_sync_core::model::now())),
+    );
     ds.client
-        .insert_all(&ds.dataset, "people", &[InsertRow { insert_id: None, json: m }])
+        .insert_all(
+            &ds.dataset,
+            "people",
+            &[InsertRow {
+                insert_id: None,
+                json: m,
+            }],
+        )
         .await
         .expect("insertAll");
     let (changes, _) = drain(&mut store, None, 100).await;
@@ -485,17 +726,29 @@ async fn an_int64_id_table_works_through_the_column_mapping() {
     // A mapping to a column that does not exist is refused, naming it.
     let mut wrong = cfg.clone();
     wrong.columns = wrong.columns.rename("notes", "remarks");
-    let e = BigQueryStore::open(ds.client.clone(), wrong).await.expect_err("bad mapping");
+    let e = BigQueryStore::open(ds.client.clone(), wrong)
+        .await
+        .expect_err("bad mapping");
     assert_eq!(e.class, RetryClass::Permanent);
-    assert!(e.message.contains("remarks") && e.message.contains("people"), "{e}");
+    assert!(
+        e.message.contains("remarks") && e.message.contains("people"),
+        "{e}"
+    );
     ds.cleanup().await;
 }
 
 #[tokio::test]
 async fn errors_from_a_missing_table_name_the_table() {
-    let Some(ds) = TestDataset::new("missing").await else { return };
-    ds.client.create_dataset(&ds.dataset).await.expect("dataset");
-    let e = BigQueryStore::open(ds.client.clone(), ds.config()).await.expect_err("no table");
+    let Some(ds) = TestDataset::new("missing").await else {
+        return;
+    };
+    ds.client
+        .create_dataset(&ds.dataset)
+        .await
+        .expect("dataset");
+    let e = BigQueryStore::open(ds.client.clone(), ds.config())
+        .await
+        .expect_err("no table");
     assert_eq!(e.class, RetryClass::Permanent);
     let full = format!("{PROJECT}.{}.contacts", ds.dataset);
     assert!(e.message.contains(&full), "{e}");
@@ -504,38 +757,64 @@ async fn errors_from_a_missing_table_name_the_table() {
     // The table disappears under an open store.
     let mut store = ds.store().await;
     ds.client
-        .query(&format!("DROP TABLE {}", ds.table_sql("contacts")), &[], "drop")
+        .query(
+            &format!("DROP TABLE {}", ds.table_sql("contacts")),
+            &[],
+            "drop",
+        )
         .await
         .expect("DROP TABLE");
-    let e = store.write_batch(&[full_contact("z-1")]).await.expect_err("write to a dropped table");
+    let e = store
+        .write_batch(&[full_contact("z-1")])
+        .await
+        .expect_err("write to a dropped table");
     assert_eq!(e.class, RetryClass::Permanent, "{e}");
     assert!(e.message.contains(&full), "{e}");
-    let e = store.read_changes(None, 10).await.expect_err("poll a dropped table");
+    let e = store
+        .read_changes(None, 10)
+        .await
+        .expect_err("poll a dropped table");
     assert!(e.message.contains(&full) && !e.is_transient(), "{e}");
     ds.cleanup().await;
 }
 
 #[tokio::test]
 async fn identity_lookup_uses_primary_keys_only() {
-    let Some(ds) = TestDataset::new("ident").await else { return };
+    let Some(ds) = TestDataset::new("ident").await else {
+        return;
+    };
     let mut store = ds.store().await;
     let a = full_contact("i-1");
-    store.write_batch(std::slice::from_ref(&a)).await.expect("write");
-    let by_primary = store.find_by_identity(&["ADA@example.org".into()], &[]).await.expect("find");
+    store
+        .write_batch(std::slice::from_ref(&a))
+        .await
+        .expect("write");
+    let by_primary = store
+        .find_by_identity(&["ADA@example.org".into()], &[])
+        .await
+        .expect("find");
     assert_eq!(by_primary.len(), 1);
     let by_secondary = store
         .find_by_identity(&["countess@example.com".into()], &["+15551234567".into()])
         .await
         .expect("find");
-    assert!(by_secondary.is_empty(), "secondary email/phone must not identify: {by_secondary:?}");
-    let by_phone = store.find_by_identity(&[], &["+442071234567".into()]).await.expect("find");
+    assert!(
+        by_secondary.is_empty(),
+        "secondary email/phone must not identify: {by_secondary:?}"
+    );
+    let by_phone = store
+        .find_by_identity(&[], &["+442071234567".into()])
+        .await
+        .expect("find");
     assert_eq!(by_phone.len(), 1);
     ds.cleanup().await;
 }
 
 #[tokio::test]
 async fn the_journal_is_appended_to_contact_changes_once() {
-    let Some(ds) = TestDataset::new("journal").await else { return };
+    let Some(ds) = TestDataset::new("journal").await else {
+        return;
+    };
     let store = ds.store().await;
     let entries: Vec<JournalEntry> = (1..=3)
         .map(|i| JournalEntry {
@@ -557,7 +836,10 @@ async fn the_journal_is_appended_to_contact_changes_once() {
         })
         .collect();
     store.append_journal_rows(&entries).await.expect("append");
-    store.append_journal_rows(&entries).await.expect("append again (retry)");
+    store
+        .append_journal_rows(&entries)
+        .await
+        .expect("append again (retry)");
     let res = ds
         .client
         .query(
@@ -570,7 +852,11 @@ async fn the_journal_is_appended_to_contact_changes_once() {
         )
         .await
         .expect("query");
-    assert_eq!(res.rows.len(), 3, "a retried append is deduplicated by insertId");
+    assert_eq!(
+        res.rows.len(),
+        3,
+        "a retried append is deduplicated by insertId"
+    );
     assert_eq!(res.rows[0]["changed_fields"], json!(["canonical_name"]));
     assert_eq!(res.rows[0]["name"], json!("Ada Augusta King"));
     ds.cleanup().await;
@@ -578,10 +864,52 @@ async fn the_journal_is_appended_to_contact_changes_once() {
 
 #[tokio::test]
 async fn store_info() {
-    let Some(ds) = TestDataset::new("info").await else { return };
+    let Some(ds) = TestDataset::new("info").await else {
+        return;
+    };
     let store = ds.store().await;
     assert_eq!(store.name(), "canonical");
     assert!(store.keeps_version());
-    assert_eq!(store.table_name(), format!("{PROJECT}.{}.contacts", ds.dataset));
+    assert_eq!(
+        store.table_name(),
+        format!("{PROJECT}.{}.contacts", ds.dataset)
+    );
+    ds.cleanup().await;
+}
+
+#[tokio::test]
+async fn results_larger_than_a_page_are_read_page_by_page() {
+    let Some(url) = common::emulator_url() else {
+        return;
+    };
+    let mut cfg = contact_sync_bigquery::ClientConfig::emulator(&url, PROJECT);
+    cfg.page_size = 7;
+    let client = contact_sync_bigquery::BigQueryClient::new(
+        cfg,
+        std::sync::Arc::new(contact_sync_bigquery::NoAuth),
+    )
+    .expect("client");
+    let ds = TestDataset {
+        client,
+        dataset: format!("t_pages_{}", uuid::Uuid::new_v4().simple()),
+    };
+    let mut store = ds.store().await;
+    let mut g = Generator::new(11);
+    let batch: Vec<Contact> = (0..40).map(|i| g.contact(i)).collect();
+    store.write_batch(&batch).await.expect("write");
+    let before = ds.client.stats();
+    let all = store.scan(None, 1000).await.expect("scan");
+    let after = ds.client.stats();
+    assert_eq!(all.len(), 40);
+    assert_eq!(after.jobs - before.jobs, 1, "one query job");
+    assert!(
+        after.calls - before.calls >= 6,
+        "40 rows in pages of 7 take 6 calls: {before:?} → {after:?}"
+    );
+    let (changes, _) = drain(&mut store, None, 1000).await;
+    assert_eq!(changes.len(), 40);
+    let mut ids: Vec<String> = all.iter().map(|c| c.contact_id.clone()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 40, "no row twice across pages");
     ds.cleanup().await;
 }

@@ -43,33 +43,48 @@ fn start() -> Result<String, String> {
     }
     let home = String::from_utf8_lossy(&setup.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("export CONTACT_SYNC_BQ_HOME=").map(str::to_string))
+        .find_map(|l| {
+            l.strip_prefix("export CONTACT_SYNC_BQ_HOME=")
+                .map(str::to_string)
+        })
         .ok_or("setup.sh printed no CONTACT_SYNC_BQ_HOME")?;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        let p = l.local_addr().map_err(|e| e.to_string())?.port();
-        // start.sh also takes PORT+1 for gRPC.
-        if p == u16::MAX { p - 2 } else { p }
-    };
-    let data = std::env::temp_dir().join(format!("contact-sync-bq-{}-{port}", std::process::id()));
-    let out = Command::new("bash")
-        .arg(root.join("scripts/bigquery/start.sh"))
-        .arg(port.to_string())
-        .arg(&data)
-        .env("CONTACT_SYNC_BQ_HOME", &home)
-        .env("CONTACT_SYNC_BQ_WATCH_PID", std::process::id().to_string())
-        .output()
-        .map_err(|e| format!("running scripts/bigquery/start.sh: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
+    // A few tries: a port found free can be taken before the emulator binds it.
+    let mut last = String::new();
+    for _ in 0..3 {
+        let (port, grpc) = free_ports().map_err(|e| format!("finding free ports: {e}"))?;
+        let data =
+            std::env::temp_dir().join(format!("contact-sync-bq-{}-{port}", std::process::id()));
+        let out = Command::new("bash")
+            .arg(root.join("scripts/bigquery/start.sh"))
+            .arg(port.to_string())
+            .arg(&data)
+            .arg(grpc.to_string())
+            .env("CONTACT_SYNC_BQ_HOME", &home)
+            .env("CONTACT_SYNC_BQ_WATCH_PID", std::process::id().to_string())
+            .output()
+            .map_err(|e| format!("running scripts/bigquery/start.sh: {e}"))?;
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("export CONTACT_SYNC_BQ_URL=")
+                        .map(str::to_string)
+                })
+                .ok_or_else(|| "start.sh printed no CONTACT_SYNC_BQ_URL".to_string());
+        }
+        last = format!(
             "scripts/bigquery/start.sh failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
-        ));
+        );
     }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("export CONTACT_SYNC_BQ_URL=").map(str::to_string))
-        .ok_or_else(|| "start.sh printed no CONTACT_SYNC_BQ_URL".to_string())
+    Err(last)
+}
+
+/// Two distinct free loopback ports (REST, gRPC).
+fn free_ports() -> std::io::Result<(u16, u16)> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
 /// The emulator's base URL, or `None` (skip) outside CI when it cannot run.
