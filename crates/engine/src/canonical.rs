@@ -4,7 +4,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use contact_sync_connector::{ChangeKind, Checkpoint, WriteOutcome};
-use contact_sync_core::{content_hash, diff, validate, Contact, DeadLetter, JournalEntry, Op};
+use contact_sync_core::{
+    content_hash, diff, merge, validate, Contact, DeadLetter, FieldConflict, JournalEntry,
+    MergeInput, Op, Resolution,
+};
 use contact_sync_state::{RunStats, StoreRecord};
 
 use crate::capture::add_stats;
@@ -79,9 +82,19 @@ impl Engine {
                         (c.contact_id.clone(), c)
                     })
                     .collect();
+                // Content someone else wrote to canonical since the engine
+                // last wrote or read it there (neither what the engine knew
+                // nor this entry): not overwritten, capture merges it.
+                let foreign = |h: &Contact, e: &JournalEntry| {
+                    let held_hash = content_hash(h);
+                    held_hash != e.hash
+                        && recs
+                            .get(&e.contact_id)
+                            .is_some_and(|r| r.hash != held_hash || r.deleted != h.is_deleted())
+                };
                 todo.into_iter()
                     .filter(|e| match held.get(&e.contact_id) {
-                        Some(h) if h.version > e.version => {
+                        Some(h) if h.version > e.version || foreign(h, e) => {
                             already.push((
                                 e,
                                 WriteOutcome::Stale {
@@ -176,6 +189,27 @@ impl Engine {
         }
     }
 
+    /// The highest canonical version any store (canonical included) has
+    /// agreed with for this contact while holding other content than
+    /// `hash` (a tombstone when `deleted`); 0 when none has.
+    fn highest_synced_version(
+        &self,
+        contact_id: &str,
+        hash: &str,
+        deleted: bool,
+    ) -> Result<i64, EngineError> {
+        let mut v = 0;
+        let names = std::iter::once(CANONICAL).chain(self.stores.iter().map(|s| s.name()));
+        for name in names {
+            if let Some(r) = self.state.store_record(name, contact_id)? {
+                if r.hash != hash || r.deleted != deleted {
+                    v = v.max(r.synced_version);
+                }
+            }
+        }
+        Ok(v)
+    }
+
     /// Changes made to the canonical store by other tools: validated,
     /// echo-filtered, versioned and journaled so every store gets them.
     pub(crate) async fn capture_canonical(
@@ -237,6 +271,7 @@ impl Engine {
         let mut entries: Vec<JournalEntry> = Vec::new();
         let mut recs: HashMap<String, StoreRecord> = HashMap::new();
         let mut touched = BTreeSet::new();
+        let mut open: Vec<(String, FieldConflict)> = Vec::new();
         // Changed contact ids, in order of first appearance, with a native id.
         let mut order: Vec<(String, String)> = Vec::new();
         let mut seen = BTreeSet::new();
@@ -319,9 +354,14 @@ impl Engine {
                         Some(p) if p.is_deleted() => continue,
                         Some(p) => p,
                         None => {
+                            // Above every version a store holds, so that no
+                            // store mistakes the tombstone for the version it
+                            // has (which would make its record look undeleted).
                             let mut t = Contact::new(contact_id.clone(), "");
+                            t.deleted_at = Some(now);
                             t.version =
-                                recs.get(&contact_id).map_or(0, |r| r.synced_version).max(1);
+                                self.highest_synced_version(&contact_id, &content_hash(&t), true)?
+                                    + 1;
                             t
                         }
                     };
@@ -361,10 +401,83 @@ impl Engine {
                 touched.insert(contact_id);
                 continue;
             }
+            let synced = recs.get(&contact_id).map_or(0, |r| r.synced_version);
+            if let Some(p) = prev.as_ref().filter(|p| p.version > synced) {
+                // The journal is ahead of canonical: an entry canonical has
+                // not taken (its write failed, or was held back because of
+                // this very edit) raced an edit made in canonical. The edit
+                // is merged three-way like any store's, against what
+                // canonical last held, so neither side is lost silently.
+                let base = self.base_at(&contact_id, synced, None)?;
+                let outcome = merge(MergeInput {
+                    base: base.as_ref(),
+                    canonical: Some(p),
+                    incoming: &c,
+                    incoming_versioned: self.canonical.keeps_version(),
+                    origin: CANONICAL,
+                    now,
+                });
+                for fc in &outcome.conflicts {
+                    stats.conflicts += 1;
+                    if fc.resolution == Resolution::Open {
+                        tracing::warn!(store = CANONICAL, contact_id = %contact_id, field = %fc.field,
+                            alert = "conflict_detected", "conflict needs a person to decide");
+                        open.push((contact_id.clone(), fc.clone()));
+                    }
+                }
+                let (mut after, changes) = match outcome.write {
+                    Some(w) => (w, outcome.changes),
+                    None => {
+                        // The journal's record stands; re-assert it above
+                        // the edit's version so canonical takes it.
+                        let mut a = p.clone();
+                        a.version = p.version.max(held_version) + 1;
+                        a.last_updated = Some(now);
+                        (a, vec![])
+                    }
+                };
+                let after_hash = content_hash(&after);
+                after.content_hash = Some(after_hash.clone());
+                stats.applied += 1;
+                entries.push(JournalEntry {
+                    seq: 0,
+                    contact_id: contact_id.clone(),
+                    version: after.version,
+                    prev_version: p.version,
+                    op: if after.is_deleted() {
+                        Op::Delete
+                    } else {
+                        Op::Upsert
+                    },
+                    origin: CANONICAL.to_string(),
+                    changes,
+                    conflicts: outcome.conflicts,
+                    hash: after_hash,
+                    after,
+                    at: now,
+                });
+                // What canonical holds now; apply writes the merged record.
+                recs.insert(
+                    contact_id.clone(),
+                    StoreRecord {
+                        store: CANONICAL.to_string(),
+                        contact_id: contact_id.clone(),
+                        native_id: Some(native_id),
+                        synced_version: held_version,
+                        hash,
+                        deleted: c.is_deleted(),
+                    },
+                );
+                touched.insert(contact_id);
+                continue;
+            }
+            // A store may hold a version the journal never had (copied by
+            // initial sync): the new version must be above it too.
             let prev_version = prev
                 .as_ref()
                 .map_or(0, |p| p.version)
-                .max(recs.get(&contact_id).map_or(0, |r| r.synced_version));
+                .max(synced)
+                .max(self.highest_synced_version(&contact_id, &hash, c.is_deleted())?);
             // Another tool may have edited without bumping the version.
             if c.version <= prev_version {
                 c.version = prev_version + 1;
@@ -420,6 +533,9 @@ impl Engine {
             tracing::warn!(store = CANONICAL, record = %d.record, field = %d.field,
                 reason = %d.reason, "record refused; kept in dead letters");
             tx.add_dead_letter(d)?;
+        }
+        for (id, fc) in &open {
+            tx.add_conflict(id, CANONICAL, fc, now)?;
         }
         for id in &touched {
             tx.put_store_record(&recs[id])?;

@@ -310,16 +310,23 @@ impl Engine {
                     continue;
                 }
             }
-            // A late copy of an older write of ours (change images arrive in
-            // order, so an image equal to a version older than the one the
-            // store has since agreed with is that write coming back).
-            if let Some(r) = &rec {
-                if r.synced_version > 1 && !it.writeback {
-                    let older = self.state.journal_of(&it.contact_id, 32)?;
-                    if older
-                        .iter()
-                        .any(|e| e.version < r.synced_version && e.hash == hash)
-                    {
+            // A late copy of an older write of ours: a versioned store's
+            // image carries the version the engine wrote, so an image at a
+            // version older than the one the store has since agreed with,
+            // holding exactly that version's content, is that write coming
+            // back after a newer one. Not judged by content alone: all
+            // tombstones hash alike and a person may restore old content,
+            // so "equals some older version" would swallow real edits and
+            // deletes. (Unversioned stores get no stale copies from the
+            // engine's own order: a store is captured before it is written
+            // to, each contact is written once per pass, and a store whose
+            // capture failed is not written to in that cycle.)
+            if let Some(r) = rec.as_ref().filter(|_| versioned && !it.writeback) {
+                if incoming.version < r.synced_version {
+                    let old = self
+                        .state
+                        .journal_version(&it.contact_id, incoming.version)?;
+                    if old.is_some_and(|e| e.hash == hash) {
                         stats.skipped_echo += 1;
                         continue;
                     }
@@ -367,16 +374,26 @@ impl Engine {
                 canon.insert(it.contact_id.clone(), w);
                 note_needed = false;
             }
-            let current = canon.get(&it.contact_id);
             if note_needed {
-                if let Some(c) = current {
+                if let Some(c) = canon.get(&it.contact_id).cloned() {
                     // Canonical unchanged, but the store must be told: the
                     // losers of a conflict are kept in the journal, and a
                     // record without id gets its id written back.
+                    let mut after = c.clone();
+                    if versioned && incoming.version > c.version && content_hash(&c) != hash {
+                        // Canonical was kept (a delete racing an edit) against a
+                        // record with a higher version: re-assert it above that
+                        // version, or the store's version guard would refuse it
+                        // for good and the stores would never agree.
+                        after.version = incoming.version + 1;
+                        after.last_updated = Some(now);
+                        stats.applied += 1;
+                        canon.insert(it.contact_id.clone(), after.clone());
+                    }
                     entries.push(JournalEntry {
                         seq: 0,
                         contact_id: it.contact_id.clone(),
-                        version: c.version,
+                        version: after.version,
                         prev_version: c.version,
                         op: if c.is_deleted() {
                             Op::Delete
@@ -386,12 +403,13 @@ impl Engine {
                         origin: name.clone(),
                         changes: vec![],
                         conflicts: outcome.conflicts,
-                        hash: content_hash(c),
-                        after: c.clone(),
+                        hash: content_hash(&after),
+                        after,
                         at: now,
                     });
                 }
             }
+            let current = canon.get(&it.contact_id);
             touched.insert(it.contact_id.clone());
             let agreed = current.filter(|c| content_hash(c) == hash && !it.writeback);
             recs.insert(

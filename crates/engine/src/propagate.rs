@@ -13,7 +13,7 @@ use crate::{CycleReport, Engine, EngineError, CANONICAL};
 /// What to send a store for one journal entry.
 pub(crate) enum Plan<'a> {
     /// Send this record.
-    Write(&'a JournalEntry, Contact),
+    Write(&'a JournalEntry, Box<Contact>),
     /// The store already has this content: only note the agreement.
     Agree(StoreRecord),
 }
@@ -65,7 +65,7 @@ pub(crate) fn plan<'a>(
             after.external_ids.insert(store.to_string(), native);
         }
         after.content_hash = Some(hash);
-        out.push(Plan::Write(e, after));
+        out.push(Plan::Write(e, Box::new(after)));
     }
     out
 }
@@ -95,7 +95,20 @@ impl Engine {
             let Some(last_seq) = entries.last().map(|e| e.seq) else {
                 return Ok(());
             };
-            let latest = latest_per_contact(&entries);
+            // An entry superseded by a later one that canonical already
+            // holds is not sent: the later one carries the full record (a
+            // replay must not resurrect, then delete again, a contact the
+            // store never had).
+            let mut latest = Vec::new();
+            for e in latest_per_contact(&entries) {
+                let newest = self.state.journal_of(&e.contact_id, 1)?;
+                if newest
+                    .first()
+                    .is_none_or(|n| n.seq <= e.seq || n.seq > upto)
+                {
+                    latest.push(e);
+                }
+            }
             let ids: Vec<String> = latest.iter().map(|e| e.contact_id.clone()).collect();
             let recs: HashMap<String, StoreRecord> = self
                 .state
@@ -131,7 +144,7 @@ impl Engine {
                         e.version,
                         c.content_hash.clone().unwrap_or_default(),
                     ));
-                    writes.push(c);
+                    writes.push(*c);
                 }
                 Plan::Agree(r) => agree.push(r),
             }

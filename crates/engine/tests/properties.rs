@@ -66,12 +66,22 @@ fn handle(w: &World, store: usize) -> &MemoryHandle {
 /// completed without any error.
 async fn cycle_or_restart(w: &World, e: &mut Engine) -> bool {
     let (crashed, clean) = match e.cycle().await {
+        Ok(r) if std::env::var("DEBUG_CASE").is_ok() => {
+            eprintln!("  cycle: {:?}", r.stores);
+            (
+                r.errors().iter().any(|m| m.contains("crash")),
+                r.errors().is_empty(),
+            )
+        }
         Ok(r) => (
             r.errors().iter().any(|m| m.contains("crash")),
             r.errors().is_empty(),
         ),
         Err(err) => {
             let m = err.to_string();
+            if std::env::var("DEBUG_CASE").is_ok() {
+                eprintln!("  cycle failed: {m}");
+            }
             assert!(!m.contains("state database"), "state failure: {m}");
             (true, false)
         }
@@ -117,8 +127,12 @@ async fn scenario(ops: Vec<Op>, fault_seed: Option<u64>) {
     let mut created_without_id: Vec<String> = Vec::new();
     let mut pending_canonical: BTreeSet<(String, &'static str)> = BTreeSet::new();
     let mut n = 0u32;
+    let debug = std::env::var("DEBUG_CASE").is_ok();
     for op in ops {
         n += 1;
+        if debug {
+            eprintln!("--- op {n}: {op:?}");
+        }
         match op {
             Op::Edit {
                 store,
@@ -194,12 +208,15 @@ async fn scenario(ops: Vec<Op>, fault_seed: Option<u64>) {
                 if cycle_or_restart(&w, &mut e).await {
                     pending_canonical.clear();
                 }
+                if debug {
+                    dump(&w, &e);
+                }
             }
             Op::Restart => e = w.engine(),
         }
     }
 
-    if std::env::var("DEBUG_CASE").is_ok() {
+    if debug {
         for h in [&w.canonical, &w.local, &w.crm] {
             eprintln!("pending {:?}", h.pending_changes().iter().map(|c| (c.native_id.clone(), match &c.kind { contact_sync_connector::ChangeKind::Upsert(x) => format!("up {} v{} del={}", x.contact_id, x.version, x.is_deleted()), other => format!("{other:?}") })).collect::<Vec<_>>());
         }
@@ -209,6 +226,10 @@ async fn scenario(ops: Vec<Op>, fault_seed: Option<u64>) {
     drop(e);
     let mut e = w.engine();
     settle(&mut e, 12).await;
+    if debug {
+        eprintln!("--- settled");
+        dump(&w, &e);
+    }
     w.assert_converged();
 
     // No duplicates in canonical: primary emails are unique per person.
@@ -240,31 +261,6 @@ async fn scenario(ops: Vec<Op>, fault_seed: Option<u64>) {
             }
             if c.field == "deleted_at" {
                 delete_conflicts.insert(j.contact_id.clone());
-            }
-        }
-    }
-    if std::env::var("DEBUG_CASE").is_ok() {
-        for j in e.state().journal_of("C3", 50).unwrap() {
-            eprintln!(
-                "J seq={} v={} prev={} origin={} notes={:?} changes={:?}",
-                j.seq,
-                j.version,
-                j.prev_version,
-                j.origin,
-                j.after.notes,
-                j.changes
-                    .iter()
-                    .map(|c| (&c.field, &c.new))
-                    .collect::<Vec<_>>()
-            );
-        }
-        eprintln!(
-            "canonical C3 {:?}",
-            w.canonical.get("C3").map(|c| (c.version, c.notes))
-        );
-        if let Some(f) = &w.faults {
-            for c in f {
-                eprintln!("faults {:?}", c.injected());
             }
         }
     }
@@ -369,6 +365,52 @@ async fn scenario(ops: Vec<Op>, fault_seed: Option<u64>) {
     w.assert_converged();
 }
 
+/// Prints every store's records and the journal (for `DEBUG_CASE=1`).
+fn dump(w: &World, e: &Engine) {
+    for (name, h) in [
+        ("canonical", &w.canonical),
+        ("local", &w.local),
+        ("crm", &w.crm),
+    ] {
+        for c in h.all() {
+            let rec = e.state().store_record(name, &c.contact_id).unwrap();
+            eprintln!(
+                "  {name} {} v{} del={} h={} | rec {:?}",
+                c.contact_id,
+                c.version,
+                c.is_deleted(),
+                &contact_sync_core::content_hash(&c)[..6],
+                rec.map(|r| (
+                    r.synced_version,
+                    r.hash.get(..6).map(str::to_string),
+                    r.deleted
+                ))
+            );
+        }
+    }
+    let head = e.state().journal_head().unwrap();
+    for j in e.state().journal_after(0, head, usize::MAX).unwrap() {
+        eprintln!(
+            "  J{} {} v{} prev={} {:?} from {} h={} changes={:?} conflicts={:?}",
+            j.seq,
+            j.contact_id,
+            j.version,
+            j.prev_version,
+            j.op,
+            j.origin,
+            &j.hash[..6],
+            j.changes
+                .iter()
+                .map(|c| (&c.field, &c.new))
+                .collect::<Vec<_>>(),
+            j.conflicts
+                .iter()
+                .map(|c| (&c.field, &c.incoming, c.resolution))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
 fn run(ops: Vec<Op>, fault_seed: Option<u64>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -378,16 +420,18 @@ fn run(ops: Vec<Op>, fault_seed: Option<u64>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    // 96 cases unless PROPTEST_CASES says otherwise (for longer soak runs).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(96),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
-    #[ignore = "finds open engine bugs (stale change images after deletes); being fixed"]
     fn stores_converge_without_faults(ops in prop::collection::vec(op(), 1..40)) {
         run(ops, None);
     }
 
     #[test]
-    #[ignore = "finds open engine bugs (stale change images after deletes); being fixed"]
     fn stores_converge_with_faults_and_crashes(
         ops in prop::collection::vec(op(), 1..40),
         fault_seed in any::<u64>(),
@@ -396,50 +440,61 @@ proptest! {
     }
 }
 
+/// Replays a case saved as proptest's Debug output (`CASE_FILE=path`,
+/// optional `FAULT_SEED`), for tracing with `DEBUG_CASE=1`.
 #[test]
 #[ignore]
 fn debug_case() {
-    let ops = vec![
-        Op::Create { in_crm: true },
-        Op::Edit {
-            store: 0,
-            pick: 0,
-            field: 0,
-            bump: false,
-        },
-        Op::Create { in_crm: false },
-        Op::Edit {
-            store: 0,
-            pick: 0,
-            field: 0,
-            bump: false,
-        },
-        Op::Edit {
-            store: 1,
-            pick: 4758626619154940713,
-            field: 0,
-            bump: false,
-        },
-        Op::Edit {
-            store: 0,
-            pick: 1483369546421740954,
-            field: 2,
-            bump: true,
-        },
-        Op::Cycle,
-        Op::Edit {
-            store: 0,
-            pick: 2378855414625967163,
-            field: 1,
-            bump: false,
-        },
-        Op::Cycle,
-        Op::Edit {
-            store: 0,
-            pick: 1126556416351161035,
-            field: 3,
-            bump: false,
-        },
-    ];
-    run(ops, Some(5361094433088033189));
+    let Ok(path) = std::env::var("CASE_FILE") else {
+        return;
+    };
+    let text = std::fs::read_to_string(path).unwrap();
+    let num = |body: &str, key: &str| -> String {
+        let i = body.find(&format!("{key}:")).unwrap() + key.len() + 1;
+        body[i..]
+            .trim_start()
+            .split(|c: char| c == ',' || c == '}' || c.is_whitespace())
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let mut ops = Vec::new();
+    let mut rest = text.as_str();
+    loop {
+        let next = ["Edit", "Delete", "Create", "Cycle", "Restart"]
+            .iter()
+            .filter_map(|k| rest.find(k).map(|i| (i, *k)))
+            .min();
+        let Some((i, k)) = next else { break };
+        rest = &rest[i + k.len()..];
+        let body = if rest.trim_start().starts_with('{') {
+            let end = rest.find('}').unwrap();
+            let b = &rest[..end];
+            rest = &rest[end + 1..];
+            b
+        } else {
+            ""
+        };
+        ops.push(match k {
+            "Edit" => Op::Edit {
+                store: num(body, "store").parse().unwrap(),
+                pick: num(body, "pick").parse().unwrap(),
+                field: num(body, "field").parse().unwrap(),
+                bump: num(body, "bump") == "true",
+            },
+            "Delete" => Op::Delete {
+                store: num(body, "store").parse().unwrap(),
+                pick: num(body, "pick").parse().unwrap(),
+                soft: num(body, "soft") == "true",
+            },
+            "Create" => Op::Create {
+                in_crm: num(body, "in_crm") == "true",
+            },
+            "Cycle" => Op::Cycle,
+            _ => Op::Restart,
+        });
+    }
+    let seed = std::env::var("FAULT_SEED").ok().map(|s| s.parse().unwrap());
+    eprintln!("{} ops, seed {seed:?}", ops.len());
+    run(ops, seed);
 }
