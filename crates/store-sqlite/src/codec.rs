@@ -196,64 +196,93 @@ pub(crate) fn decode(raw: &[Raw<'_>; NCOLS]) -> Result<Contact, Invalid> {
 }
 
 /// A contact's values as written: the 33 fields in `ALL_FIELDS` order, then
-/// the primary email and phone.
+/// the primary email and phone. The JSON buffers are reused from one write
+/// to the next (one scratch per store), so a batch does not allocate a
+/// fresh string per JSON field and row.
+#[derive(Default)]
 pub(crate) struct Encoded {
-    pub(crate) json: [String; 9],
-    pub(crate) ts: [Option<String>; 3],
-    pub(crate) primary_email: Option<String>,
-    pub(crate) primary_phone: Option<String>,
+    json: [Vec<u8>; 9],
+    ts: [Option<String>; 3],
+    primary_email: Option<String>,
+    primary_phone: Option<String>,
 }
 
-fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+/// JSON text bound straight from a buffer; an empty buffer (an absent
+/// value) is bound as NULL.
+struct JsonText<'a>(&'a [u8]);
+
+impl rusqlite::ToSql for JsonText<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(
+            if self.0.is_empty() {
+                ValueRef::Null
+            } else {
+                ValueRef::Text(self.0)
+            },
+        ))
+    }
+}
+
+fn put_json<T: serde::Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) {
+    buf.clear();
     // Contact's JSON-bearing fields are plain data (maps with string keys,
     // vectors, serde_json::Value): serializing them cannot fail.
-    serde_json::to_string(v).unwrap_or_else(|_| "null".to_string())
+    if serde_json::to_writer(&mut *buf, v).is_err() {
+        buf.clear();
+        buf.extend_from_slice(b"null");
+    }
 }
 
-fn opt_json(v: &Option<Value>) -> String {
+fn put_opt_json(buf: &mut Vec<u8>, v: &Option<Value>) {
     match v {
-        None | Some(Value::Null) => String::new(),
-        Some(v) => to_json(v),
+        None | Some(Value::Null) => buf.clear(),
+        Some(v) => put_json(buf, v),
     }
 }
 
 impl Encoded {
-    pub(crate) fn new(c: &Contact) -> Self {
-        Encoded {
-            json: [
-                to_json(&c.external_ids),
-                to_json(&c.tags),
-                opt_json(&c.llm_context),
-                opt_json(&c.relationships),
-                opt_json(&c.communication_stats),
-                opt_json(&c.social_profiles),
-                opt_json(&c.custom_attributes),
-                to_json(&c.emails),
-                to_json(&c.phones),
-            ],
-            ts: [
-                c.created_at.as_ref().map(format_ts),
-                c.last_updated.as_ref().map(format_ts),
-                c.deleted_at.as_ref().map(format_ts),
-            ],
-            primary_email: c.primary_email().map(|e| e.trim().to_lowercase()),
-            primary_phone: c.primary_phone().map(|p| p.trim().to_string()),
-        }
+    /// Fills the scratch with `c`'s values.
+    pub(crate) fn fill(&mut self, c: &Contact) {
+        let [ext, tags, llm, rel, stats, social, custom, emails, phones] = &mut self.json;
+        put_json(ext, &c.external_ids);
+        put_json(tags, &c.tags);
+        put_opt_json(llm, &c.llm_context);
+        put_opt_json(rel, &c.relationships);
+        put_opt_json(stats, &c.communication_stats);
+        put_opt_json(social, &c.social_profiles);
+        put_opt_json(custom, &c.custom_attributes);
+        put_json(emails, &c.emails);
+        put_json(phones, &c.phones);
+        self.ts = [
+            c.created_at.as_ref().map(format_ts),
+            c.last_updated.as_ref().map(format_ts),
+            c.deleted_at.as_ref().map(format_ts),
+        ];
+        self.primary_email = c.primary_email().map(|e| e.trim().to_lowercase());
+        self.primary_phone = c.primary_phone().map(|p| p.trim().to_string());
     }
 
-    /// The 35 parameters of the insert/update statements, in order.
-    pub(crate) fn params<'a>(&'a self, c: &'a Contact) -> [&'a dyn rusqlite::ToSql; 35] {
-        // An absent JSON value is written as NULL, not as empty text.
-        let j = |i: usize| -> &'a dyn rusqlite::ToSql {
-            if self.json[i].is_empty() {
-                &rusqlite::types::Null
-            } else {
-                &self.json[i]
-            }
-        };
-        [
+    /// Runs `f` with the 35 parameters of the insert/update statements, in
+    /// order, for contact `c` (the one last [`fill`](Self::fill)ed).
+    pub(crate) fn with_params<R>(
+        &self,
+        c: &Contact,
+        f: impl FnOnce(&[&dyn rusqlite::ToSql; 35]) -> R,
+    ) -> R {
+        let j: [JsonText<'_>; 9] = [
+            JsonText(&self.json[0]),
+            JsonText(&self.json[1]),
+            JsonText(&self.json[2]),
+            JsonText(&self.json[3]),
+            JsonText(&self.json[4]),
+            JsonText(&self.json[5]),
+            JsonText(&self.json[6]),
+            JsonText(&self.json[7]),
+            JsonText(&self.json[8]),
+        ];
+        let params: [&dyn rusqlite::ToSql; 35] = [
             &c.contact_id,
-            j(0),
+            &j[0],
             &c.canonical_name,
             &c.display_name,
             &c.first_name,
@@ -270,16 +299,16 @@ impl Encoded {
             &c.subcategory_code,
             &c.relationship_label,
             &c.notes,
-            j(1),
+            &j[1],
             &c.source,
             &self.ts[0],
-            j(2),
-            j(3),
-            j(4),
-            j(5),
-            j(6),
-            j(7),
-            j(8),
+            &j[2],
+            &j[3],
+            &j[4],
+            &j[5],
+            &j[6],
+            &j[7],
+            &j[8],
             &c.version,
             &self.ts[1],
             &c.last_updated_by,
@@ -287,6 +316,7 @@ impl Encoded {
             &c.content_hash,
             &self.primary_email,
             &self.primary_phone,
-        ]
+        ];
+        f(&params)
     }
 }
