@@ -330,3 +330,161 @@ async fn category_x_is_kept_out_of_stores_that_refuse_it() {
         Some("X")
     );
 }
+
+/// Sets every store's journal cursor back to 0 (a replay from the start).
+fn rewind(e: &mut contact_sync_engine::Engine) {
+    let tx = e.state_mut().tx().unwrap();
+    for s in [CANONICAL, "local", "crm"] {
+        tx.set_cursor(s, 0).unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+#[tokio::test]
+async fn a_contact_created_and_deleted_before_a_sync_is_never_sent_live() {
+    let (mut w, _) = seeded(2).await;
+    // One journal entry per batch: the create and the delete land in
+    // different propagation batches.
+    w.batch_size = 1;
+    let mut e = w.engine();
+    let mut c = person("N1", "Short-lived");
+    c.emails[0].address = "n1@example.com".into();
+    w.local.user_upsert(c);
+    w.local
+        .user_soft_delete("N1", contact_sync_core::model::now());
+    settle(&mut e, 8).await;
+    assert!(w.canonical.get("N1").unwrap().is_deleted());
+    assert!(
+        w.crm.writes().iter().all(|x| x.contact_id != "N1"),
+        "crm never had N1 and needs nothing: {:?}",
+        w.crm.writes()
+    );
+    w.assert_converged();
+    // Replaying the journal does not create it, then delete it, either.
+    w.crm.clear_write_log();
+    rewind(&mut e);
+    settle(&mut e, 30).await;
+    assert!(w.crm.writes().is_empty(), "{:?}", w.crm.writes());
+    w.assert_converged();
+}
+
+#[tokio::test]
+async fn a_delete_kept_against_an_edit_with_a_higher_version_reaches_that_store() {
+    let (w, mut e) = seeded(2).await;
+    assert!(w.canonical.user_delete("C001"));
+    // Edited twice in the local database, each time with a version bump:
+    // the record there is now at a version above canonical's tombstone.
+    for title in ["First", "Second"] {
+        let mut c = w.local.get("C001").unwrap();
+        c.job_title = Some(title.into());
+        c.version += 1;
+        w.local.user_upsert(c);
+    }
+    settle(&mut e, 6).await;
+    // Delete racing an edit: a conflict, canonical (deleted) kept...
+    assert!(w.canonical.get("C001").unwrap().is_deleted());
+    let open = e.state().conflicts(true).unwrap();
+    assert!(
+        open.iter()
+            .any(|c| c.contact_id == "C001" && c.conflict.field == "deleted_at"),
+        "{open:?}"
+    );
+    // ...and the local database takes the tombstone despite its version.
+    assert!(w.local.get("C001").unwrap().is_deleted());
+    w.assert_converged();
+}
+
+#[tokio::test]
+async fn a_delete_in_canonical_before_the_first_cycle_is_not_undone_by_a_store_edit() {
+    // Initial sync copies the contacts without journaling them; canonical
+    // then removes one outright while the local database edits it.
+    let w = World::new();
+    for i in 0..2 {
+        w.canonical
+            .user_upsert(person(&format!("C{i:03}"), &format!("Person {i}")));
+    }
+    let mut e = w.engine();
+    let mut progress = |_: &str, _: u64, _: u64| {};
+    e.initial_sync(&mut progress).await.unwrap();
+    assert!(w.canonical.user_delete("C000"));
+    let mut c = w.local.get("C000").unwrap();
+    c.job_title = Some("Edited".into());
+    w.local.user_upsert(c);
+    settle(&mut e, 6).await;
+    // The store never saw the delete: its edit races it (a conflict), it
+    // does not bring the contact back.
+    assert!(w.canonical.get("C000").unwrap().is_deleted());
+    let open = e.state().conflicts(true).unwrap();
+    assert!(
+        open.iter()
+            .any(|c| c.contact_id == "C000" && c.conflict.field == "deleted_at"),
+        "{open:?}"
+    );
+    w.assert_converged();
+}
+
+#[tokio::test]
+async fn an_edit_in_canonical_after_a_failed_canonical_write_is_merged_not_overwritten() {
+    use contact_sync_memory::{FaultPlan, FaultRates, Operation};
+    let writes_fail = FaultRates {
+        fail_before: 1.0,
+        timeout: 0.0,
+        ack_lost: 0.0,
+    };
+    let w = World::new().with_faults([
+        FaultPlan::new(1).for_operation(Operation::WriteBatch, writes_fail),
+        FaultPlan::new(2),
+        FaultPlan::new(3),
+    ]);
+    let faults = w.faults.clone().unwrap();
+    faults[0].disable();
+    for i in 0..2 {
+        w.canonical
+            .user_upsert(person(&format!("C{i:03}"), &format!("Person {i}")));
+    }
+    let mut e = w.engine();
+    let mut progress = |_: &str, _: u64, _: u64| {};
+    e.initial_sync(&mut progress).await.unwrap();
+    settle(&mut e, 5).await;
+
+    // An edit in the CRM is journaled, but canonical refuses the write.
+    let mut c = w.crm.get("C001").unwrap();
+    c.job_title = Some("From the CRM".into());
+    w.crm.user_upsert(c);
+    faults[0].enable();
+    assert!(e.cycle().await.is_err(), "the canonical write fails");
+    faults[0].disable();
+    // Meanwhile someone edits another field directly in canonical.
+    let mut c = w.canonical.get("C001").unwrap();
+    c.notes = Some("From canonical".into());
+    w.canonical.user_upsert(c);
+
+    settle(&mut e, 6).await;
+    let c = w.canonical.get("C001").unwrap();
+    assert_eq!(
+        (c.job_title.as_deref(), c.notes.as_deref()),
+        (Some("From the CRM"), Some("From canonical"))
+    );
+    w.assert_converged();
+}
+
+#[tokio::test]
+async fn a_second_delete_after_an_undelete_is_not_taken_for_an_echo() {
+    let (w, mut e) = seeded(2).await;
+    let t = contact_sync_core::model::now();
+    assert!(w.canonical.user_soft_delete("C001", t));
+    settle(&mut e, 5).await;
+    assert!(w.local.get("C001").unwrap().is_deleted());
+    // Brought back in canonical, then deleted again in the local database:
+    // the new tombstone hashes like the old one, yet it is a real delete.
+    let mut c = w.canonical.get("C001").unwrap();
+    c.deleted_at = None;
+    w.canonical.user_upsert(c);
+    settle(&mut e, 5).await;
+    assert!(!w.local.get("C001").unwrap().is_deleted());
+    assert!(w.local.user_soft_delete("C001", t));
+    settle(&mut e, 5).await;
+    assert!(w.canonical.get("C001").unwrap().is_deleted());
+    assert!(w.crm.get("C001").unwrap().is_deleted());
+    w.assert_converged();
+}
