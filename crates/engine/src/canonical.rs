@@ -83,18 +83,31 @@ impl Engine {
                     })
                     .collect();
                 // Content someone else wrote to canonical since the engine
-                // last wrote or read it there (neither what the engine knew
-                // nor this entry): not overwritten, capture merges it.
-                let foreign = |h: &Contact, e: &JournalEntry| {
+                // last wrote or read it there (neither what the engine knew,
+                // nor this entry, nor an earlier journal version whose write
+                // went through unconfirmed): not overwritten, capture merges it.
+                let mut foreign_ids = BTreeSet::new();
+                for e in &todo {
+                    let (Some(h), Some(r)) = (held.get(&e.contact_id), recs.get(&e.contact_id))
+                    else {
+                        continue;
+                    };
                     let held_hash = content_hash(h);
-                    held_hash != e.hash
-                        && recs
-                            .get(&e.contact_id)
-                            .is_some_and(|r| r.hash != held_hash || r.deleted != h.is_deleted())
-                };
+                    if held_hash == e.hash || (r.hash == held_hash && r.deleted == h.is_deleted()) {
+                        continue;
+                    }
+                    let ours = self
+                        .state
+                        .journal_version(&e.contact_id, h.version)?
+                        .is_some_and(|j| j.hash == held_hash);
+                    if !ours {
+                        foreign_ids.insert(e.contact_id.clone());
+                    }
+                }
+                let foreign = |e: &JournalEntry| foreign_ids.contains(&e.contact_id);
                 todo.into_iter()
                     .filter(|e| match held.get(&e.contact_id) {
-                        Some(h) if h.version > e.version || foreign(h, e) => {
+                        Some(h) if h.version > e.version || foreign(e) => {
                             already.push((
                                 e,
                                 WriteOutcome::Stale {
