@@ -419,26 +419,25 @@ impl SqliteStore {
                 .query(rusqlite::params![cursor, want as i64])
                 .map_err(self.err("scanning contacts"))?;
             let mut seen = 0usize;
-            let mut last: Option<String> = None;
+            // The stored (untrimmed) contact_id of the last row read: the
+            // next query continues after it.
+            let mut last = String::new();
             while let Some(row) = rows.next().map_err(self.err("scanning contacts"))? {
                 seen += 1;
-                match Self::decode_row(&self.name, row).map_err(self.err("scanning contacts"))? {
-                    Some(c) => out.push(c),
-                    None => {
-                        last = row.get_ref(1).ok().and_then(opt_text);
-                    }
+                last.clear();
+                if let Ok(ValueRef::Text(t)) = row.get_ref(1) {
+                    last.push_str(&String::from_utf8_lossy(t));
+                }
+                if let Some(c) =
+                    Self::decode_row(&self.name, row).map_err(self.err("scanning contacts"))?
+                {
+                    out.push(c);
                 }
             }
-            if seen < want {
+            if seen < want || last.is_empty() {
                 break;
             }
-            // Every row was read: continue after the last one.
-            cursor = match (out.last(), last) {
-                (Some(c), Some(l)) => std::cmp::max(c.contact_id.clone(), l),
-                (Some(c), None) => c.contact_id.clone(),
-                (None, Some(l)) => l,
-                (None, None) => break,
-            };
+            cursor = last;
         }
         Ok(out)
     }
@@ -447,7 +446,7 @@ impl SqliteStore {
         let n: i64 = self
             .conn
             .prepare_cached(
-                "SELECT count(*) FROM contacts WHERE contact_id > '' \
+                "SELECT count(*) FROM contacts WHERE contact_id > '' AND trim(contact_id) <> '' \
                  AND (deleted_at IS NULL OR trim(deleted_at) = '')",
             )
             .and_then(|mut s| s.query_row([], |r| r.get(0)))

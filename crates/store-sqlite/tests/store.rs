@@ -742,3 +742,27 @@ async fn a_users_own_trigger_still_sees_the_stores_writes_but_capture_does_not()
     );
     assert_eq!(f.store.count().await.expect("count"), 3);
 }
+
+#[tokio::test]
+async fn scan_continues_after_stored_ids_with_stray_whitespace() {
+    let mut f = fixture();
+    let db = cli(&f.path);
+    // A user typed ids with trailing spaces and one broken row among them.
+    for (id, tags) in [("a ", "[]"), ("b ", "broken"), ("c ", "[]"), ("d", "[]")] {
+        db.execute(
+            "INSERT INTO contacts (contact_id, canonical_name, tags) VALUES (?1, 'n', ?2)",
+            [id, tags],
+        )
+        .expect("insert");
+    }
+    let page = f.store.scan(None, 3).await.expect("scan");
+    let ids: Vec<String> = page.into_iter().map(|c| c.contact_id).collect();
+    assert_eq!(
+        ids,
+        vec!["a", "c", "d"],
+        "filled past the broken row, no repeats"
+    );
+    let all = f.store.scan(None, 10).await.expect("scan all");
+    assert_eq!(all.len(), 3);
+    assert_eq!(f.store.count().await.expect("count"), 4);
+}
