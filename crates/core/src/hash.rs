@@ -24,56 +24,19 @@ pub fn content_hash(c: &Contact) -> String {
     // Streams the content fields, in canonical order, straight into the
     // hasher: the same bytes as `serde_json::to_vec(&c.content_fields())`,
     // without building the intermediate JSON tree.
-    let mut w = HashWriter {
-        hasher: &mut h,
-        buf: [0; HASH_BUF],
-        len: 0,
-    };
-    serde_json::to_writer(&mut w, &ContentView::of(c)).expect("hashing never fails to write");
-    w.drain();
+    serde_json::to_writer(HashWriter(&mut h), &ContentView::of(c))
+        .expect("hashing never fails to write");
     hex::encode(h.finalize())
 }
 
-/// Bytes gathered before they go to the hasher.
-const HASH_BUF: usize = 2048;
-
-/// Feeds the hasher in large chunks. serde_json writes a value in many tiny
-/// pieces (a quote, a key, a colon); handing each to SHA-256 on its own
-/// costs more than the hashing itself.
-struct HashWriter<'a> {
-    hasher: &'a mut Sha256,
-    buf: [u8; HASH_BUF],
-    len: usize,
-}
-
-impl HashWriter<'_> {
-    /// Hands the gathered bytes to the hasher.
-    fn drain(&mut self) {
-        if self.len > 0 {
-            self.hasher.update(&self.buf[..self.len]);
-            self.len = 0;
-        }
-    }
-}
+struct HashWriter<'a>(&'a mut Sha256);
 
 impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.len + data.len() > HASH_BUF {
-            self.drain();
-            if data.len() >= HASH_BUF {
-                self.hasher.update(data);
-                return Ok(data.len());
-            }
-        }
-        self.buf[self.len..self.len + data.len()].copy_from_slice(data);
-        self.len += data.len();
-        Ok(data.len())
-    }
-    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.write(data).map(|_| ())
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.drain();
         Ok(())
     }
 }
