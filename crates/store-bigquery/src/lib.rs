@@ -45,3 +45,15 @@ pub use client::{
 pub use error::BqError;
 pub use schema::{contacts_schema, journal_schema, ColumnMap};
 pub use store::{BigQueryStore, BigQueryStoreConfig, MigrateReport};
+
+#[cfg(test)]
+mod tests {
+    /// The engine holds stores across awaits and threads.
+    #[test]
+    fn store_is_a_sendable_store() {
+        fn assert_store<T: contact_sync_connector::Store + Send + Sync + 'static>() {}
+        assert_store::<crate::BigQueryStore>();
+        fn assert_client<T: Send + Sync + Clone + 'static>() {}
+        assert_client::<crate::BigQueryClient>();
+    }
+}
