@@ -1,1 +1,106 @@
-fn main() {}
+//! Backfill throughput: 100,000 contacts into Postgres through
+//! `RecordSink::write_batch`, first as inserts, then as updates (version + 1).
+//! Target: ≥ 30,000 contacts/s. Starts a private cluster (test harness).
+//!
+//! `cargo bench -p contact-sync-postgres --features test-harness --bench backfill`
+//! Env: `BENCH_CONTACTS` (default 100000), `BENCH_BATCHES` (batch sizes,
+//! default `1000,5000`; a fresh database for each).
+
+use std::time::Instant;
+
+use contact_sync_connector::{RecordSink, WriteOutcome};
+use contact_sync_core::model::now;
+use contact_sync_core::{Contact, Email, Phone};
+use contact_sync_postgres::harness::{ClusterOptions, PgCluster};
+use contact_sync_postgres::{PgConfig, PgStore};
+use serde_json::json;
+
+fn contact(i: usize) -> Contact {
+    let mut c = Contact::new(format!("c-{i:08}"), format!("Person {i}"));
+    c.first_name = Some(format!("First{i}"));
+    c.last_name = Some(format!("Last{}", i % 977));
+    c.organization = Some(format!("Org {}", i % 311));
+    c.job_title = Some("Engineer".into());
+    c.category_code = Some("G".into());
+    c.subcategory_code = Some("G2".into());
+    c.notes = Some(format!(
+        "Met at conference #{}; follow up about project {}.",
+        i % 50,
+        i % 13
+    ));
+    c.tags = vec!["work".into(), format!("t{}", i % 20)];
+    c.source = Some("bench".into());
+    c.created_at = Some(now());
+    c.llm_context = Some(json!({
+        "relationship_arc": "steady", "communication_style": "brief",
+        "key_interests": ["rust", "postgres"], "closeness_level": (i % 10) + 1,
+        "important_dates": [{"date": "2020-01-01", "event": "met", "significance": "low"}]
+    }));
+    c.emails = vec![Email {
+        address: format!("p{i}@example.com"),
+        label: Some("work".into()),
+        is_primary: true,
+    }];
+    c.phones = vec![Phone {
+        number: format!("+1555{:07}", i % 10_000_000),
+        label: None,
+        is_primary: true,
+    }];
+    c.last_updated = Some(now());
+    c.last_updated_by = Some("canonical".into());
+    c
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn pass(store: &mut PgStore, contacts: &[Contact], batch: usize) -> f64 {
+    let start = Instant::now();
+    for chunk in contacts.chunks(batch) {
+        let out = store.write_batch(chunk).await.expect("write_batch");
+        assert!(
+            out.iter()
+                .all(|o| matches!(o, WriteOutcome::Applied { .. })),
+            "not all applied"
+        );
+    }
+    contacts.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let n = env("BENCH_CONTACTS", 100_000);
+    let batches: Vec<usize> = std::env::var("BENCH_BATCHES")
+        .unwrap_or_else(|_| "1000,5000".into())
+        .split(',')
+        .filter_map(|b| b.trim().parse().ok())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cluster = PgCluster::start(ClusterOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    for batch in batches {
+        rt.block_on(async {
+        let url = cluster.server().create_database().await;
+        let mut cfg = PgConfig::new("bench", &url);
+            cfg.slot_name = format!("bench_{batch}");
+            let mut store = PgStore::connect(cfg).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let mut contacts: Vec<Contact> = (0..n).map(contact).collect();
+        let insert_rate = pass(&mut store, &contacts, batch).await;
+        assert_eq!(store.count().await.expect("count"), n as u64);
+        for c in &mut contacts {
+            c.version += 1;
+            c.job_title = Some("Senior Engineer".into());
+        }
+        let update_rate = pass(&mut store, &contacts, batch).await;
+        println!("postgres backfill: {n} contacts, batches of {batch} (slot mode, REPLICA IDENTITY FULL)");
+        println!("  inserts: {insert_rate:>9.0} contacts/s (target >= 30000) {}", if insert_rate >= 30_000.0 { "PASS" } else { "BELOW TARGET" });
+        println!("  updates: {update_rate:>9.0} contacts/s (target >= 30000) {}", if update_rate >= 30_000.0 { "PASS" } else { "BELOW TARGET" });
+    });
+    }
+}

@@ -1,7 +1,7 @@
 //! [`PgStore`]: the Postgres store (connection, schema, writes, reads,
 //! change capture).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use contact_sync_connector::{
@@ -10,9 +10,9 @@ use contact_sync_connector::{
 };
 use contact_sync_core::model::ALL_FIELDS;
 use contact_sync_core::Contact;
+use futures_util::SinkExt;
 use tokio::task::JoinHandle;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
 use crate::codec::{self, RowText};
@@ -189,6 +189,8 @@ pub struct PgStore {
     conn_task: Option<JoinHandle<()>>,
     table: Option<TableInfo>,
     staging_ready: bool,
+    /// The upsert from staging, prepared once per connection.
+    insert_stmt: Option<tokio_postgres::Statement>,
     wal_checked: bool,
     /// Relation oid → column names, from pgoutput Relation messages.
     relations: HashMap<u32, Vec<String>>,
@@ -225,6 +227,7 @@ impl PgStore {
             conn_task: Some(task),
             table: None,
             staging_ready: false,
+            insert_stmt: None,
             wal_checked: false,
             relations: HashMap::new(),
         })
@@ -448,7 +451,8 @@ impl PgStore {
                 )
             })?;
         }
-        // Identity lookups: GIN indexes when emails/phones are jsonb.
+        // Identity lookups: btree indexes on the primary email / phone (the
+        // `is_primary` entry, else the first) when emails/phones are jsonb.
         let types: HashMap<String, String> = tx
             .query(
                 "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
@@ -460,12 +464,12 @@ impl PgStore {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        for c in [&emails_col, &phones_col] {
+        for (c, key) in [(&emails_col, "address"), (&phones_col, "number")] {
             if types.get(c).map(String::as_str) == Some("jsonb") {
                 tx.batch_execute(&format!(
-                    "CREATE INDEX IF NOT EXISTS {} ON {t} USING gin ({} jsonb_path_ops)",
-                    qi(&format!("{tname}_{c}_gin")),
-                    qi(c)
+                    "CREATE INDEX IF NOT EXISTS {} ON {t} (({}))",
+                    qi(&format!("{tname}_primary_{c}")),
+                    primary_expr(c, key)
                 ))
                 .await
                 .map_err(|e| pg_err(&name, "migrate: creating identity indexes", &e))?;
@@ -635,7 +639,7 @@ impl PgStore {
             .map(|f| format!("{c} = EXCLUDED.{c}", c = self.col(f)))
             .collect();
         let insert_sql = format!(
-            "INSERT INTO {t} AS t ({cols}) SELECT {casts} FROM {STAGING} s WHERE s.ord = ANY($1::int4[]) \
+            "INSERT INTO {t} AS t ({cols}) SELECT {casts} FROM {STAGING} s \
              ON CONFLICT ({cid}) DO UPDATE SET {sets} \
              WHERE COALESCE(t.{ver}::bigint, 0) <= EXCLUDED.{ver}::bigint \
              RETURNING t.{cid}::text, t.{id}::text",
@@ -1231,136 +1235,168 @@ impl PgStore {
             .batch_execute(&sql)
             .await
             .map_err(|e| pg_err(&name, "creating the staging table", &e))?;
+        let info = self.table_info().await?;
+        let stmt = self
+            .client()
+            .await?
+            .prepare(&info.insert_sql)
+            .await
+            .map_err(|e| pg_err(&name, "preparing the upsert", &e))?;
+        self.insert_stmt = Some(stmt);
         self.staging_ready = true;
         Ok(())
     }
 
-    /// One transaction: COPY into staging, lock existing rows, decide the
-    /// outcome of each write in order (version guard), upsert the winners.
+    /// One transaction: COPY the batch's winners into staging, upsert them
+    /// with the version guard, then find the stored version of any the
+    /// guard refused.
+    ///
+    /// Several writes of one contact in a batch: the winner is the highest
+    /// version (the last of equals), as applying them in order would leave.
+    /// Writes after the winner are stale against it; writes before it are
+    /// reported applied when it applied (they were overwritten by a newer
+    /// version of the same contact) and stale when it was refused.
     async fn write_tx(
         &mut self,
         writes: &[(usize, &Contact)],
     ) -> Result<Vec<(usize, WriteOutcome)>, tokio_postgres::Error> {
-        let info = match &self.table {
-            Some(i) => i.clone(),
-            None => unreachable!("write_tx runs after table_info"),
-        };
         let qtable = self.qtable();
         let cid = self.col("contact_id");
         let ver = self.col("version");
-        let id = self.col("id");
-        let cid_type = info.types[self.cfg.column("contact_id")].clone();
+        let Some(insert_stmt) = self.insert_stmt.clone() else {
+            unreachable!("write_tx runs after ensure_staging")
+        };
         let Some(client) = self.client.as_mut() else {
             unreachable!("write_tx runs after client()")
         };
+        // Winner per contact: highest version, last among equals.
+        let mut winner: HashMap<&str, (usize, i64)> = HashMap::with_capacity(writes.len());
+        for (pos, (_, c)) in writes.iter().enumerate() {
+            let e = winner
+                .entry(c.contact_id.as_str())
+                .or_insert((pos, c.version));
+            if c.version >= e.1 {
+                *e = (pos, c.version);
+            }
+        }
         let tx = client.transaction().await?;
         let copy_sql = format!(
-            "COPY {STAGING} (ord, {}) FROM STDIN BINARY",
+            "COPY {STAGING} (ord, {}) FROM STDIN",
             ALL_FIELDS
                 .iter()
                 .map(|f| qi(f))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let sink = tx.copy_in(&copy_sql).await?;
-        let mut types = vec![Type::INT4];
-        types.extend(std::iter::repeat_n(Type::TEXT, ALL_FIELDS.len()));
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        futures_util::pin_mut!(writer);
-        for (ord, c) in writes {
-            let ord = *ord as i32;
-            let values = codec::encode(c);
-            let mut refs: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(values.len() + 1);
-            refs.push(&ord);
-            for v in &values {
-                refs.push(v);
+        // Text COPY, built into large chunks: far fewer messages and
+        // syscalls than one small write per value.
+        let sink = tx.copy_in::<_, bytes::Bytes>(&copy_sql).await?;
+        futures_util::pin_mut!(sink);
+        let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+        for (pos, (ord, c)) in writes.iter().enumerate() {
+            if winner.get(c.contact_id.as_str()).map(|w| w.0) != Some(pos) {
+                continue;
             }
-            writer.as_mut().write(&refs).await?;
-        }
-        writer.finish().await?;
-        // Stored versions before the batch, locked until commit.
-        let pre = tx
-            .query(
-                &format!(
-                    "SELECT t.{cid}::text, t.{ver}::bigint, t.{id}::text FROM {qtable} t \
-                     WHERE t.{cid} IN (SELECT s.contact_id::{cid_type} FROM {STAGING} s) FOR UPDATE OF t"
-                ),
-                &[],
-            )
-            .await?;
-        let mut stored: HashMap<String, i64> = HashMap::new();
-        let mut row_ids: HashMap<String, String> = HashMap::new();
-        for r in &pre {
-            let c: String = r.get(0);
-            let v: Option<i64> = r.get(1);
-            stored.insert(c.clone(), v.unwrap_or(0));
-            if let Some(i) = r.get::<_, Option<String>>(2) {
-                row_ids.insert(c, i);
+            copy_row(&mut buf, *ord, &codec::encode(c));
+            if buf.len() >= 1 << 20 {
+                sink.as_mut().send(buf.split().freeze()).await?;
             }
         }
-        // Apply in order: the last write per contact that passes the guard wins.
-        let mut outcomes: Vec<(usize, Option<WriteOutcome>)> = Vec::with_capacity(writes.len());
-        let mut winner: HashMap<&str, usize> = HashMap::new();
-        for (ord, c) in writes {
-            match stored.get(c.contact_id.as_str()) {
-                Some(v) if *v > c.version => {
-                    outcomes.push((*ord, Some(WriteOutcome::Stale { stored_version: *v })));
-                }
-                _ => {
-                    stored.insert(c.contact_id.clone(), c.version);
-                    winner.insert(c.contact_id.as_str(), *ord);
-                    outcomes.push((*ord, None));
-                }
-            }
+        if !buf.is_empty() {
+            sink.as_mut().send(buf.split().freeze()).await?;
         }
-        let winners: Vec<i32> = winner.values().map(|o| *o as i32).collect();
-        let returned = tx.query(&info.insert_sql, &[&winners]).await?;
+        sink.as_mut().finish().await?;
+        let returned = tx.query(&insert_stmt, &[]).await?;
+        let mut row_ids: HashMap<String, String> = HashMap::with_capacity(returned.len());
         for r in &returned {
             let c: String = r.get(0);
             let i: Option<String> = r.get(1);
-            if let Some(i) = i {
-                row_ids.insert(c, i);
-            }
+            row_ids.insert(c.clone(), i.unwrap_or(c));
         }
-        let applied: HashSet<String> = returned.iter().map(|r| r.get::<_, String>(0)).collect();
-        let lost: Vec<String> = winner
+        let refused: Vec<String> = winner
             .keys()
-            .filter(|c| !applied.contains(**c))
+            .filter(|c| !row_ids.contains_key(**c))
             .map(|c| c.to_string())
             .collect();
-        let mut now_stored: HashMap<String, i64> = HashMap::new();
-        if !lost.is_empty() {
-            // A concurrent writer got there first with a higher version.
+        let mut stored: HashMap<String, i64> = HashMap::new();
+        if !refused.is_empty() {
             let rows = tx
                 .query(
-                    &format!("SELECT t.{cid}::text, t.{ver}::bigint FROM {qtable} t WHERE t.{cid}::text = ANY($1)"),
-                    &[&lost],
+                    &format!(
+                        "SELECT t.{cid}::text, t.{ver}::bigint FROM {qtable} t WHERE t.{cid}::text = ANY($1)"
+                    ),
+                    &[&refused],
                 )
                 .await?;
             for r in rows {
-                now_stored.insert(r.get(0), r.get::<_, Option<i64>>(1).unwrap_or(0));
+                stored.insert(r.get(0), r.get::<_, Option<i64>>(1).unwrap_or(0));
             }
         }
         tx.commit().await?;
-        let by_ord: HashMap<usize, &Contact> = writes.iter().map(|(o, c)| (*o, *c)).collect();
-        Ok(outcomes
-            .into_iter()
-            .map(|(ord, o)| {
-                let c = by_ord[&ord];
-                let o = o.unwrap_or_else(|| match now_stored.get(&c.contact_id) {
-                    Some(v) if lost.contains(&c.contact_id) => {
-                        WriteOutcome::Stale { stored_version: *v }
-                    }
-                    _ => WriteOutcome::Applied {
-                        native_id: row_ids
-                            .get(&c.contact_id)
-                            .cloned()
-                            .unwrap_or_else(|| c.contact_id.clone()),
+        Ok(writes
+            .iter()
+            .enumerate()
+            .map(|(pos, (ord, c))| {
+                let (wpos, wver) = winner[c.contact_id.as_str()];
+                let o = match row_ids.get(&c.contact_id) {
+                    Some(native_id) if pos <= wpos => WriteOutcome::Applied {
+                        native_id: native_id.clone(),
                     },
-                });
-                (ord, o)
+                    Some(_) => WriteOutcome::Stale {
+                        stored_version: wver,
+                    },
+                    None => WriteOutcome::Stale {
+                        stored_version: stored.get(&c.contact_id).copied().unwrap_or(wver),
+                    },
+                };
+                (*ord, o)
             })
             .collect())
+    }
+}
+
+/// Appends one row in COPY text format (tab-separated, `\\N` for NULL,
+/// backslash escapes).
+fn copy_row(buf: &mut bytes::BytesMut, ord: usize, values: &[Option<String>]) {
+    buf.extend_from_slice(ord.to_string().as_bytes());
+    for v in values {
+        buf.extend_from_slice(b"\t");
+        match v {
+            None => buf.extend_from_slice(b"\\N"),
+            Some(s) => {
+                let bytes = s.as_bytes();
+                let mut start = 0;
+                for (i, b) in bytes.iter().enumerate() {
+                    let esc: &[u8] = match b {
+                        b'\\' => b"\\\\",
+                        b'\t' => b"\\t",
+                        b'\n' => b"\\n",
+                        b'\r' => b"\\r",
+                        _ => continue,
+                    };
+                    buf.extend_from_slice(&bytes[start..i]);
+                    buf.extend_from_slice(esc);
+                    start = i + 1;
+                }
+                buf.extend_from_slice(&bytes[start..]);
+            }
+        }
+    }
+    buf.extend_from_slice(b"\n");
+}
+
+/// The primary entry's `key` of a jsonb array column (the `is_primary`
+/// one, else the first; emails lower-cased), as an immutable expression
+/// that a btree index can hold. `key` is `address` or `number`.
+fn primary_expr(col: &str, key: &str) -> String {
+    let c = qi(col);
+    let e = format!(
+        "COALESCE(jsonb_path_query_first({c}, '$[*] ? (@.is_primary == true).{key}'), {c}->0->'{key}') #>> '{{}}'"
+    );
+    if key == "address" {
+        format!("lower({e})")
+    } else {
+        e
     }
 }
 
@@ -1562,47 +1598,26 @@ impl RecordSink for PgStore {
         let info = self.table_info().await?;
         let emails: Vec<String> = emails.iter().map(|e| e.trim().to_lowercase()).collect();
         let phones: Vec<String> = phones.iter().map(|p| p.trim().to_string()).collect();
+        // jsonb columns: the indexed primary-value expression; text columns
+        // (a user's table): a substring prefilter, checked exactly below.
         let cond = |field: &str, key: &str, param: usize| {
             let col = self.cfg.column(field);
             if info.types.get(col).map(String::as_str) == Some("jsonb") {
-                format!("t.{} @> ANY(${param}::text[]::jsonb[])", qi(col))
+                format!("{} = ANY(${param}::text[])", primary_expr(col, key))
             } else {
-                let _ = key;
                 format!(
                     "EXISTS (SELECT 1 FROM unnest(${param}::text[]) k WHERE strpos(lower(t.{}::text), lower(k)) > 0)",
                     qi(col)
                 )
             }
         };
-        let probe = |key: &str, vals: &[String], jsonb: bool| -> Vec<String> {
-            vals.iter()
-                .map(|v| {
-                    if jsonb {
-                        serde_json::json!([{ key: v }]).to_string()
-                    } else {
-                        v.clone()
-                    }
-                })
-                .collect()
-        };
-        let ejson = info
-            .types
-            .get(self.cfg.column("emails"))
-            .map(String::as_str)
-            == Some("jsonb");
-        let pjson = info
-            .types
-            .get(self.cfg.column("phones"))
-            .map(String::as_str)
-            == Some("jsonb");
-        let e_probe = probe("address", &emails, ejson);
-        let p_probe = probe("number", &phones, pjson);
         let where_sql = format!(
             "WHERE t.{} IS NULL AND ({} OR {})",
             self.col("deleted_at"),
             cond("emails", "address", 1),
             cond("phones", "number", 2)
         );
+        let (e_probe, p_probe) = (emails.clone(), phones.clone());
         let found = self.select(&where_sql, &[&e_probe, &p_probe]).await?;
         Ok(found
             .into_iter()
