@@ -158,22 +158,21 @@ impl RowText {
 /// Reads a row as a normalized contact. A value that does not parse
 /// (broken JSON, a bad timestamp) is an error naming the row id and the
 /// field; the caller reports it as [`contact_sync_connector::ChangeKind::Undecodable`].
-pub(crate) fn decode(row: &RowText) -> Result<Contact, RowError> {
+pub(crate) fn decode(row: &RowText) -> Result<Contact, Box<RowError>> {
     let contact_id = row.get("contact_id").unwrap_or("").trim().to_string();
     let row_id = row.row_id.clone().unwrap_or_else(|| "?".to_string());
-    let fail = |field: &str, reason: String| RowError {
-        invalid: Invalid::new(
-            if contact_id.is_empty() {
-                &row_id
-            } else {
-                &contact_id
-            },
-            field,
-            format!("row id {row_id}: {reason}"),
-        ),
-        payload: row.payload(),
+    let fail = |field: &str, reason: String| {
+        let record = if contact_id.is_empty() {
+            &row_id
+        } else {
+            &contact_id
+        };
+        Box::new(RowError {
+            invalid: Invalid::new(record, field, format!("row id {row_id}: {reason}")),
+            payload: row.payload(),
+        })
     };
-    let json = |f: &str| -> Result<Option<Value>, RowError> {
+    let json = |f: &str| -> Result<Option<Value>, Box<RowError>> {
         match row.get(f) {
             None => Ok(None),
             Some(s) if s.trim().is_empty() => Ok(None),
@@ -185,14 +184,14 @@ pub(crate) fn decode(row: &RowText) -> Result<Contact, RowError> {
     fn typed<T: serde::de::DeserializeOwned + Default>(
         v: Option<Value>,
         f: &str,
-        fail: &dyn Fn(&str, String) -> RowError,
-    ) -> Result<T, RowError> {
+        fail: &dyn Fn(&str, String) -> Box<RowError>,
+    ) -> Result<T, Box<RowError>> {
         match v {
             None | Some(Value::Null) => Ok(T::default()),
             Some(v) => serde_json::from_value(v).map_err(|e| fail(f, format!("wrong shape: {e}"))),
         }
     }
-    let ts = |f: &str| -> Result<Option<Timestamp>, RowError> {
+    let ts = |f: &str| -> Result<Option<Timestamp>, Box<RowError>> {
         match row.get(f) {
             None => Ok(None),
             Some(s) if s.trim().is_empty() => Ok(None),

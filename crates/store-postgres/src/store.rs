@@ -328,14 +328,14 @@ impl PgStore {
         let tname = tname.as_str();
         let (schema_name, table_name) = (self.cfg.schema.clone(), self.cfg.table.clone());
         let id = self.col("id");
-        let cid = self.col("contact_id");
         let upd = self.col("updated_at");
         let mut ddl = format!("CREATE SCHEMA IF NOT EXISTS {s};\n");
         let mut cols = vec![format!("{id} uuid PRIMARY KEY DEFAULT gen_random_uuid()")];
         for f in ALL_FIELDS {
             let c = self.col(f);
             cols.push(match *f {
-                "contact_id" => format!("{c} text NOT NULL UNIQUE"),
+                // Byte order, as every store scans in `contact_id` order.
+                "contact_id" => format!("{c} text COLLATE \"C\" NOT NULL UNIQUE"),
                 "version" => format!("{c} bigint NOT NULL DEFAULT 1"),
                 _ => format!("{c} {}", codec::sql_type(f)),
             });
@@ -363,10 +363,6 @@ impl PgStore {
             "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {upd} timestamptz NOT NULL DEFAULT now();\n"
         ));
         let idx = |suffix: &str| qi(&format!("{tname}_{suffix}"));
-        ddl.push_str(&format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {t} ({cid} COLLATE \"C\");\n",
-            idx("contact_id_c")
-        ));
         // updated_at maintained by trigger.
         let touch_fn = format!("{s}.{}", idx("touch_updated_at"));
         ddl.push_str(&format!(
@@ -436,6 +432,26 @@ impl PgStore {
             .await
             .map_err(|e| pg_err(&name, "migrate: checking the contact_id index", &e))?
             .get(0);
+        // scan() orders by contact_id in byte order: an index for that when
+        // the column's collation is not already C (existing tables).
+        let collation: Option<String> = tx
+            .query_one(
+                "SELECT c.collname::text FROM pg_attribute a LEFT JOIN pg_collation c ON c.oid = a.attcollation \
+                 WHERE a.attrelid = to_regclass($1) AND a.attname = $2",
+                &[&t, &cid_col],
+            )
+            .await
+            .map_err(|e| pg_err(&name, "migrate: reading the contact_id collation", &e))?
+            .get(0);
+        if !matches!(collation.as_deref(), Some("C" | "POSIX")) {
+            tx.batch_execute(&format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {t} ({} COLLATE \"C\")",
+                qi(&format!("{tname}_contact_id_c")),
+                qi(&cid_col)
+            ))
+            .await
+            .map_err(|e| pg_err(&name, "migrate: creating the contact_id index", &e))?;
+        }
         if !has_unique {
             tx.batch_execute(&format!(
                 "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {t} ({})",
