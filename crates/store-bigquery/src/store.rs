@@ -92,6 +92,12 @@ impl std::fmt::Debug for BigQueryStore {
     }
 }
 
+/// Most rows one query asks for (a larger `limit` is served in several
+/// queries by `scan`, and as `has_more` by `read_changes`).
+const MAX_PAGE: usize = 50_000;
+
+/// Dataset and table names come from configuration, never from data; they
+/// cannot be parameters, so backquotes are stripped before quoting.
 fn sql_ident(s: &str) -> String {
     s.replace('`', "")
 }
@@ -804,7 +810,7 @@ impl RecordSink for BigQueryStore {
         let mut cursor = after.map(str::to_string);
         let id = self.layout.id_text("t");
         while out.len() < limit {
-            let want = limit - out.len();
+            let want = (limit - out.len()).min(MAX_PAGE);
             let mut params = Vec::new();
             let filter = match &cursor {
                 Some(a) => {
@@ -920,7 +926,7 @@ impl ChangeSource for BigQueryStore {
         from: Option<&Checkpoint>,
         limit: usize,
     ) -> Result<ChangeBatch, StoreError> {
-        let limit = limit.max(1);
+        let limit = limit.clamp(1, MAX_PAGE);
         let cur = Cursor::parse(&self.cfg.name, from)?;
         let overlap = self.cfg.overlap.as_micros() as i64;
         let lu = &self.layout.col("last_updated").quoted;

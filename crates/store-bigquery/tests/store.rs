@@ -913,3 +913,26 @@ async fn results_larger_than_a_page_are_read_page_by_page() {
     assert_eq!(ids.len(), 40, "no row twice across pages");
     ds.cleanup().await;
 }
+
+#[tokio::test]
+async fn unbounded_limits_are_served_in_pages() {
+    let Some(ds) = TestDataset::new("unbounded").await else {
+        return;
+    };
+    let mut store = ds.store().await;
+    let mut g = Generator::new(3);
+    let batch: Vec<Contact> = (0..5).map(|i| g.contact(i)).collect();
+    store.write_batch(&batch).await.expect("write");
+    assert_eq!(store.scan(None, usize::MAX).await.expect("scan").len(), 5);
+    let b = store
+        .read_changes(None, usize::MAX)
+        .await
+        .expect("read_changes");
+    assert_eq!((b.changes.len(), b.has_more), (5, false));
+    let none = store
+        .read_changes(Some(&b.checkpoint), 0)
+        .await
+        .expect("read_changes");
+    assert!(none.changes.is_empty() && !none.has_more);
+    ds.cleanup().await;
+}
