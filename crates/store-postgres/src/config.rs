@@ -40,7 +40,9 @@ pub struct PgConfig {
     pub columns: BTreeMap<String, String>,
     /// Change capture mode.
     pub cdc: CdcMode,
-    /// Logical replication slot (slot mode; default `contact_sync`).
+    /// Logical replication slot (slot mode; default `contact_sync`). Slots
+    /// are cluster-wide: two stores (or two databases) on one server need
+    /// different slot names; `migrate` refuses a slot of another database.
     pub slot_name: String,
     /// Publication of the table (slot mode; default `contact_sync`).
     pub publication: String,
