@@ -8,6 +8,9 @@
 
 use std::time::Instant;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use contact_sync_connector::{RecordSink, Store};
 use contact_sync_core::synth::Generator;
 use contact_sync_engine::{Engine, EngineOptions};

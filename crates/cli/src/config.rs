@@ -110,6 +110,55 @@ pub enum StoreConfig {
     Sqlite { path: Option<PathBuf> },
     /// A Twenty CRM workspace.
     Twenty(TwentyStoreConfig),
+    /// A BigQuery table (as the canonical store).
+    Bigquery(BigQueryConfig),
+}
+
+/// `kind = "bigquery"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BigQueryConfig {
+    /// API root; default `https://bigquery.googleapis.com` (an emulator: `http://127.0.0.1:PORT`).
+    #[serde(default = "default_bq_url")]
+    pub base_url: String,
+    pub project: String,
+    pub dataset: String,
+    #[serde(default = "default_bq_table")]
+    pub table: String,
+    /// `US`, `EU`, …
+    #[serde(default)]
+    pub location: Option<String>,
+    /// `none` (emulator), `metadata` (the metadata server's token), or
+    /// `service_account` (a key file: `key_file`).
+    #[serde(default = "default_bq_auth")]
+    pub auth: String,
+    /// Service-account JSON key (for `auth = "service_account"`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Token URL of the metadata server (for `auth = "metadata"`).
+    #[serde(default)]
+    pub metadata_url: Option<String>,
+    /// Also append the journal to this table (analytics); `""` turns it off.
+    #[serde(default)]
+    pub journal_table: Option<String>,
+    /// Seconds re-read behind the change watermark (late commits).
+    #[serde(default)]
+    pub overlap_secs: Option<u64>,
+    /// Canonical field → column name, for existing tables.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+}
+
+fn default_bq_url() -> String {
+    "https://bigquery.googleapis.com".into()
+}
+
+fn default_bq_table() -> String {
+    "contacts".into()
+}
+
+fn default_bq_auth() -> String {
+    "none".into()
 }
 
 /// `kind = "twenty"`.

@@ -7,7 +7,14 @@ use contact_sync_sqlite::SqliteStore;
 use contact_sync_twenty::webhook::WebhookReceiver;
 use contact_sync_twenty::{Secret, TwentyConfig, TwentyStore};
 
-use crate::config::{Config, ConfigError, StoreConfig, TwentyStoreConfig};
+use std::sync::Arc;
+
+use contact_sync_bigquery::{
+    BigQueryClient, BigQueryStore, BigQueryStoreConfig, ClientConfig, ColumnMap, MetadataServer,
+    NoAuth, ServiceAccountKey, TokenProvider,
+};
+
+use crate::config::{BigQueryConfig, Config, ConfigError, StoreConfig, TwentyStoreConfig};
 
 /// Opens one store by its configuration.
 pub async fn open_store(
@@ -27,7 +34,62 @@ pub async fn open_store(
             Ok(Box::new(s))
         }
         StoreConfig::Twenty(t) => Ok(Box::new(twenty_store(name, t)?)),
+        StoreConfig::Bigquery(b) => {
+            let (client, bcfg) = bigquery_parts(name, b)?;
+            let store = BigQueryStore::open(client, bcfg)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("store {name}: cannot open the BigQuery table (run `contact-sync migrate` first?)"))?;
+            Ok(Box::new(store))
+        }
     }
+}
+
+/// The BigQuery client and store configuration of a configuration.
+fn bigquery_parts(
+    name: &str,
+    b: &BigQueryConfig,
+) -> anyhow::Result<(BigQueryClient, BigQueryStoreConfig)> {
+    let auth: Arc<dyn TokenProvider> = match b.auth.as_str() {
+        "none" => Arc::new(NoAuth),
+        "metadata" => Arc::new(MetadataServer::new(b.metadata_url.clone().unwrap_or_else(
+            || contact_sync_bigquery::DEFAULT_METADATA_TOKEN_URL.to_string(),
+        ))),
+        "service_account" => {
+            let key = b.key_file.as_ref().ok_or_else(|| {
+                ConfigError(format!("{name}: auth = \"service_account\" needs key_file"))
+            })?;
+            Arc::new(
+                ServiceAccountKey::from_file(key)
+                    .map_err(|e| ConfigError(format!("{name}.key_file: {e}")))?,
+            )
+        }
+        other => {
+            return Err(ConfigError(format!(
+                "{name}.auth = {other:?}: use \"none\", \"metadata\" or \"service_account\""
+            ))
+            .into())
+        }
+    };
+    let mut ccfg = ClientConfig::new(b.project.clone());
+    ccfg.base_url = b.base_url.clone();
+    ccfg.location = b.location.clone();
+    let client = BigQueryClient::new(ccfg, auth).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let mut cfg = BigQueryStoreConfig::new(b.dataset.clone());
+    cfg.name = name.to_string();
+    cfg.table = b.table.clone();
+    if let Some(j) = &b.journal_table {
+        cfg.journal_table = (!j.is_empty()).then(|| j.clone());
+    }
+    if let Some(o) = b.overlap_secs {
+        cfg.overlap = std::time::Duration::from_secs(o);
+    }
+    let mut cols = ColumnMap::default();
+    for (field, column) in &b.columns {
+        cols = cols.rename(field, column);
+    }
+    cfg.columns = cols;
+    Ok((client, cfg))
 }
 
 /// The Twenty store of a configuration (secrets resolved).
@@ -68,10 +130,23 @@ pub async fn migrate_all(cfg: &Config) -> anyhow::Result<()> {
                     .with_context(|| format!("store {name}: migrate"))?;
                 println!("{name}: {report:?}");
             }
+            StoreConfig::Bigquery(b) => migrate_bigquery(name, b).await?,
         }
+    }
+    if let StoreConfig::Bigquery(b) = cfg.canonical() {
+        migrate_bigquery(contact_sync_engine::CANONICAL, b).await?;
     }
     open_canonical(cfg).await?;
     println!("canonical: ready");
+    Ok(())
+}
+
+async fn migrate_bigquery(name: &str, b: &BigQueryConfig) -> anyhow::Result<()> {
+    let (client, bcfg) = bigquery_parts(name, b)?;
+    let report = BigQueryStore::migrate(&client, &bcfg)
+        .await
+        .map_err(|e| anyhow::anyhow!("{name}: migrate: {e}"))?;
+    println!("{name}: {report:?}");
     Ok(())
 }
 
