@@ -130,7 +130,7 @@ pub async fn safety_report(
     config_path: Option<&std::path::Path>,
 ) -> anyhow::Result<contact_sync_ops::CheckReport> {
     let mut canonical = stores::open_canonical(cfg).await?;
-    let (mut others, _) = stores::open_others(cfg).await?;
+    let mut others = stores::open_others(cfg).await?.stores;
     let state_path = cfg.state_path();
     let mut all: Vec<&mut dyn contact_sync_connector::Store> = vec![canonical.as_mut()];
     for s in others.iter_mut() {

@@ -112,6 +112,39 @@ pub enum StoreConfig {
     Twenty(TwentyStoreConfig),
     /// A BigQuery table (as the canonical store).
     Bigquery(BigQueryConfig),
+    /// A Postgres table (Supabase, or a local Postgres) with change capture.
+    Postgres(PostgresConfig),
+}
+
+/// `kind = "postgres"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection string (`postgres://user:password@host:port/db`): a secret.
+    pub url: SecretRef,
+    #[serde(default = "default_pg_schema")]
+    pub schema: String,
+    #[serde(default = "default_bq_table")]
+    pub table: String,
+    /// `slot` (logical replication; needs REPLICATION) or `outbox` (triggers).
+    #[serde(default = "default_pg_cdc")]
+    pub cdc: String,
+    /// Replication slot name (unique per server).
+    #[serde(default)]
+    pub slot_name: Option<String>,
+    #[serde(default)]
+    pub publication: Option<String>,
+    /// Canonical field → column name, for existing tables.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+}
+
+fn default_pg_schema() -> String {
+    "public".into()
+}
+
+fn default_pg_cdc() -> String {
+    "slot".into()
 }
 
 /// `kind = "bigquery"`.

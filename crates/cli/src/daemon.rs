@@ -22,14 +22,29 @@ pub async fn build_engine(cfg: &Config, batch_size: Option<usize>) -> anyhow::Re
     Ok(build_engine_with_hooks(cfg, batch_size).await?.0)
 }
 
-/// The engine, and the webhook receivers of the stores that take webhooks.
+/// What wakes the daemon between intervals.
+pub struct Wakeups {
+    /// Webhook receivers (store name, receiver).
+    pub webhooks: Vec<(String, WebhookReceiver)>,
+    /// Database change notifiers (store name, notifier).
+    pub databases: Vec<(String, contact_sync_postgres::ChangeNotifier)>,
+}
+
+/// The engine, and what wakes it.
 pub async fn build_engine_with_hooks(
     cfg: &Config,
     batch_size: Option<usize>,
-) -> anyhow::Result<(Engine, Vec<(String, WebhookReceiver)>)> {
+) -> anyhow::Result<(Engine, Wakeups)> {
     let state = open_state(cfg)?;
     let canonical = stores::open_canonical(cfg).await?;
-    let (others, hooks) = stores::open_others(cfg).await?;
+    let opened = stores::open_others(cfg).await?;
+    let (others, hooks) = (
+        opened.stores,
+        Wakeups {
+            webhooks: opened.webhooks,
+            databases: opened.wakes,
+        },
+    );
     let batch = batch_size.unwrap_or(cfg.sync.batch_size);
     if batch == 0 {
         return Err(crate::config::ConfigError("--batch-size must be at least 1".into()).into());
@@ -212,7 +227,21 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
     let stop = engine.shutdown_flag();
     tracing::info!(stores = ?engine.store_names(), interval_secs = interval.as_secs(), "contact-sync started");
 
-    // Webhooks wake the loop at once.
+    // Database changes and webhooks wake the loop at once.
+    let Wakeups {
+        webhooks: hooks,
+        databases,
+    } = hooks;
+    for (name, n) in &databases {
+        tracing::debug!(store = %name, "database change wake-ups on");
+        let (notify, wake) = (n.handle(), wake.clone());
+        tokio::spawn(async move {
+            loop {
+                notify.notified().await;
+                wake.notify_one();
+            }
+        });
+    }
     let mut extra = axum::Router::new();
     for (i, (name, rx)) in hooks.iter().enumerate() {
         if i == 0 {

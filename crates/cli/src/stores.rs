@@ -14,7 +14,11 @@ use contact_sync_bigquery::{
     NoAuth, ServiceAccountKey, TokenProvider,
 };
 
-use crate::config::{BigQueryConfig, Config, ConfigError, StoreConfig, TwentyStoreConfig};
+use contact_sync_postgres::{CdcMode, ChangeNotifier, PgConfig, PgStore};
+
+use crate::config::{
+    BigQueryConfig, Config, ConfigError, PostgresConfig, StoreConfig, TwentyStoreConfig,
+};
 
 /// Opens one store by its configuration.
 pub async fn open_store(
@@ -34,6 +38,7 @@ pub async fn open_store(
             Ok(Box::new(s))
         }
         StoreConfig::Twenty(t) => Ok(Box::new(twenty_store(name, t)?)),
+        StoreConfig::Postgres(p) => Ok(Box::new(pg_store(name, p).await?)),
         StoreConfig::Bigquery(b) => {
             let (client, bcfg) = bigquery_parts(name, b)?;
             let store = BigQueryStore::open(client, bcfg)
@@ -43,6 +48,37 @@ pub async fn open_store(
             Ok(Box::new(store))
         }
     }
+}
+
+/// The Postgres store of a configuration (connected; not migrated).
+pub async fn pg_store(name: &str, p: &PostgresConfig) -> anyhow::Result<PgStore> {
+    let url = p.url.resolve(&format!("stores.{name}.url"))?;
+    let mut cfg = PgConfig::new(name, url.expose());
+    cfg.schema = p.schema.clone();
+    cfg.table = p.table.clone();
+    cfg.columns = p.columns.clone();
+    cfg.cdc = match p.cdc.as_str() {
+        "slot" => CdcMode::Slot,
+        "outbox" => CdcMode::Outbox,
+        other => {
+            return Err(ConfigError(format!(
+                "stores.{name}.cdc = {other:?}: use \"slot\" or \"outbox\""
+            ))
+            .into())
+        }
+    };
+    if let Some(s) = &p.slot_name {
+        cfg.slot_name = s.clone();
+    }
+    if let Some(s) = &p.publication {
+        cfg.publication = s.clone();
+    }
+    cfg.check()
+        .map_err(|e| ConfigError(format!("stores.{name}: {e}")))?;
+    PgStore::connect(cfg)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("store {name}: cannot connect"))
 }
 
 /// The BigQuery client and store configuration of a configuration.
@@ -131,6 +167,11 @@ pub async fn migrate_all(cfg: &Config) -> anyhow::Result<()> {
                 println!("{name}: {report:?}");
             }
             StoreConfig::Bigquery(b) => migrate_bigquery(name, b).await?,
+            StoreConfig::Postgres(p) => {
+                let mut store = pg_store(name, p).await?;
+                store.migrate().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("{name}: table, triggers and change capture ready");
+            }
         }
     }
     if let StoreConfig::Bigquery(b) = cfg.canonical() {
@@ -155,13 +196,20 @@ pub async fn open_canonical(cfg: &Config) -> anyhow::Result<Box<dyn Store>> {
     open_store(cfg, contact_sync_engine::CANONICAL, cfg.canonical()).await
 }
 
-/// Every other store, in name order, with the webhook receivers of those
-/// that take webhooks (store name, receiver).
-pub async fn open_others(
-    cfg: &Config,
-) -> anyhow::Result<(Vec<Box<dyn Store>>, Vec<(String, WebhookReceiver)>)> {
+/// The non-canonical stores, with what wakes the daemon for them.
+pub struct Opened {
+    pub stores: Vec<Box<dyn Store>>,
+    /// Webhook receivers (store name, receiver).
+    pub webhooks: Vec<(String, WebhookReceiver)>,
+    /// Change notifiers of databases (store name, notifier).
+    pub wakes: Vec<(String, ChangeNotifier)>,
+}
+
+/// Every other store, in name order.
+pub async fn open_others(cfg: &Config) -> anyhow::Result<Opened> {
     let mut out = Vec::new();
     let mut hooks = Vec::new();
+    let mut wakes = Vec::new();
     for (name, sc) in cfg.stores() {
         match sc {
             StoreConfig::Twenty(t) => {
@@ -171,8 +219,22 @@ pub async fn open_others(
                 }
                 out.push(Box::new(store) as Box<dyn Store>);
             }
+            StoreConfig::Postgres(p) => {
+                let store = pg_store(name, p).await?;
+                match store.change_notifier().await {
+                    Ok(n) => wakes.push((name.clone(), n)),
+                    Err(e) => {
+                        tracing::warn!(store = %name, error = %e, "no change wake-ups; polling only")
+                    }
+                }
+                out.push(Box::new(store) as Box<dyn Store>);
+            }
             _ => out.push(open_store(cfg, name, sc).await?),
         }
     }
-    Ok((out, hooks))
+    Ok(Opened {
+        stores: out,
+        webhooks: hooks,
+        wakes,
+    })
 }

@@ -148,6 +148,19 @@ mod tests {
     }
 
     #[test]
+    fn json_key_order_does_not_matter_after_normalize() {
+        let mut a = Contact::new("c1", "Ada");
+        a.llm_context =
+            Some(serde_json::from_str(r#"{"b":1,"a":{"z":1,"y":[{"q":1,"p":2}]}}"#).unwrap());
+        let mut b = Contact::new("c1", "Ada");
+        b.llm_context =
+            Some(serde_json::from_str(r#"{"a":{"y":[{"p":2,"q":1}],"z":1},"b":1}"#).unwrap());
+        a.normalize();
+        b.normalize();
+        assert_eq!(content_hash(&a), content_hash(&b));
+    }
+
+    #[test]
     fn normalized_forms_hash_alike() {
         let mut a = Contact::new("c1", "Ada");
         a.job_title = Some(String::new());

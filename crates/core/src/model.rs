@@ -234,6 +234,27 @@ pub fn category_name(code: &str) -> Option<&'static str> {
         .map(|(_, name)| *name)
 }
 
+/// Puts the keys of every JSON object in `v` in sorted order, recursively:
+/// stores disagree on key order (Postgres `jsonb` sorts keys its own way),
+/// and key order carries no meaning.
+fn sort_keys(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let sorted = m.keys().zip(m.keys().skip(1)).all(|(a, b)| a <= b);
+            for x in m.values_mut() {
+                sort_keys(x);
+            }
+            if !sorted {
+                let mut entries: Vec<(String, Value)> = std::mem::take(m).into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                m.extend(entries);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(sort_keys),
+        _ => {}
+    }
+}
+
 impl Contact {
     /// A contact with only the required fields set.
     pub fn new(contact_id: impl Into<String>, canonical_name: impl Into<String>) -> Self {
@@ -299,7 +320,7 @@ impl Contact {
 
     /// Puts the contact in the normal form every store round-trips to:
     /// trimmed text with `""` as absent, lower-cased emails, JSON `null` as
-    /// absent, timestamps at microsecond precision.
+    /// absent, JSON object keys sorted, timestamps at microsecond precision.
     ///
     /// Stores differ in how they say "nothing" (Twenty returns `""` for null
     /// text, lower-cases emails); normalizing before hashing keeps those
@@ -316,8 +337,10 @@ impl Contact {
             }
         }
         fn json(v: &mut Option<Value>) {
-            if matches!(v, Some(Value::Null)) {
-                *v = None;
+            match v {
+                Some(Value::Null) => *v = None,
+                Some(x) => sort_keys(x),
+                None => {}
             }
         }
         fn ts(v: &mut Option<Timestamp>) {

@@ -1,0 +1,226 @@
+//! End to end through the binary with a Postgres store (a private
+//! PostgreSQL cluster with wal_level=logical, started by the harness).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use contact_sync_postgres::harness;
+
+fn cmd(dir: &Path, url: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_contact-sync"));
+    c.current_dir(dir)
+        .args(["--config", "contact-sync.toml"])
+        .args(args)
+        .env("TEST_PG_URL", url);
+    c
+}
+
+fn ok(dir: &Path, url: &str, args: &[&str]) -> String {
+    let out = cmd(dir, url, args).output().expect("run contact-sync");
+    assert!(
+        out.status.success(),
+        "contact-sync {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn local_title(d: &Path, id: &str) -> Option<(Option<String>, Option<String>)> {
+    let c = rusqlite::Connection::open(d.join("contact-sync-data/local.db")).ok()?;
+    c.busy_timeout(Duration::from_secs(2)).ok()?;
+    c.query_row(
+        "SELECT job_title, deleted_at FROM contacts WHERE contact_id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .ok()
+}
+
+async fn wait_local(
+    d: &PathBuf,
+    what: &str,
+    f: impl Fn(Option<(Option<String>, Option<String>)>) -> bool,
+    id: &str,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f(local_title(d, id)) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_way_with_change_capture_and_wakeups() {
+    let server = harness::shared();
+    let url = server.create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let slot = format!("cs_cli_{}", std::process::id());
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!(
+            "[stores.local]\nkind = \"sqlite\"\n\n[stores.supabase]\nkind = \"postgres\"\nurl = {{ env = \"TEST_PG_URL\" }}\nslot_name = \"{slot}\"\n"
+        ),
+    )
+    .unwrap();
+    let (d2, u2) = (d.clone(), url.clone());
+    let run = move |args: &'static [&'static str]| {
+        let (d, u) = (d2.clone(), u2.clone());
+        tokio::task::spawn_blocking(move || ok(&d, &u, args))
+    };
+    run(&["migrate"]).await.unwrap();
+    run(&["seed", "--contacts", "50"]).await.unwrap();
+    let out = run(&["run", "--initial-sync", "--once"]).await.unwrap();
+    assert!(out.contains("supabase") && !out.contains("DRIFT"), "{out}");
+
+    let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = pg
+        .query_one("SELECT count(*) FROM contacts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 50);
+
+    // The daemon polls only every 10 minutes: changes arrive by wake-up.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut daemon = cmd(
+        &d,
+        &url,
+        &["run", "--interval", "600", "--http-listen", &listen],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Another app inserts, updates and deletes rows in Postgres.
+    pg.execute(
+        "INSERT INTO contacts (contact_id, canonical_name, job_title, category_code, subcategory_code) VALUES ('pg-1', 'Made in Postgres', 'First', 'B', 'B1')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let t_insert = wait_local(
+        &d,
+        "the insert",
+        |r| r.is_some_and(|(t, _)| t.as_deref() == Some("First")),
+        "pg-1",
+    )
+    .await;
+    pg.execute(
+        "UPDATE contacts SET job_title = 'Second' WHERE contact_id = 'pg-1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let t_update = wait_local(
+        &d,
+        "the update",
+        |r| r.is_some_and(|(t, _)| t.as_deref() == Some("Second")),
+        "pg-1",
+    )
+    .await;
+    pg.execute("DELETE FROM contacts WHERE contact_id = 'c000000004'", &[])
+        .await
+        .unwrap();
+    wait_local(
+        &d,
+        "the delete",
+        |r| r.is_some_and(|(_, del)| del.is_some()),
+        "c000000004",
+    )
+    .await;
+    // Bad data from another app: a dead letter, nothing else stops.
+    pg.execute(
+        "INSERT INTO contacts (contact_id, canonical_name, category_code, subcategory_code) VALUES ('pg-bad', 'Bad Sub', 'B', 'C3')",
+        &[],
+    )
+    .await
+    .unwrap();
+    pg.execute(
+        "UPDATE contacts SET job_title = 'Third' WHERE contact_id = 'pg-1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_local(
+        &d,
+        "the update after a bad row",
+        |r| r.is_some_and(|(t, _)| t.as_deref() == Some("Third")),
+        "pg-1",
+    )
+    .await;
+    assert!(
+        local_title(&d, "pg-bad").is_none(),
+        "a bad row must not be synced"
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    eprintln!("postgres → local: insert {t_insert:?}, update {t_update:?}");
+
+    let dl = run(&["dead-letters", "list", "--json"]).await.unwrap();
+    assert!(
+        dl.contains("pg-bad") && dl.contains("subcategory_code"),
+        "{dl}"
+    );
+
+    // The other way: an edit in the local store reaches Postgres.
+    let c = rusqlite::Connection::open(d.join("contact-sync-data/local.db")).unwrap();
+    c.execute(
+        "UPDATE contacts SET job_title = 'From local' WHERE contact_id = 'c000000007'",
+        [],
+    )
+    .unwrap();
+    run(&["run", "--once"]).await.unwrap();
+    let t: String = pg
+        .query_one(
+            "SELECT job_title FROM contacts WHERE contact_id = 'c000000007'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(t, "From local");
+    let v: i64 = pg
+        .query_one(
+            "SELECT version FROM contacts WHERE contact_id = 'c000000007'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2);
+
+    // Nothing loops: another cycle moves nothing.
+    let out = run(&["run", "--once"]).await.unwrap();
+    assert!(
+        out.contains("supabase")
+            && out
+                .lines()
+                .all(|l| !l.contains("written") || l.contains("written      0")),
+        "{out}"
+    );
+    let status = run(&["status", "--json"]).await.unwrap();
+    assert!(status.contains("\"pending\": 0"), "{status}");
+}
