@@ -90,6 +90,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DeadLetters { action } => match action {
             DeadLetterAction::List { json, limit } => dead_letters_list(&cfg, json, limit),
         },
+        Command::Cdc { action } => cdc(&cfg, action).await,
         Command::Migrate => {
             stores::migrate_all(&cfg).await?;
             Ok(ExitCode::SUCCESS)
@@ -122,6 +123,45 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             prompt(&cfg, &contacts, base.as_deref(), source.as_deref(), &opts).await
         }
     }
+}
+
+async fn cdc(cfg: &Config, action: crate::CdcAction) -> anyhow::Result<ExitCode> {
+    let name = match &action {
+        crate::CdcAction::Reset { store } | crate::CdcAction::Status { store } => store.clone(),
+    };
+    let Some(crate::config::StoreConfig::Postgres(p)) = cfg.stores().get(&name) else {
+        anyhow::bail!("{name:?} is not a Postgres store in the configuration");
+    };
+    let mut store = stores::pg_store(&name, p).await?;
+    match action {
+        crate::CdcAction::Status { .. } => {
+            let h = store
+                .slot_health()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{h:#?}");
+        }
+        crate::CdcAction::Reset { .. } => {
+            let mut state = open_state(cfg)?;
+            let _lock = state.lock()?;
+            let cp = store
+                .cdc_reset()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let tx = state.tx()?;
+            tx.set_checkpoint(&name, cp.as_str())?;
+            tx.set_meta(
+                "backfill_requested_at",
+                &format_ts(&contact_sync_core::model::now()),
+            )?;
+            tx.commit()?;
+            println!(
+                "{name}: change capture recreated; changes made there while it was broken were not captured. \
+                 The next cycle copies canonical to {name} again; run `contact-sync initial-sync` to see the drift."
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs the safety checks over the configured stores.
@@ -273,6 +313,8 @@ struct StoreLine {
     last_error: Option<String>,
     drift_pct: Option<f64>,
     drift_checked_at: Option<String>,
+    /// WAL a Postgres store's replication slot keeps, in bytes.
+    retained_wal_bytes: Option<i64>,
 }
 
 async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
@@ -295,6 +337,16 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 Err(_) => None,
             }
         };
+        let mut retained_wal_bytes = None;
+        if let Some(crate::config::StoreConfig::Postgres(p)) = cfg.stores().get(&name) {
+            if let Ok(mut pg) = stores::pg_store(&name, p).await {
+                retained_wal_bytes = pg
+                    .slot_health()
+                    .await
+                    .ok()
+                    .and_then(|h| h.retained_wal_bytes);
+            }
+        }
         let drift: Option<serde_json::Value> = state
             .meta(&format!("drift:{name}"))?
             .and_then(|s| serde_json::from_str(&s).ok());
@@ -305,6 +357,7 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
             consecutive_errors: st.consecutive_errors,
             last_error: st.last_error,
             drift_pct: drift.as_ref().and_then(|d| d["drift_pct"].as_f64()),
+            retained_wal_bytes,
             drift_checked_at: drift
                 .as_ref()
                 .and_then(|d| d["checked_at"].as_str().map(str::to_string)),
@@ -347,6 +400,13 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         );
         if let Some(e) = &l.last_error {
             println!("{:<12} last error: {e}", "");
+        }
+        if let Some(w) = l.retained_wal_bytes {
+            println!(
+                "{:<12} replication slot retains {:.1} MiB of WAL",
+                "",
+                w as f64 / 1048576.0
+            );
         }
     }
     println!("conflicts open: {}", report.conflicts_open);

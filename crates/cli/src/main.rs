@@ -126,6 +126,11 @@ pub enum Command {
     },
     /// Create what each store needs (tables, custom fields, webhooks).
     Migrate,
+    /// Change data capture of a database store.
+    Cdc {
+        #[command(subcommand)]
+        action: CdcAction,
+    },
     /// Build LLM prompt context from contacts.
     Prompt {
         /// Contact id (repeat for several contacts).
@@ -149,6 +154,15 @@ pub enum Command {
         #[arg(long)]
         allow_excluded: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CdcAction {
+    /// Drop and recreate the replication slot (or outbox) of a Postgres
+    /// store, then copy canonical to it again at the next cycle.
+    Reset { store: String },
+    /// Slot health: present, active, retained WAL.
+    Status { store: String },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

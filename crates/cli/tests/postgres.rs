@@ -223,4 +223,32 @@ async fn postgres_two_way_with_change_capture_and_wakeups() {
     );
     let status = run(&["status", "--json"]).await.unwrap();
     assert!(status.contains("\"pending\": 0"), "{status}");
+    let st: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let sb = st["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["store"] == "supabase")
+        .unwrap();
+    assert!(sb["retained_wal_bytes"].is_i64(), "{sb}");
+
+    // Resetting change capture keeps everything in sync afterwards.
+    let out = run(&["cdc", "reset", "supabase"]).await.unwrap();
+    assert!(out.contains("recreated"), "{out}");
+    pg.execute(
+        "UPDATE contacts SET nickname = 'After reset' WHERE contact_id = 'c000000009'",
+        &[],
+    )
+    .await
+    .unwrap();
+    run(&["run", "--once"]).await.unwrap();
+    let nick: Option<String> = rusqlite::Connection::open(d.join("contact-sync-data/local.db"))
+        .unwrap()
+        .query_row(
+            "SELECT nickname FROM contacts WHERE contact_id = 'c000000009'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(nick.as_deref(), Some("After reset"));
 }
