@@ -145,7 +145,7 @@ pub fn twenty_store(name: &str, t: &TwentyStoreConfig) -> anyhow::Result<TwentyS
         ));
     }
     cfg.validate().map_err(ConfigError)?;
-    Ok(TwentyStore::new(cfg).with_context(|| format!("store {name}"))?)
+    TwentyStore::new(cfg).with_context(|| format!("store {name}"))
 }
 
 /// Runs each configured store's own set-up (Twenty: custom fields and the

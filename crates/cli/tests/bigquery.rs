@@ -1,7 +1,6 @@
 //! End to end through the binary with BigQuery as the canonical store (the
 //! local BigQuery emulator; its harness is shared with the store's tests).
 
-#[allow(dead_code)]
 #[path = "../../store-bigquery/tests/common/mod.rs"]
 mod bq;
 

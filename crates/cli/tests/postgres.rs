@@ -1,7 +1,7 @@
 //! End to end through the binary with a Postgres store (a private
 //! PostgreSQL cluster with wal_level=logical, started by the harness).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,7 @@ fn local_title(d: &Path, id: &str) -> Option<(Option<String>, Option<String>)> {
 }
 
 async fn wait_local(
-    d: &PathBuf,
+    d: &Path,
     what: &str,
     f: impl Fn(Option<(Option<String>, Option<String>)>) -> bool,
     id: &str,
