@@ -18,7 +18,13 @@
 //! Invariants: a checkpoint or cursor advances only in the same transaction
 //! that durably records what it covers; every store write is idempotent and
 //! keyed by `contact_id`; a write whose content the store already has is
-//! never sent (no echo, no loop).
+//! never sent (no echo, no loop), and a store is sent only the newest
+//! journal entry of a contact that canonical holds (a replay sends nothing
+//! new); after an unconfirmed canonical write, an edit made in canonical
+//! meanwhile is not overwritten but merged three-way like any store's; a
+//! version journaled from canonical is above every version a store agreed
+//! with on other content, so a store's merge base is never mistaken for
+//! another record of the same version.
 
 mod backfill;
 mod canonical;
