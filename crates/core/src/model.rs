@@ -245,9 +245,9 @@ fn sort_keys(v: &mut Value) {
                 sort_keys(x);
             }
             if !sorted {
-                let mut entries: Vec<(String, Value)> = std::mem::take(m).into_iter().collect();
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                m.extend(entries);
+                // In place (keys are unique, so the unstable sort gives the
+                // one sorted order): no new entry or index tables.
+                m.sort_keys();
             }
         }
         Value::Array(items) => items.iter_mut().for_each(sort_keys),
@@ -528,5 +528,26 @@ mod tests {
         let once = c.clone();
         c.normalize();
         assert_eq!(c, once, "normalize is idempotent");
+    }
+
+    #[test]
+    fn normalize_sorts_json_object_keys_at_every_depth() {
+        let mut c = Contact::new("c1", "Ada");
+        c.llm_context = Some(serde_json::json!({
+            "zeta": 1,
+            "Alpha": {"b": [{"y": 1, "x": 2}], "a": null},
+            "alpha": [3, {"k2": true, "k1": false}],
+            "émile": "non-ASCII sorts after ASCII",
+        }));
+        c.custom_attributes = Some(serde_json::json!({"a": 1, "b": 2}));
+        c.normalize();
+        assert_eq!(
+            serde_json::to_string(&c.llm_context).unwrap(),
+            r#"{"Alpha":{"a":null,"b":[{"x":2,"y":1}]},"alpha":[3,{"k1":false,"k2":true}],"zeta":1,"émile":"non-ASCII sorts after ASCII"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&c.custom_attributes).unwrap(),
+            r#"{"a":1,"b":2}"#
+        );
     }
 }
