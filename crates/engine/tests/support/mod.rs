@@ -30,7 +30,11 @@ impl World {
             local: MemoryHandle::new(MemoryOptions::new("local")),
             crm: MemoryHandle::new(MemoryOptions::new("crm").keeps_version(false).own_ids(true)),
             faults: None,
-            batch_size: 7,
+            // 7 unless BATCH says otherwise (soak runs with other batch sizes).
+            batch_size: std::env::var("BATCH")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(7),
         }
     }
 
