@@ -236,7 +236,40 @@ fn put_json<T: serde::Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) {
 fn put_opt_json(buf: &mut Vec<u8>, v: &Option<Value>) {
     match v {
         None | Some(Value::Null) => buf.clear(),
-        Some(v) => put_json(buf, v),
+        Some(v) => put_json(buf, &SortedKeys(v)),
+    }
+}
+
+/// A JSON value serialized with the keys of every object in sorted order,
+/// the order [`Contact::normalize`] puts them in. Stored that way, a row
+/// decodes (and normalizes) without re-sorting every object on each read;
+/// what a read returns is the same either way.
+struct SortedKeys<'a>(&'a Value);
+
+impl serde::Serialize for SortedKeys<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Object(m) => {
+                let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+                if !entries.windows(2).all(|w| w[0].0 <= w[1].0) {
+                    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                }
+                let mut out = s.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    out.serialize_entry(k, &SortedKeys(v))?;
+                }
+                out.end()
+            }
+            Value::Array(items) => {
+                let mut out = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    out.serialize_element(&SortedKeys(v))?;
+                }
+                out.end()
+            }
+            other => other.serialize(s),
+        }
     }
 }
 

@@ -11,8 +11,10 @@
 //!   [`contact_sync_core::model::ALL_FIELDS`]. `contact_id TEXT UNIQUE` may
 //!   be NULL (a row a user inserted by hand). Text fields are TEXT;
 //!   `external_ids`, `tags`, `emails`, `phones` and the five rich fields are
-//!   JSON text; timestamps are RFC 3339 text (`YYYY-MM-DD HH:MM:SS` is
-//!   accepted on read); `version INTEGER NOT NULL DEFAULT 1`.
+//!   JSON text (the store writes objects with their keys sorted, the order
+//!   [`Contact::normalize`] gives them, so reads need not re-sort); timestamps
+//!   are RFC 3339 text (`YYYY-MM-DD HH:MM:SS` is accepted on read);
+//!   `version INTEGER NOT NULL DEFAULT 1`.
 //! - Identity matching: two store-maintained columns, `_primary_email`
 //!   (lower-cased) and `_primary_phone`, each with an index. This store's
 //!   writer sets them; for edits made by anyone else (the sqlite3 CLI), the

@@ -397,3 +397,40 @@ async fn a_users_open_transaction_delays_but_does_not_fail_a_batch() {
     let changes = changes_from(&mut store, None).await;
     assert_eq!(changes.len(), 1, "only the user's insert: {changes:?}");
 }
+
+/// JSON is stored with object keys in sorted order (the normal form), at
+/// every depth; reads return the same normalized contact as before.
+#[tokio::test]
+async fn json_columns_are_stored_with_sorted_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, mut store) = open(&dir, "local");
+    let mut c = Contact::new("c-keys", "Key Order");
+    c.llm_context = Some(json!({
+        "zeta": "last",
+        "how_met": "first",
+        "important_dates": [{"event": "birthday", "date": "1990-01-01"}],
+    }));
+    c.custom_attributes = Some(json!({"b": {"y": 1, "x": 2}, "a": [3, {"d": 4, "c": 5}]}));
+    store
+        .write_batch(std::slice::from_ref(&c))
+        .await
+        .expect("write");
+    let (llm, custom): (String, String) = cli(&path)
+        .query_row(
+            "SELECT llm_context, custom_attributes FROM contacts WHERE contact_id = 'c-keys'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("raw row");
+    assert_eq!(
+        llm,
+        r#"{"how_met":"first","important_dates":[{"date":"1990-01-01","event":"birthday"}],"zeta":"last"}"#
+    );
+    assert_eq!(custom, r#"{"a":[3,{"c":5,"d":4}],"b":{"x":2,"y":1}}"#);
+    let read = store
+        .read(std::slice::from_ref(&c.contact_id))
+        .await
+        .expect("read");
+    assert_eq!(read, vec![normalized(&c)]);
+    assert_eq!(content_hash(&read[0]), content_hash(&normalized(&c)));
+}
