@@ -91,6 +91,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             DeadLetterAction::List { json, limit } => dead_letters_list(&cfg, json, limit),
         },
         Command::Cdc { action } => cdc(&cfg, action).await,
+        Command::Drift { json, repair } => drift(&cfg, json, repair).await,
         Command::Migrate => {
             stores::migrate_all(&cfg).await?;
             Ok(ExitCode::SUCCESS)
@@ -123,6 +124,51 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             prompt(&cfg, &contacts, base.as_deref(), source.as_deref(), &opts).await
         }
     }
+}
+
+async fn drift(cfg: &Config, json: bool, repair: bool) -> anyhow::Result<ExitCode> {
+    let mut engine = crate::daemon::build_engine(cfg, None).await?;
+    let _lock = engine.state().lock()?;
+    let before = engine.verify().await?;
+    let mut repairs = Vec::new();
+    let mut after = None;
+    if repair {
+        for v in &before {
+            if v.missing + v.differing > 0 {
+                repairs.push(engine.repair(&v.store).await?);
+            }
+        }
+        after = Some(engine.verify().await?);
+    }
+    let last = after.as_ref().unwrap_or(&before);
+    let drifting = last.iter().any(|v| v.missing + v.differing + v.extra > 0);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "stores": before,
+                "repairs": repairs,
+                "after_repair": after,
+            }))?
+        );
+    } else {
+        crate::daemon::print_verification(&before);
+        for r in &repairs {
+            println!(
+                "repaired {}: {} contacts written again, {} extra left alone",
+                r.store, r.rewritten, r.extra
+            );
+        }
+        if let Some(a) = &after {
+            println!("after repair:");
+            crate::daemon::print_verification(a);
+        }
+    }
+    Ok(if drifting {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn cdc(cfg: &Config, action: crate::CdcAction) -> anyhow::Result<ExitCode> {

@@ -77,6 +77,14 @@ pub struct SyncConfig {
     pub interval_secs: u64,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Seconds between the daemon's drift checks (every store compared
+    /// with canonical by content hash).
+    #[serde(default = "default_drift_interval")]
+    pub drift_interval_secs: u64,
+}
+
+fn default_drift_interval() -> u64 {
+    3600
 }
 
 impl Default for SyncConfig {
@@ -84,6 +92,7 @@ impl Default for SyncConfig {
         SyncConfig {
             interval_secs: default_interval(),
             batch_size: default_batch(),
+            drift_interval_secs: default_drift_interval(),
         }
     }
 }

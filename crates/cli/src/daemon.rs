@@ -87,7 +87,7 @@ fn install_signal_handlers(engine: &Engine, wake: Arc<Notify>) {
     });
 }
 
-fn print_verification(results: &[StoreVerification]) {
+pub fn print_verification(results: &[StoreVerification]) {
     println!("verification:");
     for v in results {
         let verdict = if v.missing + v.differing + v.extra == 0 {
@@ -288,12 +288,23 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         do_initial_sync(&mut engine).await?;
     }
     let mut failures = 0u32;
+    let drift_every = Duration::from_secs(cfg.sync.drift_interval_secs.max(1));
+    let mut last_drift = Instant::now();
     loop {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         if backfill_wanted(&engine)? {
             do_initial_sync(&mut engine).await?;
+        }
+        if !o.once && last_drift.elapsed() >= drift_every {
+            last_drift = Instant::now();
+            match engine.verify().await {
+                Ok(v) => {
+                    tracing::info!(stores = ?v.iter().map(|v| (&v.store, v.drift_pct)).collect::<Vec<_>>(), "drift check")
+                }
+                Err(e) => tracing::warn!(error = %e, "drift check failed"),
+            }
         }
         let started = Instant::now();
         let result = engine.cycle().await;

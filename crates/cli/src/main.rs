@@ -124,6 +124,14 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Compare every store with canonical by content hash; --repair writes
+    /// canonical's record again where a store lacks it or differs.
+    Drift {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        repair: bool,
+    },
     /// Create what each store needs (tables, custom fields, webhooks).
     Migrate,
     /// Change data capture of a database store.

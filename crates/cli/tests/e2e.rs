@@ -440,3 +440,63 @@ fn check_says_safe_on_a_healthy_setup_and_unsafe_when_a_store_is_unreachable() {
         "{unit}"
     );
 }
+
+#[test]
+fn drift_behind_the_engines_back_is_found_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "100"]);
+    ok(d, &["run", "--initial-sync", "--once"]);
+    assert!(run(d, &["drift"]).status.success(), "no drift after a sync");
+
+    // Changed behind the engine's back: the change capture is bypassed.
+    let local = db(d, "local.db");
+    local
+        .execute(
+            "UPDATE contacts SET job_title = 'Tampered' WHERE contact_id = 'c000000011'",
+            [],
+        )
+        .unwrap();
+    local
+        .execute("DELETE FROM contacts WHERE contact_id = 'c000000012'", [])
+        .unwrap();
+    local
+        .execute("DELETE FROM _contact_sync_changes", [])
+        .unwrap();
+
+    let out = run(d, &["drift", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "drift exits 1");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let l = &v["stores"][0];
+    assert_eq!(
+        (
+            l["store"].as_str(),
+            l["differing"].as_u64(),
+            l["missing"].as_u64()
+        ),
+        (Some("local"), Some(1), Some(1)),
+        "{v}"
+    );
+    assert!(
+        l["sample"].to_string().contains("c000000011")
+            && l["sample"].to_string().contains("c000000012"),
+        "{v}"
+    );
+    assert_eq!(l["drift_pct"], 2.0);
+
+    let out = ok(d, &["drift", "--repair"]);
+    assert!(out.contains("2 contacts written again"), "{out}");
+    assert!(run(d, &["drift"]).status.success());
+    let title: String = db(d, "local.db")
+        .query_row(
+            "SELECT job_title FROM contacts WHERE contact_id = 'c000000011'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_ne!(title, "Tampered");
+    assert_eq!(
+        json(d, &["status", "--json"])["stores"][1]["drift_pct"],
+        0.0
+    );
+}

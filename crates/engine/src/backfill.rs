@@ -1,7 +1,7 @@
 //! Initial sync (backfill canonical → every store, resumable after a crash)
 //! and verification (every canonical contact present and equal in each store).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use contact_sync_core::{content_hash, validate, Contact, DeadLetter, JournalEntry};
 use contact_sync_state::StoreRecord;
@@ -190,11 +190,12 @@ impl Engine {
     }
 
     /// Compares every store with canonical, contact by contact (ordered
-    /// scans, merged like a join), and records the drift per store.
+    /// scans merged like a join, page by page: bounded memory), and records
+    /// the drift per store in the state database (`drift:<store>`).
     pub async fn verify(&mut self) -> Result<Vec<StoreVerification>, EngineError> {
         let mut out = Vec::new();
         for i in 0..self.stores.len() {
-            let v = self.verify_store(i).await?;
+            let v = self.compare_store(i, false).await?.0;
             let tx = self.state.tx()?;
             tx.set_meta(
                 &format!("drift:{}", v.store),
@@ -216,86 +217,6 @@ impl Engine {
             out.push(v);
         }
         Ok(out)
-    }
-
-    async fn verify_store(&mut self, i: usize) -> Result<StoreVerification, EngineError> {
-        let name = self.stores[i].name().to_string();
-        let page = self.opts.backfill_page.max(1);
-        let mut v = StoreVerification {
-            store: name.clone(),
-            ..Default::default()
-        };
-        // Canonical side: id → hash of valid live contacts this store accepts.
-        let mut expected: Vec<(String, String)> = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let rows = self
-                .canonical
-                .scan(after.as_deref(), page)
-                .await
-                .map_err(EngineError::Canonical)?;
-            let Some(last) = rows.last().map(|c| c.contact_id.clone()) else {
-                break;
-            };
-            for mut c in rows {
-                c.normalize();
-                if c.is_deleted() || validate(&c).is_err() || !self.stores[i].accepts(&c) {
-                    continue;
-                }
-                expected.push((c.contact_id.clone(), content_hash(&c)));
-            }
-            after = Some(last);
-        }
-        v.expected = expected.len() as u64;
-        let expected_ids: HashMap<String, String> = expected.into_iter().collect();
-        let mut seen = BTreeSet::new();
-        let mut after: Option<String> = None;
-        loop {
-            let rows = self.stores[i].scan(after.as_deref(), page).await?;
-            let Some(last) = rows.last().map(|c| c.contact_id.clone()) else {
-                break;
-            };
-            for mut c in rows {
-                c.normalize();
-                if c.is_deleted() {
-                    continue;
-                }
-                match expected_ids.get(&c.contact_id) {
-                    Some(h) => {
-                        seen.insert(c.contact_id.clone());
-                        if *h == content_hash(&c) {
-                            v.matching += 1;
-                        } else {
-                            v.differing += 1;
-                            push_sample(&mut v.sample, &c.contact_id);
-                        }
-                    }
-                    None => {
-                        v.extra += 1;
-                        push_sample(&mut v.sample, &c.contact_id);
-                    }
-                }
-            }
-            after = Some(last);
-        }
-        for id in expected_ids.keys() {
-            if !seen.contains(id) {
-                v.missing += 1;
-                push_sample(&mut v.sample, id);
-            }
-        }
-        v.sample.sort();
-        let bad = (v.missing + v.differing + v.extra) as f64;
-        v.drift_pct = if v.expected == 0 {
-            if bad > 0.0 {
-                100.0
-            } else {
-                0.0
-            }
-        } else {
-            bad * 100.0 / v.expected as f64
-        };
-        Ok(v)
     }
 
     /// Settles an open conflict. `keep_incoming` writes the incoming value
@@ -381,11 +302,5 @@ impl Engine {
         tx.commit()?;
         self.apply_canonical(&mut report).await?;
         Ok(())
-    }
-}
-
-fn push_sample(sample: &mut Vec<String>, id: &str) {
-    if sample.len() < 20 {
-        sample.push(id.to_string());
     }
 }

@@ -29,6 +29,7 @@
 mod backfill;
 mod canonical;
 mod capture;
+mod drift;
 mod error;
 mod propagate;
 
@@ -41,6 +42,7 @@ use contact_sync_state::{RunStats, StateDb};
 use serde::Serialize;
 
 pub use backfill::{BackfillProgress, StoreVerification};
+pub use drift::RepairReport;
 pub use error::EngineError;
 
 /// The consumer name of the canonical store in cursors and sync records.

@@ -1,0 +1,205 @@
+//! Drift: every store compared with canonical, contact by contact, by
+//! content hash; and repair of what differs.
+//!
+//! Both sides are scanned in `contact_id` order, one page at a time, and
+//! merged like a join, so memory stays bounded whatever the table size.
+
+use std::collections::VecDeque;
+
+use contact_sync_core::{content_hash, validate, Contact, JournalEntry, Op};
+
+use crate::backfill::StoreVerification;
+use crate::{Engine, EngineError, CANONICAL};
+
+/// One side of the join: a store's live contacts, page by page.
+struct Side {
+    page: VecDeque<(String, String)>,
+    after: Option<String>,
+    done: bool,
+}
+
+impl Side {
+    fn new() -> Side {
+        Side {
+            page: VecDeque::new(),
+            after: None,
+            done: false,
+        }
+    }
+}
+
+/// What repairing one store did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RepairReport {
+    pub store: String,
+    /// Contacts written again from canonical (missing or differing).
+    pub rewritten: u64,
+    /// Live in the store but not in canonical: reported, never deleted
+    /// (they may be new records the next cycle brings in).
+    pub extra: u64,
+}
+
+impl Engine {
+    /// Fills `side` with the next page of `store` (canonical when `None`):
+    /// (contact id, content hash) of live contacts; canonical's side keeps
+    /// only valid contacts the store accepts.
+    async fn next_page(
+        &mut self,
+        store: Option<usize>,
+        accepted_by: usize,
+        side: &mut Side,
+    ) -> Result<(), EngineError> {
+        let page = self.opts.backfill_page.max(1);
+        while side.page.is_empty() && !side.done {
+            let rows: Vec<Contact> = match store {
+                None => self
+                    .canonical
+                    .scan(side.after.as_deref(), page)
+                    .await
+                    .map_err(EngineError::Canonical)?,
+                Some(i) => self.stores[i].scan(side.after.as_deref(), page).await?,
+            };
+            let Some(last) = rows.last().map(|c| c.contact_id.clone()) else {
+                side.done = true;
+                break;
+            };
+            for mut c in rows {
+                c.normalize();
+                if c.is_deleted() {
+                    continue;
+                }
+                if store.is_none()
+                    && (validate(&c).is_err() || !self.stores[accepted_by].accepts(&c))
+                {
+                    continue;
+                }
+                let hash = content_hash(&c);
+                side.page.push_back((c.contact_id, hash));
+            }
+            side.after = Some(last);
+        }
+        Ok(())
+    }
+
+    /// Compares store `i` with canonical. With `collect`, also returns the
+    /// ids that are missing in the store or differ from canonical.
+    pub(crate) async fn compare_store(
+        &mut self,
+        i: usize,
+        collect: bool,
+    ) -> Result<(StoreVerification, Vec<String>), EngineError> {
+        let mut v = StoreVerification {
+            store: self.stores[i].name().to_string(),
+            ..Default::default()
+        };
+        let mut ids = Vec::new();
+        let (mut c, mut s) = (Side::new(), Side::new());
+        let sample = |v: &mut StoreVerification, id: &str| {
+            if v.sample.len() < 20 {
+                v.sample.push(id.to_string());
+            }
+        };
+        loop {
+            self.next_page(None, i, &mut c).await?;
+            self.next_page(Some(i), i, &mut s).await?;
+            match (c.page.front(), s.page.front()) {
+                (None, None) => break,
+                (Some((cid, _)), Some((sid, _))) if cid == sid => {
+                    let (cid, ch) = c.page.pop_front().expect("front exists");
+                    let (_, sh) = s.page.pop_front().expect("front exists");
+                    v.expected += 1;
+                    if ch == sh {
+                        v.matching += 1;
+                    } else {
+                        v.differing += 1;
+                        sample(&mut v, &cid);
+                        if collect {
+                            ids.push(cid);
+                        }
+                    }
+                }
+                (Some((cid, _)), s_front) if s_front.is_none_or(|(sid, _)| cid < sid) => {
+                    let (cid, _) = c.page.pop_front().expect("front exists");
+                    v.expected += 1;
+                    v.missing += 1;
+                    sample(&mut v, &cid);
+                    if collect {
+                        ids.push(cid);
+                    }
+                }
+                _ => {
+                    let (sid, _) = s.page.pop_front().expect("front exists");
+                    v.extra += 1;
+                    sample(&mut v, &sid);
+                }
+            }
+        }
+        let bad = (v.missing + v.differing + v.extra) as f64;
+        v.drift_pct = match (v.expected, bad > 0.0) {
+            (0, true) => 100.0,
+            (0, false) => 0.0,
+            (n, _) => bad * 100.0 / n as f64,
+        };
+        Ok((v, ids))
+    }
+
+    /// Writes canonical's record again to store `name` for every contact
+    /// that is missing there or differs (the engine's memory of what the
+    /// store holds is reset for those first, so nothing is skipped as
+    /// "already there"). Extra records are only counted.
+    pub async fn repair(&mut self, name: &str) -> Result<RepairReport, EngineError> {
+        let i = self
+            .stores
+            .iter()
+            .position(|s| s.name() == name)
+            .ok_or_else(|| EngineError::Request(format!("no store named {name:?}")))?;
+        let (v, ids) = self.compare_store(i, true).await?;
+        let mut report = RepairReport {
+            store: name.to_string(),
+            rewritten: 0,
+            extra: v.extra,
+        };
+        let now = (self.clock)();
+        for chunk in ids.chunks(self.opts.backfill_page.max(1)) {
+            let tx = self.state.tx()?;
+            for id in chunk {
+                tx.delete_store_record(name, id)?;
+            }
+            tx.commit()?;
+            let mut entries = Vec::with_capacity(chunk.len());
+            for mut c in self
+                .canonical
+                .read(chunk)
+                .await
+                .map_err(EngineError::Canonical)?
+            {
+                c.normalize();
+                entries.push(JournalEntry {
+                    seq: 0,
+                    contact_id: c.contact_id.clone(),
+                    version: c.version,
+                    prev_version: c.version,
+                    op: if c.is_deleted() {
+                        Op::Delete
+                    } else {
+                        Op::Upsert
+                    },
+                    origin: CANONICAL.to_string(),
+                    changes: vec![],
+                    conflicts: vec![],
+                    hash: content_hash(&c),
+                    after: c,
+                    at: now,
+                });
+            }
+            let refs: Vec<&JournalEntry> = entries.iter().collect();
+            let store = &self.stores[i];
+            let plans =
+                crate::propagate::plan(name, |c| store.accepts(c), &refs, &Default::default());
+            let stats = self.send(i, name, plans, 0).await?;
+            report.rewritten += stats.written;
+        }
+        tracing::info!(store = %name, rewritten = report.rewritten, extra = report.extra, "drift repaired");
+        Ok(report)
+    }
+}
