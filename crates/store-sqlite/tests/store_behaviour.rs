@@ -434,3 +434,60 @@ async fn json_columns_are_stored_with_sorted_keys() {
     assert_eq!(read, vec![normalized(&c)]);
     assert_eq!(content_hash(&read[0]), content_hash(&normalized(&c)));
 }
+
+/// Large pages (1,000 rows) keep contact_id order, leave
+/// out exactly the undecodable rows wherever they fall, and still fill up.
+#[tokio::test]
+async fn large_pages_keep_order_and_skip_only_broken_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, mut store) = open(&dir, "local");
+    let mut g = Generator::new(3);
+    let contacts: Vec<Contact> = (0..1_500u64).map(|i| g.contact(i)).collect();
+    for batch in contacts.chunks(500) {
+        store.write_batch(batch).await.expect("write");
+    }
+    let broken = [0usize, 129, 700, 701, 1_499];
+    let db = cli(&path);
+    for i in broken {
+        db.execute(
+            "UPDATE contacts SET llm_context = '{\"how_met\": ' WHERE contact_id = ?1",
+            [&contacts[i].contact_id],
+        )
+        .expect("break a row");
+    }
+    let want: Vec<String> = contacts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !broken.contains(i))
+        .map(|(_, c)| c.contact_id.clone())
+        .collect();
+
+    let page = store.scan(None, 1_000).await.expect("scan");
+    let got: Vec<&str> = page.iter().map(|c| c.contact_id.as_str()).collect();
+    assert_eq!(
+        got,
+        want[..1_000].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let rest = store
+        .scan(Some(&want[999]), 1_000)
+        .await
+        .expect("scan rest");
+    assert_eq!(rest.len(), want.len() - 1_000);
+    assert_eq!(
+        scan_all(&mut store, 700)
+            .await
+            .iter()
+            .map(|c| c.contact_id.clone())
+            .collect::<Vec<_>>(),
+        want
+    );
+
+    let ids: Vec<String> = contacts.iter().map(|c| c.contact_id.clone()).collect();
+    let read = by_id(store.read(&ids).await.expect("read"));
+    assert_eq!(read.keys().cloned().collect::<Vec<_>>(), want);
+    for (i, c) in contacts.iter().enumerate() {
+        if !broken.contains(&i) {
+            assert_eq!(read[&c.contact_id], normalized(c), "contact {i}");
+        }
+    }
+}
