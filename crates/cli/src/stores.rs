@@ -220,7 +220,13 @@ pub async fn open_others(cfg: &Config) -> anyhow::Result<Opened> {
                 out.push(Box::new(store) as Box<dyn Store>);
             }
             StoreConfig::Postgres(p) => {
-                let store = pg_store(name, p).await?;
+                let mut store = pg_store(name, p).await?;
+                // Idempotent: creates the table and change capture on first start.
+                store
+                    .migrate()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .with_context(|| format!("store {name}: set-up"))?;
                 match store.change_notifier().await {
                     Ok(n) => wakes.push((name.clone(), n)),
                     Err(e) => {

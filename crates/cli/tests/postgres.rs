@@ -77,7 +77,7 @@ async fn postgres_two_way_with_change_capture_and_wakeups() {
         let (d, u) = (d2.clone(), u2.clone());
         tokio::task::spawn_blocking(move || ok(&d, &u, args))
     };
-    run(&["migrate"]).await.unwrap();
+    // No `migrate`: `run` sets the table and change capture up on first start.
     run(&["seed", "--contacts", "50"]).await.unwrap();
     let out = run(&["run", "--initial-sync", "--once"]).await.unwrap();
     assert!(out.contains("supabase") && !out.contains("DRIFT"), "{out}");
@@ -251,4 +251,86 @@ async fn postgres_two_way_with_change_capture_and_wakeups() {
         )
         .unwrap();
     assert_eq!(nick.as_deref(), Some("After reset"));
+
+    // Daemon down while 1,000 changes are committed in Postgres: all arrive, once.
+    for i in 0..1000 {
+        let id = format!("c{:09}", 20 + i % 20);
+        pg.execute(
+            "UPDATE contacts SET notes = $1 WHERE contact_id = $2",
+            &[&format!("change {i}"), &id],
+        )
+        .await
+        .unwrap();
+    }
+    let out = run(&["run", "--once"]).await.unwrap();
+    assert!(out.contains("supabase     captured   1000"), "{out}");
+    let local = rusqlite::Connection::open(d.join("contact-sync-data/local.db")).unwrap();
+    for k in 0..20 {
+        let last = (0..1000).filter(|i| i % 20 == k).max().unwrap();
+        let notes: String = local
+            .query_row(
+                "SELECT notes FROM contacts WHERE contact_id = ?1",
+                [format!("c{:09}", 20 + k)],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(notes, format!("change {last}"));
+    }
+    let n: i64 = local
+        .query_row("SELECT count(*) FROM contacts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 51, "nothing duplicated (50 seeded + pg-1)");
+
+    // The same field edited in Postgres and locally, equal versions and
+    // timestamps: one open conflict, canonical kept everywhere.
+    let ts = "2026-06-01T10:00:00.000000Z";
+    local
+        .execute(
+            "UPDATE contacts SET department = 'Local dept', version = version + 1, last_updated = ?1 WHERE contact_id = 'c000000015'",
+            [ts],
+        )
+        .unwrap();
+    let v: i64 = local
+        .query_row(
+            "SELECT version FROM contacts WHERE contact_id = 'c000000015'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    pg.execute(
+        "UPDATE contacts SET department = 'PG dept', version = $1, last_updated = $2::text::timestamptz WHERE contact_id = 'c000000015'",
+        &[&v, &ts],
+    )
+    .await
+    .unwrap();
+    run(&["run", "--once"]).await.unwrap();
+    let conflicts: serde_json::Value =
+        serde_json::from_str(&run(&["conflicts", "list", "--json"]).await.unwrap()).unwrap();
+    let list = conflicts.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{conflicts}");
+    assert_eq!(list[0]["contact_id"], "c000000015");
+    assert_eq!(list[0]["conflict"]["field"], "department");
+    run(&["run", "--once"]).await.unwrap();
+    let canon: serde_json::Value =
+        serde_json::from_str(&run(&["show", "c000000015", "--json"]).await.unwrap()).unwrap();
+    let kept = canon["department"].as_str().unwrap().to_string();
+    let pg_dept: String = pg
+        .query_one(
+            "SELECT department FROM contacts WHERE contact_id = 'c000000015'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let local_dept: String = local
+        .query_row(
+            "SELECT department FROM contacts WHERE contact_id = 'c000000015'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        (pg_dept.as_str(), local_dept.as_str()),
+        (kept.as_str(), kept.as_str())
+    );
 }

@@ -66,6 +66,19 @@ pub fn incoming_version(input: &MergeInput<'_>) -> i64 {
     }
 }
 
+/// `last_updated` of the merged record: the incoming record's own time when
+/// its store keeps one (it moved past the base's), else the merge time.
+/// Keeping the origin's time means two edits made at the same moment in two
+/// stores still compare equal once one of them has reached canonical.
+fn stamp(input: &MergeInput<'_>) -> Timestamp {
+    let base = input.base.and_then(|b| b.last_updated);
+    match (input.incoming.last_updated, base) {
+        (Some(i), Some(b)) if i > b => i,
+        (Some(i), None) if input.base.is_none() => i,
+        _ => input.now,
+    }
+}
+
 /// Settles one field changed on both sides.
 fn settle(
     canonical: &Contact,
@@ -104,7 +117,7 @@ pub fn merge(input: MergeInput<'_>) -> MergeOutcome {
         }
         let mut new = incoming.clone();
         new.version = v_in.max(1);
-        new.last_updated = Some(input.now);
+        new.last_updated = Some(stamp(&input));
         new.last_updated_by = Some(input.origin.to_string());
         new.content_hash = Some(crate::hash::content_hash(&new));
         let changes = incoming
@@ -155,7 +168,7 @@ pub fn merge(input: MergeInput<'_>) -> MergeOutcome {
                 let mut new = canonical.clone();
                 new.deleted_at = incoming.deleted_at.or(Some(input.now));
                 new.version = (canonical.version + 1).max(v_in);
-                new.last_updated = Some(input.now);
+                new.last_updated = Some(stamp(&input));
                 new.last_updated_by = Some(input.origin.to_string());
                 new.content_hash = Some(crate::hash::content_hash(&new));
                 let changes = vec![FieldChange {
@@ -254,7 +267,7 @@ pub fn merge(input: MergeInput<'_>) -> MergeOutcome {
         new.deleted_at = None;
     }
     new.version = (canonical.version + 1).max(v_in);
-    new.last_updated = Some(input.now);
+    new.last_updated = Some(stamp(&input));
     new.last_updated_by = Some(input.origin.to_string());
     new.content_hash = Some(crate::hash::content_hash(&new));
     MergeOutcome {
