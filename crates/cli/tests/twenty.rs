@@ -246,6 +246,7 @@ async fn webhook_from_twenty_reaches_the_local_store_at_once() {
         .find(|p| p["contactId"].is_string() && p["deletedAt"].is_null())
         .expect("a synced person");
     let contact_id = person["contactId"].as_str().unwrap().to_string();
+    let polls_before = fake.counters().route("GET /rest/people");
     let resp = client
         .patch(format!(
             "{}/rest/people/{}",

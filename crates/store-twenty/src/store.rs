@@ -97,7 +97,15 @@ pub struct TwentyStore {
     /// Person id → `updatedAt` of the last webhook change returned, to
     /// drop deliveries that arrive out of order.
     webhook_seen: HashMap<String, Timestamp>,
+    /// When the last poll started: a cycle woken by webhooks skips the
+    /// poll (it costs a request of a 100-per-minute budget) unless the last
+    /// one is older than [`POLL_AT_LEAST_EVERY`].
+    last_poll: Option<std::time::Instant>,
 }
+
+/// The catch-up poll runs at least this often even while webhooks keep
+/// every cycle busy (Twenty never retries a lost webhook).
+pub const POLL_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl std::fmt::Debug for TwentyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,6 +157,7 @@ impl TwentyStore {
             companies: None,
             receiver,
             webhook_seen: HashMap::new(),
+            last_poll: None,
         })
     }
 
@@ -746,6 +755,7 @@ impl TwentyStore {
         from: Option<&Checkpoint>,
         limit: usize,
     ) -> Result<ChangeBatch, StoreError> {
+        self.last_poll = Some(std::time::Instant::now());
         let mut cp = PollCheckpoint::parse(&self.cfg.name, from)?;
         let input = cp.encode();
         let limit = limit.max(1);
@@ -1162,10 +1172,13 @@ impl ChangeSource for TwentyStore {
                 let checkpoint = from
                     .cloned()
                     .unwrap_or_else(|| PollCheckpoint::default().encode());
+                let poll_due = self
+                    .last_poll
+                    .is_none_or(|t| t.elapsed() >= POLL_AT_LEAST_EVERY);
                 return Ok(ChangeBatch {
                     changes,
                     checkpoint,
-                    has_more: true,
+                    has_more: rx.queued() > 0 || poll_due,
                 });
             }
         }
