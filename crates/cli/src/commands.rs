@@ -216,11 +216,33 @@ pub async fn safety_report(
     config_path: Option<&std::path::Path>,
 ) -> anyhow::Result<contact_sync_ops::CheckReport> {
     let mut canonical = stores::open_canonical(cfg).await?;
-    let mut others = stores::open_others(cfg).await?.stores;
+    let mut others = stores::open_others(cfg, false).await?.stores;
     let state_path = cfg.state_path();
     let mut all: Vec<&mut dyn contact_sync_connector::Store> = vec![canonical.as_mut()];
     for s in others.iter_mut() {
         all.push(s.as_mut());
+    }
+    let mut extra: Vec<Box<dyn contact_sync_ops::SafetyCheck>> = Vec::new();
+    for (name, sc) in cfg.stores() {
+        match sc {
+            crate::config::StoreConfig::Postgres(p) => match stores::pg_store(name, p).await {
+                Ok(store) => extra.push(Box::new(crate::checks::PgCdcCheck {
+                    name: name.clone(),
+                    store,
+                })),
+                Err(e) => {
+                    tracing::debug!(store = %name, error = %e, "reported by the reachability check")
+                }
+            },
+            crate::config::StoreConfig::Twenty(t) => {
+                let store = stores::twenty_store(name, t)?;
+                extra.push(Box::new(crate::checks::TwentySetupCheck {
+                    name: name.clone(),
+                    store,
+                }));
+            }
+            _ => {}
+        }
     }
     let has_secrets = match config_path {
         Some(p) => {
@@ -233,7 +255,7 @@ pub async fn safety_report(
         config_has_secrets: has_secrets,
         state_path: &state_path,
         stores: all,
-        extra: Vec::new(),
+        extra,
         thresholds: contact_sync_ops::CheckThresholds::default(),
         now: contact_sync_core::model::now(),
     })

@@ -37,7 +37,7 @@ pub async fn build_engine_with_hooks(
 ) -> anyhow::Result<(Engine, Wakeups)> {
     let state = open_state(cfg)?;
     let canonical = stores::open_canonical(cfg).await?;
-    let opened = stores::open_others(cfg).await?;
+    let opened = stores::open_others(cfg, true).await?;
     let (others, hooks) = (
         opened.stores,
         Wakeups {

@@ -1,5 +1,6 @@
 //! `contact-sync`: the command line and the daemon.
 
+mod checks;
 mod commands;
 mod config;
 mod daemon;

@@ -205,8 +205,9 @@ pub struct Opened {
     pub wakes: Vec<(String, ChangeNotifier)>,
 }
 
-/// Every other store, in name order.
-pub async fn open_others(cfg: &Config) -> anyhow::Result<Opened> {
+/// Every other store, in name order. With `setup`, stores that set
+/// themselves up (Postgres: table and change capture) do so first.
+pub async fn open_others(cfg: &Config, setup: bool) -> anyhow::Result<Opened> {
     let mut out = Vec::new();
     let mut hooks = Vec::new();
     let mut wakes = Vec::new();
@@ -221,12 +222,14 @@ pub async fn open_others(cfg: &Config) -> anyhow::Result<Opened> {
             }
             StoreConfig::Postgres(p) => {
                 let mut store = pg_store(name, p).await?;
-                // Idempotent: creates the table and change capture on first start.
-                store
-                    .migrate()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-                    .with_context(|| format!("store {name}: set-up"))?;
+                if setup {
+                    // Idempotent: creates the table and change capture on first start.
+                    store
+                        .migrate()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                        .with_context(|| format!("store {name}: set-up"))?;
+                }
                 match store.change_notifier().await {
                     Ok(n) => wakes.push((name.clone(), n)),
                     Err(e) => {

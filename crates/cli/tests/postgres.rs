@@ -232,6 +232,30 @@ async fn postgres_two_way_with_change_capture_and_wakeups() {
         .unwrap();
     assert!(sb["retained_wal_bytes"].is_i64(), "{sb}");
 
+    // The safety check sees a dropped slot (and says so), then a reset fixes it.
+    let (dd, uu) = (d.clone(), url.clone());
+    let check = |args: &'static [&'static str]| {
+        let (d, u) = (dd.clone(), uu.clone());
+        tokio::task::spawn_blocking(move || cmd(&d, &u, args).output().unwrap())
+    };
+    let out = check(&["check"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("supabase: change capture") && text.contains("slot present"),
+        "{text}"
+    );
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+    let out = check(&["check"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("UNSAFE") && text.contains("is missing"),
+        "{text}"
+    );
+
     // Resetting change capture keeps everything in sync afterwards.
     let out = run(&["cdc", "reset", "supabase"]).await.unwrap();
     assert!(out.contains("recreated"), "{out}");

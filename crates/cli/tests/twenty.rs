@@ -69,7 +69,26 @@ async fn contacts_reach_twenty_and_edits_in_twenty_come_back() {
         let (d, k) = (d2.clone(), k2.clone());
         tokio::task::spawn_blocking(move || ok(&d, &args, &k))
     };
+    // Before `migrate` the safety check names the missing custom fields.
+    let (d3, k3) = (d.clone(), key.clone());
+    let out = tokio::task::spawn_blocking(move || run(&d3, &["check"], &k3))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("twenty: custom fields")
+            && text.contains("missing: ")
+            && text.contains("contactId"),
+        "{text}"
+    );
+    assert!(!text.contains(&key) && !String::from_utf8_lossy(&out.stderr).contains(&key));
     blocking(vec!["migrate"]).await.unwrap();
+    let text = blocking(vec!["check"]).await.unwrap();
+    assert!(
+        text.contains("twenty: custom fields") && text.contains("all present"),
+        "{text}"
+    );
     blocking(vec!["seed", "--contacts", "300"]).await.unwrap();
     let out = blocking(vec!["run", "--initial-sync", "--once"])
         .await

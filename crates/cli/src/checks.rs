@@ -1,0 +1,128 @@
+//! Store-specific safety checks for `check` and `run --safety-check`:
+//! a Postgres store's change capture, a Twenty workspace's custom fields and
+//! webhook.
+
+use async_trait::async_trait;
+use contact_sync_ops::{Check, SafetyCheck};
+use contact_sync_postgres::{CdcMode, PgStore};
+use contact_sync_twenty::TwentyStore;
+
+/// Retained WAL above this is a warning (the disk of the database fills).
+pub const WAL_WARN_BYTES: i64 = 1024 * 1024 * 1024;
+
+/// A Postgres store's replication slot (or outbox): present, `wal_level`,
+/// retained WAL.
+pub struct PgCdcCheck {
+    pub name: String,
+    pub store: PgStore,
+}
+
+#[async_trait]
+impl SafetyCheck for PgCdcCheck {
+    async fn run(&mut self) -> Vec<Check> {
+        let check = format!("{}: change capture", self.name);
+        let h = match self.store.slot_health().await {
+            Ok(h) => h,
+            Err(e) => {
+                return vec![Check::fail(
+                    check,
+                    e.to_string(),
+                    "check the connection and the role's rights",
+                )]
+            }
+        };
+        let mut out = Vec::new();
+        if h.mode == CdcMode::Slot {
+            if h.wal_level != "logical" {
+                out.push(Check::fail(
+                    check.clone(),
+                    format!("wal_level is {:?}, logical replication needs wal_level = logical", h.wal_level),
+                    "set wal_level = logical in postgresql.conf and restart, or use cdc = \"outbox\"",
+                ));
+            } else if !h.exists {
+                out.push(Check::fail(
+                    check.clone(),
+                    format!(
+                        "replication slot {:?} is missing: changes made there are not captured",
+                        self.store.config().slot_name
+                    ),
+                    format!(
+                        "run `contact-sync cdc reset {}` (or `contact-sync migrate`)",
+                        self.name
+                    ),
+                ));
+            } else {
+                match h.retained_wal_bytes {
+                    Some(b) if b > WAL_WARN_BYTES => out.push(Check::warn(
+                        check.clone(),
+                        format!("the slot retains {:.1} GiB of WAL", b as f64 / 1073741824.0),
+                        "is the daemon running? the slot keeps WAL until contact-sync reads it",
+                    )),
+                    b => out.push(Check::ok(
+                        check.clone(),
+                        format!(
+                            "slot present; retains {:.1} MiB of WAL",
+                            b.unwrap_or(0) as f64 / 1048576.0
+                        ),
+                    )),
+                }
+            }
+        } else {
+            out.push(Check::ok(check, "outbox mode"));
+        }
+        out
+    }
+}
+
+/// A Twenty workspace: the custom fields contact-sync needs, the webhook.
+pub struct TwentySetupCheck {
+    pub name: String,
+    pub store: TwentyStore,
+}
+
+#[async_trait]
+impl SafetyCheck for TwentySetupCheck {
+    async fn run(&mut self) -> Vec<Check> {
+        let check = format!("{}: custom fields", self.name);
+        let r = match self.store.check().await {
+            Ok(r) => r,
+            Err(e) => {
+                return vec![Check::fail(
+                    check,
+                    e.to_string(),
+                    "check base_url and the API key",
+                )]
+            }
+        };
+        let mut out = Vec::new();
+        if r.missing_fields.is_empty() && r.wrong_type_fields.is_empty() {
+            out.push(Check::ok(
+                check,
+                format!("all present ({} people)", r.people),
+            ));
+        } else {
+            let mut what = Vec::new();
+            if !r.missing_fields.is_empty() {
+                what.push(format!("missing: {}", r.missing_fields.join(", ")));
+            }
+            for (f, want, found) in &r.wrong_type_fields {
+                what.push(format!("{f} is {found}, expected {want}"));
+            }
+            out.push(Check::fail(
+                check,
+                what.join("; "),
+                "run `contact-sync migrate`",
+            ));
+        }
+        match r.webhook_registered {
+            Some(true) => out.push(Check::ok(format!("{}: webhook", self.name), "registered")),
+            Some(false) => out.push(Check::warn(
+                format!("{}: webhook", self.name),
+                "no webhook to webhook_url is registered: changes arrive only by polling",
+                "run `contact-sync migrate`",
+            )),
+            None => {}
+        }
+        out
+    }
+}
