@@ -308,5 +308,8 @@ async fn webhook_from_twenty_reaches_the_local_store_at_once() {
     );
     assert_eq!(status.code(), Some(0));
     assert!(fake.counters().webhooks_delivered > 0);
+    // The webhook-driven cycle did not spend a request of Twenty's budget on
+    // polling (the daemon had polled less than 30 s before).
+    assert_eq!(fake.counters().route("GET /rest/people"), polls_before);
     fake.stop().await;
 }
