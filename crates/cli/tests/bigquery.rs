@@ -26,18 +26,28 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn conn_local(d: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(d.join("contact-sync-data/local.db")).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bigquery_canonical_seed_sync_and_local_edit_through_the_binary() {
     let Some(ds) = bq::TestDataset::new("cli").await else {
         return;
     };
     let url = bq::emulator_url().expect("emulator");
+    let pg_url = contact_sync_postgres::harness::shared()
+        .create_database()
+        .await;
+    let slot = format!("cs_bq_{}", std::process::id());
+    // The only test in this binary: no other thread reads the environment.
+    std::env::set_var("CS_BQ_TEST_PG_URL", &pg_url);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     std::fs::write(
         d.join("contact-sync.toml"),
         format!(
-            "[canonical]\nkind = \"bigquery\"\nbase_url = \"{url}\"\nproject = \"test-project\"\ndataset = \"{}\"\nauth = \"none\"\n\n[stores.local]\nkind = \"sqlite\"\n",
+            "[canonical]\nkind = \"bigquery\"\nbase_url = \"{url}\"\nproject = \"test-project\"\ndataset = \"{}\"\nauth = \"none\"\n\n[stores.local]\nkind = \"sqlite\"\n\n[stores.supabase]\nkind = \"postgres\"\nurl = {{ env = \"CS_BQ_TEST_PG_URL\" }}\nslot_name = \"{slot}\"\n",
             ds.dataset
         ),
     )
