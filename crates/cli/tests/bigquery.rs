@@ -87,5 +87,45 @@ async fn bigquery_canonical_seed_sync_and_local_edit_through_the_binary() {
     let dl: Value =
         serde_json::from_str(&run(&["dead-letters", "list", "--json"]).await.unwrap()).unwrap();
     assert_eq!(dl.as_array().unwrap().len(), 2, "{dl}");
+
+    // Postgres got everything, and the local edit; an edit there reaches BigQuery.
+    let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = pg
+        .query_one("SELECT count(*) FROM contacts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 40);
+    let t: String = pg
+        .query_one(
+            "SELECT job_title FROM contacts WHERE contact_id = 'c000000005'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(t, "Edited locally");
+    pg.execute(
+        "UPDATE contacts SET nickname = 'From PG' WHERE contact_id = 'c000000006'",
+        &[],
+    )
+    .await
+    .unwrap();
+    run(&["run", "--once"]).await.unwrap();
+    let c: Value =
+        serde_json::from_str(&run(&["show", "c000000006", "--json"]).await.unwrap()).unwrap();
+    assert_eq!(c["nickname"], "From PG", "{c}");
+    assert_eq!(c["last_updated_by"], "supabase", "{c}");
+    let nick: Option<String> = conn_local(&d)
+        .query_row(
+            "SELECT nickname FROM contacts WHERE contact_id = 'c000000006'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(nick.as_deref(), Some("From PG"));
     ds.cleanup().await;
 }
