@@ -201,11 +201,25 @@ pub struct RunOptions {
 }
 
 /// Numbers for `/metrics` after a cycle: synced records per store.
-fn samples(engine: &Engine) -> anyhow::Result<Vec<StoreSample>> {
+/// `wal` holds a second connection to each Postgres store, used only to
+/// read its replication slot's retained WAL.
+async fn samples(
+    engine: &Engine,
+    wal: &mut [(String, contact_sync_postgres::PgStore)],
+) -> anyhow::Result<Vec<StoreSample>> {
     let mut out = vec![StoreSample::new(CANONICAL, None)];
     for name in engine.store_names() {
         let n = engine.state().store_record_count(&name)?;
-        out.push(StoreSample::new(name, Some(n)));
+        let mut sample = StoreSample::new(name.clone(), Some(n));
+        if let Some((_, pg)) = wal.iter_mut().find(|(n, _)| *n == name) {
+            sample.retained_wal_bytes = pg
+                .slot_health()
+                .await
+                .ok()
+                .and_then(|h| h.retained_wal_bytes)
+                .map(|b| b.max(0) as u64);
+        }
+        out.push(sample);
     }
     Ok(out)
 }
@@ -258,6 +272,12 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         });
     }
     let ops = OpsHandle::default();
+    let mut wal_probes = Vec::new();
+    for (name, sc) in cfg.stores() {
+        if let crate::config::StoreConfig::Postgres(p) = sc {
+            wal_probes.push((name.clone(), stores::pg_store(name, p).await?));
+        }
+    }
     let notifier = match &cfg.alerts.webhook_url {
         Some(url) => Some(
             WebhookNotifier::new(
@@ -310,7 +330,8 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         let result = engine.cycle().await;
         let outcome =
             CycleOutcome::from_result(&result, started.elapsed(), contact_sync_core::model::now());
-        match ops.after_cycle(engine.state(), &samples(&engine)?, outcome) {
+        let samples = samples(&engine, &mut wal_probes).await?;
+        match ops.after_cycle(engine.state(), &samples, outcome) {
             Ok(snap) => {
                 alerter.process(&snap).await;
             }

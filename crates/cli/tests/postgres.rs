@@ -173,6 +173,16 @@ async fn postgres_two_way_with_change_capture_and_wakeups() {
         "a bad row must not be synced"
     );
 
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("contact_sync_store_retained_wal_bytes{store=\"supabase\"}"),
+        "{metrics}"
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
         .status();
