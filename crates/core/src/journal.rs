@@ -17,6 +17,15 @@ pub enum Op {
 }
 
 impl Op {
+    /// The op that leaves `c` as it is: a delete for a tombstone.
+    pub fn of(c: &Contact) -> Op {
+        if c.is_deleted() {
+            Op::Delete
+        } else {
+            Op::Upsert
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Upsert => "upsert",
@@ -124,6 +133,25 @@ pub struct JournalEntry {
 }
 
 impl JournalEntry {
+    /// An entry that records `c` as it already is (no change, no
+    /// conflict): what a store must hold to agree with canonical, used by
+    /// backfill and drift repair.
+    pub fn snapshot(c: Contact, origin: &str, at: Timestamp) -> JournalEntry {
+        JournalEntry {
+            seq: 0,
+            contact_id: c.contact_id.clone(),
+            version: c.version,
+            prev_version: c.version,
+            op: Op::of(&c),
+            origin: origin.to_string(),
+            changes: vec![],
+            conflicts: vec![],
+            hash: crate::hash::content_hash(&c),
+            after: c,
+            at,
+        }
+    }
+
     /// The record as it was before this entry, when `changes` says enough to
     /// rebuild it (always, for entries the engine wrote).
     pub fn before(&self) -> Option<Contact> {

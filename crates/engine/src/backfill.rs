@@ -117,24 +117,7 @@ impl Engine {
                     invalid.push((bad, c));
                     continue;
                 }
-                let hash = content_hash(&c);
-                entries.push(JournalEntry {
-                    seq: 0,
-                    contact_id: c.contact_id.clone(),
-                    version: c.version,
-                    prev_version: c.version,
-                    op: if c.is_deleted() {
-                        contact_sync_core::Op::Delete
-                    } else {
-                        contact_sync_core::Op::Upsert
-                    },
-                    origin: CANONICAL.to_string(),
-                    changes: vec![],
-                    conflicts: vec![],
-                    hash,
-                    after: c,
-                    at: now,
-                });
+                entries.push(JournalEntry::snapshot(c, CANONICAL, now));
             }
             let refs: Vec<&JournalEntry> = entries.iter().collect();
             let store = &self.stores[i];
@@ -284,11 +267,7 @@ impl Engine {
             contact_id: row.contact_id.clone(),
             version: next.version,
             prev_version: current.version,
-            op: if next.is_deleted() {
-                contact_sync_core::Op::Delete
-            } else {
-                contact_sync_core::Op::Upsert
-            },
+            op: contact_sync_core::Op::of(&next),
             origin: "manual".into(),
             changes: contact_sync_core::diff(Some(&current), &next),
             conflicts: vec![],

@@ -457,11 +457,7 @@ impl Engine {
                     contact_id: contact_id.clone(),
                     version: after.version,
                     prev_version: p.version,
-                    op: if after.is_deleted() {
-                        Op::Delete
-                    } else {
-                        Op::Upsert
-                    },
+                    op: Op::of(&after),
                     origin: CANONICAL.to_string(),
                     changes,
                     conflicts: outcome.conflicts,
@@ -508,11 +504,7 @@ impl Engine {
                 contact_id: contact_id.clone(),
                 version: c.version,
                 prev_version,
-                op: if c.is_deleted() {
-                    Op::Delete
-                } else {
-                    Op::Upsert
-                },
+                op: Op::of(&c),
                 origin: c
                     .last_updated_by
                     .clone()

@@ -357,11 +357,7 @@ impl Engine {
                     contact_id: it.contact_id.clone(),
                     version: w.version,
                     prev_version,
-                    op: if w.is_deleted() {
-                        Op::Delete
-                    } else {
-                        Op::Upsert
-                    },
+                    op: Op::of(&w),
                     origin: name.clone(),
                     changes: outcome.changes,
                     conflicts: outcome.conflicts.clone(),
@@ -395,11 +391,7 @@ impl Engine {
                         contact_id: it.contact_id.clone(),
                         version: after.version,
                         prev_version: c.version,
-                        op: if c.is_deleted() {
-                            Op::Delete
-                        } else {
-                            Op::Upsert
-                        },
+                        op: Op::of(&c),
                         origin: name.clone(),
                         changes: vec![],
                         conflicts: outcome.conflicts,

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use contact_sync_core::{content_hash, validate, Contact, JournalEntry, Op};
+use contact_sync_core::{content_hash, validate, Contact, JournalEntry};
 
 use crate::backfill::StoreVerification;
 use crate::{Engine, EngineError, CANONICAL};
@@ -174,23 +174,7 @@ impl Engine {
                 .map_err(EngineError::Canonical)?
             {
                 c.normalize();
-                entries.push(JournalEntry {
-                    seq: 0,
-                    contact_id: c.contact_id.clone(),
-                    version: c.version,
-                    prev_version: c.version,
-                    op: if c.is_deleted() {
-                        Op::Delete
-                    } else {
-                        Op::Upsert
-                    },
-                    origin: CANONICAL.to_string(),
-                    changes: vec![],
-                    conflicts: vec![],
-                    hash: content_hash(&c),
-                    after: c,
-                    at: now,
-                });
+                entries.push(JournalEntry::snapshot(c, CANONICAL, now));
             }
             let refs: Vec<&JournalEntry> = entries.iter().collect();
             let store = &self.stores[i];
