@@ -256,10 +256,26 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
             }
         });
     }
+    let ops = OpsHandle::default();
     let mut extra = axum::Router::new();
     for (i, (name, rx)) in hooks.iter().enumerate() {
         if i == 0 {
-            extra = extra.merge(contact_sync_twenty::webhook::router(rx.clone()));
+            // Accepted deliveries are counted for /metrics.
+            let (counter, store) = (ops.clone(), name.clone());
+            let counted =
+                contact_sync_twenty::webhook::router(rx.clone()).layer(axum::middleware::from_fn(
+                    move |req: axum::extract::Request, next: axum::middleware::Next| {
+                        let (ops, store) = (counter.clone(), store.clone());
+                        async move {
+                            let resp = next.run(req).await;
+                            if resp.status().is_success() {
+                                ops.add_webhook_events(&store, 1);
+                            }
+                            resp
+                        }
+                    },
+                ));
+            extra = extra.merge(counted);
         } else {
             tracing::warn!(store = %name, "only the first Twenty store receives webhooks; this one is polled");
         }
@@ -271,7 +287,6 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    let ops = OpsHandle::default();
     let mut wal_probes = Vec::new();
     for (name, sc) in cfg.stores() {
         if let crate::config::StoreConfig::Postgres(p) = sc {
@@ -328,6 +343,14 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         }
         let started = Instant::now();
         let result = engine.cycle().await;
+        if let Ok(report) = &result {
+            // Changes read from databases' change capture, for /metrics.
+            for s in &report.stores {
+                if wal_probes.iter().any(|(n, _)| *n == s.store) && s.stats.captured > 0 {
+                    ops.add_cdc_events(&s.store, s.stats.captured);
+                }
+            }
+        }
         let outcome =
             CycleOutcome::from_result(&result, started.elapsed(), contact_sync_core::model::now());
         let samples = samples(&engine, &mut wal_probes).await?;

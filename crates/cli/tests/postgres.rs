@@ -183,6 +183,12 @@ async fn postgres_two_way_with_change_capture_and_wakeups() {
         metrics.contains("contact_sync_store_retained_wal_bytes{store=\"supabase\"}"),
         "{metrics}"
     );
+    let cdc_events: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("contact_sync_store_cdc_events_total{store=\"supabase\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(cdc_events >= 4.0, "CDC events counted: {metrics}");
     let _ = Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
         .status();

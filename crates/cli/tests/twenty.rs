@@ -298,9 +298,23 @@ async fn webhook_from_twenty_reaches_the_local_store_at_once() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let metrics = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
         .status();
+    let webhooks: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("contact_sync_store_webhook_events_total{store=\"twenty\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(webhooks >= 1.0, "webhook deliveries counted: {metrics}");
     let status = daemon.wait().unwrap();
     assert!(
         arrived,
