@@ -10,6 +10,13 @@ use contact_sync_twenty::TwentyStore;
 /// Retained WAL above this is a warning (the disk of the database fills).
 pub const WAL_WARN_BYTES: i64 = 1024 * 1024 * 1024;
 
+/// Clock difference with a store above this is a warning (`last_updated`
+/// decides conflicts)...
+pub const SKEW_WARN_SECS: f64 = 2.0;
+/// ...and above this a failure (signed webhooks older than 5 minutes are
+/// refused; conflict decisions would be wrong).
+pub const SKEW_FAIL_SECS: f64 = 300.0;
+
 /// A Postgres store's replication slot (or outbox): present, `wal_level`,
 /// retained WAL.
 pub struct PgCdcCheck {
@@ -70,14 +77,35 @@ impl SafetyCheck for PgCdcCheck {
         } else {
             out.push(Check::ok(check, "outbox mode"));
         }
+        let clock = format!("{}: clock", self.name);
+        match self.store.clock_skew().await {
+            Ok(d) => {
+                let secs = d.num_milliseconds() as f64 / 1000.0;
+                let msg = format!("the server's clock is {secs:+.3} s from this machine's");
+                let hint = "synchronize both clocks (NTP): last_updated decides conflicts";
+                out.push(if secs.abs() > SKEW_FAIL_SECS {
+                    Check::fail(clock, msg, hint)
+                } else if secs.abs() > SKEW_WARN_SECS {
+                    Check::warn(clock, msg, hint)
+                } else {
+                    Check::ok(clock, msg)
+                });
+            }
+            Err(e) => out.push(Check::warn(clock, e.to_string(), "check the connection")),
+        }
         out
     }
 }
 
-/// A Twenty workspace: the custom fields contact-sync needs, the webhook.
+/// A Twenty workspace: the custom fields contact-sync needs, the webhook,
+/// and whether the rate limit leaves room for the backlog.
 pub struct TwentySetupCheck {
     pub name: String,
     pub store: TwentyStore,
+    /// Journal entries the store has not received yet.
+    pub pending: i64,
+    /// Seconds between the daemon's cycles.
+    pub interval_secs: u64,
 }
 
 #[async_trait]
@@ -114,6 +142,27 @@ impl SafetyCheck for TwentySetupCheck {
                 "run `contact-sync migrate`",
             ));
         }
+        // Rate-limit headroom: the backlog in batch creates against the budget.
+        let (rpm, batch) = (
+            self.store.config().requests_per_minute.max(1) as f64,
+            self.store.config().batch_size.max(1) as f64,
+        );
+        let requests = (self.pending.max(0) as f64 / batch).ceil() + 1.0;
+        let minutes = requests / rpm;
+        let check = format!("{}: rate-limit headroom", self.name);
+        let msg = format!(
+            "{} pending changes need about {requests:.0} requests: {minutes:.1} min at {rpm:.0} requests/min",
+            self.pending.max(0)
+        );
+        out.push(if minutes * 60.0 > self.interval_secs as f64 {
+            Check::warn(
+                check,
+                msg,
+                "raise requests_per_minute (self-hosted Twenty) or batch_size (up to 200)",
+            )
+        } else {
+            Check::ok(check, msg)
+        });
         match r.webhook_registered {
             Some(true) => out.push(Check::ok(format!("{}: webhook", self.name), "registered")),
             Some(false) => out.push(Check::warn(

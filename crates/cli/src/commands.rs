@@ -236,9 +236,15 @@ pub async fn safety_report(
             },
             crate::config::StoreConfig::Twenty(t) => {
                 let store = stores::twenty_store(name, t)?;
+                let pending = match open_state(cfg) {
+                    Ok(st) => st.journal_head()? - st.cursor(name)?,
+                    Err(_) => 0,
+                };
                 extra.push(Box::new(crate::checks::TwentySetupCheck {
                     name: name.clone(),
                     store,
+                    pending,
+                    interval_secs: cfg.sync.interval_secs,
                 }));
             }
             _ => {}

@@ -261,6 +261,10 @@ async fn postgres_two_way_with_change_capture_and_wakeups() {
         text.contains("supabase: change capture") && text.contains("slot present"),
         "{text}"
     );
+    assert!(
+        text.contains("supabase: clock") && text.contains("s from this machine's"),
+        "{text}"
+    );
     pg.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await
         .unwrap();

@@ -89,6 +89,19 @@ async fn contacts_reach_twenty_and_edits_in_twenty_come_back() {
         text.contains("twenty: custom fields") && text.contains("all present"),
         "{text}"
     );
+    assert!(text.contains("twenty: rate-limit headroom"), "{text}");
+    // A wrong API key: UNSAFE, the store named, the key never printed.
+    let d4 = d.clone();
+    let out = tokio::task::spawn_blocking(move || run(&d4, &["check"], "wrong-key-123"))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("UNSAFE") && text.contains("twenty"), "{text}");
+    assert!(
+        !text.contains("wrong-key-123")
+            && !String::from_utf8_lossy(&out.stderr).contains("wrong-key-123")
+    );
     blocking(vec!["seed", "--contacts", "300"]).await.unwrap();
     let out = blocking(vec!["run", "--initial-sync", "--once"])
         .await

@@ -289,6 +289,28 @@ impl PgStore {
         Ok(row.get(0))
     }
 
+    /// How far the server's clock is ahead of this machine's (negative:
+    /// behind), measured as the server's `now()` against the midpoint of
+    /// the round trip.
+    pub async fn clock_skew(&mut self) -> Result<chrono::Duration, StoreError> {
+        let name = self.cfg.name.clone();
+        let before = chrono::Utc::now();
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_err(&name, "reading the server clock", &e))?;
+        let after = chrono::Utc::now();
+        let server_us: i64 = row.get(0);
+        let mid_us =
+            before.timestamp_micros() + (after - before).num_microseconds().unwrap_or(0) / 2;
+        Ok(chrono::Duration::microseconds(server_us - mid_us))
+    }
+
     fn wal_level_error(&self, level: &str) -> StoreError {
         StoreError::permanent(
             self.name(),
