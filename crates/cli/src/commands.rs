@@ -215,14 +215,29 @@ pub async fn safety_report(
     cfg: &Config,
     config_path: Option<&std::path::Path>,
 ) -> anyhow::Result<contact_sync_ops::CheckReport> {
-    let mut canonical = stores::open_canonical(cfg).await?;
-    let mut others = stores::open_others(cfg, false).await?.stores;
-    let state_path = cfg.state_path();
-    let mut all: Vec<&mut dyn contact_sync_connector::Store> = vec![canonical.as_mut()];
-    for s in others.iter_mut() {
-        all.push(s.as_mut());
+    // A store that cannot even be opened is a failed check, not an error
+    // of the command: the other checks still run.
+    let mut opened: Vec<Box<dyn contact_sync_connector::Store>> = Vec::new();
+    let mut unreachable: Vec<contact_sync_ops::Check> = Vec::new();
+    let named = std::iter::once((CANONICAL.to_string(), cfg.canonical()))
+        .chain(cfg.stores().iter().map(|(n, c)| (n.clone(), c)));
+    for (name, sc) in named {
+        match stores::open_store(cfg, &name, sc).await {
+            Ok(s) => opened.push(s),
+            Err(e) => unreachable.push(contact_sync_ops::Check::fail(
+                format!("{name}: reachable"),
+                format!("{e:#}"),
+                "check the address, the credentials and that the store is running",
+            )),
+        }
     }
-    let mut extra: Vec<Box<dyn contact_sync_ops::SafetyCheck>> = Vec::new();
+    let state_path = cfg.state_path();
+    let all: Vec<&mut dyn contact_sync_connector::Store> = opened
+        .iter_mut()
+        .map(|s| s.as_mut() as &mut dyn contact_sync_connector::Store)
+        .collect();
+    let mut extra: Vec<Box<dyn contact_sync_ops::SafetyCheck>> =
+        vec![Box::new(crate::checks::Fixed(unreachable))];
     for (name, sc) in cfg.stores() {
         match sc {
             crate::config::StoreConfig::Postgres(p) => match stores::pg_store(name, p).await {

@@ -378,3 +378,58 @@ async fn postgres_two_way_with_change_capture_and_wakeups() {
         (kept.as_str(), kept.as_str())
     );
 }
+
+/// `check` on a stopped Postgres: UNSAFE, naming the store; the URL's
+/// password never printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_unsafe_when_postgres_is_stopped() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        harness::PgCluster::start(harness::ClusterOptions::default()).expect("private cluster")
+    })
+    .await
+    .unwrap();
+    let url = cluster.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        "[stores.local]\nkind = \"sqlite\"\n\n[stores.supabase]\nkind = \"postgres\"\nurl = { env = \"TEST_PG_URL\" }\nslot_name = \"cs_stopped\"\n",
+    )
+    .unwrap();
+    let (d2, u2) = (d.clone(), url.clone());
+    tokio::task::spawn_blocking(move || {
+        ok(&d2, &u2, &["migrate"]);
+        let out = cmd(&d2, &u2, &["check"]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(move || cluster.stop().expect("stop"))
+        .await
+        .unwrap();
+    let with_password = url.replacen(
+        "postgres://postgres@",
+        "postgres://postgres:Hidden-Pw-42@",
+        1,
+    );
+    let out =
+        tokio::task::spawn_blocking(move || cmd(&d, &with_password, &["check"]).output().unwrap())
+            .await
+            .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("UNSAFE") && text.contains("supabase"),
+        "{text}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !text.contains("Hidden-Pw-42") && !err.contains("Hidden-Pw-42"),
+        "{text}\n{err}"
+    );
+}
