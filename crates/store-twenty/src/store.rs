@@ -241,14 +241,8 @@ impl TwentyStore {
                         })
                         .collect();
                     collect(list, &mut fields);
-                    let next = body
-                        .pointer("/pageInfo/hasNextPage")
-                        .and_then(Value::as_bool)
-                        == Some(true);
-                    after = body
-                        .pointer("/pageInfo/endCursor")
-                        .and_then(Value::as_str)
-                        .map(str::to_string);
+                    let (next, cursor) = page_info(&body);
+                    after = cursor;
                     if !next || after.is_none() {
                         break;
                     }
@@ -425,14 +419,8 @@ impl TwentyStore {
                             .or_insert_with(|| id.to_string());
                     }
                 }
-                let next = body
-                    .pointer("/pageInfo/hasNextPage")
-                    .and_then(Value::as_bool)
-                    == Some(true);
-                after = body
-                    .pointer("/pageInfo/endCursor")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
+                let (next, cursor) = page_info(&body);
+                after = cursor;
                 if !next || after.is_none() {
                     break;
                 }
@@ -527,14 +515,8 @@ impl TwentyStore {
             let page = data_list(&body, "people");
             StatsInner::add(&self.client.stats.records_read, page.len() as u64);
             out.extend(page.into_iter().cloned());
-            let next = body
-                .pointer("/pageInfo/hasNextPage")
-                .and_then(Value::as_bool)
-                == Some(true);
-            after = body
-                .pointer("/pageInfo/endCursor")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            let (next, cursor) = page_info(&body);
+            after = cursor;
             if !next || after.is_none() {
                 return Ok((out, next));
             }
@@ -813,14 +795,8 @@ impl TwentyStore {
                     cp.watermark = Some(at);
                 }
             }
-            let next = body
-                .pointer("/pageInfo/hasNextPage")
-                .and_then(Value::as_bool)
-                == Some(true);
-            after = body
-                .pointer("/pageInfo/endCursor")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            let (next, cursor) = page_info(&body);
+            after = cursor;
             if !next || after.is_none() {
                 break;
             }
@@ -1189,4 +1165,18 @@ impl ChangeSource for TwentyStore {
     async fn acknowledge(&mut self, _upto: &Checkpoint) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// `pageInfo` of a list response: whether another page follows, and the
+/// cursor to ask for it with.
+fn page_info(body: &Value) -> (bool, Option<String>) {
+    let next = body
+        .pointer("/pageInfo/hasNextPage")
+        .and_then(Value::as_bool)
+        == Some(true);
+    let cursor = body
+        .pointer("/pageInfo/endCursor")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    (next, cursor)
 }
