@@ -2,13 +2,15 @@
 //! content hash, the three-way merge and the journal records.
 //!
 //! Invariant: nothing in this crate does IO (no files, network, clock reads
-//! other than [`model::now`], which callers pass in to the merge).
+//! other than [`model::now`], which callers pass in to the merge). The one
+//! process-wide state is [`pii`]'s switch for masking contact data in logs.
 
 pub mod hash;
 pub mod identity;
 pub mod journal;
 pub mod merge;
 pub mod model;
+pub mod pii;
 pub mod validate;
 
 pub use hash::content_hash;

@@ -475,7 +475,12 @@ impl Contact {
                 })
                 .cloned()
                 .unwrap_or_else(|| "record".to_string());
-            crate::validate::Invalid::new(&self.contact_id, field, e.to_string())
+            // serde's message may quote the value: masked in logs.
+            crate::validate::Invalid::with_reason(
+                &self.contact_id,
+                field,
+                crate::pii::Reason::quoting(|q| q.detail(&e.to_string())),
+            )
         })?;
         *self = updated;
         Ok(())

@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use crate::model::{category_name, Contact};
+use crate::pii::Reason;
 
 /// Longest text field, in bytes.
 pub const MAX_TEXT_BYTES: usize = 8 * 1024;
@@ -17,22 +18,43 @@ pub const MAX_JSON_BYTES: usize = 256 * 1024;
 pub const MAX_LIST_LEN: usize = 100;
 
 /// Why a record was refused: which record, which field, what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("contact {record}: field `{field}`: {reason}")]
+///
+/// `reason` is the full text, contact values included: it is what the dead
+/// letter keeps, since a person needs the value to fix the record. Log
+/// lines use [`log_reason`](Invalid::log_reason) (and this type's
+/// `Display`), which masks the values unless PII logging is on (see
+/// [`crate::pii`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
     /// The record's `contact_id`, or the store's own id when it has none.
     pub record: String,
     pub field: String,
+    /// The full reason (for the state database, never for logs).
     pub reason: String,
+    /// `reason` with its contact values masked; `None` when it quotes none.
+    masked: Option<String>,
 }
 
 impl Invalid {
+    /// A refusal whose reason quotes no contact data (`is missing`): logged
+    /// as it is. Use [`with_reason`](Invalid::with_reason) and
+    /// [`Reason::quoting`] for a reason that quotes a value.
     pub fn new(
         record: impl Into<String>,
         field: impl Into<String>,
         reason: impl Into<String>,
     ) -> Self {
+        Self::with_reason(record, field, Reason::plain(reason))
+    }
+
+    /// A refusal whose reason may quote contact values (masked in logs).
+    pub fn with_reason(
+        record: impl Into<String>,
+        field: impl Into<String>,
+        reason: Reason,
+    ) -> Self {
         let record = record.into();
+        let (reason, masked) = reason.into_parts();
         Invalid {
             record: if record.trim().is_empty() {
                 "<no id>".to_string()
@@ -40,8 +62,15 @@ impl Invalid {
                 record
             },
             field: field.into(),
-            reason: reason.into(),
+            reason,
+            masked,
         }
+    }
+
+    /// The reason for a log line: its `Display` masks contact values unless
+    /// PII logging is on.
+    pub fn log_reason(&self) -> Reason {
+        Reason::from_parts(self.reason.clone(), self.masked.clone())
     }
 }
 
@@ -51,6 +80,9 @@ impl Invalid {
 /// their identity: a delete must never be refused for stale content.
 pub fn validate(c: &Contact) -> Result<(), Invalid> {
     let bad = |field: &str, reason: String| Err(Invalid::new(&c.contact_id, field, reason));
+    // A reason that quotes a value of the contact (masked in logs).
+    let quoting =
+        |field: &str, reason: Reason| Err(Invalid::with_reason(&c.contact_id, field, reason));
     if c.contact_id.trim().is_empty() {
         return bad("contact_id", "is missing".into());
     }
@@ -106,30 +138,38 @@ pub fn validate(c: &Contact) -> Result<(), Invalid> {
     match (&c.category_code, &c.subcategory_code) {
         (Some(cat), sub) => {
             if category_name(cat).is_none() {
-                return bad(
+                return quoting(
                     "category_code",
-                    format!("{cat:?} is not one of A, B, C, D, E, F, G, H, X"),
+                    Reason::quoting(|q| {
+                        format!("{} is not one of A, B, C, D, E, F, G, H, X", q.text(cat))
+                    }),
                 );
             }
             if let Some(sub) = sub {
                 if !sub.starts_with(cat.as_str()) || sub.len() == cat.len() {
-                    return bad(
+                    // `cat` is one of the known codes here: no contact data.
+                    return quoting(
                         "subcategory_code",
-                        format!("{sub:?} is not under category {cat:?} (expected e.g. {cat}1)"),
+                        Reason::quoting(|q| {
+                            format!(
+                                "{} is not under category {cat:?} (expected e.g. {cat}1)",
+                                q.text(sub)
+                            )
+                        }),
                     );
                 }
                 if sub.len() > 16 {
-                    return bad(
+                    return quoting(
                         "subcategory_code",
-                        format!("{sub:?} is longer than 16 bytes"),
+                        Reason::quoting(|q| format!("{} is longer than 16 bytes", q.text(sub))),
                     );
                 }
             }
         }
         (None, Some(sub)) => {
-            return bad(
+            return quoting(
                 "subcategory_code",
-                format!("{sub:?} is set but category_code is missing"),
+                Reason::quoting(|q| format!("{} is set but category_code is missing", q.text(sub))),
             );
         }
         (None, None) => {}
@@ -150,7 +190,10 @@ pub fn validate(c: &Contact) -> Result<(), Invalid> {
     }
     for e in &c.emails {
         if !is_email(&e.address) {
-            return bad("emails", format!("{:?} is not an email address", e.address));
+            return quoting(
+                "emails",
+                Reason::quoting(|q| format!("{} is not an email address", q.text(&e.address))),
+            );
         }
     }
     if c.emails.iter().filter(|e| e.is_primary).count() > 1 {
@@ -158,12 +201,14 @@ pub fn validate(c: &Contact) -> Result<(), Invalid> {
     }
     for p in &c.phones {
         if !is_e164(&p.number) {
-            return bad(
+            return quoting(
                 "phones",
-                format!(
-                    "{:?} is not an E.164 number (+ and 8 to 15 digits)",
-                    p.number
-                ),
+                Reason::quoting(|q| {
+                    format!(
+                        "{} is not an E.164 number (+ and 8 to 15 digits)",
+                        q.text(&p.number)
+                    )
+                }),
             );
         }
     }
@@ -191,10 +236,11 @@ pub fn validate(c: &Contact) -> Result<(), Invalid> {
         }
     }
     if let Some(v) = &c.llm_context {
-        check_llm_context(v).map_err(|(f, r)| Invalid::new(&c.contact_id, f, r))?;
+        check_llm_context(v).map_err(|(f, r)| Invalid::with_reason(&c.contact_id, f, r))?;
     }
     if let Some(v) = &c.relationships {
-        check_relationships(v).map_err(|r| Invalid::new(&c.contact_id, "relationships", r))?;
+        check_relationships(v)
+            .map_err(|r| Invalid::with_reason(&c.contact_id, "relationships", r))?;
     }
     for (name, v) in [
         ("communication_stats", &c.communication_stats),
@@ -209,6 +255,22 @@ pub fn validate(c: &Contact) -> Result<(), Invalid> {
     }
     Ok(())
 }
+
+impl std::fmt::Display for Invalid {
+    /// `contact <record>: field `<field>`: <reason>`, the reason as for a
+    /// log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "contact {}: field `{}`: {}",
+            self.record,
+            self.field,
+            self.log_reason()
+        )
+    }
+}
+
+impl std::error::Error for Invalid {}
 
 /// A plausible email address: one `@`, a non-empty local part, a dotted
 /// domain, no spaces.
@@ -299,13 +361,14 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn check_llm_context(v: &Value) -> Result<(), (String, String)> {
+fn check_llm_context(v: &Value) -> Result<(), (String, Reason)> {
     let field = |k: &str| format!("llm_context.{k}");
+    let plain = |f: String, r: String| Err((f, Reason::plain(r)));
     let Value::Object(m) = v else {
-        return Err((
+        return plain(
             "llm_context".into(),
             format!("must be a JSON object, found {}", kind(v)),
-        ));
+        );
     };
     for k in [
         "relationship_arc",
@@ -316,7 +379,7 @@ fn check_llm_context(v: &Value) -> Result<(), (String, String)> {
     ] {
         if let Some(x) = m.get(k) {
             if !x.is_string() && !x.is_null() {
-                return Err((field(k), format!("must be text, found {}", kind(x))));
+                return plain(field(k), format!("must be text, found {}", kind(x)));
             }
         }
     }
@@ -332,14 +395,14 @@ fn check_llm_context(v: &Value) -> Result<(), (String, String)> {
                 Value::Null => {}
                 Value::Array(items) => {
                     if let Some(bad) = items.iter().find(|i| !i.is_string()) {
-                        return Err((field(k), format!("must hold text, found {}", kind(bad))));
+                        return plain(field(k), format!("must hold text, found {}", kind(bad)));
                     }
                 }
                 other => {
-                    return Err((
+                    return plain(
                         field(k),
                         format!("must be a list of text, found {}", kind(other)),
-                    ))
+                    )
                 }
             }
         }
@@ -351,7 +414,14 @@ fn check_llm_context(v: &Value) -> Result<(), (String, String)> {
             }
             match x.as_i64() {
                 Some(n) if (1..=10).contains(&n) => {}
-                _ => return Err((field(k), format!("must be a whole number 1-10, found {x}"))),
+                _ => {
+                    return Err((
+                        field(k),
+                        Reason::quoting(|q| {
+                            format!("must be a whole number 1-10, found {}", q.json(x))
+                        }),
+                    ))
+                }
             }
         }
     }
@@ -366,31 +436,42 @@ fn check_llm_context(v: &Value) -> Result<(), (String, String)> {
                     if !ok {
                         return Err((
                             field("important_dates"),
-                            format!("each entry needs text `date` and `event`, found {item}"),
+                            Reason::quoting(|q| {
+                                format!(
+                                    "each entry needs text `date` and `event`, found {}",
+                                    q.json(item)
+                                )
+                            }),
                         ));
                     }
                 }
             }
             other => {
-                return Err((
+                return plain(
                     field("important_dates"),
                     format!("must be a list, found {}", kind(other)),
-                ))
+                )
             }
         }
     }
     Ok(())
 }
 
-fn check_relationships(v: &Value) -> Result<(), String> {
+fn check_relationships(v: &Value) -> Result<(), Reason> {
     let Value::Array(items) = v else {
-        return Err(format!("must be a JSON list, found {}", kind(v)));
+        return Err(Reason::plain(format!(
+            "must be a JSON list, found {}",
+            kind(v)
+        )));
     };
     for item in items {
         if !item.get("contact_id").is_some_and(|x| x.is_string()) {
-            return Err(format!(
-                "each entry needs a text `contact_id`, found {item}"
-            ));
+            return Err(Reason::quoting(|q| {
+                format!(
+                    "each entry needs a text `contact_id`, found {}",
+                    q.json(item)
+                )
+            }));
         }
     }
     Ok(())
@@ -427,6 +508,33 @@ mod tests {
     #[test]
     fn accepts_a_good_contact() {
         validate(&ok()).unwrap();
+    }
+
+    #[test]
+    fn the_reason_keeps_the_value_and_the_log_form_masks_it() {
+        let mut c = ok();
+        c.emails[0].address = "ada.secret@example".into();
+        let e = err(&c);
+        assert_eq!(e.reason, r#""ada.secret@example" is not an email address"#);
+        let log = e.log_reason();
+        assert_eq!(log.for_log(false), r#""a***@e***" is not an email address"#);
+        assert_eq!(log.for_log(true), e.reason);
+
+        let mut c = ok();
+        c.phones[0].number = "020 7123 4567".into();
+        let log = err(&c).log_reason();
+        assert!(!log.for_log(false).contains("7123"), "{}", log.masked());
+
+        let mut c = ok();
+        c.llm_context = Some(json!({"important_dates": [{"date": "1815-12-10"}]}));
+        let e = err(&c);
+        assert!(e.reason.contains("1815-12-10"), "{}", e.reason);
+        assert!(!e.log_reason().masked().contains("1815"), "{}", e.reason);
+
+        // A reason without contact data is logged as it is.
+        let mut c = ok();
+        c.canonical_name = String::new();
+        assert_eq!(err(&c).log_reason().masked(), "is missing");
     }
 
     #[test]
