@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use contact_sync_connector::{ChangeKind, Checkpoint, WriteOutcome};
+use contact_sync_core::pii::Reason;
 use contact_sync_core::{
     content_hash, diff, merge, validate, Contact, DeadLetter, FieldConflict, JournalEntry,
     MergeInput, Op, Resolution,
@@ -280,7 +281,8 @@ impl Engine {
             captured: changes.len() as u64,
             ..Default::default()
         };
-        let mut dead = Vec::new();
+        // Each dead letter with its reason as a log line may show it.
+        let mut dead: Vec<(DeadLetter, Reason)> = Vec::new();
         let mut entries: Vec<JournalEntry> = Vec::new();
         let mut recs: HashMap<String, StoreRecord> = HashMap::new();
         let mut touched = BTreeSet::new();
@@ -291,28 +293,35 @@ impl Engine {
         for ch in changes {
             let contact_id = match ch.kind {
                 ChangeKind::Undecodable { invalid, payload } => {
-                    dead.push(DeadLetter {
-                        id: 0,
-                        store: CANONICAL.to_string(),
-                        record: invalid.record,
-                        field: invalid.field,
-                        reason: invalid.reason,
-                        payload,
-                        at: now,
-                    });
+                    let log = invalid.log_reason();
+                    dead.push((
+                        DeadLetter {
+                            id: 0,
+                            store: CANONICAL.to_string(),
+                            record: invalid.record,
+                            field: invalid.field,
+                            reason: invalid.reason,
+                            payload,
+                            at: now,
+                        },
+                        log,
+                    ));
                     continue;
                 }
                 ChangeKind::Upsert(c) => {
                     if c.contact_id.trim().is_empty() {
-                        dead.push(DeadLetter {
-                            id: 0,
-                            store: CANONICAL.to_string(),
-                            record: format!("canonical record {}", ch.native_id),
-                            field: "contact_id".into(),
-                            reason: "is missing".into(),
-                            payload: serde_json::to_value(&c).ok(),
-                            at: now,
-                        });
+                        dead.push((
+                            DeadLetter {
+                                id: 0,
+                                store: CANONICAL.to_string(),
+                                record: format!("canonical record {}", ch.native_id),
+                                field: "contact_id".into(),
+                                reason: "is missing".into(),
+                                payload: serde_json::to_value(&c).ok(),
+                                at: now,
+                            },
+                            Reason::plain("is missing"),
+                        ));
                         continue;
                     }
                     c.contact_id.trim().to_string()
@@ -390,15 +399,19 @@ impl Engine {
                 }
             }
             if let Err(invalid) = validate(&c) {
-                dead.push(DeadLetter {
-                    id: 0,
-                    store: CANONICAL.to_string(),
-                    record: invalid.record,
-                    field: invalid.field,
-                    reason: invalid.reason,
-                    payload: serde_json::to_value(&c).ok(),
-                    at: now,
-                });
+                let log = invalid.log_reason();
+                dead.push((
+                    DeadLetter {
+                        id: 0,
+                        store: CANONICAL.to_string(),
+                        record: invalid.record,
+                        field: invalid.field,
+                        reason: invalid.reason,
+                        payload: serde_json::to_value(&c).ok(),
+                        at: now,
+                    },
+                    log,
+                ));
                 // Remember the refused content so it is reported once.
                 recs.insert(
                     contact_id.clone(),
@@ -534,9 +547,11 @@ impl Engine {
         for e in &entries {
             tx.append_journal(e)?;
         }
-        for d in &dead {
+        for (d, log) in &dead {
+            // The state database keeps the full reason; the log line masks
+            // contact values unless --log-pii.
             tracing::warn!(store = CANONICAL, record = %d.record, field = %d.field,
-                reason = %d.reason, "record refused; kept in dead letters");
+                reason = %log, "record refused; kept in dead letters");
             tx.add_dead_letter(d)?;
         }
         for (id, fc) in &open {

@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use contact_sync_connector::{ChangeKind, Checkpoint};
 use contact_sync_core::identity::mint_contact_id;
+use contact_sync_core::pii::Reason;
 use contact_sync_core::{
     content_hash, merge, validate, Contact, DeadLetter, FieldConflict, JournalEntry, MergeInput,
     Op, Resolution,
@@ -167,21 +168,25 @@ impl Engine {
             captured: changes.len() as u64,
             ..Default::default()
         };
-        let mut dead: Vec<DeadLetter> = Vec::new();
+        // Each dead letter with its reason as a log line may show it.
+        let mut dead: Vec<(DeadLetter, Reason)> = Vec::new();
         let mut items: Vec<Item> = Vec::with_capacity(changes.len());
         let mut minted: HashMap<String, String> = HashMap::new();
 
         for ch in changes {
             match ch.kind {
-                ChangeKind::Undecodable { invalid, payload } => dead.push(DeadLetter {
-                    id: 0,
-                    store: name.clone(),
-                    record: invalid.record,
-                    field: invalid.field,
-                    reason: invalid.reason,
-                    payload,
-                    at: now,
-                }),
+                ChangeKind::Undecodable { invalid, payload } => dead.push((
+                    DeadLetter {
+                        id: 0,
+                        store: name.clone(),
+                        record: invalid.record.clone(),
+                        field: invalid.field.clone(),
+                        reason: invalid.reason.clone(),
+                        payload,
+                        at: now,
+                    },
+                    invalid.log_reason(),
+                )),
                 ChangeKind::Upsert(c) => {
                     let mut c = *c;
                     c.normalize();
@@ -193,15 +198,20 @@ impl Engine {
                         {
                             Ok(id) => id,
                             Err(EngineError::Request(reason)) => {
-                                dead.push(DeadLetter {
-                                    id: 0,
-                                    store: name.clone(),
-                                    record: format!("{name} record {}", ch.native_id),
-                                    field: "contact_id".into(),
-                                    reason,
-                                    payload: serde_json::to_value(&c).ok(),
-                                    at: now,
-                                });
+                                // Names contact ids and record ids only.
+                                let log = Reason::plain(reason.clone());
+                                dead.push((
+                                    DeadLetter {
+                                        id: 0,
+                                        store: name.clone(),
+                                        record: format!("{name} record {}", ch.native_id),
+                                        field: "contact_id".into(),
+                                        reason,
+                                        payload: serde_json::to_value(&c).ok(),
+                                        at: now,
+                                    },
+                                    log,
+                                ));
                                 continue;
                             }
                             Err(e) => return Err(e),
@@ -211,20 +221,24 @@ impl Engine {
                         writeback = true;
                     }
                     if let Err(invalid) = validate(&c) {
+                        let log = invalid.log_reason();
                         let record = if writeback {
                             format!("{name} record {}", ch.native_id)
                         } else {
                             invalid.record
                         };
-                        dead.push(DeadLetter {
-                            id: 0,
-                            store: name.clone(),
-                            record,
-                            field: invalid.field,
-                            reason: invalid.reason,
-                            payload: serde_json::to_value(&c).ok(),
-                            at: now,
-                        });
+                        dead.push((
+                            DeadLetter {
+                                id: 0,
+                                store: name.clone(),
+                                record,
+                                field: invalid.field,
+                                reason: invalid.reason,
+                                payload: serde_json::to_value(&c).ok(),
+                                at: now,
+                            },
+                            log,
+                        ));
                         continue;
                     }
                     items.push(Item {
@@ -419,9 +433,11 @@ impl Engine {
         }
 
         stats.dead_letters = dead.len() as u64;
-        for d in &dead {
+        for (d, log) in &dead {
+            // The state database keeps the full reason; the log line masks
+            // contact values unless --log-pii.
             tracing::warn!(store = %d.store, record = %d.record, field = %d.field,
-                reason = %d.reason, "record refused; kept in dead letters");
+                reason = %log, "record refused; kept in dead letters");
         }
         let tx = self.state.tx()?;
         for e in &entries {
@@ -430,7 +446,7 @@ impl Engine {
         for (id, c) in &open {
             tx.add_conflict(id, &name, c, now)?;
         }
-        for d in &dead {
+        for (d, _) in &dead {
             tx.add_dead_letter(d)?;
         }
         for id in &touched {
