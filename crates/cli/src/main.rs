@@ -28,7 +28,8 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
-    /// Log contact data unmasked (it is personal data; off by default).
+    /// Log contact data unmasked (it is personal data; off by default:
+    /// values quoted in log lines are masked, e.g. `"a***@e***"`).
     #[arg(long, global = true)]
     pub log_pii: bool,
     #[command(subcommand)]
@@ -235,6 +236,9 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before anything is logged: contact values in log lines stay masked
+    // unless --log-pii (the state database always keeps them in full).
+    contact_sync_core::pii::set_log_pii(cli.log_pii);
     init_logging(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -500,3 +500,155 @@ fn drift_behind_the_engines_back_is_found_and_repaired() {
         0.0
     );
 }
+
+/// A loopback HTTP server that answers 200 to everything and keeps the
+/// bodies it was sent (an alert webhook's receiver).
+fn body_catcher() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0u8; len];
+            if reader.read_exact(&mut body).is_ok() {
+                kept.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, bodies)
+}
+
+#[test]
+fn logs_mask_contact_values_unless_log_pii_while_dead_letters_keep_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (port, alerts) = body_catcher();
+    std::fs::write(
+        d.join("c.toml"),
+        "[stores.local]\nkind = \"sqlite\"\n\n[alerts]\nwebhook_url = { env = \"PII_TEST_ALERT_URL\" }\n",
+    )
+    .unwrap();
+    let run_c = |args: &[&str]| {
+        let out = cmd(d, &[&["--config", "c.toml"], args].concat())
+            .env(
+                "PII_TEST_ALERT_URL",
+                format!("http://127.0.0.1:{port}/alerts"),
+            )
+            .env("CONTACT_SYNC_LOG", "info")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?} failed:\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        (stdout, stderr)
+    };
+    run_c(&["seed", "--contacts", "20"]);
+    run_c(&["run", "--initial-sync", "--once"]);
+
+    // Invalid emails typed into the local store and into canonical (the two
+    // capture paths), and a conflict on a value (an alert is sent).
+    let set_email = |file: &str, id: &str, email: &str| {
+        let n = db(d, file)
+            .execute(
+                "UPDATE contacts SET emails = ?1, version = version + 1 WHERE contact_id = ?2",
+                rusqlite::params![
+                    format!(r#"[{{"address":"{email}","is_primary":true}}]"#),
+                    id
+                ],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    };
+    set_email("local.db", "c000000003", "ada.secret@example");
+    set_email("canonical.db", "c000000004", "bob.hidden@example");
+    let ts = "2026-06-01T10:00:00.000000Z";
+    for (file, title) in [
+        ("canonical.db", "Confidential Title One"),
+        ("local.db", "Confidential Title Two"),
+    ] {
+        db(d, file)
+            .execute(
+                "UPDATE contacts SET job_title = ?1, version = 2, last_updated = ?2 WHERE contact_id = 'c000000007'",
+                rusqlite::params![title, ts],
+            )
+            .unwrap();
+    }
+    let (_, log) = run_c(&["run", "--once"]);
+    assert!(
+        log.contains(r#""a***@e***" is not an email address"#)
+            && log.contains(r#""b***@e***" is not an email address"#),
+        "the refusals are logged, masked:\n{log}"
+    );
+    for raw in ["ada.secret", "bob.hidden", "Confidential Title"] {
+        assert!(!log.contains(raw), "{raw} in the log:\n{log}");
+    }
+    // The dead letters keep the full reasons: a person needs them.
+    let (text, _) = run_c(&["dead-letters", "list"]);
+    assert!(
+        text.contains(r#""ada.secret@example" is not an email address"#)
+            && text.contains(r#""bob.hidden@example" is not an email address"#),
+        "{text}"
+    );
+    // The alert went out, without contact data; nor does `check` show any.
+    let sent = alerts.lock().unwrap().join("\n");
+    assert!(sent.contains("conflict_detected"), "{sent}");
+    let (check, check_log) = run_c(&["check"]);
+    for raw in ["ada.secret", "bob.hidden", "Confidential Title", "a***@"] {
+        assert!(!sent.contains(raw), "{raw} in an alert: {sent}");
+        assert!(
+            !check.contains(raw) && !check_log.contains(raw),
+            "{raw} in check:\n{check}\n{check_log}"
+        );
+    }
+
+    // With --log-pii the log shows the value.
+    set_email("local.db", "c000000005", "cy.visible@example");
+    let (_, log) = run_c(&["--log-pii", "run", "--once"]);
+    assert!(
+        log.contains(r#"\"cy.visible@example\" is not an email address"#)
+            || log.contains(r#""cy.visible@example" is not an email address"#),
+        "{log}"
+    );
+    let (text, _) = run_c(&["dead-letters", "list", "--json"]);
+    let dl: Value = serde_json::from_str(&text).unwrap();
+    let reasons: Vec<&str> = dl
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["reason"].as_str())
+        .collect();
+    for email in [
+        "ada.secret@example",
+        "bob.hidden@example",
+        "cy.visible@example",
+    ] {
+        let want = format!("{email:?} is not an email address");
+        assert!(
+            reasons.contains(&want.as_str()),
+            "{want} not in {reasons:?}"
+        );
+    }
+}

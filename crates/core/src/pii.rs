@@ -147,6 +147,15 @@ impl Reason {
         Reason { full, masked }
     }
 
+    /// The same reason with both renderings rewritten by `f` (to add
+    /// context that quotes no contact data, e.g. a row id).
+    pub fn map(self, f: impl Fn(&str) -> String) -> Self {
+        Reason {
+            full: f(&self.full),
+            masked: self.masked.as_deref().map(f),
+        }
+    }
+
     /// What a log line shows: the full text with [`log_pii`] on, else the
     /// masked one.
     pub fn for_log(&self, pii: bool) -> &str {
@@ -209,6 +218,16 @@ mod tests {
         );
         assert_eq!(r.for_log(true), r.full());
         assert_eq!(r.for_log(false), r.masked());
+    }
+
+    #[test]
+    fn map_rewrites_both_renderings() {
+        let r = Reason::quoting(|q| format!("not a timestamp: {}", q.text("soon")))
+            .map(|r| format!("row id 7: {r}"));
+        assert_eq!(r.full(), r#"row id 7: not a timestamp: "soon""#);
+        assert_eq!(r.masked(), r#"row id 7: not a timestamp: "s***""#);
+        let r = Reason::plain("is NULL").map(|r| format!("row id 7: {r}"));
+        assert_eq!(r.masked(), "row id 7: is NULL");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use contact_sync_connector::{
     WriteOutcome,
 };
 use contact_sync_core::model::format_ts;
+use contact_sync_core::pii::Reason;
 use contact_sync_core::{Contact, Email, Invalid, JournalEntry, Phone, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -304,7 +305,7 @@ impl BigQueryStore {
             .filter_map(|r| match decode_contact(r) {
                 Ok(c) => Some(c),
                 Err(inv) => {
-                    tracing::warn!(store = %self.cfg.name, table = %self.full_name, record = %inv.record, field = %inv.field, "bigquery: skipping an undecodable row: {}", inv.reason);
+                    tracing::warn!(store = %self.cfg.name, table = %self.full_name, record = %inv.record, field = %inv.field, "bigquery: skipping an undecodable row: {}", inv.log_reason());
                     None
                 }
             })
@@ -539,11 +540,16 @@ pub(crate) fn decode_contact(row: &Map<String, Value>) -> Result<Contact, Invali
         _ => return Err(Invalid::new("", "contact_id", "is NULL or empty")),
     };
     let bad = |field: &str, reason: String| Invalid::new(&id, field, reason);
+    // A reason quoting a value of the row: masked in logs (core's `pii`).
+    let quoting = |field: &str, reason: Reason| Invalid::with_reason(&id, field, reason);
     let text = |f: &str| -> Result<Option<String>, Invalid> {
         match row.get(f) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(bad(f, format!("expected text, found {other}"))),
+            Some(other) => Err(quoting(
+                f,
+                Reason::quoting(|q| format!("expected text, found {}", q.json(other))),
+            )),
         }
     };
     let ts = |f: &str| -> Result<Option<Timestamp>, Invalid> {
@@ -554,7 +560,10 @@ pub(crate) fn decode_contact(row: &Map<String, Value>) -> Result<Contact, Invali
                 .and_then(chrono::DateTime::from_timestamp_micros)
                 .map(Some)
                 .ok_or_else(|| bad(f, format!("timestamp {n} out of range"))),
-            Some(other) => Err(bad(f, format!("expected a timestamp, found {other}"))),
+            Some(other) => Err(quoting(
+                f,
+                Reason::quoting(|q| format!("expected a timestamp, found {}", q.json(other))),
+            )),
         }
     };
     let jsonf = |f: &str| -> Result<Option<Value>, Invalid> {
@@ -563,7 +572,14 @@ pub(crate) fn decode_contact(row: &Map<String, Value>) -> Result<Contact, Invali
             Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
             Some(Value::String(s)) => serde_json::from_str::<Value>(s)
                 .map(|v| if v.is_null() { None } else { Some(v) })
-                .map_err(|e| bad(f, format!("is not valid JSON ({e})"))),
+                .map_err(|e| {
+                    quoting(
+                        f,
+                        Reason::quoting(|q| {
+                            format!("is not valid JSON ({})", q.detail(&e.to_string()))
+                        }),
+                    )
+                }),
             Some(other) => Ok(Some(other.clone())),
         }
     };
@@ -584,9 +600,11 @@ pub(crate) fn decode_contact(row: &Map<String, Value>) -> Result<Contact, Invali
                 Value::Null => continue,
                 Value::Number(n) => n.to_string(),
                 other => {
-                    return Err(bad(
+                    return Err(quoting(
                         "external_ids",
-                        format!("id for `{k}` is not text: {other}"),
+                        Reason::quoting(|q| {
+                            format!("id for `{k}` is not text: {}", q.json(&other))
+                        }),
                     ))
                 }
             };

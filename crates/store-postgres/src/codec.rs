@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use contact_sync_core::model::{format_ts, parse_ts, ALL_FIELDS};
+use contact_sync_core::pii::Reason;
 use contact_sync_core::{Contact, Email, Invalid, Phone, Timestamp};
 use serde_json::Value;
 
@@ -161,14 +162,19 @@ impl RowText {
 pub(crate) fn decode(row: &RowText) -> Result<Contact, Box<RowError>> {
     let contact_id = row.get("contact_id").unwrap_or("").trim().to_string();
     let row_id = row.row_id.clone().unwrap_or_else(|| "?".to_string());
-    let fail = |field: &str, reason: String| {
+    // Reasons may quote the row's values: masked in logs (core's `pii`).
+    let fail = |field: &str, reason: Reason| {
         let record = if contact_id.is_empty() {
             &row_id
         } else {
             &contact_id
         };
         Box::new(RowError {
-            invalid: Invalid::new(record, field, format!("row id {row_id}: {reason}")),
+            invalid: Invalid::with_reason(
+                record,
+                field,
+                reason.map(|r| format!("row id {row_id}: {r}")),
+            ),
             payload: row.payload(),
         })
     };
@@ -178,26 +184,34 @@ pub(crate) fn decode(row: &RowText) -> Result<Contact, Box<RowError>> {
             Some(s) if s.trim().is_empty() => Ok(None),
             Some(s) => serde_json::from_str::<Value>(s)
                 .map(Some)
-                .map_err(|e| fail(f, format!("not valid JSON: {e}"))),
+                .map_err(|e| fail(f, Reason::plain(format!("not valid JSON: {e}")))),
         }
     };
     fn typed<T: serde::de::DeserializeOwned + Default>(
         v: Option<Value>,
         f: &str,
-        fail: &dyn Fn(&str, String) -> Box<RowError>,
+        fail: &dyn Fn(&str, Reason) -> Box<RowError>,
     ) -> Result<T, Box<RowError>> {
         match v {
             None | Some(Value::Null) => Ok(T::default()),
-            Some(v) => serde_json::from_value(v).map_err(|e| fail(f, format!("wrong shape: {e}"))),
+            Some(v) => serde_json::from_value(v).map_err(|e| {
+                fail(
+                    f,
+                    Reason::quoting(|q| format!("wrong shape: {}", q.detail(&e.to_string()))),
+                )
+            }),
         }
     }
     let ts = |f: &str| -> Result<Option<Timestamp>, Box<RowError>> {
         match row.get(f) {
             None => Ok(None),
             Some(s) if s.trim().is_empty() => Ok(None),
-            Some(s) => parse_ts(s)
-                .map(Some)
-                .ok_or_else(|| fail(f, format!("not a timestamp: {s:?}"))),
+            Some(s) => parse_ts(s).map(Some).ok_or_else(|| {
+                fail(
+                    f,
+                    Reason::quoting(|q| format!("not a timestamp: {}", q.text(s))),
+                )
+            }),
         }
     };
     let text = |f: &str| row.get(f).map(str::to_string);
@@ -232,10 +246,12 @@ pub(crate) fn decode(row: &RowText) -> Result<Contact, Box<RowError>> {
     c.phones = typed::<Vec<Phone>>(json("phones")?, "phones", &fail)?;
     c.version = match row.get("version") {
         None => 1,
-        Some(s) => s
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| fail("version", format!("not an integer: {s:?}")))?,
+        Some(s) => s.trim().parse::<i64>().map_err(|_| {
+            fail(
+                "version",
+                Reason::quoting(|q| format!("not an integer: {}", q.text(s))),
+            )
+        })?,
     };
     c.last_updated = ts("last_updated")?;
     c.last_updated_by = text("last_updated_by");

@@ -16,6 +16,7 @@
 //! profiles stay in `social_profiles`.
 
 use contact_sync_core::model::{format_ts, parse_ts};
+use contact_sync_core::pii::Reason;
 use contact_sync_core::{Contact, Email, Invalid, Phone};
 use serde_json::{json, Map, Value};
 
@@ -418,7 +419,8 @@ pub fn person_to_contact(p: &Value, store: &str) -> Result<Contact, Invalid> {
     } else {
         contact_id.clone()
     };
-    let bad = |field: &str, reason: String| Invalid::new(&rec, field, reason);
+    // Reasons quote the person's values: masked in logs (see core's `pii`).
+    let bad = |field: &str, reason: Reason| Invalid::with_reason(&rec, field, reason);
 
     let first = opt(p, "name/firstName");
     let last = opt(p, "name/lastName");
@@ -464,21 +466,29 @@ pub fn person_to_contact(p: &Value, store: &str) -> Result<Contact, Invalid> {
             .into_iter()
             .map(|t| match t {
                 Value::String(s) => Ok(s),
-                other => Err(bad("tags", format!("tag is not a string: {other}"))),
+                other => Err(bad(
+                    "tags",
+                    Reason::quoting(|q| format!("tag is not a string: {}", q.json(&other))),
+                )),
             })
             .collect::<Result<_, _>>()?,
         Some(other) => {
             return Err(bad(
                 "tags",
-                format!("expected an array of strings, got {other}"),
+                Reason::quoting(|q| {
+                    format!("expected an array of strings, got {}", q.json(&other))
+                }),
             ))
         }
     };
     c.created_at = match opt(p, "contactCreatedAt") {
         None => None,
-        Some(t) => {
-            Some(parse_ts(&t).ok_or_else(|| bad("created_at", format!("not a timestamp: {t:?}")))?)
-        }
+        Some(t) => Some(parse_ts(&t).ok_or_else(|| {
+            bad(
+                "created_at",
+                Reason::quoting(|q| format!("not a timestamp: {}", q.text(&t))),
+            )
+        })?),
     };
     c.llm_context = json_field(p, "llmContext");
     c.relationships = json_field(p, "contactRelationships");
