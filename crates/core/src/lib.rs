@@ -5,6 +5,7 @@
 //! other than [`model::now`], which callers pass in to the merge). The one
 //! process-wide state is [`pii`]'s switch for masking contact data in logs.
 
+pub mod clock;
 pub mod hash;
 pub mod identity;
 pub mod journal;

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use contact_sync_connector::StoreError;
+use contact_sync_core::clock::ClockSkew;
+use contact_sync_core::model::now;
+use contact_sync_core::Timestamp;
 use rand::Rng;
 use reqwest::Method;
 use serde_json::Value;
@@ -92,11 +95,38 @@ impl Bucket {
     }
 }
 
-/// A response that was not a success, auth failure or 429.
+/// A response that was not an auth failure or 429.
 #[derive(Debug, Clone)]
 pub(crate) struct Reply {
     pub status: u16,
     pub body: Value,
+    /// When the request that got this answer went out and when the answer
+    /// came back (this machine's clock), and the answer's `Date` header.
+    pub timing: Timing,
+}
+
+/// The round trip of one request, for measuring the server's clock.
+#[derive(Debug, Clone)]
+pub(crate) struct Timing {
+    pub sent: Timestamp,
+    pub received: Timestamp,
+    /// The `Date` header, as sent.
+    pub date: Option<String>,
+}
+
+impl Timing {
+    /// The server's clock against this machine's, from the `Date` header
+    /// (whole seconds) and the round trip; `None` without a readable
+    /// header.
+    pub fn clock_skew(&self) -> Option<ClockSkew> {
+        let date = chrono::DateTime::parse_from_rfc2822(self.date.as_deref()?.trim()).ok()?;
+        Some(ClockSkew::measure(
+            date.with_timezone(&chrono::Utc),
+            chrono::TimeDelta::seconds(1),
+            self.sent,
+            self.received,
+        ))
+    }
 }
 
 impl Reply {
@@ -218,8 +248,18 @@ impl Client {
             if let Some(b) = body {
                 req = req.json(b);
             }
+            let sent = now();
             let failure = match req.send().await {
                 Ok(resp) => {
+                    let timing = Timing {
+                        sent,
+                        received: now(),
+                        date: resp
+                            .headers()
+                            .get(reqwest::header::DATE)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string),
+                    };
                     let status = resp.status().as_u16();
                     let bytes = resp.bytes().await;
                     match bytes {
@@ -233,7 +273,11 @@ impl Client {
                                     )
                                 })
                             };
-                            let reply = Reply { status, body };
+                            let reply = Reply {
+                                status,
+                                body,
+                                timing,
+                            };
                             match status {
                                 429 => {
                                     StatsInner::add(&self.stats.rate_limited, 1);
@@ -322,4 +366,40 @@ pub(crate) fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeDelta, TimeZone, Utc};
+
+    fn timing(date: Option<&str>, sent_ms: i64, received_ms: i64) -> Timing {
+        let at = |ms| Utc.timestamp_millis_opt(ms).unwrap();
+        Timing {
+            sent: at(sent_ms),
+            received: at(received_ms),
+            date: date.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_date_header_is_read_against_the_round_trip() {
+        // 1994-11-06T08:49:37Z, sent 2 s later by this machine's clock.
+        let t0 = 784_111_777_000;
+        let s = timing(
+            Some("Sun, 06 Nov 1994 08:49:37 GMT"),
+            t0 + 2_000,
+            t0 + 2_100,
+        )
+        .clock_skew()
+        .unwrap();
+        assert_eq!(s.offset, TimeDelta::milliseconds(-1_550));
+        assert_eq!(s.uncertainty, TimeDelta::milliseconds(550));
+    }
+
+    #[test]
+    fn no_or_unreadable_date_header_is_no_reading() {
+        assert_eq!(timing(None, 0, 1).clock_skew(), None);
+        assert_eq!(timing(Some("yesterday"), 0, 1).clock_skew(), None);
+    }
 }

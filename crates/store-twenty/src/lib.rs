@@ -10,7 +10,7 @@
 //! cfg.webhook_url = Some("https://me.example.com/webhooks/twenty".into()); // registered by migrate
 //! let mut store = TwentyStore::new(cfg)?;
 //! store.migrate().await?;                 // `contact-sync migrate`: custom fields + webhook
-//! let report = store.check().await?;      // `contact-sync check`: missing fields, webhook
+//! let report = store.check().await?;      // `contact-sync check`: missing fields, webhook, clock
 //! if let Some(rx) = store.webhook_receiver() {
 //!     app = app.merge(webhook::router(rx.clone()));   // POST /webhooks/twenty
 //!     let wake = rx.notify();                          // wake.notified().await → run a cycle

@@ -7,6 +7,7 @@ use contact_sync_connector::{
     Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreError, StoreInfo,
     WriteOutcome,
 };
+use contact_sync_core::clock::ClockSkew;
 use contact_sync_core::identity::store_uuid;
 use contact_sync_core::model::parse_ts;
 use contact_sync_core::{Contact, Timestamp};
@@ -57,6 +58,9 @@ pub struct CheckReport {
     pub webhook_registered: Option<bool>,
     /// Live people in the workspace (with and without `contactId`).
     pub people: u64,
+    /// Twenty's clock against this machine's, from the `Date` header of
+    /// the last request (`None` when the answer had no readable one).
+    pub clock_skew: Option<ClockSkew>,
 }
 
 /// The polling checkpoint: the `updatedAt` watermark and the rows already
@@ -288,12 +292,39 @@ impl TwentyStore {
                     .any(|w| w.get("targetUrl").and_then(Value::as_str) == Some(url)),
             );
         }
-        let body = self
-            .client
-            .send_ok(Method::GET, "/rest/people?limit=1", None, "counting people")
-            .await?;
+        let (body, skew) = self.count_people().await?;
         report.people = body.get("totalCount").and_then(Value::as_u64).unwrap_or(0);
+        report.clock_skew = skew;
         Ok(report)
+    }
+
+    /// One page of one person (`totalCount` in the body), with the clock
+    /// reading of its answer.
+    async fn count_people(&self) -> Result<(Value, Option<ClockSkew>), StoreError> {
+        let r = self
+            .client
+            .send(Method::GET, "/rest/people?limit=1", None)
+            .await?;
+        if !r.ok() {
+            return Err(self.err(format!(
+                "counting people: HTTP {}: {}",
+                r.status,
+                r.message()
+            )));
+        }
+        let skew = r.timing.clock_skew();
+        Ok((r.body, skew))
+    }
+
+    /// How far Twenty's clock is from this machine's: the `Date` header of
+    /// one request (a page of one person) against the middle of its round
+    /// trip. The header has whole seconds, so the result is at best ±0.5 s
+    /// (see [`ClockSkew::uncertainty`]). An answer without a `Date` header
+    /// is an error.
+    pub async fn clock_skew(&self) -> Result<ClockSkew, StoreError> {
+        self.count_people().await?.1.ok_or_else(|| {
+            self.err("Twenty's answer has no readable Date header: its clock cannot be read")
+        })
     }
 
     /// Provisions the workspace, idempotently: creates the missing custom

@@ -34,8 +34,10 @@
 //!
 //! Test controls: [`FakeTwenty::counters`] (requests per route, 429s,
 //! webhooks), [`FakeTwenty::set_drop_webhooks`],
-//! [`FakeTwenty::set_rate_limit`], [`FakeTwenty::set_workflow`], and direct
-//! access to stored records.
+//! [`FakeTwenty::set_rate_limit`], [`FakeTwenty::set_workflow`],
+//! [`FakeTwenty::set_clock_skew`] (a clock ahead or behind: the `Date`
+//! header every response carries, as Twenty's do, and the timestamps it
+//! writes), and direct access to stored records.
 
 pub mod filter;
 mod server;

@@ -30,6 +30,10 @@ struct Args {
     /// person after this many milliseconds.
     #[arg(long)]
     workflow_ms: Option<u64>,
+    /// Run the fake's clock this many seconds ahead of this machine's
+    /// (negative: behind): the `Date` header, record and webhook timestamps.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    clock_skew_secs: i64,
 }
 
 #[tokio::main]
@@ -46,6 +50,7 @@ async fn main() -> std::io::Result<()> {
         }),
         workflow_delay: args.workflow_ms.map(Duration::from_millis),
         port: args.port,
+        clock_skew: chrono::TimeDelta::seconds(args.clock_skew_secs),
         ..FakeConfig::default()
     })
     .await?;

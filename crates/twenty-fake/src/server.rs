@@ -11,6 +11,7 @@ use axum::extract::State as AxState;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use chrono::{TimeDelta, Utc};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde_json::{json, Value};
@@ -43,6 +44,10 @@ pub struct FakeConfig {
     pub webhook_timeout: Duration,
     /// Port to listen on (0 = random).
     pub port: u16,
+    /// How far the fake's clock is ahead of this machine's (negative:
+    /// behind), for tests of clock checks: it shifts the `Date` header of
+    /// every response, the timestamps of records and those of webhooks.
+    pub clock_skew: TimeDelta,
 }
 
 impl Default for FakeConfig {
@@ -54,6 +59,7 @@ impl Default for FakeConfig {
             workflow_delay: None,
             webhook_timeout: Duration::from_secs(5),
             port: 0,
+            clock_skew: TimeDelta::zero(),
         }
     }
 }
@@ -122,8 +128,10 @@ impl FakeTwenty {
             .timeout(config.webhook_timeout)
             .build()
             .map_err(std::io::Error::other)?;
+        let mut state = State::new(&config.key_name);
+        state.skew = config.clock_skew;
         let inner = Arc::new(Inner {
-            state: Mutex::new(State::new(&config.key_name)),
+            state: Mutex::new(state),
             counters: Mutex::new(Counters::default()),
             api_key: config.api_key.clone(),
             rate: Mutex::new(config.rate_limit),
@@ -187,6 +195,12 @@ impl FakeTwenty {
     /// unreachable: Twenty never retries.
     pub fn set_drop_webhooks(&self, drop: bool) {
         *lock(&self.inner.drop_webhooks) = drop;
+    }
+
+    /// Sets how far the fake's clock is ahead of this machine's (see
+    /// [`FakeConfig::clock_skew`]).
+    pub fn set_clock_skew(&self, skew: TimeDelta) {
+        lock(&self.inner.state).skew = skew;
     }
 
     /// Turns the simulated workflow on (with its delay) or off.
@@ -333,8 +347,30 @@ fn take_token(inner: &Inner) -> Option<RateLimit> {
     }
 }
 
+/// Every response carries a `Date` header from the fake's clock, as
+/// Twenty's (Express) responses do: IMF-fixdate, whole seconds (truncated).
 async fn handle(
     AxState(inner): AxState<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut resp = respond(&inner, method, uri, headers, body);
+    let now = Utc::now() + lock(&inner.state).skew;
+    if let Ok(v) = header::HeaderValue::from_str(&http_date(now)) {
+        resp.headers_mut().insert(header::DATE, v);
+    }
+    resp
+}
+
+/// An HTTP date (RFC 9110 IMF-fixdate): `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn http_date(t: chrono::DateTime<Utc>) -> String {
+    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+fn respond(
+    inner: &Arc<Inner>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -373,7 +409,7 @@ async fn handle(
         }
         Some(_) => {}
     }
-    if let Some(rate) = take_token(&inner) {
+    if let Some(rate) = take_token(inner) {
         lock(&inner.counters).rate_limited += 1;
         return json_response(
             429,
@@ -383,11 +419,11 @@ async fn handle(
     }
     let q = parse_query(&uri);
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let result = dispatch(&inner, &method, &segs, &q, &body);
+    let result = dispatch(inner, &method, &segs, &q, &body);
     match result {
         Ok((status, value, events)) => {
             if !events.is_empty() {
-                deliver(&inner, events);
+                deliver(inner, events);
             }
             json_response(status, &value, true)
         }
@@ -510,7 +546,10 @@ fn deliver(inner: &Arc<Inner>, events: Vec<Event>) {
                 }
             }
         }
-        let targets = lock(&inner.state).targets(&ev.name);
+        let (targets, skew) = {
+            let st = lock(&inner.state);
+            (st.targets(&ev.name), st.skew)
+        };
         for (webhook_id, url, secret) in targets {
             if *lock(&inner.drop_webhooks) {
                 lock(&inner.counters).webhooks_dropped += 1;
@@ -525,7 +564,7 @@ fn deliver(inner: &Arc<Inner>, events: Vec<Event>) {
             );
             body.insert("workspaceId".into(), json!(WORKSPACE_ID));
             body.insert("webhookId".into(), json!(webhook_id));
-            body.insert("eventDate".into(), json!(now_ts()));
+            body.insert("eventDate".into(), json!(now_ts(skew)));
             body.insert("record".into(), ev.record.clone());
             if let Some(f) = &ev.updated_fields {
                 body.insert("updatedFields".into(), json!(f));
@@ -533,7 +572,7 @@ fn deliver(inner: &Arc<Inner>, events: Vec<Event>) {
             let raw = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
             let inner2 = inner.clone();
             tokio::spawn(async move {
-                let ts = chrono::Utc::now().timestamp_millis().to_string();
+                let ts = (Utc::now() + skew).timestamp_millis().to_string();
                 let mut nonce = [0u8; 16];
                 rand::thread_rng().fill_bytes(&mut nonce);
                 let mut req = inner2

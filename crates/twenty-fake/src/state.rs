@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{SecondsFormat, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -67,8 +67,10 @@ pub struct ListQuery {
     pub starting_after: Option<String>,
 }
 
-pub fn now_ts() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+/// The fake's clock (this machine's plus `skew`) as Twenty writes
+/// timestamps.
+pub fn now_ts(skew: TimeDelta) -> String {
+    (Utc::now() + skew).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn actor(source: &str, name: &str) -> Value {
@@ -86,6 +88,9 @@ pub struct State {
     email_index: HashMap<String, String>,
     unique_index: HashMap<(String, String), String>,
     key_name: String,
+    /// How far the fake's clock is ahead of this machine's (tests of clock
+    /// checks): applies to every timestamp it writes and sends.
+    pub(crate) skew: TimeDelta,
 }
 
 const COMPOSITES: &[(&str, &[&str])] = &[
@@ -145,6 +150,7 @@ impl State {
             email_index: HashMap::new(),
             unique_index: HashMap::new(),
             key_name: key_name.to_string(),
+            skew: TimeDelta::zero(),
         }
     }
 
@@ -486,7 +492,7 @@ impl State {
                 "Maximum number of records to upsert is {MAX_RECORDS}."
             )));
         }
-        let now = now_ts();
+        let now = now_ts(self.skew);
         let mut undo: Vec<(String, Option<Map<String, Value>>)> = Vec::new();
         let mut out = Vec::new();
         let mut events = Vec::new();
@@ -599,7 +605,7 @@ impl State {
         if self.clashes(&rec, id) {
             return Err(ApiError::duplicate());
         }
-        rec.insert("updatedAt".into(), json!(now_ts()));
+        rec.insert("updatedAt".into(), json!(now_ts(self.skew)));
         rec.insert("updatedBy".into(), actor("API", &self.key_name));
         rec.insert("searchVector".into(), json!(Self::search_vector(&rec)));
         self.put(rec);
@@ -648,7 +654,7 @@ impl State {
                 return Err(ApiError::not_found());
             }
             let mut rec = rec;
-            let now = now_ts();
+            let now = now_ts(self.skew);
             rec.insert("deletedAt".into(), json!(now));
             rec.insert("updatedAt".into(), json!(now));
             self.put(rec);
@@ -684,7 +690,7 @@ impl State {
             return Err(ApiError::not_found());
         }
         rec.insert("deletedAt".into(), Value::Null);
-        rec.insert("updatedAt".into(), json!(now_ts()));
+        rec.insert("updatedAt".into(), json!(now_ts(self.skew)));
         if self.clashes(&rec, id) {
             return Err(ApiError::duplicate());
         }
@@ -717,7 +723,7 @@ impl State {
             .to_string();
         let company_id = self.find_or_create_company(&domain);
         rec.insert("companyId".into(), json!(company_id));
-        rec.insert("updatedAt".into(), json!(now_ts()));
+        rec.insert("updatedAt".into(), json!(now_ts(self.skew)));
         rec.insert("updatedBy".into(), actor("WORKFLOW", "Workflow"));
         self.put(rec);
         let r = self.person(id)?;
@@ -813,7 +819,7 @@ impl State {
     }
 
     fn insert_company(&mut self, id: &str, name: &str) -> Value {
-        let now = now_ts();
+        let now = now_ts(self.skew);
         self.position += 1;
         let c = json!({
             "id": id, "createdAt": now, "updatedAt": now, "deletedAt": null,
@@ -881,7 +887,7 @@ impl State {
                 .unwrap_or_else(|| Uuid::new_v4().to_string());
             if let Some(c) = self.companies.get_mut(&id) {
                 c.insert("name".into(), json!(name));
-                c.insert("updatedAt".into(), json!(now_ts()));
+                c.insert("updatedAt".into(), json!(now_ts(self.skew)));
                 out.push(Value::Object(c.clone()));
             } else {
                 out.push(self.insert_company(&id, name));
@@ -1012,7 +1018,7 @@ impl State {
             .get("isUnique")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let now = now_ts();
+        let now = now_ts(self.skew);
         let meta = json!({
             "id": Uuid::new_v4().to_string(),
             "type": ty, "name": name, "label": label,
@@ -1052,7 +1058,7 @@ impl State {
         let Some(url) = body.get("targetUrl").and_then(Value::as_str) else {
             return Err(ApiError::bad_request("targetUrl is required"));
         };
-        let now = now_ts();
+        let now = now_ts(self.skew);
         let w = json!({
             "id": Uuid::new_v4().to_string(),
             "targetUrl": url,
