@@ -17,6 +17,8 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::{json, Map, Value};
 
+use contact_sync_core::clock::ClockSkew;
+
 use crate::auth::{NoAuth, TokenProvider};
 use crate::error::{from_body, truncate, BqError};
 
@@ -835,6 +837,32 @@ impl BigQueryClient {
             check_job_errors(context, &resp)?;
         }
         Ok(out)
+    }
+
+    /// How far BigQuery's clock is from this machine's: `SELECT
+    /// CURRENT_TIMESTAMP()` (one query job; BigQuery's time when the job
+    /// ran, in µs) against the middle of the whole call, send to result.
+    /// Succeeding also shows the credentials can run a query job.
+    pub async fn clock_skew(&self) -> Result<ClockSkew, BqError> {
+        let ctx = "reading BigQuery's clock (SELECT CURRENT_TIMESTAMP())";
+        let sent = contact_sync_core::model::now();
+        let r = self
+            .query("SELECT CURRENT_TIMESTAMP() AS now", &[], ctx)
+            .await?;
+        let received = contact_sync_core::model::now();
+        let server = r
+            .rows
+            .first()
+            .and_then(|row| row.get("now"))
+            .and_then(Value::as_i64)
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .ok_or_else(|| BqError::permanent(format!("{ctx}: no timestamp in the answer")))?;
+        Ok(ClockSkew::measure(
+            server,
+            chrono::TimeDelta::zero(),
+            sent,
+            received,
+        ))
     }
 }
 

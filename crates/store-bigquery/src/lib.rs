@@ -9,7 +9,9 @@
 //! - [`BigQueryStore`]: the `contacts` table as a `RecordSink` (one MERGE
 //!   job per batch with a `version` guard) and a `ChangeSource` (polling
 //!   `last_updated` with an overlap window); [`BigQueryStore::migrate`]
-//!   creates the dataset and tables; [`ColumnMap`] fits existing tables.
+//!   creates the dataset and tables; [`ColumnMap`] fits existing tables;
+//!   [`BigQueryStore::check_setup`] and [`BigQueryClient::clock_skew`]
+//!   serve `contact-sync check`.
 //!
 //! Wiring (the engine / CLI):
 //!
@@ -43,8 +45,8 @@ pub use client::{
     QueryParam, QueryResult, StatsSnapshot,
 };
 pub use error::BqError;
-pub use schema::{contacts_schema, journal_schema, ColumnMap};
-pub use store::{BigQueryStore, BigQueryStoreConfig, MigrateReport};
+pub use schema::{column_problems, contacts_schema, journal_schema, ColumnMap, ColumnProblem};
+pub use store::{BigQueryStore, BigQueryStoreConfig, MigrateReport, SetupReport};
 
 #[cfg(test)]
 mod tests {

@@ -140,6 +140,131 @@ pub fn journal_schema() -> Vec<Field> {
     ]
 }
 
+/// Whether column `c` can hold a field of kind `kind`.
+fn fits(kind: Kind, c: &Field) -> bool {
+    match kind {
+        Kind::Id => !c.is_repeated() && matches!(c.ty.as_str(), "STRING" | "INT64"),
+        Kind::Text => !c.is_repeated() && c.ty == "STRING",
+        Kind::Json => !c.is_repeated() && matches!(c.ty.as_str(), "JSON" | "STRING"),
+        Kind::Tags => c.is_repeated() && c.ty == "STRING",
+        Kind::Timestamp => !c.is_repeated() && c.ty == "TIMESTAMP",
+        Kind::Version => !c.is_repeated() && c.ty == "INT64",
+        Kind::Emails | Kind::Phones => {
+            let first = if kind == Kind::Emails {
+                "address"
+            } else {
+                "number"
+            };
+            c.is_repeated()
+                && c.ty == "RECORD"
+                && [first, "label", "is_primary"]
+                    .iter()
+                    .all(|s| c.fields.iter().any(|x| x.name == *s))
+        }
+    }
+}
+
+/// What a field of kind `kind` needs, in words.
+fn needs(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Id => "STRING or INT64",
+        Kind::Text => "STRING",
+        Kind::Json => "JSON or STRING",
+        Kind::Tags => "REPEATED STRING",
+        Kind::Timestamp => "TIMESTAMP",
+        Kind::Version => "INT64",
+        Kind::Emails => "REPEATED RECORD (address STRING, label STRING, is_primary BOOL)",
+        Kind::Phones => "REPEATED RECORD (number STRING, label STRING, is_primary BOOL)",
+    }
+}
+
+/// A column type in DDL (`ARRAY<STRUCT<address STRING, …>>`), for
+/// `ALTER TABLE … ADD COLUMN` hints.
+fn ddl_type(f: &Field) -> String {
+    let inner = if f.ty == "RECORD" {
+        let fields: Vec<String> = f
+            .fields
+            .iter()
+            .map(|x| format!("{} {}", x.name, ddl_type(x)))
+            .collect();
+        format!("STRUCT<{}>", fields.join(", "))
+    } else {
+        f.ty.clone()
+    };
+    if f.is_repeated() {
+        format!("ARRAY<{inner}>")
+    } else {
+        inner
+    }
+}
+
+/// Why an existing table cannot hold a canonical field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnProblem {
+    /// No column for the field.
+    Missing {
+        field: String,
+        column: String,
+        /// The column's type as `migrate` would create it, in DDL.
+        ddl_type: String,
+    },
+    /// The column exists with a mode or type that cannot hold the field.
+    WrongType {
+        field: String,
+        column: String,
+        /// `MODE TYPE` as the table has it.
+        found: String,
+        /// What the field needs.
+        expected: String,
+    },
+}
+
+impl std::fmt::Display for ColumnProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ColumnProblem::Missing { field, column, .. } => {
+                write!(f, "field `{field}`: column `{column}` is missing")
+            }
+            ColumnProblem::WrongType {
+                field,
+                column,
+                found,
+                expected,
+            } => write!(
+                f,
+                "field `{field}`: column `{column}` is {found}, expected {expected}"
+            ),
+        }
+    }
+}
+
+/// Every canonical field the table `schema` cannot hold under the column
+/// mapping `map` (empty: the table fits the contact).
+pub fn column_problems(schema: &[Field], map: &ColumnMap) -> Vec<ColumnProblem> {
+    let wanted = contacts_schema(map);
+    ALL_FIELDS
+        .iter()
+        .zip(&wanted)
+        .filter_map(|(f, want)| {
+            let col = map.column(f);
+            match schema.iter().find(|c| c.name.eq_ignore_ascii_case(col)) {
+                None => Some(ColumnProblem::Missing {
+                    field: f.to_string(),
+                    column: col.to_string(),
+                    ddl_type: ddl_type(want),
+                }),
+                Some(c) if !fits(kind_of(f), c) => Some(ColumnProblem::WrongType {
+                    field: f.to_string(),
+                    column: c.name.clone(),
+                    found: format!("{} {}", c.mode, c.ty),
+                    expected: needs(kind_of(f)).to_string(),
+                }),
+                Some(_) => None,
+            }
+        })
+        .collect()
+}
+
 /// One canonical field's column in an actual table.
 #[derive(Debug, Clone)]
 pub(crate) struct Column {
@@ -175,26 +300,7 @@ impl Layout {
                 continue;
             };
             let kind = kind_of(f);
-            let ok = match kind {
-                Kind::Id => !c.is_repeated() && matches!(c.ty.as_str(), "STRING" | "INT64"),
-                Kind::Text => !c.is_repeated() && c.ty == "STRING",
-                Kind::Json => !c.is_repeated() && matches!(c.ty.as_str(), "JSON" | "STRING"),
-                Kind::Tags => c.is_repeated() && c.ty == "STRING",
-                Kind::Timestamp => !c.is_repeated() && c.ty == "TIMESTAMP",
-                Kind::Version => !c.is_repeated() && c.ty == "INT64",
-                Kind::Emails | Kind::Phones => {
-                    let first = if kind == Kind::Emails {
-                        "address"
-                    } else {
-                        "number"
-                    };
-                    c.is_repeated()
-                        && c.ty == "RECORD"
-                        && [first, "label", "is_primary"]
-                            .iter()
-                            .all(|s| c.fields.iter().any(|x| x.name == *s))
-                }
-            };
+            let ok = fits(kind, c);
             if !ok {
                 problems.push(format!(
                     "field `{f}`: column `{}` is {} {}, which cannot hold it",
@@ -269,6 +375,34 @@ mod tests {
         let layout = Layout::from_schema("t", &schema, &map).unwrap();
         assert_eq!(layout.col("contact_id").quoted, "`id`");
         assert!(!layout.int_id());
+    }
+
+    #[test]
+    fn column_problems_name_each_field_with_what_it_needs() {
+        let map = ColumnMap::default().rename("contact_id", "id");
+        let mut schema = contacts_schema(&map);
+        assert_eq!(column_problems(&schema, &map), vec![]);
+        // An INT64 id is fine.
+        schema[0].ty = "INT64".into();
+        assert_eq!(column_problems(&schema, &map), vec![]);
+        schema.retain(|f| f.name != "emails" && f.name != "notes");
+        for f in &mut schema {
+            if f.name == "llm_context" {
+                f.ty = "INT64".into();
+            }
+        }
+        let p = column_problems(&schema, &map);
+        let text: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            text,
+            [
+                "field `notes`: column `notes` is missing",
+                "field `llm_context`: column `llm_context` is NULLABLE INT64, expected JSON or STRING",
+                "field `emails`: column `emails` is missing",
+            ]
+        );
+        assert!(matches!(&p[2], ColumnProblem::Missing { ddl_type, .. }
+            if ddl_type == "ARRAY<STRUCT<address STRING, label STRING, is_primary BOOL>>"));
     }
 
     #[test]

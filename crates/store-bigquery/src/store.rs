@@ -9,6 +9,7 @@ use contact_sync_connector::{
     Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreError, StoreInfo,
     WriteOutcome,
 };
+use contact_sync_core::clock::ClockSkew;
 use contact_sync_core::model::format_ts;
 use contact_sync_core::pii::Reason;
 use contact_sync_core::{Contact, Email, Invalid, JournalEntry, Phone, Timestamp};
@@ -17,7 +18,9 @@ use serde_json::{json, Map, Value};
 
 use crate::client::{BigQueryClient, InsertRow, ParamType, ParamValue, QueryParam};
 use crate::error::BqError;
-use crate::schema::{contacts_schema, journal_schema, ColumnMap, Kind, Layout};
+use crate::schema::{
+    column_problems, contacts_schema, journal_schema, ColumnMap, ColumnProblem, Kind, Layout,
+};
 
 /// Where the store's tables are and how it reads changes.
 #[derive(Debug, Clone)]
@@ -62,6 +65,24 @@ pub struct MigrateReport {
     pub created_dataset: bool,
     pub created_table: bool,
     pub created_journal_table: bool,
+}
+
+/// What [`BigQueryStore::check_setup`] found (read-only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupReport {
+    /// `project.dataset.table` of the contacts table.
+    pub table: String,
+    pub dataset_exists: bool,
+    pub table_exists: bool,
+    /// The fields the table cannot hold under the column mapping (empty
+    /// when it fits, or when it does not exist).
+    pub problems: Vec<ColumnProblem>,
+    /// Rows in the table, counted by a query job (so the credentials can
+    /// run queries on it), or that query's error. `None` when the table is
+    /// missing or does not fit.
+    pub rows: Option<Result<u64, String>>,
+    /// Whether the journal table exists (`None`: none is configured).
+    pub journal_table_exists: Option<bool>,
 }
 
 /// BigQuery as a store: batched MERGE writes guarded by `version`, reads by
@@ -209,6 +230,66 @@ impl BigQueryStore {
         Ok(report)
     }
 
+    /// Read-only: whether the dataset and the contacts table exist, which
+    /// fields the table cannot hold under `cfg.columns`, and (when it
+    /// fits) how many rows a `COUNT(*)` query job finds in it. Errors are
+    /// only for calls that fail (credentials, network); what is missing is
+    /// in the report.
+    pub async fn check_setup(
+        client: &BigQueryClient,
+        cfg: &BigQueryStoreConfig,
+    ) -> Result<SetupReport, StoreError> {
+        let e = |e: BqError| e.into_store(&cfg.name);
+        let mut report = SetupReport {
+            table: format!("{}.{}.{}", client.project(), cfg.dataset, cfg.table),
+            dataset_exists: client.dataset_exists(&cfg.dataset).await.map_err(e)?,
+            table_exists: false,
+            problems: Vec::new(),
+            rows: None,
+            journal_table_exists: None,
+        };
+        if !report.dataset_exists {
+            return Ok(report);
+        }
+        if let Some(schema) = client
+            .table_schema(&cfg.dataset, &cfg.table)
+            .await
+            .map_err(e)?
+        {
+            report.table_exists = true;
+            report.problems = column_problems(&schema, &cfg.columns);
+        }
+        if report.table_exists && report.problems.is_empty() {
+            let sql = format!(
+                "SELECT COUNT(*) AS n FROM `{}.{}.{}`",
+                sql_ident(client.project()),
+                sql_ident(&cfg.dataset),
+                sql_ident(&cfg.table)
+            );
+            let ctx = format!("counting the rows of {}", report.table);
+            report.rows = Some(match client.query(&sql, &[], &ctx).await {
+                Ok(r) => Ok(r
+                    .rows
+                    .first()
+                    .and_then(|row| row.get("n"))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    .max(0) as u64),
+                Err(err) => Err(err.to_string()),
+            });
+        }
+        if let Some(j) = &cfg.journal_table {
+            report.journal_table_exists = Some(
+                client
+                    .table_schema(&cfg.dataset, j)
+                    .await
+                    .map_err(e)?
+                    .is_some(),
+            );
+        }
+        Ok(report)
+    }
+
     /// Opens the store on an existing table (see [`migrate`](Self::migrate)):
     /// reads its schema and checks every field has a fitting column. A
     /// missing table is a permanent error naming it.
@@ -250,6 +331,12 @@ impl BigQueryStore {
     /// The client (shared counters: see [`BigQueryClient::stats`]).
     pub fn client(&self) -> &BigQueryClient {
         &self.client
+    }
+
+    /// How far BigQuery's clock is from this machine's (see
+    /// [`BigQueryClient::clock_skew`]).
+    pub async fn clock_skew(&self) -> Result<ClockSkew, StoreError> {
+        self.client.clock_skew().await.map_err(|e| self.err(e))
     }
 
     /// Query jobs this store's client has issued so far.

@@ -381,3 +381,49 @@ fn dec(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).to_string()
 }
+
+#[tokio::test]
+async fn clock_skew_compares_current_timestamp_with_the_middle_of_the_call() {
+    // BigQuery's clock an hour ahead of this machine's.
+    let before = chrono::Utc::now();
+    let server_us = (before + chrono::TimeDelta::hours(1)).timestamp_micros();
+    let (url, st) = fake(vec![(
+        200,
+        json!({
+            "jobComplete": true,
+            "jobReference": {"projectId": "p", "jobId": "job-1", "location": "US"},
+            "schema": {"fields": [{"name": "now", "type": "TIMESTAMP", "mode": "NULLABLE"}]},
+            "rows": [{"f": [{"v": server_us.to_string()}]}],
+        }),
+    )])
+    .await;
+    let s = client(&url, Arc::new(NoAuth))
+        .clock_skew()
+        .await
+        .expect("clock read");
+    let after = chrono::Utc::now();
+    // The call ran between `before` and `after`: BigQuery's reading was an
+    // hour after `before`, so the offset is an hour less part of the call.
+    let hour = 3600.0;
+    let call = (after - before).num_microseconds().unwrap() as f64 / 1e6;
+    // (1e-5 s: both clocks' readings are truncated to microseconds.)
+    assert!(
+        s.secs() <= hour + 1e-5 && s.secs() >= hour - call - 1e-5,
+        "{s:?}"
+    );
+    assert!(s.uncertainty_secs() <= call / 2.0 + 1e-5, "{s:?}");
+    let seen = st.seen.lock().unwrap().clone();
+    assert!(
+        seen[0].body.contains("CURRENT_TIMESTAMP()"),
+        "{}",
+        seen[0].body
+    );
+
+    // An answer without the timestamp is an error, not a zero skew.
+    let (url, _) = fake(vec![(200, done(json!([]), None))]).await;
+    let e = client(&url, Arc::new(NoAuth))
+        .clock_skew()
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("no timestamp"), "{}", e.message);
+}
