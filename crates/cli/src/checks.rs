@@ -1,8 +1,12 @@
 //! Store-specific safety checks for `check` and `run --safety-check`:
 //! a Postgres store's change capture, a Twenty workspace's custom fields and
-//! webhook.
+//! webhook, a BigQuery table; the clock of each.
+//!
+//! Messages name stores, tables, columns and counts, never contact data.
 
 use async_trait::async_trait;
+use contact_sync_bigquery::{BigQueryClient, BigQueryStore, BigQueryStoreConfig, ColumnProblem};
+use contact_sync_core::clock::ClockSkew;
 use contact_sync_ops::{Check, SafetyCheck};
 use contact_sync_postgres::{CdcMode, PgStore};
 use contact_sync_twenty::TwentyStore;
@@ -16,6 +20,30 @@ pub const SKEW_WARN_SECS: f64 = 2.0;
 /// ...and above this a failure (signed webhooks older than 5 minutes are
 /// refused; conflict decisions would be wrong).
 pub const SKEW_FAIL_SECS: f64 = 300.0;
+
+/// The `<store>: clock` check from one measurement of the store's clock
+/// (`how`: where the reading comes from). The thresholds apply to the part
+/// of the offset the measurement is sure of (its size minus its
+/// uncertainty), so a slow round trip or a coarse reading never warns on
+/// its own; an offset within the uncertainty is reported as agreement.
+pub fn clock_check(store: &str, skew: &ClockSkew, how: &str) -> Check {
+    let name = format!("{store}: clock");
+    let (secs, within) = (skew.secs(), skew.uncertainty_secs());
+    let certain = skew.certain_secs();
+    let msg = if certain == 0.0 {
+        format!("the server's clock agrees with this machine's within ±{within:.3} s ({how})")
+    } else {
+        format!("the server's clock is {secs:+.3} s (±{within:.3} s) from this machine's ({how})")
+    };
+    let hint = "synchronize both clocks (NTP): last_updated decides conflicts";
+    if certain > SKEW_FAIL_SECS {
+        Check::fail(name, msg, hint)
+    } else if certain > SKEW_WARN_SECS {
+        Check::warn(name, msg, hint)
+    } else {
+        Check::ok(name, msg)
+    }
+}
 
 /// A Postgres store's replication slot (or outbox): present, `wal_level`,
 /// retained WAL.
@@ -98,7 +126,8 @@ impl SafetyCheck for PgCdcCheck {
 }
 
 /// A Twenty workspace: the custom fields contact-sync needs, the webhook,
-/// and whether the rate limit leaves room for the backlog.
+/// whether the rate limit leaves room for the backlog, and its clock (from
+/// the `Date` header of the check's last request).
 pub struct TwentySetupCheck {
     pub name: String,
     pub store: TwentyStore,
@@ -172,8 +201,132 @@ impl SafetyCheck for TwentySetupCheck {
             )),
             None => {}
         }
+        out.push(match &r.clock_skew {
+            Some(skew) => clock_check(
+                &self.name,
+                skew,
+                "read from the HTTP Date header, which has whole seconds, over one round trip",
+            ),
+            None => Check::warn(
+                format!("{}: clock", self.name),
+                "Twenty's answer had no Date header: its clock cannot be compared with this machine's",
+                "check that a proxy in front of Twenty keeps the Date header, and that both clocks are synchronized (NTP)",
+            ),
+        });
         out
     }
+}
+
+/// A BigQuery store (canonical or not): the dataset and the contacts table
+/// exist, every field has a fitting column, the credentials can run a
+/// query on it, the journal table, and BigQuery's clock.
+pub struct BigQueryCheck {
+    pub name: String,
+    pub client: BigQueryClient,
+    pub cfg: BigQueryStoreConfig,
+}
+
+#[async_trait]
+impl SafetyCheck for BigQueryCheck {
+    async fn run(&mut self) -> Vec<Check> {
+        let name = &self.name;
+        let check = format!("{name}: table");
+        let migrate = "run `contact-sync migrate`";
+        let mut out = Vec::new();
+        match BigQueryStore::check_setup(&self.client, &self.cfg).await {
+            Err(e) => out.push(Check::fail(
+                check,
+                e.to_string(),
+                "check project, dataset, base_url and the credentials (auth, key_file)",
+            )),
+            Ok(r) if !r.dataset_exists => out.push(Check::fail(
+                check,
+                format!(
+                    "dataset {}.{} does not exist",
+                    self.client.project(),
+                    self.cfg.dataset
+                ),
+                migrate,
+            )),
+            Ok(r) if !r.table_exists => out.push(Check::fail(
+                check,
+                format!("table {} does not exist", r.table),
+                migrate,
+            )),
+            Ok(r) if !r.problems.is_empty() => {
+                let what: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
+                out.push(Check::fail(
+                    check,
+                    format!(
+                        "table {} does not fit the contact: {}",
+                        r.table,
+                        what.join("; ")
+                    ),
+                    columns_hint(&r.table, &r.problems),
+                ));
+            }
+            Ok(r) => {
+                match &r.rows {
+                    Some(Ok(n)) => out.push(Check::ok(
+                        check,
+                        format!("{} fits the contact ({n} rows)", r.table),
+                    )),
+                    Some(Err(e)) => out.push(Check::fail(
+                        check,
+                        format!("{} fits the contact, but a query on it failed: {e}", r.table),
+                        "the credentials need to run query jobs (roles/bigquery.jobUser) and to read and write the dataset (roles/bigquery.dataEditor)",
+                    )),
+                    None => {}
+                }
+                if r.journal_table_exists == Some(false) {
+                    out.push(Check::warn(
+                        format!("{name}: journal table"),
+                        format!(
+                            "table {}.{}.{} does not exist: the analytics copy of the journal is not kept",
+                            self.client.project(),
+                            self.cfg.dataset,
+                            self.cfg.journal_table.as_deref().unwrap_or_default()
+                        ),
+                        format!("{migrate}, or set journal_table = \"\" to keep no copy"),
+                    ));
+                }
+            }
+        }
+        out.push(match self.client.clock_skew().await {
+            Ok(skew) => clock_check(
+                name,
+                &skew,
+                "CURRENT_TIMESTAMP() of a query job, over its round trip",
+            ),
+            Err(e) => Check::fail(
+                format!("{name}: query"),
+                format!("the credentials cannot run a query job: {e}"),
+                "grant the service account roles/bigquery.jobUser on the project",
+            ),
+        });
+        out
+    }
+}
+
+/// How to fix a table that lacks columns or has misfit ones.
+fn columns_hint(table: &str, problems: &[ColumnProblem]) -> String {
+    let adds: Vec<String> = problems
+        .iter()
+        .filter_map(|p| match p {
+            ColumnProblem::Missing {
+                column, ddl_type, ..
+            } => Some(format!("ADD COLUMN `{column}` {ddl_type}")),
+            ColumnProblem::WrongType { .. } => None,
+        })
+        .collect();
+    let mut hint = String::new();
+    if !adds.is_empty() {
+        hint.push_str(&format!("ALTER TABLE `{table}` {}; ", adds.join(", ")));
+    }
+    hint.push_str(
+        "or map the fields to existing columns with `columns = { field = \"column\" }` (`contact-sync migrate` creates a new table, it never alters one)",
+    );
+    hint
 }
 
 /// Results known before the checks run (a store that could not be opened).

@@ -238,6 +238,24 @@ pub async fn safety_report(
         .collect();
     let mut extra: Vec<Box<dyn contact_sync_ops::SafetyCheck>> =
         vec![Box::new(crate::checks::Fixed(unreachable))];
+    let bigquery = std::iter::once((CANONICAL, cfg.canonical()))
+        .chain(cfg.stores().iter().map(|(n, c)| (n.as_str(), c)))
+        .filter_map(|(name, sc)| match sc {
+            crate::config::StoreConfig::Bigquery(b) => Some((name, b)),
+            _ => None,
+        });
+    for (name, b) in bigquery {
+        match stores::bigquery_parts(name, b) {
+            Ok((client, cfg)) => extra.push(Box::new(crate::checks::BigQueryCheck {
+                name: name.to_string(),
+                client,
+                cfg,
+            })),
+            Err(e) => {
+                tracing::debug!(store = %name, error = %e, "reported by the reachability check")
+            }
+        }
+    }
     for (name, sc) in cfg.stores() {
         match sc {
             crate::config::StoreConfig::Postgres(p) => match stores::pg_store(name, p).await {

@@ -82,7 +82,7 @@ pub async fn pg_store(name: &str, p: &PostgresConfig) -> anyhow::Result<PgStore>
 }
 
 /// The BigQuery client and store configuration of a configuration.
-fn bigquery_parts(
+pub fn bigquery_parts(
     name: &str,
     b: &BigQueryConfig,
 ) -> anyhow::Result<(BigQueryClient, BigQueryStoreConfig)> {

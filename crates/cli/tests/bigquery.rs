@@ -5,17 +5,22 @@
 mod bq;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_contact-sync"))
+fn run(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_contact-sync"))
         .current_dir(dir)
         .args(["--config", "contact-sync.toml"])
         .args(args)
+        .envs(envs.iter().copied())
         .output()
-        .expect("run contact-sync");
+        .expect("run contact-sync")
+}
+
+fn ok(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> String {
+    let out = run(dir, args, envs);
     assert!(
         out.status.success(),
         "contact-sync {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
@@ -40,8 +45,6 @@ async fn bigquery_canonical_seed_sync_and_local_edit_through_the_binary() {
         .create_database()
         .await;
     let slot = format!("cs_bq_{}", std::process::id());
-    // The only test in this binary: no other thread reads the environment.
-    std::env::set_var("CS_BQ_TEST_PG_URL", &pg_url);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     std::fs::write(
@@ -53,8 +56,8 @@ async fn bigquery_canonical_seed_sync_and_local_edit_through_the_binary() {
     )
     .unwrap();
     let run = |args: &'static [&'static str]| {
-        let d = d.clone();
-        tokio::task::spawn_blocking(move || ok(&d, args))
+        let (d, pg_url) = (d.clone(), pg_url.clone());
+        tokio::task::spawn_blocking(move || ok(&d, args, &[("CS_BQ_TEST_PG_URL", &pg_url)]))
     };
     run(&["migrate"]).await.unwrap();
     run(&["seed", "--contacts", "40", "--invalid", "2"])
@@ -127,5 +130,121 @@ async fn bigquery_canonical_seed_sync_and_local_edit_through_the_binary() {
         )
         .unwrap();
     assert_eq!(nick.as_deref(), Some("From PG"));
+    ds.cleanup().await;
+}
+
+/// The named check of `check --json`.
+fn check_named<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_a_missing_table_a_misfit_table_and_reads_bigquerys_clock() {
+    let Some(ds) = bq::TestDataset::new("check").await else {
+        return;
+    };
+    let url = bq::emulator_url().expect("emulator");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    // Canonical in BigQuery, and a second BigQuery store on an existing
+    // table `people` with an INT64 id column (mapped) and no `notes`.
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!(
+            "[canonical]\nkind = \"bigquery\"\nbase_url = \"{url}\"\nproject = \"test-project\"\ndataset = \"{ds}\"\nauth = \"none\"\n\n\
+             [stores.warehouse]\nkind = \"bigquery\"\nbase_url = \"{url}\"\nproject = \"test-project\"\ndataset = \"{ds}\"\ntable = \"people\"\njournal_table = \"\"\nauth = \"none\"\ncolumns = {{ contact_id = \"id\" }}\n",
+            ds = ds.dataset
+        ),
+    )
+    .unwrap();
+    let check = |d: &Path| {
+        let out = run(d, &["check", "--json"], &[]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "check --json: {e}\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code(), report)
+    };
+
+    // Nothing created yet: both fail, with `migrate` as the fix.
+    let (code, r) = tokio::task::spawn_blocking({
+        let d = d.clone();
+        move || check(&d)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{r}");
+    for store in ["canonical", "warehouse"] {
+        let t = check_named(&r, &format!("{store}: table"));
+        assert_eq!(t["level"], "fail", "{t}");
+        assert!(
+            t["message"].as_str().unwrap().contains("does not exist")
+                && t["hint"].as_str().unwrap().contains("contact-sync migrate"),
+            "{t}"
+        );
+        // The credentials can run a query: BigQuery's clock is read.
+        let c = check_named(&r, &format!("{store}: clock"));
+        assert_eq!(c["level"], "ok", "{c}");
+        assert!(
+            c["message"]
+                .as_str()
+                .unwrap()
+                .contains("CURRENT_TIMESTAMP()"),
+            "{c}"
+        );
+    }
+
+    // `people` made by another tool: INT64 id, `notes` missing.
+    let map = contact_sync_bigquery::ColumnMap::default().rename("contact_id", "id");
+    let mut schema = contact_sync_bigquery::contacts_schema(&map);
+    schema.retain(|f| f.name != "notes");
+    schema[0].ty = "INT64".into();
+    ds.client.create_dataset(&ds.dataset).await.unwrap();
+    ds.client
+        .create_table(&ds.dataset, "people", &schema, "made elsewhere")
+        .await
+        .unwrap();
+    // `migrate` does not alter an existing table: it refuses, naming the column.
+    let out = tokio::task::spawn_blocking({
+        let d = d.clone();
+        move || run(&d, &["migrate"], &[])
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`notes`"), "{err}");
+    contact_sync_bigquery::BigQueryStore::migrate(&ds.client, &ds.config())
+        .await
+        .expect("canonical's tables");
+    let (code, r) = tokio::task::spawn_blocking({
+        let d = d.clone();
+        move || check(&d)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{r}");
+    let t = check_named(&r, "canonical: table");
+    assert_eq!(t["level"], "ok", "{t}");
+    assert!(
+        t["message"]
+            .as_str()
+            .unwrap()
+            .contains("fits the contact (0 rows)"),
+        "{t}"
+    );
+    let t = check_named(&r, "warehouse: table");
+    assert_eq!(t["level"], "fail", "{t}");
+    let (msg, hint) = (t["message"].as_str().unwrap(), t["hint"].as_str().unwrap());
+    assert!(msg.contains("column `notes` is missing"), "{t}");
+    assert!(!msg.contains("`id`"), "the INT64 id fits: {t}");
+    assert!(hint.contains("ADD COLUMN `notes` STRING"), "{t}");
     ds.cleanup().await;
 }

@@ -340,3 +340,84 @@ async fn webhook_from_twenty_reaches_the_local_store_at_once() {
     assert_eq!(fake.counters().route("GET /rest/people"), polls_before);
     fake.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reads_twentys_clock_from_the_date_header_and_flags_a_skewed_one() {
+    let fake = FakeTwenty::start(FakeConfig::default())
+        .await
+        .expect("fake twenty");
+    let key = fake.api_key().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!(
+            "[stores.twenty]\nkind = \"twenty\"\nbase_url = \"{}\"\napi_key = {{ env = \"TEST_TWENTY_KEY\" }}\n",
+            fake.base_url()
+        ),
+    )
+    .unwrap();
+    let check = {
+        let (d, key) = (d.clone(), key.clone());
+        move || {
+            let (d, key) = (d.clone(), key.clone());
+            tokio::task::spawn_blocking(move || {
+                let out = run(&d, &["check", "--json"], &key);
+                let report: Value = serde_json::from_slice(&out.stdout).expect("check --json");
+                let clock = report["checks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["name"] == "twenty: clock")
+                    .unwrap_or_else(|| panic!("no twenty: clock in {report}"))
+                    .clone();
+                (out.status.code(), report["verdict"].clone(), clock)
+            })
+        }
+    };
+    {
+        let (d, key) = (d.clone(), key.clone());
+        tokio::task::spawn_blocking(move || ok(&d, &["migrate"], &key))
+            .await
+            .unwrap();
+    }
+
+    // Same clock: agreement within the Date header's whole second.
+    let (code, _, clock) = check().await.unwrap();
+    assert_eq!(code, Some(0), "{clock}");
+    assert_eq!(clock["level"], "ok", "{clock}");
+    let msg = clock["message"].as_str().unwrap();
+    assert!(
+        msg.contains("agrees with this machine's within ±") && msg.contains("Date header"),
+        "{clock}"
+    );
+
+    // Thirty seconds ahead: a warning; running stays allowed.
+    fake.set_clock_skew(chrono::TimeDelta::seconds(30));
+    let (code, verdict, clock) = check().await.unwrap();
+    assert_eq!(
+        (code, verdict.as_str()),
+        (Some(0), Some("SAFE_WITH_WARNINGS")),
+        "{clock}"
+    );
+    assert_eq!(clock["level"], "warn", "{clock}");
+    assert!(
+        clock["message"].as_str().unwrap().contains("clock is +"),
+        "{clock}"
+    );
+    assert!(clock["hint"].as_str().unwrap().contains("NTP"), "{clock}");
+
+    // Ten minutes behind: unsafe (signed webhooks would be refused).
+    fake.set_clock_skew(chrono::TimeDelta::minutes(-10));
+    let (code, verdict, clock) = check().await.unwrap();
+    assert_eq!(
+        (code, verdict.as_str()),
+        (Some(1), Some("UNSAFE")),
+        "{clock}"
+    );
+    assert_eq!(clock["level"], "fail", "{clock}");
+    assert!(
+        clock["message"].as_str().unwrap().contains("clock is -"),
+        "{clock}"
+    );
+}
