@@ -118,6 +118,14 @@ pub enum WriteOutcome {
     Rejected { field: String, reason: String },
 }
 
+/// A record's id and content hash (tombstones have
+/// [`contact_sync_core::hash::tombstone_hash`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordHash {
+    pub contact_id: String,
+    pub hash: String,
+}
+
 /// Idempotent, batched writes and reads keyed by `contact_id`.
 ///
 /// Contract:
@@ -135,9 +143,25 @@ pub enum WriteOutcome {
 ///   idempotency makes safe.
 /// - **Reads** return the store's current record (tombstones included),
 ///   normalized ([`Contact::normalize`]), with `contact_id` set.
+/// - **Content hash**: the engine writes every contact with
+///   [`Contact::content_hash`] set to `content_hash(contact)`. A store may
+///   keep it as the hash of what it holds, and answer
+///   [`scan_hashes`](RecordSink::scan_hashes) from it, as long as any other
+///   writer's change to the record makes the store forget it.
 #[async_trait]
 pub trait RecordSink: Send {
     async fn write_batch(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// [`write_batch`](RecordSink::write_batch) taking the batch by value
+    /// and handing it back with the outcomes: a store that writes on a
+    /// blocking thread can move the batch there instead of copying it.
+    async fn write_batch_owned(
+        &mut self,
+        writes: Vec<Contact>,
+    ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
+        let outcomes = self.write_batch(&writes).await?;
+        Ok((outcomes, writes))
+    }
 
     /// The records for these ids that exist (in any order).
     async fn read(&mut self, contact_ids: &[String]) -> Result<Vec<Contact>, StoreError>;
@@ -147,6 +171,30 @@ pub trait RecordSink: Send {
     /// and drift checks, one page at a time.
     async fn scan(&mut self, after: Option<&str>, limit: usize)
         -> Result<Vec<Contact>, StoreError>;
+
+    /// The same records as [`scan`](RecordSink::scan), as (`contact_id`,
+    /// content hash) pairs: what verification and drift checks compare.
+    /// The default reads and hashes every record; a store that keeps the
+    /// hash of what the engine wrote (and forgets it when anyone else
+    /// writes) answers without transferring or decoding records.
+    async fn scan_hashes(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RecordHash>, StoreError> {
+        Ok(self
+            .scan(after, limit)
+            .await?
+            .into_iter()
+            .map(|mut c| {
+                c.normalize();
+                RecordHash {
+                    hash: contact_sync_core::content_hash(&c),
+                    contact_id: c.contact_id,
+                }
+            })
+            .collect())
+    }
 
     /// Number of live (not deleted) records.
     async fn count(&mut self) -> Result<u64, StoreError>;

@@ -14,19 +14,24 @@ use crate::model::Contact;
 /// The caller normalizes first ([`Contact::normalize`]); two contacts that
 /// differ only in `""` versus absent would otherwise hash differently.
 pub fn content_hash(c: &Contact) -> String {
-    let mut h = Sha256::new();
     if c.is_deleted() {
         // A tombstone is a tombstone whatever content it still carries: two
         // stores that both deleted a contact agree.
-        h.update(b"contact-sync tombstone");
-        return hex::encode(h.finalize());
+        return tombstone_hash().to_string();
     }
+    let mut h = Sha256::new();
     // Streams the content fields, in canonical order, straight into the
     // hasher: the same bytes as `serde_json::to_vec(&c.content_fields())`,
     // without building the intermediate JSON tree.
     serde_json::to_writer(HashWriter(&mut h), &ContentView::of(c))
         .expect("hashing never fails to write");
     hex::encode(h.finalize())
+}
+
+/// The content hash every tombstone has.
+pub fn tombstone_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hex::encode(Sha256::digest(b"contact-sync tombstone")))
 }
 
 struct HashWriter<'a>(&'a mut Sha256);

@@ -1,12 +1,18 @@
 //! Initial sync (backfill canonical → every store, resumable after a crash)
 //! and verification (every canonical contact present and equal in each store).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 
-use contact_sync_core::{content_hash, validate, Contact, DeadLetter, JournalEntry};
-use contact_sync_state::StoreRecord;
+use contact_sync_connector::{Store, StoreError};
+use contact_sync_core::hash::tombstone_hash;
+use contact_sync_core::{
+    content_hash, validate, Contact, DeadLetter, Invalid, JournalEntry, Timestamp,
+};
+use contact_sync_state::{StateDb, StoreRecord};
 use serde::Serialize;
 
+use crate::drift::Tally;
 use crate::{CycleReport, Engine, EngineError, CANONICAL};
 
 /// Called as a backfill advances: (store, contacts done, contacts in canonical).
@@ -32,14 +38,175 @@ pub struct StoreVerification {
     pub sample: Vec<String>,
 }
 
+/// Writes one canonical page to `store` (what it lacks or holds
+/// differently), commits the sync records, and dead-letters the page's
+/// invalid records (each content once). Returns canonical's (contact id,
+/// hash) pairs the store must now hold, for the read-back.
+async fn write_page(
+    store: &mut dyn Store,
+    state: &mut StateDb,
+    name: &str,
+    page: CanonicalPage,
+    now: Timestamp,
+) -> Result<VecDeque<(String, String)>, EngineError> {
+    let expected: VecDeque<(String, String)> = page
+        .entries
+        .iter()
+        .filter(|e| !e.after.is_deleted() && store.accepts(&e.after))
+        .map(|e| (e.contact_id.clone(), e.hash.clone()))
+        .collect();
+    let ids: Vec<String> = page.entries.iter().map(|e| e.contact_id.clone()).collect();
+    let recs: HashMap<String, StoreRecord> = state
+        .store_records(name, &ids)?
+        .into_iter()
+        .map(|r| (r.contact_id.clone(), r))
+        .collect();
+    let plans = crate::propagate::plan(name, |c| store.accepts(c), page.entries, &recs);
+    crate::propagate::send_to(store, state, name, plans, 0, now).await?;
+    if page.invalid.is_empty() {
+        return Ok(expected);
+    }
+    let tx = state.tx()?;
+    for (bad, c) in &page.invalid {
+        // Reported once: the canonical sync record remembers the refused
+        // content, so a re-run does not report it again.
+        let hash = content_hash(c);
+        let known = tx.store_record(CANONICAL, &c.contact_id)?;
+        if known.is_some_and(|r| r.hash == hash) || c.contact_id.is_empty() {
+            continue;
+        }
+        tracing::warn!(record = %bad.record, field = %bad.field, reason = %bad.reason,
+            "canonical record refused; kept in dead letters");
+        tx.add_dead_letter(&DeadLetter {
+            id: 0,
+            store: CANONICAL.to_string(),
+            record: bad.record.clone(),
+            field: bad.field.clone(),
+            reason: bad.reason.clone(),
+            payload: serde_json::to_value(c).ok(),
+            at: now,
+        })?;
+        tx.put_store_record(&StoreRecord {
+            store: CANONICAL.to_string(),
+            contact_id: c.contact_id.clone(),
+            native_id: None,
+            synced_version: c.version,
+            hash,
+            deleted: c.is_deleted(),
+        })?;
+    }
+    tx.commit()?;
+    Ok(expected)
+}
+
 fn meta_key(store: &str) -> String {
     format!("backfill:{store}")
+}
+
+/// One canonical page, normalized, validated and hashed.
+struct CanonicalPage {
+    /// The page's last `contact_id` (the next page starts after it); `None`
+    /// when canonical has no more records.
+    last: Option<String>,
+    /// Valid records as journal snapshots (with their content hash).
+    entries: Vec<JournalEntry>,
+    /// Records that fail validation.
+    invalid: Vec<(Invalid, Contact)>,
+}
+
+/// Reads the canonical page after `after` and checks it on a blocking
+/// thread (validation and hashing are most of a page's CPU time, and the
+/// backfill overlaps them with writing the previous page).
+async fn read_canonical_page(
+    canonical: &mut dyn Store,
+    after: Option<String>,
+    limit: usize,
+    now: Timestamp,
+) -> Result<CanonicalPage, EngineError> {
+    let rows = canonical
+        .scan(after.as_deref(), limit)
+        .await
+        .map_err(EngineError::Canonical)?;
+    tokio::task::spawn_blocking(move || {
+        let last = rows.last().map(|c| c.contact_id.clone());
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut invalid = Vec::new();
+        for mut c in rows {
+            c.normalize();
+            match validate(&c) {
+                Ok(()) => entries.push(JournalEntry::snapshot(c, CANONICAL, now)),
+                Err(bad) => invalid.push((bad, c)),
+            }
+        }
+        CanonicalPage {
+            last,
+            entries,
+            invalid,
+        }
+    })
+    .await
+    .map_err(|e| {
+        EngineError::Canonical(StoreError::permanent(
+            CANONICAL,
+            format!("checking a page failed: {e}"),
+        ))
+    })
+}
+
+/// Reads a store's (contact id, hash) pairs back in `contact_id` order, one
+/// id range at a time (tombstones left out). Rows are never read ahead of
+/// the range: the backfill is still writing the ranges after it.
+#[derive(Default)]
+struct ReadBack {
+    /// Where the previous range ended.
+    after: Option<String>,
+}
+
+impl ReadBack {
+    /// The pairs with `after < contact_id <= bound` (to the end when `bound`
+    /// is `None`).
+    async fn take_upto(
+        &mut self,
+        store: &mut dyn Store,
+        bound: Option<&str>,
+        limit: usize,
+    ) -> Result<VecDeque<(String, String)>, EngineError> {
+        let within = |id: &str| bound.is_none_or(|b| id <= b);
+        let mut out = VecDeque::new();
+        loop {
+            let rows = store.scan_hashes(self.after.as_deref(), limit).await?;
+            let Some(last) = rows.last().map(|r| r.contact_id.clone()) else {
+                break;
+            };
+            let beyond = !within(&last);
+            out.extend(
+                rows.into_iter()
+                    .take_while(|r| within(&r.contact_id))
+                    .filter(|r| r.hash != tombstone_hash())
+                    .map(|r| (r.contact_id, r.hash)),
+            );
+            self.after = Some(last);
+            if beyond {
+                break;
+            }
+        }
+        if let Some(b) = bound {
+            self.after = Some(b.to_string());
+        }
+        Ok(out)
+    }
 }
 
 impl Engine {
     /// Copies every canonical contact to every store that lacks it, page by
     /// page, resuming where a crashed run stopped; then verifies each store.
     /// Invalid canonical records go to dead letters (once) and are not copied.
+    ///
+    /// A store backfilled from the start in this call is verified as it
+    /// goes: after each page is written, the store's content hashes for the
+    /// page's id range are read back and compared with canonical's (the
+    /// same merge-join as [`Engine::verify`], range by range). A resumed
+    /// backfill is verified with a full comparison afterwards.
     pub async fn initial_sync(
         &mut self,
         progress: BackfillProgress<'_>,
@@ -51,28 +218,43 @@ impl Engine {
             .count()
             .await
             .map_err(EngineError::Canonical)?;
+        let mut verified = Vec::with_capacity(self.stores.len());
         for i in 0..self.stores.len() {
             if self.stopping() {
                 break;
             }
-            self.backfill_store(i, total, progress).await?;
+            verified.push(self.backfill_store(i, total, progress).await?);
         }
         if self.stopping() {
             return Ok(vec![]);
         }
-        self.verify().await
+        let mut out = Vec::with_capacity(verified.len());
+        for (i, v) in verified.into_iter().enumerate() {
+            let v = match v {
+                Some(v) => v,
+                None => self.compare_store(i, false).await?.0,
+            };
+            self.record_verification(&v)?;
+            out.push(v);
+        }
+        Ok(out)
     }
 
+    /// Backfills store `i`. While the page just read is written to the
+    /// store (and its sync records committed), the next page is read from
+    /// canonical and checked: the two halves run on the two cores.
+    /// Returns the store's verification when the backfill ran from the
+    /// start in this call.
     async fn backfill_store(
         &mut self,
         i: usize,
         total: u64,
         progress: BackfillProgress<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<StoreVerification>, EngineError> {
         let name = self.stores[i].name().to_string();
         let key = meta_key(&name);
         // Resume state: "<journal seq at start>\t<last contact id done>".
-        let (start_seq, mut after) = match self.state.meta(&key)?.filter(|s| !s.is_empty()) {
+        let (start_seq, after) = match self.state.meta(&key)?.filter(|s| !s.is_empty()) {
             Some(s) => {
                 let (seq, id) = s.split_once('\t').unwrap_or((s.as_str(), ""));
                 (
@@ -88,77 +270,48 @@ impl Engine {
                 (seq, None)
             }
         };
+        let from_start = after.is_none();
+        let mut tally = Tally::new(&name, false);
+        let mut read_back = ReadBack::default();
         let mut done: u64 = 0;
         let now = (self.clock)();
-        loop {
-            if self.stopping() {
-                return Ok(());
+        let limit = self.opts.backfill_page.max(1);
+        let Engine {
+            canonical,
+            stores,
+            state,
+            shutdown,
+            ..
+        } = self;
+        let store = &mut *stores[i];
+        let mut page = read_canonical_page(&mut **canonical, after, limit, now).await?;
+        while let Some(last) = page.last.clone() {
+            if shutdown.load(Ordering::SeqCst) {
+                return Ok(None);
             }
-            let page = self
-                .canonical
-                .scan(after.as_deref(), self.opts.backfill_page.max(1))
-                .await
-                .map_err(EngineError::Canonical)?;
-            let Some(last) = page.last().map(|c| c.contact_id.clone()) else {
-                break;
+            done += (page.entries.len() + page.invalid.len()) as u64;
+            let next = read_canonical_page(&mut **canonical, Some(last.clone()), limit, now);
+            let this = async {
+                let mut expected = write_page(store, state, &name, page, now).await?;
+                if from_start {
+                    let mut got = read_back.take_upto(store, Some(&last), limit).await?;
+                    while tally.join_step(&mut expected, &mut got) {}
+                }
+                let tx = state.tx()?;
+                tx.set_meta(&key, &format!("{start_seq}\t{last}"))?;
+                tx.commit()?;
+                Ok::<(), EngineError>(())
             };
-            let ids: Vec<String> = page.iter().map(|c| c.contact_id.clone()).collect();
-            let recs: HashMap<String, StoreRecord> = self
-                .state
-                .store_records(&name, &ids)?
-                .into_iter()
-                .map(|r| (r.contact_id.clone(), r))
-                .collect();
-            let mut invalid = Vec::new();
-            let mut entries = Vec::with_capacity(page.len());
-            for mut c in page {
-                c.normalize();
-                if let Err(bad) = validate(&c) {
-                    invalid.push((bad, c));
-                    continue;
-                }
-                entries.push(JournalEntry::snapshot(c, CANONICAL, now));
-            }
-            let refs: Vec<&JournalEntry> = entries.iter().collect();
-            let store = &self.stores[i];
-            let plans = crate::propagate::plan(&name, |c| store.accepts(c), &refs, &recs);
-            done += refs.len() as u64;
-            self.send(i, &name, plans, 0).await?;
-            let tx = self.state.tx()?;
-            for (bad, c) in &invalid {
-                // Reported once: the canonical sync record remembers the
-                // refused content, so a re-run does not report it again.
-                let hash = content_hash(c);
-                let known = tx.store_record(CANONICAL, &c.contact_id)?;
-                if known.is_some_and(|r| r.hash == hash) || c.contact_id.is_empty() {
-                    continue;
-                }
-                tracing::warn!(record = %bad.record, field = %bad.field, reason = %bad.reason,
-                    "canonical record refused; kept in dead letters");
-                tx.add_dead_letter(&DeadLetter {
-                    id: 0,
-                    store: CANONICAL.to_string(),
-                    record: bad.record.clone(),
-                    field: bad.field.clone(),
-                    reason: bad.reason.clone(),
-                    payload: serde_json::to_value(c).ok(),
-                    at: now,
-                })?;
-                tx.put_store_record(&StoreRecord {
-                    store: CANONICAL.to_string(),
-                    contact_id: c.contact_id.clone(),
-                    native_id: None,
-                    synced_version: c.version,
-                    hash,
-                    deleted: c.is_deleted(),
-                })?;
-            }
-            tx.set_meta(&key, &format!("{start_seq}\t{last}"))?;
-            tx.commit()?;
+            let (next, this) = tokio::join!(next, this);
+            this?;
+            page = next?;
             progress(&name, done, total);
-            after = Some(last);
         }
-        let tx = self.state.tx()?;
+        if from_start {
+            let mut rest = read_back.take_upto(store, None, limit).await?;
+            while tally.join_step(&mut VecDeque::new(), &mut rest) {}
+        }
+        let tx = state.tx()?;
         if tx.cursor(&name)? < start_seq {
             tx.set_cursor(&name, start_seq)?;
         }
@@ -169,7 +322,7 @@ impl Engine {
         )?;
         tx.commit()?;
         progress(&name, done, total);
-        Ok(())
+        Ok(from_start.then(|| tally.finish().0))
     }
 
     /// Compares every store with canonical, contact by contact (ordered
@@ -179,27 +332,33 @@ impl Engine {
         let mut out = Vec::new();
         for i in 0..self.stores.len() {
             let v = self.compare_store(i, false).await?.0;
-            let tx = self.state.tx()?;
-            tx.set_meta(
-                &format!("drift:{}", v.store),
-                &serde_json::json!({
-                    "checked_at": contact_sync_core::model::format_ts(&(self.clock)()),
-                    "drift_pct": v.drift_pct,
-                    "missing": v.missing,
-                    "differing": v.differing,
-                    "extra": v.extra,
-                    "expected": v.expected,
-                })
-                .to_string(),
-            )?;
-            tx.commit()?;
-            if v.drift_pct > 5.0 {
-                tracing::warn!(store = %v.store, drift_pct = v.drift_pct, alert = "drift",
-                    "store differs from canonical by more than 5 %");
-            }
+            self.record_verification(&v)?;
             out.push(v);
         }
         Ok(out)
+    }
+
+    /// Records a store's drift (`drift:<store>`) and alerts above 5 %.
+    fn record_verification(&mut self, v: &StoreVerification) -> Result<(), EngineError> {
+        let tx = self.state.tx()?;
+        tx.set_meta(
+            &format!("drift:{}", v.store),
+            &serde_json::json!({
+                "checked_at": contact_sync_core::model::format_ts(&(self.clock)()),
+                "drift_pct": v.drift_pct,
+                "missing": v.missing,
+                "differing": v.differing,
+                "extra": v.extra,
+                "expected": v.expected,
+            })
+            .to_string(),
+        )?;
+        tx.commit()?;
+        if v.drift_pct > 5.0 {
+            tracing::warn!(store = %v.store, drift_pct = v.drift_pct, alert = "drift",
+                "store differs from canonical by more than 5 %");
+        }
+        Ok(())
     }
 
     /// Settles an open conflict. `keep_incoming` writes the incoming value

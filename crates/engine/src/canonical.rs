@@ -16,14 +16,20 @@ use crate::{CycleReport, Engine, EngineError, CANONICAL};
 
 /// The last entry of each contact, in journal order (earlier entries of the
 /// same contact are superseded: each entry carries the full record).
-pub(crate) fn latest_per_contact(entries: &[JournalEntry]) -> Vec<&JournalEntry> {
+pub(crate) fn latest_per_contact(entries: Vec<JournalEntry>) -> Vec<JournalEntry> {
     let mut last: HashMap<&str, usize> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         last.insert(e.contact_id.as_str(), i);
     }
-    let mut idx: Vec<usize> = last.into_values().collect();
-    idx.sort_unstable();
-    idx.into_iter().map(|i| &entries[i]).collect()
+    let mut keep = vec![false; entries.len()];
+    for i in last.into_values() {
+        keep[i] = true;
+    }
+    entries
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(e, k)| k.then_some(e))
+        .collect()
 }
 
 impl Engine {
@@ -48,7 +54,7 @@ impl Engine {
             let Some(last_seq) = entries.last().map(|e| e.seq) else {
                 return Ok(());
             };
-            let latest = latest_per_contact(&entries);
+            let latest = latest_per_contact(entries);
             let ids: Vec<String> = latest.iter().map(|e| e.contact_id.clone()).collect();
             let recs: HashMap<String, StoreRecord> = self
                 .state
@@ -58,7 +64,7 @@ impl Engine {
                 .collect();
             // Entries canonical already holds (captured from it) need no write.
             let todo: Vec<&JournalEntry> = latest
-                .into_iter()
+                .iter()
                 .filter(|e| {
                     recs.get(&e.contact_id).is_none_or(|r| {
                         r.synced_version < e.version

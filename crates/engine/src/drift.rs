@@ -6,7 +6,8 @@
 
 use std::collections::VecDeque;
 
-use contact_sync_core::{content_hash, validate, Contact, JournalEntry};
+use contact_sync_core::hash::tombstone_hash;
+use contact_sync_core::{content_hash, validate, JournalEntry};
 
 use crate::backfill::StoreVerification;
 use crate::{Engine, EngineError, CANONICAL};
@@ -25,6 +26,86 @@ impl Side {
             after: None,
             done: false,
         }
+    }
+}
+
+/// Counts of a merge-join of canonical's and a store's (contact id, hash)
+/// pairs, both in `contact_id` order.
+pub(crate) struct Tally {
+    v: StoreVerification,
+    /// Collect the ids a repair would rewrite (missing and differing).
+    collect: bool,
+    ids: Vec<String>,
+}
+
+impl Tally {
+    pub(crate) fn new(store: &str, collect: bool) -> Tally {
+        Tally {
+            v: StoreVerification {
+                store: store.to_string(),
+                ..Default::default()
+            },
+            collect,
+            ids: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, id: String, repair: bool) {
+        if self.v.sample.len() < 20 {
+            self.v.sample.push(id.clone());
+        }
+        if repair && self.collect {
+            self.ids.push(id);
+        }
+    }
+
+    /// Takes the smaller front id of canonical's `c` and the store's `s`
+    /// (both when equal) and counts it. False when both are empty. The
+    /// caller makes sure each queue holds every pair up to the other's
+    /// front (or is exhausted).
+    pub(crate) fn join_step(
+        &mut self,
+        c: &mut VecDeque<(String, String)>,
+        s: &mut VecDeque<(String, String)>,
+    ) -> bool {
+        match (c.front(), s.front()) {
+            (None, None) => return false,
+            (Some((cid, _)), Some((sid, _))) if cid == sid => {
+                let (cid, ch) = c.pop_front().expect("front exists");
+                let (_, sh) = s.pop_front().expect("front exists");
+                self.v.expected += 1;
+                if ch == sh {
+                    self.v.matching += 1;
+                } else {
+                    self.v.differing += 1;
+                    self.note(cid, true);
+                }
+            }
+            (Some((cid, _)), s_front) if s_front.is_none_or(|(sid, _)| cid < sid) => {
+                let (cid, _) = c.pop_front().expect("front exists");
+                self.v.expected += 1;
+                self.v.missing += 1;
+                self.note(cid, true);
+            }
+            _ => {
+                let (sid, _) = s.pop_front().expect("front exists");
+                self.v.extra += 1;
+                self.note(sid, false);
+            }
+        }
+        true
+    }
+
+    /// The verification with its drift %, and the collected ids.
+    pub(crate) fn finish(self) -> (StoreVerification, Vec<String>) {
+        let mut v = self.v;
+        let bad = (v.missing + v.differing + v.extra) as f64;
+        v.drift_pct = match (v.expected, bad > 0.0) {
+            (0, true) => 100.0,
+            (0, false) => 0.0,
+            (n, _) => bad * 100.0 / n as f64,
+        };
+        (v, self.ids)
     }
 }
 
@@ -51,32 +132,44 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let page = self.opts.backfill_page.max(1);
         while side.page.is_empty() && !side.done {
-            let rows: Vec<Contact> = match store {
-                None => self
-                    .canonical
-                    .scan(side.after.as_deref(), page)
-                    .await
-                    .map_err(EngineError::Canonical)?,
-                Some(i) => self.stores[i].scan(side.after.as_deref(), page).await?,
-            };
-            let Some(last) = rows.last().map(|c| c.contact_id.clone()) else {
-                side.done = true;
-                break;
-            };
-            for mut c in rows {
-                c.normalize();
-                if c.is_deleted() {
-                    continue;
+            let last = match store {
+                None => {
+                    let rows = self
+                        .canonical
+                        .scan(side.after.as_deref(), page)
+                        .await
+                        .map_err(EngineError::Canonical)?;
+                    let last = rows.last().map(|c| c.contact_id.clone());
+                    for mut c in rows {
+                        c.normalize();
+                        if c.is_deleted()
+                            || validate(&c).is_err()
+                            || !self.stores[accepted_by].accepts(&c)
+                        {
+                            continue;
+                        }
+                        let hash = content_hash(&c);
+                        side.page.push_back((c.contact_id, hash));
+                    }
+                    last
                 }
-                if store.is_none()
-                    && (validate(&c).is_err() || !self.stores[accepted_by].accepts(&c))
-                {
-                    continue;
+                Some(i) => {
+                    let rows = self.stores[i]
+                        .scan_hashes(side.after.as_deref(), page)
+                        .await?;
+                    let last = rows.last().map(|r| r.contact_id.clone());
+                    side.page.extend(
+                        rows.into_iter()
+                            .filter(|r| r.hash != tombstone_hash())
+                            .map(|r| (r.contact_id, r.hash)),
+                    );
+                    last
                 }
-                let hash = content_hash(&c);
-                side.page.push_back((c.contact_id, hash));
+            };
+            match last {
+                Some(last) => side.after = Some(last),
+                None => side.done = true,
             }
-            side.after = Some(last);
         }
         Ok(())
     }
@@ -88,59 +181,16 @@ impl Engine {
         i: usize,
         collect: bool,
     ) -> Result<(StoreVerification, Vec<String>), EngineError> {
-        let mut v = StoreVerification {
-            store: self.stores[i].name().to_string(),
-            ..Default::default()
-        };
-        let mut ids = Vec::new();
+        let mut tally = Tally::new(self.stores[i].name(), collect);
         let (mut c, mut s) = (Side::new(), Side::new());
-        let sample = |v: &mut StoreVerification, id: &str| {
-            if v.sample.len() < 20 {
-                v.sample.push(id.to_string());
-            }
-        };
         loop {
             self.next_page(None, i, &mut c).await?;
             self.next_page(Some(i), i, &mut s).await?;
-            match (c.page.front(), s.page.front()) {
-                (None, None) => break,
-                (Some((cid, _)), Some((sid, _))) if cid == sid => {
-                    let (cid, ch) = c.page.pop_front().expect("front exists");
-                    let (_, sh) = s.page.pop_front().expect("front exists");
-                    v.expected += 1;
-                    if ch == sh {
-                        v.matching += 1;
-                    } else {
-                        v.differing += 1;
-                        sample(&mut v, &cid);
-                        if collect {
-                            ids.push(cid);
-                        }
-                    }
-                }
-                (Some((cid, _)), s_front) if s_front.is_none_or(|(sid, _)| cid < sid) => {
-                    let (cid, _) = c.page.pop_front().expect("front exists");
-                    v.expected += 1;
-                    v.missing += 1;
-                    sample(&mut v, &cid);
-                    if collect {
-                        ids.push(cid);
-                    }
-                }
-                _ => {
-                    let (sid, _) = s.page.pop_front().expect("front exists");
-                    v.extra += 1;
-                    sample(&mut v, &sid);
-                }
+            if !tally.join_step(&mut c.page, &mut s.page) {
+                break;
             }
         }
-        let bad = (v.missing + v.differing + v.extra) as f64;
-        v.drift_pct = match (v.expected, bad > 0.0) {
-            (0, true) => 100.0,
-            (0, false) => 0.0,
-            (n, _) => bad * 100.0 / n as f64,
-        };
-        Ok((v, ids))
+        Ok(tally.finish())
     }
 
     /// Writes canonical's record again to store `name` for every contact
@@ -176,10 +226,9 @@ impl Engine {
                 c.normalize();
                 entries.push(JournalEntry::snapshot(c, CANONICAL, now));
             }
-            let refs: Vec<&JournalEntry> = entries.iter().collect();
             let store = &self.stores[i];
             let plans =
-                crate::propagate::plan(name, |c| store.accepts(c), &refs, &Default::default());
+                crate::propagate::plan(name, |c| store.accepts(c), entries, &Default::default());
             let stats = self.send(i, name, plans, 0).await?;
             report.rewritten += stats.written;
         }

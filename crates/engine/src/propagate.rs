@@ -2,18 +2,19 @@
 
 use std::collections::HashMap;
 
-use contact_sync_connector::{StoreError, WriteOutcome};
-use contact_sync_core::{Contact, DeadLetter, JournalEntry};
-use contact_sync_state::{RunStats, StoreRecord};
+use contact_sync_connector::{Store, StoreError, WriteOutcome};
+use contact_sync_core::{Contact, DeadLetter, JournalEntry, Timestamp};
+use contact_sync_state::{RunStats, StateDb, StoreRecord};
 
 use crate::canonical::latest_per_contact;
 use crate::capture::add_stats;
 use crate::{CycleReport, Engine, EngineError, CANONICAL};
 
 /// What to send a store for one journal entry.
-pub(crate) enum Plan<'a> {
-    /// Send this record.
-    Write(&'a JournalEntry, Box<Contact>),
+pub(crate) enum Plan {
+    /// Send this record (the entry's version; the contact carries its
+    /// content hash).
+    Write { version: i64, contact: Box<Contact> },
     /// The store already has this content: only note the agreement.
     Agree(StoreRecord),
 }
@@ -21,17 +22,17 @@ pub(crate) enum Plan<'a> {
 /// Decides, per latest entry, whether the store needs a write. A store is
 /// never sent content it already has (the hash it last got or gave equals
 /// the entry's), nor a tombstone of something it never had.
-pub(crate) fn plan<'a>(
+pub(crate) fn plan(
     store: &str,
     accepts: impl Fn(&Contact) -> bool,
-    latest: &[&'a JournalEntry],
+    latest: Vec<JournalEntry>,
     recs: &HashMap<String, StoreRecord>,
-) -> Vec<Plan<'a>> {
-    let mut out = Vec::new();
+) -> Vec<Plan> {
+    let mut out = Vec::with_capacity(latest.len());
     for e in latest {
         let rec = recs.get(&e.contact_id);
-        let mut after = e.after.clone();
-        let mut hash = e.hash.clone();
+        let mut after = e.after;
+        let mut hash = e.hash;
         if !after.is_deleted() && !accepts(&after) {
             // Left out of this store: remove it if it is there.
             after.deleted_at = Some(e.at);
@@ -65,7 +66,10 @@ pub(crate) fn plan<'a>(
             after.external_ids.insert(store.to_string(), native);
         }
         after.content_hash = Some(hash);
-        out.push(Plan::Write(e, Box::new(after)));
+        out.push(Plan::Write {
+            version: e.version,
+            contact: Box::new(after),
+        });
     }
     out
 }
@@ -100,7 +104,7 @@ impl Engine {
             // replay must not resurrect, then delete again, a contact the
             // store never had).
             let mut latest = Vec::new();
-            for e in latest_per_contact(&entries) {
+            for e in latest_per_contact(entries) {
                 let newest = self.state.journal_of(&e.contact_id, 1)?;
                 if newest
                     .first()
@@ -117,7 +121,7 @@ impl Engine {
                 .map(|r| (r.contact_id.clone(), r))
                 .collect();
             let store = &self.stores[i];
-            let plans = plan(&name, |c| store.accepts(c), &latest, &recs);
+            let plans = plan(&name, |c| store.accepts(c), latest, &recs);
             let stats = self.send(i, &name, plans, last_seq).await?;
             add_stats(&mut report.entry(&name).stats, &stats);
         }
@@ -129,87 +133,116 @@ impl Engine {
         &mut self,
         i: usize,
         name: &str,
-        plans: Vec<Plan<'_>>,
+        plans: Vec<Plan>,
         cursor: i64,
     ) -> Result<RunStats, EngineError> {
         let now = (self.clock)();
-        let mut writes = Vec::new();
-        let mut sent = Vec::new();
-        let mut agree = Vec::new();
-        for p in plans {
-            match p {
-                Plan::Write(e, c) => {
-                    sent.push((
-                        e.contact_id.clone(),
-                        e.version,
-                        c.content_hash.clone().unwrap_or_default(),
-                    ));
-                    writes.push(*c);
-                }
-                Plan::Agree(r) => agree.push(r),
-            }
-        }
-        let outcomes = if writes.is_empty() {
-            vec![]
-        } else {
-            self.stores[i].write_batch(&writes).await?
-        };
-        if outcomes.len() != writes.len() {
-            return Err(StoreError::permanent(
-                name,
-                format!(
-                    "returned {} outcomes for {} writes",
-                    outcomes.len(),
-                    writes.len()
-                ),
-            )
-            .into());
-        }
-        let mut stats = RunStats::default();
-        let tx = self.state.tx()?;
-        for ((contact_id, version, hash), (o, c)) in
-            sent.into_iter().zip(outcomes.into_iter().zip(&writes))
-        {
-            match o {
-                WriteOutcome::Applied { native_id } => {
-                    stats.written += 1;
-                    tx.put_store_record(&StoreRecord {
-                        store: name.to_string(),
-                        contact_id,
-                        native_id: Some(native_id),
-                        synced_version: version,
-                        hash,
-                        deleted: c.is_deleted(),
-                    })?;
-                }
-                WriteOutcome::Stale { stored_version } => {
-                    // The store has a newer edit of its own; capture brings it in.
-                    tracing::debug!(store = %name, contact_id = %contact_id, version,
-                        stored_version, "store holds a newer version; not overwritten");
-                }
-                WriteOutcome::Rejected { field, reason } => {
-                    stats.dead_letters += 1;
-                    tracing::warn!(store = %name, contact_id = %contact_id, field = %field,
-                        reason = %reason, alert = "sync_failure", "store refused a record");
-                    tx.add_dead_letter(&DeadLetter {
-                        id: 0,
-                        store: name.to_string(),
-                        record: contact_id,
-                        field,
-                        reason,
-                        payload: serde_json::to_value(c).ok(),
-                        at: now,
-                    })?;
-                }
-            }
-        }
-        for r in &agree {
-            tx.put_store_record(r)?;
-        }
-        if cursor > 0 {
-            tx.set_cursor(name, cursor)?;
-        }
-        tx.commit()?;
-        Ok(stats)
+        send_to(
+            &mut *self.stores[i],
+            &mut self.state,
+            name,
+            plans,
+            cursor,
+            now,
+        )
+        .await
     }
+}
+
+/// [`Engine::send`] with the parts it touches borrowed one by one (the
+/// backfill reads canonical while this runs).
+pub(crate) async fn send_to(
+    store: &mut dyn Store,
+    state: &mut StateDb,
+    name: &str,
+    plans: Vec<Plan>,
+    cursor: i64,
+    now: Timestamp,
+) -> Result<RunStats, EngineError> {
+    let mut writes = Vec::new();
+    let mut sent = Vec::new();
+    let mut agree = Vec::new();
+    for p in plans {
+        match p {
+            Plan::Write { version, contact } => {
+                // Stores may keep this hash as the hash of what they
+                // hold (RecordSink contract).
+                debug_assert_eq!(
+                    contact.content_hash.as_deref(),
+                    Some(contact_sync_core::content_hash(&contact).as_str()),
+                    "contact {} planned with a content_hash that is not its content's",
+                    contact.contact_id
+                );
+                sent.push((
+                    contact.contact_id.clone(),
+                    version,
+                    contact.content_hash.clone().unwrap_or_default(),
+                ));
+                writes.push(*contact);
+            }
+            Plan::Agree(r) => agree.push(r),
+        }
+    }
+    let (outcomes, writes) = if writes.is_empty() {
+        (vec![], writes)
+    } else {
+        store.write_batch_owned(writes).await?
+    };
+    if outcomes.len() != writes.len() {
+        return Err(StoreError::permanent(
+            name,
+            format!(
+                "returned {} outcomes for {} writes",
+                outcomes.len(),
+                writes.len()
+            ),
+        )
+        .into());
+    }
+    let mut stats = RunStats::default();
+    let tx = state.tx()?;
+    for ((contact_id, version, hash), (o, c)) in
+        sent.into_iter().zip(outcomes.into_iter().zip(&writes))
+    {
+        match o {
+            WriteOutcome::Applied { native_id } => {
+                stats.written += 1;
+                tx.put_store_record(&StoreRecord {
+                    store: name.to_string(),
+                    contact_id,
+                    native_id: Some(native_id),
+                    synced_version: version,
+                    hash,
+                    deleted: c.is_deleted(),
+                })?;
+            }
+            WriteOutcome::Stale { stored_version } => {
+                // The store has a newer edit of its own; capture brings it in.
+                tracing::debug!(store = %name, contact_id = %contact_id, version,
+                        stored_version, "store holds a newer version; not overwritten");
+            }
+            WriteOutcome::Rejected { field, reason } => {
+                stats.dead_letters += 1;
+                tracing::warn!(store = %name, contact_id = %contact_id, field = %field,
+                        reason = %reason, alert = "sync_failure", "store refused a record");
+                tx.add_dead_letter(&DeadLetter {
+                    id: 0,
+                    store: name.to_string(),
+                    record: contact_id,
+                    field,
+                    reason,
+                    payload: serde_json::to_value(c).ok(),
+                    at: now,
+                })?;
+            }
+        }
+    }
+    for r in &agree {
+        tx.put_store_record(r)?;
+    }
+    if cursor > 0 {
+        tx.set_cursor(name, cursor)?;
+    }
+    tx.commit()?;
+    Ok(stats)
 }

@@ -32,6 +32,11 @@
 //!   `suppress = 1` first and `0` again before COMMIT, so the engine's own
 //!   writes never come back as changes while every other connection only
 //!   ever sees `0`. A crash mid-batch rolls back to `0` as well.
+//! - `content_hash` holds the content hash of the row as the engine wrote
+//!   it (the engine sets it on every write, see [`RecordSink`]). The
+//!   capture triggers clear it when anyone else inserts or updates the row,
+//!   so [`RecordSink::scan_hashes`] can trust a non-NULL value and decode
+//!   only the rows without one.
 //! - A `contacts` table that already exists is kept: missing canonical
 //!   columns and the identity columns are added (and back-filled), and a
 //!   unique index on `contact_id` is created when none exists. The triggers
@@ -65,9 +70,15 @@
 //! 16 KiB pages for new files, statement journals in memory, 32 MiB cache.
 //!
 //! # Async
-//! rusqlite is synchronous. The database is a local file, so the async trait
-//! methods do their work directly, on the calling task, without
-//! `spawn_blocking`; a batch of 1,000 contacts takes a few milliseconds.
+//! rusqlite is synchronous. The database is a local file, so most async
+//! trait methods do their work directly, on the calling task; a batch of
+//! 1,000 contacts takes a few milliseconds. Full scans (`scan`,
+//! `scan_hashes`) and `write_batch_owned` run on a blocking thread instead,
+//! so that the engine can read and check the next page of canonical while
+//! it writes the current page to another store (initial sync uses both
+//! cores). The connection sits behind a
+//! mutex for that; the trait's `&mut self` means the engine never contends
+//! for it.
 //!
 //! # Rows that cannot be decoded
 //! Change capture reports them as [`ChangeKind::Undecodable`] (they go to
@@ -80,12 +91,13 @@ mod codec;
 mod schema;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreError, StoreInfo,
-    WriteOutcome,
+    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordHash, RecordSink, StoreError,
+    StoreInfo, WriteOutcome,
 };
 use contact_sync_core::model::ALL_FIELDS;
 use contact_sync_core::{Contact, Invalid};
@@ -101,8 +113,18 @@ const READ_CHUNK: usize = 500;
 
 /// The embedded SQLite store (see the crate docs for schema and behaviour).
 pub struct SqliteStore {
-    conn: Connection,
     path: PathBuf,
+    name: String,
+    /// The connection and what goes with it. Behind a mutex so that full
+    /// scans can run on a blocking thread (see the crate docs, "Async");
+    /// `&mut self` on every trait method means it is never contended by the
+    /// engine.
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// The store's connection with its prepared SQL and writer state.
+struct Inner {
+    conn: Connection,
     name: String,
     sql: Sql,
     /// Whether triggers are on for this connection (see `write_batch_sync`).
@@ -231,6 +253,25 @@ fn opt_text(v: ValueRef<'_>) -> Option<String> {
     }
 }
 
+/// Decodes a selected row; an undecodable one is logged and left out.
+fn decode_row(store: &str, row: &Row<'_>) -> rusqlite::Result<Option<Contact>> {
+    let raw = raw_row(row)?;
+    match codec::decode(&raw) {
+        Ok(c) if !c.contact_id.is_empty() => Ok(Some(c)),
+        Ok(_) => Ok(None),
+        Err(invalid) => {
+            tracing::warn!(
+                store,
+                record = %invalid.record,
+                field = %invalid.field,
+                reason = %invalid.reason,
+                "row left out of a read: it cannot be decoded (fix it in the database)"
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// The selected columns of a row as [`Raw`] values.
 fn raw_row<'r>(row: &'r Row<'_>) -> rusqlite::Result<[Raw<'r>; NCOLS]> {
     let mut raw = [Raw::Null; NCOLS];
@@ -288,12 +329,15 @@ impl SqliteStore {
             ));
         }
         Ok(SqliteStore {
-            conn,
             path: path.to_path_buf(),
             name: name.to_string(),
-            sql: Sql::new(),
-            triggers_on: true,
-            scratch: Encoded::default(),
+            inner: Arc::new(Mutex::new(Inner {
+                conn,
+                name: name.to_string(),
+                sql: Sql::new(),
+                triggers_on: true,
+                scratch: Encoded::default(),
+            })),
         })
     }
 
@@ -302,28 +346,40 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The connection, for work done on the calling thread.
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        self.inner.lock().map_err(|_| poisoned(&self.name))
+    }
+
+    /// Runs `f` on the connection on a blocking thread: a full scan decodes
+    /// thousands of rows, and the caller (the engine's backfill) overlaps it
+    /// with writes to another store.
+    async fn on_blocking_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = inner.lock().map_err(|_| poisoned(&name))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::permanent(&self.name, format!("a store task failed: {e}")))?
+    }
+}
+
+fn poisoned(store: &str) -> StoreError {
+    StoreError::permanent(
+        store,
+        "the connection is unusable: an earlier operation panicked",
+    )
+}
+
+impl Inner {
     fn err(&self, what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         let what = what.to_string();
         move |e| store_error(&self.name, &what, &e)
-    }
-
-    /// Decodes a selected row; an undecodable one is logged and left out.
-    fn decode_row(store: &str, row: &Row<'_>) -> rusqlite::Result<Option<Contact>> {
-        let raw = raw_row(row)?;
-        match codec::decode(&raw) {
-            Ok(c) if !c.contact_id.is_empty() => Ok(Some(c)),
-            Ok(_) => Ok(None),
-            Err(invalid) => {
-                tracing::warn!(
-                    store,
-                    record = %invalid.record,
-                    field = %invalid.field,
-                    reason = %invalid.reason,
-                    "row left out of a read: it cannot be decoded (fix it in the database)"
-                );
-                Ok(None)
-            }
-        }
     }
 
     fn write_batch_sync(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError> {
@@ -397,7 +453,7 @@ impl SqliteStore {
                 .map_err(self.err("reading contacts"))?;
             while let Some(row) = rows.next().map_err(self.err("reading contacts"))? {
                 if let Some(c) =
-                    Self::decode_row(&self.name, row).map_err(self.err("reading contacts"))?
+                    decode_row(&self.name, row).map_err(self.err("reading contacts"))?
                 {
                     out.push(c);
                 }
@@ -431,9 +487,66 @@ impl SqliteStore {
                     last.push_str(&String::from_utf8_lossy(t));
                 }
                 if let Some(c) =
-                    Self::decode_row(&self.name, row).map_err(self.err("scanning contacts"))?
+                    decode_row(&self.name, row).map_err(self.err("scanning contacts"))?
                 {
                     out.push(c);
+                }
+            }
+            if seen < want || last.is_empty() {
+                break;
+            }
+            cursor = last;
+        }
+        Ok(out)
+    }
+
+    /// `scan`'s rows as (contact_id, hash): a row whose `content_hash` the
+    /// engine wrote (any other writer clears it) is not decoded; the rest
+    /// are decoded and hashed (undecodable ones left out, as in `scan`).
+    fn scan_hashes_sync(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RecordHash>, StoreError> {
+        const HASH_COL: usize = NCOLS - 1;
+        debug_assert_eq!(ALL_FIELDS[HASH_COL - 1], "content_hash");
+        let what = "scanning contact hashes";
+        let mut out = Vec::with_capacity(limit.min(10_000));
+        let mut cursor = after.unwrap_or("").to_string();
+        while out.len() < limit {
+            let want = limit - out.len();
+            let mut stmt = self
+                .conn
+                .prepare_cached(&self.sql.scan)
+                .map_err(self.err(what))?;
+            let mut rows = stmt
+                .query(rusqlite::params![cursor, want as i64])
+                .map_err(self.err(what))?;
+            let mut seen = 0usize;
+            let mut last = String::new();
+            while let Some(row) = rows.next().map_err(self.err(what))? {
+                seen += 1;
+                last.clear();
+                if let Ok(ValueRef::Text(t)) = row.get_ref(1) {
+                    last.push_str(&String::from_utf8_lossy(t));
+                }
+                // Only the id and the hash are read from a row the engine
+                // wrote: SQLite extracts columns lazily.
+                if let Ok(ValueRef::Text(h)) = row.get_ref(HASH_COL) {
+                    let id = last.trim();
+                    if !h.is_empty() && !id.is_empty() {
+                        out.push(RecordHash {
+                            contact_id: id.to_string(),
+                            hash: String::from_utf8_lossy(h).into_owned(),
+                        });
+                        continue;
+                    }
+                }
+                if let Some(c) = decode_row(&self.name, row).map_err(self.err(what))? {
+                    out.push(RecordHash {
+                        hash: contact_sync_core::content_hash(&c),
+                        contact_id: c.contact_id,
+                    });
                 }
             }
             if seen < want || last.is_empty() {
@@ -480,7 +593,7 @@ impl SqliteStore {
             .map_err(self.err(what))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(self.err(what))? {
-            if let Some(c) = Self::decode_row(&self.name, row).map_err(self.err(what))? {
+            if let Some(c) = decode_row(&self.name, row).map_err(self.err(what))? {
                 out.push(c);
             }
         }
@@ -702,12 +815,12 @@ impl ChangeSource for SqliteStore {
         from: Option<&Checkpoint>,
         limit: usize,
     ) -> Result<ChangeBatch, StoreError> {
-        self.read_changes_sync(from, limit)
+        self.lock()?.read_changes_sync(from, limit)
     }
 
     /// Deletes the captured changes up to and including `upto`.
     async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
-        self.acknowledge_sync(upto)
+        self.lock()?.acknowledge_sync(upto)
     }
 }
 
@@ -720,11 +833,24 @@ impl RecordSink for SqliteStore {
     /// was unknown to the sync). If the contact already has another row
     /// here, that row is updated and the hand-made duplicate is removed.
     async fn write_batch(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError> {
-        self.write_batch_sync(writes)
+        self.lock()?.write_batch_sync(writes)
+    }
+
+    /// On a blocking thread: the engine's backfill reads canonical while
+    /// this writes.
+    async fn write_batch_owned(
+        &mut self,
+        writes: Vec<Contact>,
+    ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
+        self.on_blocking_thread(move |inner| {
+            let outcomes = inner.write_batch_sync(&writes)?;
+            Ok((outcomes, writes))
+        })
+        .await
     }
 
     async fn read(&mut self, contact_ids: &[String]) -> Result<Vec<Contact>, StoreError> {
-        self.read_sync(contact_ids)
+        self.lock()?.read_sync(contact_ids)
     }
 
     async fn scan(
@@ -732,12 +858,27 @@ impl RecordSink for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Contact>, StoreError> {
-        self.scan_sync(after, limit)
+        let after = after.map(str::to_string);
+        self.on_blocking_thread(move |inner| inner.scan_sync(after.as_deref(), limit))
+            .await
+    }
+
+    /// Rows the engine wrote keep the hash in `content_hash` (any other
+    /// writer's change clears it, see the crate docs): only the rest are
+    /// read and hashed.
+    async fn scan_hashes(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RecordHash>, StoreError> {
+        let after = after.map(str::to_string);
+        self.on_blocking_thread(move |inner| inner.scan_hashes_sync(after.as_deref(), limit))
+            .await
     }
 
     /// Rows with a `contact_id` and no `deleted_at`.
     async fn count(&mut self) -> Result<u64, StoreError> {
-        self.count_sync()
+        self.lock()?.count_sync()
     }
 
     /// Uses the indexes on `_primary_email` / `_primary_phone`.
@@ -746,7 +887,7 @@ impl RecordSink for SqliteStore {
         emails: &[String],
         phones: &[String],
     ) -> Result<Vec<Contact>, StoreError> {
-        self.find_by_identity_sync(emails, phones)
+        self.lock()?.find_by_identity_sync(emails, phones)
     }
 }
 
@@ -771,11 +912,12 @@ mod tests {
     fn find_by_identity_uses_the_indexes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("s.db"), "local").expect("open");
-        let mut stmt = store
+        let inner = store.lock().expect("lock");
+        let mut stmt = inner
             .conn
             .prepare(&format!(
                 "EXPLAIN QUERY PLAN {}",
-                store.sql.find_by_identity
+                inner.sql.find_by_identity
             ))
             .expect("explain");
         let plan: Vec<String> = stmt
@@ -796,9 +938,10 @@ mod tests {
     fn scan_walks_the_contact_id_index() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("s.db"), "local").expect("open");
-        let mut stmt = store
+        let inner = store.lock().expect("lock");
+        let mut stmt = inner
             .conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", store.sql.scan))
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", inner.sql.scan))
             .expect("explain");
         let plan: Vec<String> = stmt
             .query_map(rusqlite::params!["", 10], |r| r.get::<_, String>(3))

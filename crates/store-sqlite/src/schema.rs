@@ -227,6 +227,13 @@ fn create_triggers(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         primary_expr("NEW.emails", "address", true),
         primary_expr("NEW.phones", "number", false)
     );
+    // `content_hash` is trusted as the hash of the row only while the row
+    // is as the engine wrote it (the engine's writes run with capture
+    // suppressed): any other write clears it, so hash scans decode that row.
+    // The `IS NOT NULL` guard ends the nested update even with
+    // `recursive_triggers` on.
+    let forget_hash =
+        "UPDATE contacts SET content_hash = NULL WHERE id = NEW.id AND content_hash IS NOT NULL;";
     tx.execute_batch(&format!(
         "DROP TRIGGER IF EXISTS _contact_sync_capture_insert;
          DROP TRIGGER IF EXISTS _contact_sync_capture_update;
@@ -238,12 +245,14 @@ fn create_triggers(tx: &Transaction<'_>) -> rusqlite::Result<()> {
          BEGIN
            INSERT INTO _contact_sync_changes (row_id, contact_id, op, image)
            VALUES (NEW.id, NEW.contact_id, 'insert', {new_image});
+           {forget_hash}
          END;
          CREATE TRIGGER _contact_sync_capture_update AFTER UPDATE OF {watched} ON contacts
          WHEN {SUPPRESSED_OFF}
          BEGIN
            INSERT INTO _contact_sync_changes (row_id, contact_id, op, image)
            VALUES (NEW.id, NEW.contact_id, 'update', {new_image});
+           {forget_hash}
          END;
          CREATE TRIGGER _contact_sync_capture_delete AFTER DELETE ON contacts
          WHEN {SUPPRESSED_OFF}

@@ -766,3 +766,64 @@ async fn scan_continues_after_stored_ids_with_stray_whitespace() {
     assert_eq!(all.len(), 3);
     assert_eq!(f.store.count().await.expect("count"), 4);
 }
+
+/// `scan_hashes` answers from `content_hash` for rows as the engine wrote
+/// them, and from the content for rows anyone else touched: a user's edit
+/// clears the stored hash (a stale one would hide the edit from drift
+/// checks and verification).
+#[tokio::test]
+async fn hash_scan_trusts_only_hashes_of_rows_as_the_engine_wrote_them() {
+    use contact_sync_core::content_hash;
+    let mut f = fixture();
+    let mut written = Vec::new();
+    for i in 0..3 {
+        let mut c = common::full_contact(i);
+        c.contact_id = format!("h{i}");
+        c.normalize();
+        c.content_hash = Some(content_hash(&c));
+        written.push(c);
+    }
+    f.store.write_batch(&written).await.expect("write");
+    let db = cli(&f.path);
+    // A stored hash that is not the row's: only a row the engine wrote
+    // keeps the value it was given, so the scan reports it as stored.
+    db.execute_batch("PRAGMA recursive_triggers = ON")
+        .expect("recursive triggers");
+    db.execute(
+        "UPDATE contacts SET job_title = 'Edited by hand' WHERE contact_id = 'h1'",
+        [],
+    )
+    .expect("user update");
+    db.execute(
+        "UPDATE contacts SET content_hash = 'forged' WHERE contact_id = 'h2'",
+        [],
+    )
+    .expect("user sets a hash");
+    let stored: Vec<Option<String>> = db
+        .prepare("SELECT content_hash FROM contacts ORDER BY contact_id")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(
+        stored,
+        vec![written[0].content_hash.clone(), None, None],
+        "a write by anyone but the engine clears content_hash"
+    );
+
+    let hashes = f.store.scan_hashes(None, 10).await.expect("scan_hashes");
+    let read = f.store.scan(None, 10).await.expect("scan");
+    let expected: Vec<(String, String)> = read
+        .iter()
+        .map(|c| (c.contact_id.clone(), content_hash(c)))
+        .collect();
+    let got: Vec<(String, String)> = hashes.into_iter().map(|r| (r.contact_id, r.hash)).collect();
+    assert_eq!(got, expected);
+    assert_ne!(got[1].1, written[1].content_hash.clone().unwrap());
+    assert_eq!(got[2].1, written[2].content_hash.clone().unwrap());
+    // Paging: after the first id, from the second on.
+    let page = f.store.scan_hashes(Some("h0"), 1).await.expect("page");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].contact_id, "h1");
+}
