@@ -226,6 +226,15 @@ pub trait StoreInfo {
         let _ = contact;
         true
     }
+
+    /// Whether a record read from this store, when its `content_hash` is
+    /// set, always has `content_hash == content_hash(record)`: the store
+    /// keeps the engine's hash and forgets it when anyone else writes the
+    /// record (see [`RecordSink`], "Content hash"). The engine then does not
+    /// hash such records again. False unless a store guarantees it.
+    fn keeps_content_hash(&self) -> bool {
+        false
+    }
 }
 
 /// A store: a change source, a record sink, and its description.

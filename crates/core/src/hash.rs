@@ -148,8 +148,17 @@ mod tests {
         a.tags = vec!["x".into()];
         a.llm_context = Some(serde_json::json!({"closeness_level": 3}));
         a.created_at = Some(now());
-        let bytes = serde_json::to_vec(&a.content_fields()).unwrap();
-        assert_eq!(content_hash(&a), hex::encode(Sha256::digest(&bytes)));
+        // The content fields as one JSON object in canonical field order.
+        let fields = a.content_fields();
+        let members: Vec<String> = crate::model::CONTENT_FIELDS
+            .iter()
+            .map(|f| format!("{}:{}", serde_json::json!(f), fields[*f]))
+            .collect();
+        let bytes = format!("{{{}}}", members.join(","));
+        assert_eq!(
+            content_hash(&a),
+            hex::encode(Sha256::digest(bytes.as_bytes()))
+        );
     }
 
     #[test]

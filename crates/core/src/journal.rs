@@ -137,6 +137,18 @@ impl JournalEntry {
     /// conflict): what a store must hold to agree with canonical, used by
     /// backfill and drift repair.
     pub fn snapshot(c: Contact, origin: &str, at: Timestamp) -> JournalEntry {
+        let hash = crate::hash::content_hash(&c);
+        JournalEntry::snapshot_with_hash(c, hash, origin, at)
+    }
+
+    /// [`snapshot`](JournalEntry::snapshot) of a contact whose content hash
+    /// is already known (`hash` must be `content_hash(&c)`).
+    pub fn snapshot_with_hash(
+        c: Contact,
+        hash: String,
+        origin: &str,
+        at: Timestamp,
+    ) -> JournalEntry {
         JournalEntry {
             seq: 0,
             contact_id: c.contact_id.clone(),
@@ -146,7 +158,7 @@ impl JournalEntry {
             origin: origin.to_string(),
             changes: vec![],
             conflicts: vec![],
-            hash: crate::hash::content_hash(&c),
+            hash,
             after: c,
             at,
         }

@@ -120,9 +120,10 @@ pub fn merge(input: MergeInput<'_>) -> MergeOutcome {
         new.last_updated = Some(stamp(&input));
         new.last_updated_by = Some(input.origin.to_string());
         new.content_hash = Some(crate::hash::content_hash(&new));
-        let changes = incoming
-            .content_fields()
-            .into_iter()
+        let mut fields = incoming.content_fields();
+        let changes = CONTENT_FIELDS
+            .iter()
+            .filter_map(|f| fields.remove(*f).map(|v| (f.to_string(), v)))
             .filter(|(_, v)| !v.is_null() && *v != Value::Array(vec![]))
             .map(|(field, new)| FieldChange {
                 field,
@@ -280,10 +281,13 @@ pub fn merge(input: MergeInput<'_>) -> MergeOutcome {
 /// Field changes from `old` to `new` over the content fields and the
 /// tombstone (`deleted_at`); `old = None` lists every field `new` sets.
 pub fn diff(old: Option<&Contact>, new: &Contact) -> Vec<FieldChange> {
-    let new_fields = new.content_fields();
+    let mut new_fields = new.content_fields();
     let old_fields = old.map(|o| o.content_fields());
     let mut out = Vec::new();
-    for (field, nv) in new_fields {
+    // In canonical field order (the map itself is sorted by name).
+    for field in CONTENT_FIELDS {
+        let nv = new_fields.remove(*field).unwrap_or(Value::Null);
+        let field = field.to_string();
         let ov = old_fields
             .as_ref()
             .map_or(Value::Null, |o| o[field.as_str()].clone());

@@ -234,26 +234,12 @@ pub fn category_name(code: &str) -> Option<&'static str> {
         .map(|(_, name)| *name)
 }
 
-/// Puts the keys of every JSON object in `v` in sorted order, recursively:
-/// stores disagree on key order (Postgres `jsonb` sorts keys its own way),
-/// and key order carries no meaning.
-fn sort_keys(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            let sorted = m.keys().zip(m.keys().skip(1)).all(|(a, b)| a <= b);
-            for x in m.values_mut() {
-                sort_keys(x);
-            }
-            if !sorted {
-                // In place (keys are unique, so the unstable sort gives the
-                // one sorted order): no new entry or index tables.
-                m.sort_keys();
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(sort_keys),
-        _ => {}
-    }
-}
+// JSON object keys are always in sorted order: stores disagree on key order
+// (Postgres `jsonb` sorts keys its own way) and it carries no meaning, so
+// contact-sync builds serde_json without `preserve_order` and its `Map` is
+// a `BTreeMap`. Normalizing therefore never re-sorts anything; the test
+// `json_objects_keep_their_keys_sorted` fails if a dependency ever turns
+// `preserve_order` on.
 
 impl Contact {
     /// A contact with only the required fields set.
@@ -337,10 +323,8 @@ impl Contact {
             }
         }
         fn json(v: &mut Option<Value>) {
-            match v {
-                Some(Value::Null) => *v = None,
-                Some(x) => sort_keys(x),
-                None => {}
+            if matches!(v, Some(Value::Null)) {
+                *v = None;
             }
         }
         fn ts(v: &mut Option<Timestamp>) {
@@ -535,8 +519,17 @@ mod tests {
         assert_eq!(c, once, "normalize is idempotent");
     }
 
+    /// Guards the build: serde_json without `preserve_order` (see the note
+    /// above `impl Contact`), so JSON read in any key order comes out sorted.
     #[test]
-    fn normalize_sorts_json_object_keys_at_every_depth() {
+    fn json_objects_keep_their_keys_sorted() {
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"b":{"z":1,"y":[{"q":1,"p":2}]},"a":0}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"a":0,"b":{"y":[{"p":2,"q":1}],"z":1}}"#,
+            "serde_json was built with `preserve_order`: JSON key order now leaks into hashes"
+        );
         let mut c = Contact::new("c1", "Ada");
         c.llm_context = Some(serde_json::json!({
             "zeta": 1,

@@ -9,10 +9,11 @@ use contact_sync_core::hash::tombstone_hash;
 use contact_sync_core::{
     content_hash, validate, Contact, DeadLetter, Invalid, JournalEntry, Timestamp,
 };
-use contact_sync_state::{StateDb, StoreRecord};
+use contact_sync_state::{StateDb, StateTx, StoreRecord};
 use serde::Serialize;
 
 use crate::drift::Tally;
+use crate::propagate::{deliver, Delivery, Plan};
 use crate::{CycleReport, Engine, EngineError, CANONICAL};
 
 /// Called as a backfill advances: (store, contacts done, contacts in canonical).
@@ -38,17 +39,22 @@ pub struct StoreVerification {
     pub sample: Vec<String>,
 }
 
-/// Writes one canonical page to `store` (what it lacks or holds
-/// differently), commits the sync records, and dead-letters the page's
-/// invalid records (each content once). Returns canonical's (contact id,
-/// hash) pairs the store must now hold, for the read-back.
-async fn write_page(
-    store: &mut dyn Store,
-    state: &mut StateDb,
+/// One canonical page planned for a store.
+struct PlannedPage {
+    /// Canonical's (contact id, hash) pairs the store must hold once the
+    /// page is written, for the read-back.
+    expected: VecDeque<(String, String)>,
+    plans: Vec<Plan>,
+    invalid: Vec<(Invalid, Contact)>,
+}
+
+/// Decides what of `page` store `name` lacks or holds differently.
+fn plan_page(
+    store: &dyn Store,
+    state: &StateDb,
     name: &str,
     page: CanonicalPage,
-    now: Timestamp,
-) -> Result<VecDeque<(String, String)>, EngineError> {
+) -> Result<PlannedPage, EngineError> {
     let expected: VecDeque<(String, String)> = page
         .entries
         .iter()
@@ -61,42 +67,72 @@ async fn write_page(
         .into_iter()
         .map(|r| (r.contact_id.clone(), r))
         .collect();
-    let plans = crate::propagate::plan(name, |c| store.accepts(c), page.entries, &recs);
-    crate::propagate::send_to(store, state, name, plans, 0, now).await?;
-    if page.invalid.is_empty() {
-        return Ok(expected);
+    Ok(PlannedPage {
+        expected,
+        plans: crate::propagate::plan(name, |c| store.accepts(c), page.entries, &recs),
+        invalid: page.invalid,
+    })
+}
+
+/// A page the store confirmed, waiting to be recorded.
+struct DeliveredPage {
+    delivery: Delivery,
+    invalid: Vec<(Invalid, Contact)>,
+    /// The resume point once recorded: `<journal seq at start>\t<last id>`.
+    resume: String,
+}
+
+impl DeliveredPage {
+    /// Commits, in one state transaction, the sync records, the page's
+    /// invalid records as dead letters (each content once) and the resume
+    /// point `key`.
+    fn record(
+        self,
+        state: &mut StateDb,
+        name: &str,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        let DeliveredPage {
+            delivery,
+            invalid,
+            resume,
+        } = self;
+        let extra = |tx: &StateTx<'_>| -> Result<(), EngineError> {
+            for (bad, c) in &invalid {
+                // Reported once: the canonical sync record remembers the
+                // refused content, so a re-run does not report it again.
+                let hash = content_hash(c);
+                let known = tx.store_record(CANONICAL, &c.contact_id)?;
+                if known.is_some_and(|r| r.hash == hash) || c.contact_id.is_empty() {
+                    continue;
+                }
+                tracing::warn!(record = %bad.record, field = %bad.field, reason = %bad.log_reason(),
+                    "canonical record refused; kept in dead letters");
+                tx.add_dead_letter(&DeadLetter {
+                    id: 0,
+                    store: CANONICAL.to_string(),
+                    record: bad.record.clone(),
+                    field: bad.field.clone(),
+                    reason: bad.reason.clone(),
+                    payload: serde_json::to_value(c).ok(),
+                    at: now,
+                })?;
+                tx.put_store_record(&StoreRecord {
+                    store: CANONICAL.to_string(),
+                    contact_id: c.contact_id.clone(),
+                    native_id: None,
+                    synced_version: c.version,
+                    hash,
+                    deleted: c.is_deleted(),
+                })?;
+            }
+            tx.set_meta(key, &resume)?;
+            Ok(())
+        };
+        delivery.record(state, name, 0, now, extra)?;
+        Ok(())
     }
-    let tx = state.tx()?;
-    for (bad, c) in &page.invalid {
-        // Reported once: the canonical sync record remembers the refused
-        // content, so a re-run does not report it again.
-        let hash = content_hash(c);
-        let known = tx.store_record(CANONICAL, &c.contact_id)?;
-        if known.is_some_and(|r| r.hash == hash) || c.contact_id.is_empty() {
-            continue;
-        }
-        tracing::warn!(record = %bad.record, field = %bad.field, reason = %bad.reason,
-            "canonical record refused; kept in dead letters");
-        tx.add_dead_letter(&DeadLetter {
-            id: 0,
-            store: CANONICAL.to_string(),
-            record: bad.record.clone(),
-            field: bad.field.clone(),
-            reason: bad.reason.clone(),
-            payload: serde_json::to_value(c).ok(),
-            at: now,
-        })?;
-        tx.put_store_record(&StoreRecord {
-            store: CANONICAL.to_string(),
-            contact_id: c.contact_id.clone(),
-            native_id: None,
-            synced_version: c.version,
-            hash,
-            deleted: c.is_deleted(),
-        })?;
-    }
-    tx.commit()?;
-    Ok(expected)
 }
 
 fn meta_key(store: &str) -> String {
@@ -114,27 +150,42 @@ struct CanonicalPage {
     invalid: Vec<(Invalid, Contact)>,
 }
 
-/// Reads the canonical page after `after` and checks it on a blocking
-/// thread (validation and hashing are most of a page's CPU time, and the
-/// backfill overlaps them with writing the previous page).
-async fn read_canonical_page(
+/// The canonical records after `after` (none after the last page).
+async fn scan_canonical(
     canonical: &mut dyn Store,
-    after: Option<String>,
+    after: Option<&str>,
     limit: usize,
+) -> Result<Vec<Contact>, EngineError> {
+    canonical
+        .scan(after, limit)
+        .await
+        .map_err(EngineError::Canonical)
+}
+
+/// Validates and hashes a scanned page on a blocking thread (most of a
+/// page's CPU time after decoding).
+/// `kept_hashes`: canonical keeps content hashes (`StoreInfo::keeps_content_hash`).
+async fn check_page(
+    rows: Vec<Contact>,
+    kept_hashes: bool,
     now: Timestamp,
 ) -> Result<CanonicalPage, EngineError> {
-    let rows = canonical
-        .scan(after.as_deref(), limit)
-        .await
-        .map_err(EngineError::Canonical)?;
     tokio::task::spawn_blocking(move || {
         let last = rows.last().map(|c| c.contact_id.clone());
         let mut entries = Vec::with_capacity(rows.len());
         let mut invalid = Vec::new();
-        for mut c in rows {
-            c.normalize();
+        // Reads come normalized (RecordSink contract).
+        for c in rows {
             match validate(&c) {
-                Ok(()) => entries.push(JournalEntry::snapshot(c, CANONICAL, now)),
+                Ok(()) => {
+                    let hash = c
+                        .content_hash
+                        .clone()
+                        .filter(|_| kept_hashes)
+                        .unwrap_or_else(|| content_hash(&c));
+                    debug_assert_eq!(hash, content_hash(&c), "kept hash of {}", c.contact_id);
+                    entries.push(JournalEntry::snapshot_with_hash(c, hash, CANONICAL, now));
+                }
                 Err(bad) => invalid.push((bad, c)),
             }
         }
@@ -240,11 +291,10 @@ impl Engine {
         Ok(out)
     }
 
-    /// Backfills store `i`. While the page just read is written to the
-    /// store (and its sync records committed), the next page is read from
-    /// canonical and checked: the two halves run on the two cores.
-    /// Returns the store's verification when the backfill ran from the
-    /// start in this call.
+    /// Backfills store `i`, page by page, with reading canonical, writing
+    /// the store and recording in the state database overlapped (see the
+    /// comment in the body). Returns the store's verification when the
+    /// backfill ran from the start in this call.
     async fn backfill_store(
         &mut self,
         i: usize,
@@ -284,28 +334,60 @@ impl Engine {
             ..
         } = self;
         let store = &mut *stores[i];
-        let mut page = read_canonical_page(&mut **canonical, after, limit, now).await?;
+        // Three things overlap for each page k: reading and checking page
+        // k+1 (blocking threads), writing page k to the store and reading it
+        // back (a blocking thread), and recording page k-1 in the state
+        // database (this task). A page is recorded only after the store
+        // confirmed it; a crash before that re-sends it (writes are
+        // idempotent).
+        let rows = scan_canonical(&mut **canonical, after.as_deref(), limit).await?;
+        let kept_hashes = canonical.keeps_content_hash();
+        let mut page = check_page(rows, kept_hashes, now).await?;
+        let mut delivered: Option<DeliveredPage> = None;
         while let Some(last) = page.last.clone() {
             if shutdown.load(Ordering::SeqCst) {
-                return Ok(None);
+                break;
             }
             done += (page.entries.len() + page.invalid.len()) as u64;
-            let next = read_canonical_page(&mut **canonical, Some(last.clone()), limit, now);
-            let this = async {
-                let mut expected = write_page(store, state, &name, page, now).await?;
+            let PlannedPage {
+                mut expected,
+                plans,
+                invalid,
+            } = plan_page(store, state, &name, page)?;
+            let resume = format!("{start_seq}\t{last}");
+            let next = async {
+                let rows = scan_canonical(&mut **canonical, Some(&last), limit).await?;
+                check_page(rows, kept_hashes, now).await
+            };
+            let write = async {
+                let delivery = deliver(store, &name, plans).await?;
                 if from_start {
                     let mut got = read_back.take_upto(store, Some(&last), limit).await?;
                     while tally.join_step(&mut expected, &mut got) {}
                 }
-                let tx = state.tx()?;
-                tx.set_meta(&key, &format!("{start_seq}\t{last}"))?;
-                tx.commit()?;
-                Ok::<(), EngineError>(())
+                Ok::<_, EngineError>(DeliveredPage {
+                    delivery,
+                    invalid,
+                    resume,
+                })
             };
-            let (next, this) = tokio::join!(next, this);
-            this?;
+            let record = async {
+                match delivered.take() {
+                    Some(d) => d.record(state, &name, &key, now),
+                    None => Ok(()),
+                }
+            };
+            let (next, written, recorded) = tokio::join!(next, write, record);
+            recorded?;
+            delivered = Some(written?);
             page = next?;
             progress(&name, done, total);
+        }
+        if let Some(d) = delivered.take() {
+            d.record(state, &name, &key, now)?;
+        }
+        if shutdown.load(Ordering::SeqCst) {
+            return Ok(None);
         }
         if from_start {
             let mut rest = read_back.take_upto(store, None, limit).await?;

@@ -140,15 +140,19 @@ impl Engine {
                         .await
                         .map_err(EngineError::Canonical)?;
                     let last = rows.last().map(|c| c.contact_id.clone());
-                    for mut c in rows {
-                        c.normalize();
+                    let kept_hashes = self.canonical.keeps_content_hash();
+                    // Reads come normalized (RecordSink contract).
+                    for c in rows {
                         if c.is_deleted()
                             || validate(&c).is_err()
                             || !self.stores[accepted_by].accepts(&c)
                         {
                             continue;
                         }
-                        let hash = content_hash(&c);
+                        let hash = match c.content_hash {
+                            Some(h) if kept_hashes => h,
+                            _ => content_hash(&c),
+                        };
                         side.page.push_back((c.contact_id, hash));
                     }
                     last

@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 
 use contact_sync_connector::{Store, StoreError, WriteOutcome};
+use contact_sync_core::pii::Reason;
 use contact_sync_core::{Contact, DeadLetter, JournalEntry, Timestamp};
-use contact_sync_state::{RunStats, StateDb, StoreRecord};
+use contact_sync_state::{RunStats, StateDb, StateTx, StoreRecord};
 
 use crate::canonical::latest_per_contact;
 use crate::capture::add_stats;
@@ -144,13 +145,16 @@ impl Engine {
             plans,
             cursor,
             now,
+            |_| Ok(()),
         )
         .await
     }
 }
 
 /// [`Engine::send`] with the parts it touches borrowed one by one (the
-/// backfill reads canonical while this runs).
+/// backfill reads canonical while this runs); `extra` adds to the state
+/// transaction that records the outcome.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn send_to(
     store: &mut dyn Store,
     state: &mut StateDb,
@@ -158,7 +162,36 @@ pub(crate) async fn send_to(
     plans: Vec<Plan>,
     cursor: i64,
     now: Timestamp,
+    extra: impl FnOnce(&StateTx<'_>) -> Result<(), EngineError>,
 ) -> Result<RunStats, EngineError> {
+    deliver(store, name, plans)
+        .await?
+        .record(state, name, cursor, now, extra)
+}
+
+/// Planned records a store has confirmed (or refused), not yet recorded in
+/// the state database.
+pub(crate) struct Delivery {
+    /// (contact id, version, hash) of each write, in order.
+    sent: Vec<(String, i64, String)>,
+    outcomes: Vec<WriteOutcome>,
+    writes: Vec<Written>,
+    agree: Vec<StoreRecord>,
+}
+
+/// What a delivery remembers of each write.
+enum Written {
+    Kept { deleted: bool },
+    Refused(Box<Contact>),
+}
+
+/// Writes the planned records to `store` (the first half of
+/// [`send_to`]; [`Delivery::record`] is the second).
+pub(crate) async fn deliver(
+    store: &mut dyn Store,
+    name: &str,
+    plans: Vec<Plan>,
+) -> Result<Delivery, EngineError> {
     let mut writes = Vec::new();
     let mut sent = Vec::new();
     let mut agree = Vec::new();
@@ -199,50 +232,94 @@ pub(crate) async fn send_to(
         )
         .into());
     }
-    let mut stats = RunStats::default();
-    let tx = state.tx()?;
-    for ((contact_id, version, hash), (o, c)) in
-        sent.into_iter().zip(outcomes.into_iter().zip(&writes))
-    {
-        match o {
-            WriteOutcome::Applied { native_id } => {
-                stats.written += 1;
-                tx.put_store_record(&StoreRecord {
-                    store: name.to_string(),
-                    contact_id,
-                    native_id: Some(native_id),
-                    synced_version: version,
-                    hash,
-                    deleted: c.is_deleted(),
-                })?;
-            }
-            WriteOutcome::Stale { stored_version } => {
-                // The store has a newer edit of its own; capture brings it in.
-                tracing::debug!(store = %name, contact_id = %contact_id, version,
-                        stored_version, "store holds a newer version; not overwritten");
-            }
-            WriteOutcome::Rejected { field, reason } => {
-                stats.dead_letters += 1;
-                tracing::warn!(store = %name, contact_id = %contact_id, field = %field,
-                        reason = %reason, alert = "sync_failure", "store refused a record");
-                tx.add_dead_letter(&DeadLetter {
-                    id: 0,
-                    store: name.to_string(),
-                    record: contact_id,
-                    field,
-                    reason,
-                    payload: serde_json::to_value(c).ok(),
-                    at: now,
-                })?;
+    // Only refused records are kept (for their dead letters): a delivery
+    // may wait while the next batch is written.
+    let writes = outcomes
+        .iter()
+        .zip(writes)
+        .map(|(o, c)| match o {
+            WriteOutcome::Rejected { .. } => Written::Refused(Box::new(c)),
+            _ => Written::Kept {
+                deleted: c.is_deleted(),
+            },
+        })
+        .collect();
+    Ok(Delivery {
+        sent,
+        outcomes,
+        writes,
+        agree,
+    })
+}
+
+impl Delivery {
+    /// Commits what the store confirmed: one transaction with the sync
+    /// records, dead letters for refused records, the store's cursor (when
+    /// `cursor > 0`) and whatever `extra` adds.
+    pub(crate) fn record(
+        self,
+        state: &mut StateDb,
+        name: &str,
+        cursor: i64,
+        now: Timestamp,
+        extra: impl FnOnce(&StateTx<'_>) -> Result<(), EngineError>,
+    ) -> Result<RunStats, EngineError> {
+        let Delivery {
+            sent,
+            outcomes,
+            writes,
+            agree,
+        } = self;
+        let mut stats = RunStats::default();
+        let tx = state.tx()?;
+        for ((contact_id, version, hash), (o, c)) in
+            sent.into_iter().zip(outcomes.into_iter().zip(&writes))
+        {
+            match o {
+                WriteOutcome::Applied { native_id } => {
+                    stats.written += 1;
+                    tx.put_store_record(&StoreRecord {
+                        store: name.to_string(),
+                        contact_id,
+                        native_id: Some(native_id),
+                        synced_version: version,
+                        hash,
+                        deleted: matches!(c, Written::Kept { deleted: true }),
+                    })?;
+                }
+                WriteOutcome::Stale { stored_version } => {
+                    // The store has a newer edit of its own; capture brings it in.
+                    tracing::debug!(store = %name, contact_id = %contact_id, version,
+                            stored_version, "store holds a newer version; not overwritten");
+                }
+                WriteOutcome::Rejected { field, reason } => {
+                    stats.dead_letters += 1;
+                    tracing::warn!(store = %name, contact_id = %contact_id, field = %field,
+                            reason = %Reason::quoting(|q| q.detail(&reason)),
+                            alert = "sync_failure", "store refused a record");
+                    tx.add_dead_letter(&DeadLetter {
+                        id: 0,
+                        store: name.to_string(),
+                        record: contact_id,
+                        field,
+                        reason,
+                        payload: match c {
+                            Written::Refused(c) => serde_json::to_value(c).ok(),
+                            Written::Kept { .. } => None,
+                        },
+                        at: now,
+                    })?;
+                }
             }
         }
+        for r in &agree {
+            tx.put_store_record(r)?;
+        }
+        if cursor > 0 {
+            tx.set_cursor(name, cursor)?;
+        }
+        extra(&tx)?;
+        tx.commit()?;
+        Ok(stats)
     }
-    for r in &agree {
-        tx.put_store_record(r)?;
-    }
-    if cursor > 0 {
-        tx.set_cursor(name, cursor)?;
-    }
-    tx.commit()?;
-    Ok(stats)
 }

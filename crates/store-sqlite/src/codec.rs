@@ -7,6 +7,7 @@
 //! record (its `contact_id`, or `row <id>` when it has none) and the field.
 
 use contact_sync_core::model::{format_ts, parse_ts, ALL_FIELDS};
+use contact_sync_core::pii::Reason;
 use contact_sync_core::{Contact, Invalid, Timestamp};
 use rusqlite::types::ValueRef;
 use serde::de::DeserializeOwned;
@@ -88,17 +89,17 @@ pub(crate) fn record_label(raw: &[Raw<'_>; NCOLS]) -> String {
 }
 
 /// A field's reading failed: why (without the value, which is personal data).
-type FieldResult<T> = Result<T, String>;
+type FieldResult<T> = Result<T, Reason>;
 
 fn text(raw: Raw<'_>) -> FieldResult<Option<String>> {
     match raw {
         Raw::Null => Ok(None),
         Raw::Text(t) => std::str::from_utf8(t)
             .map(|s| Some(s.to_string()))
-            .map_err(|_| "is not valid UTF-8 text".to_string()),
+            .map_err(|_| Reason::plain("is not valid UTF-8 text")),
         Raw::Int(i) => Ok(Some(i.to_string())),
         Raw::Real(f) => Ok(Some(f.to_string())),
-        Raw::Blob => Err("holds a BLOB, expected text".to_string()),
+        Raw::Blob => Err(Reason::plain("holds a BLOB, expected text")),
     }
 }
 
@@ -107,11 +108,15 @@ fn json<T: DeserializeOwned>(raw: Raw<'_>) -> FieldResult<Option<T>> {
     match raw {
         Raw::Null => Ok(None),
         Raw::Text(t) if t.iter().all(u8::is_ascii_whitespace) => Ok(None),
-        Raw::Text(t) => serde_json::from_slice(t)
-            .map(Some)
-            .map_err(|e| format!("is not valid JSON of the expected shape: {e}")),
-        Raw::Int(_) | Raw::Real(_) => Err("holds a number, expected JSON text".to_string()),
-        Raw::Blob => Err("holds a BLOB, expected JSON text".to_string()),
+        Raw::Text(t) => serde_json::from_slice(t).map(Some).map_err(|e| {
+            // serde's message may quote the value: masked in logs.
+            let e = e.to_string();
+            Reason::quoting(|q| {
+                format!("is not valid JSON of the expected shape: {}", q.detail(&e))
+            })
+        }),
+        Raw::Int(_) | Raw::Real(_) => Err(Reason::plain("holds a number, expected JSON text")),
+        Raw::Blob => Err(Reason::plain("holds a BLOB, expected JSON text")),
     }
 }
 
@@ -119,18 +124,20 @@ fn timestamp(raw: Raw<'_>) -> FieldResult<Option<Timestamp>> {
     match raw {
         Raw::Null => Ok(None),
         Raw::Text(t) => {
-            let s = std::str::from_utf8(t).map_err(|_| "is not valid UTF-8 text".to_string())?;
+            let s = std::str::from_utf8(t).map_err(|_| Reason::plain("is not valid UTF-8 text"))?;
             if s.trim().is_empty() {
                 return Ok(None);
             }
-            parse_ts(s)
-                .map(Some)
-                .ok_or_else(|| "is not an RFC 3339 timestamp (or YYYY-MM-DD HH:MM:SS)".to_string())
+            parse_ts(s).map(Some).ok_or_else(|| {
+                Reason::plain("is not an RFC 3339 timestamp (or YYYY-MM-DD HH:MM:SS)")
+            })
         }
-        Raw::Int(_) | Raw::Real(_) => {
-            Err("holds a number, expected an RFC 3339 timestamp".to_string())
-        }
-        Raw::Blob => Err("holds a BLOB, expected an RFC 3339 timestamp".to_string()),
+        Raw::Int(_) | Raw::Real(_) => Err(Reason::plain(
+            "holds a number, expected an RFC 3339 timestamp",
+        )),
+        Raw::Blob => Err(Reason::plain(
+            "holds a BLOB, expected an RFC 3339 timestamp",
+        )),
     }
 }
 
@@ -142,8 +149,8 @@ fn version(raw: Raw<'_>) -> FieldResult<i64> {
         Raw::Text(t) => std::str::from_utf8(t)
             .ok()
             .and_then(|s| s.trim().parse::<i64>().ok())
-            .ok_or_else(|| "is not an integer".to_string()),
-        Raw::Real(_) | Raw::Blob => Err("is not an integer".to_string()),
+            .ok_or_else(|| Reason::plain("is not an integer")),
+        Raw::Real(_) | Raw::Blob => Err(Reason::plain("is not an integer")),
     }
 }
 
@@ -153,7 +160,8 @@ pub(crate) fn decode(raw: &[Raw<'_>; NCOLS]) -> Result<Contact, Invalid> {
     // Column index of each field: ALL_FIELDS order, shifted by the row id.
     macro_rules! field {
         ($idx:expr, $name:expr, $f:expr) => {
-            $f(raw[$idx]).map_err(|reason| Invalid::new(record_label(raw), $name, reason))?
+            $f(raw[$idx])
+                .map_err(|reason| Invalid::with_reason(record_label(raw), $name, reason))?
         };
     }
     debug_assert_eq!(ALL_FIELDS.len() + 1, NCOLS);
@@ -236,40 +244,9 @@ fn put_json<T: serde::Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) {
 fn put_opt_json(buf: &mut Vec<u8>, v: &Option<Value>) {
     match v {
         None | Some(Value::Null) => buf.clear(),
-        Some(v) => put_json(buf, &SortedKeys(v)),
-    }
-}
-
-/// A JSON value serialized with the keys of every object in sorted order,
-/// the order [`Contact::normalize`] puts them in. Stored that way, a row
-/// decodes (and normalizes) without re-sorting every object on each read;
-/// what a read returns is the same either way.
-struct SortedKeys<'a>(&'a Value);
-
-impl serde::Serialize for SortedKeys<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{SerializeMap, SerializeSeq};
-        match self.0 {
-            Value::Object(m) => {
-                let mut entries: Vec<(&String, &Value)> = m.iter().collect();
-                if !entries.windows(2).all(|w| w[0].0 <= w[1].0) {
-                    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                }
-                let mut out = s.serialize_map(Some(entries.len()))?;
-                for (k, v) in entries {
-                    out.serialize_entry(k, &SortedKeys(v))?;
-                }
-                out.end()
-            }
-            Value::Array(items) => {
-                let mut out = s.serialize_seq(Some(items.len()))?;
-                for v in items {
-                    out.serialize_element(&SortedKeys(v))?;
-                }
-                out.end()
-            }
-            other => other.serialize(s),
-        }
+        // Object keys come out sorted (serde_json's Map is a BTreeMap
+        // here): a row decodes without re-sorting.
+        Some(v) => put_json(buf, v),
     }
 }
 

@@ -11,8 +11,8 @@
 //!   [`contact_sync_core::model::ALL_FIELDS`]. `contact_id TEXT UNIQUE` may
 //!   be NULL (a row a user inserted by hand). Text fields are TEXT;
 //!   `external_ids`, `tags`, `emails`, `phones` and the five rich fields are
-//!   JSON text (the store writes objects with their keys sorted, the order
-//!   [`Contact::normalize`] gives them, so reads need not re-sort); timestamps
+//!   JSON text (objects with their keys sorted: contact-sync's JSON objects
+//!   always are); timestamps
 //!   are RFC 3339 text (`YYYY-MM-DD HH:MM:SS` is accepted on read);
 //!   `version INTEGER NOT NULL DEFAULT 1`.
 //! - Identity matching: two store-maintained columns, `_primary_email`
@@ -264,7 +264,7 @@ fn decode_row(store: &str, row: &Row<'_>) -> rusqlite::Result<Option<Contact>> {
                 store,
                 record = %invalid.record,
                 field = %invalid.field,
-                reason = %invalid.reason,
+                reason = %invalid.log_reason(),
                 "row left out of a read: it cannot be decoded (fix it in the database)"
             );
             Ok(None)
@@ -898,6 +898,12 @@ impl StoreInfo for SqliteStore {
 
     /// The `version` column is kept.
     fn keeps_version(&self) -> bool {
+        true
+    }
+
+    /// The triggers clear `content_hash` on every write but the engine's
+    /// (and opening a file whose triggers did not clears them all).
+    fn keeps_content_hash(&self) -> bool {
         true
     }
 }

@@ -234,6 +234,23 @@ fn create_triggers(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     // `recursive_triggers` on.
     let forget_hash =
         "UPDATE contacts SET content_hash = NULL WHERE id = NEW.id AND content_hash IS NOT NULL;";
+    // Rows of a file whose triggers did not forget hashes yet (an older
+    // version, or a table contact-sync did not create) may hold a
+    // `content_hash` that is not their content's: none is trusted.
+    let trusted: Option<String> = tx
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'trigger' \
+             AND name = '_contact_sync_capture_update'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if !trusted.is_some_and(|sql| sql.contains(forget_hash)) {
+        tx.execute_batch(
+            "DROP TRIGGER IF EXISTS _contact_sync_capture_update;
+             UPDATE contacts SET content_hash = NULL WHERE content_hash IS NOT NULL;",
+        )?;
+    }
     tx.execute_batch(&format!(
         "DROP TRIGGER IF EXISTS _contact_sync_capture_insert;
          DROP TRIGGER IF EXISTS _contact_sync_capture_update;

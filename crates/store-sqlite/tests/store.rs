@@ -827,3 +827,55 @@ async fn hash_scan_trusts_only_hashes_of_rows_as_the_engine_wrote_them() {
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].contact_id, "h1");
 }
+
+/// A `contacts` table contact-sync did not create (or whose triggers did
+/// not forget hashes yet) may hold any `content_hash`: opening it clears
+/// them, so no hash scan trusts a value nobody vouches for.
+#[tokio::test]
+async fn opening_a_table_made_elsewhere_trusts_none_of_its_hashes() {
+    use contact_sync_core::content_hash;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("theirs.db");
+    {
+        let db = Connection::open(&path).expect("create");
+        db.execute_batch(
+            "CREATE TABLE contacts (id INTEGER PRIMARY KEY, contact_id TEXT UNIQUE,
+               canonical_name TEXT, content_hash TEXT);
+             INSERT INTO contacts (contact_id, canonical_name, content_hash)
+               VALUES ('t1', 'Their Contact', 'whatever they wrote');",
+        )
+        .expect("their table");
+    }
+    let mut store = SqliteStore::open(&path, "local").expect("open");
+    assert!(store.keeps_content_hash());
+    let kept: Option<String> = cli(&path)
+        .query_row(
+            "SELECT content_hash FROM contacts WHERE contact_id = 't1'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("row");
+    assert_eq!(kept, None);
+    let read = store.scan(None, 10).await.expect("scan");
+    let hashes = store.scan_hashes(None, 10).await.expect("hashes");
+    assert_eq!(hashes.len(), 1);
+    assert_eq!(hashes[0].hash, content_hash(&read[0]));
+    // Opening again (triggers current) keeps hashes the engine wrote.
+    let mut c = read[0].clone();
+    c.version += 1;
+    c.content_hash = Some(content_hash(&c));
+    store
+        .write_batch(std::slice::from_ref(&c))
+        .await
+        .expect("write");
+    drop(store);
+    let _again = SqliteStore::open(&path, "local").expect("reopen");
+    let kept: Option<String> = cli(&path)
+        .query_row(
+            "SELECT content_hash FROM contacts WHERE contact_id = 't1'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("row");
+    assert_eq!(kept, c.content_hash);
+}
