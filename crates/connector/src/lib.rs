@@ -154,7 +154,7 @@ pub trait RecordSink: Send {
 
     /// [`write_batch`](RecordSink::write_batch) taking the batch by value
     /// and handing it back with the outcomes: a store that writes on a
-    /// blocking thread can move the batch there instead of copying it.
+    /// blocking thread moves the batch there instead of copying it.
     async fn write_batch_owned(
         &mut self,
         writes: Vec<Contact>,

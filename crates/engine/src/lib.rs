@@ -63,7 +63,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             batch_size: 100,
-            backfill_page: 1000,
+            backfill_page: 2000,
             max_batches_per_cycle: 1000,
         }
     }

@@ -172,17 +172,23 @@ pub(crate) async fn send_to(
 /// Planned records a store has confirmed (or refused), not yet recorded in
 /// the state database.
 pub(crate) struct Delivery {
-    /// (contact id, version, hash) of each write, in order.
-    sent: Vec<(String, i64, String)>,
+    /// What was sent, in order.
+    sent: Vec<Sent>,
     outcomes: Vec<WriteOutcome>,
-    writes: Vec<Written>,
+    /// The records written, in order (for the dead letters of refused ones;
+    /// freed when the delivery is recorded, which the backfill overlaps
+    /// with the next write).
+    writes: Vec<Contact>,
     agree: Vec<StoreRecord>,
 }
 
-/// What a delivery remembers of each write.
-enum Written {
-    Kept { deleted: bool },
-    Refused(Box<Contact>),
+/// What a delivery remembers of each write (the records themselves go to
+/// the store).
+struct Sent {
+    contact_id: String,
+    version: i64,
+    hash: String,
+    deleted: bool,
 }
 
 /// Writes the planned records to `store` (the first half of
@@ -206,11 +212,12 @@ pub(crate) async fn deliver(
                     "contact {} planned with a content_hash that is not its content's",
                     contact.contact_id
                 );
-                sent.push((
-                    contact.contact_id.clone(),
+                sent.push(Sent {
+                    contact_id: contact.contact_id.clone(),
                     version,
-                    contact.content_hash.clone().unwrap_or_default(),
-                ));
+                    hash: contact.content_hash.clone().unwrap_or_default(),
+                    deleted: contact.is_deleted(),
+                });
                 writes.push(*contact);
             }
             Plan::Agree(r) => agree.push(r),
@@ -221,29 +228,17 @@ pub(crate) async fn deliver(
     } else {
         store.write_batch_owned(writes).await?
     };
-    if outcomes.len() != writes.len() {
+    if outcomes.len() != sent.len() {
         return Err(StoreError::permanent(
             name,
             format!(
                 "returned {} outcomes for {} writes",
                 outcomes.len(),
-                writes.len()
+                sent.len()
             ),
         )
         .into());
     }
-    // Only refused records are kept (for their dead letters): a delivery
-    // may wait while the next batch is written.
-    let writes = outcomes
-        .iter()
-        .zip(writes)
-        .map(|(o, c)| match o {
-            WriteOutcome::Rejected { .. } => Written::Refused(Box::new(c)),
-            _ => Written::Kept {
-                deleted: c.is_deleted(),
-            },
-        })
-        .collect();
     Ok(Delivery {
         sent,
         outcomes,
@@ -272,49 +267,45 @@ impl Delivery {
         } = self;
         let mut stats = RunStats::default();
         let tx = state.tx()?;
-        for ((contact_id, version, hash), (o, c)) in
-            sent.into_iter().zip(outcomes.into_iter().zip(&writes))
-        {
+        let mut applied = Vec::with_capacity(sent.len());
+        for ((s, o), c) in sent.into_iter().zip(outcomes).zip(&writes) {
             match o {
                 WriteOutcome::Applied { native_id } => {
                     stats.written += 1;
-                    tx.put_store_record(&StoreRecord {
+                    applied.push(StoreRecord {
                         store: name.to_string(),
-                        contact_id,
+                        contact_id: s.contact_id,
                         native_id: Some(native_id),
-                        synced_version: version,
-                        hash,
-                        deleted: matches!(c, Written::Kept { deleted: true }),
-                    })?;
+                        synced_version: s.version,
+                        hash: s.hash,
+                        deleted: s.deleted,
+                    });
                 }
                 WriteOutcome::Stale { stored_version } => {
                     // The store has a newer edit of its own; capture brings it in.
-                    tracing::debug!(store = %name, contact_id = %contact_id, version,
-                            stored_version, "store holds a newer version; not overwritten");
+                    tracing::debug!(store = %name, contact_id = %s.contact_id,
+                        version = s.version, stored_version,
+                        "store holds a newer version; not overwritten");
                 }
                 WriteOutcome::Rejected { field, reason } => {
                     stats.dead_letters += 1;
-                    tracing::warn!(store = %name, contact_id = %contact_id, field = %field,
+                    tracing::warn!(store = %name, contact_id = %s.contact_id, field = %field,
                             reason = %Reason::quoting(|q| q.detail(&reason)),
                             alert = "sync_failure", "store refused a record");
                     tx.add_dead_letter(&DeadLetter {
                         id: 0,
                         store: name.to_string(),
-                        record: contact_id,
+                        record: s.contact_id,
                         field,
                         reason,
-                        payload: match c {
-                            Written::Refused(c) => serde_json::to_value(c).ok(),
-                            Written::Kept { .. } => None,
-                        },
+                        payload: serde_json::to_value(c).ok(),
                         at: now,
                     })?;
                 }
             }
         }
-        for r in &agree {
-            tx.put_store_record(r)?;
-        }
+        tx.put_store_records(&applied)?;
+        tx.put_store_records(&agree)?;
         if cursor > 0 {
             tx.set_cursor(name, cursor)?;
         }

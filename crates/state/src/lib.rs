@@ -403,15 +403,21 @@ impl StateTx<'_> {
     }
     /// Inserts or replaces the record keyed by (store, contact_id).
     pub fn put_store_record(&self, rec: &StoreRecord) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO store_records (store, contact_id, native_id, synced_version, hash, deleted)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (store, contact_id) DO UPDATE
-                 SET native_id = excluded.native_id, synced_version = excluded.synced_version,
-                     hash = excluded.hash, deleted = excluded.deleted",
-            )?
-            .execute(params![
+        self.put_store_records(std::slice::from_ref(rec))
+    }
+
+    /// [`put_store_record`](StateTx::put_store_record) for many records,
+    /// with the statement prepared once.
+    pub fn put_store_records(&self, recs: &[StoreRecord]) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO store_records (store, contact_id, native_id, synced_version, hash, deleted)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (store, contact_id) DO UPDATE
+             SET native_id = excluded.native_id, synced_version = excluded.synced_version,
+                 hash = excluded.hash, deleted = excluded.deleted",
+        )?;
+        for rec in recs {
+            stmt.execute(params![
                 rec.store,
                 rec.contact_id,
                 rec.native_id,
@@ -419,6 +425,7 @@ impl StateTx<'_> {
                 rec.hash,
                 rec.deleted,
             ])?;
+        }
         Ok(())
     }
     /// Removes the record keyed by (store, contact_id); absent is not an error.
