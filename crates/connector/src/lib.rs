@@ -163,6 +163,20 @@ pub trait RecordSink: Send {
         Ok((outcomes, writes))
     }
 
+    /// Many writes follow (an initial sync): the store may suspend what it
+    /// rebuilds faster in one go afterwards (secondary indexes). Reads and
+    /// writes keep working, perhaps slower. Default: nothing.
+    async fn begin_bulk_load(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Ends [`begin_bulk_load`](RecordSink::begin_bulk_load): what was
+    /// suspended is rebuilt. A store also rebuilds it when it opens after a
+    /// crash interrupted a bulk load. Default: nothing.
+    async fn end_bulk_load(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The records for these ids that exist (in any order).
     async fn read(&mut self, contact_ids: &[String]) -> Result<Vec<Contact>, StoreError>;
 

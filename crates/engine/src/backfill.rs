@@ -340,52 +340,61 @@ impl Engine {
         // database (this task). A page is recorded only after the store
         // confirmed it; a crash before that re-sends it (writes are
         // idempotent).
-        let rows = scan_canonical(&mut **canonical, after.as_deref(), limit).await?;
-        let kept_hashes = canonical.keeps_content_hash();
-        let mut page = check_page(rows, kept_hashes, now).await?;
-        let mut delivered: Option<DeliveredPage> = None;
-        while let Some(last) = page.last.clone() {
-            if shutdown.load(Ordering::SeqCst) {
-                break;
-            }
-            done += (page.entries.len() + page.invalid.len()) as u64;
-            let PlannedPage {
-                mut expected,
-                plans,
-                invalid,
-            } = plan_page(store, state, &name, page)?;
-            let resume = format!("{start_seq}\t{last}");
-            let next = async {
-                let rows = scan_canonical(&mut **canonical, Some(&last), limit).await?;
-                check_page(rows, kept_hashes, now).await
-            };
-            let write = async {
-                let delivery = deliver(store, &name, plans).await?;
-                if from_start {
-                    let mut got = read_back.take_upto(store, Some(&last), limit).await?;
-                    while tally.join_step(&mut expected, &mut got) {}
+        store.begin_bulk_load().await?;
+        let copied = async {
+            let rows = scan_canonical(&mut **canonical, after.as_deref(), limit).await?;
+            let kept_hashes = canonical.keeps_content_hash();
+            let mut page = check_page(rows, kept_hashes, now).await?;
+            let mut delivered: Option<DeliveredPage> = None;
+            while let Some(last) = page.last.clone() {
+                if shutdown.load(Ordering::SeqCst) {
+                    break;
                 }
-                Ok::<_, EngineError>(DeliveredPage {
-                    delivery,
+                done += (page.entries.len() + page.invalid.len()) as u64;
+                let PlannedPage {
+                    mut expected,
+                    plans,
                     invalid,
-                    resume,
-                })
-            };
-            let record = async {
-                match delivered.take() {
-                    Some(d) => d.record(state, &name, &key, now),
-                    None => Ok(()),
-                }
-            };
-            let (next, written, recorded) = tokio::join!(next, write, record);
-            recorded?;
-            delivered = Some(written?);
-            page = next?;
-            progress(&name, done, total);
+                } = plan_page(store, state, &name, page)?;
+                let resume = format!("{start_seq}\t{last}");
+                let next = async {
+                    let rows = scan_canonical(&mut **canonical, Some(&last), limit).await?;
+                    check_page(rows, kept_hashes, now).await
+                };
+                let write = async {
+                    let delivery = deliver(store, &name, plans).await?;
+                    if from_start {
+                        let mut got = read_back.take_upto(store, Some(&last), limit).await?;
+                        while tally.join_step(&mut expected, &mut got) {}
+                    }
+                    Ok::<_, EngineError>(DeliveredPage {
+                        delivery,
+                        invalid,
+                        resume,
+                    })
+                };
+                let record = async {
+                    match delivered.take() {
+                        Some(d) => d.record(state, &name, &key, now),
+                        None => Ok(()),
+                    }
+                };
+                let (next, written, recorded) = tokio::join!(next, write, record);
+                recorded?;
+                delivered = Some(written?);
+                page = next?;
+                progress(&name, done, total);
+            }
+            if let Some(d) = delivered.take() {
+                d.record(state, &name, &key, now)?;
+            }
+            Ok::<(), EngineError>(())
         }
-        if let Some(d) = delivered.take() {
-            d.record(state, &name, &key, now)?;
-        }
+        .await;
+        // Rebuild what the bulk load suspended even when the copy failed.
+        let ended = store.end_bulk_load().await;
+        copied?;
+        ended?;
         if shutdown.load(Ordering::SeqCst) {
             return Ok(None);
         }

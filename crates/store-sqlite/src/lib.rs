@@ -418,8 +418,7 @@ impl Inner {
         let mut stmts = Statements::prepare(&tx, &self.sql).map_err(e("preparing writes"))?;
         let mut outcomes = Vec::with_capacity(writes.len());
         for c in writes {
-            let outcome = match write_one(&tx, &mut stmts, &self.sql, &mut self.scratch, store, c)
-            {
+            let outcome = match write_one(&tx, &mut stmts, &self.sql, &mut self.scratch, store, c) {
                 Ok(o) => o,
                 Err(err) => match rejection(&err) {
                     Some(r) => r,
@@ -875,6 +874,29 @@ impl RecordSink for SqliteStore {
         self.on_blocking_thread(move |inner| {
             let outcomes = inner.write_batch_sync(&writes)?;
             Ok((outcomes, writes))
+        })
+        .await
+    }
+
+    /// Drops the identity indexes (see `schema::drop_identity_indexes`);
+    /// `find_by_identity` scans the table meanwhile.
+    async fn begin_bulk_load(&mut self) -> Result<(), StoreError> {
+        let inner = self.lock()?;
+        schema::drop_identity_indexes(&inner.conn).map_err(inner.err("starting a bulk load"))
+    }
+
+    /// Builds the identity indexes again (opening the file does it too,
+    /// after a crash).
+    async fn end_bulk_load(&mut self) -> Result<(), StoreError> {
+        self.on_blocking_thread(|inner| {
+            // The index sort spills to temporary files: on disk, not in
+            // memory (the connection keeps statement journals in memory).
+            let conn = &inner.conn;
+            let built = conn
+                .pragma_update(None, "temp_store", "FILE")
+                .and_then(|()| schema::create_identity_indexes(conn));
+            let restored = conn.pragma_update(None, "temp_store", "MEMORY");
+            built.and(restored).map_err(inner.err("ending a bulk load"))
         })
         .await
     }

@@ -130,10 +130,9 @@ pub(crate) fn ensure(conn: &mut Connection) -> rusqlite::Result<()> {
             "CREATE UNIQUE INDEX IF NOT EXISTS contacts_contact_id_unique ON contacts(contact_id)",
         )?;
     }
+    create_identity_indexes(&tx)?;
     tx.execute_batch(&format!(
-        "CREATE INDEX IF NOT EXISTS {PRIMARY_EMAIL_INDEX} ON contacts({PRIMARY_EMAIL});
-         CREATE INDEX IF NOT EXISTS {PRIMARY_PHONE_INDEX} ON contacts({PRIMARY_PHONE});
-         CREATE TABLE IF NOT EXISTS _contact_sync_control (
+        "CREATE TABLE IF NOT EXISTS _contact_sync_control (
            id INTEGER PRIMARY KEY CHECK (id = 0),
            suppress INTEGER NOT NULL DEFAULT 0
          );
@@ -157,6 +156,26 @@ pub(crate) fn ensure(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     create_triggers(&tx)?;
     tx.commit()
+}
+
+/// The indexes identity matching searches (created when missing: on every
+/// open, and after a bulk load dropped them).
+pub(crate) fn create_identity_indexes(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!(
+        "CREATE INDEX IF NOT EXISTS {PRIMARY_EMAIL_INDEX} ON contacts({PRIMARY_EMAIL});
+         CREATE INDEX IF NOT EXISTS {PRIMARY_PHONE_INDEX} ON contacts({PRIMARY_PHONE});"
+    ))
+}
+
+/// Drops the identity indexes for a bulk load: rows land in `contact_id`
+/// order, but emails and phones in random order, so every batch would
+/// dirty (and write to the WAL) pages all over both indexes. Building them
+/// once afterwards sorts the keys in one pass.
+pub(crate) fn drop_identity_indexes(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!(
+        "DROP INDEX IF EXISTS {PRIMARY_EMAIL_INDEX};
+         DROP INDEX IF EXISTS {PRIMARY_PHONE_INDEX};"
+    ))
 }
 
 /// Column names of `contacts`.

@@ -879,3 +879,55 @@ async fn opening_a_table_made_elsewhere_trusts_none_of_its_hashes() {
         .expect("row");
     assert_eq!(kept, c.content_hash);
 }
+
+/// A bulk load drops the identity indexes and builds them again at the end;
+/// identity lookups keep working meanwhile, and a crash in the middle (no
+/// end) is repaired when the file is opened again.
+#[tokio::test]
+async fn a_bulk_load_suspends_the_identity_indexes_and_a_reopen_restores_them() {
+    let mut f = fixture();
+    let indexes = |path: &PathBuf| -> Vec<String> {
+        cli(path)
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'index' \
+                 AND name LIKE 'contacts_primary_%' ORDER BY name",
+            )
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let both = vec![
+        "contacts_primary_email".to_string(),
+        "contacts_primary_phone".to_string(),
+    ];
+    assert_eq!(indexes(&f.path), both);
+    f.store.begin_bulk_load().await.expect("begin");
+    assert!(indexes(&f.path).is_empty());
+    let c = common::full_contact(3);
+    f.store
+        .write_batch(std::slice::from_ref(&c))
+        .await
+        .expect("write");
+    let email = c.primary_email().expect("has an email").to_string();
+    let found = f
+        .store
+        .find_by_identity(&[email.clone()], &[])
+        .await
+        .expect("lookup without the index");
+    assert_eq!(found.len(), 1);
+    f.store.end_bulk_load().await.expect("end");
+    assert_eq!(indexes(&f.path), both);
+
+    // Interrupted: begin, then the process dies.
+    f.store.begin_bulk_load().await.expect("begin again");
+    drop(f.store);
+    let mut reopened = SqliteStore::open(&f.path, "local").expect("reopen");
+    assert_eq!(indexes(&f.path), both);
+    let found = reopened
+        .find_by_identity(&[email], &[])
+        .await
+        .expect("lookup");
+    assert_eq!(found.len(), 1);
+}
