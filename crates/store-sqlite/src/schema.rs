@@ -131,7 +131,7 @@ pub(crate) fn ensure(conn: &mut Connection) -> rusqlite::Result<()> {
         )?;
     }
     create_identity_indexes(&tx)?;
-    tx.execute_batch(&format!(
+    tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS _contact_sync_control (
            id INTEGER PRIMARY KEY CHECK (id = 0),
            suppress INTEGER NOT NULL DEFAULT 0
@@ -144,8 +144,8 @@ pub(crate) fn ensure(conn: &mut Connection) -> rusqlite::Result<()> {
            contact_id TEXT,
            op TEXT NOT NULL,
            image TEXT
-         );"
-    ))?;
+         );",
+    )?;
     if added_identity {
         // Rows written before the identity columns existed.
         tx.execute_batch(&format!(

@@ -913,7 +913,7 @@ async fn a_bulk_load_suspends_the_identity_indexes_and_a_reopen_restores_them() 
     let email = c.primary_email().expect("has an email").to_string();
     let found = f
         .store
-        .find_by_identity(&[email.clone()], &[])
+        .find_by_identity(std::slice::from_ref(&email), &[])
         .await
         .expect("lookup without the index");
     assert_eq!(found.len(), 1);
