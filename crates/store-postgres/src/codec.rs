@@ -136,7 +136,7 @@ pub(crate) struct RowText {
 }
 
 impl RowText {
-    fn get(&self, f: &str) -> Option<&str> {
+    pub(crate) fn get(&self, f: &str) -> Option<&str> {
         self.fields.get(f).and_then(|v| v.as_deref())
     }
 

@@ -20,6 +20,13 @@
 //!   JSON kept in TEXT columns is read too (broken JSON becomes
 //!   [`ChangeKind::Undecodable`](contact_sync_connector::ChangeKind) naming
 //!   the row id and field).
+//! - **Kept content hashes**: the engine's writes keep the `content_hash`
+//!   they carry (their transaction sets `contact_sync.writing = 'on'`); a
+//!   BEFORE INSERT OR UPDATE trigger (enabled ALWAYS) clears it on every
+//!   other write. `migrate` clears every value when it installs (or
+//!   replaces) that trigger, so `scan_hashes` answers from the column and
+//!   reads and hashes only rows without one. A store whose table lacks the
+//!   trigger (no `migrate` since) trusts no hash.
 //! - **Change capture** ([`CdcMode`]): a logical replication slot with the
 //!   built-in `pgoutput` plugin and a publication, peeked with plain SQL
 //!   (`pg_logical_slot_peek_binary_changes`), acknowledged with

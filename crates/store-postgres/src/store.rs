@@ -5,15 +5,16 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreError, StoreInfo,
-    WriteOutcome,
+    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordHash, RecordSink, StoreError,
+    StoreInfo, WriteOutcome,
 };
+use contact_sync_core::hash::tombstone_hash;
 use contact_sync_core::model::ALL_FIELDS;
 use contact_sync_core::Contact;
 use futures_util::SinkExt;
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, GenericClient, NoTls};
 
 use crate::codec::{self, RowText};
 use crate::config::{CdcMode, PgConfig};
@@ -98,6 +99,13 @@ struct TableInfo {
     field_of: HashMap<String, &'static str>,
     insert_sql: String,
     select_list: String,
+    /// `NULLIF(content_hash, '')`, then `select_list` with every column but
+    /// `contact_id` and `deleted_at` left NULL where that hash is set: a
+    /// kept hash stands for the row (see [`PgStore::scan_hashes`]).
+    hash_select_list: String,
+    /// The trigger that clears `content_hash` on other writers' changes is
+    /// installed: a row's `content_hash`, when set, is its content's.
+    hash_trusted: bool,
 }
 
 /// Replication slot health, for `status`, `check` and metrics.
@@ -258,6 +266,17 @@ impl PgStore {
         qi(self.cfg.column(field))
     }
 
+    /// The body of the trigger function that clears `content_hash` on every
+    /// write but the store's own (which run with `contact_sync.writing` =
+    /// `on` for their transaction, see `write_tx`).
+    fn forget_hash_body(&self) -> String {
+        format!(
+            "\nBEGIN\n  IF current_setting('contact_sync.writing', true) IS DISTINCT FROM 'on' THEN\n    \
+             NEW.{} := NULL;\n  END IF;\n  RETURN NEW;\nEND\n",
+            self.col("content_hash")
+        )
+    }
+
     /// The live connection, reopened when it was lost.
     async fn client(&mut self) -> Result<&mut Client, StoreError> {
         let closed = self.client.as_ref().map(Client::is_closed).unwrap_or(true);
@@ -387,21 +406,45 @@ impl PgStore {
         let idx = |suffix: &str| qi(&format!("{tname}_{suffix}"));
         // updated_at maintained by trigger.
         let touch_fn = format!("{s}.{}", idx("touch_updated_at"));
+        // Every trigger is dropped in `ddl` and created again in `creates`,
+        // so that clearing kept hashes (below) runs with none of them.
+        let mut creates = String::new();
         ddl.push_str(&format!(
             "CREATE OR REPLACE FUNCTION {touch_fn}() RETURNS trigger LANGUAGE plpgsql AS $f$\n\
              BEGIN NEW.{upd} := now(); RETURN NEW; END\n$f$;\n\
-             DROP TRIGGER IF EXISTS {trg} ON {t};\n\
-             CREATE TRIGGER {trg} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {touch_fn}();\n",
+             DROP TRIGGER IF EXISTS {trg} ON {t};\n",
             trg = idx("touch_updated_at"),
+        ));
+        creates.push_str(&format!(
+            "CREATE TRIGGER {trg} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {touch_fn}();\n",
+            trg = idx("touch_updated_at"),
+        ));
+        // content_hash is kept only while the row is as the engine wrote it:
+        // every other write clears it (see `forget_hash_body`). ENABLE
+        // ALWAYS: also for writes applied by logical replication.
+        let forget_fn = format!("{s}.{}", idx("forget_content_hash"));
+        let forget_body = self.forget_hash_body();
+        ddl.push_str(&format!(
+            "CREATE OR REPLACE FUNCTION {forget_fn}() RETURNS trigger LANGUAGE plpgsql AS $f${forget_body}$f$;\n\
+             DROP TRIGGER IF EXISTS {trg} ON {t};\n",
+            trg = idx("forget_content_hash"),
+        ));
+        creates.push_str(&format!(
+            "CREATE TRIGGER {trg} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {forget_fn}();\n\
+             ALTER TABLE {t} ENABLE ALWAYS TRIGGER {trg};\n",
+            trg = idx("forget_content_hash"),
         ));
         // NOTIFY trigger: wakes the poller, carries no data.
         let notify_fn = format!("{s}.{}", idx("contact_sync_notify"));
         ddl.push_str(&format!(
             "CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $f$\n\
              BEGIN PERFORM pg_notify({chan}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME); RETURN NULL; END\n$f$;\n\
-             DROP TRIGGER IF EXISTS {trg} ON {t};\n\
-             CREATE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {notify_fn}();\n",
+             DROP TRIGGER IF EXISTS {trg} ON {t};\n",
             chan = ql(&self.cfg.notify_channel),
+            trg = idx("contact_sync_notify"),
+        ));
+        creates.push_str(&format!(
+            "CREATE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {notify_fn}();\n",
             trg = idx("contact_sync_notify"),
         ));
         match self.cfg.cdc {
@@ -422,9 +465,12 @@ impl PgStore {
                      INSERT INTO {o} (tbl, op, old_row, new_row) VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP,\n    \
                      CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);\n  \
                      RETURN NULL;\nEND\n$f$;\n\
-                     DROP TRIGGER IF EXISTS {trg} ON {t};\n\
-                     CREATE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {ofn}();\n",
+                     DROP TRIGGER IF EXISTS {trg} ON {t};\n",
                     oi = qi(&format!("{}_tbl_seq", self.cfg.outbox_table)),
+                    trg = idx("contact_sync_outbox"),
+                ));
+                creates.push_str(&format!(
+                    "CREATE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {ofn}();\n",
                     trg = idx("contact_sync_outbox"),
                 ));
             }
@@ -435,14 +481,33 @@ impl PgStore {
         let phones_col = self.cfg.column("phones").to_string();
         let slot_mode = self.cfg.cdc == CdcMode::Slot;
         let publication = self.cfg.publication.clone();
+        let hash_col = self.col("content_hash");
         let client = self.client().await?;
         let tx = client
             .transaction()
             .await
             .map_err(|e| pg_err(&name, "migrate: starting a transaction", &e))?;
+        // Kept hashes are trusted only under our trigger: the first time it
+        // is installed (or after it changed), the values already there (a
+        // table made or written elsewhere) are cleared, with none of our
+        // triggers in place (no outbox rows, updated_at untouched).
+        let trusted = hash_trigger_installed(&tx, &t, &forget_body)
+            .await
+            .map_err(|e| pg_err(&name, "migrate: reading the table's triggers", &e))?;
         tx.batch_execute(&ddl)
             .await
             .map_err(|e| pg_err(&name, &format!("migrate: creating {tkey}"), &e))?;
+        if !trusted {
+            tx.batch_execute(&format!(
+                "UPDATE {t} SET {hash} = NULL WHERE {hash} IS NOT NULL",
+                hash = hash_col
+            ))
+            .await
+            .map_err(|e| pg_err(&name, "migrate: clearing content hashes", &e))?;
+        }
+        tx.batch_execute(&creates)
+            .await
+            .map_err(|e| pg_err(&name, &format!("migrate: creating triggers on {tkey}"), &e))?;
         // contact_id must carry a unique index (existing tables may lack it).
         let has_unique: bool = tx
             .query_one(
@@ -666,6 +731,14 @@ impl PgStore {
             .map(|f| as_text(f))
             .collect::<Vec<_>>()
             .join(", ");
+        let kept = format!("NULLIF(t.{}::text, '')", self.col("content_hash"));
+        let hash_select_list = std::iter::once(kept.clone())
+            .chain(fields.iter().map(|f| match *f {
+                "contact_id" | "deleted_at" => as_text(f),
+                _ => format!("CASE WHEN {kept} IS NULL THEN {} END", as_text(f)),
+            }))
+            .collect::<Vec<_>>()
+            .join(", ");
         let target_cols: Vec<String> = ALL_FIELDS.iter().map(|f| self.col(f)).collect();
         let casts: Vec<String> = ALL_FIELDS
             .iter()
@@ -689,11 +762,17 @@ impl PgStore {
             ver = self.col("version"),
             id = self.col("id"),
         );
+        let body = self.forget_hash_body();
+        let hash_trusted = hash_trigger_installed(self.client().await?, &qt, &body)
+            .await
+            .map_err(|e| pg_err(&name, &format!("reading the triggers of {tkey}"), &e))?;
         let info = TableInfo {
             types,
             field_of,
             insert_sql,
             select_list,
+            hash_select_list,
+            hash_trusted,
         };
         self.table = Some(info.clone());
         Ok(info)
@@ -722,13 +801,7 @@ impl PgStore {
             .map_err(|e| pg_err(&name, "reading contacts", &e))?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let mut row = RowText {
-                row_id: r.get(0),
-                ..Default::default()
-            };
-            for (i, f) in ALL_FIELDS.iter().enumerate() {
-                row.fields.insert(f, r.get(i + 1));
-            }
+            let row = row_text(&r, 0);
             match codec::decode(&row) {
                 Ok(c) => out.push(c),
                 Err(e) => {
@@ -1318,6 +1391,10 @@ impl PgStore {
             }
         }
         let tx = client.transaction().await?;
+        // Our writes keep the content_hash they carry (the trigger clears
+        // it on everyone else's).
+        tx.batch_execute("SET LOCAL contact_sync.writing = 'on'")
+            .await?;
         let copy_sql = format!(
             "COPY {STAGING} (ord, {}) FROM STDIN",
             ALL_FIELDS
@@ -1391,6 +1468,41 @@ impl PgStore {
             })
             .collect())
     }
+}
+
+/// The row id and the fields of a row read with `select_list` whose
+/// columns start at `first`.
+fn row_text(r: &tokio_postgres::Row, first: usize) -> RowText {
+    let mut row = RowText {
+        row_id: r.get(first),
+        ..Default::default()
+    };
+    for (i, f) in ALL_FIELDS.iter().enumerate() {
+        row.fields.insert(f, r.get(first + i + 1));
+    }
+    row
+}
+
+/// Whether table `qtable` (quoted) has an enabled-always row trigger
+/// BEFORE INSERT OR UPDATE (no column list, no WHEN) running a function
+/// whose body is `body`: only then does every other writer's change clear
+/// the kept `content_hash`. False when the table does not exist.
+async fn hash_trigger_installed(
+    client: &impl GenericClient,
+    qtable: &str,
+    body: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    // tgtype bits: ROW 1, BEFORE 2, INSERT 4, UPDATE 16.
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid \
+             WHERE tg.tgrelid = to_regclass($1) AND NOT tg.tgisinternal AND tg.tgenabled = 'A' \
+             AND (tg.tgtype::int & 23) = 23 AND tg.tgqual IS NULL \
+             AND cardinality(tg.tgattr::int2[]) = 0 AND p.prosrc = $2)",
+            &[&qtable, &body],
+        )
+        .await?
+        .get(0))
 }
 
 /// Appends one row in COPY text format (tab-separated, `\\N` for NULL,
@@ -1609,6 +1721,77 @@ impl RecordSink for PgStore {
         }
     }
 
+    /// A row whose `content_hash` is set holds the hash the engine wrote
+    /// (the trigger clears it on any other writer's change): only its id is
+    /// read (tombstones: the tombstone hash). The rest are read in full,
+    /// decoded and hashed; undecodable rows are left out, as in `scan`.
+    /// Without the trigger (no `migrate` since), every row is hashed.
+    async fn scan_hashes(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RecordHash>, StoreError> {
+        let info = self.table_info().await?;
+        if !info.hash_trusted {
+            return Ok(self
+                .scan(after, limit)
+                .await?
+                .into_iter()
+                .map(hash_record)
+                .collect());
+        }
+        let name = self.cfg.name.clone();
+        let cid = self.col("contact_id");
+        let lim = limit as i64;
+        let base = format!("SELECT {} FROM {} t", info.hash_select_list, self.qtable());
+        let client = self.client().await?;
+        let rows = match after {
+            Some(a) => {
+                client
+                    .query(
+                        &format!(
+                            "{base} WHERE t.{cid} COLLATE \"C\" > $1 ORDER BY t.{cid} COLLATE \"C\" LIMIT $2"
+                        ),
+                        &[&a, &lim],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .query(
+                        &format!("{base} ORDER BY t.{cid} COLLATE \"C\" LIMIT $1"),
+                        &[&lim],
+                    )
+                    .await
+            }
+        }
+        .map_err(|e| pg_err(&name, "scanning contact hashes", &e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let kept: Option<String> = r.get(0);
+            let row = row_text(&r, 1);
+            if let Some(hash) = kept {
+                let deleted = row.get("deleted_at").is_some_and(|d| !d.trim().is_empty());
+                out.push(RecordHash {
+                    contact_id: row.get("contact_id").unwrap_or("").trim().to_string(),
+                    hash: if deleted {
+                        tombstone_hash().to_string()
+                    } else {
+                        hash
+                    },
+                });
+                continue;
+            }
+            match codec::decode(&row) {
+                Ok(c) => out.push(hash_record(c)),
+                Err(e) => {
+                    tracing::warn!(store = %name, error = %e.invalid, "skipping a row that is not a valid contact")
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn count(&mut self) -> Result<u64, StoreError> {
         let name = self.cfg.name.clone();
         let sql = format!(
@@ -1676,5 +1859,21 @@ impl StoreInfo for PgStore {
 
     fn keeps_version(&self) -> bool {
         true
+    }
+
+    /// Once the table's columns are loaded (before any record is read):
+    /// whether its trigger clears `content_hash` on every write but the
+    /// store's own (installed by `migrate`, which clears older values).
+    fn keeps_content_hash(&self) -> bool {
+        self.table.as_ref().is_some_and(|t| t.hash_trusted)
+    }
+}
+
+/// A record's id and content hash (after normalizing).
+fn hash_record(mut c: Contact) -> RecordHash {
+    c.normalize();
+    RecordHash {
+        hash: contact_sync_core::content_hash(&c),
+        contact_id: c.contact_id,
     }
 }

@@ -603,3 +603,202 @@ async fn notifier_wakes_on_a_commit() {
         .await
         .expect("no wake-up within 30 s of a commit");
 }
+
+/// `c` normalized, carrying its content hash (as the engine writes it).
+fn hashed(mut c: Contact) -> Contact {
+    c.normalize();
+    c.content_hash = Some(contact_sync_core::content_hash(&c));
+    c
+}
+
+/// The `content_hash` column of `contact_id`, read by another connection.
+async fn stored_hash(url: &str, contact_id: &str) -> Option<String> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let task = tokio::spawn(conn);
+    let h = client
+        .query_one(
+            "SELECT content_hash FROM contacts WHERE contact_id = $1",
+            &[&contact_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
+    let _ = task.await;
+    h
+}
+
+/// `scan`'s records as (contact_id, content hash), hashed here.
+async fn hashes_of_scan(s: &mut PgStore) -> Vec<(String, String)> {
+    s.scan(None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|mut c| {
+            c.normalize();
+            (c.contact_id.clone(), contact_sync_core::content_hash(&c))
+        })
+        .collect()
+}
+
+async fn scan_hashes_all(s: &mut PgStore, page: usize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let rows = s.scan_hashes(after.as_deref(), page).await.unwrap();
+        let Some(last) = rows.last().map(|r| r.contact_id.clone()) else {
+            return out;
+        };
+        assert!(rows.len() <= page);
+        out.extend(rows.into_iter().map(|r| (r.contact_id, r.hash)));
+        after = Some(last);
+    }
+}
+
+#[tokio::test]
+async fn our_writes_keep_their_content_hash() {
+    for cdc in [CdcMode::Slot, CdcMode::Outbox] {
+        let (mut s, url) = fresh(cdc).await;
+        let a = hashed(full_contact("c-a"));
+        let b = hashed(Contact::new("c-b", "Bea"));
+        let mut dead = hashed(Contact::new("c-c", "Cy"));
+        dead.deleted_at = parse_ts("2024-01-01T00:00:00Z");
+        dead.content_hash = Some(contact_sync_core::content_hash(&dead));
+        let out = s
+            .write_batch(&[b.clone(), a.clone(), dead.clone()])
+            .await
+            .unwrap();
+        assert!(out
+            .iter()
+            .all(|o| matches!(o, WriteOutcome::Applied { .. })));
+        assert_eq!(stored_hash(&url, "c-a").await, a.content_hash);
+        assert_eq!(stored_hash(&url, "c-b").await, b.content_hash);
+        let back = s.read(&["c-a".into()]).await.unwrap();
+        assert_eq!(back[0].content_hash, a.content_hash);
+        assert!(s.keeps_content_hash(), "{cdc:?}");
+        let from_scan = hashes_of_scan(&mut s).await;
+        assert_eq!(from_scan.len(), 3);
+        assert_eq!(
+            from_scan[2].1,
+            contact_sync_core::hash::tombstone_hash(),
+            "tombstone"
+        );
+        for page in [1, 2, 1000] {
+            assert_eq!(scan_hashes_all(&mut s, page).await, from_scan, "{cdc:?}");
+        }
+        // A second migrate (the daemon's start) keeps the hashes.
+        s.migrate().await.unwrap();
+        assert_eq!(stored_hash(&url, "c-a").await, a.content_hash);
+        assert_eq!(scan_hashes_all(&mut s, 2).await, from_scan);
+        assert!(s.keeps_content_hash());
+    }
+}
+
+#[tokio::test]
+async fn other_writers_changes_clear_the_content_hash() {
+    for cdc in [CdcMode::Slot, CdcMode::Outbox] {
+        let (mut s, url) = fresh(cdc).await;
+        let a = hashed(full_contact("c-a"));
+        let b = hashed(Contact::new("c-b", "Bea"));
+        s.write_batch(&[a.clone(), b.clone()]).await.unwrap();
+        let (_, cp) = drain(&mut s, None, 100).await;
+        let before = scan_hashes_all(&mut s, 10).await;
+        assert_eq!(
+            before[0],
+            ("c-a".to_string(), a.content_hash.clone().unwrap())
+        );
+        other_app(
+            &url,
+            "UPDATE contacts SET job_title = 'Analyst' WHERE contact_id = 'c-a';
+             INSERT INTO contacts (contact_id, canonical_name, content_hash) VALUES ('c-x', 'Xena', 'bogus');",
+        )
+        .await;
+        assert_eq!(stored_hash(&url, "c-a").await, None, "{cdc:?}");
+        assert_eq!(stored_hash(&url, "c-x").await, None, "{cdc:?}");
+        assert_eq!(stored_hash(&url, "c-b").await, b.content_hash);
+        let read = s.read(&["c-a".into()]).await.unwrap();
+        assert_eq!(read[0].job_title.as_deref(), Some("Analyst"));
+        assert_eq!(read[0].content_hash, None);
+        let after = scan_hashes_all(&mut s, 10).await;
+        assert_eq!(after, hashes_of_scan(&mut s).await);
+        assert_eq!(after.len(), 3);
+        let mut edited = a.clone();
+        edited.job_title = Some("Analyst".into());
+        assert_eq!(after[0].1, contact_sync_core::content_hash(&edited));
+        assert_ne!(after[0].1, before[0].1);
+        assert_eq!(after[1], before[1], "untouched row keeps its hash");
+        // The change capture still sees the other app's writes.
+        let (changes, _) = drain(&mut s, cp, 100).await;
+        assert_eq!(changes.len(), 2, "{cdc:?}: {changes:#?}");
+        assert_eq!(upserted(&changes[0]).job_title.as_deref(), Some("Analyst"));
+        // Written by the store again: the hash is kept again.
+        let mut again = hashed(edited);
+        again.version += 1;
+        again.content_hash = Some(contact_sync_core::content_hash(&again));
+        s.write_batch(std::slice::from_ref(&again)).await.unwrap();
+        assert_eq!(stored_hash(&url, "c-a").await, again.content_hash);
+        // A transaction of the other app that sets the setting for itself
+        // only: afterwards its session writes clear again.
+        other_app(
+            &url,
+            "BEGIN; SET LOCAL contact_sync.writing = 'on'; COMMIT;
+             UPDATE contacts SET notes = 'n' WHERE contact_id = 'c-b';",
+        )
+        .await;
+        assert_eq!(stored_hash(&url, "c-b").await, None);
+    }
+}
+
+#[tokio::test]
+async fn existing_content_hashes_are_cleared_when_the_store_sets_up() {
+    let url = harness::shared().create_database().await;
+    // A table made elsewhere, with hashes nobody vouches for.
+    other_app(
+        &url,
+        "CREATE TABLE contacts (contact_id text NOT NULL UNIQUE, canonical_name text, job_title text, content_hash text);
+         INSERT INTO contacts VALUES ('e1', 'Eve', 'Spy', 'bogus'), ('e2', 'Ed', NULL, NULL);",
+    )
+    .await;
+    let mut s = new_store(&url, CdcMode::Slot).await;
+    assert_eq!(stored_hash(&url, "e1").await, None);
+    let hashes = scan_hashes_all(&mut s, 10).await;
+    assert_eq!(hashes, hashes_of_scan(&mut s).await);
+    assert_ne!(hashes[0].1, "bogus");
+    assert!(s.keeps_content_hash());
+    // The store's writes keep theirs; a later set-up leaves them alone.
+    let e3 = hashed(Contact::new("e3", "Eli"));
+    s.write_batch(std::slice::from_ref(&e3)).await.unwrap();
+    drop(s);
+    let s = new_store(&url, CdcMode::Slot).await;
+    assert_eq!(stored_hash(&url, "e3").await, e3.content_hash);
+    // A table whose trigger went missing (an older version's set-up, or
+    // dropped): a store that did not set up does not trust the column ...
+    other_app(
+        &url,
+        "DROP TRIGGER contacts_forget_content_hash ON contacts;
+         UPDATE contacts SET job_title = 'Boss', content_hash = 'stale' WHERE contact_id = 'e2';",
+    )
+    .await;
+    drop(s);
+    let mut s = PgStore::connect(cfg_for(&url)).await.unwrap();
+    let hashes = scan_hashes_all(&mut s, 10).await;
+    assert_eq!(hashes, hashes_of_scan(&mut s).await);
+    assert!(!hashes.iter().any(|(_, h)| h == "stale"));
+    assert!(!s.keeps_content_hash());
+    // ... and setting up clears every hash before trusting them again.
+    s.migrate().await.unwrap();
+    assert_eq!(stored_hash(&url, "e2").await, None);
+    assert_eq!(stored_hash(&url, "e3").await, None);
+    assert_eq!(scan_hashes_all(&mut s, 10).await, hashes);
+    assert!(s.keeps_content_hash());
+    // A disabled trigger clears nothing: not trusted.
+    other_app(
+        &url,
+        "ALTER TABLE contacts DISABLE TRIGGER contacts_forget_content_hash;",
+    )
+    .await;
+    drop(s);
+    let mut s = PgStore::connect(cfg_for(&url)).await.unwrap();
+    let _ = s.scan_hashes(None, 10).await.unwrap();
+    assert!(!s.keeps_content_hash());
+}
