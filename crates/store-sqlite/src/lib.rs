@@ -21,7 +21,10 @@
 //!   triggers `_contact_sync_identity_insert/_update` recompute them from
 //!   the JSON with the same rule as [`Contact::primary_email`] (first entry
 //!   flagged primary, else the first). SQLite's `lower()` folds ASCII only,
-//!   so a hand-typed non-ASCII upper-case address may not match.
+//!   so a hand-typed non-ASCII upper-case address may not match. During a
+//!   bulk load ([`RecordSink::begin_bulk_load`]) both indexes are dropped
+//!   and built once at the end; opening the file creates them if a crash
+//!   left them missing.
 //! - Change capture: AFTER INSERT/UPDATE/DELETE triggers append to
 //!   `_contact_sync_changes(seq, row_id, contact_id, op, image)`, where
 //!   `image` is `json_object(...)` of the whole new row (JSON columns kept as
