@@ -471,41 +471,10 @@ impl Inner {
     }
 
     fn scan_sync(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<Contact>, StoreError> {
-        let mut out = Vec::with_capacity(limit.min(10_000));
-        let mut cursor = after.unwrap_or("").to_string();
-        // Undecodable rows are left out; keep reading until the page is full
-        // so that a short page still means "no more rows".
-        while out.len() < limit {
-            let want = limit - out.len();
-            let mut stmt = self
-                .conn
-                .prepare_cached(&self.sql.scan)
-                .map_err(self.err("scanning contacts"))?;
-            let mut rows = stmt
-                .query(rusqlite::params![cursor, want as i64])
-                .map_err(self.err("scanning contacts"))?;
-            let mut seen = 0usize;
-            // The stored (untrimmed) contact_id of the last row read: the
-            // next query continues after it.
-            let mut last = String::new();
-            while let Some(row) = rows.next().map_err(self.err("scanning contacts"))? {
-                seen += 1;
-                last.clear();
-                if let Ok(ValueRef::Text(t)) = row.get_ref(1) {
-                    last.push_str(&String::from_utf8_lossy(t));
-                }
-                if let Some(c) =
-                    decode_row(&self.name, row).map_err(self.err("scanning contacts"))?
-                {
-                    out.push(c);
-                }
-            }
-            if seen < want || last.is_empty() {
-                break;
-            }
-            cursor = last;
-        }
-        Ok(out)
+        let name = &self.name;
+        self.scan_rows(after, limit, "scanning contacts", |row, _| {
+            decode_row(name, row)
+        })
     }
 
     /// `scan`'s rows as (contact_id, hash): a row whose `content_hash` the
@@ -518,7 +487,38 @@ impl Inner {
     ) -> Result<Vec<RecordHash>, StoreError> {
         const HASH_COL: usize = NCOLS - 1;
         debug_assert_eq!(ALL_FIELDS[HASH_COL - 1], "content_hash");
-        let what = "scanning contact hashes";
+        let name = &self.name;
+        self.scan_rows(after, limit, "scanning contact hashes", |row, stored_id| {
+            // Only the id and the hash are read from a row the engine
+            // wrote: SQLite extracts columns lazily.
+            if let Ok(ValueRef::Text(h)) = row.get_ref(HASH_COL) {
+                let id = stored_id.trim();
+                if !h.is_empty() && !id.is_empty() {
+                    return Ok(Some(RecordHash {
+                        contact_id: id.to_string(),
+                        hash: String::from_utf8_lossy(h).into_owned(),
+                    }));
+                }
+            }
+            Ok(decode_row(name, row)?.map(|c| RecordHash {
+                hash: contact_sync_core::content_hash(&c),
+                contact_id: c.contact_id,
+            }))
+        })
+    }
+
+    /// Up to `limit` items made by `take` from the rows after `after` in
+    /// `contact_id` order (`take` gets the row and its stored contact_id,
+    /// and returns `None` to leave a row out). Rows left out do not count:
+    /// reading goes on until the page is full, so a short page still means
+    /// "no more rows".
+    fn scan_rows<T>(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        what: &str,
+        mut take: impl FnMut(&Row<'_>, &str) -> rusqlite::Result<Option<T>>,
+    ) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::with_capacity(limit.min(10_000));
         let mut cursor = after.unwrap_or("").to_string();
         while out.len() < limit {
@@ -531,6 +531,8 @@ impl Inner {
                 .query(rusqlite::params![cursor, want as i64])
                 .map_err(self.err(what))?;
             let mut seen = 0usize;
+            // The stored (untrimmed) contact_id of the last row read: the
+            // next query continues after it.
             let mut last = String::new();
             while let Some(row) = rows.next().map_err(self.err(what))? {
                 seen += 1;
@@ -538,23 +540,8 @@ impl Inner {
                 if let Ok(ValueRef::Text(t)) = row.get_ref(1) {
                     last.push_str(&String::from_utf8_lossy(t));
                 }
-                // Only the id and the hash are read from a row the engine
-                // wrote: SQLite extracts columns lazily.
-                if let Ok(ValueRef::Text(h)) = row.get_ref(HASH_COL) {
-                    let id = last.trim();
-                    if !h.is_empty() && !id.is_empty() {
-                        out.push(RecordHash {
-                            contact_id: id.to_string(),
-                            hash: String::from_utf8_lossy(h).into_owned(),
-                        });
-                        continue;
-                    }
-                }
-                if let Some(c) = decode_row(&self.name, row).map_err(self.err(what))? {
-                    out.push(RecordHash {
-                        hash: contact_sync_core::content_hash(&c),
-                        contact_id: c.contact_id,
-                    });
+                if let Some(item) = take(row, &last).map_err(self.err(what))? {
+                    out.push(item);
                 }
             }
             if seen < want || last.is_empty() {
