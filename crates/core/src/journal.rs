@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::{Contact, Timestamp};
+use crate::validate::Invalid;
 
 /// What a journal entry did to the canonical contact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,4 +198,21 @@ pub struct DeadLetter {
     /// The record as received, when there was one.
     pub payload: Option<Value>,
     pub at: Timestamp,
+}
+
+impl DeadLetter {
+    /// The dead letter of a record from `store` that could not be decoded
+    /// or failed validation, with the full reason (`id` is set when it is
+    /// stored).
+    pub fn refused(store: &str, invalid: Invalid, payload: Option<Value>, at: Timestamp) -> Self {
+        DeadLetter {
+            id: 0,
+            store: store.to_string(),
+            record: invalid.record,
+            field: invalid.field,
+            reason: invalid.reason,
+            payload,
+            at,
+        }
+    }
 }

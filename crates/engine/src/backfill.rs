@@ -109,15 +109,12 @@ impl DeliveredPage {
                 }
                 tracing::warn!(record = %bad.record, field = %bad.field, reason = %bad.log_reason(),
                     "canonical record refused; kept in dead letters");
-                tx.add_dead_letter(&DeadLetter {
-                    id: 0,
-                    store: CANONICAL.to_string(),
-                    record: bad.record.clone(),
-                    field: bad.field.clone(),
-                    reason: bad.reason.clone(),
-                    payload: serde_json::to_value(c).ok(),
-                    at: now,
-                })?;
+                tx.add_dead_letter(&DeadLetter::refused(
+                    CANONICAL,
+                    bad.clone(),
+                    serde_json::to_value(c).ok(),
+                    now,
+                ))?;
                 tx.put_store_record(&StoreRecord {
                     store: CANONICAL.to_string(),
                     contact_id: c.contact_id.clone(),

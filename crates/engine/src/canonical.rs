@@ -300,18 +300,7 @@ impl Engine {
             let contact_id = match ch.kind {
                 ChangeKind::Undecodable { invalid, payload } => {
                     let log = invalid.log_reason();
-                    dead.push((
-                        DeadLetter {
-                            id: 0,
-                            store: CANONICAL.to_string(),
-                            record: invalid.record,
-                            field: invalid.field,
-                            reason: invalid.reason,
-                            payload,
-                            at: now,
-                        },
-                        log,
-                    ));
+                    dead.push((DeadLetter::refused(CANONICAL, invalid, payload, now), log));
                     continue;
                 }
                 ChangeKind::Upsert(c) => {
@@ -406,18 +395,8 @@ impl Engine {
             }
             if let Err(invalid) = validate(&c) {
                 let log = invalid.log_reason();
-                dead.push((
-                    DeadLetter {
-                        id: 0,
-                        store: CANONICAL.to_string(),
-                        record: invalid.record,
-                        field: invalid.field,
-                        reason: invalid.reason,
-                        payload: serde_json::to_value(&c).ok(),
-                        at: now,
-                    },
-                    log,
-                ));
+                let payload = serde_json::to_value(&c).ok();
+                dead.push((DeadLetter::refused(CANONICAL, invalid, payload, now), log));
                 // Remember the refused content so it is reported once.
                 recs.insert(
                     contact_id.clone(),

@@ -175,18 +175,10 @@ impl Engine {
 
         for ch in changes {
             match ch.kind {
-                ChangeKind::Undecodable { invalid, payload } => dead.push((
-                    DeadLetter {
-                        id: 0,
-                        store: name.clone(),
-                        record: invalid.record.clone(),
-                        field: invalid.field.clone(),
-                        reason: invalid.reason.clone(),
-                        payload,
-                        at: now,
-                    },
-                    invalid.log_reason(),
-                )),
+                ChangeKind::Undecodable { invalid, payload } => {
+                    let log = invalid.log_reason();
+                    dead.push((DeadLetter::refused(&name, invalid, payload, now), log));
+                }
                 ChangeKind::Upsert(c) => {
                     let mut c = *c;
                     c.normalize();
@@ -222,23 +214,12 @@ impl Engine {
                     }
                     if let Err(invalid) = validate(&c) {
                         let log = invalid.log_reason();
-                        let record = if writeback {
-                            format!("{name} record {}", ch.native_id)
-                        } else {
-                            invalid.record
-                        };
-                        dead.push((
-                            DeadLetter {
-                                id: 0,
-                                store: name.clone(),
-                                record,
-                                field: invalid.field,
-                                reason: invalid.reason,
-                                payload: serde_json::to_value(&c).ok(),
-                                at: now,
-                            },
-                            log,
-                        ));
+                        let mut letter =
+                            DeadLetter::refused(&name, invalid, serde_json::to_value(&c).ok(), now);
+                        if writeback {
+                            letter.record = format!("{name} record {}", ch.native_id);
+                        }
+                        dead.push((letter, log));
                         continue;
                     }
                     items.push(Item {
