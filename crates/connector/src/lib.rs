@@ -126,6 +126,17 @@ pub struct RecordHash {
     pub hash: String,
 }
 
+impl RecordHash {
+    /// The id and content hash of a record read in full (normalized first).
+    pub fn of(mut c: Contact) -> Self {
+        c.normalize();
+        RecordHash {
+            hash: contact_sync_core::content_hash(&c),
+            contact_id: c.contact_id,
+        }
+    }
+}
+
 /// Idempotent, batched writes and reads keyed by `contact_id`.
 ///
 /// Contract:
@@ -200,13 +211,7 @@ pub trait RecordSink: Send {
             .scan(after, limit)
             .await?
             .into_iter()
-            .map(|mut c| {
-                c.normalize();
-                RecordHash {
-                    hash: contact_sync_core::content_hash(&c),
-                    contact_id: c.contact_id,
-                }
-            })
+            .map(RecordHash::of)
             .collect())
     }
 

@@ -1737,7 +1737,7 @@ impl RecordSink for PgStore {
                 .scan(after, limit)
                 .await?
                 .into_iter()
-                .map(hash_record)
+                .map(RecordHash::of)
                 .collect());
         }
         let name = self.cfg.name.clone();
@@ -1783,7 +1783,7 @@ impl RecordSink for PgStore {
                 continue;
             }
             match codec::decode(&row) {
-                Ok(c) => out.push(hash_record(c)),
+                Ok(c) => out.push(RecordHash::of(c)),
                 Err(e) => {
                     tracing::warn!(store = %name, error = %e.invalid, "skipping a row that is not a valid contact")
                 }
@@ -1866,14 +1866,5 @@ impl StoreInfo for PgStore {
     /// store's own (installed by `migrate`, which clears older values).
     fn keeps_content_hash(&self) -> bool {
         self.table.as_ref().is_some_and(|t| t.hash_trusted)
-    }
-}
-
-/// A record's id and content hash (after normalizing).
-fn hash_record(mut c: Contact) -> RecordHash {
-    c.normalize();
-    RecordHash {
-        hash: contact_sync_core::content_hash(&c),
-        contact_id: c.contact_id,
     }
 }

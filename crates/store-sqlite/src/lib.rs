@@ -500,10 +500,7 @@ impl Inner {
                     }));
                 }
             }
-            Ok(decode_row(name, row)?.map(|c| RecordHash {
-                hash: contact_sync_core::content_hash(&c),
-                contact_id: c.contact_id,
-            }))
+            Ok(decode_row(name, row)?.map(RecordHash::of))
         })
     }
 
