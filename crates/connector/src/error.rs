@@ -8,6 +8,12 @@ pub enum RetryClass {
     /// Will not pass until someone acts (bad credentials, missing table,
     /// permission denied, bad config): report and stop this store.
     Permanent,
+    /// The store's schema or change stream changed under the engine (a
+    /// mapped column lost, the publication or table dropped, a truncate, a
+    /// re-created table): nothing it says can be trusted until a person
+    /// looks. The engine pauses the store (alert, `/health`, `check`) until
+    /// it is resumed.
+    Paused,
 }
 
 /// A store operation failed. The message names the store and what was being
@@ -33,6 +39,13 @@ impl StoreError {
             store: store.into(),
             message: message.into(),
             class: RetryClass::Permanent,
+        }
+    }
+    pub fn paused(store: impl Into<String>, message: impl Into<String>) -> Self {
+        StoreError {
+            store: store.into(),
+            message: message.into(),
+            class: RetryClass::Paused,
         }
     }
     pub fn is_transient(&self) -> bool {

@@ -116,6 +116,61 @@ pub enum WriteOutcome {
     /// The store refused this record for good (bad value for its schema,
     /// unique clash). Retrying will not help: it goes to dead letters.
     Rejected { field: String, reason: String },
+    /// A conditional write ([`RecordSink::write_batch_if`]) found the record
+    /// no longer as the engine last saw it: someone else wrote it since.
+    /// Nothing was written. The engine reads the record and merges it like
+    /// a captured change; it never retries the write blindly.
+    Changed,
+}
+
+/// The condition of one conditional write: what the engine last saw of the
+/// record in this store. The write applies only while the store still
+/// holds that (compare-and-set); otherwise its outcome is
+/// [`WriteOutcome::Changed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// No condition: seeding, tools, an operator's explicit overwrite.
+    Any,
+    /// The store holds no live record for the contact (none, or a tombstone).
+    Absent,
+    /// The store's record, normalized, has this content hash. The tombstone
+    /// hash ([`contact_sync_core::hash::tombstone_hash`]) also matches a
+    /// record that is gone outright.
+    Hash(String),
+}
+
+impl Expect {
+    /// Whether a store holding `held` (normalized; `None` when it holds no
+    /// record for the contact) may take the write.
+    pub fn admits(&self, held: Option<&Contact>) -> bool {
+        match (self, held) {
+            (Expect::Any, _) => true,
+            (Expect::Absent, None) => true,
+            (Expect::Absent, Some(h)) => h.is_deleted(),
+            (Expect::Hash(e), None) => e == contact_sync_core::hash::tombstone_hash(),
+            (Expect::Hash(e), Some(h)) => contact_sync_core::content_hash(h) == *e,
+        }
+    }
+
+    /// The hash this condition names, if any.
+    pub fn hash(&self) -> Option<&str> {
+        match self {
+            Expect::Hash(h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+/// How a store honours [`Expect`] (see [`StoreInfo::conditional_writes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conditional {
+    /// The check and the write are one atomic step (a row lock, a guarded
+    /// statement, a filtered update): no edit can slip in between.
+    Atomic,
+    /// The store's record is read, compared, then written: an edit landing
+    /// between the read and the write (a window of one round trip) is
+    /// overwritten. The store documents the window.
+    ReadThenWrite,
 }
 
 /// A record's id and content hash (tombstones have
@@ -172,6 +227,74 @@ pub trait RecordSink: Send {
     ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
         let outcomes = self.write_batch(&writes).await?;
         Ok((outcomes, writes))
+    }
+
+    /// Conditional writes: `writes[k]` applies only if the store's record
+    /// for its contact still satisfies `expect[k]` (same length); otherwise
+    /// its outcome is [`WriteOutcome::Changed`] and nothing is written for
+    /// it. Everything else as [`write_batch`](RecordSink::write_batch)
+    /// (version guard, idempotence, one outcome per write in order). The
+    /// batch comes back with the outcomes.
+    ///
+    /// The default reads the records, compares, and writes the admitted
+    /// ones ([`Conditional::ReadThenWrite`]); a store that can check and
+    /// write atomically overrides it and says so in
+    /// [`StoreInfo::conditional_writes`].
+    async fn write_batch_if(
+        &mut self,
+        writes: Vec<Contact>,
+        expect: &[Expect],
+    ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
+        assert_eq!(writes.len(), expect.len(), "one condition per write");
+        if expect.iter().all(|e| *e == Expect::Any) {
+            return self.write_batch_owned(writes).await;
+        }
+        let ids: Vec<String> = writes.iter().map(|w| w.contact_id.clone()).collect();
+        let held: std::collections::HashMap<String, Contact> = self
+            .read(&ids)
+            .await?
+            .into_iter()
+            .map(|mut c| {
+                c.normalize();
+                (c.contact_id.clone(), c)
+            })
+            .collect();
+        let admitted: Vec<bool> = writes
+            .iter()
+            .zip(expect)
+            .map(|(w, e)| e.admits(held.get(&w.contact_id)))
+            .collect();
+        let mut go = Vec::new();
+        let mut back: Vec<Option<Contact>> = Vec::with_capacity(writes.len());
+        for (w, ok) in writes.into_iter().zip(&admitted) {
+            if *ok {
+                go.push(w);
+                back.push(None);
+            } else {
+                back.push(Some(w));
+            }
+        }
+        let (outcomes, written) = if go.is_empty() {
+            (vec![], vec![])
+        } else {
+            self.write_batch_owned(go).await?
+        };
+        let mut outcomes = outcomes.into_iter();
+        let mut written = written.into_iter();
+        let mut all_outcomes = Vec::with_capacity(back.len());
+        let mut all_writes = Vec::with_capacity(back.len());
+        for (slot, ok) in back.into_iter().zip(admitted) {
+            if ok {
+                all_outcomes.push(outcomes.next().ok_or_else(|| {
+                    StoreError::permanent("store", "returned fewer outcomes than writes")
+                })?);
+                all_writes.push(written.next().expect("every admitted write comes back"));
+            } else {
+                all_outcomes.push(WriteOutcome::Changed);
+                all_writes.push(slot.expect("a refused write stays here"));
+            }
+        }
+        Ok((all_outcomes, all_writes))
     }
 
     /// Many writes follow (an initial sync): the store may suspend what it
@@ -253,6 +376,11 @@ pub trait StoreInfo {
     /// hash such records again. False unless a store guarantees it.
     fn keeps_content_hash(&self) -> bool {
         false
+    }
+
+    /// How [`RecordSink::write_batch_if`] honours its conditions.
+    fn conditional_writes(&self) -> Conditional {
+        Conditional::ReadThenWrite
     }
 }
 

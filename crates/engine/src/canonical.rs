@@ -181,6 +181,10 @@ impl Engine {
                             deleted: e.after.is_deleted(),
                         })?;
                     }
+                    WriteOutcome::Changed => {
+                        tracing::info!(contact_id = %e.contact_id, version = e.version,
+                            "canonical record changed since last seen; not overwritten");
+                    }
                     WriteOutcome::Stale { stored_version } => {
                         // Another writer got there first; its change comes
                         // back through canonical capture and is merged then.

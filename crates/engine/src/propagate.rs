@@ -281,6 +281,12 @@ impl Delivery {
                         deleted: s.deleted,
                     });
                 }
+                WriteOutcome::Changed => {
+                    // Someone edited the record since the engine saw it; the
+                    // engine reads and merges it (see capture).
+                    tracing::debug!(store = %name, contact_id = %s.contact_id,
+                        "record changed since last seen; not overwritten");
+                }
                 WriteOutcome::Stale { stored_version } => {
                     // The store has a newer edit of its own; capture brings it in.
                     tracing::debug!(store = %name, contact_id = %s.contact_id,
