@@ -88,6 +88,7 @@ async fn main() {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(EngineOptions::default().backfill_page),
             max_batches_per_cycle: 1000,
+            ..Default::default()
         },
     )
     .expect("engine");

@@ -92,7 +92,7 @@ impl DeliveredPage {
         name: &str,
         key: &str,
         now: Timestamp,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Vec<(String, Option<String>)>, EngineError> {
         let DeliveredPage {
             delivery,
             invalid,
@@ -122,13 +122,13 @@ impl DeliveredPage {
                     synced_version: c.version,
                     hash,
                     deleted: c.is_deleted(),
+                    ..Default::default()
                 })?;
             }
             tx.set_meta(key, &resume)?;
             Ok(())
         };
-        delivery.record(state, name, 0, now, extra)?;
-        Ok(())
+        Ok(delivery.record(state, name, 0, now, extra)?.changed)
     }
 }
 
@@ -271,7 +271,11 @@ impl Engine {
             if self.stopping() {
                 break;
             }
-            verified.push(self.backfill_store(i, total, progress).await?);
+            let (v, changed) = self.backfill_store(i, total, progress).await?;
+            verified.push(v);
+            // Records the store already held otherwise than the engine knew
+            // (someone else's): merged, not overwritten.
+            self.recapture(i, changed, &mut report).await?;
         }
         if self.stopping() {
             return Ok(vec![]);
@@ -297,9 +301,10 @@ impl Engine {
         i: usize,
         total: u64,
         progress: BackfillProgress<'_>,
-    ) -> Result<Option<StoreVerification>, EngineError> {
+    ) -> Result<(Option<StoreVerification>, Vec<(String, Option<String>)>), EngineError> {
         let name = self.stores[i].name().to_string();
         let key = meta_key(&name);
+        let mut changed = Vec::new();
         // Resume state: "<journal seq at start>\t<last contact id done>".
         let (start_seq, after) = match self.state.meta(&key)?.filter(|s| !s.is_empty()) {
             Some(s) => {
@@ -373,17 +378,17 @@ impl Engine {
                 let record = async {
                     match delivered.take() {
                         Some(d) => d.record(state, &name, &key, now),
-                        None => Ok(()),
+                        None => Ok(vec![]),
                     }
                 };
                 let (next, written, recorded) = tokio::join!(next, write, record);
-                recorded?;
+                changed.extend(recorded?);
                 delivered = Some(written?);
                 page = next?;
                 progress(&name, done, total);
             }
             if let Some(d) = delivered.take() {
-                d.record(state, &name, &key, now)?;
+                changed.extend(d.record(state, &name, &key, now)?);
             }
             Ok::<(), EngineError>(())
         }
@@ -393,7 +398,7 @@ impl Engine {
         copied?;
         ended?;
         if shutdown.load(Ordering::SeqCst) {
-            return Ok(None);
+            return Ok((None, changed));
         }
         if from_start {
             let mut rest = read_back.take_upto(store, None, limit).await?;
@@ -410,7 +415,7 @@ impl Engine {
         )?;
         tx.commit()?;
         progress(&name, done, total);
-        Ok(from_start.then(|| tally.finish().0))
+        Ok((from_start.then(|| tally.finish().0), changed))
     }
 
     /// Compares every store with canonical, contact by contact (ordered

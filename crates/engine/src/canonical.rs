@@ -115,12 +115,9 @@ impl Engine {
                 todo.into_iter()
                     .filter(|e| match held.get(&e.contact_id) {
                         Some(h) if h.version > e.version || foreign(e) => {
-                            already.push((
-                                e,
-                                WriteOutcome::Stale {
-                                    stored_version: h.version,
-                                },
-                            ));
+                            // Merged now, not left to capture: an edit that
+                            // did not bump `last_updated` is not captured.
+                            already.push((e, WriteOutcome::Changed));
                             false
                         }
                         Some(h) if h.version == e.version => {
@@ -143,30 +140,37 @@ impl Engine {
                 todo
             };
             let writes: Vec<Contact> = todo.iter().map(|e| e.after.clone()).collect();
+            // Conditional on what canonical held when the engine last wrote
+            // or read it: an edit made there since is merged, not overwritten.
+            let expects: Vec<_> = todo
+                .iter()
+                .map(|e| crate::propagate::expect_of(recs.get(&e.contact_id)))
+                .collect();
             let outcomes = if writes.is_empty() {
                 vec![]
             } else {
-                match self.canonical.write_batch(&writes).await {
-                    Ok(o) => o,
+                match self.canonical.write_batch_if(writes, &expects).await {
+                    Ok((o, _)) => o,
                     Err(e) => {
                         self.canonical_uncertain = true;
                         return Err(EngineError::Canonical(e));
                     }
                 }
             };
-            if outcomes.len() != writes.len() {
+            if outcomes.len() != todo.len() {
                 return Err(EngineError::Canonical(
                     contact_sync_connector::StoreError::permanent(
                         CANONICAL,
                         format!(
                             "returned {} outcomes for {} writes",
                             outcomes.len(),
-                            writes.len()
+                            todo.len()
                         ),
                     ),
                 ));
             }
             let mut stats = RunStats::default();
+            let mut changed = Vec::new();
             let tx = self.state.tx()?;
             for (e, o) in todo.iter().copied().zip(outcomes).chain(already) {
                 match o {
@@ -179,11 +183,16 @@ impl Engine {
                             synced_version: e.version,
                             hash: e.hash.clone(),
                             deleted: e.after.is_deleted(),
+                            ..Default::default()
                         })?;
                     }
                     WriteOutcome::Changed => {
                         tracing::info!(contact_id = %e.contact_id, version = e.version,
-                            "canonical record changed since last seen; not overwritten");
+                            "canonical record changed since the engine last saw it; not overwritten, merging it");
+                        changed.push(contact_sync_connector::Change {
+                            native_id: e.contact_id.clone(),
+                            kind: ChangeKind::Upsert(Box::new(e.after.clone())),
+                        });
                     }
                     WriteOutcome::Stale { stored_version } => {
                         // Another writer got there first; its change comes
@@ -210,6 +219,12 @@ impl Engine {
             tx.set_cursor(CANONICAL, last_seq)?;
             tx.commit()?;
             add_stats(&mut report.entry(CANONICAL).stats, &stats);
+            if !changed.is_empty() {
+                // Journals what canonical holds now, merged three-way with
+                // the entries it did not take (the journal is ahead of it).
+                let stats = self.journal_canonical_batch(changed, None).await?;
+                add_stats(&mut report.entry(CANONICAL).stats, &stats);
+            }
         }
     }
 
@@ -264,7 +279,7 @@ impl Engine {
                 break;
             }
             let stats = self
-                .journal_canonical_batch(batch.changes, &batch.checkpoint)
+                .journal_canonical_batch(batch.changes, Some(&batch.checkpoint))
                 .await?;
             add_stats(&mut report.entry(CANONICAL).stats, &stats);
             self.apply_canonical(report).await?;
@@ -284,7 +299,7 @@ impl Engine {
     async fn journal_canonical_batch(
         &mut self,
         changes: Vec<contact_sync_connector::Change>,
-        checkpoint: &Checkpoint,
+        checkpoint: Option<&Checkpoint>,
     ) -> Result<RunStats, EngineError> {
         let now = (self.clock)();
         let mut stats = RunStats {
@@ -411,6 +426,7 @@ impl Engine {
                         synced_version: recs.get(&contact_id).map_or(0, |r| r.synced_version),
                         hash,
                         deleted: c.is_deleted(),
+                        ..Default::default()
                     },
                 );
                 touched.insert(contact_id);
@@ -477,6 +493,7 @@ impl Engine {
                         synced_version: held_version,
                         hash,
                         deleted: c.is_deleted(),
+                        ..Default::default()
                     },
                 );
                 touched.insert(contact_id);
@@ -527,6 +544,7 @@ impl Engine {
                     synced_version: held_version,
                     hash,
                     deleted: c.is_deleted(),
+                    ..Default::default()
                 },
             );
             touched.insert(contact_id);
@@ -549,7 +567,9 @@ impl Engine {
         for id in &touched {
             tx.put_store_record(&recs[id])?;
         }
-        tx.set_checkpoint(CANONICAL, checkpoint.as_str())?;
+        if let Some(cp) = checkpoint {
+            tx.set_checkpoint(CANONICAL, cp.as_str())?;
+        }
         tx.commit()?;
         Ok(stats)
     }

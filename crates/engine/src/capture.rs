@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use contact_sync_connector::{ChangeKind, Checkpoint};
+use contact_sync_connector::{Change, ChangeKind, Checkpoint};
 use contact_sync_core::identity::mint_contact_id;
 use contact_sync_core::pii::Reason;
 use contact_sync_core::{
@@ -23,6 +23,13 @@ struct Item {
     writeback: bool,
 }
 
+/// Out-of-turn copies remembered per contact and store at most.
+const MAX_LATE: usize = 8;
+
+/// Rounds of "refused, merged, written again" for one set of contacts
+/// before the rest waits for the next cycle.
+const RECAPTURE_ROUNDS: usize = 3;
+
 pub(crate) fn add_stats(into: &mut RunStats, s: &RunStats) {
     into.captured += s.captured;
     into.applied += s.applied;
@@ -34,12 +41,19 @@ pub(crate) fn add_stats(into: &mut RunStats, s: &RunStats) {
 
 impl Engine {
     /// Reads and merges a store's changes, batch by batch, until it has no
-    /// more (or the per-cycle bound is reached).
+    /// more (or the per-cycle bound is reached). Returns whether the store's
+    /// changes were drained: a store with changes left is not written to in
+    /// this cycle (its pending edits would race the writes).
+    ///
+    /// Changes are read a window at a time ([`crate::guard`]) and checked by
+    /// the mass-change guard before any of them is merged; a window over the
+    /// guard's threshold pauses the store instead.
     pub(crate) async fn capture_store(
         &mut self,
         i: usize,
         report: &mut CycleReport,
-    ) -> Result<(), EngineError> {
+        approved: bool,
+    ) -> Result<bool, EngineError> {
         let name = self.stores[i].name().to_string();
         if let Some(cp) = self.state.checkpoint(&name)? {
             // A previous acknowledge may have been lost; repeating it is harmless.
@@ -47,36 +61,219 @@ impl Engine {
                 tracing::debug!(store = %name, error = %e, "re-acknowledge failed");
             }
         }
-        for _ in 0..self.opts.max_batches_per_cycle {
+        let mut batches = 0usize;
+        loop {
             if self.stopping() {
-                break;
+                return Ok(false);
             }
-            let from = self.state.checkpoint(&name)?.map(Checkpoint);
+            let window = self.read_window(i, &mut batches).await?;
+            if window.batches.is_empty() {
+                return Ok(window.drained);
+            }
+            if !approved {
+                if let Some(pause) = self.mass_change_verdict(i, &window)? {
+                    self.pause(pause)?;
+                    return Ok(false);
+                }
+            }
+            let drained = window.drained;
+            for batch in window.batches {
+                let stats = self
+                    .merge_batch(i, batch.changes, Some(&batch.checkpoint), false)
+                    .await?;
+                add_stats(&mut report.entry(&name).stats, &stats);
+                self.apply_canonical(report).await?;
+                if let Err(e) = self.stores[i].acknowledge(&batch.checkpoint).await {
+                    // The checkpoint is stored; the next read starts after it anyway.
+                    tracing::warn!(store = %name, error = %e, "acknowledge failed; will repeat");
+                }
+            }
+            if drained {
+                return Ok(true);
+            }
+            if batches >= self.opts.max_batches_per_cycle {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Reads the next window of a store's changes from its checkpoint
+    /// without merging anything: batches until the store has no more, the
+    /// window holds [`crate::guard::MassChangeGuard::window`] changes, or the
+    /// cycle's bound of batches is reached.
+    pub(crate) async fn read_window(
+        &mut self,
+        i: usize,
+        batches: &mut usize,
+    ) -> Result<crate::guard::Window, EngineError> {
+        let name = self.stores[i].name().to_string();
+        let limit = self.opts.guard.window.max(self.opts.batch_size);
+        let stored = self.state.checkpoint(&name)?.map(Checkpoint);
+        let mut from = stored.clone();
+        let mut window = crate::guard::Window {
+            from: stored.clone(),
+            ..Default::default()
+        };
+        let mut count = 0usize;
+        loop {
             let batch = self.stores[i]
                 .read_changes(from.as_ref(), self.opts.batch_size)
                 .await?;
+            *batches += 1;
             if batch.changes.is_empty() {
-                if from.as_ref() != Some(&batch.checkpoint) {
+                if window.batches.is_empty() && stored.as_ref() != Some(&batch.checkpoint) {
                     let tx = self.state.tx()?;
                     tx.set_checkpoint(&name, batch.checkpoint.as_str())?;
                     tx.commit()?;
                 }
-                break;
+                window.drained = true;
+                return Ok(window);
             }
-            let stats = self
-                .merge_batch(i, batch.changes, &batch.checkpoint)
-                .await?;
-            add_stats(&mut report.entry(&name).stats, &stats);
-            self.apply_canonical(report).await?;
-            if let Err(e) = self.stores[i].acknowledge(&batch.checkpoint).await {
-                // The checkpoint is stored; the next read starts after it anyway.
-                tracing::warn!(store = %name, error = %e, "acknowledge failed; will repeat");
+            count += batch.changes.len();
+            from = Some(batch.checkpoint.clone());
+            let more = batch.has_more;
+            window.batches.push(batch);
+            if !more {
+                window.drained = true;
+                return Ok(window);
             }
-            if !batch.has_more {
-                break;
+            if count >= limit || *batches >= self.opts.max_batches_per_cycle {
+                return Ok(window);
             }
         }
+    }
+
+    /// Contacts whose conditional write to store `i` was refused: someone
+    /// edited them there since the engine last saw them. Their current
+    /// records are read and merged like captured changes (nothing is
+    /// overwritten, nothing retried blindly); the store's change stream
+    /// delivers the same edits later, and those late copies are not edits
+    /// again (`StoreRecord::late`).
+    pub(crate) async fn recapture(
+        &mut self,
+        i: usize,
+        mut changed: Vec<(String, Option<String>)>,
+        report: &mut CycleReport,
+    ) -> Result<(), EngineError> {
+        // A writer editing the same records again and again could refuse
+        // every write: after a few rounds the rest is left for the next
+        // cycle (`needs_write`), never dropped.
+        for _round in 0..RECAPTURE_ROUNDS {
+            if changed.is_empty() {
+                return Ok(());
+            }
+            let ids = self.merge_out_of_turn(i, changed, report).await?;
+            // Canonical's record of each, now that the edits are merged, goes
+            // to the store again, on condition of what it was just seen holding.
+            changed = self.resend(i, &ids, report).await?;
+        }
+        if !changed.is_empty() {
+            let name = self.stores[i].name().to_string();
+            let ids: Vec<String> = changed.into_iter().map(|(id, _)| id).collect();
+            let tx = self.state.tx()?;
+            for mut r in tx.store_records(&name, &ids)? {
+                r.needs_write = true;
+                tx.put_store_record(&r)?;
+            }
+            tx.commit()?;
+        }
         Ok(())
+    }
+
+    /// Writes canonical's newest record of each contact to store `i` (on
+    /// condition of what the engine last saw there), without moving the
+    /// store's cursor. Returns the contacts whose write was refused again.
+    pub(crate) async fn resend(
+        &mut self,
+        i: usize,
+        ids: &[String],
+        report: &mut CycleReport,
+    ) -> Result<Vec<(String, Option<String>)>, EngineError> {
+        let name = self.stores[i].name().to_string();
+        let upto = self.state.cursor(CANONICAL)?;
+        let mut latest = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(e) = self.state.journal_of(id, 1)?.into_iter().next() {
+                // Not in canonical yet: the store's cursor brings it.
+                if e.seq <= upto {
+                    latest.push(e);
+                }
+            }
+        }
+        let recs: HashMap<String, StoreRecord> = self
+            .state
+            .store_records(&name, ids)?
+            .into_iter()
+            .map(|r| (r.contact_id.clone(), r))
+            .collect();
+        let store = &self.stores[i];
+        let plans = crate::propagate::plan(&name, |c| store.accepts(c), latest, &recs);
+        let recorded = self.send(i, &name, plans, 0).await?;
+        add_stats(&mut report.entry(&name).stats, &recorded.stats);
+        Ok(recorded.changed)
+    }
+
+    /// Reads the records of store `i` whose conditional write was refused
+    /// and merges them like captured changes. Returns their contact ids.
+    async fn merge_out_of_turn(
+        &mut self,
+        i: usize,
+        changed: Vec<(String, Option<String>)>,
+        report: &mut CycleReport,
+    ) -> Result<Vec<String>, EngineError> {
+        let name = self.stores[i].name().to_string();
+        let ids: Vec<String> = changed.iter().map(|(id, _)| id.clone()).collect();
+        let mut held: HashMap<String, Contact> = self.stores[i]
+            .read(&ids)
+            .await?
+            .into_iter()
+            .map(|c| (c.contact_id.clone(), c))
+            .collect();
+        let recs: HashMap<String, StoreRecord> = self
+            .state
+            .store_records(&name, &ids)?
+            .into_iter()
+            .map(|r| (r.contact_id.clone(), r))
+            .collect();
+        let mut changes = Vec::with_capacity(changed.len());
+        let mut merged = Vec::with_capacity(changed.len());
+        for (id, native) in changed {
+            let rec = recs.get(&id);
+            let native_id = native
+                .or_else(|| rec.and_then(|r| r.native_id.clone()))
+                .unwrap_or_else(|| id.clone());
+            match (held.remove(&id), rec) {
+                (Some(c), _) => changes.push(Change {
+                    native_id,
+                    kind: ChangeKind::Upsert(Box::new(c)),
+                }),
+                // A record without its id yet cannot be read by id: the id
+                // goes back with its next edit there, captured by native id.
+                (None, Some(r)) if r.writeback => {
+                    tracing::info!(store = %name, contact_id = %id,
+                        "record changed before its id was written back; the id goes back with its next change");
+                    let tx = self.state.tx()?;
+                    tx.put_store_record(&StoreRecord {
+                        needs_write: false,
+                        writeback: false,
+                        ..r.clone()
+                    })?;
+                    tx.commit()?;
+                    continue;
+                }
+                (None, _) => changes.push(Change {
+                    native_id,
+                    kind: ChangeKind::Delete {
+                        contact_id: Some(id.clone()),
+                    },
+                }),
+            }
+            merged.push(id);
+        }
+        let stats = self.merge_batch(i, changes, None, true).await?;
+        add_stats(&mut report.entry(&name).stats, &stats);
+        self.apply_canonical(report).await?;
+        Ok(merged)
     }
 
     /// The record at `version` of a contact, as the last agreed base.
@@ -154,15 +351,19 @@ impl Engine {
     }
 
     /// Merges one batch of a store's changes and commits the result with the
-    /// batch's checkpoint in one state transaction.
-    async fn merge_batch(
+    /// batch's checkpoint (when it has one) in one state transaction.
+    /// `out_of_turn`: the records were read after a refused write, not from
+    /// the store's change stream, which will deliver them again later.
+    pub(crate) async fn merge_batch(
         &mut self,
         i: usize,
-        changes: Vec<contact_sync_connector::Change>,
-        checkpoint: &Checkpoint,
+        changes: Vec<Change>,
+        checkpoint: Option<&Checkpoint>,
+        out_of_turn: bool,
     ) -> Result<RunStats, EngineError> {
         let name = self.stores[i].name().to_string();
         let versioned = self.stores[i].keeps_version();
+        let kept_hashes = self.stores[i].keeps_content_hash();
         let now = (self.clock)();
         let mut stats = RunStats {
             captured: changes.len() as u64,
@@ -288,22 +489,59 @@ impl Engine {
                 Some(c) => c,
                 None => {
                     // Removed outright: a tombstone of what the store last had.
-                    let Some(mut t) = base.clone().or_else(|| current.cloned()) else {
-                        continue;
-                    };
-                    if t.is_deleted() {
-                        continue;
+                    match base.clone().or_else(|| current.cloned()) {
+                        Some(mut t) if !t.is_deleted() => {
+                            t.deleted_at = Some(now);
+                            t
+                        }
+                        _ => {
+                            // Nothing to merge, but the engine now knows the
+                            // store holds nothing for the contact.
+                            if let Some(r) = recs.get_mut(&it.contact_id) {
+                                if !r.deleted {
+                                    r.hash = contact_sync_core::hash::tombstone_hash().to_string();
+                                    r.deleted = true;
+                                    touched.insert(it.contact_id.clone());
+                                }
+                            }
+                            continue;
+                        }
                     }
-                    t.deleted_at = Some(now);
-                    t
                 }
             };
             let hash = content_hash(&incoming);
-            if let Some(r) = &rec {
-                if r.hash == hash && r.deleted == incoming.is_deleted() && !it.writeback {
+            // Provenance: a store that keeps the engine's content hash
+            // forgets it on anyone else's write, so an image still carrying
+            // its content's hash is an image of an engine write: never a
+            // user edit, however late it comes (a replayed backfill).
+            let own_image = kept_hashes
+                && !it.writeback
+                && !out_of_turn
+                && incoming.content_hash.as_deref() == Some(hash.as_str());
+            if let Some(r) = recs.get_mut(&it.contact_id) {
+                if !out_of_turn {
+                    if let Some(k) = r.late.iter().position(|h| *h == hash) {
+                        // An edit already merged out of turn, now delivered
+                        // by the store's change stream.
+                        r.late.remove(k);
+                        stats.skipped_echo += 1;
+                        touched.insert(it.contact_id.clone());
+                        continue;
+                    }
+                }
+                let echo = r.hash == hash && r.deleted == incoming.is_deleted() && !it.writeback;
+                if echo || own_image {
+                    if !out_of_turn && !r.late.is_empty() {
+                        // The stream is past every out-of-turn copy.
+                        r.late.clear();
+                        touched.insert(it.contact_id.clone());
+                    }
                     stats.skipped_echo += 1;
                     continue;
                 }
+            } else if own_image {
+                stats.skipped_echo += 1;
+                continue;
             }
             // A late copy of an older write of ours: a versioned store's
             // image carries the version the engine wrote, so an image at a
@@ -399,6 +637,15 @@ impl Engine {
             let current = canon.get(&it.contact_id);
             touched.insert(it.contact_id.clone());
             let agreed = current.filter(|c| content_hash(c) == hash && !it.writeback);
+            let rec_owed = rec.as_ref().map(|r| (r.needs_write, r.writeback));
+            let mut late = rec.map(|r| r.late).unwrap_or_default();
+            if out_of_turn && !late.contains(&hash) {
+                late.push(hash.clone());
+                // Bounded: the oldest copies are long delivered or superseded.
+                if late.len() > MAX_LATE {
+                    late.remove(0);
+                }
+            }
             recs.insert(
                 it.contact_id.clone(),
                 StoreRecord {
@@ -406,9 +653,17 @@ impl Engine {
                     contact_id: it.contact_id.clone(),
                     native_id: Some(it.native_id.clone()),
                     synced_version: agreed.map_or(synced_version, |c| c.version),
-                    // A record that must get its id written back is not yet in sync.
-                    hash: if it.writeback { String::new() } else { hash },
+                    // What the store holds; a record that must get its id
+                    // written back is not yet in sync.
+                    hash,
                     deleted: incoming.is_deleted(),
+                    // Still owed canonical's record (written right after an
+                    // out-of-turn merge; kept until a write confirms).
+                    needs_write: it.writeback
+                        || out_of_turn
+                        || rec_owed.is_some_and(|(owed, _)| owed),
+                    writeback: it.writeback || rec_owed.is_some_and(|(_, wb)| wb),
+                    late,
                 },
             );
         }
@@ -433,7 +688,9 @@ impl Engine {
         for id in &touched {
             tx.put_store_record(&recs[id])?;
         }
-        tx.set_checkpoint(&name, checkpoint.as_str())?;
+        if let Some(cp) = checkpoint {
+            tx.set_checkpoint(&name, cp.as_str())?;
+        }
         tx.commit()?;
         debug_assert!(name != CANONICAL);
         Ok(stats)

@@ -4,13 +4,13 @@
 //! Both sides are scanned in `contact_id` order, one page at a time, and
 //! merged like a join, so memory stays bounded whatever the table size.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use contact_sync_core::hash::tombstone_hash;
 use contact_sync_core::{content_hash, validate, JournalEntry};
 
 use crate::backfill::StoreVerification;
-use crate::{Engine, EngineError, CANONICAL};
+use crate::{CycleReport, Engine, EngineError, CANONICAL};
 
 /// One side of the join: a store's live contacts, page by page.
 struct Side {
@@ -118,6 +118,10 @@ pub struct RepairReport {
     /// Live in the store but not in canonical: reported, never deleted
     /// (they may be new records the next cycle brings in).
     pub extra: u64,
+    /// Contacts whose record in the store was not what the engine last saw
+    /// there (someone edited or removed it): merged into canonical like a
+    /// captured change instead of overwritten.
+    pub merged: u64,
 }
 
 impl Engine {
@@ -212,12 +216,20 @@ impl Engine {
             store: name.to_string(),
             rewritten: 0,
             extra: v.extra,
+            merged: 0,
         };
         let now = (self.clock)();
+        let mut cycle = CycleReport::default();
         for chunk in ids.chunks(self.opts.backfill_page.max(1)) {
+            // Each is written again, on condition that the store still holds
+            // what the engine last saw there: content someone else put there
+            // (or a record someone removed) is merged, not overwritten.
+            let mut recs = HashMap::new();
             let tx = self.state.tx()?;
-            for id in chunk {
-                tx.delete_store_record(name, id)?;
+            for mut r in tx.store_records(name, chunk)? {
+                r.needs_write = true;
+                tx.put_store_record(&r)?;
+                recs.insert(r.contact_id.clone(), r);
             }
             tx.commit()?;
             let mut entries = Vec::with_capacity(chunk.len());
@@ -231,10 +243,11 @@ impl Engine {
                 entries.push(JournalEntry::snapshot(c, CANONICAL, now));
             }
             let store = &self.stores[i];
-            let plans =
-                crate::propagate::plan(name, |c| store.accepts(c), entries, &Default::default());
-            let stats = self.send(i, name, plans, 0).await?;
-            report.rewritten += stats.written;
+            let plans = crate::propagate::plan(name, |c| store.accepts(c), entries, &recs);
+            let recorded = self.send(i, name, plans, 0).await?;
+            report.rewritten += recorded.stats.written;
+            report.merged += recorded.changed.len() as u64;
+            self.recapture(i, recorded.changed, &mut cycle).await?;
         }
         tracing::info!(store = %name, rewritten = report.rewritten, extra = report.extra, "drift repaired");
         Ok(report)

@@ -31,6 +31,7 @@ mod canonical;
 mod capture;
 mod drift;
 mod error;
+mod guard;
 mod propagate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,7 @@ use serde::Serialize;
 pub use backfill::{BackfillProgress, StoreVerification};
 pub use drift::RepairReport;
 pub use error::EngineError;
+pub use guard::MassChangeGuard;
 
 /// The consumer name of the canonical store in cursors and sync records.
 pub const CANONICAL: &str = "canonical";
@@ -57,6 +59,8 @@ pub struct EngineOptions {
     pub backfill_page: usize,
     /// Most batches read from one store in one cycle (bounds a cycle's length).
     pub max_batches_per_cycle: usize,
+    /// The mass-change guard.
+    pub guard: MassChangeGuard,
 }
 
 impl Default for EngineOptions {
@@ -65,6 +69,7 @@ impl Default for EngineOptions {
             batch_size: 100,
             backfill_page: 2000,
             max_batches_per_cycle: 1000,
+            guard: MassChangeGuard::default(),
         }
     }
 }
@@ -199,33 +204,37 @@ impl Engine {
         report.entry(CANONICAL);
         self.apply_canonical(&mut report).await?;
         self.capture_canonical(&mut report).await?;
-        for i in 0..self.stores.len() {
+        // Stores written to in this cycle: only those whose changes were
+        // all captured (a store with changes left would have its pending
+        // edits raced by the writes), and none that is paused.
+        let mut writable = vec![false; self.stores.len()];
+        for (i, w) in writable.iter_mut().enumerate() {
             if self.stopping() {
                 break;
             }
             let name = self.stores[i].name().to_string();
-            if let Err(e) = self.capture_store(i, &mut report).await {
-                if !e.is_store_error() {
-                    return Err(e);
+            let (runs, approved) = match self.settle_pause(i, &mut report).await {
+                Ok(v) => v,
+                Err(e) => {
+                    self.store_failed(&name, "settling a pause", e, &mut report)?;
+                    continue;
                 }
-                tracing::warn!(store = %name, error = %e, alert = "sync_failure", "capture failed");
-                report.entry(&name).error = Some(e.to_string());
-            }
-        }
-        for i in 0..self.stores.len() {
-            if self.stopping() {
-                break;
-            }
-            let name = self.stores[i].name().to_string();
-            if report.entry(&name).error.is_some() {
+            };
+            if !runs {
                 continue;
             }
+            match self.capture_store(i, &mut report, approved).await {
+                Ok(drained) => *w = drained && self.state.paused(&name)?.is_none(),
+                Err(e) => self.store_failed(&name, "capture", e, &mut report)?,
+            }
+        }
+        for (i, w) in writable.into_iter().enumerate() {
+            if self.stopping() || !w {
+                continue;
+            }
+            let name = self.stores[i].name().to_string();
             if let Err(e) = self.propagate_store(i, &mut report).await {
-                if !e.is_store_error() {
-                    return Err(e);
-                }
-                tracing::warn!(store = %name, error = %e, alert = "sync_failure", "propagation failed");
-                report.entry(&name).error = Some(e.to_string());
+                self.store_failed(&name, "propagation", e, &mut report)?;
             }
         }
         let now = (self.clock)();
@@ -235,6 +244,28 @@ impl Engine {
         }
         tx.commit()?;
         Ok(report)
+    }
+
+    /// A step of one store failed: reported (and the store paused when the
+    /// error says its schema or stream changed); the others go on. An error
+    /// that is not the store's fails the cycle.
+    fn store_failed(
+        &mut self,
+        name: &str,
+        step: &str,
+        e: EngineError,
+        report: &mut CycleReport,
+    ) -> Result<(), EngineError> {
+        if !e.is_store_error() {
+            return Err(e);
+        }
+        if self.pause_on_error(&e)? {
+            report.entry(name).error = Some(format!("paused: {e}"));
+            return Ok(());
+        }
+        tracing::warn!(store = %name, error = %e, alert = "sync_failure", "{step} failed");
+        report.entry(name).error = Some(e.to_string());
+        Ok(())
     }
 
     /// Pending journal entries for a store: journal head minus its cursor.

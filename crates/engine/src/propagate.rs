@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use contact_sync_connector::{Store, StoreError, WriteOutcome};
+use contact_sync_connector::{Expect, Store, StoreError, WriteOutcome};
 use contact_sync_core::pii::Reason;
 use contact_sync_core::{Contact, DeadLetter, JournalEntry, Timestamp};
 use contact_sync_state::{RunStats, StateDb, StateTx, StoreRecord};
@@ -14,10 +14,27 @@ use crate::{CycleReport, Engine, EngineError, CANONICAL};
 /// What to send a store for one journal entry.
 pub(crate) enum Plan {
     /// Send this record (the entry's version; the contact carries its
-    /// content hash).
-    Write { version: i64, contact: Box<Contact> },
+    /// content hash), on condition that the store still holds what the
+    /// engine last saw there.
+    Write {
+        version: i64,
+        contact: Box<Contact>,
+        expect: Expect,
+        /// The store record's out-of-turn copies, kept across the write.
+        late: Vec<String>,
+    },
     /// The store already has this content: only note the agreement.
     Agree(StoreRecord),
+}
+
+/// The condition of a write to a store the engine last saw holding `rec`:
+/// nothing (no record), a tombstone, or the content it last wrote or read.
+pub(crate) fn expect_of(rec: Option<&StoreRecord>) -> Expect {
+    match rec {
+        None => Expect::Absent,
+        Some(r) if r.deleted => Expect::Hash(contact_sync_core::hash::tombstone_hash().to_string()),
+        Some(r) => Expect::Hash(r.hash.clone()),
+    }
 }
 
 /// Decides, per latest entry, whether the store needs a write. A store is
@@ -39,11 +56,25 @@ pub(crate) fn plan(
             after.deleted_at = Some(e.at);
             hash = contact_sync_core::content_hash(&after);
         }
+        // Nothing to send, but the store agrees with `version` now (and
+        // owes no write).
+        let agree = |r: &StoreRecord, version: i64| {
+            Plan::Agree(StoreRecord {
+                synced_version: version,
+                needs_write: false,
+                writeback: false,
+                ..r.clone()
+            })
+        };
         if let Some(r) = rec {
             if r.synced_version > e.version {
-                continue; // the store already agreed with a newer version (a replay)
+                // The store already agreed with a newer version (a replay).
+                if r.needs_write {
+                    out.push(agree(r, r.synced_version));
+                }
+                continue;
             }
-            if r.hash == hash && r.deleted == after.is_deleted() {
+            if r.hash == hash && r.deleted == after.is_deleted() && !r.needs_write {
                 if r.synced_version < e.version {
                     out.push(Plan::Agree(StoreRecord {
                         synced_version: e.version,
@@ -55,11 +86,8 @@ pub(crate) fn plan(
         }
         if after.is_deleted() && rec.is_none_or(|r| r.deleted) {
             // Deleted there too: nothing to send, but they agree now.
-            if let Some(r) = rec.filter(|r| r.synced_version < e.version) {
-                out.push(Plan::Agree(StoreRecord {
-                    synced_version: e.version,
-                    ..r.clone()
-                }));
+            if let Some(r) = rec.filter(|r| r.synced_version < e.version || r.needs_write) {
+                out.push(agree(r, e.version.max(r.synced_version)));
             }
             continue;
         }
@@ -70,6 +98,8 @@ pub(crate) fn plan(
         out.push(Plan::Write {
             version: e.version,
             contact: Box::new(after),
+            expect: expect_of(rec),
+            late: rec.map(|r| r.late.clone()).unwrap_or_default(),
         });
     }
     out
@@ -92,7 +122,7 @@ impl Engine {
             let cursor = self.state.cursor(&name)?;
             let upto = self.state.cursor(CANONICAL)?;
             if cursor >= upto {
-                return Ok(());
+                return self.write_owed(i, report).await;
             }
             let entries = self
                 .state
@@ -123,9 +153,26 @@ impl Engine {
                 .collect();
             let store = &self.stores[i];
             let plans = plan(&name, |c| store.accepts(c), latest, &recs);
-            let stats = self.send(i, &name, plans, last_seq).await?;
-            add_stats(&mut report.entry(&name).stats, &stats);
+            let recorded = self.send(i, &name, plans, last_seq).await?;
+            add_stats(&mut report.entry(&name).stats, &recorded.stats);
+            self.recapture(i, recorded.changed, report).await?;
         }
+    }
+
+    /// Writes canonical's record again to every contact of store `i` marked
+    /// `needs_write` whose journal entries the cursor has passed (a write
+    /// refused round after round by a busy writer, a drift repair).
+    async fn write_owed(&mut self, i: usize, report: &mut CycleReport) -> Result<(), EngineError> {
+        let name = self.stores[i].name().to_string();
+        let owed = self
+            .state
+            .store_records_needing_write(&name, self.opts.batch_size.max(1))?;
+        if owed.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = owed.into_iter().map(|r| r.contact_id).collect();
+        let changed = self.resend(i, &ids, report).await?;
+        self.recapture(i, changed, report).await
     }
 
     /// Writes the planned records to store `i` and commits what happened,
@@ -136,7 +183,7 @@ impl Engine {
         name: &str,
         plans: Vec<Plan>,
         cursor: i64,
-    ) -> Result<RunStats, EngineError> {
+    ) -> Result<Recorded, EngineError> {
         let now = (self.clock)();
         send_to(
             &mut *self.stores[i],
@@ -163,7 +210,7 @@ pub(crate) async fn send_to(
     cursor: i64,
     now: Timestamp,
     extra: impl FnOnce(&StateTx<'_>) -> Result<(), EngineError>,
-) -> Result<RunStats, EngineError> {
+) -> Result<Recorded, EngineError> {
     deliver(store, name, plans)
         .await?
         .record(state, name, cursor, now, extra)
@@ -182,6 +229,15 @@ pub(crate) struct Delivery {
     agree: Vec<StoreRecord>,
 }
 
+/// What recording a delivery did.
+#[derive(Debug, Default)]
+pub(crate) struct Recorded {
+    pub stats: RunStats,
+    /// Contacts whose conditional write was refused because someone edited
+    /// them since the engine last saw them: (contact id, native id known).
+    pub changed: Vec<(String, Option<String>)>,
+}
+
 /// What a delivery remembers of each write (the records themselves go to
 /// the store).
 struct Sent {
@@ -189,6 +245,7 @@ struct Sent {
     version: i64,
     hash: String,
     deleted: bool,
+    late: Vec<String>,
 }
 
 /// Writes the planned records to `store` (the first half of
@@ -199,11 +256,17 @@ pub(crate) async fn deliver(
     plans: Vec<Plan>,
 ) -> Result<Delivery, EngineError> {
     let mut writes = Vec::new();
+    let mut expects = Vec::new();
     let mut sent = Vec::new();
     let mut agree = Vec::new();
     for p in plans {
         match p {
-            Plan::Write { version, contact } => {
+            Plan::Write {
+                version,
+                contact,
+                expect,
+                late,
+            } => {
                 // Stores may keep this hash as the hash of what they
                 // hold (RecordSink contract).
                 debug_assert_eq!(
@@ -217,8 +280,10 @@ pub(crate) async fn deliver(
                     version,
                     hash: contact.content_hash.clone().unwrap_or_default(),
                     deleted: contact.is_deleted(),
+                    late,
                 });
                 writes.push(*contact);
+                expects.push(expect);
             }
             Plan::Agree(r) => agree.push(r),
         }
@@ -226,7 +291,7 @@ pub(crate) async fn deliver(
     let (outcomes, writes) = if writes.is_empty() {
         (vec![], writes)
     } else {
-        store.write_batch_owned(writes).await?
+        store.write_batch_if(writes, &expects).await?
     };
     if outcomes.len() != sent.len() {
         return Err(StoreError::permanent(
@@ -258,7 +323,7 @@ impl Delivery {
         cursor: i64,
         now: Timestamp,
         extra: impl FnOnce(&StateTx<'_>) -> Result<(), EngineError>,
-    ) -> Result<RunStats, EngineError> {
+    ) -> Result<Recorded, EngineError> {
         let Delivery {
             sent,
             outcomes,
@@ -266,6 +331,7 @@ impl Delivery {
             agree,
         } = self;
         let mut stats = RunStats::default();
+        let mut changed = Vec::new();
         let tx = state.tx()?;
         let mut applied = Vec::with_capacity(sent.len());
         for ((s, o), c) in sent.into_iter().zip(outcomes).zip(&writes) {
@@ -279,13 +345,39 @@ impl Delivery {
                         synced_version: s.version,
                         hash: s.hash,
                         deleted: s.deleted,
+                        needs_write: false,
+                        writeback: false,
+                        late: s.late,
                     });
                 }
                 WriteOutcome::Changed => {
                     // Someone edited the record since the engine saw it; the
-                    // engine reads and merges it (see capture).
-                    tracing::debug!(store = %name, contact_id = %s.contact_id,
-                        "record changed since last seen; not overwritten");
+                    // engine reads and merges it (Engine::recapture). Until a
+                    // write confirms, the store is owed canonical's record,
+                    // recorded with the cursor so a failure cannot lose it.
+                    tracing::info!(store = %name, contact_id = %s.contact_id,
+                        "record changed since the engine last saw it; not overwritten, merging it");
+                    let native = c.external_ids.get(name).cloned();
+                    let owed = match tx.store_record(name, &s.contact_id)? {
+                        Some(r) => StoreRecord {
+                            needs_write: true,
+                            ..r
+                        },
+                        // Expected absent, found a record: not known yet.
+                        None => StoreRecord {
+                            store: name.to_string(),
+                            contact_id: s.contact_id.clone(),
+                            native_id: native.clone(),
+                            synced_version: 0,
+                            hash: contact_sync_core::hash::tombstone_hash().to_string(),
+                            deleted: true,
+                            needs_write: true,
+                            writeback: false,
+                            late: vec![],
+                        },
+                    };
+                    tx.put_store_record(&owed)?;
+                    changed.push((s.contact_id, native));
                 }
                 WriteOutcome::Stale { stored_version } => {
                     // The store has a newer edit of its own; capture brings it in.
@@ -317,6 +409,6 @@ impl Delivery {
         }
         extra(&tx)?;
         tx.commit()?;
-        Ok(stats)
+        Ok(Recorded { stats, changed })
     }
 }

@@ -100,6 +100,7 @@ fn engine(
             batch_size: 7,
             backfill_page: 4,
             max_batches_per_cycle: 1000,
+            ..Default::default()
         },
     )
     .expect("engine")
@@ -174,7 +175,7 @@ async fn a_store_with_its_own_records_reports_extras_and_differences() {
     let local = MemoryHandle::new(MemoryOptions::new("local"));
     // Already there before the first sync: one record canonical lacks (it
     // sorts last, after every canonical page) and one at a higher version
-    // with other content (the version guard keeps it).
+    // with other content (merged, not overwritten).
     local.user_upsert(person("Z999", "Only Local"));
     let mut newer = person("C004", "Someone Else");
     newer.version = 5;
@@ -195,7 +196,20 @@ async fn a_store_with_its_own_records_reports_extras_and_differences() {
         v[0]
     );
     assert_eq!(v[0].sample, vec!["C004".to_string(), "Z999".to_string()]);
-    // The full comparison agrees with the read-back.
+    // The write of C004 was refused (local held a record the engine had
+    // never seen): local's record was merged instead of overwritten. It
+    // wins on version, so canonical and local now agree on it.
     let again = e.verify().await.expect("verify");
-    assert_eq!(again[0], v[0]);
+    assert_eq!(
+        (again[0].matching, again[0].differing, again[0].extra),
+        (9, 0, 1),
+        "{:?}",
+        again[0]
+    );
+    let c004 = canonical.get("C004").expect("C004 in canonical");
+    assert_eq!(c004.canonical_name, "Someone Else");
+    assert_eq!(
+        local.get("C004").expect("C004 in local").canonical_name,
+        "Someone Else"
+    );
 }

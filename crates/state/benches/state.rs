@@ -33,6 +33,7 @@ fn record(i: usize, version: i64) -> StoreRecord {
             i as u128 * 0x9e37_79b9_7f4a_7c15 + version as u128
         ),
         deleted: false,
+        ..Default::default()
     }
 }
 

@@ -18,6 +18,8 @@
 //! database; a second daemon gets [`StateError::Locked`].
 
 mod lock;
+mod paused;
+pub use paused::{Decision, PauseKind, PausedStore};
 mod read;
 mod schema;
 
@@ -57,7 +59,7 @@ pub enum StateError {
 pub type Result<T> = std::result::Result<T, StateError>;
 
 /// What the engine remembers about one contact in one store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StoreRecord {
     pub store: String,
     pub contact_id: String,
@@ -70,6 +72,18 @@ pub struct StoreRecord {
     pub hash: String,
     /// Whether that content was a tombstone.
     pub deleted: bool,
+    /// The store is owed a write of canonical's record (a write refused
+    /// because someone edited the record there, a drift repair, a minted id
+    /// to write back), even if it holds canonical's content; the write is
+    /// conditional on `hash`.
+    pub needs_write: bool,
+    /// The owed write is a minted `contact_id` going back to a record the
+    /// store holds without one (it cannot be read by that id yet).
+    pub writeback: bool,
+    /// Hashes of images the engine read from the store and merged out of
+    /// turn (after a refused conditional write); when the store's change
+    /// stream delivers one of them it is not a new edit.
+    pub late: Vec<String>,
 }
 
 /// An open or settled conflict as stored.
@@ -188,6 +202,10 @@ fn to_json<T: Serialize + ?Sized>(value: &T, what: impl FnOnce() -> String) -> R
 }
 
 impl StateDb {
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Opens (creating and migrating when needed) the state database at
     /// `path`, in WAL mode. Does not take the lock. Creates the parent
     /// directory when it is missing.
@@ -313,6 +331,15 @@ impl StateDb {
         read::store_record_by_native(&self.conn, store, native_id)
     }
     /// Number of sync records of a store, live ones only.
+    /// Up to `limit` records of `store` that must be written again
+    /// (`needs_write`), by contact id.
+    pub fn store_records_needing_write(
+        &self,
+        store: &str,
+        limit: usize,
+    ) -> Result<Vec<StoreRecord>> {
+        read::store_records_needing_write(&self.conn, store, limit)
+    }
     pub fn store_record_count(&self, store: &str) -> Result<u64> {
         read::store_record_count(&self.conn, store)
     }
@@ -410,11 +437,13 @@ impl StateTx<'_> {
     /// with the statement prepared once.
     pub fn put_store_records(&self, recs: &[StoreRecord]) -> Result<()> {
         let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO store_records (store, contact_id, native_id, synced_version, hash, deleted)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO store_records
+                 (store, contact_id, native_id, synced_version, hash, deleted, needs_write, late)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (store, contact_id) DO UPDATE
              SET native_id = excluded.native_id, synced_version = excluded.synced_version,
-                 hash = excluded.hash, deleted = excluded.deleted",
+                 hash = excluded.hash, deleted = excluded.deleted,
+                 needs_write = excluded.needs_write, late = excluded.late",
         )?;
         for rec in recs {
             stmt.execute(params![
@@ -424,6 +453,12 @@ impl StateTx<'_> {
                 rec.synced_version,
                 rec.hash,
                 rec.deleted,
+                if rec.writeback {
+                    2
+                } else {
+                    i64::from(rec.needs_write)
+                },
+                rec.late.join(" "),
             ])?;
         }
         Ok(())
@@ -595,6 +630,9 @@ impl StateTx<'_> {
             .prepare_cached("DELETE FROM meta WHERE key = ?1")?
             .execute([key])?;
         Ok(())
+    }
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.tx
     }
     /// Makes every write of this transaction durable and visible.
     pub fn commit(self) -> Result<()> {

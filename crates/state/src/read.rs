@@ -184,7 +184,8 @@ pub(crate) fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
 
 // --- store records ---
 
-const RECORD_COLS: &str = "store, contact_id, native_id, synced_version, hash, deleted";
+const RECORD_COLS: &str =
+    "store, contact_id, native_id, synced_version, hash, deleted, needs_write, late";
 
 fn record_row(row: &Row<'_>) -> Result<StoreRecord> {
     let store: String = col(row, 0, || "store record (store)".to_string())?;
@@ -194,6 +195,8 @@ fn record_row(row: &Row<'_>) -> Result<StoreRecord> {
     let synced_version = col(row, 3, || what("synced_version"))?;
     let hash = col(row, 4, || what("hash"))?;
     let deleted = col(row, 5, || what("deleted"))?;
+    let owed: i64 = col(row, 6, || what("needs_write"))?;
+    let late: String = col(row, 7, || what("late"))?;
     Ok(StoreRecord {
         store,
         contact_id,
@@ -201,6 +204,9 @@ fn record_row(row: &Row<'_>) -> Result<StoreRecord> {
         synced_version,
         hash,
         deleted,
+        needs_write: owed != 0,
+        writeback: owed == 2,
+        late: late.split_whitespace().map(str::to_string).collect(),
     })
 }
 
@@ -262,6 +268,23 @@ pub(crate) fn store_record_by_native(
     ))?;
     let mut rows = stmt.query(params![store, native_id])?;
     rows.next()?.map(record_row).transpose()
+}
+
+pub(crate) fn store_records_needing_write(
+    conn: &Connection,
+    store: &str,
+    limit: usize,
+) -> Result<Vec<StoreRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND needs_write = 1 \
+         ORDER BY contact_id LIMIT ?2"
+    ))?;
+    let mut rows = stmt.query(params![store, sql_limit(limit)])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(record_row(row)?);
+    }
+    Ok(out)
 }
 
 pub(crate) fn store_record_count(conn: &Connection, store: &str) -> Result<u64> {

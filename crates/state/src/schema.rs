@@ -96,8 +96,33 @@ CREATE TABLE store_stats (
 );
 "#;
 
+/// Version 2: conditional writes and guards.
+/// - `store_records.needs_write`: the store is owed a write although the
+///   engine may know what it holds (`hash`): 1 after a refused write or for
+///   a repair, 2 for a minted id to write back.
+/// - `store_records.late`: hashes of images the engine read and merged out
+///   of turn (after a refused conditional write); the store's own change
+///   stream delivers them later, and then they are not edits.
+/// - `paused_stores`: stores held back by a guard until a person decides.
+const V2: &str = r#"
+ALTER TABLE store_records ADD COLUMN needs_write INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE store_records ADD COLUMN late TEXT NOT NULL DEFAULT '';
+UPDATE store_records SET needs_write = 2 WHERE hash = '';
+CREATE INDEX store_records_needs_write ON store_records (store, contact_id) WHERE needs_write = 1;
+
+CREATE TABLE paused_stores (
+    store      TEXT PRIMARY KEY NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('mass_change', 'schema')),
+    reason     TEXT NOT NULL,
+    details    TEXT NOT NULL,
+    since      TEXT NOT NULL,
+    decision   TEXT CHECK (decision IN ('approve', 'reject', 'resume')),
+    decided_at TEXT
+);
+"#;
+
 /// Every migration, in order; the schema version is `MIGRATIONS.len()`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -16,6 +16,7 @@ fn record(id: &str, version: i64) -> StoreRecord {
         synced_version: version,
         hash: format!("h{version}"),
         deleted: false,
+        ..Default::default()
     }
 }
 

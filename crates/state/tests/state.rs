@@ -80,6 +80,7 @@ fn record(store: &str, id: &str, version: i64) -> StoreRecord {
         synced_version: version,
         hash: format!("h-{id}-{version}"),
         deleted: false,
+        ..Default::default()
     }
 }
 

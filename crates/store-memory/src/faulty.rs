@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    ChangeBatch, ChangeSource, Checkpoint, RecordSink, StoreError, StoreInfo, WriteOutcome,
+    ChangeBatch, ChangeSource, Checkpoint, Conditional, Expect, RecordSink, StoreError, StoreInfo,
+    WriteOutcome,
 };
 use contact_sync_core::Contact;
 use rand::rngs::SmallRng;
@@ -198,11 +199,25 @@ impl ControlState {
     }
 }
 
+/// Called before every operation of a store, with the operation and the
+/// store's name: a test acts there as a user would between any two steps
+/// of the engine (edits in any store, an outage).
+pub type Hook = Arc<dyn Fn(Operation, &str) + Send + Sync>;
+
 /// Shared control over the faults of one or more [`FaultyStore`]s. Cheap to
 /// clone; all clones act on the same state.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FaultControl {
     state: Arc<Mutex<ControlState>>,
+    hook: Arc<Mutex<Option<Hook>>>,
+}
+
+impl fmt::Debug for FaultControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultControl")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What to do with a call, decided before the inner store is called.
@@ -225,6 +240,20 @@ impl FaultControl {
                 counts: FaultCounts::default(),
                 injected: Vec::new(),
             })),
+            hook: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Runs `hook` before every operation of the stores under this control
+    /// (replacing an earlier hook; `None` removes it).
+    pub fn set_hook(&self, hook: Option<Hook>) {
+        *self.hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    fn run_hook(&self, op: Operation, store: &str) {
+        let hook = self.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(h) = hook {
+            h(op, store);
         }
     }
 
@@ -386,12 +415,25 @@ impl<S: StoreInfo> StoreInfo for FaultyStore<S> {
     fn keeps_version(&self) -> bool {
         self.inner.keeps_version()
     }
+
+    fn accepts(&self, contact: &Contact) -> bool {
+        self.inner.accepts(contact)
+    }
+
+    fn keeps_content_hash(&self) -> bool {
+        self.inner.keeps_content_hash()
+    }
+
+    fn conditional_writes(&self) -> Conditional {
+        self.inner.conditional_writes()
+    }
 }
 
 /// Runs one inner call through the control.
 macro_rules! guarded {
     ($self:ident, $op:expr, $call:expr) => {{
         let op = $op;
+        $self.control.run_hook(op, $self.inner.name());
         match $self.control.before(op, $self.inner.name()) {
             Decision::Fail(e) => Err(e),
             Decision::Proceed { lose_ack } => {
@@ -433,6 +475,18 @@ where
 {
     async fn write_batch(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError> {
         guarded!(self, Operation::WriteBatch, self.inner.write_batch(writes))
+    }
+
+    async fn write_batch_if(
+        &mut self,
+        writes: Vec<Contact>,
+        expect: &[Expect],
+    ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
+        guarded!(
+            self,
+            Operation::WriteBatch,
+            self.inner.write_batch_if(writes, expect)
+        )
     }
 
     async fn read(&mut self, contact_ids: &[String]) -> Result<Vec<Contact>, StoreError> {

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreError, StoreInfo,
-    WriteOutcome,
+    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, Conditional, Expect, RecordSink,
+    StoreError, StoreInfo, WriteOutcome,
 };
 use contact_sync_core::{content_hash, Contact, Timestamp};
 
@@ -223,7 +223,9 @@ impl State {
             .and_then(|n| self.records.get(n))
     }
 
-    fn write_one(&mut self, w: &Contact) -> WriteOutcome {
+    /// Writes `w` if the record it would replace satisfies `expect`; the
+    /// check and the write are one step (the store's lock is held).
+    fn write_one(&mut self, w: &Contact, expect: &Expect) -> WriteOutcome {
         let hash = content_hash(&normalized(w));
         let mut record = WriteRecord {
             contact_id: w.contact_id.clone(),
@@ -249,6 +251,14 @@ impl State {
                 };
             }
         };
+        let held = old
+            .as_ref()
+            .and_then(|n| self.records.get(n))
+            .map(normalized);
+        if !expect.admits(held.as_ref()) {
+            self.writes.push(record);
+            return WriteOutcome::Changed;
+        }
         if let Some(held) = old.as_ref().and_then(|n| self.records.get(n)) {
             record.changed_content = content_hash(&normalized(held)) != hash;
             if self.options.keeps_version && held.version > w.version {
@@ -314,7 +324,10 @@ impl MemoryHandle {
     /// edited. Returns the record's native id.
     ///
     /// Panics when `contact_id` is held by another record (a test bug).
-    pub fn user_upsert(&self, contact: Contact) -> String {
+    pub fn user_upsert(&self, mut contact: Contact) -> String {
+        // As the SQLite and Postgres triggers do: a write that is not the
+        // engine's forgets the engine's content hash.
+        contact.content_hash = None;
         let mut s = self.lock();
         let (old, target) = match s.place(&contact) {
             Ok(p) => p,
@@ -363,6 +376,7 @@ impl MemoryHandle {
             return false;
         };
         rec.deleted_at = Some(at);
+        rec.content_hash = None;
         let snapshot = rec.clone();
         s.append(&native, ChangeKind::Upsert(Box::new(snapshot)));
         true
@@ -471,6 +485,14 @@ impl StoreInfo for MemoryStore {
     fn keeps_version(&self) -> bool {
         self.keeps_version
     }
+
+    fn keeps_content_hash(&self) -> bool {
+        true
+    }
+
+    fn conditional_writes(&self) -> Conditional {
+        Conditional::Atomic
+    }
 }
 
 #[async_trait]
@@ -528,7 +550,25 @@ impl ChangeSource for MemoryStore {
 impl RecordSink for MemoryStore {
     async fn write_batch(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut s = self.handle.lock();
-        Ok(writes.iter().map(|w| s.write_one(w)).collect())
+        Ok(writes
+            .iter()
+            .map(|w| s.write_one(w, &Expect::Any))
+            .collect())
+    }
+
+    async fn write_batch_if(
+        &mut self,
+        writes: Vec<Contact>,
+        expect: &[Expect],
+    ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
+        assert_eq!(writes.len(), expect.len(), "one condition per write");
+        let mut s = self.handle.lock();
+        let outcomes = writes
+            .iter()
+            .zip(expect)
+            .map(|(w, e)| s.write_one(w, e))
+            .collect();
+        Ok((outcomes, writes))
     }
 
     async fn read(&mut self, contact_ids: &[String]) -> Result<Vec<Contact>, StoreError> {

@@ -65,6 +65,7 @@ impl World {
                 batch_size: self.batch_size,
                 backfill_page: 5,
                 max_batches_per_cycle: 1000,
+                ..Default::default()
             },
         )
         .expect("engine")
