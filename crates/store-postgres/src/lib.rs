@@ -48,11 +48,13 @@
 //! With the `test-harness` feature, [`harness`] starts private PostgreSQL
 //! clusters for tests.
 
+mod capture;
 mod codec;
 mod config;
 mod notify;
 pub mod pgoutput;
 mod store;
+mod write;
 
 #[cfg(feature = "test-harness")]
 pub mod harness;

@@ -1,24 +1,21 @@
 //! [`PgStore`]: the Postgres store (connection, schema, writes, reads,
 //! change capture).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordHash, RecordSink, StoreError,
-    StoreInfo, WriteOutcome,
+    Checkpoint, RecordHash, RecordSink, StoreError, StoreInfo, WriteOutcome,
 };
 use contact_sync_core::hash::tombstone_hash;
 use contact_sync_core::model::ALL_FIELDS;
 use contact_sync_core::Contact;
-use futures_util::SinkExt;
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, NoTls};
 
 use crate::codec::{self, RowText};
 use crate::config::{CdcMode, PgConfig};
-use crate::pgoutput::{self, Datum, Lsn, Message};
 
 /// Quotes an identifier for SQL.
 pub(crate) fn qi(name: &str) -> String {
@@ -54,7 +51,7 @@ pub(crate) fn pg_err(store: &str, what: &str, e: &tokio_postgres::Error) -> Stor
     }
 }
 
-fn sqlstate_class(e: &tokio_postgres::Error) -> Option<String> {
+pub(crate) fn sqlstate_class(e: &tokio_postgres::Error) -> Option<String> {
     e.as_db_error().map(|d| d.code().code()[..2].to_string())
 }
 
@@ -92,20 +89,20 @@ pub(crate) async fn open(cfg: &PgConfig) -> Result<(Client, JoinHandle<()>), Sto
 
 /// Column names and types of the contacts table, read from the catalog.
 #[derive(Debug, Clone)]
-struct TableInfo {
+pub(crate) struct TableInfo {
     /// Column → `format_type` of it.
-    types: HashMap<String, String>,
+    pub(crate) types: HashMap<String, String>,
     /// Column → canonical field (or `id`).
-    field_of: HashMap<String, &'static str>,
-    insert_sql: String,
-    select_list: String,
+    pub(crate) field_of: HashMap<String, &'static str>,
+    pub(crate) insert_sql: String,
+    pub(crate) select_list: String,
     /// `NULLIF(content_hash, '')`, then `select_list` with every column but
     /// `contact_id` and `deleted_at` left NULL where that hash is set: a
     /// kept hash stands for the row (see [`PgStore::scan_hashes`]).
-    hash_select_list: String,
+    pub(crate) hash_select_list: String,
     /// The trigger that clears `content_hash` on other writers' changes is
     /// installed: a row's `content_hash`, when set, is its content's.
-    hash_trusted: bool,
+    pub(crate) hash_trusted: bool,
 }
 
 /// Replication slot health, for `status`, `check` and metrics.
@@ -126,65 +123,6 @@ pub struct SlotHealth {
     pub outbox_pending: Option<i64>,
 }
 
-/// A position in the slot's stream: the end LSN of a transaction's commit
-/// record, and how many of its changes were delivered when a batch ended
-/// inside it (`None` = the whole transaction).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SlotPos {
-    lsn: Lsn,
-    partial: Option<usize>,
-}
-
-impl SlotPos {
-    fn parse(store: &str, c: Option<&Checkpoint>) -> Result<SlotPos, StoreError> {
-        let Some(c) = c else {
-            return Ok(SlotPos {
-                lsn: Lsn(0),
-                partial: None,
-            });
-        };
-        let bad = || {
-            StoreError::permanent(
-                store,
-                format!("checkpoint {c} is not a slot position (LSN X/Y or X/Y:n)"),
-            )
-        };
-        let (lsn, partial) = match c.as_str().split_once(':') {
-            Some((l, n)) => (l, Some(n.parse::<usize>().map_err(|_| bad())?)),
-            None => (c.as_str(), None),
-        };
-        Ok(SlotPos {
-            lsn: Lsn::parse(lsn).ok_or_else(bad)?,
-            partial,
-        })
-    }
-    fn checkpoint(&self) -> Checkpoint {
-        match self.partial {
-            Some(n) => Checkpoint::new(format!("{}:{n}", self.lsn)),
-            None => Checkpoint::new(self.lsn.to_string()),
-        }
-    }
-}
-
-/// One row change decoded from the slot, before it is turned into a contact.
-struct RawChange {
-    op: RawOp,
-    row: RowText,
-    /// Fields the update did not carry (unchanged TOAST without an old image).
-    missing: Vec<&'static str>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum RawOp {
-    Upsert,
-    Delete,
-}
-
-struct Txn {
-    end_lsn: Lsn,
-    changes: Vec<RawChange>,
-}
-
 /// The Postgres store: a [`ChangeSource`] (replication slot or outbox), a
 /// [`RecordSink`] (batched, version-guarded upserts) and [`StoreInfo`].
 ///
@@ -192,16 +130,16 @@ struct Txn {
 /// writes come back through the change stream like anyone else's; the
 /// engine's echo filter drops them by content hash.
 pub struct PgStore {
-    cfg: PgConfig,
-    client: Option<Client>,
-    conn_task: Option<JoinHandle<()>>,
-    table: Option<TableInfo>,
-    staging_ready: bool,
+    pub(crate) cfg: PgConfig,
+    pub(crate) client: Option<Client>,
+    pub(crate) conn_task: Option<JoinHandle<()>>,
+    pub(crate) table: Option<TableInfo>,
+    pub(crate) staging_ready: bool,
     /// The upsert from staging, prepared once per connection.
-    insert_stmt: Option<tokio_postgres::Statement>,
-    wal_checked: bool,
+    pub(crate) insert_stmt: Option<tokio_postgres::Statement>,
+    pub(crate) wal_checked: bool,
     /// Relation oid → column names, from pgoutput Relation messages.
-    relations: HashMap<u32, Vec<String>>,
+    pub(crate) relations: HashMap<u32, Vec<String>>,
 }
 
 impl Drop for PgStore {
@@ -220,7 +158,7 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-const STAGING: &str = "pg_temp.contact_sync_staging";
+pub(crate) const STAGING: &str = "pg_temp.contact_sync_staging";
 
 impl PgStore {
     /// Checks the config and opens a connection. Does not touch the schema:
@@ -246,30 +184,30 @@ impl PgStore {
         &self.cfg
     }
 
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.cfg.name
     }
 
-    fn qtable(&self) -> String {
+    pub(crate) fn qtable(&self) -> String {
         format!("{}.{}", qi(&self.cfg.schema), qi(&self.cfg.table))
     }
 
-    fn qoutbox(&self) -> String {
+    pub(crate) fn qoutbox(&self) -> String {
         format!("{}.{}", qi(&self.cfg.schema), qi(&self.cfg.outbox_table))
     }
 
-    fn table_key(&self) -> String {
+    pub(crate) fn table_key(&self) -> String {
         format!("{}.{}", self.cfg.schema, self.cfg.table)
     }
 
-    fn col(&self, field: &str) -> String {
+    pub(crate) fn col(&self, field: &str) -> String {
         qi(self.cfg.column(field))
     }
 
     /// The body of the trigger function that clears `content_hash` on every
     /// write but the store's own (which run with `contact_sync.writing` =
     /// `on` for their transaction, see `write_tx`).
-    fn forget_hash_body(&self) -> String {
+    pub(crate) fn forget_hash_body(&self) -> String {
         format!(
             "\nBEGIN\n  IF current_setting('contact_sync.writing', true) IS DISTINCT FROM 'on' THEN\n    \
              NEW.{} := NULL;\n  END IF;\n  RETURN NEW;\nEND\n",
@@ -278,7 +216,7 @@ impl PgStore {
     }
 
     /// The live connection, reopened when it was lost.
-    async fn client(&mut self) -> Result<&mut Client, StoreError> {
+    pub(crate) async fn client(&mut self) -> Result<&mut Client, StoreError> {
         let closed = self.client.as_ref().map(Client::is_closed).unwrap_or(true);
         if closed {
             if let Some(t) = self.conn_task.take() {
@@ -330,7 +268,7 @@ impl PgStore {
         Ok(chrono::Duration::microseconds(server_us - mid_us))
     }
 
-    fn wal_level_error(&self, level: &str) -> StoreError {
+    pub(crate) fn wal_level_error(&self, level: &str) -> StoreError {
         StoreError::permanent(
             self.name(),
             format!(
@@ -341,7 +279,7 @@ impl PgStore {
         )
     }
 
-    async fn check_wal_level(&mut self) -> Result<(), StoreError> {
+    pub(crate) async fn check_wal_level(&mut self) -> Result<(), StoreError> {
         if self.wal_checked {
             return Ok(());
         }
@@ -629,7 +567,7 @@ impl PgStore {
 
     /// Creates the logical slot when it does not exist. Must run outside a
     /// transaction that wrote.
-    async fn ensure_slot(&mut self) -> Result<(), StoreError> {
+    pub(crate) async fn ensure_slot(&mut self) -> Result<(), StoreError> {
         let name = self.cfg.name.clone();
         let slot = self.cfg.slot_name.clone();
         let client = self.client().await?;
@@ -673,7 +611,7 @@ impl PgStore {
     }
 
     /// Loads the table's columns (once per connection and migrate).
-    async fn table_info(&mut self) -> Result<TableInfo, StoreError> {
+    pub(crate) async fn table_info(&mut self) -> Result<TableInfo, StoreError> {
         if let Some(t) = &self.table {
             return Ok(t.clone());
         }
@@ -781,7 +719,7 @@ impl PgStore {
     /// Rows of the table matching `where_sql` (parameters `params`), decoded.
     /// Rows that cannot be decoded are logged and left out (the change
     /// stream reports them as undecodable).
-    async fn select(
+    pub(crate) async fn select(
         &mut self,
         where_sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -917,562 +855,11 @@ impl PgStore {
     pub async fn change_notifier(&self) -> Result<crate::notify::ChangeNotifier, StoreError> {
         crate::notify::ChangeNotifier::start(self.cfg.clone()).await
     }
-
-    // ---- change capture: replication slot ----
-
-    fn row_from_tuple(&self, cols: &[String], new: &[Datum], old: Option<&[Datum]>) -> RawChange {
-        let mut row = RowText::default();
-        let mut missing = Vec::new();
-        let field_of = |c: &str| -> Option<&'static str> {
-            std::iter::once("id")
-                .chain(ALL_FIELDS.iter().copied())
-                .find(|f| self.cfg.column(f) == c)
-        };
-        for (i, col) in cols.iter().enumerate() {
-            let Some(field) = field_of(col) else { continue };
-            let mut d = new.get(i).cloned().unwrap_or(Datum::Null);
-            if d == Datum::Unchanged {
-                d = old
-                    .and_then(|o| o.get(i))
-                    .cloned()
-                    .unwrap_or(Datum::Unchanged);
-            }
-            let v = match d {
-                Datum::Null => None,
-                Datum::Text(s) => Some(s),
-                Datum::Unchanged => {
-                    missing.push(field);
-                    None
-                }
-            };
-            if field == "id" {
-                row.row_id = v;
-            } else {
-                row.fields.insert(field, v);
-            }
-        }
-        RawChange {
-            op: RawOp::Upsert,
-            row,
-            missing,
-        }
-    }
-
-    async fn peek(&mut self, n: i32) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let name = self.cfg.name.clone();
-        let slot = self.cfg.slot_name.clone();
-        let publication = self.cfg.publication.clone();
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
-                 'proto_version', '1', 'publication_names', $3)",
-                &[&slot, &n, &publication],
-            )
-            .await;
-        match rows {
-            Ok(rows) => Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
-            Err(e) => {
-                let code = e.as_db_error().map(|d| d.code().code().to_string());
-                if code.as_deref() == Some("42704") {
-                    return Err(StoreError::permanent(
-                        &name,
-                        format!("replication slot `{slot}` does not exist: run `contact-sync migrate` (or `cdc reset`)"),
-                    ));
-                }
-                if code.as_deref() == Some("55000") {
-                    if let Ok(level) = self.wal_level().await {
-                        if level != "logical" {
-                            return Err(self.wal_level_error(&level));
-                        }
-                    }
-                }
-                Err(pg_err(
-                    &name,
-                    &format!("reading replication slot `{slot}`"),
-                    &e,
-                ))
-            }
-        }
-    }
-
-    fn parse_txns(&mut self, rows: &[(String, Vec<u8>)]) -> Result<Vec<Txn>, StoreError> {
-        let mut txns = Vec::new();
-        let mut cur: Option<Vec<RawChange>> = None;
-        for (lsn, data) in rows {
-            let msg = pgoutput::parse(data).map_err(|e| {
-                StoreError::permanent(
-                    self.name(),
-                    format!("slot `{}` at {lsn}: {e}", self.cfg.slot_name),
-                )
-            })?;
-            match msg {
-                Message::Begin { .. } => cur = Some(Vec::new()),
-                Message::Commit { end_lsn, .. } => {
-                    txns.push(Txn {
-                        end_lsn,
-                        changes: cur.take().unwrap_or_default(),
-                    });
-                }
-                Message::Relation { oid, columns, .. } => {
-                    self.relations
-                        .insert(oid, columns.into_iter().map(|c| c.name).collect());
-                }
-                Message::Insert { rel, new } => {
-                    let cols = self.relation(rel, lsn)?;
-                    let ch = self.row_from_tuple(&cols, &new, None);
-                    cur.get_or_insert_with(Vec::new).push(ch);
-                }
-                Message::Update { rel, old, new } => {
-                    let cols = self.relation(rel, lsn)?;
-                    let ch = self.row_from_tuple(&cols, &new, old.as_deref());
-                    cur.get_or_insert_with(Vec::new).push(ch);
-                }
-                Message::Delete { rel, old } => {
-                    let cols = self.relation(rel, lsn)?;
-                    let mut ch = self.row_from_tuple(&cols, &old, None);
-                    ch.op = RawOp::Delete;
-                    ch.missing.clear();
-                    cur.get_or_insert_with(Vec::new).push(ch);
-                }
-                Message::Truncate { .. } => {
-                    tracing::warn!(store = %self.name(), "TRUNCATE of the contacts table seen in the slot; it is not replicated (run a reconcile)");
-                }
-                Message::Origin { .. } | Message::Other(_) => {}
-            }
-        }
-        Ok(txns)
-    }
-
-    fn relation(&self, rel: u32, lsn: &str) -> Result<Vec<String>, StoreError> {
-        self.relations.get(&rel).cloned().ok_or_else(|| {
-            StoreError::permanent(
-                self.name(),
-                format!(
-                    "slot `{}` at {lsn}: change of relation {rel} before its Relation message",
-                    self.cfg.slot_name
-                ),
-            )
-        })
-    }
-
-    /// Fills values an update did not carry from the current row.
-    async fn fill_missing(&mut self, ch: &mut RawChange) -> Result<(), StoreError> {
-        let Some(row_id) = ch.row.row_id.clone() else {
-            return Ok(());
-        };
-        let info = self.table_info().await?;
-        let name = self.cfg.name.clone();
-        let sql = format!(
-            "SELECT {} FROM {} t WHERE t.{}::text = $1",
-            info.select_list,
-            self.qtable(),
-            self.col("id")
-        );
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&row_id])
-            .await
-            .map_err(|e| pg_err(&name, "reading a row for unchanged TOAST values", &e))?;
-        if let Some(r) = row {
-            for f in std::mem::take(&mut ch.missing) {
-                if let Some(i) = ALL_FIELDS.iter().position(|x| *x == f) {
-                    ch.row.fields.insert(f, r.get(i + 1));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn to_change(raw: RawChange) -> Change {
-        let native_id = raw
-            .row
-            .row_id
-            .clone()
-            .or_else(|| raw.row.fields.get("contact_id").cloned().flatten())
-            .unwrap_or_default();
-        let kind = match raw.op {
-            RawOp::Delete => ChangeKind::Delete {
-                contact_id: raw
-                    .row
-                    .fields
-                    .get("contact_id")
-                    .cloned()
-                    .flatten()
-                    .filter(|s| !s.trim().is_empty()),
-            },
-            RawOp::Upsert => match codec::decode(&raw.row) {
-                Ok(c) => ChangeKind::Upsert(Box::new(c)),
-                Err(e) => ChangeKind::Undecodable {
-                    invalid: e.invalid,
-                    payload: Some(e.payload),
-                },
-            },
-        };
-        Change { native_id, kind }
-    }
-
-    async fn read_slot(
-        &mut self,
-        from: Option<&Checkpoint>,
-        limit: usize,
-    ) -> Result<ChangeBatch, StoreError> {
-        let from_pos = SlotPos::parse(self.name(), from)?;
-        self.check_wal_level().await?;
-        let limit = limit.max(1);
-        let mut n: i64 = (limit as i64) * 4 + 16;
-        loop {
-            let nn = i32::try_from(n).unwrap_or(i32::MAX);
-            let rows = self.peek(nn).await?;
-            let exhausted = (rows.len() as i64) < n;
-            let txns = self.parse_txns(&rows)?;
-            let mut out: Vec<RawChange> = Vec::new();
-            let mut pos = from_pos;
-            let mut stopped_inside = false;
-            let mut left_over = false;
-            for txn in txns {
-                let skip = if txn.end_lsn < from_pos.lsn {
-                    continue;
-                } else if txn.end_lsn == from_pos.lsn {
-                    match from_pos.partial {
-                        None => continue,
-                        Some(k) => k,
-                    }
-                } else {
-                    0
-                };
-                if out.len() >= limit {
-                    left_over = true;
-                    break;
-                }
-                let total = txn.changes.len();
-                let mut taken = skip;
-                for ch in txn.changes.into_iter().skip(skip) {
-                    if out.len() >= limit {
-                        break;
-                    }
-                    out.push(ch);
-                    taken += 1;
-                }
-                if taken < total {
-                    pos = SlotPos {
-                        lsn: txn.end_lsn,
-                        partial: Some(taken),
-                    };
-                    stopped_inside = true;
-                    break;
-                }
-                pos = SlotPos {
-                    lsn: txn.end_lsn,
-                    partial: None,
-                };
-            }
-            if out.len() < limit && !exhausted && !stopped_inside {
-                // Not enough whole transactions in this window: look further.
-                n = n.saturating_mul(2);
-                continue;
-            }
-            let has_more = stopped_inside || left_over || !exhausted;
-            let mut changes = Vec::with_capacity(out.len());
-            for mut raw in out {
-                if !raw.missing.is_empty() {
-                    self.fill_missing(&mut raw).await?;
-                }
-                changes.push(Self::to_change(raw));
-            }
-            let checkpoint = if changes.is_empty() && pos == from_pos {
-                from.cloned().unwrap_or_else(|| pos.checkpoint())
-            } else {
-                pos.checkpoint()
-            };
-            return Ok(ChangeBatch {
-                changes,
-                checkpoint,
-                has_more,
-            });
-        }
-    }
-
-    async fn ack_slot(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
-        let pos = SlotPos::parse(self.name(), Some(upto))?;
-        if pos.partial.is_some() || pos.lsn == Lsn(0) {
-            // The slot only moves by whole transactions.
-            return Ok(());
-        }
-        let name = self.cfg.name.clone();
-        let slot = self.cfg.slot_name.clone();
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(|e| pg_err(&name, "reading the replication slot", &e))?
-            .ok_or_else(|| {
-                StoreError::permanent(
-                    &name,
-                    format!("replication slot `{slot}` does not exist: run `contact-sync migrate`"),
-                )
-            })?;
-        let confirmed: Option<String> = row.get(0);
-        let confirmed = confirmed
-            .as_deref()
-            .and_then(Lsn::parse)
-            .unwrap_or_default();
-        if pos.lsn <= confirmed {
-            return Ok(());
-        }
-        let target = pos.lsn.to_string();
-        client
-            .execute(
-                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-                &[&slot, &target],
-            )
-            .await
-            .map_err(|e| {
-                pg_err(
-                    &name,
-                    &format!("advancing replication slot `{slot}` to {target}"),
-                    &e,
-                )
-            })?;
-        Ok(())
-    }
-
-    // ---- change capture: outbox ----
-
-    async fn read_outbox(
-        &mut self,
-        from: Option<&Checkpoint>,
-        limit: usize,
-    ) -> Result<ChangeBatch, StoreError> {
-        let name = self.cfg.name.clone();
-        let from_seq: i64 = match from {
-            None => 0,
-            Some(c) => c.as_str().parse().map_err(|_| {
-                StoreError::permanent(
-                    &name,
-                    format!("checkpoint {c} is not an outbox sequence number"),
-                )
-            })?,
-        };
-        let info = self.table_info().await?;
-        let sql = format!(
-            "SELECT seq, op, old_row::text, new_row::text FROM {} WHERE tbl = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            self.qoutbox()
-        );
-        let tkey = self.table_key();
-        let lim = limit.max(1) as i64;
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&tkey, &from_seq, &lim])
-            .await
-            .map_err(|e| pg_err(&name, "reading the outbox", &e))?;
-        let mut changes = Vec::with_capacity(rows.len());
-        let mut last = from_seq;
-        for r in &rows {
-            let seq: i64 = r.get(0);
-            let op: String = r.get(1);
-            let image: Option<String> = if op == "DELETE" { r.get(2) } else { r.get(3) };
-            let row = image_to_row(&info, image.as_deref().unwrap_or("{}")).map_err(|e| {
-                StoreError::permanent(&name, format!("outbox row {seq}: not a JSON object: {e}"))
-            })?;
-            let raw = RawChange {
-                op: if op == "DELETE" {
-                    RawOp::Delete
-                } else {
-                    RawOp::Upsert
-                },
-                row,
-                missing: Vec::new(),
-            };
-            changes.push(Self::to_change(raw));
-            last = seq;
-        }
-        let has_more = rows.len() as i64 == lim;
-        let checkpoint = if rows.is_empty() {
-            from.cloned().unwrap_or_else(|| Checkpoint::new("0"))
-        } else {
-            Checkpoint::new(last.to_string())
-        };
-        Ok(ChangeBatch {
-            changes,
-            checkpoint,
-            has_more,
-        })
-    }
-
-    async fn ack_outbox(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
-        let name = self.cfg.name.clone();
-        let seq: i64 = upto.as_str().parse().map_err(|_| {
-            StoreError::permanent(
-                &name,
-                format!("checkpoint {upto} is not an outbox sequence number"),
-            )
-        })?;
-        let sql = format!(
-            "DELETE FROM {} WHERE tbl = $1 AND seq <= $2",
-            self.qoutbox()
-        );
-        let tkey = self.table_key();
-        self.client()
-            .await?
-            .execute(&sql, &[&tkey, &seq])
-            .await
-            .map_err(|e| pg_err(&name, "deleting acknowledged outbox rows", &e))?;
-        Ok(())
-    }
-
-    // ---- writes ----
-
-    async fn ensure_staging(&mut self) -> Result<(), StoreError> {
-        if self.staging_ready {
-            return Ok(());
-        }
-        let name = self.cfg.name.clone();
-        let cols: Vec<String> = ALL_FIELDS
-            .iter()
-            .map(|f| format!("{} text", qi(f)))
-            .collect();
-        let sql = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS contact_sync_staging (ord int4 NOT NULL, {}) ON COMMIT DELETE ROWS",
-            cols.join(", ")
-        );
-        self.client()
-            .await?
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| pg_err(&name, "creating the staging table", &e))?;
-        let info = self.table_info().await?;
-        let stmt = self
-            .client()
-            .await?
-            .prepare(&info.insert_sql)
-            .await
-            .map_err(|e| pg_err(&name, "preparing the upsert", &e))?;
-        self.insert_stmt = Some(stmt);
-        self.staging_ready = true;
-        Ok(())
-    }
-
-    /// One transaction: COPY the batch's winners into staging, upsert them
-    /// with the version guard, then find the stored version of any the
-    /// guard refused.
-    ///
-    /// Several writes of one contact in a batch: the winner is the highest
-    /// version (the last of equals), as applying them in order would leave.
-    /// Writes after the winner are stale against it; writes before it are
-    /// reported applied when it applied (they were overwritten by a newer
-    /// version of the same contact) and stale when it was refused.
-    async fn write_tx(
-        &mut self,
-        writes: &[(usize, &Contact)],
-    ) -> Result<Vec<(usize, WriteOutcome)>, tokio_postgres::Error> {
-        let qtable = self.qtable();
-        let cid = self.col("contact_id");
-        let ver = self.col("version");
-        let Some(insert_stmt) = self.insert_stmt.clone() else {
-            unreachable!("write_tx runs after ensure_staging")
-        };
-        let Some(client) = self.client.as_mut() else {
-            unreachable!("write_tx runs after client()")
-        };
-        // Winner per contact: highest version, last among equals.
-        let mut winner: HashMap<&str, (usize, i64)> = HashMap::with_capacity(writes.len());
-        for (pos, (_, c)) in writes.iter().enumerate() {
-            let e = winner
-                .entry(c.contact_id.as_str())
-                .or_insert((pos, c.version));
-            if c.version >= e.1 {
-                *e = (pos, c.version);
-            }
-        }
-        let tx = client.transaction().await?;
-        // Our writes keep the content_hash they carry (the trigger clears
-        // it on everyone else's).
-        tx.batch_execute("SET LOCAL contact_sync.writing = 'on'")
-            .await?;
-        let copy_sql = format!(
-            "COPY {STAGING} (ord, {}) FROM STDIN",
-            ALL_FIELDS
-                .iter()
-                .map(|f| qi(f))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        // Text COPY, built into large chunks: far fewer messages and
-        // syscalls than one small write per value.
-        let sink = tx.copy_in::<_, bytes::Bytes>(&copy_sql).await?;
-        futures_util::pin_mut!(sink);
-        let mut buf = bytes::BytesMut::with_capacity(1 << 20);
-        for (pos, (ord, c)) in writes.iter().enumerate() {
-            if winner.get(c.contact_id.as_str()).map(|w| w.0) != Some(pos) {
-                continue;
-            }
-            copy_row(&mut buf, *ord, &codec::encode(c));
-            if buf.len() >= 1 << 20 {
-                sink.as_mut().send(buf.split().freeze()).await?;
-            }
-        }
-        if !buf.is_empty() {
-            sink.as_mut().send(buf.split().freeze()).await?;
-        }
-        sink.as_mut().finish().await?;
-        let returned = tx.query(&insert_stmt, &[]).await?;
-        let mut row_ids: HashMap<String, String> = HashMap::with_capacity(returned.len());
-        for r in &returned {
-            let c: String = r.get(0);
-            let i: Option<String> = r.get(1);
-            row_ids.insert(c.clone(), i.unwrap_or(c));
-        }
-        let refused: Vec<String> = winner
-            .keys()
-            .filter(|c| !row_ids.contains_key(**c))
-            .map(|c| c.to_string())
-            .collect();
-        let mut stored: HashMap<String, i64> = HashMap::new();
-        if !refused.is_empty() {
-            let rows = tx
-                .query(
-                    &format!(
-                        "SELECT t.{cid}::text, t.{ver}::bigint FROM {qtable} t WHERE t.{cid}::text = ANY($1)"
-                    ),
-                    &[&refused],
-                )
-                .await?;
-            for r in rows {
-                stored.insert(r.get(0), r.get::<_, Option<i64>>(1).unwrap_or(0));
-            }
-        }
-        tx.commit().await?;
-        Ok(writes
-            .iter()
-            .enumerate()
-            .map(|(pos, (ord, c))| {
-                let (wpos, wver) = winner[c.contact_id.as_str()];
-                let o = match row_ids.get(&c.contact_id) {
-                    Some(native_id) if pos <= wpos => WriteOutcome::Applied {
-                        native_id: native_id.clone(),
-                    },
-                    Some(_) => WriteOutcome::Stale {
-                        stored_version: wver,
-                    },
-                    None => WriteOutcome::Stale {
-                        stored_version: stored.get(&c.contact_id).copied().unwrap_or(wver),
-                    },
-                };
-                (*ord, o)
-            })
-            .collect())
-    }
 }
 
 /// The row id and the fields of a row read with `select_list` whose
 /// columns start at `first`.
-fn row_text(r: &tokio_postgres::Row, first: usize) -> RowText {
+pub(crate) fn row_text(r: &tokio_postgres::Row, first: usize) -> RowText {
     let mut row = RowText {
         row_id: r.get(first),
         ..Default::default()
@@ -1505,36 +892,6 @@ async fn hash_trigger_installed(
         .get(0))
 }
 
-/// Appends one row in COPY text format (tab-separated, `\\N` for NULL,
-/// backslash escapes).
-fn copy_row(buf: &mut bytes::BytesMut, ord: usize, values: &[Option<String>]) {
-    buf.extend_from_slice(ord.to_string().as_bytes());
-    for v in values {
-        buf.extend_from_slice(b"\t");
-        match v {
-            None => buf.extend_from_slice(b"\\N"),
-            Some(s) => {
-                let bytes = s.as_bytes();
-                let mut start = 0;
-                for (i, b) in bytes.iter().enumerate() {
-                    let esc: &[u8] = match b {
-                        b'\\' => b"\\\\",
-                        b'\t' => b"\\t",
-                        b'\n' => b"\\n",
-                        b'\r' => b"\\r",
-                        _ => continue,
-                    };
-                    buf.extend_from_slice(&bytes[start..i]);
-                    buf.extend_from_slice(esc);
-                    start = i + 1;
-                }
-                buf.extend_from_slice(&bytes[start..]);
-            }
-        }
-    }
-    buf.extend_from_slice(b"\n");
-}
-
 /// The primary entry's `key` of a jsonb array column (the `is_primary`
 /// one, else the first; emails lower-cased), as an immutable expression
 /// that a btree index can hold. `key` is `address` or `number`.
@@ -1551,68 +908,13 @@ fn primary_expr(col: &str, key: &str) -> String {
 }
 
 /// A stable advisory-lock key for an outbox (FNV-1a of its name).
-fn outbox_lock_key(schema: &str, table: &str) -> i64 {
+pub(crate) fn outbox_lock_key(schema: &str, table: &str) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in format!("contact_sync_outbox:{schema}.{table}").bytes() {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h as i64
-}
-
-/// An outbox row image (`to_jsonb(row)`) as text values.
-fn image_to_row(info: &TableInfo, image: &str) -> Result<RowText, serde_json::Error> {
-    let obj: BTreeMap<String, serde_json::Value> = serde_json::from_str(image)?;
-    let mut row = RowText::default();
-    for (col, v) in obj {
-        let Some(field) = info.field_of.get(&col).copied() else {
-            continue;
-        };
-        let is_json = matches!(
-            info.types.get(&col).map(String::as_str),
-            Some("jsonb" | "json")
-        );
-        let text = match v {
-            serde_json::Value::Null => None,
-            serde_json::Value::String(s) if !is_json => Some(s),
-            other => Some(other.to_string()),
-        };
-        if field == "id" {
-            row.row_id = text;
-        } else {
-            row.fields.insert(field, text);
-        }
-    }
-    Ok(row)
-}
-
-#[async_trait]
-impl ChangeSource for PgStore {
-    /// Slot mode: peeks (never consumes) the slot, skips every transaction
-    /// whose commit ends at or before `from`, and returns whole transactions
-    /// in commit order; the checkpoint is the end LSN of the last commit
-    /// (`X/Y`), or `X/Y:n` when `limit` ended the batch inside a transaction.
-    /// Outbox mode: rows with `seq > from`; the checkpoint is the last `seq`.
-    async fn read_changes(
-        &mut self,
-        from: Option<&Checkpoint>,
-        limit: usize,
-    ) -> Result<ChangeBatch, StoreError> {
-        match self.cfg.cdc {
-            CdcMode::Slot => self.read_slot(from, limit).await,
-            CdcMode::Outbox => self.read_outbox(from, limit).await,
-        }
-    }
-
-    /// Slot mode: `pg_replication_slot_advance` to the checkpoint (only
-    /// forward; a checkpoint inside a transaction waits for its end).
-    /// Outbox mode: deletes the outbox rows up to it.
-    async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
-        match self.cfg.cdc {
-            CdcMode::Slot => self.ack_slot(upto).await,
-            CdcMode::Outbox => self.ack_outbox(upto).await,
-        }
-    }
 }
 
 #[async_trait]
