@@ -59,6 +59,10 @@ pub(crate) struct RawChange {
     row: RowText,
     /// Fields the update did not carry (unchanged TOAST without an old image).
     missing: Vec<&'static str>,
+    /// The change cannot be read safely (its relation lacks a mapped
+    /// column, a TRUNCATE): the capture delivers what came before it and
+    /// then pauses with this error.
+    problem: Option<StoreError>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -115,7 +119,22 @@ impl PgStore {
             op: RawOp::Upsert,
             row,
             missing,
+            problem: None,
         }
+    }
+
+    /// The paused error of a TRUNCATE of the table.
+    fn truncate_error(&self, at: &str) -> StoreError {
+        let (tkey, store) = (self.table_key(), &self.cfg.name);
+        StoreError::paused(
+            store,
+            format!(
+                "table {tkey} was truncated ({at}): contact-sync does not replay a TRUNCATE as deletes \
+                 of every contact, so {store} is paused. If it was a mistake, restore the rows and run \
+                 `contact-sync cdc reset {store}` (canonical is copied to it again); to delete the \
+                 contacts everywhere, delete them in canonical"
+            ),
+        )
     }
 
     pub(crate) async fn peek(&mut self, n: i32) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -178,17 +197,28 @@ impl PgStore {
                     });
                 }
                 Message::Relation { oid, columns, .. } => {
-                    self.relations
-                        .insert(oid, columns.into_iter().map(|c| c.name).collect());
+                    let cols: Vec<String> = columns.into_iter().map(|c| c.name).collect();
+                    // A mapped column the relation lacks (renamed, dropped)
+                    // is never read as NULL: its changes are a problem.
+                    let lost = self.missing_columns(|c| cols.iter().any(|x| x == c));
+                    if lost.is_empty() {
+                        self.relation_lost.remove(&oid);
+                    } else {
+                        let e = self.missing_column_error(&lost);
+                        self.relation_lost.insert(oid, e);
+                    }
+                    self.relations.insert(oid, cols);
                 }
                 Message::Insert { rel, new } => {
                     let cols = self.relation(rel, lsn)?;
-                    let ch = self.row_from_tuple(&cols, &new, None);
+                    let mut ch = self.row_from_tuple(&cols, &new, None);
+                    ch.problem = self.relation_lost.get(&rel).cloned();
                     cur.get_or_insert_with(Vec::new).push(ch);
                 }
                 Message::Update { rel, old, new } => {
                     let cols = self.relation(rel, lsn)?;
-                    let ch = self.row_from_tuple(&cols, &new, old.as_deref());
+                    let mut ch = self.row_from_tuple(&cols, &new, old.as_deref());
+                    ch.problem = self.relation_lost.get(&rel).cloned();
                     cur.get_or_insert_with(Vec::new).push(ch);
                 }
                 Message::Delete { rel, old } => {
@@ -196,10 +226,17 @@ impl PgStore {
                     let mut ch = self.row_from_tuple(&cols, &old, None);
                     ch.op = RawOp::Delete;
                     ch.missing.clear();
+                    ch.problem = self.relation_lost.get(&rel).cloned();
                     cur.get_or_insert_with(Vec::new).push(ch);
                 }
                 Message::Truncate { .. } => {
-                    tracing::warn!(store = %self.name(), "TRUNCATE of the contacts table seen in the slot; it is not replicated (run a reconcile)");
+                    let ch = RawChange {
+                        op: RawOp::Delete,
+                        row: RowText::default(),
+                        missing: Vec::new(),
+                        problem: Some(self.truncate_error(&format!("WAL position {lsn}"))),
+                    };
+                    cur.get_or_insert_with(Vec::new).push(ch);
                 }
                 Message::Origin { .. } | Message::Other(_) => {}
             }
@@ -248,7 +285,9 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) fn to_change(raw: RawChange) -> Change {
+    /// The change of a raw image. Without the table's hash trigger a kept
+    /// `content_hash` proves nothing: it is dropped from the image.
+    pub(crate) fn to_change(raw: RawChange, hash_trusted: bool) -> Change {
         let native_id = raw
             .row
             .row_id
@@ -266,7 +305,12 @@ impl PgStore {
                     .filter(|s| !s.trim().is_empty()),
             },
             RawOp::Upsert => match codec::decode(&raw.row) {
-                Ok(c) => ChangeKind::Upsert(Box::new(c)),
+                Ok(mut c) => {
+                    if !hash_trusted {
+                        c.content_hash = None;
+                    }
+                    ChangeKind::Upsert(Box::new(c))
+                }
                 Err(e) => ChangeKind::Undecodable {
                     invalid: e.invalid,
                     payload: Some(e.payload),
@@ -283,6 +327,8 @@ impl PgStore {
     ) -> Result<ChangeBatch, StoreError> {
         let from_pos = SlotPos::parse(self.name(), from)?;
         self.check_wal_level().await?;
+        let hash_trusted = self.table_info().await?.hash_trusted;
+        self.check_identity().await?;
         let limit = limit.max(1);
         let mut n: i64 = (limit as i64) * 4 + 16;
         loop {
@@ -311,8 +357,15 @@ impl PgStore {
                 }
                 let total = txn.changes.len();
                 let mut taken = skip;
-                for ch in txn.changes.into_iter().skip(skip) {
+                for mut ch in txn.changes.into_iter().skip(skip) {
                     if out.len() >= limit {
+                        break;
+                    }
+                    if let Some(problem) = ch.problem.take() {
+                        if out.is_empty() {
+                            return Err(problem);
+                        }
+                        // Deliver what came before it; the next read pauses.
                         break;
                     }
                     out.push(ch);
@@ -342,7 +395,7 @@ impl PgStore {
                 if !raw.missing.is_empty() {
                     self.fill_missing(&mut raw).await?;
                 }
-                changes.push(Self::to_change(raw));
+                changes.push(Self::to_change(raw, hash_trusted));
             }
             let checkpoint = if changes.is_empty() && pos == from_pos {
                 from.cloned().unwrap_or_else(|| pos.checkpoint())
@@ -422,6 +475,7 @@ impl PgStore {
             })?,
         };
         let info = self.table_info().await?;
+        self.check_identity().await?;
         let sql = format!(
             "SELECT seq, op, old_row::text, new_row::text FROM {} WHERE tbl = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             self.qoutbox()
@@ -436,26 +490,52 @@ impl PgStore {
             .map_err(|e| pg_err(&name, "reading the outbox", &e))?;
         let mut changes = Vec::with_capacity(rows.len());
         let mut last = from_seq;
+        let mut stopped = false;
         for r in &rows {
             let seq: i64 = r.get(0);
             let op: String = r.get(1);
-            let image: Option<String> = if op == "DELETE" { r.get(2) } else { r.get(3) };
-            let row = image_to_row(&info, image.as_deref().unwrap_or("{}")).map_err(|e| {
-                StoreError::permanent(&name, format!("outbox row {seq}: not a JSON object: {e}"))
-            })?;
-            let raw = RawChange {
-                op: if op == "DELETE" {
-                    RawOp::Delete
+            let problem = if op == "TRUNCATE" {
+                Some(self.truncate_error(&format!("outbox row {seq}")))
+            } else {
+                let image: Option<String> = if op == "DELETE" { r.get(2) } else { r.get(3) };
+                let obj: BTreeMap<String, serde_json::Value> =
+                    serde_json::from_str(image.as_deref().unwrap_or("{}")).map_err(|e| {
+                        StoreError::permanent(
+                            &name,
+                            format!("outbox row {seq}: not a JSON object: {e}"),
+                        )
+                    })?;
+                // A mapped column missing from the row image (renamed,
+                // dropped) is never read as NULL.
+                let lost = self.missing_columns(|c| obj.contains_key(c));
+                if lost.is_empty() {
+                    let raw = RawChange {
+                        op: if op == "DELETE" {
+                            RawOp::Delete
+                        } else {
+                            RawOp::Upsert
+                        },
+                        row: image_to_row(&info, obj),
+                        missing: Vec::new(),
+                        problem: None,
+                    };
+                    changes.push(Self::to_change(raw, info.hash_trusted));
+                    last = seq;
+                    None
                 } else {
-                    RawOp::Upsert
-                },
-                row,
-                missing: Vec::new(),
+                    Some(self.missing_column_error(&lost))
+                }
             };
-            changes.push(Self::to_change(raw));
-            last = seq;
+            if let Some(problem) = problem {
+                if changes.is_empty() {
+                    return Err(problem);
+                }
+                // Deliver what came before it; the next read pauses.
+                stopped = true;
+                break;
+            }
         }
-        let has_more = rows.len() as i64 == lim;
+        let has_more = stopped || rows.len() as i64 == lim;
         let checkpoint = if rows.is_empty() {
             from.cloned().unwrap_or_else(|| Checkpoint::new("0"))
         } else {
@@ -491,8 +571,7 @@ impl PgStore {
 }
 
 /// An outbox row image (`to_jsonb(row)`) as text values.
-pub(crate) fn image_to_row(info: &TableInfo, image: &str) -> Result<RowText, serde_json::Error> {
-    let obj: BTreeMap<String, serde_json::Value> = serde_json::from_str(image)?;
+pub(crate) fn image_to_row(info: &TableInfo, obj: BTreeMap<String, serde_json::Value>) -> RowText {
     let mut row = RowText::default();
     for (col, v) in obj {
         let Some(field) = info.field_of.get(&col).copied() else {
@@ -513,7 +592,7 @@ pub(crate) fn image_to_row(info: &TableInfo, image: &str) -> Result<RowText, ser
             row.fields.insert(field, text);
         }
     }
-    Ok(row)
+    row
 }
 
 #[async_trait]

@@ -51,6 +51,7 @@
 mod capture;
 mod codec;
 mod config;
+mod guard;
 mod notify;
 pub mod pgoutput;
 mod store;

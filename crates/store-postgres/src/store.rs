@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Checkpoint, RecordHash, RecordSink, StoreError, StoreInfo, WriteOutcome,
+    Checkpoint, Conditional, Expect, RecordHash, RecordSink, StoreError, StoreInfo, WriteOutcome,
 };
 use contact_sync_core::hash::tombstone_hash;
 use contact_sync_core::model::ALL_FIELDS;
@@ -16,6 +16,7 @@ use tokio_postgres::{Client, GenericClient, NoTls};
 
 use crate::codec::{self, RowText};
 use crate::config::{CdcMode, PgConfig};
+use crate::guard::recorded_relid;
 
 /// Quotes an identifier for SQL.
 pub(crate) fn qi(name: &str) -> String {
@@ -95,6 +96,7 @@ pub(crate) struct TableInfo {
     /// Column → canonical field (or `id`).
     pub(crate) field_of: HashMap<String, &'static str>,
     pub(crate) insert_sql: String,
+    pub(crate) insert_new_sql: String,
     pub(crate) select_list: String,
     /// `NULLIF(content_hash, '')`, then `select_list` with every column but
     /// `contact_id` and `deleted_at` left NULL where that hash is set: a
@@ -137,9 +139,17 @@ pub struct PgStore {
     pub(crate) staging_ready: bool,
     /// The upsert from staging, prepared once per connection.
     pub(crate) insert_stmt: Option<tokio_postgres::Statement>,
+    /// The plain insert from staging (see `TableInfo::insert_new_sql`).
+    pub(crate) insert_new_stmt: Option<tokio_postgres::Statement>,
     pub(crate) wal_checked: bool,
+    /// The store's bookkeeping table is known to exist (see `guard`).
+    pub(crate) meta_ready: bool,
+    /// The table's oid, as recorded and checked at the last capture start.
+    pub(crate) relid: Option<i64>,
     /// Relation oid → column names, from pgoutput Relation messages.
     pub(crate) relations: HashMap<u32, Vec<String>>,
+    /// Relation oid → the paused error of the mapped columns it lacks.
+    pub(crate) relation_lost: HashMap<u32, StoreError>,
 }
 
 impl Drop for PgStore {
@@ -174,8 +184,12 @@ impl PgStore {
             table: None,
             staging_ready: false,
             insert_stmt: None,
+            insert_new_stmt: None,
+            meta_ready: false,
+            relid: None,
             wal_checked: false,
             relations: HashMap::new(),
+            relation_lost: HashMap::new(),
         })
     }
 
@@ -228,6 +242,7 @@ impl PgStore {
             self.conn_task = Some(task);
             self.staging_ready = false;
             self.wal_checked = false;
+            self.meta_ready = false;
         }
         self.client
             .as_mut()
@@ -324,30 +339,38 @@ impl PgStore {
             "CREATE TABLE IF NOT EXISTS {t} (\n  {}\n);\n",
             cols.join(",\n  ")
         ));
-        ddl.push_str(&format!(
-            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {id} uuid NOT NULL DEFAULT gen_random_uuid();\n"
-        ));
+        // Mapped columns missing from an existing table are added, except
+        // on a table this store set up (recorded oid): there a missing
+        // column was renamed or dropped by someone, and an empty new one
+        // would read as cleared values (the capture pauses instead).
+        let mut adds: Vec<(String, String)> = vec![(
+            self.cfg.column("id").to_string(),
+            format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {id} uuid NOT NULL DEFAULT gen_random_uuid();\n"),
+        )];
         for f in ALL_FIELDS {
             let extra = match *f {
                 "version" => " NOT NULL DEFAULT 1",
                 _ => "",
             };
-            ddl.push_str(&format!(
-                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {} {}{extra};\n",
-                self.col(f),
-                codec::sql_type(f)
+            adds.push((
+                self.cfg.column(f).to_string(),
+                format!(
+                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {} {}{extra};\n",
+                    self.col(f),
+                    codec::sql_type(f)
+                ),
             ));
         }
-        ddl.push_str(&format!(
+        let mut ddl_rest = format!(
             "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {upd} timestamptz NOT NULL DEFAULT now();\n"
-        ));
+        );
         let idx = |suffix: &str| qi(&format!("{tname}_{suffix}"));
         // updated_at maintained by trigger.
         let touch_fn = format!("{s}.{}", idx("touch_updated_at"));
-        // Every trigger is dropped in `ddl` and created again in `creates`,
+        // Every trigger is dropped in `ddl_rest` and created again in `creates`,
         // so that clearing kept hashes (below) runs with none of them.
         let mut creates = String::new();
-        ddl.push_str(&format!(
+        ddl_rest.push_str(&format!(
             "CREATE OR REPLACE FUNCTION {touch_fn}() RETURNS trigger LANGUAGE plpgsql AS $f$\n\
              BEGIN NEW.{upd} := now(); RETURN NEW; END\n$f$;\n\
              DROP TRIGGER IF EXISTS {trg} ON {t};\n",
@@ -362,7 +385,7 @@ impl PgStore {
         // ALWAYS: also for writes applied by logical replication.
         let forget_fn = format!("{s}.{}", idx("forget_content_hash"));
         let forget_body = self.forget_hash_body();
-        ddl.push_str(&format!(
+        ddl_rest.push_str(&format!(
             "CREATE OR REPLACE FUNCTION {forget_fn}() RETURNS trigger LANGUAGE plpgsql AS $f${forget_body}$f$;\n\
              DROP TRIGGER IF EXISTS {trg} ON {t};\n",
             trg = idx("forget_content_hash"),
@@ -374,7 +397,7 @@ impl PgStore {
         ));
         // NOTIFY trigger: wakes the poller, carries no data.
         let notify_fn = format!("{s}.{}", idx("contact_sync_notify"));
-        ddl.push_str(&format!(
+        ddl_rest.push_str(&format!(
             "CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $f$\n\
              BEGIN PERFORM pg_notify({chan}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME); RETURN NULL; END\n$f$;\n\
              DROP TRIGGER IF EXISTS {trg} ON {t};\n",
@@ -387,13 +410,13 @@ impl PgStore {
         ));
         match self.cfg.cdc {
             CdcMode::Slot => {
-                ddl.push_str(&format!("ALTER TABLE {t} REPLICA IDENTITY FULL;\n"));
+                ddl_rest.push_str(&format!("ALTER TABLE {t} REPLICA IDENTITY FULL;\n"));
             }
             CdcMode::Outbox => {
                 let o = self.qoutbox();
                 let ofn = format!("{s}.{}", idx("contact_sync_outbox"));
                 let lock_key = outbox_lock_key(&self.cfg.schema, &self.cfg.outbox_table);
-                ddl.push_str(&format!(
+                ddl_rest.push_str(&format!(
                     "CREATE TABLE IF NOT EXISTS {o} (\n  seq bigserial PRIMARY KEY,\n  tbl text NOT NULL,\n  op text NOT NULL,\n  \
                      old_row jsonb,\n  new_row jsonb,\n  txid bigint NOT NULL DEFAULT txid_current(),\n  at timestamptz NOT NULL DEFAULT now()\n);\n\
                      CREATE INDEX IF NOT EXISTS {oi} ON {o} (tbl, seq);\n\
@@ -401,15 +424,22 @@ impl PgStore {
                      BEGIN\n  -- Writers serialize here until commit, so seq order is commit order.\n  \
                      PERFORM pg_advisory_xact_lock({lock_key});\n  \
                      INSERT INTO {o} (tbl, op, old_row, new_row) VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP,\n    \
-                     CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);\n  \
+                     CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END, \
+                     CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END);\n  \
                      RETURN NULL;\nEND\n$f$;\n\
-                     DROP TRIGGER IF EXISTS {trg} ON {t};\n",
+                     DROP TRIGGER IF EXISTS {trg} ON {t};\n\
+                     DROP TRIGGER IF EXISTS {trunc} ON {t};\n",
                     oi = qi(&format!("{}_tbl_seq", self.cfg.outbox_table)),
                     trg = idx("contact_sync_outbox"),
+                    trunc = idx("contact_sync_outbox_truncate"),
                 ));
+                // A TRUNCATE fires no row trigger: a statement trigger puts
+                // it in the outbox (the capture pauses on it).
                 creates.push_str(&format!(
-                    "CREATE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {ofn}();\n",
+                    "CREATE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {ofn}();\n\
+                     CREATE TRIGGER {trunc} AFTER TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {ofn}();\n",
                     trg = idx("contact_sync_outbox"),
+                    trunc = idx("contact_sync_outbox_truncate"),
                 ));
             }
         }
@@ -420,6 +450,8 @@ impl PgStore {
         let slot_mode = self.cfg.cdc == CdcMode::Slot;
         let publication = self.cfg.publication.clone();
         let hash_col = self.col("content_hash");
+        let meta_ddl = self.meta_ddl();
+        let qmeta = self.qmeta();
         let client = self.client().await?;
         let tx = client
             .transaction()
@@ -432,9 +464,58 @@ impl PgStore {
         let trusted = hash_trigger_installed(&tx, &t, &forget_body)
             .await
             .map_err(|e| pg_err(&name, "migrate: reading the table's triggers", &e))?;
-        tx.batch_execute(&ddl)
+        tx.batch_execute(&format!("{ddl}{meta_ddl}"))
             .await
             .map_err(|e| pg_err(&name, &format!("migrate: creating {tkey}"), &e))?;
+        let recorded = recorded_relid(&tx, &qmeta, &tkey)
+            .await
+            .map_err(|e| pg_err(&name, "migrate: reading the store's bookkeeping", &e))?;
+        let current: i64 = tx
+            .query_one("SELECT to_regclass($1)::oid::bigint", &[&t])
+            .await
+            .map_err(|e| pg_err(&name, &format!("migrate: reading {tkey}"), &e))?
+            .get(0);
+        let present: Vec<String> = tx
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
+                 AND attnum > 0 AND NOT attisdropped",
+                &[&t],
+            )
+            .await
+            .map_err(|e| pg_err(&name, "migrate: reading the table's columns", &e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let ours = recorded == Some(current);
+        let mut add_sql = String::new();
+        for (col, sql) in &adds {
+            if present.contains(col) {
+                continue;
+            }
+            if ours {
+                tracing::warn!(store = %name, table = %tkey, column = %col,
+                    "a mapped column is missing from the table contact-sync set up (renamed or dropped?); \
+                     not re-creating it: change capture pauses until someone decides");
+            } else {
+                add_sql.push_str(sql);
+            }
+        }
+        if recorded.is_some_and(|r| r != current) {
+            tracing::warn!(store = %name, table = %tkey,
+                "the table was dropped and re-created since contact-sync set it up; change capture pauses \
+                 until `contact-sync cdc reset` adopts it");
+        }
+        tx.batch_execute(&format!("{add_sql}{ddl_rest}"))
+            .await
+            .map_err(|e| pg_err(&name, &format!("migrate: completing {tkey}"), &e))?;
+        if recorded.is_none() {
+            tx.execute(
+                &format!("INSERT INTO {qmeta} (tbl, relid) VALUES ($1, $2::bigint::oid) ON CONFLICT (tbl) DO NOTHING"),
+                &[&tkey, &current],
+            )
+            .await
+            .map_err(|e| pg_err(&name, "migrate: recording the table", &e))?;
+        }
         if !trusted {
             tx.batch_execute(&format!(
                 "UPDATE {t} SET {hash} = NULL WHERE {hash} IS NOT NULL",
@@ -527,12 +608,19 @@ impl PgStore {
                 .get(0);
             if !exists {
                 tx.batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR TABLE {t} WITH (publish = 'insert, update, delete')",
+                    "CREATE PUBLICATION {} FOR TABLE {t} WITH (publish = 'insert, update, delete, truncate')",
                     qi(&publication)
                 ))
                 .await
                 .map_err(|e| pg_err(&name, "migrate: creating the publication", &e))?;
             } else {
+                // A TRUNCATE must reach the capture (which pauses on it).
+                tx.batch_execute(&format!(
+                    "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
+                    qi(&publication)
+                ))
+                .await
+                .map_err(|e| pg_err(&name, "migrate: publishing truncates", &e))?;
                 let has_table: bool = tx
                     .query_one(
                         "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 \
@@ -638,12 +726,22 @@ impl PgStore {
         let fields: Vec<&'static str> = std::iter::once("id")
             .chain(ALL_FIELDS.iter().copied())
             .collect();
-        let missing: Vec<&str> = fields
+        let missing: Vec<String> = fields
             .iter()
-            .map(|f| self.cfg.column(f))
-            .filter(|c| !types.contains_key(*c))
+            .map(|f| self.cfg.column(f).to_string())
+            .filter(|c| !types.contains_key(c))
             .collect();
         if !missing.is_empty() {
+            // A table this store set up lost them (renamed, dropped): paused;
+            // a table never set up: migrate adds them.
+            let qmeta = self.qmeta();
+            let recorded = recorded_relid(self.client().await?, &qmeta, &tkey)
+                .await
+                .map_err(|e| pg_err(&name, "reading the store's bookkeeping", &e))?;
+            if recorded.is_some() {
+                let lost = self.missing_columns(|c| types.contains_key(c));
+                return Err(self.missing_column_error(&lost));
+            }
             return Err(StoreError::permanent(
                 &name,
                 format!(
@@ -687,8 +785,12 @@ impl PgStore {
             .filter(|f| **f != "contact_id")
             .map(|f| format!("{c} = EXCLUDED.{c}", c = self.col(f)))
             .collect();
+        // Upsert (version-guarded) of the staged rows not marked
+        // `ins_only`; plain insert of those marked (conditional writes that
+        // expected no row: a row inserted meanwhile by anyone is left
+        // alone, see `write_tx`).
         let insert_sql = format!(
-            "INSERT INTO {t} AS t ({cols}) SELECT {casts} FROM {STAGING} s \
+            "INSERT INTO {t} AS t ({cols}) SELECT {casts} FROM {STAGING} s WHERE NOT s.ins_only \
              ON CONFLICT ({cid}) DO UPDATE SET {sets} \
              WHERE COALESCE(t.{ver}::bigint, 0) <= EXCLUDED.{ver}::bigint \
              RETURNING t.{cid}::text, t.{id}::text",
@@ -700,6 +802,16 @@ impl PgStore {
             ver = self.col("version"),
             id = self.col("id"),
         );
+        let insert_new_sql = format!(
+            "INSERT INTO {t} AS t ({cols}) SELECT {casts} FROM {STAGING} s WHERE s.ins_only \
+             ON CONFLICT ({cid}) DO NOTHING \
+             RETURNING t.{cid}::text, t.{id}::text",
+            t = self.qtable(),
+            cols = target_cols.join(", "),
+            casts = casts.join(", "),
+            cid = self.col("contact_id"),
+            id = self.col("id"),
+        );
         let body = self.forget_hash_body();
         let hash_trusted = hash_trigger_installed(self.client().await?, &qt, &body)
             .await
@@ -708,6 +820,7 @@ impl PgStore {
             types,
             field_of,
             insert_sql,
+            insert_new_sql,
             select_list,
             hash_select_list,
             hash_trusted,
@@ -805,6 +918,23 @@ impl PgStore {
     /// checkpoint to read from afterwards.
     pub async fn cdc_reset(&mut self) -> Result<Checkpoint, StoreError> {
         let name = self.cfg.name.clone();
+        // Forget the table's recorded identity: the next migrate (or
+        // capture) adopts the table as it now is (see `guard`).
+        let (qmeta, tkey) = (self.qmeta(), self.table_key());
+        let client = self.client().await?;
+        if recorded_relid(client, &qmeta, &tkey)
+            .await
+            .map_err(|e| pg_err(&name, "reading the store's bookkeeping", &e))?
+            .is_some()
+        {
+            client
+                .execute(&format!("DELETE FROM {qmeta} WHERE tbl = $1"), &[&tkey])
+                .await
+                .map_err(|e| pg_err(&name, "resetting the store's bookkeeping", &e))?;
+        }
+        self.relid = None;
+        self.table = None;
+        self.staging_ready = false;
         match self.cfg.cdc {
             CdcMode::Slot => {
                 self.check_wal_level().await?;
@@ -919,73 +1049,32 @@ pub(crate) fn outbox_lock_key(schema: &str, table: &str) -> i64 {
 
 #[async_trait]
 impl RecordSink for PgStore {
+    /// [`write_batch_if`](RecordSink::write_batch_if) with no condition.
     async fn write_batch(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let name = self.cfg.name.clone();
-        let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; writes.len()];
-        let mut todo: Vec<(usize, &Contact)> = Vec::with_capacity(writes.len());
-        for (i, c) in writes.iter().enumerate() {
-            if c.contact_id.trim().is_empty() {
-                outcomes[i] = Some(WriteOutcome::Rejected {
-                    field: "contact_id".into(),
-                    reason: "is missing".into(),
-                });
-            } else {
-                todo.push((i, c));
-            }
+        let expect = vec![Expect::Any; writes.len()];
+        self.write_all(writes, &expect).await
+    }
+
+    /// Atomic: in the write's transaction the target rows are locked
+    /// (`SELECT … FOR UPDATE`) and compared with `expect` before the
+    /// upsert; see [`PgStore::write_all`].
+    async fn write_batch_if(
+        &mut self,
+        writes: Vec<Contact>,
+        expect: &[Expect],
+    ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
+        if writes.len() != expect.len() {
+            return Err(StoreError::permanent(
+                self.name(),
+                format!(
+                    "write_batch_if: {} writes but {} conditions",
+                    writes.len(),
+                    expect.len()
+                ),
+            ));
         }
-        if !todo.is_empty() {
-            self.client().await?;
-            self.table_info().await?;
-            self.ensure_staging().await?;
-            match self.write_tx(&todo).await {
-                Ok(done) => {
-                    for (i, o) in done {
-                        outcomes[i] = Some(o);
-                    }
-                }
-                Err(e) if matches!(sqlstate_class(&e).as_deref(), Some("22" | "23")) => {
-                    // A value the table refuses: find it record by record.
-                    for (i, c) in &todo {
-                        match self.write_tx(&[(*i, *c)]).await {
-                            Ok(done) => {
-                                for (j, o) in done {
-                                    outcomes[j] = Some(o);
-                                }
-                            }
-                            Err(e)
-                                if matches!(sqlstate_class(&e).as_deref(), Some("22" | "23")) =>
-                            {
-                                let db = e.as_db_error();
-                                let field = db
-                                    .and_then(|d| d.column())
-                                    .and_then(|col| {
-                                        std::iter::once("id")
-                                            .chain(ALL_FIELDS.iter().copied())
-                                            .find(|f| self.cfg.column(f) == col)
-                                    })
-                                    .unwrap_or("record")
-                                    .to_string();
-                                let reason = db
-                                    .map(|d| d.message().to_string())
-                                    .unwrap_or_else(|| e.to_string());
-                                outcomes[*i] = Some(WriteOutcome::Rejected { field, reason });
-                            }
-                            Err(e) => return Err(pg_err(&name, "writing contacts", &e)),
-                        }
-                    }
-                }
-                Err(e) => return Err(pg_err(&name, "writing contacts", &e)),
-            }
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or(WriteOutcome::Rejected {
-                    field: "record".into(),
-                    reason: "no outcome".into(),
-                })
-            })
-            .collect())
+        let outcomes = self.write_all(&writes, expect).await?;
+        Ok((outcomes, writes))
     }
 
     async fn read(&mut self, contact_ids: &[String]) -> Result<Vec<Contact>, StoreError> {
@@ -1161,6 +1250,12 @@ impl StoreInfo for PgStore {
 
     fn keeps_version(&self) -> bool {
         true
+    }
+
+    /// The rows a conditional write targets are locked and compared in the
+    /// write's own transaction.
+    fn conditional_writes(&self) -> Conditional {
+        Conditional::Atomic
     }
 
     /// Once the table's columns are loaded (before any record is read):
