@@ -1057,7 +1057,7 @@ impl RecordSink for PgStore {
 
     /// Atomic: in the write's transaction the target rows are locked
     /// (`SELECT … FOR UPDATE`) and compared with `expect` before the
-    /// upsert; see [`PgStore::write_all`].
+    /// upsert (see the crate docs, "Conditional writes").
     async fn write_batch_if(
         &mut self,
         writes: Vec<Contact>,
