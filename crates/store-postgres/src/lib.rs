@@ -35,8 +35,24 @@
 //!   `X/Y:n` (n changes of that transaction delivered); outbox mode the last
 //!   outbox `seq`.
 //! - **Own writes** come back through the slot/outbox like any other change
-//!   (no origin marking: replication origins need superuser, which Supabase
-//!   does not grant); the engine's echo filter drops them by content hash.
+//!   (no origin marking yet), carrying the kept `content_hash`: an image
+//!   whose hash is set is one of the engine's own writes (provenance); a
+//!   foreign write's image has none. Without the trigger, images carry none.
+//! - **Conditional writes** ([`Conditional::Atomic`](contact_sync_connector::Conditional)):
+//!   `write_batch_if` locks the rows of conditional writes (`SELECT … FOR
+//!   UPDATE`, in the write's transaction) and compares each with its
+//!   `Expect` (kept hash first, else decode and hash); refused writes are
+//!   `Changed` and not written; a write expecting no row is a plain insert
+//!   (`ON CONFLICT DO NOTHING`), so a row inserted meanwhile is kept.
+//! - **Blank ids**: a write carrying `external_ids[store]` = a row's `id`
+//!   whose `contact_id` is blank/NULL gives that row its id in place.
+//! - **Schema guard** (`StoreError::paused`): a mapped column missing from
+//!   the table or from a change's relation, the table left out of the
+//!   publication, a TRUNCATE (published; outbox: a statement trigger), the
+//!   table dropped or re-created (oid recorded in `contact_sync_meta`) pause
+//!   the store with a message naming table, column and the command to run;
+//!   `migrate` never re-creates a lost column of a table it set up;
+//!   `cdc_reset` forgets the recorded table so the next migrate adopts it.
 //! - **Wake-ups**: a statement-level trigger NOTIFYs
 //!   [`PgConfig::notify_channel`]; [`ChangeNotifier`] LISTENs.
 //! - **Writes**: binary COPY into a temp staging table, then one
@@ -48,11 +64,14 @@
 //! With the `test-harness` feature, [`harness`] starts private PostgreSQL
 //! clusters for tests.
 
+mod capture;
 mod codec;
 mod config;
+mod guard;
 mod notify;
 pub mod pgoutput;
 mod store;
+mod write;
 
 #[cfg(feature = "test-harness")]
 pub mod harness;

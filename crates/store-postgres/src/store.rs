@@ -1,24 +1,22 @@
 //! [`PgStore`]: the Postgres store (connection, schema, writes, reads,
 //! change capture).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordHash, RecordSink, StoreError,
-    StoreInfo, WriteOutcome,
+    Checkpoint, Conditional, Expect, RecordHash, RecordSink, StoreError, StoreInfo, WriteOutcome,
 };
 use contact_sync_core::hash::tombstone_hash;
 use contact_sync_core::model::ALL_FIELDS;
 use contact_sync_core::Contact;
-use futures_util::SinkExt;
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, NoTls};
 
 use crate::codec::{self, RowText};
 use crate::config::{CdcMode, PgConfig};
-use crate::pgoutput::{self, Datum, Lsn, Message};
+use crate::guard::recorded_relid;
 
 /// Quotes an identifier for SQL.
 pub(crate) fn qi(name: &str) -> String {
@@ -54,7 +52,7 @@ pub(crate) fn pg_err(store: &str, what: &str, e: &tokio_postgres::Error) -> Stor
     }
 }
 
-fn sqlstate_class(e: &tokio_postgres::Error) -> Option<String> {
+pub(crate) fn sqlstate_class(e: &tokio_postgres::Error) -> Option<String> {
     e.as_db_error().map(|d| d.code().code()[..2].to_string())
 }
 
@@ -92,20 +90,21 @@ pub(crate) async fn open(cfg: &PgConfig) -> Result<(Client, JoinHandle<()>), Sto
 
 /// Column names and types of the contacts table, read from the catalog.
 #[derive(Debug, Clone)]
-struct TableInfo {
+pub(crate) struct TableInfo {
     /// Column → `format_type` of it.
-    types: HashMap<String, String>,
+    pub(crate) types: HashMap<String, String>,
     /// Column → canonical field (or `id`).
-    field_of: HashMap<String, &'static str>,
-    insert_sql: String,
-    select_list: String,
+    pub(crate) field_of: HashMap<String, &'static str>,
+    pub(crate) insert_sql: String,
+    pub(crate) insert_new_sql: String,
+    pub(crate) select_list: String,
     /// `NULLIF(content_hash, '')`, then `select_list` with every column but
     /// `contact_id` and `deleted_at` left NULL where that hash is set: a
     /// kept hash stands for the row (see [`PgStore::scan_hashes`]).
-    hash_select_list: String,
+    pub(crate) hash_select_list: String,
     /// The trigger that clears `content_hash` on other writers' changes is
     /// installed: a row's `content_hash`, when set, is its content's.
-    hash_trusted: bool,
+    pub(crate) hash_trusted: bool,
 }
 
 /// Replication slot health, for `status`, `check` and metrics.
@@ -126,65 +125,6 @@ pub struct SlotHealth {
     pub outbox_pending: Option<i64>,
 }
 
-/// A position in the slot's stream: the end LSN of a transaction's commit
-/// record, and how many of its changes were delivered when a batch ended
-/// inside it (`None` = the whole transaction).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SlotPos {
-    lsn: Lsn,
-    partial: Option<usize>,
-}
-
-impl SlotPos {
-    fn parse(store: &str, c: Option<&Checkpoint>) -> Result<SlotPos, StoreError> {
-        let Some(c) = c else {
-            return Ok(SlotPos {
-                lsn: Lsn(0),
-                partial: None,
-            });
-        };
-        let bad = || {
-            StoreError::permanent(
-                store,
-                format!("checkpoint {c} is not a slot position (LSN X/Y or X/Y:n)"),
-            )
-        };
-        let (lsn, partial) = match c.as_str().split_once(':') {
-            Some((l, n)) => (l, Some(n.parse::<usize>().map_err(|_| bad())?)),
-            None => (c.as_str(), None),
-        };
-        Ok(SlotPos {
-            lsn: Lsn::parse(lsn).ok_or_else(bad)?,
-            partial,
-        })
-    }
-    fn checkpoint(&self) -> Checkpoint {
-        match self.partial {
-            Some(n) => Checkpoint::new(format!("{}:{n}", self.lsn)),
-            None => Checkpoint::new(self.lsn.to_string()),
-        }
-    }
-}
-
-/// One row change decoded from the slot, before it is turned into a contact.
-struct RawChange {
-    op: RawOp,
-    row: RowText,
-    /// Fields the update did not carry (unchanged TOAST without an old image).
-    missing: Vec<&'static str>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum RawOp {
-    Upsert,
-    Delete,
-}
-
-struct Txn {
-    end_lsn: Lsn,
-    changes: Vec<RawChange>,
-}
-
 /// The Postgres store: a [`ChangeSource`] (replication slot or outbox), a
 /// [`RecordSink`] (batched, version-guarded upserts) and [`StoreInfo`].
 ///
@@ -192,16 +132,24 @@ struct Txn {
 /// writes come back through the change stream like anyone else's; the
 /// engine's echo filter drops them by content hash.
 pub struct PgStore {
-    cfg: PgConfig,
-    client: Option<Client>,
-    conn_task: Option<JoinHandle<()>>,
-    table: Option<TableInfo>,
-    staging_ready: bool,
+    pub(crate) cfg: PgConfig,
+    pub(crate) client: Option<Client>,
+    pub(crate) conn_task: Option<JoinHandle<()>>,
+    pub(crate) table: Option<TableInfo>,
+    pub(crate) staging_ready: bool,
     /// The upsert from staging, prepared once per connection.
-    insert_stmt: Option<tokio_postgres::Statement>,
-    wal_checked: bool,
+    pub(crate) insert_stmt: Option<tokio_postgres::Statement>,
+    /// The plain insert from staging (see `TableInfo::insert_new_sql`).
+    pub(crate) insert_new_stmt: Option<tokio_postgres::Statement>,
+    pub(crate) wal_checked: bool,
+    /// The store's bookkeeping table is known to exist (see `guard`).
+    pub(crate) meta_ready: bool,
+    /// The table's oid, as recorded and checked at the last capture start.
+    pub(crate) relid: Option<i64>,
     /// Relation oid → column names, from pgoutput Relation messages.
-    relations: HashMap<u32, Vec<String>>,
+    pub(crate) relations: HashMap<u32, Vec<String>>,
+    /// Relation oid → the paused error of the mapped columns it lacks.
+    pub(crate) relation_lost: HashMap<u32, StoreError>,
 }
 
 impl Drop for PgStore {
@@ -220,7 +168,7 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-const STAGING: &str = "pg_temp.contact_sync_staging";
+pub(crate) const STAGING: &str = "pg_temp.contact_sync_staging";
 
 impl PgStore {
     /// Checks the config and opens a connection. Does not touch the schema:
@@ -236,8 +184,12 @@ impl PgStore {
             table: None,
             staging_ready: false,
             insert_stmt: None,
+            insert_new_stmt: None,
+            meta_ready: false,
+            relid: None,
             wal_checked: false,
             relations: HashMap::new(),
+            relation_lost: HashMap::new(),
         })
     }
 
@@ -246,30 +198,30 @@ impl PgStore {
         &self.cfg
     }
 
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.cfg.name
     }
 
-    fn qtable(&self) -> String {
+    pub(crate) fn qtable(&self) -> String {
         format!("{}.{}", qi(&self.cfg.schema), qi(&self.cfg.table))
     }
 
-    fn qoutbox(&self) -> String {
+    pub(crate) fn qoutbox(&self) -> String {
         format!("{}.{}", qi(&self.cfg.schema), qi(&self.cfg.outbox_table))
     }
 
-    fn table_key(&self) -> String {
+    pub(crate) fn table_key(&self) -> String {
         format!("{}.{}", self.cfg.schema, self.cfg.table)
     }
 
-    fn col(&self, field: &str) -> String {
+    pub(crate) fn col(&self, field: &str) -> String {
         qi(self.cfg.column(field))
     }
 
     /// The body of the trigger function that clears `content_hash` on every
     /// write but the store's own (which run with `contact_sync.writing` =
     /// `on` for their transaction, see `write_tx`).
-    fn forget_hash_body(&self) -> String {
+    pub(crate) fn forget_hash_body(&self) -> String {
         format!(
             "\nBEGIN\n  IF current_setting('contact_sync.writing', true) IS DISTINCT FROM 'on' THEN\n    \
              NEW.{} := NULL;\n  END IF;\n  RETURN NEW;\nEND\n",
@@ -278,7 +230,7 @@ impl PgStore {
     }
 
     /// The live connection, reopened when it was lost.
-    async fn client(&mut self) -> Result<&mut Client, StoreError> {
+    pub(crate) async fn client(&mut self) -> Result<&mut Client, StoreError> {
         let closed = self.client.as_ref().map(Client::is_closed).unwrap_or(true);
         if closed {
             if let Some(t) = self.conn_task.take() {
@@ -290,6 +242,7 @@ impl PgStore {
             self.conn_task = Some(task);
             self.staging_ready = false;
             self.wal_checked = false;
+            self.meta_ready = false;
         }
         self.client
             .as_mut()
@@ -330,7 +283,7 @@ impl PgStore {
         Ok(chrono::Duration::microseconds(server_us - mid_us))
     }
 
-    fn wal_level_error(&self, level: &str) -> StoreError {
+    pub(crate) fn wal_level_error(&self, level: &str) -> StoreError {
         StoreError::permanent(
             self.name(),
             format!(
@@ -341,7 +294,7 @@ impl PgStore {
         )
     }
 
-    async fn check_wal_level(&mut self) -> Result<(), StoreError> {
+    pub(crate) async fn check_wal_level(&mut self) -> Result<(), StoreError> {
         if self.wal_checked {
             return Ok(());
         }
@@ -386,30 +339,38 @@ impl PgStore {
             "CREATE TABLE IF NOT EXISTS {t} (\n  {}\n);\n",
             cols.join(",\n  ")
         ));
-        ddl.push_str(&format!(
-            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {id} uuid NOT NULL DEFAULT gen_random_uuid();\n"
-        ));
+        // Mapped columns missing from an existing table are added, except
+        // on a table this store set up (recorded oid): there a missing
+        // column was renamed or dropped by someone, and an empty new one
+        // would read as cleared values (the capture pauses instead).
+        let mut adds: Vec<(String, String)> = vec![(
+            self.cfg.column("id").to_string(),
+            format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {id} uuid NOT NULL DEFAULT gen_random_uuid();\n"),
+        )];
         for f in ALL_FIELDS {
             let extra = match *f {
                 "version" => " NOT NULL DEFAULT 1",
                 _ => "",
             };
-            ddl.push_str(&format!(
-                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {} {}{extra};\n",
-                self.col(f),
-                codec::sql_type(f)
+            adds.push((
+                self.cfg.column(f).to_string(),
+                format!(
+                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {} {}{extra};\n",
+                    self.col(f),
+                    codec::sql_type(f)
+                ),
             ));
         }
-        ddl.push_str(&format!(
+        let mut ddl_rest = format!(
             "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {upd} timestamptz NOT NULL DEFAULT now();\n"
-        ));
+        );
         let idx = |suffix: &str| qi(&format!("{tname}_{suffix}"));
         // updated_at maintained by trigger.
         let touch_fn = format!("{s}.{}", idx("touch_updated_at"));
-        // Every trigger is dropped in `ddl` and created again in `creates`,
+        // Every trigger is dropped in `ddl_rest` and created again in `creates`,
         // so that clearing kept hashes (below) runs with none of them.
         let mut creates = String::new();
-        ddl.push_str(&format!(
+        ddl_rest.push_str(&format!(
             "CREATE OR REPLACE FUNCTION {touch_fn}() RETURNS trigger LANGUAGE plpgsql AS $f$\n\
              BEGIN NEW.{upd} := now(); RETURN NEW; END\n$f$;\n\
              DROP TRIGGER IF EXISTS {trg} ON {t};\n",
@@ -424,7 +385,7 @@ impl PgStore {
         // ALWAYS: also for writes applied by logical replication.
         let forget_fn = format!("{s}.{}", idx("forget_content_hash"));
         let forget_body = self.forget_hash_body();
-        ddl.push_str(&format!(
+        ddl_rest.push_str(&format!(
             "CREATE OR REPLACE FUNCTION {forget_fn}() RETURNS trigger LANGUAGE plpgsql AS $f${forget_body}$f$;\n\
              DROP TRIGGER IF EXISTS {trg} ON {t};\n",
             trg = idx("forget_content_hash"),
@@ -436,7 +397,7 @@ impl PgStore {
         ));
         // NOTIFY trigger: wakes the poller, carries no data.
         let notify_fn = format!("{s}.{}", idx("contact_sync_notify"));
-        ddl.push_str(&format!(
+        ddl_rest.push_str(&format!(
             "CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $f$\n\
              BEGIN PERFORM pg_notify({chan}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME); RETURN NULL; END\n$f$;\n\
              DROP TRIGGER IF EXISTS {trg} ON {t};\n",
@@ -449,13 +410,13 @@ impl PgStore {
         ));
         match self.cfg.cdc {
             CdcMode::Slot => {
-                ddl.push_str(&format!("ALTER TABLE {t} REPLICA IDENTITY FULL;\n"));
+                ddl_rest.push_str(&format!("ALTER TABLE {t} REPLICA IDENTITY FULL;\n"));
             }
             CdcMode::Outbox => {
                 let o = self.qoutbox();
                 let ofn = format!("{s}.{}", idx("contact_sync_outbox"));
                 let lock_key = outbox_lock_key(&self.cfg.schema, &self.cfg.outbox_table);
-                ddl.push_str(&format!(
+                ddl_rest.push_str(&format!(
                     "CREATE TABLE IF NOT EXISTS {o} (\n  seq bigserial PRIMARY KEY,\n  tbl text NOT NULL,\n  op text NOT NULL,\n  \
                      old_row jsonb,\n  new_row jsonb,\n  txid bigint NOT NULL DEFAULT txid_current(),\n  at timestamptz NOT NULL DEFAULT now()\n);\n\
                      CREATE INDEX IF NOT EXISTS {oi} ON {o} (tbl, seq);\n\
@@ -463,15 +424,22 @@ impl PgStore {
                      BEGIN\n  -- Writers serialize here until commit, so seq order is commit order.\n  \
                      PERFORM pg_advisory_xact_lock({lock_key});\n  \
                      INSERT INTO {o} (tbl, op, old_row, new_row) VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP,\n    \
-                     CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);\n  \
+                     CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END, \
+                     CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END);\n  \
                      RETURN NULL;\nEND\n$f$;\n\
-                     DROP TRIGGER IF EXISTS {trg} ON {t};\n",
+                     DROP TRIGGER IF EXISTS {trg} ON {t};\n\
+                     DROP TRIGGER IF EXISTS {trunc} ON {t};\n",
                     oi = qi(&format!("{}_tbl_seq", self.cfg.outbox_table)),
                     trg = idx("contact_sync_outbox"),
+                    trunc = idx("contact_sync_outbox_truncate"),
                 ));
+                // A TRUNCATE fires no row trigger: a statement trigger puts
+                // it in the outbox (the capture pauses on it).
                 creates.push_str(&format!(
-                    "CREATE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {ofn}();\n",
+                    "CREATE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {ofn}();\n\
+                     CREATE TRIGGER {trunc} AFTER TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {ofn}();\n",
                     trg = idx("contact_sync_outbox"),
+                    trunc = idx("contact_sync_outbox_truncate"),
                 ));
             }
         }
@@ -482,6 +450,8 @@ impl PgStore {
         let slot_mode = self.cfg.cdc == CdcMode::Slot;
         let publication = self.cfg.publication.clone();
         let hash_col = self.col("content_hash");
+        let meta_ddl = self.meta_ddl();
+        let qmeta = self.qmeta();
         let client = self.client().await?;
         let tx = client
             .transaction()
@@ -494,9 +464,58 @@ impl PgStore {
         let trusted = hash_trigger_installed(&tx, &t, &forget_body)
             .await
             .map_err(|e| pg_err(&name, "migrate: reading the table's triggers", &e))?;
-        tx.batch_execute(&ddl)
+        tx.batch_execute(&format!("{ddl}{meta_ddl}"))
             .await
             .map_err(|e| pg_err(&name, &format!("migrate: creating {tkey}"), &e))?;
+        let recorded = recorded_relid(&tx, &qmeta, &tkey)
+            .await
+            .map_err(|e| pg_err(&name, "migrate: reading the store's bookkeeping", &e))?;
+        let current: i64 = tx
+            .query_one("SELECT to_regclass($1)::oid::bigint", &[&t])
+            .await
+            .map_err(|e| pg_err(&name, &format!("migrate: reading {tkey}"), &e))?
+            .get(0);
+        let present: Vec<String> = tx
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
+                 AND attnum > 0 AND NOT attisdropped",
+                &[&t],
+            )
+            .await
+            .map_err(|e| pg_err(&name, "migrate: reading the table's columns", &e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let ours = recorded == Some(current);
+        let mut add_sql = String::new();
+        for (col, sql) in &adds {
+            if present.contains(col) {
+                continue;
+            }
+            if ours {
+                tracing::warn!(store = %name, table = %tkey, column = %col,
+                    "a mapped column is missing from the table contact-sync set up (renamed or dropped?); \
+                     not re-creating it: change capture pauses until someone decides");
+            } else {
+                add_sql.push_str(sql);
+            }
+        }
+        if recorded.is_some_and(|r| r != current) {
+            tracing::warn!(store = %name, table = %tkey,
+                "the table was dropped and re-created since contact-sync set it up; change capture pauses \
+                 until `contact-sync cdc reset` adopts it");
+        }
+        tx.batch_execute(&format!("{add_sql}{ddl_rest}"))
+            .await
+            .map_err(|e| pg_err(&name, &format!("migrate: completing {tkey}"), &e))?;
+        if recorded.is_none() {
+            tx.execute(
+                &format!("INSERT INTO {qmeta} (tbl, relid) VALUES ($1, $2::bigint::oid) ON CONFLICT (tbl) DO NOTHING"),
+                &[&tkey, &current],
+            )
+            .await
+            .map_err(|e| pg_err(&name, "migrate: recording the table", &e))?;
+        }
         if !trusted {
             tx.batch_execute(&format!(
                 "UPDATE {t} SET {hash} = NULL WHERE {hash} IS NOT NULL",
@@ -589,12 +608,19 @@ impl PgStore {
                 .get(0);
             if !exists {
                 tx.batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR TABLE {t} WITH (publish = 'insert, update, delete')",
+                    "CREATE PUBLICATION {} FOR TABLE {t} WITH (publish = 'insert, update, delete, truncate')",
                     qi(&publication)
                 ))
                 .await
                 .map_err(|e| pg_err(&name, "migrate: creating the publication", &e))?;
             } else {
+                // A TRUNCATE must reach the capture (which pauses on it).
+                tx.batch_execute(&format!(
+                    "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
+                    qi(&publication)
+                ))
+                .await
+                .map_err(|e| pg_err(&name, "migrate: publishing truncates", &e))?;
                 let has_table: bool = tx
                     .query_one(
                         "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 \
@@ -629,7 +655,7 @@ impl PgStore {
 
     /// Creates the logical slot when it does not exist. Must run outside a
     /// transaction that wrote.
-    async fn ensure_slot(&mut self) -> Result<(), StoreError> {
+    pub(crate) async fn ensure_slot(&mut self) -> Result<(), StoreError> {
         let name = self.cfg.name.clone();
         let slot = self.cfg.slot_name.clone();
         let client = self.client().await?;
@@ -673,7 +699,7 @@ impl PgStore {
     }
 
     /// Loads the table's columns (once per connection and migrate).
-    async fn table_info(&mut self) -> Result<TableInfo, StoreError> {
+    pub(crate) async fn table_info(&mut self) -> Result<TableInfo, StoreError> {
         if let Some(t) = &self.table {
             return Ok(t.clone());
         }
@@ -700,12 +726,22 @@ impl PgStore {
         let fields: Vec<&'static str> = std::iter::once("id")
             .chain(ALL_FIELDS.iter().copied())
             .collect();
-        let missing: Vec<&str> = fields
+        let missing: Vec<String> = fields
             .iter()
-            .map(|f| self.cfg.column(f))
-            .filter(|c| !types.contains_key(*c))
+            .map(|f| self.cfg.column(f).to_string())
+            .filter(|c| !types.contains_key(c))
             .collect();
         if !missing.is_empty() {
+            // A table this store set up lost them (renamed, dropped): paused;
+            // a table never set up: migrate adds them.
+            let qmeta = self.qmeta();
+            let recorded = recorded_relid(self.client().await?, &qmeta, &tkey)
+                .await
+                .map_err(|e| pg_err(&name, "reading the store's bookkeeping", &e))?;
+            if recorded.is_some() {
+                let lost = self.missing_columns(|c| types.contains_key(c));
+                return Err(self.missing_column_error(&lost));
+            }
             return Err(StoreError::permanent(
                 &name,
                 format!(
@@ -749,8 +785,12 @@ impl PgStore {
             .filter(|f| **f != "contact_id")
             .map(|f| format!("{c} = EXCLUDED.{c}", c = self.col(f)))
             .collect();
+        // Upsert (version-guarded) of the staged rows not marked
+        // `ins_only`; plain insert of those marked (conditional writes that
+        // expected no row: a row inserted meanwhile by anyone is left
+        // alone, see `write_tx`).
         let insert_sql = format!(
-            "INSERT INTO {t} AS t ({cols}) SELECT {casts} FROM {STAGING} s \
+            "INSERT INTO {t} AS t ({cols}) SELECT {casts} FROM {STAGING} s WHERE NOT s.ins_only \
              ON CONFLICT ({cid}) DO UPDATE SET {sets} \
              WHERE COALESCE(t.{ver}::bigint, 0) <= EXCLUDED.{ver}::bigint \
              RETURNING t.{cid}::text, t.{id}::text",
@@ -762,6 +802,16 @@ impl PgStore {
             ver = self.col("version"),
             id = self.col("id"),
         );
+        let insert_new_sql = format!(
+            "INSERT INTO {t} AS t ({cols}) SELECT {casts} FROM {STAGING} s WHERE s.ins_only \
+             ON CONFLICT ({cid}) DO NOTHING \
+             RETURNING t.{cid}::text, t.{id}::text",
+            t = self.qtable(),
+            cols = target_cols.join(", "),
+            casts = casts.join(", "),
+            cid = self.col("contact_id"),
+            id = self.col("id"),
+        );
         let body = self.forget_hash_body();
         let hash_trusted = hash_trigger_installed(self.client().await?, &qt, &body)
             .await
@@ -770,6 +820,7 @@ impl PgStore {
             types,
             field_of,
             insert_sql,
+            insert_new_sql,
             select_list,
             hash_select_list,
             hash_trusted,
@@ -781,7 +832,7 @@ impl PgStore {
     /// Rows of the table matching `where_sql` (parameters `params`), decoded.
     /// Rows that cannot be decoded are logged and left out (the change
     /// stream reports them as undecodable).
-    async fn select(
+    pub(crate) async fn select(
         &mut self,
         where_sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -867,6 +918,23 @@ impl PgStore {
     /// checkpoint to read from afterwards.
     pub async fn cdc_reset(&mut self) -> Result<Checkpoint, StoreError> {
         let name = self.cfg.name.clone();
+        // Forget the table's recorded identity: the next migrate (or
+        // capture) adopts the table as it now is (see `guard`).
+        let (qmeta, tkey) = (self.qmeta(), self.table_key());
+        let client = self.client().await?;
+        if recorded_relid(client, &qmeta, &tkey)
+            .await
+            .map_err(|e| pg_err(&name, "reading the store's bookkeeping", &e))?
+            .is_some()
+        {
+            client
+                .execute(&format!("DELETE FROM {qmeta} WHERE tbl = $1"), &[&tkey])
+                .await
+                .map_err(|e| pg_err(&name, "resetting the store's bookkeeping", &e))?;
+        }
+        self.relid = None;
+        self.table = None;
+        self.staging_ready = false;
         match self.cfg.cdc {
             CdcMode::Slot => {
                 self.check_wal_level().await?;
@@ -917,562 +985,11 @@ impl PgStore {
     pub async fn change_notifier(&self) -> Result<crate::notify::ChangeNotifier, StoreError> {
         crate::notify::ChangeNotifier::start(self.cfg.clone()).await
     }
-
-    // ---- change capture: replication slot ----
-
-    fn row_from_tuple(&self, cols: &[String], new: &[Datum], old: Option<&[Datum]>) -> RawChange {
-        let mut row = RowText::default();
-        let mut missing = Vec::new();
-        let field_of = |c: &str| -> Option<&'static str> {
-            std::iter::once("id")
-                .chain(ALL_FIELDS.iter().copied())
-                .find(|f| self.cfg.column(f) == c)
-        };
-        for (i, col) in cols.iter().enumerate() {
-            let Some(field) = field_of(col) else { continue };
-            let mut d = new.get(i).cloned().unwrap_or(Datum::Null);
-            if d == Datum::Unchanged {
-                d = old
-                    .and_then(|o| o.get(i))
-                    .cloned()
-                    .unwrap_or(Datum::Unchanged);
-            }
-            let v = match d {
-                Datum::Null => None,
-                Datum::Text(s) => Some(s),
-                Datum::Unchanged => {
-                    missing.push(field);
-                    None
-                }
-            };
-            if field == "id" {
-                row.row_id = v;
-            } else {
-                row.fields.insert(field, v);
-            }
-        }
-        RawChange {
-            op: RawOp::Upsert,
-            row,
-            missing,
-        }
-    }
-
-    async fn peek(&mut self, n: i32) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let name = self.cfg.name.clone();
-        let slot = self.cfg.slot_name.clone();
-        let publication = self.cfg.publication.clone();
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
-                 'proto_version', '1', 'publication_names', $3)",
-                &[&slot, &n, &publication],
-            )
-            .await;
-        match rows {
-            Ok(rows) => Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
-            Err(e) => {
-                let code = e.as_db_error().map(|d| d.code().code().to_string());
-                if code.as_deref() == Some("42704") {
-                    return Err(StoreError::permanent(
-                        &name,
-                        format!("replication slot `{slot}` does not exist: run `contact-sync migrate` (or `cdc reset`)"),
-                    ));
-                }
-                if code.as_deref() == Some("55000") {
-                    if let Ok(level) = self.wal_level().await {
-                        if level != "logical" {
-                            return Err(self.wal_level_error(&level));
-                        }
-                    }
-                }
-                Err(pg_err(
-                    &name,
-                    &format!("reading replication slot `{slot}`"),
-                    &e,
-                ))
-            }
-        }
-    }
-
-    fn parse_txns(&mut self, rows: &[(String, Vec<u8>)]) -> Result<Vec<Txn>, StoreError> {
-        let mut txns = Vec::new();
-        let mut cur: Option<Vec<RawChange>> = None;
-        for (lsn, data) in rows {
-            let msg = pgoutput::parse(data).map_err(|e| {
-                StoreError::permanent(
-                    self.name(),
-                    format!("slot `{}` at {lsn}: {e}", self.cfg.slot_name),
-                )
-            })?;
-            match msg {
-                Message::Begin { .. } => cur = Some(Vec::new()),
-                Message::Commit { end_lsn, .. } => {
-                    txns.push(Txn {
-                        end_lsn,
-                        changes: cur.take().unwrap_or_default(),
-                    });
-                }
-                Message::Relation { oid, columns, .. } => {
-                    self.relations
-                        .insert(oid, columns.into_iter().map(|c| c.name).collect());
-                }
-                Message::Insert { rel, new } => {
-                    let cols = self.relation(rel, lsn)?;
-                    let ch = self.row_from_tuple(&cols, &new, None);
-                    cur.get_or_insert_with(Vec::new).push(ch);
-                }
-                Message::Update { rel, old, new } => {
-                    let cols = self.relation(rel, lsn)?;
-                    let ch = self.row_from_tuple(&cols, &new, old.as_deref());
-                    cur.get_or_insert_with(Vec::new).push(ch);
-                }
-                Message::Delete { rel, old } => {
-                    let cols = self.relation(rel, lsn)?;
-                    let mut ch = self.row_from_tuple(&cols, &old, None);
-                    ch.op = RawOp::Delete;
-                    ch.missing.clear();
-                    cur.get_or_insert_with(Vec::new).push(ch);
-                }
-                Message::Truncate { .. } => {
-                    tracing::warn!(store = %self.name(), "TRUNCATE of the contacts table seen in the slot; it is not replicated (run a reconcile)");
-                }
-                Message::Origin { .. } | Message::Other(_) => {}
-            }
-        }
-        Ok(txns)
-    }
-
-    fn relation(&self, rel: u32, lsn: &str) -> Result<Vec<String>, StoreError> {
-        self.relations.get(&rel).cloned().ok_or_else(|| {
-            StoreError::permanent(
-                self.name(),
-                format!(
-                    "slot `{}` at {lsn}: change of relation {rel} before its Relation message",
-                    self.cfg.slot_name
-                ),
-            )
-        })
-    }
-
-    /// Fills values an update did not carry from the current row.
-    async fn fill_missing(&mut self, ch: &mut RawChange) -> Result<(), StoreError> {
-        let Some(row_id) = ch.row.row_id.clone() else {
-            return Ok(());
-        };
-        let info = self.table_info().await?;
-        let name = self.cfg.name.clone();
-        let sql = format!(
-            "SELECT {} FROM {} t WHERE t.{}::text = $1",
-            info.select_list,
-            self.qtable(),
-            self.col("id")
-        );
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&row_id])
-            .await
-            .map_err(|e| pg_err(&name, "reading a row for unchanged TOAST values", &e))?;
-        if let Some(r) = row {
-            for f in std::mem::take(&mut ch.missing) {
-                if let Some(i) = ALL_FIELDS.iter().position(|x| *x == f) {
-                    ch.row.fields.insert(f, r.get(i + 1));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn to_change(raw: RawChange) -> Change {
-        let native_id = raw
-            .row
-            .row_id
-            .clone()
-            .or_else(|| raw.row.fields.get("contact_id").cloned().flatten())
-            .unwrap_or_default();
-        let kind = match raw.op {
-            RawOp::Delete => ChangeKind::Delete {
-                contact_id: raw
-                    .row
-                    .fields
-                    .get("contact_id")
-                    .cloned()
-                    .flatten()
-                    .filter(|s| !s.trim().is_empty()),
-            },
-            RawOp::Upsert => match codec::decode(&raw.row) {
-                Ok(c) => ChangeKind::Upsert(Box::new(c)),
-                Err(e) => ChangeKind::Undecodable {
-                    invalid: e.invalid,
-                    payload: Some(e.payload),
-                },
-            },
-        };
-        Change { native_id, kind }
-    }
-
-    async fn read_slot(
-        &mut self,
-        from: Option<&Checkpoint>,
-        limit: usize,
-    ) -> Result<ChangeBatch, StoreError> {
-        let from_pos = SlotPos::parse(self.name(), from)?;
-        self.check_wal_level().await?;
-        let limit = limit.max(1);
-        let mut n: i64 = (limit as i64) * 4 + 16;
-        loop {
-            let nn = i32::try_from(n).unwrap_or(i32::MAX);
-            let rows = self.peek(nn).await?;
-            let exhausted = (rows.len() as i64) < n;
-            let txns = self.parse_txns(&rows)?;
-            let mut out: Vec<RawChange> = Vec::new();
-            let mut pos = from_pos;
-            let mut stopped_inside = false;
-            let mut left_over = false;
-            for txn in txns {
-                let skip = if txn.end_lsn < from_pos.lsn {
-                    continue;
-                } else if txn.end_lsn == from_pos.lsn {
-                    match from_pos.partial {
-                        None => continue,
-                        Some(k) => k,
-                    }
-                } else {
-                    0
-                };
-                if out.len() >= limit {
-                    left_over = true;
-                    break;
-                }
-                let total = txn.changes.len();
-                let mut taken = skip;
-                for ch in txn.changes.into_iter().skip(skip) {
-                    if out.len() >= limit {
-                        break;
-                    }
-                    out.push(ch);
-                    taken += 1;
-                }
-                if taken < total {
-                    pos = SlotPos {
-                        lsn: txn.end_lsn,
-                        partial: Some(taken),
-                    };
-                    stopped_inside = true;
-                    break;
-                }
-                pos = SlotPos {
-                    lsn: txn.end_lsn,
-                    partial: None,
-                };
-            }
-            if out.len() < limit && !exhausted && !stopped_inside {
-                // Not enough whole transactions in this window: look further.
-                n = n.saturating_mul(2);
-                continue;
-            }
-            let has_more = stopped_inside || left_over || !exhausted;
-            let mut changes = Vec::with_capacity(out.len());
-            for mut raw in out {
-                if !raw.missing.is_empty() {
-                    self.fill_missing(&mut raw).await?;
-                }
-                changes.push(Self::to_change(raw));
-            }
-            let checkpoint = if changes.is_empty() && pos == from_pos {
-                from.cloned().unwrap_or_else(|| pos.checkpoint())
-            } else {
-                pos.checkpoint()
-            };
-            return Ok(ChangeBatch {
-                changes,
-                checkpoint,
-                has_more,
-            });
-        }
-    }
-
-    async fn ack_slot(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
-        let pos = SlotPos::parse(self.name(), Some(upto))?;
-        if pos.partial.is_some() || pos.lsn == Lsn(0) {
-            // The slot only moves by whole transactions.
-            return Ok(());
-        }
-        let name = self.cfg.name.clone();
-        let slot = self.cfg.slot_name.clone();
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(|e| pg_err(&name, "reading the replication slot", &e))?
-            .ok_or_else(|| {
-                StoreError::permanent(
-                    &name,
-                    format!("replication slot `{slot}` does not exist: run `contact-sync migrate`"),
-                )
-            })?;
-        let confirmed: Option<String> = row.get(0);
-        let confirmed = confirmed
-            .as_deref()
-            .and_then(Lsn::parse)
-            .unwrap_or_default();
-        if pos.lsn <= confirmed {
-            return Ok(());
-        }
-        let target = pos.lsn.to_string();
-        client
-            .execute(
-                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-                &[&slot, &target],
-            )
-            .await
-            .map_err(|e| {
-                pg_err(
-                    &name,
-                    &format!("advancing replication slot `{slot}` to {target}"),
-                    &e,
-                )
-            })?;
-        Ok(())
-    }
-
-    // ---- change capture: outbox ----
-
-    async fn read_outbox(
-        &mut self,
-        from: Option<&Checkpoint>,
-        limit: usize,
-    ) -> Result<ChangeBatch, StoreError> {
-        let name = self.cfg.name.clone();
-        let from_seq: i64 = match from {
-            None => 0,
-            Some(c) => c.as_str().parse().map_err(|_| {
-                StoreError::permanent(
-                    &name,
-                    format!("checkpoint {c} is not an outbox sequence number"),
-                )
-            })?,
-        };
-        let info = self.table_info().await?;
-        let sql = format!(
-            "SELECT seq, op, old_row::text, new_row::text FROM {} WHERE tbl = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            self.qoutbox()
-        );
-        let tkey = self.table_key();
-        let lim = limit.max(1) as i64;
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&tkey, &from_seq, &lim])
-            .await
-            .map_err(|e| pg_err(&name, "reading the outbox", &e))?;
-        let mut changes = Vec::with_capacity(rows.len());
-        let mut last = from_seq;
-        for r in &rows {
-            let seq: i64 = r.get(0);
-            let op: String = r.get(1);
-            let image: Option<String> = if op == "DELETE" { r.get(2) } else { r.get(3) };
-            let row = image_to_row(&info, image.as_deref().unwrap_or("{}")).map_err(|e| {
-                StoreError::permanent(&name, format!("outbox row {seq}: not a JSON object: {e}"))
-            })?;
-            let raw = RawChange {
-                op: if op == "DELETE" {
-                    RawOp::Delete
-                } else {
-                    RawOp::Upsert
-                },
-                row,
-                missing: Vec::new(),
-            };
-            changes.push(Self::to_change(raw));
-            last = seq;
-        }
-        let has_more = rows.len() as i64 == lim;
-        let checkpoint = if rows.is_empty() {
-            from.cloned().unwrap_or_else(|| Checkpoint::new("0"))
-        } else {
-            Checkpoint::new(last.to_string())
-        };
-        Ok(ChangeBatch {
-            changes,
-            checkpoint,
-            has_more,
-        })
-    }
-
-    async fn ack_outbox(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
-        let name = self.cfg.name.clone();
-        let seq: i64 = upto.as_str().parse().map_err(|_| {
-            StoreError::permanent(
-                &name,
-                format!("checkpoint {upto} is not an outbox sequence number"),
-            )
-        })?;
-        let sql = format!(
-            "DELETE FROM {} WHERE tbl = $1 AND seq <= $2",
-            self.qoutbox()
-        );
-        let tkey = self.table_key();
-        self.client()
-            .await?
-            .execute(&sql, &[&tkey, &seq])
-            .await
-            .map_err(|e| pg_err(&name, "deleting acknowledged outbox rows", &e))?;
-        Ok(())
-    }
-
-    // ---- writes ----
-
-    async fn ensure_staging(&mut self) -> Result<(), StoreError> {
-        if self.staging_ready {
-            return Ok(());
-        }
-        let name = self.cfg.name.clone();
-        let cols: Vec<String> = ALL_FIELDS
-            .iter()
-            .map(|f| format!("{} text", qi(f)))
-            .collect();
-        let sql = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS contact_sync_staging (ord int4 NOT NULL, {}) ON COMMIT DELETE ROWS",
-            cols.join(", ")
-        );
-        self.client()
-            .await?
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| pg_err(&name, "creating the staging table", &e))?;
-        let info = self.table_info().await?;
-        let stmt = self
-            .client()
-            .await?
-            .prepare(&info.insert_sql)
-            .await
-            .map_err(|e| pg_err(&name, "preparing the upsert", &e))?;
-        self.insert_stmt = Some(stmt);
-        self.staging_ready = true;
-        Ok(())
-    }
-
-    /// One transaction: COPY the batch's winners into staging, upsert them
-    /// with the version guard, then find the stored version of any the
-    /// guard refused.
-    ///
-    /// Several writes of one contact in a batch: the winner is the highest
-    /// version (the last of equals), as applying them in order would leave.
-    /// Writes after the winner are stale against it; writes before it are
-    /// reported applied when it applied (they were overwritten by a newer
-    /// version of the same contact) and stale when it was refused.
-    async fn write_tx(
-        &mut self,
-        writes: &[(usize, &Contact)],
-    ) -> Result<Vec<(usize, WriteOutcome)>, tokio_postgres::Error> {
-        let qtable = self.qtable();
-        let cid = self.col("contact_id");
-        let ver = self.col("version");
-        let Some(insert_stmt) = self.insert_stmt.clone() else {
-            unreachable!("write_tx runs after ensure_staging")
-        };
-        let Some(client) = self.client.as_mut() else {
-            unreachable!("write_tx runs after client()")
-        };
-        // Winner per contact: highest version, last among equals.
-        let mut winner: HashMap<&str, (usize, i64)> = HashMap::with_capacity(writes.len());
-        for (pos, (_, c)) in writes.iter().enumerate() {
-            let e = winner
-                .entry(c.contact_id.as_str())
-                .or_insert((pos, c.version));
-            if c.version >= e.1 {
-                *e = (pos, c.version);
-            }
-        }
-        let tx = client.transaction().await?;
-        // Our writes keep the content_hash they carry (the trigger clears
-        // it on everyone else's).
-        tx.batch_execute("SET LOCAL contact_sync.writing = 'on'")
-            .await?;
-        let copy_sql = format!(
-            "COPY {STAGING} (ord, {}) FROM STDIN",
-            ALL_FIELDS
-                .iter()
-                .map(|f| qi(f))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        // Text COPY, built into large chunks: far fewer messages and
-        // syscalls than one small write per value.
-        let sink = tx.copy_in::<_, bytes::Bytes>(&copy_sql).await?;
-        futures_util::pin_mut!(sink);
-        let mut buf = bytes::BytesMut::with_capacity(1 << 20);
-        for (pos, (ord, c)) in writes.iter().enumerate() {
-            if winner.get(c.contact_id.as_str()).map(|w| w.0) != Some(pos) {
-                continue;
-            }
-            copy_row(&mut buf, *ord, &codec::encode(c));
-            if buf.len() >= 1 << 20 {
-                sink.as_mut().send(buf.split().freeze()).await?;
-            }
-        }
-        if !buf.is_empty() {
-            sink.as_mut().send(buf.split().freeze()).await?;
-        }
-        sink.as_mut().finish().await?;
-        let returned = tx.query(&insert_stmt, &[]).await?;
-        let mut row_ids: HashMap<String, String> = HashMap::with_capacity(returned.len());
-        for r in &returned {
-            let c: String = r.get(0);
-            let i: Option<String> = r.get(1);
-            row_ids.insert(c.clone(), i.unwrap_or(c));
-        }
-        let refused: Vec<String> = winner
-            .keys()
-            .filter(|c| !row_ids.contains_key(**c))
-            .map(|c| c.to_string())
-            .collect();
-        let mut stored: HashMap<String, i64> = HashMap::new();
-        if !refused.is_empty() {
-            let rows = tx
-                .query(
-                    &format!(
-                        "SELECT t.{cid}::text, t.{ver}::bigint FROM {qtable} t WHERE t.{cid}::text = ANY($1)"
-                    ),
-                    &[&refused],
-                )
-                .await?;
-            for r in rows {
-                stored.insert(r.get(0), r.get::<_, Option<i64>>(1).unwrap_or(0));
-            }
-        }
-        tx.commit().await?;
-        Ok(writes
-            .iter()
-            .enumerate()
-            .map(|(pos, (ord, c))| {
-                let (wpos, wver) = winner[c.contact_id.as_str()];
-                let o = match row_ids.get(&c.contact_id) {
-                    Some(native_id) if pos <= wpos => WriteOutcome::Applied {
-                        native_id: native_id.clone(),
-                    },
-                    Some(_) => WriteOutcome::Stale {
-                        stored_version: wver,
-                    },
-                    None => WriteOutcome::Stale {
-                        stored_version: stored.get(&c.contact_id).copied().unwrap_or(wver),
-                    },
-                };
-                (*ord, o)
-            })
-            .collect())
-    }
 }
 
 /// The row id and the fields of a row read with `select_list` whose
 /// columns start at `first`.
-fn row_text(r: &tokio_postgres::Row, first: usize) -> RowText {
+pub(crate) fn row_text(r: &tokio_postgres::Row, first: usize) -> RowText {
     let mut row = RowText {
         row_id: r.get(first),
         ..Default::default()
@@ -1505,36 +1022,6 @@ async fn hash_trigger_installed(
         .get(0))
 }
 
-/// Appends one row in COPY text format (tab-separated, `\\N` for NULL,
-/// backslash escapes).
-fn copy_row(buf: &mut bytes::BytesMut, ord: usize, values: &[Option<String>]) {
-    buf.extend_from_slice(ord.to_string().as_bytes());
-    for v in values {
-        buf.extend_from_slice(b"\t");
-        match v {
-            None => buf.extend_from_slice(b"\\N"),
-            Some(s) => {
-                let bytes = s.as_bytes();
-                let mut start = 0;
-                for (i, b) in bytes.iter().enumerate() {
-                    let esc: &[u8] = match b {
-                        b'\\' => b"\\\\",
-                        b'\t' => b"\\t",
-                        b'\n' => b"\\n",
-                        b'\r' => b"\\r",
-                        _ => continue,
-                    };
-                    buf.extend_from_slice(&bytes[start..i]);
-                    buf.extend_from_slice(esc);
-                    start = i + 1;
-                }
-                buf.extend_from_slice(&bytes[start..]);
-            }
-        }
-    }
-    buf.extend_from_slice(b"\n");
-}
-
 /// The primary entry's `key` of a jsonb array column (the `is_primary`
 /// one, else the first; emails lower-cased), as an immutable expression
 /// that a btree index can hold. `key` is `address` or `number`.
@@ -1551,7 +1038,7 @@ fn primary_expr(col: &str, key: &str) -> String {
 }
 
 /// A stable advisory-lock key for an outbox (FNV-1a of its name).
-fn outbox_lock_key(schema: &str, table: &str) -> i64 {
+pub(crate) fn outbox_lock_key(schema: &str, table: &str) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in format!("contact_sync_outbox:{schema}.{table}").bytes() {
         h ^= b as u64;
@@ -1560,130 +1047,34 @@ fn outbox_lock_key(schema: &str, table: &str) -> i64 {
     h as i64
 }
 
-/// An outbox row image (`to_jsonb(row)`) as text values.
-fn image_to_row(info: &TableInfo, image: &str) -> Result<RowText, serde_json::Error> {
-    let obj: BTreeMap<String, serde_json::Value> = serde_json::from_str(image)?;
-    let mut row = RowText::default();
-    for (col, v) in obj {
-        let Some(field) = info.field_of.get(&col).copied() else {
-            continue;
-        };
-        let is_json = matches!(
-            info.types.get(&col).map(String::as_str),
-            Some("jsonb" | "json")
-        );
-        let text = match v {
-            serde_json::Value::Null => None,
-            serde_json::Value::String(s) if !is_json => Some(s),
-            other => Some(other.to_string()),
-        };
-        if field == "id" {
-            row.row_id = text;
-        } else {
-            row.fields.insert(field, text);
-        }
-    }
-    Ok(row)
-}
-
-#[async_trait]
-impl ChangeSource for PgStore {
-    /// Slot mode: peeks (never consumes) the slot, skips every transaction
-    /// whose commit ends at or before `from`, and returns whole transactions
-    /// in commit order; the checkpoint is the end LSN of the last commit
-    /// (`X/Y`), or `X/Y:n` when `limit` ended the batch inside a transaction.
-    /// Outbox mode: rows with `seq > from`; the checkpoint is the last `seq`.
-    async fn read_changes(
-        &mut self,
-        from: Option<&Checkpoint>,
-        limit: usize,
-    ) -> Result<ChangeBatch, StoreError> {
-        match self.cfg.cdc {
-            CdcMode::Slot => self.read_slot(from, limit).await,
-            CdcMode::Outbox => self.read_outbox(from, limit).await,
-        }
-    }
-
-    /// Slot mode: `pg_replication_slot_advance` to the checkpoint (only
-    /// forward; a checkpoint inside a transaction waits for its end).
-    /// Outbox mode: deletes the outbox rows up to it.
-    async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
-        match self.cfg.cdc {
-            CdcMode::Slot => self.ack_slot(upto).await,
-            CdcMode::Outbox => self.ack_outbox(upto).await,
-        }
-    }
-}
-
 #[async_trait]
 impl RecordSink for PgStore {
+    /// [`write_batch_if`](RecordSink::write_batch_if) with no condition.
     async fn write_batch(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let name = self.cfg.name.clone();
-        let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; writes.len()];
-        let mut todo: Vec<(usize, &Contact)> = Vec::with_capacity(writes.len());
-        for (i, c) in writes.iter().enumerate() {
-            if c.contact_id.trim().is_empty() {
-                outcomes[i] = Some(WriteOutcome::Rejected {
-                    field: "contact_id".into(),
-                    reason: "is missing".into(),
-                });
-            } else {
-                todo.push((i, c));
-            }
+        let expect = vec![Expect::Any; writes.len()];
+        self.write_all(writes, &expect).await
+    }
+
+    /// Atomic: in the write's transaction the target rows are locked
+    /// (`SELECT … FOR UPDATE`) and compared with `expect` before the
+    /// upsert (see the crate docs, "Conditional writes").
+    async fn write_batch_if(
+        &mut self,
+        writes: Vec<Contact>,
+        expect: &[Expect],
+    ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
+        if writes.len() != expect.len() {
+            return Err(StoreError::permanent(
+                self.name(),
+                format!(
+                    "write_batch_if: {} writes but {} conditions",
+                    writes.len(),
+                    expect.len()
+                ),
+            ));
         }
-        if !todo.is_empty() {
-            self.client().await?;
-            self.table_info().await?;
-            self.ensure_staging().await?;
-            match self.write_tx(&todo).await {
-                Ok(done) => {
-                    for (i, o) in done {
-                        outcomes[i] = Some(o);
-                    }
-                }
-                Err(e) if matches!(sqlstate_class(&e).as_deref(), Some("22" | "23")) => {
-                    // A value the table refuses: find it record by record.
-                    for (i, c) in &todo {
-                        match self.write_tx(&[(*i, *c)]).await {
-                            Ok(done) => {
-                                for (j, o) in done {
-                                    outcomes[j] = Some(o);
-                                }
-                            }
-                            Err(e)
-                                if matches!(sqlstate_class(&e).as_deref(), Some("22" | "23")) =>
-                            {
-                                let db = e.as_db_error();
-                                let field = db
-                                    .and_then(|d| d.column())
-                                    .and_then(|col| {
-                                        std::iter::once("id")
-                                            .chain(ALL_FIELDS.iter().copied())
-                                            .find(|f| self.cfg.column(f) == col)
-                                    })
-                                    .unwrap_or("record")
-                                    .to_string();
-                                let reason = db
-                                    .map(|d| d.message().to_string())
-                                    .unwrap_or_else(|| e.to_string());
-                                outcomes[*i] = Some(WriteOutcome::Rejected { field, reason });
-                            }
-                            Err(e) => return Err(pg_err(&name, "writing contacts", &e)),
-                        }
-                    }
-                }
-                Err(e) => return Err(pg_err(&name, "writing contacts", &e)),
-            }
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or(WriteOutcome::Rejected {
-                    field: "record".into(),
-                    reason: "no outcome".into(),
-                })
-            })
-            .collect())
+        let outcomes = self.write_all(&writes, expect).await?;
+        Ok((outcomes, writes))
     }
 
     async fn read(&mut self, contact_ids: &[String]) -> Result<Vec<Contact>, StoreError> {
@@ -1859,6 +1250,12 @@ impl StoreInfo for PgStore {
 
     fn keeps_version(&self) -> bool {
         true
+    }
+
+    /// The rows a conditional write targets are locked and compared in the
+    /// write's own transaction.
+    fn conditional_writes(&self) -> Conditional {
+        Conditional::Atomic
     }
 
     /// Once the table's columns are loaded (before any record is read):

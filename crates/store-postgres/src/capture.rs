@@ -1,0 +1,625 @@
+//! Change capture: the replication slot (pgoutput) and the outbox.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use contact_sync_connector::{
+    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, StoreError,
+};
+use contact_sync_core::model::ALL_FIELDS;
+
+use crate::codec::{self, RowText};
+use crate::config::CdcMode;
+use crate::pgoutput::{self, Datum, Lsn, Message};
+use crate::store::{pg_err, PgStore, TableInfo};
+
+/// A position in the slot's stream: the end LSN of a transaction's commit
+/// record, and how many of its changes were delivered when a batch ended
+/// inside it (`None` = the whole transaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlotPos {
+    lsn: Lsn,
+    partial: Option<usize>,
+}
+
+impl SlotPos {
+    fn parse(store: &str, c: Option<&Checkpoint>) -> Result<SlotPos, StoreError> {
+        let Some(c) = c else {
+            return Ok(SlotPos {
+                lsn: Lsn(0),
+                partial: None,
+            });
+        };
+        let bad = || {
+            StoreError::permanent(
+                store,
+                format!("checkpoint {c} is not a slot position (LSN X/Y or X/Y:n)"),
+            )
+        };
+        let (lsn, partial) = match c.as_str().split_once(':') {
+            Some((l, n)) => (l, Some(n.parse::<usize>().map_err(|_| bad())?)),
+            None => (c.as_str(), None),
+        };
+        Ok(SlotPos {
+            lsn: Lsn::parse(lsn).ok_or_else(bad)?,
+            partial,
+        })
+    }
+    fn checkpoint(&self) -> Checkpoint {
+        match self.partial {
+            Some(n) => Checkpoint::new(format!("{}:{n}", self.lsn)),
+            None => Checkpoint::new(self.lsn.to_string()),
+        }
+    }
+}
+
+/// One row change decoded from the slot, before it is turned into a contact.
+pub(crate) struct RawChange {
+    op: RawOp,
+    row: RowText,
+    /// Fields the update did not carry (unchanged TOAST without an old image).
+    missing: Vec<&'static str>,
+    /// The change cannot be read safely (its relation lacks a mapped
+    /// column, a TRUNCATE): the capture delivers what came before it and
+    /// then pauses with this error.
+    problem: Option<StoreError>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RawOp {
+    Upsert,
+    Delete,
+}
+
+pub(crate) struct Txn {
+    end_lsn: Lsn,
+    changes: Vec<RawChange>,
+}
+
+impl PgStore {
+    // ---- change capture: replication slot ----
+
+    pub(crate) fn row_from_tuple(
+        &self,
+        cols: &[String],
+        new: &[Datum],
+        old: Option<&[Datum]>,
+    ) -> RawChange {
+        let mut row = RowText::default();
+        let mut missing = Vec::new();
+        let field_of = |c: &str| -> Option<&'static str> {
+            std::iter::once("id")
+                .chain(ALL_FIELDS.iter().copied())
+                .find(|f| self.cfg.column(f) == c)
+        };
+        for (i, col) in cols.iter().enumerate() {
+            let Some(field) = field_of(col) else { continue };
+            let mut d = new.get(i).cloned().unwrap_or(Datum::Null);
+            if d == Datum::Unchanged {
+                d = old
+                    .and_then(|o| o.get(i))
+                    .cloned()
+                    .unwrap_or(Datum::Unchanged);
+            }
+            let v = match d {
+                Datum::Null => None,
+                Datum::Text(s) => Some(s),
+                Datum::Unchanged => {
+                    missing.push(field);
+                    None
+                }
+            };
+            if field == "id" {
+                row.row_id = v;
+            } else {
+                row.fields.insert(field, v);
+            }
+        }
+        RawChange {
+            op: RawOp::Upsert,
+            row,
+            missing,
+            problem: None,
+        }
+    }
+
+    /// The paused error of a TRUNCATE of the table.
+    fn truncate_error(&self, at: &str) -> StoreError {
+        let (tkey, store) = (self.table_key(), &self.cfg.name);
+        StoreError::paused(
+            store,
+            format!(
+                "table {tkey} was truncated ({at}): contact-sync does not replay a TRUNCATE as deletes \
+                 of every contact, so {store} is paused. If it was a mistake, restore the rows and run \
+                 `contact-sync cdc reset {store}` (canonical is copied to it again); to delete the \
+                 contacts everywhere, delete them in canonical"
+            ),
+        )
+    }
+
+    pub(crate) async fn peek(&mut self, n: i32) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let name = self.cfg.name.clone();
+        let slot = self.cfg.slot_name.clone();
+        let publication = self.cfg.publication.clone();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
+                 'proto_version', '1', 'publication_names', $3)",
+                &[&slot, &n, &publication],
+            )
+            .await;
+        match rows {
+            Ok(rows) => Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
+            Err(e) => {
+                let code = e.as_db_error().map(|d| d.code().code().to_string());
+                if code.as_deref() == Some("42704") {
+                    return Err(StoreError::permanent(
+                        &name,
+                        format!("replication slot `{slot}` does not exist: run `contact-sync migrate` (or `cdc reset`)"),
+                    ));
+                }
+                if code.as_deref() == Some("55000") {
+                    if let Ok(level) = self.wal_level().await {
+                        if level != "logical" {
+                            return Err(self.wal_level_error(&level));
+                        }
+                    }
+                }
+                Err(pg_err(
+                    &name,
+                    &format!("reading replication slot `{slot}`"),
+                    &e,
+                ))
+            }
+        }
+    }
+
+    pub(crate) fn parse_txns(
+        &mut self,
+        rows: &[(String, Vec<u8>)],
+    ) -> Result<Vec<Txn>, StoreError> {
+        let mut txns = Vec::new();
+        let mut cur: Option<Vec<RawChange>> = None;
+        for (lsn, data) in rows {
+            let msg = pgoutput::parse(data).map_err(|e| {
+                StoreError::permanent(
+                    self.name(),
+                    format!("slot `{}` at {lsn}: {e}", self.cfg.slot_name),
+                )
+            })?;
+            match msg {
+                Message::Begin { .. } => cur = Some(Vec::new()),
+                Message::Commit { end_lsn, .. } => {
+                    txns.push(Txn {
+                        end_lsn,
+                        changes: cur.take().unwrap_or_default(),
+                    });
+                }
+                Message::Relation { oid, columns, .. } => {
+                    let cols: Vec<String> = columns.into_iter().map(|c| c.name).collect();
+                    // A mapped column the relation lacks (renamed, dropped)
+                    // is never read as NULL: its changes are a problem.
+                    let lost = self.missing_columns(|c| cols.iter().any(|x| x == c));
+                    if lost.is_empty() {
+                        self.relation_lost.remove(&oid);
+                    } else {
+                        let e = self.missing_column_error(&lost);
+                        self.relation_lost.insert(oid, e);
+                    }
+                    self.relations.insert(oid, cols);
+                }
+                Message::Insert { rel, new } => {
+                    let cols = self.relation(rel, lsn)?;
+                    let mut ch = self.row_from_tuple(&cols, &new, None);
+                    ch.problem = self.relation_lost.get(&rel).cloned();
+                    cur.get_or_insert_with(Vec::new).push(ch);
+                }
+                Message::Update { rel, old, new } => {
+                    let cols = self.relation(rel, lsn)?;
+                    let mut ch = self.row_from_tuple(&cols, &new, old.as_deref());
+                    ch.problem = self.relation_lost.get(&rel).cloned();
+                    cur.get_or_insert_with(Vec::new).push(ch);
+                }
+                Message::Delete { rel, old } => {
+                    let cols = self.relation(rel, lsn)?;
+                    let mut ch = self.row_from_tuple(&cols, &old, None);
+                    ch.op = RawOp::Delete;
+                    ch.missing.clear();
+                    ch.problem = self.relation_lost.get(&rel).cloned();
+                    cur.get_or_insert_with(Vec::new).push(ch);
+                }
+                Message::Truncate { .. } => {
+                    let ch = RawChange {
+                        op: RawOp::Delete,
+                        row: RowText::default(),
+                        missing: Vec::new(),
+                        problem: Some(self.truncate_error(&format!("WAL position {lsn}"))),
+                    };
+                    cur.get_or_insert_with(Vec::new).push(ch);
+                }
+                Message::Origin { .. } | Message::Other(_) => {}
+            }
+        }
+        Ok(txns)
+    }
+
+    pub(crate) fn relation(&self, rel: u32, lsn: &str) -> Result<Vec<String>, StoreError> {
+        self.relations.get(&rel).cloned().ok_or_else(|| {
+            StoreError::permanent(
+                self.name(),
+                format!(
+                    "slot `{}` at {lsn}: change of relation {rel} before its Relation message",
+                    self.cfg.slot_name
+                ),
+            )
+        })
+    }
+
+    /// Fills values an update did not carry from the current row.
+    pub(crate) async fn fill_missing(&mut self, ch: &mut RawChange) -> Result<(), StoreError> {
+        let Some(row_id) = ch.row.row_id.clone() else {
+            return Ok(());
+        };
+        let info = self.table_info().await?;
+        let name = self.cfg.name.clone();
+        let sql = format!(
+            "SELECT {} FROM {} t WHERE t.{}::text = $1",
+            info.select_list,
+            self.qtable(),
+            self.col("id")
+        );
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&row_id])
+            .await
+            .map_err(|e| pg_err(&name, "reading a row for unchanged TOAST values", &e))?;
+        if let Some(r) = row {
+            for f in std::mem::take(&mut ch.missing) {
+                if let Some(i) = ALL_FIELDS.iter().position(|x| *x == f) {
+                    ch.row.fields.insert(f, r.get(i + 1));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The change of a raw image. Without the table's hash trigger a kept
+    /// `content_hash` proves nothing: it is dropped from the image.
+    pub(crate) fn to_change(raw: RawChange, hash_trusted: bool) -> Change {
+        let native_id = raw
+            .row
+            .row_id
+            .clone()
+            .or_else(|| raw.row.fields.get("contact_id").cloned().flatten())
+            .unwrap_or_default();
+        let kind = match raw.op {
+            RawOp::Delete => ChangeKind::Delete {
+                contact_id: raw
+                    .row
+                    .fields
+                    .get("contact_id")
+                    .cloned()
+                    .flatten()
+                    .filter(|s| !s.trim().is_empty()),
+            },
+            RawOp::Upsert => match codec::decode(&raw.row) {
+                Ok(mut c) => {
+                    if !hash_trusted {
+                        c.content_hash = None;
+                    }
+                    ChangeKind::Upsert(Box::new(c))
+                }
+                Err(e) => ChangeKind::Undecodable {
+                    invalid: e.invalid,
+                    payload: Some(e.payload),
+                },
+            },
+        };
+        Change { native_id, kind }
+    }
+
+    pub(crate) async fn read_slot(
+        &mut self,
+        from: Option<&Checkpoint>,
+        limit: usize,
+    ) -> Result<ChangeBatch, StoreError> {
+        let from_pos = SlotPos::parse(self.name(), from)?;
+        self.check_wal_level().await?;
+        let hash_trusted = self.table_info().await?.hash_trusted;
+        self.check_identity().await?;
+        let limit = limit.max(1);
+        let mut n: i64 = (limit as i64) * 4 + 16;
+        loop {
+            let nn = i32::try_from(n).unwrap_or(i32::MAX);
+            let rows = self.peek(nn).await?;
+            let exhausted = (rows.len() as i64) < n;
+            let txns = self.parse_txns(&rows)?;
+            let mut out: Vec<RawChange> = Vec::new();
+            let mut pos = from_pos;
+            let mut stopped_inside = false;
+            let mut left_over = false;
+            for txn in txns {
+                let skip = if txn.end_lsn < from_pos.lsn {
+                    continue;
+                } else if txn.end_lsn == from_pos.lsn {
+                    match from_pos.partial {
+                        None => continue,
+                        Some(k) => k,
+                    }
+                } else {
+                    0
+                };
+                if out.len() >= limit {
+                    left_over = true;
+                    break;
+                }
+                let total = txn.changes.len();
+                let mut taken = skip;
+                for mut ch in txn.changes.into_iter().skip(skip) {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    if let Some(problem) = ch.problem.take() {
+                        if out.is_empty() {
+                            return Err(problem);
+                        }
+                        // Deliver what came before it; the next read pauses.
+                        break;
+                    }
+                    out.push(ch);
+                    taken += 1;
+                }
+                if taken < total {
+                    pos = SlotPos {
+                        lsn: txn.end_lsn,
+                        partial: Some(taken),
+                    };
+                    stopped_inside = true;
+                    break;
+                }
+                pos = SlotPos {
+                    lsn: txn.end_lsn,
+                    partial: None,
+                };
+            }
+            if out.len() < limit && !exhausted && !stopped_inside {
+                // Not enough whole transactions in this window: look further.
+                n = n.saturating_mul(2);
+                continue;
+            }
+            let has_more = stopped_inside || left_over || !exhausted;
+            let mut changes = Vec::with_capacity(out.len());
+            for mut raw in out {
+                if !raw.missing.is_empty() {
+                    self.fill_missing(&mut raw).await?;
+                }
+                changes.push(Self::to_change(raw, hash_trusted));
+            }
+            let checkpoint = if changes.is_empty() && pos == from_pos {
+                from.cloned().unwrap_or_else(|| pos.checkpoint())
+            } else {
+                pos.checkpoint()
+            };
+            return Ok(ChangeBatch {
+                changes,
+                checkpoint,
+                has_more,
+            });
+        }
+    }
+
+    pub(crate) async fn ack_slot(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
+        let pos = SlotPos::parse(self.name(), Some(upto))?;
+        if pos.partial.is_some() || pos.lsn == Lsn(0) {
+            // The slot only moves by whole transactions.
+            return Ok(());
+        }
+        let name = self.cfg.name.clone();
+        let slot = self.cfg.slot_name.clone();
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| pg_err(&name, "reading the replication slot", &e))?
+            .ok_or_else(|| {
+                StoreError::permanent(
+                    &name,
+                    format!("replication slot `{slot}` does not exist: run `contact-sync migrate`"),
+                )
+            })?;
+        let confirmed: Option<String> = row.get(0);
+        let confirmed = confirmed
+            .as_deref()
+            .and_then(Lsn::parse)
+            .unwrap_or_default();
+        if pos.lsn <= confirmed {
+            return Ok(());
+        }
+        let target = pos.lsn.to_string();
+        client
+            .execute(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                &[&slot, &target],
+            )
+            .await
+            .map_err(|e| {
+                pg_err(
+                    &name,
+                    &format!("advancing replication slot `{slot}` to {target}"),
+                    &e,
+                )
+            })?;
+        Ok(())
+    }
+
+    // ---- change capture: outbox ----
+
+    pub(crate) async fn read_outbox(
+        &mut self,
+        from: Option<&Checkpoint>,
+        limit: usize,
+    ) -> Result<ChangeBatch, StoreError> {
+        let name = self.cfg.name.clone();
+        let from_seq: i64 = match from {
+            None => 0,
+            Some(c) => c.as_str().parse().map_err(|_| {
+                StoreError::permanent(
+                    &name,
+                    format!("checkpoint {c} is not an outbox sequence number"),
+                )
+            })?,
+        };
+        let info = self.table_info().await?;
+        self.check_identity().await?;
+        let sql = format!(
+            "SELECT seq, op, old_row::text, new_row::text FROM {} WHERE tbl = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            self.qoutbox()
+        );
+        let tkey = self.table_key();
+        let lim = limit.max(1) as i64;
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&tkey, &from_seq, &lim])
+            .await
+            .map_err(|e| pg_err(&name, "reading the outbox", &e))?;
+        let mut changes = Vec::with_capacity(rows.len());
+        let mut last = from_seq;
+        let mut stopped = false;
+        for r in &rows {
+            let seq: i64 = r.get(0);
+            let op: String = r.get(1);
+            let problem = if op == "TRUNCATE" {
+                Some(self.truncate_error(&format!("outbox row {seq}")))
+            } else {
+                let image: Option<String> = if op == "DELETE" { r.get(2) } else { r.get(3) };
+                let obj: BTreeMap<String, serde_json::Value> =
+                    serde_json::from_str(image.as_deref().unwrap_or("{}")).map_err(|e| {
+                        StoreError::permanent(
+                            &name,
+                            format!("outbox row {seq}: not a JSON object: {e}"),
+                        )
+                    })?;
+                // A mapped column missing from the row image (renamed,
+                // dropped) is never read as NULL.
+                let lost = self.missing_columns(|c| obj.contains_key(c));
+                if lost.is_empty() {
+                    let raw = RawChange {
+                        op: if op == "DELETE" {
+                            RawOp::Delete
+                        } else {
+                            RawOp::Upsert
+                        },
+                        row: image_to_row(&info, obj),
+                        missing: Vec::new(),
+                        problem: None,
+                    };
+                    changes.push(Self::to_change(raw, info.hash_trusted));
+                    last = seq;
+                    None
+                } else {
+                    Some(self.missing_column_error(&lost))
+                }
+            };
+            if let Some(problem) = problem {
+                if changes.is_empty() {
+                    return Err(problem);
+                }
+                // Deliver what came before it; the next read pauses.
+                stopped = true;
+                break;
+            }
+        }
+        let has_more = stopped || rows.len() as i64 == lim;
+        let checkpoint = if rows.is_empty() {
+            from.cloned().unwrap_or_else(|| Checkpoint::new("0"))
+        } else {
+            Checkpoint::new(last.to_string())
+        };
+        Ok(ChangeBatch {
+            changes,
+            checkpoint,
+            has_more,
+        })
+    }
+
+    pub(crate) async fn ack_outbox(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
+        let name = self.cfg.name.clone();
+        let seq: i64 = upto.as_str().parse().map_err(|_| {
+            StoreError::permanent(
+                &name,
+                format!("checkpoint {upto} is not an outbox sequence number"),
+            )
+        })?;
+        let sql = format!(
+            "DELETE FROM {} WHERE tbl = $1 AND seq <= $2",
+            self.qoutbox()
+        );
+        let tkey = self.table_key();
+        self.client()
+            .await?
+            .execute(&sql, &[&tkey, &seq])
+            .await
+            .map_err(|e| pg_err(&name, "deleting acknowledged outbox rows", &e))?;
+        Ok(())
+    }
+}
+
+/// An outbox row image (`to_jsonb(row)`) as text values.
+pub(crate) fn image_to_row(info: &TableInfo, obj: BTreeMap<String, serde_json::Value>) -> RowText {
+    let mut row = RowText::default();
+    for (col, v) in obj {
+        let Some(field) = info.field_of.get(&col).copied() else {
+            continue;
+        };
+        let is_json = matches!(
+            info.types.get(&col).map(String::as_str),
+            Some("jsonb" | "json")
+        );
+        let text = match v {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) if !is_json => Some(s),
+            other => Some(other.to_string()),
+        };
+        if field == "id" {
+            row.row_id = text;
+        } else {
+            row.fields.insert(field, text);
+        }
+    }
+    row
+}
+
+#[async_trait]
+impl ChangeSource for PgStore {
+    /// Slot mode: peeks (never consumes) the slot, skips every transaction
+    /// whose commit ends at or before `from`, and returns whole transactions
+    /// in commit order; the checkpoint is the end LSN of the last commit
+    /// (`X/Y`), or `X/Y:n` when `limit` ended the batch inside a transaction.
+    /// Outbox mode: rows with `seq > from`; the checkpoint is the last `seq`.
+    async fn read_changes(
+        &mut self,
+        from: Option<&Checkpoint>,
+        limit: usize,
+    ) -> Result<ChangeBatch, StoreError> {
+        match self.cfg.cdc {
+            CdcMode::Slot => self.read_slot(from, limit).await,
+            CdcMode::Outbox => self.read_outbox(from, limit).await,
+        }
+    }
+
+    /// Slot mode: `pg_replication_slot_advance` to the checkpoint (only
+    /// forward; a checkpoint inside a transaction waits for its end).
+    /// Outbox mode: deletes the outbox rows up to it.
+    async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
+        match self.cfg.cdc {
+            CdcMode::Slot => self.ack_slot(upto).await,
+            CdcMode::Outbox => self.ack_outbox(upto).await,
+        }
+    }
+}
