@@ -78,6 +78,19 @@ impl Invalid {
 ///
 /// Call on a [`Contact::normalize`]d contact. Tombstones are checked only for
 /// their identity: a delete must never be refused for stale content.
+/// Why text holding a NUL byte is refused.
+const NUL_REASON: &str = "contains a NUL character (\\0), which stores cannot keep alike";
+
+/// Whether any string (or key) in a JSON value holds a NUL byte.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 pub fn validate(c: &Contact) -> Result<(), Invalid> {
     let bad = |field: &str, reason: String| Err(Invalid::new(&c.contact_id, field, reason));
     // A reason that quotes a value of the contact (masked in logs).
@@ -119,12 +132,46 @@ pub fn validate(c: &Contact) -> Result<(), Invalid> {
         ("last_updated_by", c.last_updated_by.as_ref()),
     ] {
         if let Some(s) = v {
+            if s.contains('\0') {
+                return bad(name, NUL_REASON.into());
+            }
             if s.len() > MAX_TEXT_BYTES {
                 return bad(
                     name,
                     format!("is {} bytes, at most {MAX_TEXT_BYTES}", s.len()),
                 );
             }
+        }
+    }
+    // A NUL byte is text no store keeps alike (Postgres refuses it, C
+    // strings end there): refused at capture, naming the field.
+    if c.notes.as_deref().is_some_and(|n| n.contains('\0')) {
+        return bad("notes", NUL_REASON.into());
+    }
+    if c.tags.iter().any(|t| t.contains('\0')) {
+        return bad("tags", NUL_REASON.into());
+    }
+    if c.emails
+        .iter()
+        .any(|e| e.address.contains('\0') || e.label.as_deref().is_some_and(|l| l.contains('\0')))
+    {
+        return bad("emails", NUL_REASON.into());
+    }
+    if c.phones
+        .iter()
+        .any(|p| p.number.contains('\0') || p.label.as_deref().is_some_and(|l| l.contains('\0')))
+    {
+        return bad("phones", NUL_REASON.into());
+    }
+    for (name, v) in [
+        ("llm_context", &c.llm_context),
+        ("relationships", &c.relationships),
+        ("communication_stats", &c.communication_stats),
+        ("social_profiles", &c.social_profiles),
+        ("custom_attributes", &c.custom_attributes),
+    ] {
+        if v.as_ref().is_some_and(has_nul) {
+            return bad(name, NUL_REASON.into());
         }
     }
     if let Some(n) = &c.notes {
@@ -627,5 +674,20 @@ mod tests {
         c.canonical_name = String::new();
         c.deleted_at = Some(crate::model::now());
         validate(&c).unwrap();
+    }
+
+    #[test]
+    fn nul_bytes_are_refused_naming_the_field() {
+        let mut c = Contact::new("c1", "Ada");
+        c.nickname = Some("ab\0cd".into());
+        let e = validate(&c).unwrap_err();
+        assert_eq!((e.record.as_str(), e.field.as_str()), ("c1", "nickname"));
+        assert!(e.reason.contains("NUL"), "{}", e.reason);
+        let mut c = Contact::new("c1", "Ada");
+        c.llm_context = Some(serde_json::json!({"a": ["x\0"]}));
+        assert_eq!(validate(&c).unwrap_err().field, "llm_context");
+        let mut c = Contact::new("c1", "Ada");
+        c.tags = vec!["t\0".into()];
+        assert_eq!(validate(&c).unwrap_err().field, "tags");
     }
 }

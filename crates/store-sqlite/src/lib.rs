@@ -99,8 +99,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordHash, RecordSink, StoreError,
-    StoreInfo, WriteOutcome,
+    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, Conditional, Expect, RecordHash,
+    RecordSink, StoreError, StoreInfo, WriteOutcome,
 };
 use contact_sync_core::model::ALL_FIELDS;
 use contact_sync_core::{Contact, Invalid};
@@ -388,7 +388,14 @@ impl Inner {
         move |e| store_error(&self.name, &what, &e)
     }
 
-    fn write_batch_sync(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError> {
+    /// Writes the batch in one IMMEDIATE transaction; `expect[k]` (when
+    /// given) is the condition of `writes[k]`, checked inside the same
+    /// transaction, so the check and the write are one atomic step.
+    fn write_batch_sync(
+        &mut self,
+        writes: &[Contact],
+        expect: Option<&[Expect]>,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
         let store = self.name.as_str();
         let e = |what: &'static str| move |err: rusqlite::Error| store_error(store, what, &err);
         let tx = self
@@ -420,8 +427,17 @@ impl Inner {
             .map_err(e("suppressing change capture"))?;
         let mut stmts = Statements::prepare(&tx, &self.sql).map_err(e("preparing writes"))?;
         let mut outcomes = Vec::with_capacity(writes.len());
-        for c in writes {
-            let outcome = match write_one(&tx, &mut stmts, &self.sql, &mut self.scratch, store, c) {
+        for (k, c) in writes.iter().enumerate() {
+            let cond = expect.map_or(&Expect::Any, |e| &e[k]);
+            let outcome = match write_one(
+                &tx,
+                &mut stmts,
+                &self.sql,
+                &mut self.scratch,
+                store,
+                c,
+                cond,
+            ) {
                 Ok(o) => o,
                 Err(err) => match rejection(&err) {
                     Some(r) => r,
@@ -654,6 +670,9 @@ impl Inner {
             });
             last = seq;
         }
+        drop(rows);
+        drop(stmt);
+        self.refuse_invalid_utf8(&mut changes)?;
         let checkpoint = match (changes.is_empty(), from) {
             (true, Some(cp)) => cp.clone(),
             _ => Checkpoint::new(last.to_string()),
@@ -663,6 +682,60 @@ impl Inner {
             checkpoint,
             has_more,
         })
+    }
+
+    /// SQLite keeps whatever bytes a writer puts in a TEXT column, and the
+    /// capture triggers' JSON image turns invalid UTF-8 into U+FFFD: a
+    /// change whose image holds U+FFFD is checked against the row's own
+    /// bytes, and one whose bytes are not UTF-8 is refused (a dead letter
+    /// naming the record and the column), never passed on altered.
+    fn refuse_invalid_utf8(&self, changes: &mut [Change]) -> Result<(), StoreError> {
+        let what = "checking a changed row's text";
+        for ch in changes.iter_mut() {
+            let ChangeKind::Upsert(c) = &ch.kind else {
+                continue;
+            };
+            let suspicious = serde_json::to_string(&**c).is_ok_and(|j| j.contains('\u{FFFD}'));
+            let Ok(row_id) = ch.native_id.parse::<i64>() else {
+                continue;
+            };
+            if !suspicious {
+                continue;
+            }
+            let sql = format!(
+                "SELECT {} FROM contacts WHERE id = ?1",
+                ALL_FIELDS.join(", ")
+            );
+            let mut stmt = self.conn.prepare_cached(&sql).map_err(self.err(what))?;
+            let mut rows = stmt.query([row_id]).map_err(self.err(what))?;
+            let Some(row) = rows.next().map_err(self.err(what))? else {
+                continue;
+            };
+            for (i, field) in ALL_FIELDS.iter().enumerate() {
+                if let Ok(ValueRef::Text(bytes)) = row.get_ref(i) {
+                    if let Err(e) = std::str::from_utf8(bytes) {
+                        let record = if c.contact_id.is_empty() {
+                            format!("row {}", ch.native_id)
+                        } else {
+                            c.contact_id.clone()
+                        };
+                        ch.kind = ChangeKind::Undecodable {
+                            invalid: Invalid::new(
+                                record,
+                                *field,
+                                format!(
+                                    "is not valid UTF-8 (invalid byte at offset {}); fix the text in the database",
+                                    e.valid_up_to()
+                                ),
+                            ),
+                            payload: None,
+                        };
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn acknowledge_sync(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
@@ -679,6 +752,8 @@ impl Inner {
 /// (looking a statement up in the cache hashes its whole SQL text).
 struct Statements<'c> {
     lookup: rusqlite::CachedStatement<'c>,
+    /// The whole row by row id (the condition of a conditional write).
+    held: rusqlite::CachedStatement<'c>,
     insert: rusqlite::CachedStatement<'c>,
     update: rusqlite::CachedStatement<'c>,
 }
@@ -690,6 +765,10 @@ impl<'c> Statements<'c> {
                 "SELECT id, coalesce(CAST(version AS INTEGER), 0) FROM contacts \
                  WHERE contact_id = ?1",
             )?,
+            held: tx.prepare_cached(&format!(
+                "SELECT {} FROM contacts WHERE id = ?1",
+                sql.select
+            ))?,
             insert: tx.prepare_cached(&sql.insert)?,
             update: tx.prepare_cached(&sql.update)?,
         })
@@ -711,6 +790,7 @@ fn write_one(
     scratch: &mut Encoded,
     store: &str,
     c: &Contact,
+    expect: &Expect,
 ) -> rusqlite::Result<WriteOutcome> {
     if c.contact_id.trim().is_empty() {
         return Ok(WriteOutcome::Rejected {
@@ -722,11 +802,6 @@ fn write_one(
         .lookup
         .query_row([&c.contact_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    if let Some((_, stored_version)) = existing {
-        if stored_version > c.version {
-            return Ok(WriteOutcome::Stale { stored_version });
-        }
-    }
 
     // Write-back of a minted id: the write names a row of this store that
     // has no contact_id yet (a row a user inserted).
@@ -742,6 +817,46 @@ fn write_one(
             .optional()?;
         if hinted.is_some_and(|id| id.is_none_or(|s| s.trim().is_empty())) {
             unnamed_row = Some(row_id);
+        }
+    }
+
+    // The condition, inside the write transaction (the write lock is held):
+    // the row the write would replace must still be what the engine saw.
+    if *expect != Expect::Any {
+        let target = existing.map(|(id, _)| id).or(unnamed_row);
+        let admitted = match target {
+            None => expect.admits(None),
+            Some(row_id) => {
+                let mut rows = stmts.held.query([row_id])?;
+                match rows.next()? {
+                    None => expect.admits(None),
+                    Some(row) => match codec::decode(&raw_row(row)?) {
+                        Ok(mut held) => {
+                            // The engine's kept hash is the content's while
+                            // the triggers are in place (they clear it on
+                            // any other write): no hashing needed then.
+                            let kept = held.content_hash.take();
+                            match (expect.hash(), kept) {
+                                (Some(e), Some(k)) if e == k => true,
+                                _ => {
+                                    held.normalize();
+                                    expect.admits(Some(&held))
+                                }
+                            }
+                        }
+                        // Someone wrote what the engine cannot even read.
+                        Err(_) => false,
+                    },
+                }
+            }
+        };
+        if !admitted {
+            return Ok(WriteOutcome::Changed);
+        }
+    }
+    if let Some((_, stored_version)) = existing {
+        if stored_version > c.version {
+            return Ok(WriteOutcome::Stale { stored_version });
         }
     }
 
@@ -849,7 +964,23 @@ impl RecordSink for SqliteStore {
     /// was unknown to the sync). If the contact already has another row
     /// here, that row is updated and the hand-made duplicate is removed.
     async fn write_batch(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError> {
-        self.lock()?.write_batch_sync(writes)
+        self.lock()?.write_batch_sync(writes, None)
+    }
+
+    /// Conditional writes, checked and written in one IMMEDIATE
+    /// transaction ([`Conditional::Atomic`]), on a blocking thread.
+    async fn write_batch_if(
+        &mut self,
+        writes: Vec<Contact>,
+        expect: &[Expect],
+    ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
+        assert_eq!(writes.len(), expect.len(), "one condition per write");
+        let expect = expect.to_vec();
+        self.on_blocking_thread(move |inner| {
+            let outcomes = inner.write_batch_sync(&writes, Some(&expect))?;
+            Ok((outcomes, writes))
+        })
+        .await
     }
 
     /// On a blocking thread: the engine's backfill reads canonical while
@@ -859,7 +990,7 @@ impl RecordSink for SqliteStore {
         writes: Vec<Contact>,
     ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
         self.on_blocking_thread(move |inner| {
-            let outcomes = inner.write_batch_sync(&writes)?;
+            let outcomes = inner.write_batch_sync(&writes, None)?;
             Ok((outcomes, writes))
         })
         .await
@@ -942,6 +1073,10 @@ impl StoreInfo for SqliteStore {
 
     /// The triggers clear `content_hash` on every write but the engine's
     /// (and opening a file whose triggers did not clears them all).
+    fn conditional_writes(&self) -> Conditional {
+        Conditional::Atomic
+    }
+
     fn keeps_content_hash(&self) -> bool {
         true
     }
