@@ -155,8 +155,8 @@ async fn drift(cfg: &Config, json: bool, repair: bool) -> anyhow::Result<ExitCod
         crate::daemon::print_verification(&before);
         for r in &repairs {
             println!(
-                "repaired {}: {} contacts written again, {} extra left alone",
-                r.store, r.rewritten, r.extra
+                "repaired {}: {} contacts written again, {} changed there since the engine last saw them (merged into canonical, not overwritten), {} extra left alone",
+                r.store, r.rewritten, r.merged, r.extra
             );
         }
         if let Some(a) = &after {

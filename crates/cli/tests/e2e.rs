@@ -484,17 +484,25 @@ fn drift_behind_the_engines_back_is_found_and_repaired() {
     );
     assert_eq!(l["drift_pct"], 2.0);
 
+    // Both were changed in local.db behind the engine's back (their change
+    // rows deleted): the repair does not overwrite them, it merges them
+    // like any edit made there, so the edit and the delete reach canonical.
     let out = ok(d, &["drift", "--repair"]);
-    assert!(out.contains("2 contacts written again"), "{out}");
+    assert!(
+        out.contains("2 changed there since the engine last saw them"),
+        "{out}"
+    );
     assert!(run(d, &["drift"]).status.success());
-    let title: String = db(d, "local.db")
-        .query_row(
-            "SELECT job_title FROM contacts WHERE contact_id = 'c000000011'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_ne!(title, "Tampered");
+    let c = json(d, &["show", "c000000011", "--json"]);
+    assert_eq!(c["job_title"], "Tampered", "{c}");
+    assert_eq!(c["last_updated_by"], "local", "{c}");
+    let gone = run(d, &["show", "c000000012", "--json"]);
+    let shown =
+        String::from_utf8_lossy(&gone.stdout).to_string() + &String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        !gone.status.success() || shown.contains("deleted"),
+        "c000000012 was deleted in local.db: {shown}"
+    );
     assert_eq!(
         json(d, &["status", "--json"])["stores"][1]["drift_pct"],
         0.0

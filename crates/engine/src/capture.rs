@@ -470,6 +470,29 @@ impl Engine {
                 canon.insert(c.contact_id.clone(), c);
             }
         }
+        // What canonical was just read holding, for contacts the engine has
+        // no record of there yet (copied by an initial sync, or made there):
+        // the condition of the canonical write that follows.
+        let mut canon_seen: Vec<StoreRecord> = Vec::new();
+        if !canon.is_empty() {
+            let known: BTreeSet<String> = self
+                .state
+                .store_records(CANONICAL, &ids)?
+                .into_iter()
+                .map(|r| r.contact_id)
+                .collect();
+            for c in canon.values().filter(|c| !known.contains(&c.contact_id)) {
+                canon_seen.push(StoreRecord {
+                    store: CANONICAL.to_string(),
+                    contact_id: c.contact_id.clone(),
+                    native_id: Some(c.contact_id.clone()),
+                    synced_version: c.version,
+                    hash: content_hash(c),
+                    deleted: c.is_deleted(),
+                    ..Default::default()
+                });
+            }
+        }
         let mut recs: HashMap<String, StoreRecord> = self
             .state
             .store_records(&name, &ids)?
@@ -688,6 +711,7 @@ impl Engine {
         for id in &touched {
             tx.put_store_record(&recs[id])?;
         }
+        tx.put_store_records(&canon_seen)?;
         if let Some(cp) = checkpoint {
             tx.set_checkpoint(&name, cp.as_str())?;
         }
