@@ -48,6 +48,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             crate::daemon::run(&cfg, o).await
         }
+        Command::Paused { json } => crate::guard::list(&cfg, json),
+        Command::Approve { store } => {
+            crate::guard::decide(&cfg, &store, contact_sync_state::Decision::Approve)
+        }
+        Command::Reject { store } => {
+            crate::guard::decide(&cfg, &store, contact_sync_state::Decision::Reject)
+        }
+        Command::Resume { store } => {
+            crate::guard::decide(&cfg, &store, contact_sync_state::Decision::Resume)
+        }
         Command::Check { json } => {
             let report = safety_report(&cfg, config_path.as_deref()).await?;
             if json {
@@ -408,6 +418,8 @@ struct StatusReport {
     conflicts_open: u64,
     dead_letters: u64,
     stores: Vec<StoreLine>,
+    /// Stores held back by a guard until a person decides.
+    paused: Vec<contact_sync_state::PausedStore>,
 }
 
 #[derive(Serialize)]
@@ -480,6 +492,7 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         conflicts_open: state.open_conflict_count()?,
         dead_letters: state.dead_letter_count()?,
         stores: lines,
+        paused: state.paused_stores()?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -518,6 +531,14 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     }
     println!("conflicts open: {}", report.conflicts_open);
     println!("dead letters: {}", report.dead_letters);
+    for p in &report.paused {
+        println!(
+            "PAUSED {} ({}): {} — see `contact-sync paused`",
+            p.store,
+            p.kind.as_str(),
+            p.reason
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,6 +4,7 @@ mod checks;
 mod commands;
 mod config;
 mod daemon;
+mod guard;
 mod secret;
 mod stores;
 
@@ -141,6 +142,18 @@ pub enum Command {
         #[command(subcommand)]
         action: CdcAction,
     },
+    /// Stores paused by a guard (mass change, schema change) and why.
+    Paused {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the changes a mass-change guard held back from STORE.
+    Approve { store: String },
+    /// Pass over the changes a mass-change guard held back from STORE and
+    /// write canonical's records back to it.
+    Reject { store: String },
+    /// Try a store paused by the schema guard again (once fixed).
+    Resume { store: String },
     /// Build LLM prompt context from contacts.
     Prompt {
         /// Contact id (repeat for several contacts).

@@ -71,7 +71,8 @@ impl Engine {
                 return Ok(window.drained);
             }
             if !approved {
-                if let Some(pause) = self.mass_change_verdict(i, &window)? {
+                if let Some(pause) = self.mass_change_verdict(i, &window).await? {
+                    report.entry(&name).error = Some(format!("paused: {}", pause.reason));
                     self.pause(pause)?;
                     return Ok(false);
                 }

@@ -82,14 +82,14 @@ fn blank(v: &serde_json::Value) -> bool {
 }
 
 impl Engine {
-    /// Counts what a window would delete or blank, against what the store
-    /// last agreed with; over the threshold, the pause to record.
-    pub(crate) fn mass_change_verdict(
-        &self,
+    /// Counts what a window would delete or blank in canonical; over the
+    /// threshold, the pause to record.
+    pub(crate) async fn mass_change_verdict(
+        &mut self,
         i: usize,
         window: &Window,
     ) -> Result<Option<PausedStore>, EngineError> {
-        let guard = &self.opts.guard;
+        let guard = self.opts.guard.clone();
         if !guard.enabled {
             return Ok(None);
         }
@@ -112,7 +112,9 @@ impl Engine {
             return Ok(None);
         }
         let mut deletes = 0u64;
-        let mut blanked: BTreeMap<String, u64> = BTreeMap::new();
+        // Live records the change would leave with blank fields, compared
+        // with canonical's record below.
+        let mut edited: Vec<Contact> = Vec::new();
         for (native, kind) in last {
             let (contact_id, incoming): (Option<String>, Option<&Contact>) = match kind {
                 ChangeKind::Delete { contact_id } => (contact_id.clone(), None),
@@ -144,14 +146,33 @@ impl Engine {
                 deletes += 1;
                 continue;
             }
-            let Some(base) = self.base_at(&rec.contact_id, rec.synced_version, None)? else {
-                continue;
-            };
-            let before = base.content_fields();
-            let after = c.content_fields();
-            for (field, v) in &before {
-                if !blank(v) && after.get(field).is_none_or(blank) {
-                    *blanked.entry(field.clone()).or_default() += 1;
+            c.contact_id = rec.contact_id;
+            edited.push(c);
+        }
+        let mut blanked: BTreeMap<String, u64> = BTreeMap::new();
+        for chunk in edited.chunks(500) {
+            let ids: Vec<String> = chunk.iter().map(|c| c.contact_id.clone()).collect();
+            let held: HashMap<String, Contact> = self
+                .canonical
+                .read(&ids)
+                .await
+                .map_err(EngineError::Canonical)?
+                .into_iter()
+                .map(|mut c| {
+                    c.normalize();
+                    (c.contact_id.clone(), c)
+                })
+                .collect();
+            for c in chunk {
+                let Some(before) = held.get(&c.contact_id).filter(|b| !b.is_deleted()) else {
+                    continue;
+                };
+                let before = before.content_fields();
+                let after = c.content_fields();
+                for (field, v) in &before {
+                    if !blank(v) && after.get(field).is_none_or(blank) {
+                        *blanked.entry(field.clone()).or_default() += 1;
+                    }
                 }
             }
         }
@@ -323,8 +344,8 @@ impl Engine {
                 break;
             }
         }
-        let mut recs: Vec<StoreRecord> = Vec::new();
-        let mut entries: Vec<JournalEntry> = Vec::new();
+        // What the store now holds for each contact the held changes touched.
+        let mut held: Vec<StoreRecord> = Vec::new();
         for (native, (id, image)) in last {
             let rec = if id.is_empty() {
                 self.state.store_record_by_native(&name, &native)?
@@ -332,13 +353,6 @@ impl Engine {
                 self.state.store_record(&name, &id)?
             };
             let Some(mut rec) = rec else { continue };
-            let newest = self
-                .state
-                .journal_of(&rec.contact_id, 1)?
-                .into_iter()
-                .next();
-            let Some(newest) = newest else { continue };
-            // What the store holds now, so the write back is conditional on it.
             match &image {
                 Some(c) => {
                     rec.hash = content_hash(c);
@@ -349,32 +363,80 @@ impl Engine {
                     rec.deleted = true;
                 }
             }
-            if rec.hash == newest.hash && rec.deleted == newest.after.is_deleted() {
-                recs.push(rec);
-                continue;
-            }
-            // Canonical's record again, one version up, so every store
-            // takes it and the audit trail says who decided.
-            let mut after = newest.after.clone();
-            after.version = newest.version + 1;
-            after.last_updated = Some(now);
-            let hash = content_hash(&after);
-            after.content_hash = Some(hash.clone());
-            entries.push(JournalEntry {
-                seq: 0,
-                contact_id: rec.contact_id.clone(),
-                version: after.version,
-                prev_version: newest.version,
-                op: Op::of(&after),
-                origin: CANONICAL.to_string(),
-                changes: vec![],
-                conflicts: vec![],
-                hash,
-                after,
-                at: now,
-            });
-            recs.push(rec);
+            held.push(rec);
         }
+        // Canonical's record of each, journaled again one version up (above
+        // the journal's newest), so every store takes it, the write back to
+        // this store is conditional on what it now holds, and the audit
+        // trail says a person decided.
+        let mut entries: Vec<JournalEntry> = Vec::new();
+        let mut canon_seen: Vec<StoreRecord> = Vec::new();
+        for chunk in held.chunks(500) {
+            let ids: Vec<String> = chunk.iter().map(|r| r.contact_id.clone()).collect();
+            let canon: HashMap<String, Contact> = self
+                .canonical
+                .read(&ids)
+                .await
+                .map_err(EngineError::Canonical)?
+                .into_iter()
+                .map(|mut c| {
+                    c.normalize();
+                    (c.contact_id.clone(), c)
+                })
+                .collect();
+            let known: std::collections::BTreeSet<String> = self
+                .state
+                .store_records(CANONICAL, &ids)?
+                .into_iter()
+                .map(|r| r.contact_id)
+                .collect();
+            for rec in chunk {
+                let Some(c) = canon.get(&rec.contact_id) else {
+                    continue;
+                };
+                if !known.contains(&c.contact_id) {
+                    // What canonical was read holding: the condition of the
+                    // canonical write that follows.
+                    canon_seen.push(StoreRecord {
+                        store: CANONICAL.to_string(),
+                        contact_id: c.contact_id.clone(),
+                        native_id: Some(c.contact_id.clone()),
+                        synced_version: c.version,
+                        hash: content_hash(c),
+                        deleted: c.is_deleted(),
+                        ..Default::default()
+                    });
+                }
+                let newest = self
+                    .state
+                    .journal_of(&rec.contact_id, 1)?
+                    .into_iter()
+                    .next()
+                    .map_or(0, |e| e.version);
+                let mut after = c.clone();
+                after.version = c.version.max(newest) + 1;
+                after.last_updated = Some(now);
+                let hash = content_hash(&after);
+                if hash == rec.hash && rec.deleted == after.is_deleted() {
+                    continue;
+                }
+                after.content_hash = Some(hash.clone());
+                entries.push(JournalEntry {
+                    seq: 0,
+                    contact_id: rec.contact_id.clone(),
+                    version: after.version,
+                    prev_version: c.version,
+                    op: Op::of(&after),
+                    origin: CANONICAL.to_string(),
+                    changes: vec![],
+                    conflicts: vec![],
+                    hash,
+                    after,
+                    at: now,
+                });
+            }
+        }
+        let recs = held;
         tracing::warn!(store = %name, restored = entries.len(),
             "held changes rejected by a person; canonical's records are written back");
         let stored = self.state.checkpoint(&name)?.map(Checkpoint);
@@ -383,6 +445,7 @@ impl Engine {
             tx.append_journal(e)?;
         }
         tx.put_store_records(&recs)?;
+        tx.put_store_records(&canon_seen)?;
         if let Some(cp) = reached.filter(|r| Some(r) != stored.as_ref()) {
             tx.set_checkpoint(&name, cp.as_str())?;
         }
