@@ -540,8 +540,27 @@ impl Engine {
             // user edit, however late it comes (a replayed backfill).
             let own_image = kept_hashes
                 && !it.writeback
-                && !out_of_turn
                 && incoming.content_hash.as_deref() == Some(hash.as_str());
+            if own_image && out_of_turn {
+                // Read back after a refused or unanswered write: what the
+                // store holds is a write of the engine's (its answer was
+                // lost), not an edit. Noted as what the store holds; the
+                // owed write follows.
+                let r = recs
+                    .entry(it.contact_id.clone())
+                    .or_insert_with(|| StoreRecord {
+                        store: name.clone(),
+                        contact_id: it.contact_id.clone(),
+                        native_id: Some(it.native_id.clone()),
+                        ..Default::default()
+                    });
+                r.hash = hash;
+                r.deleted = incoming.is_deleted();
+                r.needs_write = true;
+                touched.insert(it.contact_id.clone());
+                stats.skipped_echo += 1;
+                continue;
+            }
             if let Some(r) = recs.get_mut(&it.contact_id) {
                 if !out_of_turn {
                     if let Some(k) = r.late.iter().position(|h| *h == hash) {

@@ -32,6 +32,10 @@ pub(crate) enum Plan {
 pub(crate) fn expect_of(rec: Option<&StoreRecord>) -> Expect {
     match rec {
         None => Expect::Absent,
+        // Unknown since a write whose answer was lost: if the store holds
+        // anything, it is read and looked at (the engine's own write, or
+        // someone's edit of it) before it is written.
+        Some(r) if r.hash.is_empty() => Expect::Absent,
         Some(r) if r.deleted => Expect::Hash(contact_sync_core::hash::tombstone_hash().to_string()),
         Some(r) => Expect::Hash(r.hash.clone()),
     }
@@ -84,10 +88,12 @@ pub(crate) fn plan(
                 continue;
             }
         }
-        if after.is_deleted() && rec.is_none_or(|r| r.deleted) {
-            // Deleted there too: nothing to send, but they agree now.
-            if let Some(r) = rec.filter(|r| r.synced_version < e.version || r.needs_write) {
-                out.push(agree(r, e.version.max(r.synced_version)));
+        if after.is_deleted() && rec.is_none_or(|r| r.deleted && !r.needs_write) {
+            // Deleted there too: nothing to send, but they agree now. (An
+            // owed write is sent all the same: after a write whose answer
+            // was lost, the store may hold what the engine never noted.)
+            if let Some(r) = rec.filter(|r| r.synced_version < e.version) {
+                out.push(agree(r, e.version));
             }
             continue;
         }
@@ -211,9 +217,63 @@ pub(crate) async fn send_to(
     now: Timestamp,
     extra: impl FnOnce(&StateTx<'_>) -> Result<(), EngineError>,
 ) -> Result<Recorded, EngineError> {
-    deliver(store, name, plans)
-        .await?
-        .record(state, name, cursor, now, extra)
+    let sending: Vec<(String, Option<String>)> = plans
+        .iter()
+        .filter_map(|p| match p {
+            Plan::Write { contact, .. } => Some((
+                contact.contact_id.clone(),
+                contact.external_ids.get(name).cloned(),
+            )),
+            Plan::Agree(_) => None,
+        })
+        .collect();
+    match deliver(store, name, plans).await {
+        Ok(d) => d.record(state, name, cursor, now, extra),
+        Err(e) => {
+            // The batch may have been applied with its answer lost: the
+            // store may now hold records the engine has no note of. Each is
+            // owed a write, whose condition finds out what is there.
+            owe(state, name, &sending)?;
+            Err(e)
+        }
+    }
+}
+
+/// Records that `store` is owed a write of each contact (after a write
+/// whose outcome is unknown): a contact without a record is noted as
+/// nothing-there, which the next write's condition checks.
+pub(crate) fn owe(
+    state: &mut StateDb,
+    store: &str,
+    ids: &[(String, Option<String>)],
+) -> Result<(), EngineError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let tx = state.tx()?;
+    for (id, native) in ids {
+        let owed = match tx.store_record(store, id)? {
+            Some(r) => StoreRecord {
+                needs_write: true,
+                ..r
+            },
+            // Unknown (empty hash): either nothing, or this very write.
+            None => StoreRecord {
+                store: store.to_string(),
+                contact_id: id.clone(),
+                native_id: native.clone(),
+                synced_version: 0,
+                hash: String::new(),
+                deleted: false,
+                needs_write: true,
+                writeback: false,
+                late: vec![],
+            },
+        };
+        tx.put_store_record(&owed)?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// Planned records a store has confirmed (or refused), not yet recorded in

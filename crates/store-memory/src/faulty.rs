@@ -181,6 +181,9 @@ struct ControlState {
     ok_ops: u64,
     counts: FaultCounts,
     injected: Vec<InjectedFault>,
+    /// The store's schema or change stream "changed": every call fails with
+    /// a [`StoreError::paused`] error with this text, until healed.
+    schema_broken: Option<String>,
 }
 
 impl ControlState {
@@ -239,6 +242,7 @@ impl FaultControl {
                 ok_ops: 0,
                 counts: FaultCounts::default(),
                 injected: Vec::new(),
+                schema_broken: None,
             })),
             hook: Arc::new(Mutex::new(None)),
         }
@@ -282,6 +286,15 @@ impl FaultControl {
         let mut s = self.lock();
         s.crashed = false;
         s.ok_ops = 0;
+        s.schema_broken = None;
+    }
+
+    /// The store's schema changes under the engine (a column renamed, the
+    /// publication dropped): every call fails with a
+    /// [`StoreError::paused`] error saying `what`, until
+    /// [`heal`](Self::heal). Applies even while injection is disabled.
+    pub fn break_schema(&self, what: &str) {
+        self.lock().schema_broken = Some(what.to_string());
     }
 
     /// Crash now (until [`heal`](Self::heal)).
@@ -312,6 +325,9 @@ impl FaultControl {
     fn before(&self, op: Operation, store: &str) -> Decision {
         let mut s = self.lock();
         s.calls += 1;
+        if let Some(what) = &s.schema_broken {
+            return Decision::Fail(StoreError::paused(store, format!("{op}: {what}")));
+        }
         if !s.enabled {
             return Decision::Proceed { lose_ack: false };
         }

@@ -32,6 +32,10 @@ pub struct MemoryOptions {
     /// change log, as a database with triggers or logical replication shows
     /// them, so the engine's echo filter is exercised.
     pub echo_own_writes: bool,
+    /// A deliberately broken store for checking the checkers: conditional
+    /// writes ignore their condition (they overwrite whatever is there)
+    /// while the store still claims [`Conditional::Atomic`].
+    pub ignore_conditions: bool,
 }
 
 impl MemoryOptions {
@@ -42,7 +46,13 @@ impl MemoryOptions {
             keeps_version: true,
             own_ids: false,
             echo_own_writes: true,
+            ignore_conditions: false,
         }
+    }
+
+    pub fn ignore_conditions(mut self, yes: bool) -> Self {
+        self.ignore_conditions = yes;
+        self
     }
 
     pub fn keeps_version(mut self, yes: bool) -> Self {
@@ -563,10 +573,11 @@ impl RecordSink for MemoryStore {
     ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
         assert_eq!(writes.len(), expect.len(), "one condition per write");
         let mut s = self.handle.lock();
+        let broken = s.options.ignore_conditions;
         let outcomes = writes
             .iter()
             .zip(expect)
-            .map(|(w, e)| s.write_one(w, e))
+            .map(|(w, e)| s.write_one(w, if broken { &Expect::Any } else { e }))
             .collect();
         Ok((outcomes, writes))
     }
