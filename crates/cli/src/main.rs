@@ -1,5 +1,6 @@
 //! `contact-sync`: the command line and the daemon.
 
+mod backfill;
 mod checks;
 mod commands;
 mod config;
@@ -62,7 +63,10 @@ pub enum Command {
     /// The daemon: sync every --interval seconds and on change wake-ups
     /// until SIGINT/SIGTERM.
     Run {
-        /// Backfill every store from canonical first, then verify.
+        /// Backfill from canonical every store that has not finished a
+        /// backfill, then verify it (a finished one is never redone by a
+        /// restart; `contact-sync initial-sync` copies everything again).
+        /// The daemon does this by itself for a store never backfilled.
         #[arg(long)]
         initial_sync: bool,
         /// Run one full cycle and exit.

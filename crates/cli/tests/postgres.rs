@@ -433,3 +433,161 @@ async fn check_says_unsafe_when_postgres_is_stopped() {
         "{text}\n{err}"
     );
 }
+
+/// Waits for `f` with a deadline, polling (no fixed sleep decides anything).
+async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn local_count(d: &Path) -> i64 {
+    rusqlite::Connection::open(d.join("contact-sync-data/local.db"))
+        .ok()
+        .and_then(|c| {
+            c.busy_timeout(Duration::from_secs(2)).ok()?;
+            c.query_row(
+                "SELECT count(*) FROM contacts WHERE deleted_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Postgres down when the daemon starts: the daemon stays up, backfills
+/// and syncs the local store, retries the Postgres store's initial sync
+/// with backoff, and finishes it once Postgres is back. A restart with
+/// `--initial-sync` then redoes no finished backfill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_down_at_start_is_retried_while_the_others_sync() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        harness::PgCluster::start(harness::ClusterOptions::default()).expect("private cluster")
+    })
+    .await
+    .unwrap();
+    let url = cluster.url("postgres");
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop().expect("stop");
+        cluster
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        "[stores.local]\nkind = \"sqlite\"\n\n[stores.supabase]\nkind = \"postgres\"\nurl = { env = \"TEST_PG_URL\" }\nslot_name = \"cs_down_at_start\"\n",
+    )
+    .unwrap();
+    ok(&d, &url, &["seed", "--contacts", "30"]);
+    let log = d.join("daemon.log");
+    let out_file = d.join("daemon.out");
+    let mut daemon = cmd(
+        &d,
+        &url,
+        &["run", "--initial-sync", "--interval", "1", "--no-http"],
+    )
+    .stdout(std::fs::File::create(&out_file).unwrap())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(
+        "the local store's backfill",
+        Duration::from_secs(60),
+        || local_count(&d) == 30,
+    )
+    .await;
+    wait_until(
+        "a failed attempt at the Postgres store",
+        Duration::from_secs(60),
+        || log_text().contains("initial sync of the store failed"),
+    )
+    .await;
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon must keep running: {}",
+        log_text()
+    );
+    // The local store keeps syncing meanwhile: an edit there reaches canonical.
+    rusqlite::Connection::open(d.join("contact-sync-data/local.db"))
+        .unwrap()
+        .execute(
+            "UPDATE contacts SET job_title = 'While PG is down' WHERE contact_id = 'c000000003'",
+            [],
+        )
+        .unwrap();
+    let (d2, u2) = (d.clone(), url.clone());
+    let canonical_title = move || -> String {
+        let out = cmd(&d2, &u2, &["show", "c000000003", "--json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["job_title"].as_str().unwrap_or_default().to_string()
+    };
+    wait_until(
+        "the local edit in canonical",
+        Duration::from_secs(60),
+        || canonical_title() == "While PG is down",
+    )
+    .await;
+
+    // Postgres comes back: the retry backfills it, edit included.
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.start_server().expect("start again");
+        cluster
+    })
+    .await
+    .unwrap();
+    let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let start = Instant::now();
+    loop {
+        let n = pg
+            .query_one("SELECT count(*) FROM contacts", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        let finished = std::fs::read_to_string(&out_file)
+            .unwrap_or_default()
+            .matches("initial sync finished")
+            .count();
+        if n == 30 && finished == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "Postgres never backfilled ({n} rows): {}",
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t: String = pg
+        .query_one(
+            "SELECT job_title FROM contacts WHERE contact_id = 'c000000003'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(t, "While PG is down");
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    assert_eq!(daemon.wait().unwrap().code(), Some(0), "{}", log_text());
+
+    // A restart with --initial-sync redoes no finished backfill.
+    let out = ok(&d, &url, &["run", "--initial-sync", "--once"]);
+    assert!(
+        out.contains("every store has finished its backfill already")
+            && !out.contains("verification:"),
+        "{out}"
+    );
+    drop(cluster);
+}
