@@ -77,21 +77,27 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::InitialSync { batch_size } => {
             crate::daemon::initial_sync_only(&cfg, batch_size).await
         }
-        Command::Status { json } => status(&cfg, json).await,
+        Command::Status { json } => {
+            require_state(&cfg)?;
+            status(&cfg, json).await
+        }
         Command::Show {
             contact_id,
             store,
             json,
         } => show(&cfg, &contact_id, store.as_deref(), json).await,
-        Command::Conflicts { action } => match action {
+        Command::Conflicts { action } => match require_state(&cfg).map(|()| action)? {
             ConflictAction::List { json, all } => conflicts_list(&cfg, json, all),
             ConflictAction::Resolve { id, keep } => conflicts_resolve(&cfg, id, keep).await,
         },
-        Command::DeadLetters { action } => match action {
+        Command::DeadLetters { action } => match require_state(&cfg).map(|()| action)? {
             DeadLetterAction::List { json, limit } => dead_letters_list(&cfg, json, limit),
         },
         Command::Cdc { action } => cdc(&cfg, action).await,
-        Command::Drift { json, repair } => drift(&cfg, json, repair).await,
+        Command::Drift { json, repair } => {
+            require_state(&cfg)?;
+            drift(&cfg, json, repair).await
+        }
         Command::Migrate => {
             stores::migrate_all(&cfg).await?;
             Ok(ExitCode::SUCCESS)
@@ -128,7 +134,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn drift(cfg: &Config, json: bool, repair: bool) -> anyhow::Result<ExitCode> {
     let mut engine = crate::daemon::build_engine(cfg, None).await?;
-    let _lock = engine.state().lock()?;
+    let _lock = take_lock(engine.state())?;
     let before = engine.verify().await?;
     let mut repairs = Vec::new();
     let mut after = None;
@@ -188,8 +194,9 @@ async fn cdc(cfg: &Config, action: crate::CdcAction) -> anyhow::Result<ExitCode>
             println!("{h:#?}");
         }
         crate::CdcAction::Reset { .. } => {
+            require_state(cfg)?;
             let mut state = open_state(cfg)?;
-            let _lock = state.lock()?;
+            let _lock = take_lock(&state)?;
             let cp = store
                 .cdc_reset()
                 .await
@@ -349,13 +356,104 @@ async fn prompt(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the state database, creating its directory.
+/// Opens the state database, creating it (and its directory) when missing.
+/// A state database that exists but cannot be read is refused with what
+/// to do about it.
 pub fn open_state(cfg: &Config) -> anyhow::Result<StateDb> {
     let path = cfg.state_path();
+    let existed = path.exists();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    Ok(StateDb::open(&path)?)
+    match StateDb::open(&path) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let text = e.to_string();
+            let busy = text.contains("locked") || text.contains("busy");
+            if existed && !busy {
+                Err(anyhow::anyhow!(
+                    "{text}\nhint: the state database is damaged or not one. Restore it from a backup \
+                     (stop the daemon, copy the backup to {p}), or move it aside and start over with \
+                     `contact-sync run --initial-sync` (its history, conflicts and dead letters are then \
+                     lost, and every store is copied again from canonical)",
+                    p = path.display()
+                ))
+            } else {
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Refuses when there is no state database: nothing is set up here (the
+/// read-only and operator commands never create one).
+pub fn require_state(cfg: &Config) -> anyhow::Result<()> {
+    let path = cfg.state_path();
+    if path.exists() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "nothing is set up here: there is no state database at {}. Run this where contact-sync \
+         keeps its data, or pass --config with the configuration the daemon uses \
+         (to set up: `contact-sync run --initial-sync`)",
+        path.display()
+    )
+}
+
+/// Takes the single-daemon lock of the state database.
+pub fn take_lock(state: &StateDb) -> anyhow::Result<contact_sync_state::StateLock> {
+    match state.lock() {
+        Ok(l) => Ok(l),
+        Err(contact_sync_state::StateError::Locked { path, pid, since }) => Err(anyhow::anyhow!(
+            "state database {} is in use by another contact-sync (pid {pid}, since {since}). \
+             Stop it first (e.g. `systemctl stop contact-sync`, or `kill -TERM {pid}`); \
+             never run two daemons on the same stores",
+            path.display()
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `run` without a state database: refused when a store already holds
+/// contacts (a lost state database would otherwise silently start over:
+/// history, dead letters and conflicts gone, every store overwritten from
+/// canonical) unless `--initial-sync` says to start (over).
+pub async fn refuse_missing_state(cfg: &Config) -> anyhow::Result<()> {
+    let path = cfg.state_path();
+    if path.exists() {
+        return Ok(());
+    }
+    let mut holding = Vec::new();
+    let named = std::iter::once((CANONICAL.to_string(), cfg.canonical()))
+        .chain(cfg.stores().iter().map(|(n, c)| (n.clone(), c)));
+    for (name, sc) in named {
+        // Only a database that exists can hold data (opening a SQLite
+        // store would create it).
+        if let crate::config::StoreConfig::Sqlite { path } = sc {
+            if !cfg.sqlite_path(&name, path).exists() {
+                continue;
+            }
+        }
+        let Ok(mut store) = stores::open_store(cfg, &name, sc).await else {
+            continue;
+        };
+        if let Ok(n) = store.count().await {
+            if n > 0 {
+                holding.push(format!("{name} ({n} contacts)"));
+            }
+        }
+    }
+    if holding.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "there is no state database at {}, but {} already hold data. If the state database was \
+         lost, restore it from a backup: it holds the sync history, conflicts and dead letters. \
+         To start over on purpose (first start with existing data, or the state is gone for good), \
+         run `contact-sync run --initial-sync`: every store is then copied again from canonical",
+        path.display(),
+        holding.join(", ")
+    )
 }
 
 async fn seed_contacts(
@@ -582,7 +680,7 @@ fn conflicts_list(cfg: &Config, json: bool, all: bool) -> anyhow::Result<ExitCod
 
 async fn conflicts_resolve(cfg: &Config, id: i64, keep: Keep) -> anyhow::Result<ExitCode> {
     let mut engine = crate::daemon::build_engine(cfg, None).await?;
-    let _lock = engine.state().lock()?;
+    let _lock = take_lock(engine.state())?;
     engine.resolve_conflict(id, keep == Keep::Incoming).await?;
     println!(
         "conflict {id} settled: kept {}",

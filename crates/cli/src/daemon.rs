@@ -249,7 +249,7 @@ pub async fn initial_sync_only(
     batch_size: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
     let mut engine = build_engine(cfg, batch_size).await?;
-    let _lock = engine.state().lock()?;
+    let _lock = crate::commands::take_lock(engine.state())?;
     let stopper = Stopper::new(Arc::new(Notify::new()));
     stopper.watch(engine.shutdown_flag());
     install_signal_handlers(stopper);
@@ -341,8 +341,11 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
             anyhow::bail!("refusing to start: the safety check says UNSAFE");
         }
     }
+    if !o.initial_sync {
+        crate::commands::refuse_missing_state(cfg).await?;
+    }
     let (mut engine, hooks, gates) = build_daemon_engine(cfg, batch).await?;
-    let _lock = engine.state().lock()?;
+    let _lock = crate::commands::take_lock(engine.state())?;
     let wake = Arc::new(Notify::new());
     let stopper = Stopper::new(wake.clone());
     stopper.watch(engine.shutdown_flag());

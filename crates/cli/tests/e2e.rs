@@ -288,6 +288,11 @@ fn a_second_daemon_refuses_and_sigterm_stops_the_first_cleanly() {
     assert_eq!(second.status.code(), Some(1));
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("in use by another contact-sync"), "{err}");
+    // The hint never invites a second daemon onto the same stores.
+    assert!(
+        err.contains("Stop it first") && !err.contains("another data directory"),
+        "{err}"
+    );
 
     let pid = first.id().to_string();
     let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -651,4 +656,82 @@ fn logs_mask_contact_values_unless_log_pii_while_dead_letters_keep_them() {
             "{want} not in {reasons:?}"
         );
     }
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_lost_state_database_is_refused_unless_initial_sync_says_to_start_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "20"]);
+    ok(d, &["run", "--initial-sync", "--once"]);
+    let data = d.join("contact-sync-data");
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    let out = run(d, &["run", "--once"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no state database")
+            && err.contains("canonical (20 contacts)")
+            && err.contains("local (20 contacts)")
+            && err.contains("restore it from a backup")
+            && err.contains("--initial-sync"),
+        "{err}"
+    );
+    assert!(!data.join("state.db").exists(), "nothing created");
+    // Read-only commands refuse too instead of creating an empty one.
+    let out = run(d, &["dead-letters", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("no state database"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!data.join("state.db").exists(), "nothing created");
+    // Starting over on purpose works.
+    let text = ok(d, &["run", "--initial-sync", "--once"]);
+    assert!(text.contains("local") && text.contains("OK"), "{text}");
+}
+
+#[test]
+fn a_damaged_state_database_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "5"]);
+    let state = d.join("contact-sync-data/state.db");
+    let _ = std::fs::remove_file(d.join("contact-sync-data/state.db-wal"));
+    let _ = std::fs::remove_file(d.join("contact-sync-data/state.db-shm"));
+    std::fs::write(&state, b"this is not a SQLite database, it was overwritten").unwrap();
+    for args in [&["status"][..], &["run", "--once"][..]] {
+        let out = run(d, args);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("not a database")
+                && err.contains("hint:")
+                && err.contains("Restore it from a backup")
+                && err.contains("run --initial-sync"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn status_outside_a_data_directory_creates_nothing_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = run(d, &["status"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nothing is set up here"), "{err}");
+    assert!(
+        !d.join("contact-sync-data").exists(),
+        "status must not create a data directory"
+    );
 }
