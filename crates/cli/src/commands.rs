@@ -179,19 +179,19 @@ async fn drift(cfg: &Config, json: bool, repair: bool) -> anyhow::Result<ExitCod
 
 async fn cdc(cfg: &Config, action: crate::CdcAction) -> anyhow::Result<ExitCode> {
     let name = match &action {
-        crate::CdcAction::Reset { store } | crate::CdcAction::Status { store } => store.clone(),
+        crate::CdcAction::Reset { store } | crate::CdcAction::Status { store, .. } => store.clone(),
     };
     let Some(crate::config::StoreConfig::Postgres(p)) = cfg.stores().get(&name) else {
         anyhow::bail!("{name:?} is not a Postgres store in the configuration");
     };
     let mut store = stores::pg_store(&name, p).await?;
     match action {
-        crate::CdcAction::Status { .. } => {
+        crate::CdcAction::Status { json, .. } => {
             let h = store
                 .slot_health()
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{h:#?}");
+            return print_cdc_status(&name, p, &h, json);
         }
         crate::CdcAction::Reset { .. } => {
             require_state(cfg)?;
@@ -291,9 +291,10 @@ pub async fn safety_report(
         }
     }
     let has_secrets = match config_path {
-        Some(p) => {
-            std::fs::read_to_string(p).is_ok_and(|t| t.contains("secret") || t.contains("api_key"))
-        }
+        Some(p) => std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .is_some_and(|t| holds_inline_secret(&t, "")),
         None => false,
     };
     Ok(contact_sync_ops::run_checks(contact_sync_ops::CheckInputs {
@@ -306,6 +307,133 @@ pub async fn safety_report(
         now: contact_sync_core::model::now(),
     })
     .await)
+}
+
+/// Whether a configuration holds a secret written out in it (rather than
+/// a `{ env = … }`, `{ file = … }` or `{ command = … }` reference): an API
+/// key, webhook secret or password given as a plain string, a URL with a
+/// password in it, or the alert webhook URL (such URLs carry their token).
+fn holds_inline_secret(t: &toml::Table, path: &str) -> bool {
+    t.iter().any(|(k, v)| {
+        let here = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        match v {
+            toml::Value::Table(inner) => holds_inline_secret(inner, &here),
+            toml::Value::String(s) => {
+                let key = k.to_ascii_lowercase();
+                let secret_key = ["api_key", "secret", "password", "token"]
+                    .iter()
+                    .any(|w| key.contains(w));
+                let url_with_password = key.ends_with("url")
+                    && s.split_once("://").is_some_and(|(_, rest)| {
+                        rest.split('/')
+                            .next()
+                            .and_then(|auth| auth.rsplit_once('@'))
+                            .is_some_and(|(user, _)| user.contains(':'))
+                    });
+                let alert_url = here == "alerts.webhook_url";
+                (secret_key && !s.is_empty()) || url_with_password || alert_url
+            }
+            _ => false,
+        }
+    })
+}
+
+/// `cdc status`: the change capture of a Postgres store, as a table or
+/// JSON. Exit 1 when it is broken (no slot, or `wal_level` not logical in
+/// slot mode).
+fn print_cdc_status(
+    name: &str,
+    p: &crate::config::PostgresConfig,
+    h: &contact_sync_postgres::SlotHealth,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let slot_mode = h.mode == contact_sync_postgres::CdcMode::Slot;
+    let slot_name = p
+        .slot_name
+        .clone()
+        .unwrap_or_else(|| contact_sync_postgres::PgConfig::new(name, "").slot_name);
+    let healthy = !slot_mode || (h.exists && h.wal_level == "logical");
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "store": name,
+                "mode": if slot_mode { "slot" } else { "outbox" },
+                "wal_level": h.wal_level,
+                "slot": slot_mode.then_some(&slot_name),
+                "slot_exists": h.exists,
+                "slot_active": h.active,
+                "retained_wal_bytes": h.retained_wal_bytes,
+                "confirmed_flush_lsn": h.confirmed_flush_lsn,
+                "outbox_pending": h.outbox_pending,
+                "healthy": healthy,
+            }))?
+        );
+    } else {
+        println!("{:<16} {name}", "store");
+        if slot_mode {
+            println!("{:<16} logical replication slot", "change capture");
+            println!(
+                "{:<16} {}{}",
+                "wal_level",
+                h.wal_level,
+                if h.wal_level == "logical" {
+                    ""
+                } else {
+                    "  (needs `logical`: set wal_level = logical and restart Postgres)"
+                }
+            );
+            println!(
+                "{:<16} {slot_name}: {}",
+                "slot",
+                match (h.exists, h.active) {
+                    (false, _) =>
+                        "MISSING (run `contact-sync cdc reset` or `contact-sync migrate`)",
+                    (true, true) => "present, being read now",
+                    (true, false) => "present, idle between reads",
+                }
+            );
+            if let Some(b) = h.retained_wal_bytes {
+                println!("{:<16} {:.1} MiB", "retained WAL", b as f64 / 1048576.0);
+            }
+            if let Some(l) = &h.confirmed_flush_lsn {
+                println!("{:<16} {l}", "confirmed up to");
+            }
+        } else {
+            println!("{:<16} outbox table (triggers)", "change capture");
+            if let Some(n) = h.outbox_pending {
+                println!("{:<16} {n} rows", "outbox pending");
+            }
+        }
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A closed stdout (`contact-sync dead-letters list --json | head -1`)
+/// ends the command quietly instead of with a panic: the reader has what
+/// it wanted.
+pub fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
 }
 
 /// Opens a store by name (`canonical` or a configured store).
@@ -342,6 +470,7 @@ async fn prompt(
         c.normalize();
         ordered.push(c);
     }
+    warn_dead_letters(cfg, ids);
     let p = match (base, ordered.as_slice()) {
         (Some(b), [one]) => build_prompt_with_contact(b, one, opts)?,
         (base, many) => {
@@ -354,6 +483,32 @@ async fn prompt(
     };
     println!("{}", p.text);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Dead letters looked at for `prompt`'s warning (the newest first).
+const PROMPT_DEAD_LETTER_SCAN: usize = 10_000;
+
+/// `prompt` renders a contact that has dead letters (the store holds the
+/// last valid version; an edit somewhere was refused), and says so on
+/// stderr, naming each dead letter: the prompt is a read-only view a person
+/// asked for, and refusing would hide the contact with no way around it.
+fn warn_dead_letters(cfg: &Config, ids: &[String]) {
+    if !cfg.state_path().exists() {
+        return;
+    }
+    let Ok(state) = open_state(cfg) else {
+        return;
+    };
+    let Ok(rows) = state.dead_letters(PROMPT_DEAD_LETTER_SCAN) else {
+        return;
+    };
+    for d in rows.iter().filter(|d| ids.contains(&d.record)) {
+        eprintln!(
+            "warning: contact {} has dead letter #{} ({} store, field `{}`): a change to it was refused; \
+             the prompt shows the last valid version (see `contact-sync dead-letters list`)",
+            d.record, d.id, d.store, d.field
+        );
+    }
 }
 
 /// Opens the state database, creating it (and its directory) when missing.
@@ -715,4 +870,30 @@ fn dead_letters_list(cfg: &Config, json: bool, limit: usize) -> anyhow::Result<E
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_inline_secret;
+
+    fn secret(toml_text: &str) -> bool {
+        holds_inline_secret(&toml_text.parse::<toml::Table>().unwrap(), "")
+    }
+
+    #[test]
+    fn only_secrets_written_out_count_as_secrets_in_the_config() {
+        assert!(!secret(
+            "[stores.t]\napi_key = { env = \"K\" }\nwebhook_secret = { file = \"/run/s\" }\n\n[stores.p]\nurl = { command = [\"vault\", \"read\"] }\n[alerts]\nwebhook_url = { env = \"HOOK\" }\n"
+        ));
+        assert!(!secret(
+            "[stores.t]\nbase_url = \"https://crm.example.com\"\n"
+        ));
+        assert!(secret("[stores.t]\napi_key = \"abc\"\n"));
+        assert!(secret(
+            "[stores.t]\nbase_url = \"https://u:pw@crm.example.com/x\"\n"
+        ));
+        assert!(secret(
+            "[alerts]\nwebhook_url = \"https://hooks.example.com/T0/abc\"\n"
+        ));
+    }
 }

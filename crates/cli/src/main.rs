@@ -175,8 +175,13 @@ pub enum CdcAction {
     /// Drop and recreate the replication slot (or outbox) of a Postgres
     /// store, then copy canonical to it again at the next cycle.
     Reset { store: String },
-    /// Slot health: present, active, retained WAL.
-    Status { store: String },
+    /// Slot health: present, active, retained WAL (exit 1 when the slot
+    /// or the outbox is missing).
+    Status {
+        store: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -227,8 +232,10 @@ pub enum DeadLetterAction {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("CONTACT_SYNC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // tokio-postgres logs every server NOTICE ("already exists, skipping"
+    // from the idempotent set-up) at info: shown only when asked for.
+    let filter = EnvFilter::try_from_env("CONTACT_SYNC_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -239,6 +246,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    commands::quiet_on_closed_stdout();
     let cli = Cli::parse();
     // Before anything is logged: contact values in log lines stay masked
     // unless --log-pii (the state database always keeps them in full).

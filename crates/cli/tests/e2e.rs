@@ -735,3 +735,204 @@ fn status_outside_a_data_directory_creates_nothing_and_says_so() {
         "status must not create a data directory"
     );
 }
+
+#[test]
+fn a_closed_stdout_ends_a_listing_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "5", "--invalid", "2"]);
+    ok(d, &["run", "--once"]);
+    // `dead-letters list --json | true`: the reader is gone before the
+    // command writes.
+    let mut child = cmd(d, &["dead-letters", "list", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn batch_size_above_the_cap_is_refused_like_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "1"]);
+    for args in [
+        &["run", "--once", "--batch-size", "50000"][..],
+        &["initial-sync", "--batch-size", "50000"][..],
+    ] {
+        let out = run(d, args);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--batch-size 50000 is out of range (1 to 10000)"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn idle_cycles_are_logged_at_info_one_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "3"]);
+    ok(d, &["run", "--once"]);
+    let out = run(d, &["run", "--once"]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("cycle: nothing to do ("))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("INFO") && lines[0].contains(" ms)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_does_not_call_secret_references_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port(); // nothing listens: the store is unreachable, which is fine here
+    let p = d.join("contact-sync.toml");
+    std::fs::write(
+        &p,
+        "[stores.db]\nkind = \"postgres\"\nurl = { env = \"PG_URL\" }\n\n[alerts]\nwebhook_url = { command = [\"echo\", \"http://127.0.0.1:9/hook\"] }\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cmd(d, &["--config", "contact-sync.toml", "check"])
+        .env(
+            "PG_URL",
+            format!("postgres://postgres:pw@127.0.0.1:{port}/x"),
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("contact-sync.toml"), "{text}");
+    assert!(!text.contains("contains secrets"), "{text}");
+}
+
+#[test]
+fn prompt_renders_a_dead_lettered_contact_with_a_warning_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "5", "--invalid", "2"]);
+    ok(d, &["run", "--once"]);
+    // c000000006's notes are too long for the stores: canonical keeps it,
+    // and the prompt shows it, saying there is a dead letter.
+    let dl = json(d, &["dead-letters", "list", "--json"]);
+    let id = dl
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["record"] == "c000000006")
+        .map(|x| x["id"].as_i64().unwrap())
+        .expect("a dead letter for c000000006");
+    let out = run(d, &["prompt", "--contact", "c000000006"]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!out.stdout.is_empty());
+    assert!(
+        err.contains(&format!("contact c000000006 has dead letter #{id}"))
+            && err.contains("field `notes`"),
+        "{err}"
+    );
+    // A contact without dead letters: no warning.
+    let out = run(d, &["prompt", "--contact", "c000000001"]);
+    assert!(
+        !stderr_of(&out).contains("dead letter"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn a_second_interrupt_exits_at_once_with_a_non_zero_status() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A "Twenty" that accepts connections and never answers: the daemon's
+    // backfill of it hangs in an HTTP call (30 s timeout).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!("[stores.local]\nkind = \"sqlite\"\n\n[stores.crm]\nkind = \"twenty\"\nbase_url = \"http://127.0.0.1:{port}\"\napi_key = {{ env = \"TW_KEY\" }}\n"),
+    )
+    .unwrap();
+    let c = |args: &[&str]| {
+        let mut c = cmd(d, &["--config", "contact-sync.toml"]);
+        c.args(args).env("TW_KEY", "k");
+        c
+    };
+    assert!(c(&["seed", "--contacts", "3"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let log = d.join("daemon.log");
+    let mut daemon = c(&["run", "--no-http", "--interval", "600"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let log_text = || {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    };
+    wait_for("the hung call to Twenty", Duration::from_secs(60), || {
+        accepted.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    let pid = daemon.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for(
+        "the first interrupt to be seen",
+        Duration::from_secs(10),
+        || log_text().contains("shutdown requested"),
+    );
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the hung call keeps the daemon busy: {}",
+        log_text()
+    );
+    let second = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = daemon.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{}", log_text());
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "exit took {:?}",
+        second.elapsed()
+    );
+    assert!(
+        log_text().contains("second interrupt: exiting now"),
+        "{}",
+        log_text()
+    );
+}

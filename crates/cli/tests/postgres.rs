@@ -582,12 +582,70 @@ async fn a_store_down_at_start_is_retried_while_the_others_sync() {
         .status();
     assert_eq!(daemon.wait().unwrap().code(), Some(0), "{}", log_text());
 
-    // A restart with --initial-sync redoes no finished backfill.
-    let out = ok(&d, &url, &["run", "--initial-sync", "--once"]);
+    // A restart with --initial-sync redoes no finished backfill; the
+    // idempotent set-up's NOTICEs ("already exists, skipping") stay out of
+    // the log.
+    let run_out = cmd(&d, &url, &["run", "--initial-sync", "--once"])
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&run_out.stdout),
+        String::from_utf8_lossy(&run_out.stderr),
+    );
+    assert!(run_out.status.success(), "{out}\n{err}");
     assert!(
         out.contains("every store has finished its backfill already")
             && !out.contains("verification:"),
         "{out}"
     );
+    assert!(
+        !err.contains("already exists") && !err.contains("NOTICE"),
+        "{err}"
+    );
+
+    // `cdc status`: a readable table, and JSON.
+    let text = ok(&d, &url, &["cdc", "status", "supabase"]);
+    assert!(
+        text.contains("logical replication slot")
+            && text.contains("cs_down_at_start: present")
+            && text.contains("retained WAL")
+            && !text.contains("SlotHealth"),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&d, &url, &["cdc", "status", "supabase", "--json"])).unwrap();
+    assert_eq!(v["slot"], "cs_down_at_start", "{v}");
+    assert_eq!(v["slot_exists"], true, "{v}");
+    assert_eq!(v["healthy"], true, "{v}");
     drop(cluster);
+}
+
+/// `check` on a Postgres database without the contacts table points at
+/// `migrate`, not at the credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_suggests_migrate_for_a_missing_table() {
+    let server = harness::shared();
+    let url = server.create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        "[stores.supabase]\nkind = \"postgres\"\nurl = { env = \"TEST_PG_URL\" }\nslot_name = \"cs_no_table\"\n",
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || cmd(&d, &url, &["check"]).output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = text
+        .lines()
+        .skip_while(|l| !l.contains("store supabase reachable"))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        line.contains("contact-sync migrate") && !line.contains("credentials"),
+        "{text}"
+    );
 }
