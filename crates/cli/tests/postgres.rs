@@ -109,7 +109,25 @@ async fn postgres_two_way_with_change_capture_and_wakeups() {
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Up, and its first cycle finished (the change wake-ups are on).
+    let start = Instant::now();
+    loop {
+        let metrics = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("contact_sync_cycles_total ") && !l.ends_with(" 0"))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the daemon did not finish a cycle within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Another app inserts, updates and deletes rows in Postgres.
     pg.execute(
