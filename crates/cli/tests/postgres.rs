@@ -667,3 +667,92 @@ async fn check_suggests_migrate_for_a_missing_table() {
         "{text}"
     );
 }
+
+/// Propagation to a Postgres store fails cycle after cycle (a trigger
+/// there refuses every write) while capturing from it works: `/health`
+/// turns 503 naming the store and the error; the local store keeps syncing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_when_propagation_to_a_store_keeps_failing() {
+    let server = harness::shared();
+    let url = server.create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        "[stores.local]\nkind = \"sqlite\"\n\n[stores.supabase]\nkind = \"postgres\"\nurl = { env = \"TEST_PG_URL\" }\nslot_name = \"cs_refusing\"\n",
+    )
+    .unwrap();
+    ok(&d, &url, &["seed", "--contacts", "10"]);
+    ok(&d, &url, &["run", "--initial-sync", "--once"]);
+    let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    pg.batch_execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'writes are frozen for maintenance'; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON contacts FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .await
+    .unwrap();
+    // An edit in the local store must reach Postgres, which refuses it.
+    rusqlite::Connection::open(d.join("contact-sync-data/local.db"))
+        .unwrap()
+        .execute(
+            "UPDATE contacts SET job_title = 'Refused by PG' WHERE contact_id = 'c000000002'",
+            [],
+        )
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut daemon = cmd(
+        &d,
+        &url,
+        &["run", "--interval", "1", "--http-listen", &listen],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let start = Instant::now();
+    let body = loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
+            let code = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            if code == 503 {
+                break body;
+            }
+            assert!(code == 200, "unexpected /health status {code}: {body}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "/health never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    assert_eq!(body["status"], "unhealthy", "{body}");
+    let reason = body["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["store"] == "supabase")
+        .unwrap_or_else(|| panic!("no reason names supabase: {body}"));
+    assert_eq!(reason["reason"], "store_failing", "{body}");
+    assert!(
+        reason["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("supabase failed") && m.contains("writes are frozen")),
+        "{body}"
+    );
+    // The edit itself reached canonical: only Postgres is stuck.
+    let c: serde_json::Value =
+        serde_json::from_str(&ok(&d, &url, &["show", "c000000002", "--json"])).unwrap();
+    assert_eq!(c["job_title"], "Refused by PG");
+}
