@@ -18,12 +18,26 @@ mkdir -p "$CONTACT_SYNC_CACHE"
 
 echo "== PostgreSQL"
 export PGDATA_DIR="${PGDATA_DIR:-$CONTACT_SYNC_CACHE/pg-$$}"
-eval "$(bash scripts/postgres/start-cluster.sh --install)"
+# The set-up's exports are captured first: `eval "$(…)"` would run an empty
+# string and carry on when the set-up fails.
 trap 'bash scripts/postgres/stop-cluster.sh --delete >/dev/null 2>&1 || true' EXIT
+if ! pg_env="$(bash scripts/postgres/start-cluster.sh --install)"; then
+    echo "test.sh: PostgreSQL set-up failed (its messages are above); stopping" >&2
+    exit 1
+fi
+eval "$pg_env"
+if [ -z "${CONTACT_SYNC_PG_URL:-}" ]; then
+    echo "test.sh: the PostgreSQL set-up exported no CONTACT_SYNC_PG_URL; stopping" >&2
+    exit 1
+fi
 echo "PostgreSQL at ${CONTACT_SYNC_PG_URL%%\?*}"
 
 echo "== BigQuery emulator"
-eval "$(bash scripts/bigquery/setup.sh)"
+if ! bq_env="$(bash scripts/bigquery/setup.sh)"; then
+    echo "test.sh: BigQuery emulator set-up failed (its messages are above); stopping" >&2
+    exit 1
+fi
+eval "$bq_env"
 
 echo "== cargo test --workspace"
 cargo test --workspace --all-features -- --test-threads="${TEST_THREADS:-2}"

@@ -87,21 +87,27 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::InitialSync { batch_size } => {
             crate::daemon::initial_sync_only(&cfg, batch_size).await
         }
-        Command::Status { json } => status(&cfg, json).await,
+        Command::Status { json } => {
+            require_state(&cfg)?;
+            status(&cfg, json).await
+        }
         Command::Show {
             contact_id,
             store,
             json,
         } => show(&cfg, &contact_id, store.as_deref(), json).await,
-        Command::Conflicts { action } => match action {
+        Command::Conflicts { action } => match require_state(&cfg).map(|()| action)? {
             ConflictAction::List { json, all } => conflicts_list(&cfg, json, all),
             ConflictAction::Resolve { id, keep } => conflicts_resolve(&cfg, id, keep).await,
         },
-        Command::DeadLetters { action } => match action {
+        Command::DeadLetters { action } => match require_state(&cfg).map(|()| action)? {
             DeadLetterAction::List { json, limit } => dead_letters_list(&cfg, json, limit),
         },
         Command::Cdc { action } => cdc(&cfg, action).await,
-        Command::Drift { json, repair } => drift(&cfg, json, repair).await,
+        Command::Drift { json, repair } => {
+            require_state(&cfg)?;
+            drift(&cfg, json, repair).await
+        }
         Command::Migrate => {
             stores::migrate_all(&cfg).await?;
             Ok(ExitCode::SUCCESS)
@@ -138,7 +144,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn drift(cfg: &Config, json: bool, repair: bool) -> anyhow::Result<ExitCode> {
     let mut engine = crate::daemon::build_engine(cfg, None).await?;
-    let _lock = engine.state().lock()?;
+    let _lock = take_lock(engine.state())?;
     let before = engine.verify().await?;
     let mut repairs = Vec::new();
     let mut after = None;
@@ -183,23 +189,24 @@ async fn drift(cfg: &Config, json: bool, repair: bool) -> anyhow::Result<ExitCod
 
 async fn cdc(cfg: &Config, action: crate::CdcAction) -> anyhow::Result<ExitCode> {
     let name = match &action {
-        crate::CdcAction::Reset { store } | crate::CdcAction::Status { store } => store.clone(),
+        crate::CdcAction::Reset { store } | crate::CdcAction::Status { store, .. } => store.clone(),
     };
     let Some(crate::config::StoreConfig::Postgres(p)) = cfg.stores().get(&name) else {
         anyhow::bail!("{name:?} is not a Postgres store in the configuration");
     };
     let mut store = stores::pg_store(&name, p).await?;
     match action {
-        crate::CdcAction::Status { .. } => {
+        crate::CdcAction::Status { json, .. } => {
             let h = store
                 .slot_health()
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{h:#?}");
+            return print_cdc_status(&name, p, &h, json);
         }
         crate::CdcAction::Reset { .. } => {
+            require_state(cfg)?;
             let mut state = open_state(cfg)?;
-            let _lock = state.lock()?;
+            let _lock = take_lock(&state)?;
             let cp = store
                 .cdc_reset()
                 .await
@@ -294,9 +301,10 @@ pub async fn safety_report(
         }
     }
     let has_secrets = match config_path {
-        Some(p) => {
-            std::fs::read_to_string(p).is_ok_and(|t| t.contains("secret") || t.contains("api_key"))
-        }
+        Some(p) => std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .is_some_and(|t| holds_inline_secret(&t, "")),
         None => false,
     };
     Ok(contact_sync_ops::run_checks(contact_sync_ops::CheckInputs {
@@ -309,6 +317,133 @@ pub async fn safety_report(
         now: contact_sync_core::model::now(),
     })
     .await)
+}
+
+/// Whether a configuration holds a secret written out in it (rather than
+/// a `{ env = … }`, `{ file = … }` or `{ command = … }` reference): an API
+/// key, webhook secret or password given as a plain string, a URL with a
+/// password in it, or the alert webhook URL (such URLs carry their token).
+fn holds_inline_secret(t: &toml::Table, path: &str) -> bool {
+    t.iter().any(|(k, v)| {
+        let here = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        match v {
+            toml::Value::Table(inner) => holds_inline_secret(inner, &here),
+            toml::Value::String(s) => {
+                let key = k.to_ascii_lowercase();
+                let secret_key = ["api_key", "secret", "password", "token"]
+                    .iter()
+                    .any(|w| key.contains(w));
+                let url_with_password = key.ends_with("url")
+                    && s.split_once("://").is_some_and(|(_, rest)| {
+                        rest.split('/')
+                            .next()
+                            .and_then(|auth| auth.rsplit_once('@'))
+                            .is_some_and(|(user, _)| user.contains(':'))
+                    });
+                let alert_url = here == "alerts.webhook_url";
+                (secret_key && !s.is_empty()) || url_with_password || alert_url
+            }
+            _ => false,
+        }
+    })
+}
+
+/// `cdc status`: the change capture of a Postgres store, as a table or
+/// JSON. Exit 1 when it is broken (no slot, or `wal_level` not logical in
+/// slot mode).
+fn print_cdc_status(
+    name: &str,
+    p: &crate::config::PostgresConfig,
+    h: &contact_sync_postgres::SlotHealth,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let slot_mode = h.mode == contact_sync_postgres::CdcMode::Slot;
+    let slot_name = p
+        .slot_name
+        .clone()
+        .unwrap_or_else(|| contact_sync_postgres::PgConfig::new(name, "").slot_name);
+    let healthy = !slot_mode || (h.exists && h.wal_level == "logical");
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "store": name,
+                "mode": if slot_mode { "slot" } else { "outbox" },
+                "wal_level": h.wal_level,
+                "slot": slot_mode.then_some(&slot_name),
+                "slot_exists": h.exists,
+                "slot_active": h.active,
+                "retained_wal_bytes": h.retained_wal_bytes,
+                "confirmed_flush_lsn": h.confirmed_flush_lsn,
+                "outbox_pending": h.outbox_pending,
+                "healthy": healthy,
+            }))?
+        );
+    } else {
+        println!("{:<16} {name}", "store");
+        if slot_mode {
+            println!("{:<16} logical replication slot", "change capture");
+            println!(
+                "{:<16} {}{}",
+                "wal_level",
+                h.wal_level,
+                if h.wal_level == "logical" {
+                    ""
+                } else {
+                    "  (needs `logical`: set wal_level = logical and restart Postgres)"
+                }
+            );
+            println!(
+                "{:<16} {slot_name}: {}",
+                "slot",
+                match (h.exists, h.active) {
+                    (false, _) =>
+                        "MISSING (run `contact-sync cdc reset` or `contact-sync migrate`)",
+                    (true, true) => "present, being read now",
+                    (true, false) => "present, idle between reads",
+                }
+            );
+            if let Some(b) = h.retained_wal_bytes {
+                println!("{:<16} {:.1} MiB", "retained WAL", b as f64 / 1048576.0);
+            }
+            if let Some(l) = &h.confirmed_flush_lsn {
+                println!("{:<16} {l}", "confirmed up to");
+            }
+        } else {
+            println!("{:<16} outbox table (triggers)", "change capture");
+            if let Some(n) = h.outbox_pending {
+                println!("{:<16} {n} rows", "outbox pending");
+            }
+        }
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A closed stdout (`contact-sync dead-letters list --json | head -1`)
+/// ends the command quietly instead of with a panic: the reader has what
+/// it wanted.
+pub fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
 }
 
 /// Opens a store by name (`canonical` or a configured store).
@@ -345,6 +480,7 @@ async fn prompt(
         c.normalize();
         ordered.push(c);
     }
+    warn_dead_letters(cfg, ids);
     let p = match (base, ordered.as_slice()) {
         (Some(b), [one]) => build_prompt_with_contact(b, one, opts)?,
         (base, many) => {
@@ -359,13 +495,130 @@ async fn prompt(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the state database, creating its directory.
+/// Dead letters looked at for `prompt`'s warning (the newest first).
+const PROMPT_DEAD_LETTER_SCAN: usize = 10_000;
+
+/// `prompt` renders a contact that has dead letters (the store holds the
+/// last valid version; an edit somewhere was refused), and says so on
+/// stderr, naming each dead letter: the prompt is a read-only view a person
+/// asked for, and refusing would hide the contact with no way around it.
+fn warn_dead_letters(cfg: &Config, ids: &[String]) {
+    if !cfg.state_path().exists() {
+        return;
+    }
+    let Ok(state) = open_state(cfg) else {
+        return;
+    };
+    let Ok(rows) = state.dead_letters(PROMPT_DEAD_LETTER_SCAN) else {
+        return;
+    };
+    for d in rows.iter().filter(|d| ids.contains(&d.record)) {
+        eprintln!(
+            "warning: contact {} has dead letter #{} ({} store, field `{}`): a change to it was refused; \
+             the prompt shows the last valid version (see `contact-sync dead-letters list`)",
+            d.record, d.id, d.store, d.field
+        );
+    }
+}
+
+/// Opens the state database, creating it (and its directory) when missing.
+/// A state database that exists but cannot be read is refused with what
+/// to do about it.
 pub fn open_state(cfg: &Config) -> anyhow::Result<StateDb> {
     let path = cfg.state_path();
+    let existed = path.exists();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    Ok(StateDb::open(&path)?)
+    match StateDb::open(&path) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let text = e.to_string();
+            let busy = text.contains("locked") || text.contains("busy");
+            if existed && !busy {
+                Err(anyhow::anyhow!(
+                    "{text}\nhint: the state database is damaged or not one. Restore it from a backup \
+                     (stop the daemon, copy the backup to {p}), or move it aside and start over with \
+                     `contact-sync run --initial-sync` (its history, conflicts and dead letters are then \
+                     lost, and every store is copied again from canonical)",
+                    p = path.display()
+                ))
+            } else {
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Refuses when there is no state database: nothing is set up here (the
+/// read-only and operator commands never create one).
+pub fn require_state(cfg: &Config) -> anyhow::Result<()> {
+    let path = cfg.state_path();
+    if path.exists() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "nothing is set up here: there is no state database at {}. Run this where contact-sync \
+         keeps its data, or pass --config with the configuration the daemon uses \
+         (to set up: `contact-sync run --initial-sync`)",
+        path.display()
+    )
+}
+
+/// Takes the single-daemon lock of the state database.
+pub fn take_lock(state: &StateDb) -> anyhow::Result<contact_sync_state::StateLock> {
+    match state.lock() {
+        Ok(l) => Ok(l),
+        Err(contact_sync_state::StateError::Locked { path, pid, since }) => Err(anyhow::anyhow!(
+            "state database {} is in use by another contact-sync (pid {pid}, since {since}). \
+             Stop it first (e.g. `systemctl stop contact-sync`, or `kill -TERM {pid}`); \
+             never run two daemons on the same stores",
+            path.display()
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `run` without a state database: refused when a store already holds
+/// contacts (a lost state database would otherwise silently start over:
+/// history, dead letters and conflicts gone, every store overwritten from
+/// canonical) unless `--initial-sync` says to start (over).
+pub async fn refuse_missing_state(cfg: &Config) -> anyhow::Result<()> {
+    let path = cfg.state_path();
+    if path.exists() {
+        return Ok(());
+    }
+    let mut holding = Vec::new();
+    let named = std::iter::once((CANONICAL.to_string(), cfg.canonical()))
+        .chain(cfg.stores().iter().map(|(n, c)| (n.clone(), c)));
+    for (name, sc) in named {
+        // Only a database that exists can hold data (opening a SQLite
+        // store would create it).
+        if let crate::config::StoreConfig::Sqlite { path } = sc {
+            if !cfg.sqlite_path(&name, path).exists() {
+                continue;
+            }
+        }
+        let Ok(mut store) = stores::open_store(cfg, &name, sc).await else {
+            continue;
+        };
+        if let Ok(n) = store.count().await {
+            if n > 0 {
+                holding.push(format!("{name} ({n} contacts)"));
+            }
+        }
+    }
+    if holding.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "there is no state database at {}, but {} already hold data. If the state database was \
+         lost, restore it from a backup: it holds the sync history, conflicts and dead letters. \
+         To start over on purpose (first start with existing data, or the state is gone for good), \
+         run `contact-sync run --initial-sync`: every store is then copied again from canonical",
+        path.display(),
+        holding.join(", ")
+    )
 }
 
 async fn seed_contacts(
@@ -603,7 +856,7 @@ fn conflicts_list(cfg: &Config, json: bool, all: bool) -> anyhow::Result<ExitCod
 
 async fn conflicts_resolve(cfg: &Config, id: i64, keep: Keep) -> anyhow::Result<ExitCode> {
     let mut engine = crate::daemon::build_engine(cfg, None).await?;
-    let _lock = engine.state().lock()?;
+    let _lock = take_lock(engine.state())?;
     engine.resolve_conflict(id, keep == Keep::Incoming).await?;
     println!(
         "conflict {id} settled: kept {}",
@@ -638,4 +891,30 @@ fn dead_letters_list(cfg: &Config, json: bool, limit: usize) -> anyhow::Result<E
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_inline_secret;
+
+    fn secret(toml_text: &str) -> bool {
+        holds_inline_secret(&toml_text.parse::<toml::Table>().unwrap(), "")
+    }
+
+    #[test]
+    fn only_secrets_written_out_count_as_secrets_in_the_config() {
+        assert!(!secret(
+            "[stores.t]\napi_key = { env = \"K\" }\nwebhook_secret = { file = \"/run/s\" }\n\n[stores.p]\nurl = { command = [\"vault\", \"read\"] }\n[alerts]\nwebhook_url = { env = \"HOOK\" }\n"
+        ));
+        assert!(!secret(
+            "[stores.t]\nbase_url = \"https://crm.example.com\"\n"
+        ));
+        assert!(secret("[stores.t]\napi_key = \"abc\"\n"));
+        assert!(secret(
+            "[stores.t]\nbase_url = \"https://u:pw@crm.example.com/x\"\n"
+        ));
+        assert!(secret(
+            "[alerts]\nwebhook_url = \"https://hooks.example.com/T0/abc\"\n"
+        ));
+    }
 }

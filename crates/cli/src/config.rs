@@ -23,6 +23,9 @@ use serde::Deserialize;
 
 use crate::secret::SecretRef;
 
+/// Most changes per batch (`sync.batch_size`, `--batch-size`).
+pub const MAX_BATCH_SIZE: usize = 10_000;
+
 /// Why the configuration cannot be used. Printed as is, then exit 2.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -274,9 +277,9 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
-        if self.sync.batch_size == 0 || self.sync.batch_size > 10_000 {
+        if self.sync.batch_size == 0 || self.sync.batch_size > MAX_BATCH_SIZE {
             return Err(ConfigError(format!(
-                "sync.batch_size = {} is out of range (1 to 10000)",
+                "sync.batch_size = {} is out of range (1 to {MAX_BATCH_SIZE})",
                 self.sync.batch_size
             )));
         }

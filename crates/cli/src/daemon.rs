@@ -1,7 +1,7 @@
 //! The daemon loop and the initial sync with its progress bar.
 
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,8 @@ use contact_sync_ops::{
 use contact_sync_twenty::webhook::WebhookReceiver;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::Notify;
+
+use anyhow::Context;
 
 use crate::commands::open_state;
 use crate::config::Config;
@@ -35,55 +37,149 @@ pub async fn build_engine_with_hooks(
     cfg: &Config,
     batch_size: Option<usize>,
 ) -> anyhow::Result<(Engine, Wakeups)> {
+    let batch = checked_batch_size(cfg, batch_size)?;
     let state = open_state(cfg)?;
     let canonical = stores::open_canonical(cfg).await?;
     let opened = stores::open_others(cfg, true).await?;
-    let (others, hooks) = (
-        opened.stores,
-        Wakeups {
-            webhooks: opened.webhooks,
-            databases: opened.wakes,
-        },
-    );
-    let batch = batch_size.unwrap_or(cfg.sync.batch_size);
-    if batch == 0 {
-        return Err(crate::config::ConfigError("--batch-size must be at least 1".into()).into());
-    }
+    let hooks = Wakeups {
+        webhooks: opened.webhooks,
+        databases: opened.wakes,
+    };
     let opts = EngineOptions {
         batch_size: batch,
         ..EngineOptions::default()
     };
-    Ok((Engine::new(state, canonical, others, opts)?, hooks))
+    Ok((Engine::new(state, canonical, opened.stores, opts)?, hooks))
 }
 
-/// Stops the engine after the batch in flight on SIGINT or SIGTERM.
-fn install_signal_handlers(engine: &Engine, wake: Arc<Notify>) {
-    let flag = engine.shutdown_flag();
+/// The daemon's engine: every other store behind a gate (held while its
+/// initial sync is pending; a store that cannot be opened is held too).
+async fn build_daemon_engine(
+    cfg: &Config,
+    batch: usize,
+) -> anyhow::Result<(Engine, Wakeups, Vec<crate::backfill::Gate>)> {
+    let state = open_state(cfg)?;
+    let canonical = stores::open_canonical(cfg)
+        .await
+        .context("the canonical store cannot be opened (the daemon cannot run without it)")?;
+    let (opened, gates) = stores::open_others_held(cfg).await?;
+    let hooks = Wakeups {
+        webhooks: opened.webhooks,
+        databases: opened.wakes,
+    };
+    let opts = EngineOptions {
+        batch_size: batch,
+        ..EngineOptions::default()
+    };
+    Ok((
+        Engine::new(state, canonical, opened.stores, opts)?,
+        hooks,
+        gates,
+    ))
+}
+
+/// `--batch-size`, else the configuration's; refused outside 1..=10000
+/// like `sync.batch_size`.
+pub fn checked_batch_size(cfg: &Config, batch_size: Option<usize>) -> anyhow::Result<usize> {
+    let batch = batch_size.unwrap_or(cfg.sync.batch_size);
+    if !(1..=crate::config::MAX_BATCH_SIZE).contains(&batch) {
+        return Err(crate::config::ConfigError(format!(
+            "--batch-size {batch} is out of range (1 to {})",
+            crate::config::MAX_BATCH_SIZE
+        ))
+        .into());
+    }
+    Ok(batch)
+}
+
+/// Stops engines after the batch in flight: the daemon's, and the ones
+/// its per-store initial syncs run on.
+#[derive(Clone, Default)]
+pub struct Stopper {
+    flags: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
+    stopped: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+}
+
+impl Stopper {
+    pub fn new(wake: Arc<Notify>) -> Stopper {
+        Stopper {
+            wake,
+            ..Stopper::default()
+        }
+    }
+
+    /// Sets `flag` when a shutdown is requested (at once if one was).
+    pub fn watch(&self, flag: Arc<AtomicBool>) {
+        let mut flags = self.flags.lock().unwrap_or_else(|p| p.into_inner());
+        flags.retain(|f| Arc::strong_count(f) > 1);
+        if self.is_stopped() {
+            flag.store(true, Ordering::SeqCst);
+        }
+        flags.push(flag);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        for f in self.flags.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            f.store(true, Ordering::SeqCst);
+        }
+        self.wake.notify_one();
+    }
+}
+
+/// Exit status after a second interrupt (128 + SIGINT).
+const INTERRUPTED_TWICE: i32 = 130;
+
+/// SIGINT or SIGTERM: finish the batch in flight, then stop. A second one:
+/// exit at once (non-zero). Nothing is lost either way: a batch not
+/// recorded in the state database is sent again at the next start.
+fn install_signal_handlers(stopper: Stopper) {
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot listen for SIGTERM");
-                        let _ = ctrl_c.await;
-                        flag.store(true, Ordering::SeqCst);
-                        wake.notify_one();
-                        return;
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    None
+                }
+            };
+        for n in 0.. {
+            #[cfg(unix)]
+            {
+                let term_recv = async {
+                    match term.as_mut() {
+                        Some(t) => t.recv().await,
+                        None => std::future::pending().await,
                     }
                 };
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => if r.is_err() { return; },
+                    _ = term_recv => {},
+                }
+            }
+            #[cfg(not(unix))]
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            if n == 0 {
+                tracing::info!(
+                    "shutdown requested: finishing the batch in flight (interrupt again to exit at once)"
+                );
+                stopper.stop();
+            } else {
+                eprintln!(
+                    "second interrupt: exiting now without finishing the batch in flight \
+                     (nothing is lost: it is sent again at the next start)"
+                );
+                std::process::exit(INTERRUPTED_TWICE);
             }
         }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutdown requested: finishing the batch in flight");
-        flag.store(true, Ordering::SeqCst);
-        wake.notify_one();
     });
 }
 
@@ -114,7 +210,7 @@ pub fn print_verification(results: &[StoreVerification]) {
     }
 }
 
-async fn do_initial_sync(engine: &mut Engine) -> anyhow::Result<Vec<StoreVerification>> {
+pub(crate) async fn do_initial_sync(engine: &mut Engine) -> anyhow::Result<Vec<StoreVerification>> {
     let started = Instant::now();
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template(
@@ -153,8 +249,10 @@ pub async fn initial_sync_only(
     batch_size: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
     let mut engine = build_engine(cfg, batch_size).await?;
-    let _lock = engine.state().lock()?;
-    install_signal_handlers(&engine, Arc::new(Notify::new()));
+    let _lock = crate::commands::take_lock(engine.state())?;
+    let stopper = Stopper::new(Arc::new(Notify::new()));
+    stopper.watch(engine.shutdown_flag());
+    install_signal_handlers(stopper);
     let results = do_initial_sync(&mut engine).await?;
     let ok = results
         .iter()
@@ -164,27 +262,6 @@ pub async fn initial_sync_only(
     } else {
         ExitCode::from(1)
     })
-}
-
-/// Whether a store has never been backfilled, or `seed` asked for one since.
-fn backfill_wanted(engine: &Engine) -> anyhow::Result<bool> {
-    let state = engine.state();
-    let requested = state.meta("backfill_requested_at")?.unwrap_or_default();
-    for name in engine.store_names() {
-        if state
-            .meta(&format!("backfill:{name}"))?
-            .is_some_and(|s| !s.is_empty())
-        {
-            return Ok(true); // an interrupted backfill
-        }
-        let done = state
-            .meta(&format!("backfill_completed_at:{name}"))?
-            .unwrap_or_default();
-        if done.is_empty() || (!requested.is_empty() && requested > done) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// Options of `run`.
@@ -200,33 +277,63 @@ pub struct RunOptions {
     pub config_path: Option<std::path::PathBuf>,
 }
 
-/// Numbers for `/metrics` after a cycle: synced records per store.
-/// `wal` holds a second connection to each Postgres store, used only to
-/// read its replication slot's retained WAL.
-async fn samples(
-    engine: &Engine,
-    wal: &mut [(String, contact_sync_postgres::PgStore)],
-) -> anyhow::Result<Vec<StoreSample>> {
+/// A second connection to a Postgres store, used only to read its
+/// replication slot's retained WAL; (re)connected when missing.
+struct WalProbe {
+    name: String,
+    cfg: crate::config::PostgresConfig,
+    store: Option<contact_sync_postgres::PgStore>,
+}
+
+impl WalProbe {
+    async fn retained(&mut self) -> Option<u64> {
+        if self.store.is_none() {
+            match stores::pg_store(&self.name, &self.cfg).await {
+                Ok(s) => self.store = Some(s),
+                Err(e) => {
+                    tracing::debug!(store = %self.name, error = %format!("{e:#}"), "no WAL probe");
+                    return None;
+                }
+            }
+        }
+        let pg = self.store.as_mut()?;
+        match pg.slot_health().await {
+            Ok(h) => h.retained_wal_bytes.map(|b| b.max(0) as u64),
+            Err(e) => {
+                tracing::debug!(store = %self.name, error = %e, "WAL probe failed; reconnecting next time");
+                self.store = None;
+                None
+            }
+        }
+    }
+}
+
+/// Numbers for `/metrics` after a cycle: synced records per store. A
+/// number the state database cannot give is left out (logged), never the
+/// end of the daemon.
+async fn samples(engine: &Engine, wal: &mut [WalProbe]) -> Vec<StoreSample> {
     let mut out = vec![StoreSample::new(CANONICAL, None)];
     for name in engine.store_names() {
-        let n = engine.state().store_record_count(&name)?;
-        let mut sample = StoreSample::new(name.clone(), Some(n));
-        if let Some((_, pg)) = wal.iter_mut().find(|(n, _)| *n == name) {
-            sample.retained_wal_bytes = pg
-                .slot_health()
-                .await
-                .ok()
-                .and_then(|h| h.retained_wal_bytes)
-                .map(|b| b.max(0) as u64);
+        let n = match engine.state().store_record_count(&name) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(store = %name, error = %e, "cannot read the store's record count from the state database");
+                None
+            }
+        };
+        let mut sample = StoreSample::new(name.clone(), n);
+        if let Some(p) = wal.iter_mut().find(|p| p.name == name) {
+            sample.retained_wal_bytes = p.retained().await;
         }
         out.push(sample);
     }
-    Ok(out)
+    out
 }
 
 /// `run`: the daemon.
 pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
     let interval = Duration::from_secs(o.interval.unwrap_or(cfg.sync.interval_secs).max(1));
+    let batch = checked_batch_size(cfg, o.batch_size)?;
     if o.safety_check {
         let report = crate::commands::safety_report(cfg, o.config_path.as_deref()).await?;
         if report.verdict() == contact_sync_ops::Verdict::Unsafe {
@@ -234,11 +341,15 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
             anyhow::bail!("refusing to start: the safety check says UNSAFE");
         }
     }
-    let (mut engine, hooks) = build_engine_with_hooks(cfg, o.batch_size).await?;
-    let _lock = engine.state().lock()?;
+    if !o.initial_sync {
+        crate::commands::refuse_missing_state(cfg).await?;
+    }
+    let (mut engine, hooks, gates) = build_daemon_engine(cfg, batch).await?;
+    let _lock = crate::commands::take_lock(engine.state())?;
     let wake = Arc::new(Notify::new());
-    install_signal_handlers(&engine, wake.clone());
-    let stop = engine.shutdown_flag();
+    let stopper = Stopper::new(wake.clone());
+    stopper.watch(engine.shutdown_flag());
+    install_signal_handlers(stopper.clone());
     tracing::info!(stores = ?engine.store_names(), interval_secs = interval.as_secs(), "contact-sync started");
 
     // Database changes and webhooks wake the loop at once.
@@ -290,7 +401,11 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
     let mut wal_probes = Vec::new();
     for (name, sc) in cfg.stores() {
         if let crate::config::StoreConfig::Postgres(p) = sc {
-            wal_probes.push((name.clone(), stores::pg_store(name, p).await?));
+            wal_probes.push(WalProbe {
+                name: name.clone(),
+                cfg: p.clone(),
+                store: None,
+            });
         }
     }
     let notifier = match &cfg.alerts.webhook_url {
@@ -316,23 +431,35 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         Some(h)
     };
 
-    if o.initial_sync || backfill_wanted(&engine)? {
-        if !o.initial_sync {
-            tracing::info!("a store has not been backfilled yet: running the initial sync");
-        }
-        do_initial_sync(&mut engine).await?;
+    // Stores whose backfill has not finished are held out of the cycles
+    // and backfilled (retried with backoff), one at a time; a finished
+    // backfill is never redone by a restart.
+    let mut backfills = crate::backfill::Backfills::new(gates, batch, wake.clone());
+    backfills
+        .refresh(engine.state())
+        .context("the state database cannot be read")?;
+    if o.initial_sync && backfills.waiting().is_empty() {
+        println!(
+            "initial sync: every store has finished its backfill already (`contact-sync initial-sync` copies everything again)"
+        );
+    } else if !o.initial_sync && !backfills.waiting().is_empty() {
+        tracing::info!(stores = ?backfills.waiting(), "a store has not been backfilled yet: running its initial sync");
     }
     let mut failures = 0u32;
     let drift_every = Duration::from_secs(cfg.sync.drift_interval_secs.max(1));
     let mut last_drift = Instant::now();
     loop {
-        if stop.load(Ordering::SeqCst) {
+        if stopper.is_stopped() {
             break;
         }
-        if backfill_wanted(&engine)? {
-            do_initial_sync(&mut engine).await?;
+        if let Err(e) = backfills.refresh(engine.state()) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the backfill state from the state database");
         }
-        if !o.once && last_drift.elapsed() >= drift_every {
+        backfills.run_due(cfg, &stopper).await;
+        if stopper.is_stopped() {
+            break;
+        }
+        if !o.once && last_drift.elapsed() >= drift_every && backfills.waiting().is_empty() {
             last_drift = Instant::now();
             match engine.verify().await {
                 Ok(v) => {
@@ -346,43 +473,28 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         if let Ok(report) = &result {
             // Changes read from databases' change capture, for /metrics.
             for s in &report.stores {
-                if wal_probes.iter().any(|(n, _)| *n == s.store) && s.stats.captured > 0 {
+                if wal_probes.iter().any(|p| p.name == s.store) && s.stats.captured > 0 {
                     ops.add_cdc_events(&s.store, s.stats.captured);
                 }
             }
         }
         let outcome =
             CycleOutcome::from_result(&result, started.elapsed(), contact_sync_core::model::now());
-        let samples = samples(&engine, &mut wal_probes).await?;
+        let samples = samples(&engine, &mut wal_probes).await;
         match ops.after_cycle(engine.state(), &samples, outcome) {
             Ok(snap) => {
                 alerter.process(&snap).await;
             }
             Err(e) => tracing::warn!(error = %e, "cannot update metrics"),
         }
+        let millis = started.elapsed().as_millis() as u64;
         match result {
             Ok(report) => {
                 failures = 0;
-                let errors = report.errors();
-                let mut moved = 0u64;
-                for s in &report.stores {
-                    moved += s.stats.applied + s.stats.written + s.stats.dead_letters;
-                }
-                if moved > 0 || !errors.is_empty() {
-                    tracing::info!(
-                        millis = started.elapsed().as_millis() as u64,
-                        ?report,
-                        "cycle done"
-                    );
-                } else {
-                    tracing::debug!(
-                        millis = started.elapsed().as_millis() as u64,
-                        "cycle done, nothing to do"
-                    );
-                }
+                log_cycle(&report, millis);
                 if o.once {
                     print_cycle(&report);
-                    return Ok(if errors.is_empty() {
+                    return Ok(if report.errors().is_empty() {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::from(1)
@@ -397,11 +509,15 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        if stop.load(Ordering::SeqCst) {
+        if stopper.is_stopped() {
             break;
         }
-        // Back off after failures (up to 8 intervals), else wait for the interval or a wake-up.
-        let wait = interval.saturating_mul(1u32 << failures.min(3));
+        // Back off after failures (up to 8 intervals), else wait for the
+        // interval, a wake-up, or the next retry of a store's backfill.
+        let mut wait = interval.saturating_mul(1u32 << failures.min(3));
+        if let Some(due) = backfills.next_due() {
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {},
             _ = wake.notified() => {},
@@ -409,6 +525,43 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("contact-sync stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per cycle at info: what moved, or that nothing did.
+fn log_cycle(report: &contact_sync_engine::CycleReport, millis: u64) {
+    let errors = report.errors();
+    let mut moved = 0u64;
+    for s in &report.stores {
+        moved += s.stats.applied + s.stats.written + s.stats.dead_letters;
+    }
+    if moved == 0 && errors.is_empty() {
+        tracing::info!("cycle: nothing to do ({millis} ms)");
+        return;
+    }
+    let per_store: Vec<String> = report
+        .stores
+        .iter()
+        .filter(|s| {
+            s.error.is_some() || s.stats.applied + s.stats.written + s.stats.dead_letters > 0
+        })
+        .map(|s| {
+            let mut t = format!(
+                "{}: merged {} written {}",
+                s.store, s.stats.applied, s.stats.written
+            );
+            if s.stats.dead_letters > 0 {
+                t.push_str(&format!(" dead letters {}", s.stats.dead_letters));
+            }
+            if s.stats.conflicts > 0 {
+                t.push_str(&format!(" conflicts {}", s.stats.conflicts));
+            }
+            if s.error.is_some() {
+                t.push_str(" (error)");
+            }
+            t
+        })
+        .collect();
+    tracing::info!("cycle: {} ({millis} ms)", per_store.join("; "));
 }
 
 fn print_cycle(report: &contact_sync_engine::CycleReport) {

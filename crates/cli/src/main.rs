@@ -1,5 +1,6 @@
 //! `contact-sync`: the command line and the daemon.
 
+mod backfill;
 mod checks;
 mod commands;
 mod config;
@@ -63,7 +64,10 @@ pub enum Command {
     /// The daemon: sync every --interval seconds and on change wake-ups
     /// until SIGINT/SIGTERM.
     Run {
-        /// Backfill every store from canonical first, then verify.
+        /// Backfill from canonical every store that has not finished a
+        /// backfill, then verify it (a finished one is never redone by a
+        /// restart; `contact-sync initial-sync` copies everything again).
+        /// The daemon does this by itself for a store never backfilled.
         #[arg(long)]
         initial_sync: bool,
         /// Run one full cycle and exit.
@@ -184,8 +188,13 @@ pub enum CdcAction {
     /// Drop and recreate the replication slot (or outbox) of a Postgres
     /// store, then copy canonical to it again at the next cycle.
     Reset { store: String },
-    /// Slot health: present, active, retained WAL.
-    Status { store: String },
+    /// Slot health: present, active, retained WAL (exit 1 when the slot
+    /// or the outbox is missing).
+    Status {
+        store: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -236,8 +245,10 @@ pub enum DeadLetterAction {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("CONTACT_SYNC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // tokio-postgres logs every server NOTICE ("already exists, skipping"
+    // from the idempotent set-up) at info: shown only when asked for.
+    let filter = EnvFilter::try_from_env("CONTACT_SYNC_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -248,6 +259,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    commands::quiet_on_closed_stdout();
     let cli = Cli::parse();
     // Before anything is logged: contact values in log lines stay masked
     // unless --log-pii (the state database always keeps them in full).

@@ -203,47 +203,126 @@ pub struct Opened {
     pub webhooks: Vec<(String, WebhookReceiver)>,
     /// Change notifiers of databases (store name, notifier).
     pub wakes: Vec<(String, ChangeNotifier)>,
+    /// The daemon's gates of held stores ([`open_others_held`] only).
+    pub gates: Vec<crate::backfill::Gate>,
 }
 
 /// Every other store, in name order. With `setup`, stores that set
 /// themselves up (Postgres: table and change capture) do so first.
 pub async fn open_others(cfg: &Config, setup: bool) -> anyhow::Result<Opened> {
-    let mut out = Vec::new();
-    let mut hooks = Vec::new();
-    let mut wakes = Vec::new();
-    for (name, sc) in cfg.stores() {
-        match sc {
-            StoreConfig::Twenty(t) => {
-                let store = twenty_store(name, t)?;
+    let names: Vec<&str> = cfg.stores().keys().map(String::as_str).collect();
+    open_others_inner(cfg, &names, setup, false).await
+}
+
+/// The named stores as [`open_others`] with set-up opens them.
+pub async fn open_others_named(cfg: &Config, names: &[&str]) -> anyhow::Result<Opened> {
+    open_others_inner(cfg, names, true, false).await
+}
+
+/// Every other store for the daemon: each wrapped in a
+/// [`Held`](crate::backfill::Held) store with its gate; a store that cannot
+/// be opened is a held placeholder (its backfill opens it later) instead of
+/// an error.
+pub async fn open_others_held(
+    cfg: &Config,
+) -> anyhow::Result<(Opened, Vec<crate::backfill::Gate>)> {
+    let names: Vec<&str> = cfg.stores().keys().map(String::as_str).collect();
+    let mut opened = open_others_inner(cfg, &names, true, true).await?;
+    let gates = std::mem::take(&mut opened.gates);
+    Ok((opened, gates))
+}
+
+/// A store ready to sync (Postgres: table and change capture set up).
+pub async fn open_for_sync(
+    cfg: &Config,
+    name: &str,
+    sc: &StoreConfig,
+) -> anyhow::Result<Box<dyn Store>> {
+    match sc {
+        StoreConfig::Postgres(p) => {
+            let mut store = pg_store(name, p).await?;
+            store
+                .migrate()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("store {name}: set-up"))?;
+            Ok(Box::new(store))
+        }
+        _ => open_store(cfg, name, sc).await,
+    }
+}
+
+async fn open_others_inner(
+    cfg: &Config,
+    names: &[&str],
+    setup: bool,
+    held: bool,
+) -> anyhow::Result<Opened> {
+    let mut out = Opened {
+        stores: Vec::new(),
+        webhooks: Vec::new(),
+        wakes: Vec::new(),
+        gates: Vec::new(),
+    };
+    for name in names {
+        let Some(sc) = cfg.stores().get(*name) else {
+            anyhow::bail!("no store named {name:?} in the configuration");
+        };
+        let name = name.to_string();
+        let opened = match sc {
+            StoreConfig::Twenty(t) => twenty_store(&name, t).map(|store| {
                 if let Some(rx) = store.webhook_receiver() {
-                    hooks.push((name.clone(), rx));
+                    out.webhooks.push((name.clone(), rx));
                 }
-                out.push(Box::new(store) as Box<dyn Store>);
-            }
-            StoreConfig::Postgres(p) => {
-                let mut store = pg_store(name, p).await?;
-                if setup {
-                    // Idempotent: creates the table and change capture on first start.
-                    store
-                        .migrate()
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))
-                        .with_context(|| format!("store {name}: set-up"))?;
-                }
-                match store.change_notifier().await {
-                    Ok(n) => wakes.push((name.clone(), n)),
-                    Err(e) => {
-                        tracing::warn!(store = %name, error = %e, "no change wake-ups; polling only")
+                Box::new(store) as Box<dyn Store>
+            }),
+            StoreConfig::Postgres(p) => match pg_store(&name, p).await {
+                Ok(mut store) => {
+                    let set_up = if setup {
+                        // Idempotent: creates the table and change capture on first start.
+                        store
+                            .migrate()
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))
+                            .with_context(|| format!("store {name}: set-up"))
+                    } else {
+                        Ok(())
+                    };
+                    match set_up {
+                        Ok(()) => {
+                            match store.change_notifier().await {
+                                Ok(n) => out.wakes.push((name.clone(), n)),
+                                Err(e) => {
+                                    tracing::warn!(store = %name, error = %e, "no change wake-ups; polling only")
+                                }
+                            }
+                            Ok(Box::new(store) as Box<dyn Store>)
+                        }
+                        Err(e) => Err(e),
                     }
                 }
-                out.push(Box::new(store) as Box<dyn Store>);
-            }
-            _ => out.push(open_store(cfg, name, sc).await?),
+                Err(e) => Err(e),
+            },
+            _ => open_store(cfg, &name, sc).await,
+        };
+        if !held {
+            out.stores.push(opened?);
+            continue;
         }
+        let (store, gate) = match opened {
+            Ok(s) => crate::backfill::Held::new(s),
+            Err(e) => {
+                // Bad configuration stays fatal: no retry fixes it.
+                if e.downcast_ref::<ConfigError>().is_some() {
+                    return Err(e);
+                }
+                tracing::warn!(store = %name, error = %format!("{e:#}"), alert = "sync_failure",
+                    "store cannot be opened; the other stores keep syncing, this one is retried");
+                crate::backfill::Held::unopened(&name, &format!("{e:#}"))
+            }
+        };
+        out.stores.push(Box::new(store));
+        out.gates.push(gate);
     }
-    Ok(Opened {
-        stores: out,
-        webhooks: hooks,
-        wakes,
-    })
+    Ok(out)
 }

@@ -288,6 +288,11 @@ fn a_second_daemon_refuses_and_sigterm_stops_the_first_cleanly() {
     assert_eq!(second.status.code(), Some(1));
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("in use by another contact-sync"), "{err}");
+    // The hint never invites a second daemon onto the same stores.
+    assert!(
+        err.contains("Stop it first") && !err.contains("another data directory"),
+        "{err}"
+    );
 
     let pid = first.id().to_string();
     let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -659,4 +664,283 @@ fn logs_mask_contact_values_unless_log_pii_while_dead_letters_keep_them() {
             "{want} not in {reasons:?}"
         );
     }
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_lost_state_database_is_refused_unless_initial_sync_says_to_start_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "20"]);
+    ok(d, &["run", "--initial-sync", "--once"]);
+    let data = d.join("contact-sync-data");
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    let out = run(d, &["run", "--once"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no state database")
+            && err.contains("canonical (20 contacts)")
+            && err.contains("local (20 contacts)")
+            && err.contains("restore it from a backup")
+            && err.contains("--initial-sync"),
+        "{err}"
+    );
+    assert!(!data.join("state.db").exists(), "nothing created");
+    // Read-only commands refuse too instead of creating an empty one.
+    let out = run(d, &["dead-letters", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("no state database"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!data.join("state.db").exists(), "nothing created");
+    // Starting over on purpose works.
+    let text = ok(d, &["run", "--initial-sync", "--once"]);
+    assert!(text.contains("local") && text.contains("OK"), "{text}");
+}
+
+#[test]
+fn a_damaged_state_database_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "5"]);
+    let state = d.join("contact-sync-data/state.db");
+    let _ = std::fs::remove_file(d.join("contact-sync-data/state.db-wal"));
+    let _ = std::fs::remove_file(d.join("contact-sync-data/state.db-shm"));
+    std::fs::write(&state, b"this is not a SQLite database, it was overwritten").unwrap();
+    for args in [&["status"][..], &["run", "--once"][..]] {
+        let out = run(d, args);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("not a database")
+                && err.contains("hint:")
+                && err.contains("Restore it from a backup")
+                && err.contains("run --initial-sync"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn status_outside_a_data_directory_creates_nothing_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = run(d, &["status"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nothing is set up here"), "{err}");
+    assert!(
+        !d.join("contact-sync-data").exists(),
+        "status must not create a data directory"
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_a_listing_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "5", "--invalid", "2"]);
+    ok(d, &["run", "--once"]);
+    // `dead-letters list --json | true`: the reader is gone before the
+    // command writes.
+    let mut child = cmd(d, &["dead-letters", "list", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn batch_size_above_the_cap_is_refused_like_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "1"]);
+    for args in [
+        &["run", "--once", "--batch-size", "50000"][..],
+        &["initial-sync", "--batch-size", "50000"][..],
+    ] {
+        let out = run(d, args);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--batch-size 50000 is out of range (1 to 10000)"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn idle_cycles_are_logged_at_info_one_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "3"]);
+    ok(d, &["run", "--once"]);
+    let out = run(d, &["run", "--once"]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("cycle: nothing to do ("))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("INFO") && lines[0].contains(" ms)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_does_not_call_secret_references_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port(); // nothing listens: the store is unreachable, which is fine here
+    let p = d.join("contact-sync.toml");
+    std::fs::write(
+        &p,
+        "[stores.db]\nkind = \"postgres\"\nurl = { env = \"PG_URL\" }\n\n[alerts]\nwebhook_url = { command = [\"echo\", \"http://127.0.0.1:9/hook\"] }\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cmd(d, &["--config", "contact-sync.toml", "check"])
+        .env(
+            "PG_URL",
+            format!("postgres://postgres:pw@127.0.0.1:{port}/x"),
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("contact-sync.toml"), "{text}");
+    assert!(!text.contains("contains secrets"), "{text}");
+}
+
+#[test]
+fn prompt_renders_a_dead_lettered_contact_with_a_warning_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "5", "--invalid", "2"]);
+    ok(d, &["run", "--once"]);
+    // c000000006's notes are too long for the stores: canonical keeps it,
+    // and the prompt shows it, saying there is a dead letter.
+    let dl = json(d, &["dead-letters", "list", "--json"]);
+    let id = dl
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["record"] == "c000000006")
+        .map(|x| x["id"].as_i64().unwrap())
+        .expect("a dead letter for c000000006");
+    let out = run(d, &["prompt", "--contact", "c000000006"]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!out.stdout.is_empty());
+    assert!(
+        err.contains(&format!("contact c000000006 has dead letter #{id}"))
+            && err.contains("field `notes`"),
+        "{err}"
+    );
+    // A contact without dead letters: no warning.
+    let out = run(d, &["prompt", "--contact", "c000000001"]);
+    assert!(
+        !stderr_of(&out).contains("dead letter"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn a_second_interrupt_exits_at_once_with_a_non_zero_status() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A "Twenty" that accepts connections and never answers: the daemon's
+    // backfill of it hangs in an HTTP call (30 s timeout).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!("[stores.local]\nkind = \"sqlite\"\n\n[stores.crm]\nkind = \"twenty\"\nbase_url = \"http://127.0.0.1:{port}\"\napi_key = {{ env = \"TW_KEY\" }}\n"),
+    )
+    .unwrap();
+    let c = |args: &[&str]| {
+        let mut c = cmd(d, &["--config", "contact-sync.toml"]);
+        c.args(args).env("TW_KEY", "k");
+        c
+    };
+    assert!(c(&["seed", "--contacts", "3"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let log = d.join("daemon.log");
+    let mut daemon = c(&["run", "--no-http", "--interval", "600"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let log_text = || {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    };
+    wait_for("the hung call to Twenty", Duration::from_secs(60), || {
+        accepted.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    let pid = daemon.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for(
+        "the first interrupt to be seen",
+        Duration::from_secs(10),
+        || log_text().contains("shutdown requested"),
+    );
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the hung call keeps the daemon busy: {}",
+        log_text()
+    );
+    let second = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = daemon.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{}", log_text());
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "exit took {:?}",
+        second.elapsed()
+    );
+    assert!(
+        log_text().contains("second interrupt: exiting now"),
+        "{}",
+        log_text()
+    );
 }

@@ -109,7 +109,25 @@ async fn postgres_two_way_with_change_capture_and_wakeups() {
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Up, and its first cycle finished (the change wake-ups are on).
+    let start = Instant::now();
+    loop {
+        let metrics = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("contact_sync_cycles_total ") && !l.ends_with(" 0"))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the daemon did not finish a cycle within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Another app inserts, updates and deletes rows in Postgres.
     pg.execute(
@@ -432,4 +450,309 @@ async fn check_says_unsafe_when_postgres_is_stopped() {
         !text.contains("Hidden-Pw-42") && !err.contains("Hidden-Pw-42"),
         "{text}\n{err}"
     );
+}
+
+/// Waits for `f` with a deadline, polling (no fixed sleep decides anything).
+async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn local_count(d: &Path) -> i64 {
+    rusqlite::Connection::open(d.join("contact-sync-data/local.db"))
+        .ok()
+        .and_then(|c| {
+            c.busy_timeout(Duration::from_secs(2)).ok()?;
+            c.query_row(
+                "SELECT count(*) FROM contacts WHERE deleted_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Postgres down when the daemon starts: the daemon stays up, backfills
+/// and syncs the local store, retries the Postgres store's initial sync
+/// with backoff, and finishes it once Postgres is back. A restart with
+/// `--initial-sync` then redoes no finished backfill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_down_at_start_is_retried_while_the_others_sync() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        harness::PgCluster::start(harness::ClusterOptions::default()).expect("private cluster")
+    })
+    .await
+    .unwrap();
+    let url = cluster.url("postgres");
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop().expect("stop");
+        cluster
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        "[stores.local]\nkind = \"sqlite\"\n\n[stores.supabase]\nkind = \"postgres\"\nurl = { env = \"TEST_PG_URL\" }\nslot_name = \"cs_down_at_start\"\n",
+    )
+    .unwrap();
+    ok(&d, &url, &["seed", "--contacts", "30"]);
+    let log = d.join("daemon.log");
+    let out_file = d.join("daemon.out");
+    let mut daemon = cmd(
+        &d,
+        &url,
+        &["run", "--initial-sync", "--interval", "1", "--no-http"],
+    )
+    .stdout(std::fs::File::create(&out_file).unwrap())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(
+        "the local store's backfill",
+        Duration::from_secs(60),
+        || local_count(&d) == 30,
+    )
+    .await;
+    wait_until(
+        "a failed attempt at the Postgres store",
+        Duration::from_secs(60),
+        || log_text().contains("initial sync of the store failed"),
+    )
+    .await;
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon must keep running: {}",
+        log_text()
+    );
+    // The local store keeps syncing meanwhile: an edit there reaches canonical.
+    rusqlite::Connection::open(d.join("contact-sync-data/local.db"))
+        .unwrap()
+        .execute(
+            "UPDATE contacts SET job_title = 'While PG is down' WHERE contact_id = 'c000000003'",
+            [],
+        )
+        .unwrap();
+    let (d2, u2) = (d.clone(), url.clone());
+    let canonical_title = move || -> String {
+        let out = cmd(&d2, &u2, &["show", "c000000003", "--json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["job_title"].as_str().unwrap_or_default().to_string()
+    };
+    wait_until(
+        "the local edit in canonical",
+        Duration::from_secs(60),
+        || canonical_title() == "While PG is down",
+    )
+    .await;
+
+    // Postgres comes back: the retry backfills it, edit included.
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.start_server().expect("start again");
+        cluster
+    })
+    .await
+    .unwrap();
+    let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let start = Instant::now();
+    loop {
+        let n = pg
+            .query_one("SELECT count(*) FROM contacts", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        let finished = std::fs::read_to_string(&out_file)
+            .unwrap_or_default()
+            .matches("initial sync finished")
+            .count();
+        if n == 30 && finished == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "Postgres never backfilled ({n} rows): {}",
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t: String = pg
+        .query_one(
+            "SELECT job_title FROM contacts WHERE contact_id = 'c000000003'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(t, "While PG is down");
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    assert_eq!(daemon.wait().unwrap().code(), Some(0), "{}", log_text());
+
+    // A restart with --initial-sync redoes no finished backfill; the
+    // idempotent set-up's NOTICEs ("already exists, skipping") stay out of
+    // the log.
+    let run_out = cmd(&d, &url, &["run", "--initial-sync", "--once"])
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&run_out.stdout),
+        String::from_utf8_lossy(&run_out.stderr),
+    );
+    assert!(run_out.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("every store has finished its backfill already")
+            && !out.contains("verification:"),
+        "{out}"
+    );
+    assert!(
+        !err.contains("already exists") && !err.contains("NOTICE"),
+        "{err}"
+    );
+
+    // `cdc status`: a readable table, and JSON.
+    let text = ok(&d, &url, &["cdc", "status", "supabase"]);
+    assert!(
+        text.contains("logical replication slot")
+            && text.contains("cs_down_at_start: present")
+            && text.contains("retained WAL")
+            && !text.contains("SlotHealth"),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&d, &url, &["cdc", "status", "supabase", "--json"])).unwrap();
+    assert_eq!(v["slot"], "cs_down_at_start", "{v}");
+    assert_eq!(v["slot_exists"], true, "{v}");
+    assert_eq!(v["healthy"], true, "{v}");
+    drop(cluster);
+}
+
+/// `check` on a Postgres database without the contacts table points at
+/// `migrate`, not at the credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_suggests_migrate_for_a_missing_table() {
+    let server = harness::shared();
+    let url = server.create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        "[stores.supabase]\nkind = \"postgres\"\nurl = { env = \"TEST_PG_URL\" }\nslot_name = \"cs_no_table\"\n",
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || cmd(&d, &url, &["check"]).output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = text
+        .lines()
+        .skip_while(|l| !l.contains("store supabase reachable"))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        line.contains("contact-sync migrate") && !line.contains("credentials"),
+        "{text}"
+    );
+}
+
+/// Propagation to a Postgres store fails cycle after cycle (a trigger
+/// there refuses every write) while capturing from it works: `/health`
+/// turns 503 naming the store and the error; the local store keeps syncing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_when_propagation_to_a_store_keeps_failing() {
+    let server = harness::shared();
+    let url = server.create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        "[stores.local]\nkind = \"sqlite\"\n\n[stores.supabase]\nkind = \"postgres\"\nurl = { env = \"TEST_PG_URL\" }\nslot_name = \"cs_refusing\"\n",
+    )
+    .unwrap();
+    ok(&d, &url, &["seed", "--contacts", "10"]);
+    ok(&d, &url, &["run", "--initial-sync", "--once"]);
+    let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    pg.batch_execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'writes are frozen for maintenance'; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON contacts FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .await
+    .unwrap();
+    // An edit in the local store must reach Postgres, which refuses it.
+    rusqlite::Connection::open(d.join("contact-sync-data/local.db"))
+        .unwrap()
+        .execute(
+            "UPDATE contacts SET job_title = 'Refused by PG' WHERE contact_id = 'c000000002'",
+            [],
+        )
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut daemon = cmd(
+        &d,
+        &url,
+        &["run", "--interval", "1", "--http-listen", &listen],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let start = Instant::now();
+    let body = loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
+            let code = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            if code == 503 {
+                break body;
+            }
+            assert!(code == 200, "unexpected /health status {code}: {body}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "/health never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    assert_eq!(body["status"], "unhealthy", "{body}");
+    let reason = body["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["store"] == "supabase")
+        .unwrap_or_else(|| panic!("no reason names supabase: {body}"));
+    assert_eq!(reason["reason"], "store_failing", "{body}");
+    assert!(
+        reason["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("supabase failed") && m.contains("writes are frozen")),
+        "{body}"
+    );
+    // The edit itself reached canonical: only Postgres is stuck.
+    let c: serde_json::Value =
+        serde_json::from_str(&ok(&d, &url, &["show", "c000000002", "--json"])).unwrap();
+    assert_eq!(c["job_title"], "Refused by PG");
 }

@@ -130,7 +130,16 @@ async fn contacts_reach_twenty_and_edits_in_twenty_come_back() {
 
     // Twenty's workflow touches every new person a moment later: no
     // conflicts, no writes back, no loop.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let created = live.len() as u64;
+    let start = std::time::Instant::now();
+    while fake.counters().workflow_updates < created {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the workflow touched {} of {created} people",
+            fake.counters().workflow_updates
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     blocking(vec!["run", "--once"]).await.unwrap();
     let before = writes(&fake);
     let out = blocking(vec!["run", "--once"]).await.unwrap();
@@ -183,6 +192,35 @@ async fn contacts_reach_twenty_and_edits_in_twenty_come_back() {
 /// With the daemon running, an edit in Twenty arrives by signed webhook and
 /// reaches the local store without waiting for the polling interval; a
 /// forged webhook is refused.
+/// Waits (deadline 30 s) until the daemon's `/metrics` counts a finished
+/// cycle.
+async fn first_cycle_done(client: &reqwest::Client, port: u16) {
+    let start = std::time::Instant::now();
+    loop {
+        let metrics = match client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let cycles: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("contact_sync_cycles_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        if cycles >= 1.0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the daemon did not finish a cycle within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_from_twenty_reaches_the_local_store_at_once() {
     let fake = FakeTwenty::start(FakeConfig::default())
@@ -241,24 +279,10 @@ async fn webhook_from_twenty_reaches_the_local_store_at_once() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let health = format!("http://127.0.0.1:{port}/health");
     let client = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..200 {
-        if client
-            .get(&health)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "daemon HTTP server did not come up");
-    // Let the first cycle finish.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Up, and its first cycle (which polls Twenty) finished: what follows
+    // is driven by the webhook alone.
+    first_cycle_done(&client, port).await;
 
     // A forged webhook is refused.
     let forged = client

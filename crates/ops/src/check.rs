@@ -399,7 +399,12 @@ pub async fn check_store_reachable(store: &mut dyn Store, timeout: Duration) -> 
     match tokio::time::timeout(timeout, store.count()).await {
         Ok(Ok(n)) => Check::ok(name, format!("{n} live contacts")),
         Ok(Err(e)) => {
-            let hint = if e.is_transient() {
+            let missing_table = e.message.contains("SQLSTATE 42P01")
+                || e.message.contains("does not exist")
+                || e.message.contains("Not found: Table");
+            let hint = if missing_table {
+                format!("{store_name}'s contacts table is missing: run `contact-sync migrate` (it creates it), or check the schema and table names in the configuration")
+            } else if e.is_transient() {
                 format!("{store_name} may be down or overloaded: check it is running and reachable from here, then retry")
             } else {
                 format!("{store_name} refuses us: check its address, credentials and permissions in the configuration")

@@ -1,4 +1,6 @@
-//! Health: whether the daemon is doing its job, for `/health` (200 / 503).
+//! Health: whether the daemon is doing its job, for `/health`: healthy
+//! (200), degraded (200, with reasons: a store failed its last runs but
+//! not yet often enough to call the daemon unhealthy) or unhealthy (503).
 
 use std::time::Duration;
 
@@ -32,7 +34,9 @@ impl Default for HealthThresholds {
 pub enum UnhealthyReason {
     /// The last cycle failed as a whole (canonical store or state database).
     LastCycleFailed { error: String },
-    /// A store failed `consecutive_errors` runs in a row.
+    /// A store failed `consecutive_errors` runs in a row (its capture or the
+    /// propagation to it): unhealthy from `max_store_failures` on, degraded
+    /// below.
     StoreFailing {
         store: String,
         consecutive_errors: u64,
@@ -73,10 +77,14 @@ impl std::fmt::Display for UnhealthyReason {
     }
 }
 
-/// Healthy, or unhealthy with every reason found.
+/// Healthy, degraded or unhealthy, with every reason found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HealthStatus {
     Healthy,
+    /// Working, but something failed recently (each reason named); still
+    /// 200, so a load balancer keeps the daemon.
+    Degraded(Vec<UnhealthyReason>),
+    /// Not doing its job: 503.
     Unhealthy(Vec<UnhealthyReason>),
 }
 
@@ -99,17 +107,23 @@ impl HealthStatus {
     /// first cycle nothing has failed, so a fresh daemon is healthy.
     pub fn evaluate(snap: &MetricsSnapshot, t: &HealthThresholds) -> HealthStatus {
         let mut reasons = Vec::new();
+        let mut minor = Vec::new();
         if let Some(error) = snap.last_cycle.as_ref().and_then(|c| c.error.as_ref()) {
             reasons.push(UnhealthyReason::LastCycleFailed { error: clip(error) });
         }
         let max_lag = t.max_lag.as_secs_f64();
         for s in &snap.stores {
-            if t.max_store_failures > 0 && s.consecutive_errors >= t.max_store_failures {
-                reasons.push(UnhealthyReason::StoreFailing {
+            if s.consecutive_errors > 0 {
+                let r = UnhealthyReason::StoreFailing {
                     store: s.store.clone(),
                     consecutive_errors: s.consecutive_errors,
                     last_error: s.last_error.as_deref().map(clip),
-                });
+                };
+                if t.max_store_failures > 0 && s.consecutive_errors >= t.max_store_failures {
+                    reasons.push(r);
+                } else {
+                    minor.push(r);
+                }
             }
             if let Some(lag) = s.lag_seconds.filter(|l| *l > max_lag) {
                 reasons.push(UnhealthyReason::Lagging {
@@ -119,10 +133,13 @@ impl HealthStatus {
                 });
             }
         }
-        if reasons.is_empty() {
-            HealthStatus::Healthy
-        } else {
+        if !reasons.is_empty() {
+            reasons.extend(minor);
             HealthStatus::Unhealthy(reasons)
+        } else if !minor.is_empty() {
+            HealthStatus::Degraded(minor)
+        } else {
+            HealthStatus::Healthy
         }
     }
 
@@ -130,12 +147,20 @@ impl HealthStatus {
         matches!(self, HealthStatus::Healthy)
     }
 
-    /// 200 when healthy, 503 when not.
+    /// 200 when healthy or degraded, 503 when unhealthy.
     pub fn http_status(&self) -> u16 {
-        if self.is_healthy() {
-            200
-        } else {
-            503
+        match self {
+            HealthStatus::Unhealthy(_) => 503,
+            _ => 200,
+        }
+    }
+
+    /// `healthy`, `degraded` or `unhealthy`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Degraded(_) => "degraded",
+            HealthStatus::Unhealthy(_) => "unhealthy",
         }
     }
 
@@ -143,12 +168,12 @@ impl HealthStatus {
     pub fn reasons(&self) -> &[UnhealthyReason] {
         match self {
             HealthStatus::Healthy => &[],
-            HealthStatus::Unhealthy(r) => r,
+            HealthStatus::Degraded(r) | HealthStatus::Unhealthy(r) => r,
         }
     }
 
     /// The `/health` body:
-    /// `{"status": "healthy"|"unhealthy", "reasons": [{"reason": …, "message": …, …}],
+    /// `{"status": "healthy"|"degraded"|"unhealthy", "reasons": [{"reason": …, "message": …, …}],
     ///   "checked_at": …, "last_cycle": {…}|null, "stores": [{"store", "lag_seconds", "consecutive_errors", "pending"}]}`.
     pub fn to_json(&self, snap: &MetricsSnapshot) -> serde_json::Value {
         let reasons: Vec<serde_json::Value> = self
@@ -175,7 +200,7 @@ impl HealthStatus {
             })
             .collect();
         serde_json::json!({
-            "status": if self.is_healthy() { "healthy" } else { "unhealthy" },
+            "status": self.label(),
             "reasons": reasons,
             "checked_at": contact_sync_core::model::format_ts(&snap.taken_at),
             "last_cycle": snap.last_cycle.as_ref().map(|c| serde_json::json!({
@@ -222,12 +247,21 @@ mod tests {
         let h = HealthStatus::evaluate(&failing, &t);
         assert_eq!(h.http_status(), 503);
         assert!(h.reasons()[0].to_string().contains("twenty failed 3 runs"));
+        // Below the threshold: degraded (200), the store and error named.
         let two = snap_with(StoreMetrics {
-            store: "twenty".into(),
+            store: "supabase".into(),
             consecutive_errors: 2,
+            last_error: Some("supabase: writing a batch: permission denied".into()),
             ..Default::default()
         });
-        assert!(HealthStatus::evaluate(&two, &t).is_healthy());
+        let h = HealthStatus::evaluate(&two, &t);
+        assert_eq!(h.http_status(), 200);
+        assert!(!h.is_healthy());
+        let body = h.to_json(&two);
+        assert_eq!(body["status"], "degraded");
+        assert!(body["reasons"][0]["message"].as_str().is_some_and(|m| m
+            .contains("supabase failed 2 runs")
+            && m.contains("permission denied")));
 
         let lagging = snap_with(StoreMetrics {
             store: "local".into(),
