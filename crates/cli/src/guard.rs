@@ -65,11 +65,11 @@ pub fn decide(cfg: &Config, store: &str, decision: Decision) -> anyhow::Result<E
         eprintln!("{store} is not paused; nothing to decide");
         return Ok(ExitCode::from(1));
     };
-    let fits = match (p.kind, decision) {
-        (PauseKind::MassChange, Decision::Approve | Decision::Reject) => true,
-        (PauseKind::Schema, Decision::Resume) => true,
-        _ => false,
-    };
+    let fits = matches!(
+        (p.kind, decision),
+        (PauseKind::MassChange, Decision::Approve | Decision::Reject)
+            | (PauseKind::Schema, Decision::Resume)
+    );
     if !fits {
         let hint = match p.kind {
             PauseKind::MassChange => "approve or reject",

@@ -171,53 +171,55 @@ impl Engine {
             }
             let mut stats = RunStats::default();
             let mut changed = Vec::new();
-            let tx = self.state.tx()?;
-            for (e, o) in todo.iter().copied().zip(outcomes).chain(already) {
-                match o {
-                    WriteOutcome::Applied { native_id } => {
-                        stats.written += 1;
-                        tx.put_store_record(&StoreRecord {
-                            store: CANONICAL.to_string(),
-                            contact_id: e.contact_id.clone(),
-                            native_id: Some(native_id),
-                            synced_version: e.version,
-                            hash: e.hash.clone(),
-                            deleted: e.after.is_deleted(),
-                            ..Default::default()
-                        })?;
-                    }
-                    WriteOutcome::Changed => {
-                        tracing::info!(contact_id = %e.contact_id, version = e.version,
+            {
+                let tx = self.state.tx()?;
+                for (e, o) in todo.iter().copied().zip(outcomes).chain(already) {
+                    match o {
+                        WriteOutcome::Applied { native_id } => {
+                            stats.written += 1;
+                            tx.put_store_record(&StoreRecord {
+                                store: CANONICAL.to_string(),
+                                contact_id: e.contact_id.clone(),
+                                native_id: Some(native_id),
+                                synced_version: e.version,
+                                hash: e.hash.clone(),
+                                deleted: e.after.is_deleted(),
+                                ..Default::default()
+                            })?;
+                        }
+                        WriteOutcome::Changed => {
+                            tracing::info!(contact_id = %e.contact_id, version = e.version,
                             "canonical record changed since the engine last saw it; not overwritten, merging it");
-                        changed.push(contact_sync_connector::Change {
-                            native_id: e.contact_id.clone(),
-                            kind: ChangeKind::Upsert(Box::new(e.after.clone())),
-                        });
-                    }
-                    WriteOutcome::Stale { stored_version } => {
-                        // Another writer got there first; its change comes
-                        // back through canonical capture and is merged then.
-                        tracing::info!(contact_id = %e.contact_id, version = e.version,
+                            changed.push(contact_sync_connector::Change {
+                                native_id: e.contact_id.clone(),
+                                kind: ChangeKind::Upsert(Box::new(e.after.clone())),
+                            });
+                        }
+                        WriteOutcome::Stale { stored_version } => {
+                            // Another writer got there first; its change comes
+                            // back through canonical capture and is merged then.
+                            tracing::info!(contact_id = %e.contact_id, version = e.version,
                             stored_version, "canonical holds a newer version; not overwritten");
-                    }
-                    WriteOutcome::Rejected { field, reason } => {
-                        stats.dead_letters += 1;
-                        tracing::warn!(contact_id = %e.contact_id, field = %field, reason = %reason,
+                        }
+                        WriteOutcome::Rejected { field, reason } => {
+                            stats.dead_letters += 1;
+                            tracing::warn!(contact_id = %e.contact_id, field = %field, reason = %reason,
                             alert = "sync_failure", "canonical store refused a record");
-                        tx.add_dead_letter(&DeadLetter {
-                            id: 0,
-                            store: CANONICAL.to_string(),
-                            record: e.contact_id.clone(),
-                            field,
-                            reason,
-                            payload: serde_json::to_value(&e.after).ok(),
-                            at: now,
-                        })?;
+                            tx.add_dead_letter(&DeadLetter {
+                                id: 0,
+                                store: CANONICAL.to_string(),
+                                record: e.contact_id.clone(),
+                                field,
+                                reason,
+                                payload: serde_json::to_value(&e.after).ok(),
+                                at: now,
+                            })?;
+                        }
                     }
                 }
+                tx.set_cursor(CANONICAL, last_seq)?;
+                tx.commit()?;
             }
-            tx.set_cursor(CANONICAL, last_seq)?;
-            tx.commit()?;
             add_stats(&mut report.entry(CANONICAL).stats, &stats);
             if !changed.is_empty() {
                 // Journals what canonical holds now, merged three-way with

@@ -440,17 +440,19 @@ impl Engine {
         tracing::warn!(store = %name, restored = entries.len(),
             "held changes rejected by a person; canonical's records are written back");
         let stored = self.state.checkpoint(&name)?.map(Checkpoint);
-        let tx = self.state.tx()?;
-        for e in &entries {
-            tx.append_journal(e)?;
+        {
+            let tx = self.state.tx()?;
+            for e in &entries {
+                tx.append_journal(e)?;
+            }
+            tx.put_store_records(&recs)?;
+            tx.put_store_records(&canon_seen)?;
+            if let Some(cp) = reached.filter(|r| Some(r) != stored.as_ref()) {
+                tx.set_checkpoint(&name, cp.as_str())?;
+            }
+            tx.unpause_store(&name)?;
+            tx.commit()?;
         }
-        tx.put_store_records(&recs)?;
-        tx.put_store_records(&canon_seen)?;
-        if let Some(cp) = reached.filter(|r| Some(r) != stored.as_ref()) {
-            tx.set_checkpoint(&name, cp.as_str())?;
-        }
-        tx.unpause_store(&name)?;
-        tx.commit()?;
         if let Some(cp) = self.state.checkpoint(&name)? {
             if let Err(e) = self.stores[i].acknowledge(&Checkpoint(cp)).await {
                 tracing::debug!(store = %name, error = %e, "acknowledge after reject failed");

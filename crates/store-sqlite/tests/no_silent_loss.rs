@@ -55,7 +55,10 @@ async fn an_edit_made_after_the_engine_read_the_row_is_not_overwritten() {
     assert_eq!(store.conditional_writes(), Conditional::Atomic);
     let a = person("c1", "Ada");
     let seen = content_hash(&a);
-    store.write_batch(&[a.clone()]).await.expect("write");
+    store
+        .write_batch(std::slice::from_ref(&a))
+        .await
+        .expect("write");
 
     // A person edits the row in the sqlite3 CLI after the engine read it.
     cli(&path)
