@@ -97,6 +97,13 @@ fn delete_from_contacts_in_local_pauses_local_and_reject_restores_it() {
     );
     let status = ok(d, &["status"]);
     assert!(status.contains("PAUSED local (mass_change)"), "{status}");
+    let check = run(d, &["check"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "check says UNSAFE: {text}");
+    assert!(
+        text.contains("local paused") && text.contains("contact-sync approve local"),
+        "{text}"
+    );
     // Another cycle changes nothing while nobody decided.
     paused_cycle(d);
     assert_eq!(count(d, "canonical.db", LIVE), 300);

@@ -472,6 +472,32 @@ pub fn check_dead_letters(state: &StateDb) -> Result<Check, OpsError> {
     })
 }
 
+/// Paused stores: a failure each (a person must decide before the store
+/// syncs again).
+pub fn check_paused(state: &StateDb) -> Result<Vec<Check>, OpsError> {
+    Ok(state
+        .paused_stores()?
+        .into_iter()
+        .map(|p| {
+            let fix = match p.kind {
+                contact_sync_state::PauseKind::MassChange => format!(
+                    "`contact-sync paused` shows what is held back; `contact-sync approve {0}` applies it, `contact-sync reject {0}` restores canonical's records",
+                    p.store
+                ),
+                contact_sync_state::PauseKind::Schema => format!(
+                    "fix what the reason names, then `contact-sync resume {}`",
+                    p.store
+                ),
+            };
+            Check::fail(
+                format!("{} paused", p.store),
+                format!("{} guard: {}", p.kind.as_str(), p.reason),
+                fix,
+            )
+        })
+        .collect())
+}
+
 /// Open conflicts: a warning when there are any.
 pub fn check_conflicts(state: &StateDb) -> Result<Check, OpsError> {
     let n = state.open_conflict_count()?;
@@ -602,6 +628,10 @@ pub fn state_checks(
     match check_conflicts(state) {
         Ok(c) => out.push(c),
         Err(e) => out.push(unreadable("conflicts", e)),
+    }
+    match check_paused(state) {
+        Ok(c) => out.extend(c),
+        Err(e) => out.push(unreadable("paused stores", e)),
     }
     out
 }

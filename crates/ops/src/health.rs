@@ -42,6 +42,13 @@ pub enum UnhealthyReason {
         consecutive_errors: u64,
         last_error: Option<String>,
     },
+    /// A guard paused the store; nothing of it is merged or written until
+    /// a person decides (`contact-sync paused`).
+    StorePaused {
+        store: String,
+        kind: String,
+        message: String,
+    },
     /// A store's last success is `lag_seconds` old, over `max_lag_seconds`.
     Lagging {
         store: String,
@@ -65,6 +72,11 @@ impl std::fmt::Display for UnhealthyReason {
                 }
                 Ok(())
             }
+            UnhealthyReason::StorePaused {
+                store,
+                kind,
+                message,
+            } => write!(f, "store {store} is paused ({kind}): {message}"),
             UnhealthyReason::Lagging {
                 store,
                 lag_seconds,
@@ -113,6 +125,13 @@ impl HealthStatus {
         }
         let max_lag = t.max_lag.as_secs_f64();
         for s in &snap.stores {
+            if let Some((kind, message)) = &s.paused {
+                reasons.push(UnhealthyReason::StorePaused {
+                    store: s.store.clone(),
+                    kind: kind.clone(),
+                    message: clip(message),
+                });
+            }
             if s.consecutive_errors > 0 {
                 let r = UnhealthyReason::StoreFailing {
                     store: s.store.clone(),
@@ -262,6 +281,24 @@ mod tests {
         assert!(body["reasons"][0]["message"].as_str().is_some_and(|m| m
             .contains("supabase failed 2 runs")
             && m.contains("permission denied")));
+
+        // A paused store is unhealthy at once, with the guard's reason.
+        let paused = snap_with(StoreMetrics {
+            store: "supabase".into(),
+            paused: Some((
+                "mass_change".into(),
+                "2000 deletes in one window of changes from supabase exceed the mass-change guard"
+                    .into(),
+            )),
+            ..Default::default()
+        });
+        let h = HealthStatus::evaluate(&paused, &t);
+        assert_eq!(h.http_status(), 503);
+        let m = h.reasons()[0].to_string();
+        assert!(
+            m.contains("supabase is paused (mass_change)") && m.contains("2000 deletes"),
+            "{m}"
+        );
 
         let lagging = snap_with(StoreMetrics {
             store: "local".into(),

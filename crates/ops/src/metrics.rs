@@ -90,6 +90,9 @@ pub struct StoreMetrics {
     pub written_total: u64,
     /// Echoes of the engine's own writes skipped, all time.
     pub echoes_skipped_total: u64,
+    /// The store is paused by a guard until a person decides: the guard's
+    /// kind and reason (`contact-sync paused`).
+    pub paused: Option<(String, String)>,
 }
 
 /// How the last engine cycle went, as the daemon saw it.
@@ -212,6 +215,9 @@ impl MetricsSnapshot {
                 .meta(&format!("drift:{}", sample.name))?
                 .and_then(|s| serde_json::from_str(&s).ok());
             let drift_pct = drift.as_ref().and_then(|d| d["drift_pct"].as_f64());
+            let paused = state
+                .paused(&sample.name)?
+                .map(|p| (p.kind.as_str().to_string(), p.reason));
             let drift_checked_unix = drift
                 .as_ref()
                 .and_then(|d| d["checked_at"].as_str())
@@ -234,6 +240,7 @@ impl MetricsSnapshot {
                 merged_total: status.totals.applied,
                 written_total: status.totals.written,
                 echoes_skipped_total: status.totals.skipped_echo,
+                paused,
                 store: sample.name,
             });
         }
@@ -405,6 +412,13 @@ pub fn render_prometheus(snap: &MetricsSnapshot) -> String {
         Gauge,
         "Unix time of the store's last successful sync.",
         |s| s.last_success_unix.map(|t| t as f64),
+    );
+    w.per_store(
+        snap,
+        "store_paused",
+        Gauge,
+        "1 while a guard holds the store paused until a person decides (contact-sync paused).",
+        |s| Some(if s.paused.is_some() { 1.0 } else { 0.0 }),
     );
     w.per_store(
         snap,
