@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the local BigQuery emulator (local-bigquery 0.4.0 from PyPI) into
-# a cached venv, idempotently, and prints `export NAME=value` lines for the
-# tests (scripts/test.sh evals them). Everything else goes to stderr.
+# Installs the local BigQuery emulator (local-bigquery 0.4.0 from PyPI) and
+# Google's official Python client (google-cloud-bigquery 3.47.0 from PyPI,
+# which the tests use to edit tables as analysts do) into cached venvs,
+# idempotently, and prints `export NAME=value` lines for the tests
+# (scripts/test.sh evals them). Everything else goes to stderr.
 #
 #   bash scripts/bigquery/setup.sh [DIR]     # DIR defaults to $CONTACT_SYNC_CACHE/bigquery
 #                                            # or <repo>/.ci-cache/bigquery
@@ -18,7 +20,7 @@ mkdir -p "$ROOT"
 ROOT=$(cd "$ROOT" && pwd)
 stamp="$ROOT/.installed-local-bigquery-0.4.0"
 
-if [ ! -f "$stamp" ]; then
+find_python() {
   PY=${PY313:-}
   if [ -z "$PY" ]; then
     for c in "$HOME"/.pyenv/versions/3.1[3-9]*/bin/python3 "$(command -v python3.13 || true)" "$(command -v python3 || true)"; do
@@ -29,6 +31,10 @@ if [ ! -f "$stamp" ]; then
     echo "scripts/bigquery/setup.sh: CPython >= 3.13 not found (looked in ~/.pyenv/versions and PATH); set PY313 to its python3" >&2
     exit 1
   fi
+}
+
+if [ ! -f "$stamp" ]; then
+  find_python
   echo "== installing local-bigquery 0.4.0 into $ROOT/venv-lbq (python: $PY)" >&2
   rm -rf "$ROOT/venv-lbq"
   "$PY" -m venv "$ROOT/venv-lbq"
@@ -48,4 +54,15 @@ print("local-bigquery ready")
 PY
   touch "$stamp"
 fi
+client_stamp="$ROOT/.installed-google-cloud-bigquery-3.47.0"
+if [ ! -f "$client_stamp" ]; then
+  find_python
+  echo "== installing google-cloud-bigquery 3.47.0 into $ROOT/venv-client (python: $PY)" >&2
+  rm -rf "$ROOT/venv-client"
+  "$PY" -m venv "$ROOT/venv-client"
+  "$ROOT/venv-client/bin/pip" install -q --disable-pip-version-check google-cloud-bigquery==3.47.0 >&2
+  "$ROOT/venv-client/bin/python" -c 'import google.cloud.bigquery' >&2
+  touch "$client_stamp"
+fi
 echo "export CONTACT_SYNC_BQ_HOME=$ROOT"
+echo "export CONTACT_SYNC_BQ_PYTHON=$ROOT/venv-client/bin/python"

@@ -79,6 +79,8 @@ pub struct ClientStats {
     jobs: AtomicU64,
     calls: AtomicU64,
     retries: AtomicU64,
+    bytes_processed: AtomicU64,
+    bytes_billed: AtomicU64,
 }
 
 /// A snapshot of [`ClientStats`].
@@ -91,6 +93,11 @@ pub struct StatsSnapshot {
     pub calls: u64,
     /// Calls retried after a transient failure.
     pub retries: u64,
+    /// Sum of the finished jobs' `totalBytesProcessed`.
+    pub bytes_processed: u64,
+    /// Sum of the finished jobs' `totalBytesBilled` (what on-demand
+    /// pricing charges: at least 10 MB per table referenced by a query).
+    pub bytes_billed: u64,
 }
 
 impl ClientStats {
@@ -99,6 +106,8 @@ impl ClientStats {
             jobs: self.jobs.load(Ordering::Relaxed),
             calls: self.calls.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            bytes_processed: self.bytes_processed.load(Ordering::Relaxed),
+            bytes_billed: self.bytes_billed.load(Ordering::Relaxed),
         }
     }
 }
@@ -246,6 +255,11 @@ pub enum ParamValue {
 }
 
 impl ParamValue {
+    /// Bytes this value takes in a request body (its JSON form).
+    pub(crate) fn wire_size(&self) -> usize {
+        self.to_json().to_string().len()
+    }
+
     fn to_json(&self) -> Value {
         match self {
             ParamValue::Null => json!({}),
@@ -350,6 +364,22 @@ pub struct QueryResult {
     pub rows: Vec<Map<String, Value>>,
     /// Rows a DML statement inserted, updated or deleted.
     pub dml_affected_rows: Option<u64>,
+    /// The job's `totalBytesProcessed` (0 when not reported).
+    pub bytes_processed: u64,
+    /// The job's `totalBytesBilled` (0 when not reported).
+    pub bytes_billed: u64,
+}
+
+/// How a new table is laid out, so queries prune instead of scanning it
+/// whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableOptions {
+    /// Clustering columns (up to four), e.g. `contact_id`.
+    pub cluster_by: Vec<String>,
+    /// A TIMESTAMP column to partition by month (monthly, so that even a
+    /// century of back-dated values stays under BigQuery's 4,000 partitions
+    /// per table).
+    pub partition_by_month: Option<String>,
 }
 
 /// One row for tabledata.insertAll.
@@ -460,7 +490,7 @@ impl BigQueryClient {
         attempt
             .retry(backoff)
             .sleep(tokio::time::sleep)
-            .when(|e: &BqError| e.is_transient())
+            .when(|e: &BqError| e.retry_in_client())
             .notify(|e, d| {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, delay_ms = d.as_millis() as u64, "bigquery: retrying");
@@ -623,6 +653,32 @@ impl BigQueryClient {
         }
     }
 
+    /// tables.get: the table resource as BigQuery returns it
+    /// (`lastModifiedTime`, `numRows`, `streamingBuffer`, `clustering`,
+    /// ...), or `None` when the table does not exist. Free: no job.
+    pub async fn table_resource(
+        &self,
+        dataset: &str,
+        table: &str,
+    ) -> Result<Option<Value>, BqError> {
+        let ctx = format!("get table {}.{dataset}.{table}", self.cfg.project);
+        match self
+            .call(
+                Method::Get,
+                &format!("/datasets/{dataset}/tables/{table}"),
+                &[],
+                None,
+                &ctx,
+                false,
+            )
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// tables.insert; an existing table is not an error.
     pub async fn create_table(
         &self,
@@ -631,12 +687,38 @@ impl BigQueryClient {
         schema: &[Field],
         description: &str,
     ) -> Result<(), BqError> {
+        self.create_table_with(
+            dataset,
+            table,
+            schema,
+            description,
+            &TableOptions::default(),
+        )
+        .await
+    }
+
+    /// tables.insert with clustering and partitioning; an existing table is
+    /// not an error (and is left as it is).
+    pub async fn create_table_with(
+        &self,
+        dataset: &str,
+        table: &str,
+        schema: &[Field],
+        description: &str,
+        opts: &TableOptions,
+    ) -> Result<(), BqError> {
         let ctx = format!("create table {}.{dataset}.{table}", self.cfg.project);
-        let body = json!({
+        let mut body = json!({
             "tableReference": { "projectId": self.cfg.project, "datasetId": dataset, "tableId": table },
             "description": description,
             "schema": { "fields": schema.iter().map(Field::to_json).collect::<Vec<_>>() },
         });
+        if !opts.cluster_by.is_empty() {
+            body["clustering"] = json!({ "fields": opts.cluster_by });
+        }
+        if let Some(col) = &opts.partition_by_month {
+            body["timePartitioning"] = json!({ "type": "MONTH", "field": col });
+        }
         match self
             .call(
                 Method::Post,
@@ -792,7 +874,19 @@ impl BigQueryClient {
                 .await?;
             check_job_errors(context, &resp)?;
         }
+        let num = |k: &str| {
+            resp.get(k)
+                .and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or(v.as_u64()))
+        };
+        let processed = num("totalBytesProcessed").unwrap_or(0);
+        let billed = num("totalBytesBilled").unwrap_or(0);
+        self.stats
+            .bytes_processed
+            .fetch_add(processed, Ordering::Relaxed);
+        self.stats.bytes_billed.fetch_add(billed, Ordering::Relaxed);
         let mut out = QueryResult {
+            bytes_processed: processed,
+            bytes_billed: billed,
             job_id: job_id.clone(),
             schema: resp
                 .pointer("/schema/fields")

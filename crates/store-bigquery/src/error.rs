@@ -62,43 +62,80 @@ impl BqError {
     }
 }
 
-/// Reasons BigQuery uses for failures that pass on their own.
+/// Reasons BigQuery uses for failures that pass on their own (per
+/// <https://cloud.google.com/bigquery/docs/error-messages>): retried.
 const TRANSIENT_REASONS: &[&str] = &[
     "backendError",
     "rateLimitExceeded",
     "internalError",
     "jobBackendError",
     "jobInternalError",
+    "jobRateLimitExceeded",
     "tableUnavailable",
+    "resourceInUse",
+    "timeout",
+    "stopped",
+    // Also used for limits that reset (concurrent queries, table update
+    // operations per table, daily load/append quotas): transient for the
+    // engine (it tries again next cycle), but not retried inside the
+    // client, where seconds do not help (see `retry_in_client`).
+    "quotaExceeded",
 ];
 
-/// Classifies a BigQuery error by HTTP status and reason. Quota, permission,
-/// not-found and invalid-request errors are permanent; 429, 5xx and the
-/// reasons above are transient.
+/// Reasons that will not pass until someone acts.
+const PERMANENT_REASONS: &[&str] = &[
+    "accessDenied",
+    "notFound",
+    "invalid",
+    "invalidQuery",
+    "invalidUser",
+    "duplicate",
+    "responseTooLarge",
+    "resourcesExceeded",
+    "billingNotEnabled",
+    "billingTierLimitExceeded",
+    "blocked",
+    "notImplemented",
+    "proxyAuthenticationRequired",
+];
+
+/// Classifies a BigQuery error by HTTP status, reason and message. 429,
+/// 5xx and the transient reasons above pass on their own; so does a DML
+/// statement that lost a race with another (`Could not serialize access
+/// to table … due to concurrent update`, reason `invalidQuery`).
+pub(crate) fn classify_message(
+    status: Option<u16>,
+    reason: Option<&str>,
+    message: &str,
+) -> RetryClass {
+    if message.contains("due to concurrent update") {
+        return RetryClass::Transient;
+    }
+    classify(status, reason)
+}
+
+/// Classifies a BigQuery error by HTTP status and reason.
 pub(crate) fn classify(status: Option<u16>, reason: Option<&str>) -> RetryClass {
     if let Some(r) = reason {
         if TRANSIENT_REASONS.contains(&r) {
             return RetryClass::Transient;
         }
-        if matches!(
-            r,
-            "quotaExceeded"
-                | "accessDenied"
-                | "notFound"
-                | "invalid"
-                | "invalidQuery"
-                | "duplicate"
-                | "responseTooLarge"
-                | "billingNotEnabled"
-                | "billingTierLimitExceeded"
-        ) {
+        if PERMANENT_REASONS.contains(&r) {
             return RetryClass::Permanent;
         }
     }
     match status {
         Some(408 | 429) => RetryClass::Transient,
-        Some(s) if s >= 500 => RetryClass::Transient,
+        Some(s) if s >= 500 && s != 501 => RetryClass::Transient,
         _ => RetryClass::Permanent,
+    }
+}
+
+impl BqError {
+    /// Whether the client itself retries this error with its short backoff
+    /// (a quota that was exceeded is left to the engine's next cycle).
+    pub(crate) fn retry_in_client(&self) -> bool {
+        self.is_transient() && self.reason.as_deref() != Some("quotaExceeded")
     }
 }
 
@@ -124,7 +161,7 @@ pub(crate) fn from_body(context: &str, status: Option<u16>, err: &serde_json::Va
             .and_then(|c| c.as_u64())
             .and_then(|c| u16::try_from(c).ok())
     });
-    let class = classify(status, reason.as_deref());
+    let class = classify_message(status, reason.as_deref(), message);
     let mut text = format!("{context}: ");
     if let Some(s) = status {
         text.push_str(&format!("HTTP {s} "));
@@ -180,8 +217,25 @@ mod tests {
         );
         assert_eq!(
             classify(Some(403), Some("quotaExceeded")),
+            RetryClass::Transient
+        );
+        assert_eq!(
+            classify(Some(400), Some("jobRateLimitExceeded")),
+            RetryClass::Transient
+        );
+        assert_eq!(
+            classify(Some(400), Some("resourcesExceeded")),
             RetryClass::Permanent
         );
+        assert_eq!(
+            classify_message(
+                Some(400),
+                Some("invalidQuery"),
+                "Could not serialize access to table p:d.t due to concurrent update"
+            ),
+            RetryClass::Transient
+        );
+        assert_eq!(classify(Some(501), None), RetryClass::Permanent);
         assert_eq!(
             classify(Some(403), Some("accessDenied")),
             RetryClass::Permanent
@@ -197,7 +251,8 @@ mod tests {
             Some(403),
             &json!({"code": 403, "message": "Quota exceeded", "errors": [{"reason": "quotaExceeded", "message": "Quota exceeded"}]}),
         );
-        assert!(!e.is_transient());
+        assert!(e.is_transient(), "the engine tries again next cycle");
+        assert!(!e.retry_in_client(), "but not within seconds");
         assert!(e.message.contains("p.d.contacts"), "{}", e.message);
         assert!(e.message.contains("quotaExceeded"), "{}", e.message);
         let e = from_body(

@@ -31,22 +31,29 @@
 //! ```
 
 mod auth;
+mod capture;
 mod client;
 mod error;
+mod journal;
+mod rows;
 mod schema;
 mod store;
+mod write;
 
 pub use auth::{
     AccessToken, MetadataServer, NoAuth, ServiceAccountKey, StaticToken, TokenProvider,
     DEFAULT_METADATA_TOKEN_URL, DEFAULT_SCOPE, DEFAULT_TOKEN_URL,
 };
+pub use capture::CaptureCounters;
 pub use client::{
     normalize_type, BigQueryClient, ClientConfig, Field, InsertRow, ParamType, ParamValue,
-    QueryParam, QueryResult, StatsSnapshot,
+    QueryParam, QueryResult, StatsSnapshot, TableOptions,
 };
 pub use error::BqError;
-pub use schema::{column_problems, contacts_schema, journal_schema, ColumnMap, ColumnProblem};
-pub use store::{BigQueryStore, BigQueryStoreConfig, MigrateReport, SetupReport};
+pub use schema::{
+    column_problems, contacts_schema, fingerprint_schema, journal_schema, ColumnMap, ColumnProblem,
+};
+pub use store::{BigQueryStore, BigQueryStoreConfig, BigQueryUsage, MigrateReport, SetupReport};
 
 #[cfg(test)]
 mod tests {

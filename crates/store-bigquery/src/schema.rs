@@ -140,6 +140,16 @@ pub fn journal_schema() -> Vec<Field> {
     ]
 }
 
+/// The fingerprint sidecar the store keeps next to the contacts table
+/// (`<table>_sync_fingerprints`): the fingerprint of each row as the
+/// engine last took it in. The sweep compares it with the table.
+pub fn fingerprint_schema() -> Vec<Field> {
+    vec![
+        Field::required("contact_id", "STRING"),
+        Field::required("fp", "INT64"),
+    ]
+}
+
 /// Whether column `c` can hold a field of kind `kind`.
 fn fits(kind: Kind, c: &Field) -> bool {
     match kind {
@@ -344,6 +354,22 @@ impl Layout {
         } else {
             format!("{alias}.{}", c.quoted)
         }
+    }
+
+    /// The row's server-side fingerprint: `FARM_FINGERPRINT(TO_JSON_STRING(
+    /// STRUCT(<every mapped column>)))`, an INT64 that changes whenever any
+    /// mapped column of the row changes, whoever changed it. What the
+    /// conditional MERGE guards on and what the sweep compares.
+    pub fn fingerprint(&self, alias: &str) -> String {
+        let cols: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("{alias}.{} AS {}", c.quoted, c.field))
+            .collect();
+        format!(
+            "FARM_FINGERPRINT(TO_JSON_STRING(STRUCT({})))",
+            cols.join(", ")
+        )
     }
 
     /// The select list that reads a row as the canonical fields (aliased by

@@ -1,26 +1,25 @@
 //! [`BigQueryStore`]: the contacts table as a [`RecordSink`] and a
 //! [`ChangeSource`].
 
-use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreError, StoreInfo,
-    WriteOutcome,
+    Conditional, Expect, RecordSink, StoreError, StoreInfo, WriteOutcome,
 };
 use contact_sync_core::clock::ClockSkew;
-use contact_sync_core::model::format_ts;
-use contact_sync_core::pii::Reason;
-use contact_sync_core::{Contact, Email, Invalid, JournalEntry, Phone, Timestamp};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use contact_sync_core::Contact;
+use serde_json::{Map, Value};
 
-use crate::client::{BigQueryClient, InsertRow, ParamType, ParamValue, QueryParam};
+use crate::capture::{CaptureCounters, CaptureState};
+use crate::client::{BigQueryClient, ParamType, QueryParam, TableOptions};
 use crate::error::BqError;
+use crate::rows::decode_contact;
 use crate::schema::{
-    column_problems, contacts_schema, journal_schema, ColumnMap, ColumnProblem, Kind, Layout,
+    column_problems, contacts_schema, fingerprint_schema, journal_schema, ColumnMap, ColumnProblem,
+    Layout,
 };
+use crate::write::build_merge;
 
 /// Where the store's tables are and how it reads changes.
 #[derive(Debug, Clone)]
@@ -38,10 +37,27 @@ pub struct BigQueryStoreConfig {
     /// Column names of an existing table, where they differ from the
     /// canonical field names.
     pub columns: ColumnMap,
-    /// How far before the watermark each change poll looks again, to catch
-    /// rows whose `last_updated` is earlier than rows already seen (clock
-    /// skew between writers, slow commits). Default 10 s.
+    /// The change poll reads rows up to BigQuery's `CURRENT_TIMESTAMP()`
+    /// minus this: a writer whose `last_updated` is a little behind the
+    /// server (statement start vs. commit, a clock a little slow) still
+    /// lands after the cursor. Fresh edits arrive this much later. Default
+    /// 10 s.
     pub overlap: Duration,
+    /// Run the fingerprint sweep (edits without a newer `last_updated`,
+    /// back-dated and loaded rows, hard deletes) on the first caught-up
+    /// poll and then every this many caught-up polls; `None` turns it off
+    /// (only edits that bump `last_updated` are then seen). Default 3: at
+    /// the default 300 s interval nothing waits more than ~15 minutes.
+    pub sweep_every: Option<u32>,
+    /// Skip the poll query when `tables.get` (free) shows the table
+    /// unchanged since the last poll and a sweep ran since it last changed.
+    /// Default on. (The local-bigquery emulator does not update
+    /// `lastModifiedTime` on DML, nor `numRows` on DELETE: tests of DELETE
+    /// on it turn this off.)
+    pub idle_check: bool,
+    /// Most rows per MERGE request (requests are also split by bytes to
+    /// stay under BigQuery's 10 MB limit). Default 5,000.
+    pub max_rows_per_request: usize,
 }
 
 impl BigQueryStoreConfig {
@@ -55,8 +71,32 @@ impl BigQueryStoreConfig {
             journal_table: Some("contact_changes".into()),
             columns: ColumnMap::default(),
             overlap: Duration::from_secs(10),
+            sweep_every: Some(3),
+            idle_check: true,
+            max_rows_per_request: 5_000,
         }
     }
+
+    /// The fingerprint sidecar table: `<table>_sync_fingerprints`.
+    pub fn fingerprint_table(&self) -> String {
+        format!("{}_sync_fingerprints", self.table)
+    }
+}
+
+/// What the store cost and did so far (for `status`, `/metrics`, the cycle
+/// log): the client's counters plus change capture's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BigQueryUsage {
+    /// Query jobs started (polls, sweeps, reads, MERGEs).
+    pub queries: u64,
+    /// HTTP calls of any kind (jobs, result pages, `tables.get`, insertAll).
+    pub calls: u64,
+    /// Sum of `totalBytesProcessed` of the jobs.
+    pub bytes_processed: u64,
+    /// Sum of `totalBytesBilled` (on-demand pricing bills this).
+    pub bytes_billed: u64,
+    /// Change capture's counters.
+    pub capture: CaptureCounters,
 }
 
 /// What [`BigQueryStore::migrate`] did.
@@ -65,6 +105,7 @@ pub struct MigrateReport {
     pub created_dataset: bool,
     pub created_table: bool,
     pub created_journal_table: bool,
+    pub created_fingerprint_table: bool,
 }
 
 /// What [`BigQueryStore::check_setup`] found (read-only).
@@ -93,15 +134,20 @@ pub struct SetupReport {
 /// than it was given (some rows were stale). Every other call is one query
 /// job (plus result pages).
 pub struct BigQueryStore {
-    client: BigQueryClient,
-    cfg: BigQueryStoreConfig,
-    layout: Layout,
+    pub(crate) client: BigQueryClient,
+    pub(crate) cfg: BigQueryStoreConfig,
+    pub(crate) layout: Layout,
     /// `project.dataset.table`, for messages.
-    full_name: String,
+    pub(crate) full_name: String,
     /// The table reference, backquoted for SQL.
-    table_sql: String,
-    merge_sql: String,
-    row_type: ParamType,
+    pub(crate) table_sql: String,
+    pub(crate) merge_sql: String,
+    pub(crate) row_type: ParamType,
+    /// Change capture between calls (see [`crate::capture`]).
+    pub(crate) cap: CaptureState,
+    pub(crate) counters: CaptureCounters,
+    /// Tests: runs between a conditional write's read and its MERGE.
+    pub(crate) before_merge: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for BigQueryStore {
@@ -116,59 +162,12 @@ impl std::fmt::Debug for BigQueryStore {
 
 /// Most rows one query asks for (a larger `limit` is served in several
 /// queries by `scan`, and as `has_more` by `read_changes`).
-const MAX_PAGE: usize = 50_000;
+pub(crate) const MAX_PAGE: usize = 50_000;
 
 /// Dataset and table names come from configuration, never from data; they
 /// cannot be parameters, so backquotes are stripped before quoting.
-fn sql_ident(s: &str) -> String {
+pub(crate) fn sql_ident(s: &str) -> String {
     s.replace('`', "")
-}
-
-/// The change-capture position (see [`BigQueryStore`]'s `ChangeSource`).
-///
-/// Encoded as JSON: `{"v":1,"wm":<µs>,"seen":[["<contact_id>",<version>,<last_updated µs>],...]}`.
-/// `wm` is the highest `last_updated` delivered (µs since the epoch, absent
-/// before the first change); `seen` lists the rows already delivered whose
-/// `last_updated` lies inside the overlap window `[wm - overlap, wm]`.
-/// A poll reads rows with `last_updated >= wm - overlap` ordered by
-/// (`last_updated`, `contact_id`) and skips those in `seen`: a late row
-/// inside the window is delivered once, and a row changed again (new
-/// `version` or `last_updated`) is delivered again.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Cursor {
-    v: u8,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    wm: Option<i64>,
-    #[serde(default)]
-    seen: BTreeSet<(String, i64, i64)>,
-}
-
-impl Cursor {
-    fn parse(store: &str, cp: Option<&Checkpoint>) -> Result<Cursor, StoreError> {
-        let Some(cp) = cp else {
-            return Ok(Cursor {
-                v: 1,
-                ..Cursor::default()
-            });
-        };
-        let c: Cursor = serde_json::from_str(cp.as_str()).map_err(|e| {
-            StoreError::permanent(
-                store,
-                format!("checkpoint is not a BigQuery watermark checkpoint ({e})"),
-            )
-        })?;
-        if c.v != 1 {
-            return Err(StoreError::permanent(
-                store,
-                format!("checkpoint version {} is not supported", c.v),
-            ));
-        }
-        Ok(c)
-    }
-
-    fn encode(&self) -> Checkpoint {
-        Checkpoint(serde_json::to_string(self).unwrap_or_else(|_| unreachable!("plain data")))
-    }
 }
 
 impl BigQueryStore {
@@ -196,18 +195,27 @@ impl BigQueryStore {
                 Layout::from_schema(&full, &schema, &cfg.columns).map_err(e)?;
             }
             None => {
+                // Clustered by contact_id: reads by id and MERGEs prune
+                // blocks. Partitioned by month of last_updated: the change
+                // poll (a range on last_updated) prunes partitions.
+                let opts = TableOptions {
+                    cluster_by: vec![cfg.columns.column("contact_id").to_string()],
+                    partition_by_month: Some(cfg.columns.column("last_updated").to_string()),
+                };
                 client
-                    .create_table(
+                    .create_table_with(
                         &cfg.dataset,
                         &cfg.table,
                         &contacts_schema(&cfg.columns),
                         "contact-sync canonical contacts (one row per contact_id)",
+                        &opts,
                     )
                     .await
                     .map_err(e)?;
                 report.created_table = true;
             }
         }
+        report.created_fingerprint_table = Self::ensure_fingerprint_table(client, cfg).await?;
         if let Some(j) = &cfg.journal_table {
             if client
                 .table_schema(&cfg.dataset, j)
@@ -215,12 +223,17 @@ impl BigQueryStore {
                 .map_err(e)?
                 .is_none()
             {
+                let opts = TableOptions {
+                    cluster_by: vec!["contact_id".into()],
+                    partition_by_month: Some("at".into()),
+                };
                 client
-                    .create_table(
+                    .create_table_with(
                         &cfg.dataset,
                         j,
                         &journal_schema(),
-                        "contact-sync change journal (analytics copy; append-only)",
+                        "contact-sync change journal (analytics copy; one row per journal entry, keyed by seq)",
+                        &opts,
                     )
                     .await
                     .map_err(e)?;
@@ -228,6 +241,42 @@ impl BigQueryStore {
             }
         }
         Ok(report)
+    }
+
+    /// Creates the fingerprint sidecar when the sweep is on and it is
+    /// missing; `Ok(true)` when it was created.
+    async fn ensure_fingerprint_table(
+        client: &BigQueryClient,
+        cfg: &BigQueryStoreConfig,
+    ) -> Result<bool, StoreError> {
+        let e = |e: BqError| e.into_store(&cfg.name);
+        if cfg.sweep_every.is_none() {
+            return Ok(false);
+        }
+        let t = cfg.fingerprint_table();
+        if client
+            .table_schema(&cfg.dataset, &t)
+            .await
+            .map_err(e)?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let opts = TableOptions {
+            cluster_by: vec!["contact_id".into()],
+            partition_by_month: None,
+        };
+        client
+            .create_table_with(
+                &cfg.dataset,
+                &t,
+                &fingerprint_schema(),
+                "contact-sync: fingerprint of each contacts row as the engine last took it in (change sweep; owned by contact-sync)",
+                &opts,
+            )
+            .await
+            .map_err(e)?;
+        Ok(true)
     }
 
     /// Read-only: whether the dataset and the contacts table exist, which
@@ -317,6 +366,7 @@ impl BigQueryStore {
             sql_ident(&cfg.table)
         );
         let (merge_sql, row_type) = build_merge(&layout, &table_sql);
+        Self::ensure_fingerprint_table(&client, &cfg).await?;
         Ok(BigQueryStore {
             client,
             cfg,
@@ -325,6 +375,9 @@ impl BigQueryStore {
             table_sql,
             merge_sql,
             row_type,
+            cap: CaptureState::default(),
+            counters: CaptureCounters::default(),
+            before_merge: None,
         })
     }
 
@@ -344,16 +397,39 @@ impl BigQueryStore {
         self.client.stats().jobs
     }
 
+    /// For tests: `f` runs inside every conditional write, after the rows
+    /// and their fingerprints were read and before the MERGE (where another
+    /// writer's edit would race the write).
+    #[doc(hidden)]
+    pub fn set_before_merge_hook(&mut self, f: Option<Box<dyn Fn() + Send + Sync>>) {
+        self.before_merge = f;
+    }
+
+    /// What the store did and cost so far: query jobs, bytes processed and
+    /// billed (from each job's statistics), and change capture's counters
+    /// (idle polls skipped, sweeps). Cumulative since `open` (the client's
+    /// counters are shared with its clones); diff two readings for a cycle.
+    pub fn usage(&self) -> BigQueryUsage {
+        let s = self.client.stats();
+        BigQueryUsage {
+            queries: s.jobs,
+            calls: s.calls,
+            bytes_processed: s.bytes_processed,
+            bytes_billed: s.bytes_billed,
+            capture: self.counters,
+        }
+    }
+
     /// `project.dataset.table` of the contacts table.
     pub fn table_name(&self) -> &str {
         &self.full_name
     }
 
-    fn err(&self, e: BqError) -> StoreError {
+    pub(crate) fn err(&self, e: BqError) -> StoreError {
         e.into_store(&self.cfg.name)
     }
 
-    async fn query(
+    pub(crate) async fn query(
         &self,
         sql: &str,
         params: &[QueryParam],
@@ -369,7 +445,7 @@ impl BigQueryStore {
     /// The id filter `<id column> IN UNNEST(@ids)` with its parameter
     /// (INT64 ids for an INT64 column; ids that are not integers cannot
     /// match and are left out).
-    fn id_filter(&self, ids: &[String]) -> (String, QueryParam) {
+    pub(crate) fn id_filter(&self, ids: &[String]) -> (String, QueryParam) {
         let col = &self.layout.col("contact_id").quoted;
         if self.layout.int_id() {
             let ints: Vec<i64> = ids.iter().filter_map(|i| i.trim().parse().ok()).collect();
@@ -398,497 +474,27 @@ impl BigQueryStore {
             })
             .collect()
     }
-
-    /// Appends journal entries to the analytics table with tabledata.insertAll
-    /// (`insertId` = `contact_id:version:seq`, so a retried append is
-    /// deduplicated where BigQuery can). A no-op without a journal table.
-    pub async fn append_journal_rows(&self, entries: &[JournalEntry]) -> Result<(), StoreError> {
-        let Some(table) = &self.cfg.journal_table else {
-            return Ok(());
-        };
-        let rows: Vec<InsertRow> = entries
-            .iter()
-            .map(|e| {
-                let mut m = Map::new();
-                m.insert("seq".into(), json!(e.seq.to_string()));
-                m.insert("contact_id".into(), json!(e.contact_id));
-                m.insert("version".into(), json!(e.version.to_string()));
-                m.insert("prev_version".into(), json!(e.prev_version.to_string()));
-                m.insert("op".into(), json!(e.op.as_str()));
-                m.insert("origin".into(), json!(e.origin));
-                m.insert(
-                    "changed_fields".into(),
-                    Value::Array(e.changes.iter().map(|c| json!(c.field)).collect()),
-                );
-                let js = |v: &dyn erased::Ser| json!(v.to_json_string());
-                m.insert("changes".into(), js(&e.changes));
-                m.insert("conflicts".into(), js(&e.conflicts));
-                m.insert("after".into(), js(&e.after));
-                m.insert("content_hash".into(), json!(e.hash));
-                m.insert("at".into(), json!(format_ts(&e.at)));
-                InsertRow {
-                    insert_id: Some(format!("{}:{}:{}", e.contact_id, e.version, e.seq)),
-                    json: m,
-                }
-            })
-            .collect();
-        for chunk in rows.chunks(500) {
-            self.client
-                .insert_all(&self.cfg.dataset, table, chunk)
-                .await
-                .map_err(|e| self.err(e))?;
-        }
-        Ok(())
-    }
-}
-
-mod erased {
-    /// Serializes anything serde can, to JSON text, for JSON columns.
-    pub trait Ser {
-        fn to_json_string(&self) -> String;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_json_string(&self) -> String {
-            serde_json::to_string(self).unwrap_or_else(|_| "null".into())
-        }
-    }
-}
-
-/// The MERGE statement and the type of its `@rows` parameter.
-fn build_merge(layout: &Layout, table_sql: &str) -> (String, ParamType) {
-    let text = || ParamType::Scalar("STRING");
-    let record = |first: &str| {
-        ParamType::Array(Box::new(ParamType::Struct(vec![
-            (first.into(), text()),
-            ("label".into(), text()),
-            ("is_primary".into(), ParamType::Scalar("BOOL")),
-        ])))
-    };
-    let mut types = Vec::new();
-    let mut select = Vec::new();
-    for c in &layout.columns {
-        let f = c.field;
-        let (ty, expr) = match c.kind {
-            Kind::Id if c.ty == "INT64" => (text(), format!("CAST(r.{f} AS INT64)")),
-            Kind::Json if c.ty == "JSON" => (text(), format!("PARSE_JSON(r.{f})")),
-            Kind::Tags => (ParamType::Array(Box::new(text())), format!("r.{f}")),
-            Kind::Timestamp if f == "last_updated" => (
-                ParamType::Scalar("TIMESTAMP"),
-                format!("COALESCE(r.{f}, CURRENT_TIMESTAMP())"),
-            ),
-            Kind::Timestamp => (ParamType::Scalar("TIMESTAMP"), format!("r.{f}")),
-            Kind::Emails => (record("address"), format!("r.{f}")),
-            Kind::Phones => (record("number"), format!("r.{f}")),
-            Kind::Version => (ParamType::Scalar("INT64"), format!("r.{f}")),
-            _ => (text(), format!("r.{f}")),
-        };
-        types.push((f.to_string(), ty));
-        select.push(format!("{expr} AS {f}"));
-    }
-    let id = &layout.col("contact_id").quoted;
-    let ver = &layout.col("version").quoted;
-    let updates: Vec<String> = layout
-        .columns
-        .iter()
-        .filter(|c| c.field != "contact_id")
-        .map(|c| format!("{} = s.{}", c.quoted, c.field))
-        .collect();
-    let cols: Vec<&str> = layout.columns.iter().map(|c| c.quoted.as_str()).collect();
-    let vals: Vec<String> = layout
-        .columns
-        .iter()
-        .map(|c| format!("s.{}", c.field))
-        .collect();
-    let sql = format!(
-        "MERGE {table_sql} t USING (SELECT {} FROM UNNEST(@rows) AS r) s ON t.{id} = s.contact_id \
-         WHEN MATCHED AND (t.{ver} IS NULL OR s.version >= t.{ver}) THEN UPDATE SET {} \
-         WHEN NOT MATCHED THEN INSERT ({}) VALUES ({})",
-        select.join(", "),
-        updates.join(", "),
-        cols.join(", "),
-        vals.join(", ")
-    );
-    (sql, ParamType::Array(Box::new(ParamType::Struct(types))))
-}
-
-fn opt_text(v: &Option<String>) -> ParamValue {
-    match v {
-        Some(s) => ParamValue::Scalar(s.clone()),
-        None => ParamValue::Null,
-    }
-}
-
-fn opt_ts(v: &Option<Timestamp>) -> ParamValue {
-    match v {
-        Some(t) => ParamValue::Scalar(format_ts(t)),
-        None => ParamValue::Null,
-    }
-}
-
-fn opt_json(v: &Option<Value>) -> ParamValue {
-    match v {
-        Some(Value::Null) | None => ParamValue::Null,
-        Some(j) => ParamValue::Scalar(j.to_string()),
-    }
-}
-
-/// One contact as a `@rows` element (fields by canonical name).
-fn row_value(c: &Contact) -> ParamValue {
-    let rec = |first: &str, items: Vec<(&str, &Option<String>, bool)>| {
-        ParamValue::Array(
-            items
-                .into_iter()
-                .map(|(a, label, primary)| {
-                    ParamValue::Struct(vec![
-                        (first.to_string(), ParamValue::Scalar(a.to_string())),
-                        ("label".to_string(), opt_text(label)),
-                        (
-                            "is_primary".to_string(),
-                            ParamValue::Scalar(primary.to_string()),
-                        ),
-                    ])
-                })
-                .collect(),
-        )
-    };
-    let ext = if c.external_ids.is_empty() {
-        ParamValue::Null
-    } else {
-        ParamValue::Scalar(serde_json::to_string(&c.external_ids).unwrap_or_default())
-    };
-    let t = |s: &str| ParamValue::Scalar(s.to_string());
-    ParamValue::Struct(vec![
-        ("contact_id".into(), t(&c.contact_id)),
-        ("external_ids".into(), ext),
-        ("canonical_name".into(), t(&c.canonical_name)),
-        ("display_name".into(), opt_text(&c.display_name)),
-        ("first_name".into(), opt_text(&c.first_name)),
-        ("middle_name".into(), opt_text(&c.middle_name)),
-        ("last_name".into(), opt_text(&c.last_name)),
-        ("name_prefix".into(), opt_text(&c.name_prefix)),
-        ("name_suffix".into(), opt_text(&c.name_suffix)),
-        ("nickname".into(), opt_text(&c.nickname)),
-        ("phonetic_name".into(), opt_text(&c.phonetic_name)),
-        ("organization".into(), opt_text(&c.organization)),
-        ("job_title".into(), opt_text(&c.job_title)),
-        ("department".into(), opt_text(&c.department)),
-        ("category_code".into(), opt_text(&c.category_code)),
-        ("subcategory_code".into(), opt_text(&c.subcategory_code)),
-        ("relationship_label".into(), opt_text(&c.relationship_label)),
-        ("notes".into(), opt_text(&c.notes)),
-        (
-            "tags".into(),
-            ParamValue::Array(c.tags.iter().map(|s| t(s)).collect()),
-        ),
-        ("source".into(), opt_text(&c.source)),
-        ("created_at".into(), opt_ts(&c.created_at)),
-        ("llm_context".into(), opt_json(&c.llm_context)),
-        ("relationships".into(), opt_json(&c.relationships)),
-        (
-            "communication_stats".into(),
-            opt_json(&c.communication_stats),
-        ),
-        ("social_profiles".into(), opt_json(&c.social_profiles)),
-        ("custom_attributes".into(), opt_json(&c.custom_attributes)),
-        (
-            "emails".into(),
-            rec(
-                "address",
-                c.emails
-                    .iter()
-                    .map(|e| (e.address.as_str(), &e.label, e.is_primary))
-                    .collect(),
-            ),
-        ),
-        (
-            "phones".into(),
-            rec(
-                "number",
-                c.phones
-                    .iter()
-                    .map(|p| (p.number.as_str(), &p.label, p.is_primary))
-                    .collect(),
-            ),
-        ),
-        ("version".into(), ParamValue::Scalar(c.version.to_string())),
-        ("last_updated".into(), opt_ts(&c.last_updated)),
-        ("last_updated_by".into(), opt_text(&c.last_updated_by)),
-        ("deleted_at".into(), opt_ts(&c.deleted_at)),
-        ("content_hash".into(), opt_text(&c.content_hash)),
-    ])
-}
-
-/// A row read by [`Layout::select_list`] as a normalized contact; the
-/// error names the contact and the field that cannot be read.
-pub(crate) fn decode_contact(row: &Map<String, Value>) -> Result<Contact, Invalid> {
-    let id = match row.get("contact_id") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => return Err(Invalid::new("", "contact_id", "is NULL or empty")),
-    };
-    let bad = |field: &str, reason: String| Invalid::new(&id, field, reason);
-    // A reason quoting a value of the row: masked in logs (core's `pii`).
-    let quoting = |field: &str, reason: Reason| Invalid::with_reason(&id, field, reason);
-    let text = |f: &str| -> Result<Option<String>, Invalid> {
-        match row.get(f) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(quoting(
-                f,
-                Reason::quoting(|q| format!("expected text, found {}", q.json(other))),
-            )),
-        }
-    };
-    let ts = |f: &str| -> Result<Option<Timestamp>, Invalid> {
-        match row.get(f) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .and_then(chrono::DateTime::from_timestamp_micros)
-                .map(Some)
-                .ok_or_else(|| bad(f, format!("timestamp {n} out of range"))),
-            Some(other) => Err(quoting(
-                f,
-                Reason::quoting(|q| format!("expected a timestamp, found {}", q.json(other))),
-            )),
-        }
-    };
-    let jsonf = |f: &str| -> Result<Option<Value>, Invalid> {
-        match row.get(f) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(Value::String(s)) => serde_json::from_str::<Value>(s)
-                .map(|v| if v.is_null() { None } else { Some(v) })
-                .map_err(|e| {
-                    quoting(
-                        f,
-                        Reason::quoting(|q| {
-                            format!("is not valid JSON ({})", q.detail(&e.to_string()))
-                        }),
-                    )
-                }),
-            Some(other) => Ok(Some(other.clone())),
-        }
-    };
-    let deleted_at = ts("deleted_at")?;
-    let canonical_name = match text("canonical_name")? {
-        Some(n) => n,
-        None if deleted_at.is_some() => String::new(),
-        None => return Err(bad("canonical_name", "is NULL".into())),
-    };
-    let mut c = Contact::new(id.clone(), canonical_name);
-    if let Some(v) = jsonf("external_ids")? {
-        let Value::Object(m) = v else {
-            return Err(bad("external_ids", "is not a JSON object".into()));
-        };
-        for (k, v) in m {
-            let s = match v {
-                Value::String(s) => s,
-                Value::Null => continue,
-                Value::Number(n) => n.to_string(),
-                other => {
-                    return Err(quoting(
-                        "external_ids",
-                        Reason::quoting(|q| {
-                            format!("id for `{k}` is not text: {}", q.json(&other))
-                        }),
-                    ))
-                }
-            };
-            c.external_ids.insert(k, s);
-        }
-    }
-    c.display_name = text("display_name")?;
-    c.first_name = text("first_name")?;
-    c.middle_name = text("middle_name")?;
-    c.last_name = text("last_name")?;
-    c.name_prefix = text("name_prefix")?;
-    c.name_suffix = text("name_suffix")?;
-    c.nickname = text("nickname")?;
-    c.phonetic_name = text("phonetic_name")?;
-    c.organization = text("organization")?;
-    c.job_title = text("job_title")?;
-    c.department = text("department")?;
-    c.category_code = text("category_code")?;
-    c.subcategory_code = text("subcategory_code")?;
-    c.relationship_label = text("relationship_label")?;
-    c.notes = text("notes")?;
-    c.tags = match row.get("tags") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|t| t.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    };
-    c.source = text("source")?;
-    c.created_at = ts("created_at")?;
-    c.llm_context = jsonf("llm_context")?;
-    c.relationships = jsonf("relationships")?;
-    c.communication_stats = jsonf("communication_stats")?;
-    c.social_profiles = jsonf("social_profiles")?;
-    c.custom_attributes = jsonf("custom_attributes")?;
-    let records = |f: &str, first: &str| -> Result<Vec<(String, Option<String>, bool)>, Invalid> {
-        let Some(Value::Array(a)) = row.get(f) else {
-            return Ok(Vec::new());
-        };
-        a.iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let addr = r
-                    .get(first)
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| bad(f, format!("entry {i} has no {first}")))?;
-                Ok((
-                    addr.to_string(),
-                    r.get("label").and_then(Value::as_str).map(str::to_string),
-                    r.get("is_primary")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                ))
-            })
-            .collect()
-    };
-    c.emails = records("emails", "address")?
-        .into_iter()
-        .map(|(address, label, is_primary)| Email {
-            address,
-            label,
-            is_primary,
-        })
-        .collect();
-    c.phones = records("phones", "number")?
-        .into_iter()
-        .map(|(number, label, is_primary)| Phone {
-            number,
-            label,
-            is_primary,
-        })
-        .collect();
-    c.version = match row.get("version") {
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .ok_or_else(|| bad("version", format!("{n} is not an integer")))?,
-        _ => return Err(bad("version", "is NULL".into())),
-    };
-    c.last_updated = ts("last_updated")?;
-    c.last_updated_by = text("last_updated_by")?;
-    c.deleted_at = deleted_at;
-    c.content_hash = text("content_hash")?;
-    c.normalize();
-    Ok(c)
-}
-
-/// `Ok` for rows that can be written; `Rejected` outcomes otherwise.
-fn precheck(c: &Contact, int_id: bool) -> Option<WriteOutcome> {
-    if c.contact_id.is_empty() {
-        return Some(WriteOutcome::Rejected {
-            field: "contact_id".into(),
-            reason: "is empty".into(),
-        });
-    }
-    if int_id && c.contact_id.parse::<i64>().is_err() {
-        return Some(WriteOutcome::Rejected {
-            field: "contact_id".into(),
-            reason: format!(
-                "{:?} is not an integer and the table's id column is INT64",
-                c.contact_id
-            ),
-        });
-    }
-    None
 }
 
 #[async_trait]
 impl RecordSink for BigQueryStore {
-    /// One MERGE job for the batch (one `@rows` ARRAY<STRUCT> parameter).
-    /// Duplicates of a `contact_id` in the batch are reduced to the last of
-    /// the highest version before the MERGE (an earlier lower version in the
-    /// batch counts as Applied, a later lower one as Stale). When the MERGE
-    /// reports fewer affected rows than it was given, one more query reads
-    /// the stored versions to tell which writes were Stale.
+    /// Unconditional writes: one MERGE job per request (split under 10 MB)
+    /// with the `version` guard; see [`crate::write`].
     async fn write_batch(&mut self, writes: &[Contact]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; writes.len()];
-        let int_id = self.layout.int_id();
-        // Normalized copies; the winner per contact_id.
-        let mut winners: HashMap<String, usize> = HashMap::new();
-        let mut running_max: HashMap<String, i64> = HashMap::new();
-        let mut normalized: Vec<Contact> = Vec::with_capacity(writes.len());
-        for (i, w) in writes.iter().enumerate() {
-            let mut c = w.clone();
-            c.normalize();
-            if let Some(o) = precheck(&c, int_id) {
-                outcomes[i] = Some(o);
-                normalized.push(c);
-                continue;
-            }
-            let max = running_max.entry(c.contact_id.clone()).or_insert(i64::MIN);
-            if c.version < *max {
-                outcomes[i] = Some(WriteOutcome::Stale {
-                    stored_version: *max,
-                });
-            } else {
-                *max = c.version;
-                winners.insert(c.contact_id.clone(), i);
-            }
-            normalized.push(c);
-        }
-        if winners.is_empty() {
-            return Ok(outcomes.into_iter().flatten().collect());
-        }
-        let mut order: Vec<usize> = winners.values().copied().collect();
-        order.sort_unstable();
-        let rows = ParamValue::Array(order.iter().map(|i| row_value(&normalized[*i])).collect());
-        let param = QueryParam::new("rows", self.row_type.clone(), rows);
-        let what = format!("MERGE of {} contacts", order.len());
-        let res = self.query(&self.merge_sql, &[param], &what).await?;
-        let affected = res.dml_affected_rows;
-        let mut stored: HashMap<String, i64> = HashMap::new();
-        if affected.is_none_or(|a| a < order.len() as u64) {
-            let ids: Vec<String> = order
-                .iter()
-                .map(|i| normalized[*i].contact_id.clone())
-                .collect();
-            let (filter, p) = self.id_filter(&ids);
-            let sql = format!(
-                "SELECT {} AS contact_id, t.{} AS version FROM {} t WHERE {filter}",
-                self.layout.id_text("t"),
-                self.layout.col("version").quoted,
-                self.table_sql
-            );
-            let res = self
-                .query(&sql, &[p], "reading stored versions after MERGE")
-                .await?;
-            for r in res.rows {
-                if let (Some(id), Some(v)) = (
-                    r.get("contact_id").and_then(Value::as_str),
-                    r.get("version").and_then(Value::as_i64),
-                ) {
-                    stored.insert(id.to_string(), v);
-                }
-            }
-        }
-        // The winner's outcome, shared by its earlier duplicates.
-        let mut by_id: HashMap<&str, WriteOutcome> = HashMap::new();
-        for i in &order {
-            let c = &normalized[*i];
-            let o = match stored.get(&c.contact_id) {
-                Some(v) if *v > c.version => WriteOutcome::Stale { stored_version: *v },
-                _ => WriteOutcome::Applied {
-                    native_id: c.contact_id.clone(),
-                },
-            };
-            by_id.insert(c.contact_id.as_str(), o);
-        }
-        Ok(outcomes
-            .into_iter()
-            .zip(&normalized)
-            .map(|(o, c)| {
-                o.or_else(|| by_id.get(c.contact_id.as_str()).cloned())
-                    .unwrap_or_else(|| WriteOutcome::Applied {
-                        native_id: c.contact_id.clone(),
-                    })
-            })
-            .collect())
+        self.write_rows(writes, None).await
+    }
+
+    /// Conditional writes, atomic per row (see [`crate::write`]): one read
+    /// of the batch's rows with their fingerprints, one guarded MERGE per
+    /// request, and a read-back only when the MERGE skipped rows.
+    async fn write_batch_if(
+        &mut self,
+        writes: Vec<Contact>,
+        expect: &[Expect],
+    ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
+        assert_eq!(writes.len(), expect.len(), "one condition per write");
+        let outcomes = self.write_rows(&writes, Some(expect)).await?;
+        Ok((outcomes, writes))
     }
 
     async fn read(&mut self, contact_ids: &[String]) -> Result<Vec<Contact>, StoreError> {
@@ -1005,117 +611,6 @@ impl RecordSink for BigQueryStore {
     }
 }
 
-/// Reads a µs timestamp, a version and an id from a raw row, for the
-/// checkpoint (also for rows that do not decode).
-fn row_key(row: &Map<String, Value>) -> (String, i64, i64) {
-    let id = match row.get("contact_id") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => String::new(),
-    };
-    let version = row.get("version").and_then(Value::as_i64).unwrap_or(0);
-    let lu = row.get("last_updated").and_then(Value::as_i64).unwrap_or(0);
-    (id, version, lu)
-}
-
-#[async_trait]
-impl ChangeSource for BigQueryStore {
-    /// Rows whose `last_updated` is at or after the watermark minus the
-    /// overlap, in (`last_updated`, `contact_id`) order, each row version
-    /// once (see the checkpoint encoding on [`BigQueryStore`]'s module
-    /// docs). Each change is the row as it is now. Rows that do not decode
-    /// come as [`ChangeKind::Undecodable`] naming the contact and field.
-    /// Rows with a NULL `last_updated` are never seen.
-    async fn read_changes(
-        &mut self,
-        from: Option<&Checkpoint>,
-        limit: usize,
-    ) -> Result<ChangeBatch, StoreError> {
-        let limit = limit.clamp(1, MAX_PAGE);
-        let cur = Cursor::parse(&self.cfg.name, from)?;
-        let overlap = self.cfg.overlap.as_micros() as i64;
-        let lu = &self.layout.col("last_updated").quoted;
-        let mut params = Vec::new();
-        let mut filter = format!("t.{lu} IS NOT NULL");
-        if let Some(wm) = cur.wm {
-            let since = chrono::DateTime::from_timestamp_micros(wm.saturating_sub(overlap))
-                .unwrap_or_default();
-            params.push(QueryParam::timestamp("since", &since));
-            filter.push_str(&format!(" AND t.{lu} >= @since"));
-        }
-        if !cur.seen.is_empty() {
-            // Rows already delivered inside the window are left out by the
-            // query itself, so a page costs `limit + 1` rows however many
-            // rows share the window. The key's last two parts are numbers,
-            // so an id containing `|` stays unambiguous.
-            let keys: Vec<String> = cur
-                .seen
-                .iter()
-                .map(|(id, v, t)| format!("{id}|{v}|{t}"))
-                .collect();
-            params.push(QueryParam::strings("seen", &keys));
-            filter.push_str(&format!(
-                " AND CONCAT({}, '|', COALESCE(CAST(t.{} AS STRING), '0'), '|', CAST(UNIX_MICROS(t.{lu}) AS STRING)) NOT IN UNNEST(@seen)",
-                self.layout.id_text("t"),
-                self.layout.col("version").quoted,
-            ));
-        }
-        let fetch = limit + 1;
-        let sql = format!(
-            "SELECT {} FROM {} t WHERE {filter} ORDER BY t.{lu}, {} LIMIT {fetch}",
-            self.layout.select_list("t"),
-            self.table_sql,
-            self.layout.id_text("t"),
-        );
-        let res = self.query(&sql, &params, "change poll").await?;
-        let fresh: Vec<&Map<String, Value>> = res
-            .rows
-            .iter()
-            .filter(|r| !cur.seen.contains(&row_key(r)))
-            .collect();
-        let has_more = fresh.len() > limit;
-        let mut next = cur.clone();
-        let mut changes = Vec::new();
-        for row in fresh.into_iter().take(limit) {
-            let key = row_key(row);
-            next.wm = Some(next.wm.map_or(key.2, |w| w.max(key.2)));
-            let kind = match decode_contact(row) {
-                Ok(c) => ChangeKind::Upsert(Box::new(c)),
-                Err(invalid) => ChangeKind::Undecodable {
-                    invalid,
-                    payload: Some(Value::Object(row.clone())),
-                },
-            };
-            changes.push(Change {
-                native_id: key.0.clone(),
-                kind,
-            });
-            next.seen.insert(key);
-        }
-        if changes.is_empty() {
-            return Ok(ChangeBatch {
-                changes,
-                checkpoint: from.cloned().unwrap_or_else(|| cur.encode()),
-                has_more: false,
-            });
-        }
-        if let Some(wm) = next.wm {
-            let floor = wm.saturating_sub(overlap);
-            next.seen.retain(|(_, _, t)| *t >= floor);
-        }
-        Ok(ChangeBatch {
-            changes,
-            checkpoint: next.encode(),
-            has_more,
-        })
-    }
-
-    /// Nothing to discard: the table is the change log.
-    async fn acknowledge(&mut self, _upto: &Checkpoint) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
 impl StoreInfo for BigQueryStore {
     fn name(&self) -> &str {
         &self.cfg.name
@@ -1124,40 +619,10 @@ impl StoreInfo for BigQueryStore {
     fn keeps_version(&self) -> bool {
         true
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursor_round_trip() {
-        let mut c = Cursor {
-            v: 1,
-            wm: Some(1_700_000_000_000_000),
-            seen: BTreeSet::new(),
-        };
-        c.seen.insert(("a".into(), 2, 1_699_999_999_000_000));
-        let cp = c.encode();
-        assert_eq!(Cursor::parse("s", Some(&cp)).unwrap(), c);
-        assert!(Cursor::parse("s", Some(&Checkpoint::new("17"))).is_err());
-    }
-
-    #[test]
-    fn decode_reports_the_field() {
-        let mut row = Map::new();
-        row.insert("contact_id".into(), json!("c1"));
-        row.insert("canonical_name".into(), json!("Ann"));
-        row.insert("version".into(), json!(1));
-        row.insert("llm_context".into(), json!("{not json"));
-        let e = decode_contact(&row).unwrap_err();
-        assert_eq!((e.record.as_str(), e.field.as_str()), ("c1", "llm_context"));
-        row.insert("llm_context".into(), json!("{\"a\":1}"));
-        row.remove("canonical_name");
-        let e = decode_contact(&row).unwrap_err();
-        assert_eq!(e.field, "canonical_name");
-        row.insert("canonical_name".into(), json!("Ann"));
-        let c = decode_contact(&row).unwrap();
-        assert_eq!(c.llm_context, Some(json!({"a": 1})));
+    /// The MERGE checks the fingerprint read with the row and writes in one
+    /// DML statement (see [`crate::write`]).
+    fn conditional_writes(&self) -> Conditional {
+        Conditional::Atomic
     }
 }

@@ -7,9 +7,7 @@ use common::TestDataset;
 
 #[tokio::test]
 async fn bigquery_store_keeps_the_sink_contract() {
-    let Some(ds) = TestDataset::new("sink").await else {
-        return;
-    };
+    let ds = TestDataset::create("sink").await;
     let mut store = ds.store().await;
     contact_sync_memory::conformance::sink_contract(&mut store).await;
     ds.cleanup().await;
@@ -17,9 +15,7 @@ async fn bigquery_store_keeps_the_sink_contract() {
 
 #[tokio::test]
 async fn bigquery_store_keeps_the_source_contract() {
-    let Some(ds) = TestDataset::new("source").await else {
-        return;
-    };
+    let ds = TestDataset::create("source").await;
     let mut store = ds.store().await;
     contact_sync_memory::conformance::source_contract(&mut store).await;
     ds.cleanup().await;
