@@ -494,6 +494,19 @@ impl Engine {
                 });
             }
         }
+        // The canonical side of each merge is canonical as the engine knows
+        // it: the newest journal entry (which canonical holds, or is about
+        // to). An edit someone made in canonical that the engine has not
+        // journaled yet is not folded into this store's change: canonical
+        // capture (or the refused canonical write) merges it on its own, so
+        // no two journal entries ever carry one version with two contents.
+        for id in &ids {
+            if let Some(e) = self.state.journal_of(id, 1)?.into_iter().next() {
+                let mut c = e.after;
+                c.normalize();
+                canon.insert(id.clone(), c);
+            }
+        }
         let mut recs: HashMap<String, StoreRecord> = self
             .state
             .store_records(&name, &ids)?
