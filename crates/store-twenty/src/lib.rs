@@ -52,6 +52,7 @@
 //! [`StoreInfo`]: contact_sync_connector::StoreInfo
 
 mod client;
+mod conditional;
 mod config;
 pub mod mapping;
 mod store;
