@@ -757,6 +757,20 @@ impl TwentyStore {
                             ));
                         };
                         let p = p.clone();
+                        if person_id(&p) != id {
+                            // Twenty's upsert also matches on primary email:
+                            // it updated another person than ours. Visible,
+                            // never taken as this contact's person.
+                            let other = person_id(&p).to_string();
+                            tracing::warn!(store = %self.cfg.name, contact = %cid, person = %other, "Twenty's upsert matched the contact's primary email to another person and updated it");
+                            outcomes[*i] = Some(WriteOutcome::Rejected {
+                                field: "emails".into(),
+                                reason: format!(
+                                    "Twenty matched the primary email to person {other} (not {id}) and updated that person; resolve the shared email in Twenty"
+                                ),
+                            });
+                            continue;
+                        }
                         if let Ok(c) = person_to_contact(&p, &self.cfg.name) {
                             self.remember(&p, &c, Some(&hash_of(&writes[*i])));
                         }

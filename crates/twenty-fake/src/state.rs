@@ -391,7 +391,18 @@ impl State {
                                         ))
                                     }
                                 },
-                                "primaryEmail" => json!(text(sk, sv)?.trim().to_lowercase()),
+                                "primaryEmail" => {
+                                    let e = text(sk, sv)?.trim().to_lowercase();
+                                    // Live Twenty 2.21: "not-an-email" → 400
+                                    // with this message; "x@y" is accepted
+                                    // (shared/twenty/README.md, observed).
+                                    if !e.is_empty() && !e.contains('@') {
+                                        return Err(ApiError::bad_request(format!(
+                                            "Invalid string value '{e}' for email field \"emails.primaryEmail\""
+                                        )));
+                                    }
+                                    json!(e)
+                                }
                                 "additionalPhones" | "secondaryLinks" => match sv {
                                     Value::Null => json!([]),
                                     Value::Array(_) => sv.clone(),
