@@ -114,8 +114,9 @@ pub struct TwentyStore {
     pub(crate) refused: HashMap<(String, String), (String, String)>,
     /// Every person id (→ contact id) at the last destroy sweep.
     pub(crate) baseline: Option<HashMap<String, Option<String>>>,
-    /// When the last destroy sweep ran.
+    /// When the last destroy sweep ran, and how long it took.
     pub(crate) last_sweep: Option<std::time::Instant>,
+    pub(crate) sweep_took: std::time::Duration,
     /// Destroys found by a sweep, returned by every read until acknowledged.
     pub(crate) unacked_destroys: Vec<Change>,
 }
@@ -191,6 +192,7 @@ impl TwentyStore {
             refused: HashMap::new(),
             baseline: None,
             last_sweep: None,
+            sweep_took: std::time::Duration::ZERO,
             unacked_destroys: Vec::new(),
         })
     }
@@ -894,8 +896,10 @@ impl TwentyStore {
     /// and are queued as `ChangeKind::Delete`. The first sweep of a process
     /// only sets the baseline (plus the people it has already seen).
     pub(crate) async fn sweep_destroys(&mut self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let (people, _) = self.list_all(ALL_ROWS, Some("id"), usize::MAX).await?;
         self.last_sweep = Some(std::time::Instant::now());
+        self.sweep_took = started.elapsed();
         let now: HashMap<String, Option<String>> = people
             .iter()
             .map(|p| {
@@ -989,9 +993,15 @@ impl TwentyStore {
         let mut cp = PollCheckpoint::parse(&self.cfg.name, from)?;
         // Destroys never appear in the `updatedAt` poll (issue 13,
         // observation 4): a sweep of every person id finds them.
-        let sweep_due = self
-            .last_sweep
-            .is_none_or(|t| t.elapsed() >= self.cfg.destroy_sweep_every);
+        // A sweep costs one request per 200 people: on a large workspace it
+        // runs at most every 20 times its own duration (≤ 5 % of the
+        // request budget), `destroy_sweep_every` at the most often.
+        let every = if self.cfg.destroy_sweep_every.is_zero() {
+            std::time::Duration::ZERO
+        } else {
+            self.cfg.destroy_sweep_every.max(self.sweep_took * 20)
+        };
+        let sweep_due = self.last_sweep.is_none_or(|t| t.elapsed() >= every);
         if sweep_due {
             self.sweep_destroys().await?;
         }
