@@ -217,3 +217,67 @@ async fn creates_stay_batch_upserts_under_expect_absent() {
         assert_eq!(f.counters().route("PATCH /rest/people"), 0);
     }
 }
+
+/// The filtered PATCH itself, as live Twenty 2.21 answers it: the person
+/// while it has that `updatedAt`, `[]` (nothing written) once it changed.
+#[tokio::test]
+async fn a_filtered_patch_answers_the_person_or_nothing() {
+    let t = target(FakeConfig::default()).await;
+    let mut store = t.store();
+    store.migrate().await.expect("migrate");
+    let cs = t.contacts(1);
+    store.write_batch(&cs).await.expect("create");
+    let pid = store.person_id_for(&cs[0].contact_id);
+    let at = person(&t, &pid).await["updatedAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = |at: &str| {
+        let f = format!("and(id[eq]:{pid},updatedAt[eq]:\"{at}\")");
+        let enc: String = f
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("/rest/people?filter={enc}")
+    };
+    // Matched: the person comes back with its new `updatedAt` (repeated,
+    // bounded, while that lands in the same millisecond as `at`).
+    let mut cur = at.clone();
+    for _ in 0..50 {
+        let (s, r) = t
+            .http()
+            .req(
+                Method::PATCH,
+                &path(&cur),
+                Some(json!({"jobTitle": "First"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{r}");
+        let list = r["data"]["updatePeople"].as_array().expect("updatePeople");
+        assert_eq!(list.len(), 1, "{r}");
+        assert_eq!(list[0]["id"], json!(pid));
+        assert_eq!(list[0]["jobTitle"], json!("First"));
+        cur = list[0]["updatedAt"].as_str().unwrap().to_string();
+        if cur != at {
+            break;
+        }
+    }
+    assert_ne!(cur, at, "updatedAt never moved");
+    // Stale: nothing matched, nothing written.
+    let (s, r) = t
+        .http()
+        .req(
+            Method::PATCH,
+            &path(&at),
+            Some(json!({"jobTitle": "Second"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r, json!({"data": {"updatePeople": []}}));
+    assert_eq!(person(&t, &pid).await["jobTitle"], json!("First"));
+}
