@@ -59,5 +59,9 @@ step drift drift
 echo
 echo "== Summary (live Twenty at $TWENTY_BASE_URL)"
 for r in "${rows[@]}"; do echo "  $r"; done
+echo "  verification after the initial sync (the workspace's other people count as extra):"
+grep -E "^  [a-z0-9_-]+ +(OK|DRIFT) " "$log_dir/cli-initial-sync.log" | sed 's/^/  /' || true
+echo "  drift:"
+grep -vE "^\x1b|^[0-9]{4}-" "$log_dir/cli-drift.log" | head -20 | sed 's/^/    /' || true
 if [ "$failed" -eq 0 ]; then echo "  ALL PASSED"; else echo "  SOME FAILED"; fi
 exit "$failed"
