@@ -76,6 +76,7 @@ mod client;
 mod conditional;
 mod config;
 pub mod mapping;
+mod poll;
 mod store;
 pub mod webhook;
 
