@@ -226,7 +226,9 @@ pub struct TwentyStoreConfig {
     /// Secret of the webhook (enables `/webhooks/twenty` on the daemon).
     #[serde(default)]
     pub webhook_secret: Option<SecretRef>,
-    /// Public URL of the daemon's `/webhooks/twenty`, registered by `migrate`.
+    /// Public URL of the daemon's `/webhooks/twenty/<store name>` (the
+    /// first Twenty store also answers at `/webhooks/twenty`), registered
+    /// by `migrate`.
     #[serde(default)]
     pub webhook_url: Option<String>,
     /// Rate-limit window in seconds (default 60; tests shorten it).

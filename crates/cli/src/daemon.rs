@@ -370,11 +370,16 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
     let ops = OpsHandle::default();
     let mut extra = axum::Router::new();
     for (i, (name, rx)) in hooks.iter().enumerate() {
+        // Every Twenty store at /webhooks/twenty/<name>; the first also at
+        // /webhooks/twenty. Accepted deliveries are counted for /metrics.
+        let mut paths = vec![contact_sync_twenty::webhook::path_for(name)];
         if i == 0 {
-            // Accepted deliveries are counted for /metrics.
+            paths.push(contact_sync_twenty::webhook::PATH.to_string());
+        }
+        for path in paths {
             let (counter, store) = (ops.clone(), name.clone());
-            let counted =
-                contact_sync_twenty::webhook::router(rx.clone()).layer(axum::middleware::from_fn(
+            let counted = contact_sync_twenty::webhook::router_at(rx.clone(), &path).layer(
+                axum::middleware::from_fn(
                     move |req: axum::extract::Request, next: axum::middleware::Next| {
                         let (ops, store) = (counter.clone(), store.clone());
                         async move {
@@ -385,10 +390,9 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
                             resp
                         }
                     },
-                ));
+                ),
+            );
             extra = extra.merge(counted);
-        } else {
-            tracing::warn!(store = %name, "only the first Twenty store receives webhooks; this one is polled");
         }
         let (notify, wake) = (rx.notify(), wake.clone());
         tokio::spawn(async move {
@@ -427,7 +431,7 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
             sc.listen = addr;
         }
         let h = contact_sync_ops::serve(&sc, ops.clone(), extra).await?;
-        tracing::info!(addr = %h.local_addr(), "HTTP server: /health /metrics{}", if hooks.is_empty() { "" } else { " /webhooks/twenty" });
+        tracing::info!(addr = %h.local_addr(), "HTTP server: /health /metrics{}", if hooks.is_empty() { "" } else { " /webhooks/twenty[/<store>]" });
         Some(h)
     };
 

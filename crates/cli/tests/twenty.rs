@@ -445,3 +445,99 @@ async fn check_reads_twentys_clock_from_the_date_header_and_flags_a_skewed_one()
         "{clock}"
     );
 }
+
+/// Issue 13 item 10: every Twenty store gets its webhook route,
+/// `/webhooks/twenty/<store>` (the first also `/webhooks/twenty`), each
+/// verifying with its own secret: a forged delivery is refused (401) on
+/// each, an unknown store's route does not exist (404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_twenty_store_has_its_webhook_route() {
+    let a = FakeTwenty::start(FakeConfig::default())
+        .await
+        .expect("fake a");
+    let b = FakeTwenty::start(FakeConfig::default())
+        .await
+        .expect("fake b");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = |name: &str, f: &FakeTwenty| {
+        format!(
+            "[stores.{name}]\nkind = \"twenty\"\nbase_url = \"{}\"\napi_key = {{ env = \"TEST_TWENTY_KEY\" }}\nwebhook_secret = {{ env = \"TEST_TWENTY_HOOK\" }}\nwebhook_url = \"http://127.0.0.1:{port}/webhooks/twenty/{name}\"\n\n",
+            f.base_url()
+        )
+    };
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!(
+            "[stores.local]\nkind = \"sqlite\"\n\n{}{}[server]\nlisten = \"127.0.0.1:{port}\"\n",
+            store("crm", &a),
+            store("crm2", &b)
+        ),
+    )
+    .unwrap();
+    let key = a.api_key().to_string();
+    let migrate = Command::new(env!("CARGO_BIN_EXE_contact-sync"))
+        .current_dir(&d)
+        .args(["--config", "contact-sync.toml", "migrate"])
+        .env("TEST_TWENTY_KEY", &key)
+        .env("TEST_TWENTY_HOOK", "hook-secret-for-tests")
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_contact-sync"))
+        .current_dir(&d)
+        .args(["--config", "contact-sync.toml", "run", "--interval", "600"])
+        .env("TEST_TWENTY_KEY", &key)
+        .env("TEST_TWENTY_HOOK", "hook-secret-for-tests")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(d.join("daemon.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let mut up = false;
+    for _ in 0..400 {
+        if client.get(&health).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let forged = |path: &str| {
+        client
+            .post(format!("http://127.0.0.1:{port}{path}"))
+            .header("X-Twenty-Webhook-Timestamp", "1795413005786")
+            .header("X-Twenty-Webhook-Nonce", "n1")
+            .header("X-Twenty-Webhook-Signature", "00".repeat(32))
+            .body("{}")
+            .send()
+    };
+    let mut statuses = Vec::new();
+    if up {
+        for path in [
+            "/webhooks/twenty",
+            "/webhooks/twenty/crm",
+            "/webhooks/twenty/crm2",
+            "/webhooks/twenty/nope",
+        ] {
+            statuses.push(forged(path).await.map(|r| r.status().as_u16()).ok());
+        }
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        up,
+        "daemon HTTP server did not come up: {}",
+        std::fs::read_to_string(d.join("daemon.err")).unwrap_or_default()
+    );
+    assert_eq!(statuses, vec![Some(401), Some(401), Some(401), Some(404)]);
+}

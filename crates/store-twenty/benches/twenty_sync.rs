@@ -8,6 +8,11 @@
 //! 3. Webhook latency: a change made in Twenty → verified event queued in
 //!    the store (the daemon wakes on it), p50/p95/max.
 //!
+//! 4. An initial sync against the fake with Twenty's real limits (100 per
+//!    60 s and 100 per 1 s, Twenty's lossy token buckets) and the store's
+//!    defaults (100/min, batch 200): requests (budget ceil(N/200) + 5) and
+//!    wall time of the writes, and of `migrate` before them.
+//!
 //! Run: `cargo bench -p contact-sync-twenty` (add `-- quick` for smaller N).
 
 use std::time::{Duration, Instant};
@@ -109,6 +114,43 @@ async fn matched_rate(n: usize, client_factor: u32) {
     fake.stop().await;
 }
 
+async fn real_limits(n: usize) {
+    let fake = FakeTwenty::start(FakeConfig {
+        rate_limit: Some(RateLimit::TWENTY_LONG),
+        short_rate_limit: Some(RateLimit::TWENTY_SHORT),
+        ..FakeConfig::default()
+    })
+    .await
+    .expect("fake");
+    let mut store = TwentyStore::new(config(&fake)).expect("store");
+    let t0 = Instant::now();
+    store.migrate().await.expect("migrate");
+    let migrate = t0.elapsed();
+    let migrate_requests = fake.counters().total;
+    let cs = contacts(n);
+    fake.reset_counters();
+    let before = store.stats();
+    let t0 = Instant::now();
+    let out = store.write_batch(&cs).await.expect("write");
+    let dt = t0.elapsed();
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, WriteOutcome::Applied { .. })));
+    let c = fake.counters();
+    let s = store.stats();
+    let budget = n.div_ceil(200) as u64 + 5;
+    println!(
+        "real limits (100/60 s + 100/1 s), defaults (100/min, batch 200): initial sync N={n}: {} requests (budget {budget}: {}), {} answered 429, {:.1} s ({:.0} contacts/s); migrate before it: {migrate_requests} requests, {:.1} s",
+        c.total,
+        if c.total <= budget { "within" } else { "OVER" },
+        s.rate_limited - before.rate_limited,
+        dt.as_secs_f64(),
+        n as f64 / dt.as_secs_f64(),
+        migrate.as_secs_f64()
+    );
+    fake.stop().await;
+}
+
 async fn webhook_latency(samples: usize) {
     let fake = FakeTwenty::start(FakeConfig::default())
         .await
@@ -185,6 +227,7 @@ fn main() {
                 initial_sync(n, batch).await;
             }
         }
+        real_limits(2000).await;
         let n = if quick { 300 } else { 1000 };
         matched_rate(n, 1).await;
         matched_rate(n, 2).await;

@@ -1,19 +1,32 @@
-//! The HTTP client: a token bucket at the configured rate, 429 handling
-//! (back off with jitter, resume; never fail because of the limit),
-//! bounded retries of transient failures, and progress counters.
+//! The HTTP client: Twenty's two rate-limit windows kept with `governor`,
+//! 429 handling (back off with `backon`'s jittered exponential delays and
+//! resume; never fail because of the limit), bounded retries of transient
+//! failures, and progress counters.
+//!
+//! # Why one request per period and no burst
+//! Twenty 2.21 throttles API keys per workspace with two token buckets,
+//! 100 per 60 s and 100 per 1 s by default (issue 13, observation 5), whose
+//! refill is `floor(elapsed × rate)` counted from the last *admitted*
+//! request (`ThrottlerService.getAvailableTokensCount` in twenty-server):
+//! requests closer together than `window / limit` refill nothing, so a
+//! client that bursts and relies on a steady refill (what a token bucket or
+//! a GCRA with a burst assumes) overshoots; the live run sent 173 requests
+//! in its first minute and 85 were 429s. Requests spaced by at least
+//! `window / limit` (plus a small margin) each find a refilled token, so
+//! the limiter here is a GCRA without burst for each window.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use contact_sync_connector::StoreError;
 use contact_sync_core::clock::ClockSkew;
 use contact_sync_core::model::now;
 use contact_sync_core::Timestamp;
-use rand::Rng;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::Method;
 use serde_json::Value;
-use tokio::sync::Mutex;
 
 use crate::config::TwentyConfig;
 
@@ -76,23 +89,20 @@ impl StatsInner {
     }
 }
 
-/// A token bucket: `capacity` tokens, refilled evenly at `capacity` per
-/// `window`. Matches Twenty's own limiter, so a client at the server's rate
-/// never sees a 429.
-#[derive(Debug)]
-struct Bucket {
-    capacity: f64,
-    per_sec: f64,
-    tokens: f64,
-    last: Instant,
+/// The spacing that never outruns a Twenty bucket of `limit` per
+/// `window`: `window / limit`, 2 % + 2 ms slower for the two clocks'
+/// jitter (see the module docs).
+pub(crate) fn spacing(limit: u32, window: Duration) -> Duration {
+    let per = window / limit.max(1);
+    per + per / 50 + Duration::from_millis(2)
 }
 
-impl Bucket {
-    fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.per_sec).min(self.capacity);
-        self.last = now;
-    }
+fn limiter(limit: u32, window: Duration) -> DefaultDirectRateLimiter {
+    let per = spacing(limit, window);
+    let quota = Quota::with_period(per)
+        .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MIN))
+        .allow_burst(std::num::NonZeroU32::MIN);
+    RateLimiter::direct(quota)
 }
 
 /// A response that was not an auth failure or 429.
@@ -159,7 +169,11 @@ pub(crate) struct Client {
     base: String,
     auth: String,
     store: String,
-    bucket: Arc<Mutex<Bucket>>,
+    /// Twenty's long window (`requests_per_minute` per `rate_window`).
+    long: Arc<DefaultDirectRateLimiter>,
+    /// Twenty's short window (`requests_per_second_window` per
+    /// `short_rate_window`).
+    short: Arc<DefaultDirectRateLimiter>,
     unit: Duration,
     pub stats: Arc<StatsInner>,
 }
@@ -172,53 +186,43 @@ impl Client {
             .map_err(|e| {
                 StoreError::permanent(&cfg.name, format!("building the HTTP client: {e}"))
             })?;
-        let capacity = cfg.requests_per_minute as f64;
+        let long = spacing(cfg.requests_per_minute, cfg.rate_window);
+        let short = spacing(cfg.requests_per_short_window, cfg.short_rate_window);
         Ok(Client {
             http,
             base: cfg.base().to_string(),
             auth: format!("Bearer {}", cfg.api_key.expose()),
             store: cfg.name.clone(),
-            bucket: Arc::new(Mutex::new(Bucket {
-                capacity,
-                per_sec: capacity / cfg.rate_window.as_secs_f64(),
-                tokens: capacity,
-                last: Instant::now(),
-            })),
-            unit: cfg.rate_window / cfg.requests_per_minute,
+            long: Arc::new(limiter(cfg.requests_per_minute, cfg.rate_window)),
+            short: Arc::new(limiter(
+                cfg.requests_per_short_window,
+                cfg.short_rate_window,
+            )),
+            unit: long.max(short),
             stats: Arc::new(StatsInner::default()),
         })
     }
 
-    /// Waits for a token.
+    /// Waits until both windows admit a request.
     async fn acquire(&self) {
-        loop {
-            let wait = {
-                let mut b = self.bucket.lock().await;
-                b.refill(Instant::now());
-                if b.tokens >= 1.0 {
-                    b.tokens -= 1.0;
-                    return;
-                }
-                Duration::from_secs_f64((1.0 - b.tokens) / b.per_sec)
-            };
-            StatsInner::add(&self.stats.throttle_wait_ms, wait.as_millis() as u64);
-            tokio::time::sleep(wait).await;
+        let t0 = Instant::now();
+        self.long.until_ready().await;
+        self.short.until_ready().await;
+        let waited = t0.elapsed();
+        if waited >= Duration::from_millis(1) {
+            StatsInner::add(&self.stats.throttle_wait_ms, waited.as_millis() as u64);
         }
     }
 
-    /// The server's bucket is empty: empty ours too.
-    async fn drain(&self) {
-        let mut b = self.bucket.lock().await;
-        b.refill(Instant::now());
-        b.tokens = 0.0;
-    }
-
-    fn jittered(&self, attempt: u32) -> Duration {
-        let base = self.unit.max(Duration::from_millis(10));
-        let max = (base * 2u32.saturating_pow(attempt.min(6))).min(Duration::from_secs(30));
-        let lo = max / 2;
-        let span = (max - lo).as_millis().max(1) as u64;
-        lo + Duration::from_millis(rand::thread_rng().gen_range(0..=span))
+    /// Delays between tries: jittered exponential from one limiter period
+    /// (at least 10 ms) up to 30 s.
+    fn backoff(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.unit.max(Duration::from_millis(10)))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times()
+            .build()
     }
 
     /// Sends a request (path with query, e.g. `/rest/people?limit=1`),
@@ -235,7 +239,8 @@ impl Client {
         let url = format!("{}{}", self.base, path);
         let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
         let mut transient = 0u32;
-        let mut limited = 0u32;
+        let mut limited = self.backoff();
+        let mut retry = self.backoff();
         let started = Instant::now();
         loop {
             self.acquire().await;
@@ -282,15 +287,14 @@ impl Client {
                                 429 => {
                                     StatsInner::add(&self.stats.rate_limited, 1);
                                     StatsInner::add(&self.stats.retries, 1);
-                                    self.drain().await;
                                     if started.elapsed() > MAX_RATE_LIMITED_WAIT {
                                         return Err(StoreError::transient(
                                             &self.store,
                                             format!("{what}: still rate limited (429) after {:?}", started.elapsed()),
                                         ));
                                     }
-                                    let wait = self.jittered(limited);
-                                    limited += 1;
+                                    // Twenty's 429 has no Retry-After.
+                                    let wait = limited.next().unwrap_or(Duration::from_secs(30));
                                     tracing::debug!(store = %self.store, request = %what, wait_ms = wait.as_millis() as u64, "rate limited (429); backing off");
                                     StatsInner::add(&self.stats.throttle_wait_ms, wait.as_millis() as u64);
                                     tokio::time::sleep(wait).await;
@@ -316,7 +320,7 @@ impl Client {
                 return Err(StoreError::transient(&self.store, failure));
             }
             StatsInner::add(&self.stats.retries, 1);
-            let wait = self.jittered(transient);
+            let wait = retry.next().unwrap_or(Duration::from_secs(30));
             tracing::debug!(store = %self.store, error = %failure, wait_ms = wait.as_millis() as u64, "transient failure; retrying");
             tokio::time::sleep(wait).await;
         }

@@ -48,7 +48,7 @@ pub struct TwentyConfig {
     pub base_url: String,
     /// API key (a JWT), sent as `Authorization: Bearer …`.
     pub api_key: Secret,
-    /// Records per batch create (default 60, at most 200).
+    /// Records per batch create (default 200, what Twenty 2.21 accepts).
     pub batch_size: usize,
     /// Requests allowed per [`rate_window`](Self::rate_window) (Twenty's
     /// default: 100 per minute per workspace).
@@ -56,6 +56,15 @@ pub struct TwentyConfig {
     /// The window of the rate limit: 60 s in production; tests and benches
     /// scale it down to match a fake's short window.
     pub rate_window: Duration,
+    /// Requests allowed per [`short_rate_window`](Self::short_rate_window)
+    /// (Twenty's default: 100 per second per workspace).
+    pub requests_per_short_window: u32,
+    /// Twenty's short window (1 s).
+    pub short_rate_window: Duration,
+    /// How often polling lists every person id to notice people destroyed
+    /// in Twenty (a destroyed person never appears in the `updatedAt`
+    /// poll). `Duration::ZERO`: every poll.
+    pub destroy_sweep_every: Duration,
     /// Push category X (Exclude) contacts too (default false: they are left
     /// out, and soft-deleted in Twenty when a contact becomes X).
     pub include_excluded: bool,
@@ -70,15 +79,19 @@ pub struct TwentyConfig {
 }
 
 impl TwentyConfig {
-    /// A config with the defaults (batch 60, 100 requests per minute).
+    /// A config with the defaults (batch 200, 100 requests per minute and
+    /// 100 per second).
     pub fn new(base_url: impl Into<String>, api_key: Secret) -> Self {
         TwentyConfig {
             name: "twenty".into(),
             base_url: base_url.into(),
             api_key,
-            batch_size: 60,
+            batch_size: MAX_BATCH,
             requests_per_minute: 100,
             rate_window: Duration::from_secs(60),
+            requests_per_short_window: 100,
+            short_rate_window: Duration::from_secs(1),
+            destroy_sweep_every: Duration::from_secs(600),
             include_excluded: false,
             webhook_secret: None,
             webhook_url: None,
@@ -114,6 +127,12 @@ impl TwentyConfig {
         }
         if self.webhook_secret.as_ref().is_some_and(Secret::is_empty) {
             return Err(format!("{}: `webhook_secret` is set but empty", self.name));
+        }
+        if self.requests_per_short_window == 0 || self.short_rate_window.is_zero() {
+            return Err(format!(
+                "{}: `requests_per_short_window` and `short_rate_window` must be positive",
+                self.name
+            ));
         }
         if self.rate_window.is_zero() {
             return Err(format!("{}: `rate_window` must be positive", self.name));

@@ -20,29 +20,50 @@
 //! ```
 //!
 //! # Behaviour
-//! - **Client**: token bucket at `requests_per_minute` per `rate_window`
-//!   (Twenty's own limiter shape, so a matching rate sees no 429); a 429
-//!   (no `Retry-After`) empties the bucket, backs off with jitter and
-//!   resumes: a long sync never fails because of the limit. 5xx/network
-//!   errors are retried a few times, then a transient [`StoreError`];
-//!   401/403 are permanent. Errors and logs never hold the API key.
+//! - **Client**: Twenty's two windows per workspace (`requests_per_minute`
+//!   per `rate_window`, default 100/60 s; `requests_per_short_window` per
+//!   `short_rate_window`, default 100/1 s) kept with `governor`, one
+//!   request per `window / limit` and no burst, because Twenty's buckets
+//!   refill nothing between requests closer than that (see `client`); a
+//!   429 (no `Retry-After`) is backed off with `backon` (jittered,
+//!   exponential) and resumed: a long sync never fails because of the
+//!   limit. 5xx/network errors are retried a few times, then a transient
+//!   [`StoreError`]; 401/403 are permanent. Errors and logs never hold the
+//!   API key.
 //! - **Mapping** ([`mapping`]): Twenty's composite fields exactly, the rest
 //!   in custom fields ([`mapping::CUSTOM_FIELDS`]); reading back normalizes
-//!   (`""` → absent, lower-cased emails) so an untouched record hashes like
-//!   canonical.
+//!   (`""` and null JSON → absent, lower-cased emails) so an untouched
+//!   record hashes like canonical. A phone's country is libphonenumber's
+//!   (Twenty refuses a conflicting one), or left out. Only mapped fields
+//!   (and sub-fields) are sent: a user's own custom fields, the avatar, a
+//!   link's label are never blanked.
 //! - **Writes** ([`RecordSink`]): deterministic ids
 //!   (`identity::store_uuid(name, contact_id)`) + `?upsert=true` in batches
-//!   of `batch_size`, so an initial sync of N contacts costs
+//!   of `batch_size` (default 200), so an initial sync of N contacts costs
 //!   ceil(N / batch_size) requests plus provisioning (company lookups and
-//!   creates). PATCH by id only for people created in Twenty (id in
-//!   `external_ids[name]`); never a PATCH without id. Tombstones: soft
-//!   delete. Category X is not pushed (and soft-deleted when a contact
-//!   becomes X) unless `include_excluded`.
+//!   creates). Answers are paired by person id, never by position (Twenty
+//!   answers updated records first). A refused batch is split by the value
+//!   its error quotes, else halved, until the refused records are alone;
+//!   each is remembered with its content hash and not sent again until it
+//!   changes. PATCH by id only for people created in Twenty (id in
+//!   `external_ids[name]`, unless that person carries another contact's
+//!   id); never a PATCH without id. Tombstones: soft delete. Category X is
+//!   not pushed (and soft-deleted when a contact becomes X) unless
+//!   `include_excluded`.
+//! - **Conditional writes** (`write_batch_if`): an update expected at a
+//!   content hash is a PATCH filtered on id and the `updatedAt` of that
+//!   hash (remembered from reads and writes, else looked up); an empty
+//!   answer is `Changed`. Creates stay upserts, hence
+//!   `conditional_writes() = ReadThenWrite` (see `conditional`).
 //! - **Changes** ([`ChangeSource`]): verified webhook events first (no
 //!   checkpoint advance), then `updatedAt[gte]` polling, the durable
 //!   catch-up path (Twenty never retries a webhook). Checkpoint = watermark
 //!   and the ids seen near it, so nothing is missed or repeated. People created in
 //!   Twenty arrive with an empty `contact_id` and `native_id` = person id.
+//!   A destroyed person (plain `DELETE`) never shows in that poll: a sweep
+//!   of every person id (every `destroy_sweep_every`, at most ~5 % of the
+//!   request budget) reports those gone as `ChangeKind::Delete`. The first
+//!   sweep of a process only sets its baseline.
 //! - **Version**: `keeps_version()` is false (see
 //!   [`TwentyStore::keeps_version`](StoreInfo::keeps_version)).
 //!
@@ -52,8 +73,10 @@
 //! [`StoreInfo`]: contact_sync_connector::StoreInfo
 
 mod client;
+mod conditional;
 mod config;
 pub mod mapping;
+mod poll;
 mod store;
 pub mod webhook;
 

@@ -105,90 +105,50 @@ pub const CUSTOM_FIELDS: &[CustomFieldSpec] = &[
 
 // ---------- phones ----------
 
-/// Calling codes and the country Twenty shows for them.
-const CALLING_CODES: &[(&str, &str)] = &[
-    ("1", "US"),
-    ("7", "RU"),
-    ("20", "EG"),
-    ("27", "ZA"),
-    ("30", "GR"),
-    ("31", "NL"),
-    ("32", "BE"),
-    ("33", "FR"),
-    ("34", "ES"),
-    ("36", "HU"),
-    ("39", "IT"),
-    ("40", "RO"),
-    ("41", "CH"),
-    ("43", "AT"),
-    ("44", "GB"),
-    ("45", "DK"),
-    ("46", "SE"),
-    ("47", "NO"),
-    ("48", "PL"),
-    ("49", "DE"),
-    ("51", "PE"),
-    ("52", "MX"),
-    ("54", "AR"),
-    ("55", "BR"),
-    ("56", "CL"),
-    ("57", "CO"),
-    ("58", "VE"),
-    ("60", "MY"),
-    ("61", "AU"),
-    ("62", "ID"),
-    ("63", "PH"),
-    ("64", "NZ"),
-    ("65", "SG"),
-    ("66", "TH"),
-    ("81", "JP"),
-    ("82", "KR"),
-    ("84", "VN"),
-    ("86", "CN"),
-    ("90", "TR"),
-    ("91", "IN"),
-    ("92", "PK"),
-    ("94", "LK"),
-    ("98", "IR"),
-    ("212", "MA"),
-    ("213", "DZ"),
-    ("216", "TN"),
-    ("234", "NG"),
-    ("254", "KE"),
-    ("351", "PT"),
-    ("352", "LU"),
-    ("353", "IE"),
-    ("354", "IS"),
-    ("358", "FI"),
-    ("359", "BG"),
-    ("370", "LT"),
-    ("371", "LV"),
-    ("372", "EE"),
-    ("380", "UA"),
-    ("385", "HR"),
-    ("386", "SI"),
-    ("420", "CZ"),
-    ("421", "SK"),
-    ("852", "HK"),
-    ("886", "TW"),
-    ("966", "SA"),
-    ("971", "AE"),
-    ("972", "IL"),
-    ("974", "QA"),
+/// Calling codes the split falls back on when libphonenumber's metadata
+/// cannot parse a number (too short, an unassigned range): the calling
+/// code is still split off, the country left out.
+const CALLING_CODES: &[&str] = &[
+    "1", "7", "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45",
+    "46", "47", "48", "49", "51", "52", "54", "55", "56", "57", "58", "60", "61", "62", "63", "64",
+    "65", "66", "81", "82", "84", "86", "90", "91", "92", "94", "98", "212", "213", "216", "234",
+    "254", "351", "352", "353", "354", "358", "359", "370", "371", "372", "380", "385", "386",
+    "420", "421", "852", "886", "966", "971", "972", "974",
 ];
 
 /// Splits an E.164 number into (national number, country code, calling
-/// code), e.g. `+12025550143` → (`2025550143`, `US`, `+1`). A number whose
-/// calling code is unknown is kept whole in the national part, so it always
-/// reads back unchanged.
+/// code), e.g. `+14165550143` → (`4165550143`, `CA`, `+1`).
+///
+/// The country is the one libphonenumber's metadata (the `phonenumber`
+/// crate) infers from the number itself, never a guess from the calling
+/// code: Twenty 2.21 checks `primaryPhoneCountryCode` against the number
+/// and refuses a conflict (issue 13, observation 2: +1 416… sent as `US`
+/// → 400 `CONFLICTING_PHONE_COUNTRY_CODE`; `CA` → 201). When the number
+/// does not name one country (or cannot be parsed) the country is left
+/// empty, which Twenty accepts. A number whose calling code is unknown is
+/// kept whole in the national part, so it always reads back unchanged.
 pub fn split_phone(e164: &str) -> (String, String, String) {
-    if let Some(digits) = e164.strip_prefix('+') {
-        for len in [3, 2, 1] {
-            if digits.len() > len {
-                let (cc, rest) = digits.split_at(len);
-                if let Some((_, country)) = CALLING_CODES.iter().find(|(c, _)| *c == cc) {
-                    return (rest.to_string(), country.to_string(), format!("+{cc}"));
-                }
+    let Some(digits) = e164.strip_prefix('+') else {
+        return (e164.to_string(), String::new(), String::new());
+    };
+    if let Ok(n) = phonenumber::parse(None, e164) {
+        let cc = n.code().value().to_string();
+        if let Some(rest) = digits.strip_prefix(cc.as_str()) {
+            if !rest.is_empty() {
+                let country = n
+                    .country()
+                    .id()
+                    .map(|id| id.as_ref().to_string())
+                    .unwrap_or_default();
+                return (rest.to_string(), country, format!("+{cc}"));
+            }
+        }
+    }
+    for len in [3, 2, 1] {
+        if digits.len() > len {
+            let (cc, rest) = digits.split_at(len);
+            if CALLING_CODES.contains(&cc) {
+                return (rest.to_string(), String::new(), format!("+{cc}"));
             }
         }
     }
@@ -337,7 +297,7 @@ pub fn contact_to_person(c: &Contact, company_id: Option<&str>) -> Map<String, V
     p.insert("jobTitle".into(), opt_text(&c.job_title));
     p.insert(
         "linkedinLink".into(),
-        json!({"primaryLinkUrl": linkedin_url(c.social_profiles.as_ref()).unwrap_or_default(), "primaryLinkLabel": ""}),
+        json!({"primaryLinkUrl": linkedin_url(c.social_profiles.as_ref()).unwrap_or_default()}),
     );
     if let Some(id) = company_id {
         p.insert("companyId".into(), json!(id));
@@ -643,6 +603,11 @@ mod tests {
         assert_eq!(
             split_phone("+12025550143"),
             ("2025550143".into(), "US".into(), "+1".into())
+        );
+        // Issue 13, observation 2: +1 416 is Canada, not the US.
+        assert_eq!(
+            split_phone("+14165550143"),
+            ("4165550143".into(), "CA".into(), "+1".into())
         );
         assert_eq!(split_phone("+493012345").2, "+49");
         assert_eq!(split_phone("+3531234567").2, "+353");

@@ -1,15 +1,14 @@
 //! [`TwentyStore`]: the Twenty workspace as a contact-sync store.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreError, StoreInfo,
-    WriteOutcome,
+    Change, ChangeBatch, ChangeSource, Checkpoint, Conditional, Expect, RecordHash, RecordSink,
+    StoreError, StoreInfo, WriteOutcome,
 };
 use contact_sync_core::clock::ClockSkew;
 use contact_sync_core::identity::store_uuid;
-use contact_sync_core::model::parse_ts;
 use contact_sync_core::{Contact, Timestamp};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -21,16 +20,13 @@ use crate::mapping::{
     contact_to_person, person_id, person_to_contact, person_updated_at, CustomFieldSpec,
     CUSTOM_FIELDS,
 };
-use crate::webhook::{Event, NonceCache, WebhookReceiver};
+use crate::poll::PollCheckpoint;
+use crate::webhook::{NonceCache, WebhookReceiver};
 
 /// Filter that lists soft-deleted and live people alike.
-const ALL_ROWS: &str = "or(deletedAt[is]:NULL,deletedAt[is]:NOT_NULL)";
-/// Polling re-reads this far behind its watermark, so a row committed late
-/// with a slightly older `updatedAt` is not missed; rows already seen at
-/// the same `updatedAt` are skipped by the checkpoint.
-const POLL_OVERLAP: chrono::Duration = chrono::Duration::seconds(1);
+pub(crate) const ALL_ROWS: &str = "or(deletedAt[is]:NULL,deletedAt[is]:NOT_NULL)";
 /// Ids per `[in]` filter (keeps URLs short).
-const IDS_PER_QUERY: usize = 50;
+pub(crate) const IDS_PER_QUERY: usize = 50;
 
 /// What [`TwentyStore::migrate`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,48 +59,46 @@ pub struct CheckReport {
     pub clock_skew: Option<ClockSkew>,
 }
 
-/// The polling checkpoint: the `updatedAt` watermark and the rows already
-/// returned within [`POLL_OVERLAP`] of it (id → `updatedAt`), so nothing
-/// is missed or repeated.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct PollCheckpoint {
-    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
-    watermark: Option<String>,
-    #[serde(rename = "s", default, skip_serializing_if = "BTreeMap::is_empty")]
-    seen: BTreeMap<String, String>,
-}
-
-impl PollCheckpoint {
-    fn parse(store: &str, cp: Option<&Checkpoint>) -> Result<Self, StoreError> {
-        match cp.map(|c| c.as_str().trim()) {
-            None | Some("") => Ok(PollCheckpoint::default()),
-            Some(s) => serde_json::from_str(s).map_err(|e| {
-                StoreError::permanent(store, format!("unreadable checkpoint {s:?}: {e}"))
-            }),
-        }
-    }
-    fn encode(&self) -> Checkpoint {
-        if self.watermark.is_none() && self.seen.is_empty() {
-            return Checkpoint::new("");
-        }
-        Checkpoint::new(serde_json::to_string(self).unwrap_or_default())
-    }
-}
-
 /// The Twenty store. See the crate docs for the behaviour.
 pub struct TwentyStore {
-    cfg: TwentyConfig,
-    client: Client,
+    pub(crate) cfg: TwentyConfig,
+    pub(crate) client: Client,
     /// Company name → id, loaded once, extended on create.
     companies: Option<HashMap<String, String>>,
-    receiver: Option<WebhookReceiver>,
+    pub(crate) receiver: Option<WebhookReceiver>,
     /// Person id → `updatedAt` of the last webhook change returned, to
     /// drop deliveries that arrive out of order.
-    webhook_seen: HashMap<String, Timestamp>,
+    pub(crate) webhook_seen: HashMap<String, Timestamp>,
     /// When the last poll started: a cycle woken by webhooks skips the
     /// poll (it costs a request of a 100-per-minute budget) unless the last
     /// one is older than [`POLL_AT_LEAST_EVERY`].
-    last_poll: Option<std::time::Instant>,
+    pub(crate) last_poll: Option<std::time::Instant>,
+    /// What this store last read or wrote of each person (contact id →
+    /// person id, `updatedAt`, content hashes): the `updatedAt` a
+    /// conditional write names for the hash the engine expects.
+    pub(crate) seen: HashMap<String, Seen>,
+    /// Records Twenty refused: (contact id, content hash) → (field,
+    /// reason). Not sent again until the record changes.
+    pub(crate) refused: HashMap<(String, String), (String, String)>,
+    /// Every person id (→ contact id) at the last destroy sweep.
+    pub(crate) baseline: Option<HashMap<String, Option<String>>>,
+    /// When the last destroy sweep ran, and how long it took.
+    pub(crate) last_sweep: Option<std::time::Instant>,
+    pub(crate) sweep_took: std::time::Duration,
+    /// Destroys found by a sweep, returned by every read until acknowledged.
+    pub(crate) unacked_destroys: Vec<Change>,
+}
+
+/// What the store last saw of one person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub pid: String,
+    pub updated_at: String,
+    /// The content hashes this state of the person answers to: the hash of
+    /// the person as read back and, after our own write, the hash of the
+    /// record the engine wrote (they differ where Twenty rewrites a value,
+    /// e.g. an empty JSON list stored as null).
+    pub hashes: Vec<String>,
 }
 
 /// The catch-up poll runs at least this often even while webhooks keep
@@ -125,7 +119,7 @@ fn quote(s: &str) -> Option<String> {
     (!s.contains('"')).then(|| format!("\"{s}\""))
 }
 
-fn data_list<'a>(body: &'a Value, key: &str) -> Vec<&'a Value> {
+pub(crate) fn data_list<'a>(body: &'a Value, key: &str) -> Vec<&'a Value> {
     match body {
         Value::Array(a) => a.iter().collect(),
         _ => match body.get("data") {
@@ -162,6 +156,12 @@ impl TwentyStore {
             receiver,
             webhook_seen: HashMap::new(),
             last_poll: None,
+            seen: HashMap::new(),
+            refused: HashMap::new(),
+            baseline: None,
+            last_sweep: None,
+            sweep_took: std::time::Duration::ZERO,
+            unacked_destroys: Vec::new(),
         })
     }
 
@@ -186,8 +186,56 @@ impl TwentyStore {
         store_uuid(&self.cfg.name, contact_id).to_string()
     }
 
-    fn err(&self, msg: impl Into<String>) -> StoreError {
+    pub(crate) fn err(&self, msg: impl Into<String>) -> StoreError {
         StoreError::permanent(&self.cfg.name, msg)
+    }
+
+    /// Records what a read or write showed of person `p` (decoded as `c`);
+    /// `written` is the hash of the record we wrote, when this is our
+    /// write's answer. An older state than the one kept is ignored.
+    pub(crate) fn remember(&mut self, p: &Value, c: &Contact, written: Option<&str>) {
+        let cid = c.contact_id.trim();
+        let at = person_updated_at(p);
+        if cid.is_empty() || at.is_empty() {
+            return;
+        }
+        let mut hashes = vec![contact_sync_core::content_hash(c)];
+        if let Some(w) = written {
+            if !hashes.iter().any(|h| h == w) {
+                hashes.push(w.to_string());
+            }
+        }
+        let pid = person_id(p).to_string();
+        if let Some(b) = self.baseline.as_mut() {
+            b.insert(pid.clone(), Some(cid.to_string()));
+        }
+        match self.seen.get_mut(cid) {
+            Some(s) if s.pid == pid && s.updated_at.as_str() > at => {}
+            Some(s) if s.pid == pid && s.updated_at == at => {
+                for h in hashes {
+                    if !s.hashes.contains(&h) {
+                        s.hashes.push(h);
+                    }
+                }
+            }
+            _ => {
+                self.seen.insert(
+                    cid.to_string(),
+                    Seen {
+                        pid,
+                        updated_at: at.to_string(),
+                        hashes,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Decodes a person read from Twenty and remembers it.
+    pub(crate) fn decode_seen(&mut self, p: &Value) -> Result<Contact, contact_sync_core::Invalid> {
+        let c = person_to_contact(p, &self.cfg.name)?;
+        self.remember(p, &c, None);
+        Ok(c)
     }
 
     // ---------- provisioning ----------
@@ -425,7 +473,7 @@ impl TwentyStore {
 
     /// Company ids for these names, creating the missing companies (in
     /// batches, with deterministic ids, so a retry creates nothing twice).
-    async fn ensure_companies(&mut self, names: &[String]) -> Result<(), StoreError> {
+    pub(crate) async fn ensure_companies(&mut self, names: &[String]) -> Result<(), StoreError> {
         if names.is_empty() {
             return Ok(());
         }
@@ -497,7 +545,7 @@ impl TwentyStore {
         Ok(())
     }
 
-    fn company_for(&self, c: &Contact) -> Option<String> {
+    pub(crate) fn company_for(&self, c: &Contact) -> Option<String> {
         let org = c.organization.as_deref()?.trim();
         self.companies.as_ref()?.get(org).cloned()
     }
@@ -522,7 +570,7 @@ impl TwentyStore {
 
     /// Every person matching `filter` (paged), up to `max`.
     /// Returns the people and whether more were left.
-    async fn list_all(
+    pub(crate) async fn list_all(
         &self,
         filter: &str,
         order_by: Option<&str>,
@@ -557,7 +605,7 @@ impl TwentyStore {
         }
     }
 
-    async fn soft_delete(&self, pid: &str) -> Result<(), StoreError> {
+    pub(crate) async fn soft_delete(&self, pid: &str) -> Result<(), StoreError> {
         let r = self
             .client
             .send(
@@ -591,11 +639,13 @@ impl TwentyStore {
         Ok(r.ok() && r.body.get("errors").is_none())
     }
 
-    /// One upsert request for `bodies`; the ids Twenty answered, in order.
+    /// One upsert request for `bodies`: the people Twenty answered, by id.
+    /// Live Twenty answers updated records first and created ones last
+    /// (issue 13, observation 1), so answers are never paired by position.
     async fn upsert_batch(
         &self,
         bodies: &[Value],
-    ) -> Result<Result<Vec<String>, crate::client::Reply>, StoreError> {
+    ) -> Result<Result<HashMap<String, Value>, crate::client::Reply>, StoreError> {
         let (path, payload) = if bodies.len() == 1 {
             ("/rest/people?upsert=true", bodies[0].clone())
         } else {
@@ -608,94 +658,178 @@ impl TwentyStore {
         if !r.ok() {
             return Ok(Err(r));
         }
-        let ids: Vec<String> = if bodies.len() == 1 {
-            vec![r
-                .body
-                .pointer("/data/createPerson/id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()]
+        let people: Vec<Value> = if bodies.len() == 1 {
+            r.body
+                .pointer("/data/createPerson")
+                .cloned()
+                .into_iter()
+                .collect()
         } else {
             r.body
                 .pointer("/data/createPeople")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().map(|p| person_id(p).to_string()).collect())
+                .cloned()
                 .unwrap_or_default()
         };
-        if ids.len() != bodies.len() {
+        if people.len() != bodies.len() {
             return Err(StoreError::transient(
                 &self.cfg.name,
                 format!(
                     "upsert of {} people answered {} records",
                     bodies.len(),
-                    ids.len()
+                    people.len()
                 ),
             ));
         }
-        StatsInner::add(&self.client.stats.records_written, ids.len() as u64);
-        Ok(Ok(ids))
+        StatsInner::add(&self.client.stats.records_written, people.len() as u64);
+        Ok(Ok(people
+            .into_iter()
+            .map(|p| (person_id(&p).to_string(), p))
+            .collect()))
     }
 
     /// Upserts `items` (write index, body with `id`) in batches; sets their
-    /// outcomes. A failed batch is retried after restoring soft-deleted
-    /// targets, then record by record to isolate the refused ones.
+    /// outcomes, pairing each answer with its request by person id (or
+    /// `contactId`). A refused batch is not redone record by record: its
+    /// soft-deleted targets are restored once, a record the error quotes is
+    /// set aside, otherwise the batch is halved until the refused records
+    /// are alone (about 2·log2(n) requests for one bad record in n). Each
+    /// refused record is remembered with its content hash and not sent
+    /// again until it changes.
     async fn upsert_all(
-        &self,
+        &mut self,
         items: &[(usize, Value)],
+        writes: &[Contact],
         outcomes: &mut [Option<WriteOutcome>],
     ) -> Result<(), StoreError> {
-        for chunk in items.chunks(self.cfg.batch_size) {
-            let bodies: Vec<Value> = chunk.iter().map(|(_, b)| b.clone()).collect();
-            let first = self.upsert_batch(&bodies).await?;
-            let reply = match first {
-                Ok(ids) => {
-                    for ((i, _), id) in chunk.iter().zip(ids) {
-                        outcomes[*i] = Some(WriteOutcome::Applied { native_id: id });
+        // (group, soft-deleted targets already restored)
+        let mut queue: Vec<(Vec<(usize, Value)>, bool)> = items
+            .chunks(self.cfg.batch_size)
+            .rev()
+            .map(|c| (c.to_vec(), false))
+            .collect();
+        while let Some((group, restored)) = queue.pop() {
+            let bodies: Vec<Value> = group.iter().map(|(_, b)| b.clone()).collect();
+            let reply = match self.upsert_batch(&bodies).await? {
+                Ok(answers) => {
+                    for (i, body) in &group {
+                        let id = body.get("id").and_then(Value::as_str).unwrap_or_default();
+                        let cid = writes[*i].contact_id.as_str();
+                        let p = answers.get(id).or_else(|| {
+                            answers
+                                .values()
+                                .find(|p| p.get("contactId").and_then(Value::as_str) == Some(cid))
+                        });
+                        let Some(p) = p else {
+                            return Err(StoreError::transient(
+                                &self.cfg.name,
+                                format!("the upsert's answer holds no person for contact {cid}"),
+                            ));
+                        };
+                        let p = p.clone();
+                        if person_id(&p) != id {
+                            // Twenty's upsert also matches on primary email:
+                            // it updated another person than ours. Visible,
+                            // never taken as this contact's person.
+                            let other = person_id(&p).to_string();
+                            tracing::warn!(store = %self.cfg.name, contact = %cid, person = %other, "Twenty's upsert matched the contact's primary email to another person and updated it");
+                            outcomes[*i] = Some(WriteOutcome::Rejected {
+                                field: "emails".into(),
+                                reason: format!(
+                                    "Twenty matched the primary email to person {other} (not {id}) and updated that person; resolve the shared email in Twenty"
+                                ),
+                            });
+                            continue;
+                        }
+                        if let Ok(c) = person_to_contact(&p, &self.cfg.name) {
+                            self.remember(&p, &c, Some(&hash_of(&writes[*i])));
+                        }
+                        outcomes[*i] = Some(WriteOutcome::Applied {
+                            native_id: person_id(&p).to_string(),
+                        });
                     }
                     continue;
                 }
                 Err(r) => r,
             };
-            tracing::debug!(store = %self.cfg.name, status = reply.status, message = %reply.message(), "batch upsert refused; isolating");
-            // Soft-deleted targets block an upsert by id: restore them.
-            let ids: Vec<String> = bodies
-                .iter()
-                .filter_map(|b| b.get("id").and_then(Value::as_str).map(str::to_string))
-                .collect();
-            let existing = self.people_by_ids(&ids).await?;
-            for (pid, p) in &existing {
-                if !p.get("deletedAt").is_none_or(Value::is_null) {
-                    self.restore(pid).await?;
-                }
+            if !(400..500).contains(&reply.status) {
+                return Err(StoreError::transient(
+                    &self.cfg.name,
+                    format!(
+                        "upserting {} people: HTTP {}: {}",
+                        group.len(),
+                        reply.status,
+                        reply.message()
+                    ),
+                ));
             }
-            for (i, body) in chunk {
-                match self.upsert_batch(std::slice::from_ref(body)).await? {
-                    Ok(mut ids) => {
-                        outcomes[*i] = Some(WriteOutcome::Applied {
-                            native_id: ids.pop().unwrap_or_default(),
-                        })
-                    }
-                    Err(r) if (400..500).contains(&r.status) => {
-                        let field = if r.is_duplicate() { "emails" } else { "record" };
-                        outcomes[*i] = Some(WriteOutcome::Rejected {
-                            field: field.into(),
-                            reason: format!(
-                                "Twenty refused the person (HTTP {}): {}",
-                                r.status,
-                                r.message()
-                            ),
-                        });
-                    }
-                    Err(r) => {
-                        return Err(StoreError::transient(
-                            &self.cfg.name,
-                            format!("upserting a person: HTTP {}: {}", r.status, r.message()),
-                        ))
+            tracing::debug!(store = %self.cfg.name, status = reply.status, records = group.len(), "batch upsert refused; isolating");
+            if !restored {
+                // Soft-deleted targets block an upsert by id: restore them.
+                let ids: Vec<String> = bodies
+                    .iter()
+                    .filter_map(|b| b.get("id").and_then(Value::as_str).map(str::to_string))
+                    .collect();
+                let existing = self.people_by_ids(&ids).await?;
+                let mut any = false;
+                for (pid, p) in &existing {
+                    if !p.get("deletedAt").is_none_or(Value::is_null) {
+                        any |= self.restore(pid).await?;
                     }
                 }
+                if any {
+                    queue.push((group, true));
+                    continue;
+                }
             }
+            if group.len() == 1 {
+                let (i, _) = &group[0];
+                self.refuse(&writes[*i], &reply, outcomes, *i);
+                continue;
+            }
+            // A value quoted by the error (`Invalid string value 'x' for
+            // email field …`) names the records holding it.
+            if let Some(v) = quoted_value(&reply.message()) {
+                let needle = Value::String(v).to_string();
+                let (bad, rest): (Vec<_>, Vec<_>) = group
+                    .iter()
+                    .cloned()
+                    .partition(|(_, b)| b.to_string().contains(&needle));
+                if !bad.is_empty() && !rest.is_empty() {
+                    for (i, _) in &bad {
+                        self.refuse(&writes[*i], &reply, outcomes, *i);
+                    }
+                    queue.push((rest, true));
+                    continue;
+                }
+            }
+            let mut left = group;
+            let right = left.split_off(left.len() / 2);
+            queue.push((right, true));
+            queue.push((left, true));
         }
         Ok(())
+    }
+
+    /// Sets the outcome of a record Twenty refused and remembers it.
+    fn refuse(
+        &mut self,
+        c: &Contact,
+        r: &crate::client::Reply,
+        outcomes: &mut [Option<WriteOutcome>],
+        i: usize,
+    ) {
+        let field = refused_field(r).to_string();
+        let reason = format!(
+            "Twenty refused the person (HTTP {}): {}",
+            r.status,
+            r.message()
+        );
+        self.refused.insert(
+            (c.contact_id.clone(), hash_of(c)),
+            (field.clone(), reason.clone()),
+        );
+        outcomes[i] = Some(WriteOutcome::Rejected { field, reason });
     }
 
     fn body_with_id(&self, c: &Contact, pid: &str) -> Value {
@@ -713,142 +847,6 @@ impl TwentyStore {
             Some(pid) if Uuid::parse_str(pid).is_ok() && *pid != own => (pid.clone(), true),
             _ => (own, false),
         }
-    }
-
-    fn decode(&self, p: &Value) -> Change {
-        let native_id = person_id(p).to_string();
-        match person_to_contact(p, &self.cfg.name) {
-            Ok(c) => Change {
-                native_id,
-                kind: ChangeKind::Upsert(Box::new(c)),
-            },
-            Err(invalid) => Change {
-                native_id,
-                kind: ChangeKind::Undecodable {
-                    invalid,
-                    payload: Some(p.clone()),
-                },
-            },
-        }
-    }
-
-    fn decode_event(&mut self, ev: &Event) -> Option<Change> {
-        let pid = person_id(&ev.record).to_string();
-        if pid.is_empty() {
-            return None;
-        }
-        let at = parse_ts(person_updated_at(&ev.record));
-        if let (Some(at), Some(prev)) = (at, self.webhook_seen.get(&pid)) {
-            if at < *prev {
-                return None; // an older state delivered late
-            }
-        }
-        if let Some(at) = at {
-            self.webhook_seen.insert(pid.clone(), at);
-        }
-        StatsInner::add(&self.client.stats.records_read, 1);
-        if ev.operation() == "destroyed" {
-            let cid = ev
-                .record
-                .get("contactId")
-                .and_then(Value::as_str)
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string);
-            return Some(Change {
-                native_id: pid,
-                kind: ChangeKind::Delete { contact_id: cid },
-            });
-        }
-        Some(self.decode(&ev.record))
-    }
-
-    async fn poll(
-        &mut self,
-        from: Option<&Checkpoint>,
-        limit: usize,
-    ) -> Result<ChangeBatch, StoreError> {
-        self.last_poll = Some(std::time::Instant::now());
-        let mut cp = PollCheckpoint::parse(&self.cfg.name, from)?;
-        let input = cp.encode();
-        let limit = limit.max(1);
-        let filter = match cp.watermark.as_deref().and_then(parse_ts) {
-            Some(w) => {
-                let since = (w - POLL_OVERLAP).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-                format!("and(updatedAt[gte]:\"{since}\",{ALL_ROWS})")
-            }
-            None => ALL_ROWS.to_string(),
-        };
-        let mut changes = Vec::new();
-        let mut has_more = false;
-        let mut after: Option<String> = None;
-        'pages: loop {
-            let want = (limit + cp.seen.len() + 1 - changes.len()).min(MAX_BATCH);
-            let mut path = format!(
-                "/rest/people?limit={want}&order_by={}&filter={}",
-                enc("updatedAt,id"),
-                enc(&filter)
-            );
-            if let Some(a) = &after {
-                path.push_str(&format!("&starting_after={}", enc(a)));
-            }
-            let body = self
-                .client
-                .send_ok(Method::GET, &path, None, "polling people")
-                .await?;
-            let page = data_list(&body, "people");
-            StatsInner::add(&self.client.stats.records_read, page.len() as u64);
-            for p in page {
-                let pid = person_id(p).to_string();
-                let at = person_updated_at(p).to_string();
-                if cp.seen.get(&pid) == Some(&at) {
-                    continue;
-                }
-                let (Some(at_ts), w_ts) =
-                    (parse_ts(&at), cp.watermark.as_deref().and_then(parse_ts))
-                else {
-                    continue;
-                };
-                if let Some(w) = w_ts {
-                    // Older than the overlap and not in `seen`: returned by an
-                    // earlier read whose `seen` entry was pruned.
-                    if at_ts < w - POLL_OVERLAP {
-                        continue;
-                    }
-                }
-                if changes.len() >= limit {
-                    has_more = true;
-                    break 'pages;
-                }
-                changes.push(self.decode(p));
-                cp.seen.insert(pid, at.clone());
-                if w_ts.is_none_or(|w| at_ts > w) {
-                    cp.watermark = Some(at);
-                }
-            }
-            let (next, cursor) = page_info(&body);
-            after = cursor;
-            if !next || after.is_none() {
-                break;
-            }
-        }
-        if changes.is_empty() {
-            return Ok(ChangeBatch {
-                changes,
-                checkpoint: from.cloned().unwrap_or(input),
-                has_more: false,
-            });
-        }
-        if let Some(w) = cp.watermark.as_deref().and_then(parse_ts) {
-            let horizon = w - POLL_OVERLAP;
-            cp.seen
-                .retain(|_, at| parse_ts(at).is_some_and(|t| t >= horizon));
-        }
-        Ok(ChangeBatch {
-            changes,
-            checkpoint: cp.encode(),
-            has_more,
-        })
     }
 }
 
@@ -868,6 +866,13 @@ impl StoreInfo for TwentyStore {
     /// Category X (Exclude) only when `include_excluded` is set.
     fn accepts(&self, contact: &Contact) -> bool {
         self.cfg.include_excluded || contact.category_code.as_deref() != Some("X")
+    }
+
+    /// Updates are atomic (a PATCH filtered on id and `updatedAt`), but
+    /// creates are upserts and tombstones a conditional PATCH then a soft
+    /// delete: see the `conditional` module for the windows.
+    fn conditional_writes(&self) -> Conditional {
+        Conditional::ReadThenWrite
     }
 }
 
@@ -925,6 +930,16 @@ impl RecordSink for TwentyStore {
                 });
                 continue;
             }
+            // Refused before and unchanged since: not sent again (issue 13,
+            // observation 6).
+            if let Some((field, reason)) = self
+                .refused
+                .get(&(c.contact_id.clone(), hash_of(c)))
+                .cloned()
+            {
+                outcomes[i] = Some(WriteOutcome::Rejected { field, reason });
+                continue;
+            }
             let (pid, external) = self.target_id(c);
             let accepted = self.accepts(c);
             if c.is_deleted() || !accepted {
@@ -936,7 +951,32 @@ impl RecordSink for TwentyStore {
             }
         }
 
-        // People created in Twenty: PATCH by their id.
+        // People created in Twenty: PATCH by their id, unless that person
+        // now carries another contact's id (a mapping broken by the old
+        // position pairing, issue 13 observation 1): then the contact is
+        // written under its own id and the outcome's id repairs the mapping.
+        if !patches.is_empty() {
+            let ids: Vec<String> = patches.iter().map(|(_, p)| p.clone()).collect();
+            let held = self.people_by_ids(&ids).await?;
+            let mut kept = Vec::with_capacity(patches.len());
+            for (i, pid) in patches {
+                let c = &writes[i];
+                let other = held
+                    .get(&pid)
+                    .and_then(|p| p.get("contactId"))
+                    .and_then(Value::as_str)
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty() && *o != c.contact_id);
+                if let Some(other) = other {
+                    tracing::warn!(store = %self.cfg.name, contact = %c.contact_id, person = %pid, other = %other, "the mapped person carries another contact id; writing the contact under its own person id");
+                    let own = self.person_id_for(&c.contact_id);
+                    upserts.push((i, self.body_with_id(c, &own)));
+                } else {
+                    kept.push((i, pid));
+                }
+            }
+            patches = kept;
+        }
         for (i, pid) in patches {
             let c = &writes[i];
             let body = Value::Object(contact_to_person(c, self.company_for(c).as_deref()));
@@ -956,20 +996,23 @@ impl RecordSink for TwentyStore {
             }
             if r.ok() {
                 StatsInner::add(&self.client.stats.records_written, 1);
+                if let Some(p) = r.body.pointer("/data/updatePerson").cloned() {
+                    if let Ok(back) = person_to_contact(&p, &self.cfg.name) {
+                        self.remember(&p, &back, Some(&hash_of(c)));
+                    }
+                }
                 outcomes[i] = Some(WriteOutcome::Applied { native_id: pid });
             } else if r.status == 404 {
                 // Gone from Twenty: write it under our own id.
                 let own = self.person_id_for(&c.contact_id);
                 upserts.push((i, self.body_with_id(c, &own)));
+            } else if (400..500).contains(&r.status) {
+                self.refuse(c, &r, &mut outcomes, i);
             } else {
-                outcomes[i] = Some(WriteOutcome::Rejected {
-                    field: if r.is_duplicate() { "emails" } else { "record" }.into(),
-                    reason: format!(
-                        "Twenty refused the update (HTTP {}): {}",
-                        r.status,
-                        r.message()
-                    ),
-                });
+                return Err(StoreError::transient(
+                    &self.cfg.name,
+                    format!("updating person {pid}: HTTP {}: {}", r.status, r.message()),
+                ));
             }
         }
 
@@ -996,7 +1039,7 @@ impl RecordSink for TwentyStore {
             }
         }
 
-        self.upsert_all(&upserts, &mut outcomes).await?;
+        self.upsert_all(&upserts, writes, &mut outcomes).await?;
 
         for i in create_then_delete {
             if let Some(WriteOutcome::Applied { native_id }) = &outcomes[i] {
@@ -1049,6 +1092,16 @@ impl RecordSink for TwentyStore {
         Ok(out)
     }
 
+    /// Updates conditional on a content hash are filtered PATCHes (see the
+    /// `conditional` module); everything else as `write_batch`.
+    async fn write_batch_if(
+        &mut self,
+        writes: Vec<Contact>,
+        expect: &[Expect],
+    ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
+        self.conditional_batch(writes, expect).await
+    }
+
     async fn read(&mut self, contact_ids: &[String]) -> Result<Vec<Contact>, StoreError> {
         let mut by_cid: HashMap<String, Contact> = HashMap::new();
         let wanted: HashSet<&str> = contact_ids.iter().map(String::as_str).collect();
@@ -1059,7 +1112,8 @@ impl RecordSink for TwentyStore {
             }
             let filter = format!("and(contactId[in]:[{}],{ALL_ROWS})", list.join(","));
             for p in self.list_all(&filter, None, usize::MAX).await?.0 {
-                let c = person_to_contact(&p, &self.cfg.name)
+                let c = self
+                    .decode_seen(&p)
                     .map_err(|e| self.err(format!("reading person {}: {e}", person_id(&p))))?;
                 if !wanted.contains(c.contact_id.as_str()) {
                     continue;
@@ -1091,9 +1145,15 @@ impl RecordSink for TwentyStore {
         let (people, _) = self.list_all(&filter, Some("contactId,id"), limit).await?;
         let mut out = Vec::with_capacity(people.len());
         for p in people.iter().take(limit) {
-            let c = person_to_contact(p, &self.cfg.name)
-                .map_err(|e| self.err(format!("reading person {}: {e}", person_id(p))))?;
-            out.push(c);
+            // One undecodable person must not break drift or a full scan
+            // (issue 13, observation 7): it is logged (values masked) and
+            // left out; polling reports it as `Undecodable` (a dead letter).
+            match self.decode_seen(p) {
+                Ok(c) => out.push(c),
+                Err(invalid) => {
+                    tracing::warn!(store = %self.cfg.name, person = %person_id(p), error = %invalid, "scan: person cannot be read as a contact; left out of the scan")
+                }
+            }
         }
         Ok(out)
     }
@@ -1192,15 +1252,17 @@ impl ChangeSource for TwentyStore {
         self.poll(from, limit).await
     }
 
-    /// Nothing to release: polling keeps no state in Twenty.
+    /// Polling keeps no state in Twenty; destroys found by a sweep are
+    /// returned by every read until an acknowledge follows them.
     async fn acknowledge(&mut self, _upto: &Checkpoint) -> Result<(), StoreError> {
+        self.unacked_destroys.clear();
         Ok(())
     }
 }
 
 /// `pageInfo` of a list response: whether another page follows, and the
 /// cursor to ask for it with.
-fn page_info(body: &Value) -> (bool, Option<String>) {
+pub(crate) fn page_info(body: &Value) -> (bool, Option<String>) {
     let next = body
         .pointer("/pageInfo/hasNextPage")
         .and_then(Value::as_bool)
@@ -1210,4 +1272,35 @@ fn page_info(body: &Value) -> (bool, Option<String>) {
         .and_then(Value::as_str)
         .map(str::to_string);
     (next, cursor)
+}
+
+/// The content hash of a record as the engine computes it.
+pub(crate) fn hash_of(c: &Contact) -> String {
+    RecordHash::of(c.clone()).hash
+}
+
+/// The first value quoted in single quotes in Twenty's error text, e.g.
+/// `not-an-email` in `Invalid string value 'not-an-email' for email field
+/// "emails.primaryEmail"` (issue 13's live observations).
+fn quoted_value(msg: &str) -> Option<String> {
+    let start = msg.find('\'')? + 1;
+    let len = msg[start..].find('\'')?;
+    let v = &msg[start..start + len];
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// The contact field a Twenty refusal names, from its body (`code`,
+/// message): phones for `CONFLICTING_PHONE_COUNTRY_CODE` and
+/// `INVALID_PHONE_NUMBER`, emails for an email value or a duplicate, else
+/// `record`.
+pub(crate) fn refused_field(r: &crate::client::Reply) -> &'static str {
+    let code = r.body.get("code").and_then(Value::as_str).unwrap_or("");
+    let msg = r.message().to_lowercase();
+    if code.contains("PHONE") || msg.contains("phone") {
+        "phones"
+    } else if msg.contains("email") || r.is_duplicate() {
+        "emails"
+    } else {
+        "record"
+    }
 }

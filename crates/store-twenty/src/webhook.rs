@@ -295,8 +295,20 @@ async fn handle(State(rx): State<WebhookReceiver>, headers: HeaderMap, body: Byt
 /// The axum router serving `POST /webhooks/twenty` for `receiver`; merge it
 /// into the daemon's router.
 pub fn router(receiver: WebhookReceiver) -> Router {
+    router_at(receiver, PATH)
+}
+
+/// The route of the Twenty store `store`: `/webhooks/twenty/<store>`, so
+/// every Twenty store of a daemon has its own (the first also keeps
+/// [`PATH`]).
+pub fn path_for(store: &str) -> String {
+    format!("{PATH}/{store}")
+}
+
+/// The axum router serving `POST <path>` for `receiver`.
+pub fn router_at(receiver: WebhookReceiver, path: &str) -> Router {
     Router::new()
-        .route(PATH, post(handle))
+        .route(path, post(handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(receiver)
 }

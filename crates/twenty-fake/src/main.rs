@@ -26,6 +26,13 @@ struct Args {
     /// Rate-limit window in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     window_ms: u64,
+    /// Requests allowed per short window (omit for none; Twenty's default
+    /// is 100 per 1000 ms).
+    #[arg(long)]
+    short_rate_limit: Option<u32>,
+    /// Short rate-limit window in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    short_window_ms: u64,
     /// Simulate the new-workspace workflow that links a company to each new
     /// person after this many milliseconds.
     #[arg(long)]
@@ -47,6 +54,10 @@ async fn main() -> std::io::Result<()> {
         rate_limit: args.rate_limit.map(|requests| RateLimit {
             requests,
             window: Duration::from_millis(args.window_ms),
+        }),
+        short_rate_limit: args.short_rate_limit.map(|requests| RateLimit {
+            requests,
+            window: Duration::from_millis(args.short_window_ms),
         }),
         workflow_delay: args.workflow_ms.map(Duration::from_millis),
         port: args.port,

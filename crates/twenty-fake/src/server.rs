@@ -20,12 +20,27 @@ use tokio::sync::oneshot;
 
 use crate::state::{now_ts, ApiError, Event, ListQuery, State, PERSON_OBJECT_ID, WORKSPACE_ID};
 
-/// A rate limit: `requests` per `window` (a token bucket refilled evenly
-/// over the window, as Twenty's "N tokens per W ms").
+/// A rate limit: `requests` per `window`, Twenty's "N tokens per W ms"
+/// token bucket, refilled as Twenty 2.21 refills it (see [`take_token`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub requests: u32,
     pub window: Duration,
+}
+
+impl RateLimit {
+    /// Twenty's default long window: 100 per 60 s per workspace
+    /// (`API_RATE_LIMITING_LONG_LIMIT`/`_TTL_IN_MS`; issue 13, obs. 5).
+    pub const TWENTY_LONG: RateLimit = RateLimit {
+        requests: 100,
+        window: Duration::from_secs(60),
+    };
+    /// Twenty's default short window: 100 per 1 s per workspace
+    /// (`API_RATE_LIMITING_SHORT_LIMIT`/`_TTL_IN_MS`; issue 13, obs. 5).
+    pub const TWENTY_SHORT: RateLimit = RateLimit {
+        requests: 100,
+        window: Duration::from_secs(1),
+    };
 }
 
 /// How the fake starts.
@@ -35,8 +50,12 @@ pub struct FakeConfig {
     pub api_key: String,
     /// The API key's name, shown in `createdBy`/`updatedBy`.
     pub key_name: String,
-    /// `None` = unlimited. Twenty's default is 100 per 60 s.
+    /// The long window; `None` = unlimited. Twenty's default is
+    /// [`RateLimit::TWENTY_LONG`].
     pub rate_limit: Option<RateLimit>,
+    /// The short window, checked first; `None` = unlimited. Twenty's
+    /// default is [`RateLimit::TWENTY_SHORT`].
+    pub short_rate_limit: Option<RateLimit>,
     /// Simulate the new-workspace workflow: link a company to each created
     /// person after this delay (Twenty: about a second).
     pub workflow_delay: Option<Duration>,
@@ -56,6 +75,7 @@ impl Default for FakeConfig {
             api_key: "fake-twenty-api-key".into(),
             key_name: "contact-sync".into(),
             rate_limit: None,
+            short_rate_limit: None,
             workflow_delay: None,
             webhook_timeout: Duration::from_secs(5),
             port: 0,
@@ -93,9 +113,20 @@ impl Counters {
     }
 }
 
+/// One of Twenty's buckets: whole tokens and the time of the last admitted
+/// request.
 struct Bucket {
-    tokens: f64,
+    tokens: u64,
     last: Instant,
+}
+
+impl Bucket {
+    fn full(limit: Option<RateLimit>) -> Bucket {
+        Bucket {
+            tokens: limit.map(|r| r.requests as u64).unwrap_or(0),
+            last: Instant::now(),
+        }
+    }
 }
 
 struct Inner {
@@ -104,6 +135,8 @@ struct Inner {
     api_key: String,
     rate: Mutex<Option<RateLimit>>,
     bucket: Mutex<Bucket>,
+    short_rate: Mutex<Option<RateLimit>>,
+    short_bucket: Mutex<Bucket>,
     drop_webhooks: Mutex<bool>,
     workflow: Mutex<Option<Duration>>,
     http: reqwest::Client,
@@ -135,10 +168,9 @@ impl FakeTwenty {
             counters: Mutex::new(Counters::default()),
             api_key: config.api_key.clone(),
             rate: Mutex::new(config.rate_limit),
-            bucket: Mutex::new(Bucket {
-                tokens: config.rate_limit.map(|r| r.requests as f64).unwrap_or(0.0),
-                last: Instant::now(),
-            }),
+            bucket: Mutex::new(Bucket::full(config.rate_limit)),
+            short_rate: Mutex::new(config.short_rate_limit),
+            short_bucket: Mutex::new(Bucket::full(config.short_rate_limit)),
             drop_webhooks: Mutex::new(false),
             workflow: Mutex::new(config.workflow_delay),
             http,
@@ -182,13 +214,16 @@ impl FakeTwenty {
         *lock(&self.inner.counters) = Counters::default();
     }
 
-    /// Changes the rate limit (the bucket starts full).
+    /// Changes the long rate limit (the bucket starts full).
     pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
         *lock(&self.inner.rate) = limit;
-        *lock(&self.inner.bucket) = Bucket {
-            tokens: limit.map(|r| r.requests as f64).unwrap_or(0.0),
-            last: Instant::now(),
-        };
+        *lock(&self.inner.bucket) = Bucket::full(limit);
+    }
+
+    /// Changes the short rate limit (the bucket starts full).
+    pub fn set_short_rate_limit(&self, limit: Option<RateLimit>) {
+        *lock(&self.inner.short_rate) = limit;
+        *lock(&self.inner.short_bucket) = Bucket::full(limit);
     }
 
     /// Drops (does not send) every webhook while set, as when the daemon is
@@ -330,21 +365,38 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
 }
 
-/// Takes one token from the workspace bucket; false when empty.
-fn take_token(inner: &Inner) -> Option<RateLimit> {
-    let rate = (*lock(&inner.rate))?;
-    let mut b = lock(&inner.bucket);
+/// Takes one token from one bucket as Twenty 2.21's
+/// `ThrottlerService.tokenBucketThrottleOrThrow` does: the tokens available
+/// are `min(tokens + floor(elapsed_ms × limit / window_ms), limit)` with
+/// `elapsed` counted from the last *admitted* request, which resets it (so
+/// requests closer than `window / limit` refill nothing); a refused request
+/// changes nothing. `Some(limit)` when refused.
+fn take_from(rate: Option<RateLimit>, bucket: &Mutex<Bucket>) -> Option<RateLimit> {
+    let rate = rate?;
+    let mut b = lock(bucket);
     let now = Instant::now();
-    let per_sec = rate.requests as f64 / rate.window.as_secs_f64().max(1e-9);
-    b.tokens =
-        (b.tokens + now.duration_since(b.last).as_secs_f64() * per_sec).min(rate.requests as f64);
-    b.last = now;
-    if b.tokens >= 1.0 {
-        b.tokens -= 1.0;
-        None
-    } else {
-        Some(rate)
+    let window_ms = rate.window.as_secs_f64() * 1000.0;
+    let elapsed_ms = now.duration_since(b.last).as_secs_f64() * 1000.0;
+    let refill = (elapsed_ms * rate.requests as f64 / window_ms.max(1e-9)).floor() as u64;
+    let available = (b.tokens + refill).min(rate.requests as u64);
+    if available < 1 {
+        return Some(rate);
     }
+    b.tokens = available - 1;
+    b.last = now;
+    None
+}
+
+/// Twenty checks the short bucket, then the long one (the short token is
+/// spent even when the long bucket refuses), per workspace, for API keys
+/// (`throttleQueryExecution` in twenty-server; issue 13, observation 5).
+fn take_token(inner: &Inner) -> Option<RateLimit> {
+    let short = *lock(&inner.short_rate);
+    if let Some(r) = take_from(short, &inner.short_bucket) {
+        return Some(r);
+    }
+    let long = *lock(&inner.rate);
+    take_from(long, &inner.bucket)
 }
 
 /// Every response carries a `Date` header from the fake's clock, as

@@ -391,7 +391,18 @@ impl State {
                                         ))
                                     }
                                 },
-                                "primaryEmail" => json!(text(sk, sv)?.trim().to_lowercase()),
+                                "primaryEmail" => {
+                                    let e = text(sk, sv)?.trim().to_lowercase();
+                                    // Live Twenty 2.21: "not-an-email" → 400
+                                    // with this message; "x@y" is accepted
+                                    // (shared/twenty/README.md, observed).
+                                    if !e.is_empty() && !e.contains('@') {
+                                        return Err(ApiError::bad_request(format!(
+                                            "Invalid string value '{e}' for email field \"emails.primaryEmail\""
+                                        )));
+                                    }
+                                    json!(e)
+                                }
                                 "additionalPhones" | "secondaryLinks" => match sv {
                                     Value::Null => json!([]),
                                     Value::Array(_) => sv.clone(),
@@ -404,6 +415,9 @@ impl State {
                                 _ => json!(text(sk, sv)?),
                             };
                             cur.insert(sk.clone(), nv);
+                        }
+                        if name == "phones" {
+                            check_phones(&cur)?;
                         }
                         rec.insert(name.to_string(), Value::Object(cur));
                     } else if let Some(f) = self.customs.iter().find(|f| f.name == name) {
@@ -495,6 +509,10 @@ impl State {
         let now = now_ts(self.skew);
         let mut undo: Vec<(String, Option<Map<String, Value>>)> = Vec::new();
         let mut out = Vec::new();
+        // Live Twenty 2.21 answers an upsert batch with the updated records
+        // first and the created ones last (issue 13, observation 1: [A
+        // (exists), B (new), C (exists)] → [A, C, B]).
+        let mut created_out = Vec::new();
         let mut events = Vec::new();
         let mut result: Result<(), ApiError> = Ok(());
         let saved_position = self.position;
@@ -569,8 +587,13 @@ impl State {
                 record: rendered.clone(),
                 updated_fields: if created { None } else { Some(changed) },
             });
-            out.push(rendered);
+            if created {
+                created_out.push(rendered);
+            } else {
+                out.push(rendered);
+            }
         }
+        out.append(&mut created_out);
         if let Err(e) = result {
             for (id, old) in undo.into_iter().rev() {
                 self.remove(&id);
@@ -1161,8 +1184,59 @@ fn custom_value(f: &CustomField, v: &Value) -> Result<Value, ApiError> {
             Value::Null | Value::Array(_) => v.clone(),
             _ => return Err(bad()),
         },
+        // Live Twenty 2.21 stores a RAW_JSON `[]` or `{}` as null (issue 13,
+        // observation 3: written `[]`, read back `null`).
+        "RAW_JSON" => match v {
+            Value::Array(a) if a.is_empty() => Value::Null,
+            Value::Object(o) if o.is_empty() => Value::Null,
+            _ => v.clone(),
+        },
         _ => v.clone(),
     })
+}
+
+/// Twenty 2.21 checks a phone's country code against the one it infers from
+/// the number (libphonenumber) and refuses a conflict with this body
+/// (issue 13, observation 2: +1 416… with `US` → 400; with `CA` → 201).
+fn check_phone_country(number: &str, country: &str, calling: &str) -> Result<(), ApiError> {
+    let (number, country) = (number.trim(), country.trim());
+    if number.is_empty() || country.is_empty() {
+        return Ok(());
+    }
+    let full = if number.starts_with('+') {
+        number.to_string()
+    } else {
+        let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+        format!("+{}{digits}", calling.trim().trim_start_matches('+'))
+    };
+    let inferred = phonenumber::parse(None, &full)
+        .ok()
+        .and_then(|n| n.country().id())
+        .map(|id| id.as_ref().to_string());
+    match inferred {
+        Some(i) if !i.eq_ignore_ascii_case(country) => Err(ApiError {
+            status: 400,
+            body: json!({"statusCode": 400, "messages": ["Provided and inferred country code are conflicting"], "code": "CONFLICTING_PHONE_COUNTRY_CODE"}),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the primary and additional phones of a `phones` composite.
+fn check_phones(phones: &Map<String, Value>) -> Result<(), ApiError> {
+    let g = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let whole = Value::Object(phones.clone());
+    check_phone_country(
+        &g(&whole, "primaryPhoneNumber"),
+        &g(&whole, "primaryPhoneCountryCode"),
+        &g(&whole, "primaryPhoneCallingCode"),
+    )?;
+    if let Some(Value::Array(extra)) = phones.get("additionalPhones") {
+        for p in extra {
+            check_phone_country(&g(p, "number"), &g(p, "countryCode"), &g(p, "callingCode"))?;
+        }
+    }
+    Ok(())
 }
 
 // ---------- ordering and paging ----------
