@@ -322,8 +322,16 @@ impl Contact {
                 }
             }
         }
+        // Empty JSON is one value, absent: Twenty stores `[]`/`{}` as null,
+        // other stores keep them, and none of them means anything else.
         fn json(v: &mut Option<Value>) {
-            if matches!(v, Some(Value::Null)) {
+            let empty = match v {
+                Some(Value::Null) => true,
+                Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::Object(o)) => o.is_empty(),
+                _ => false,
+            };
+            if empty {
                 *v = None;
             }
         }
@@ -547,5 +555,27 @@ mod tests {
             serde_json::to_string(&c.custom_attributes).unwrap(),
             r#"{"a":1,"b":2}"#
         );
+    }
+
+    #[test]
+    fn empty_json_is_absent_as_twenty_stores_it() {
+        // Twenty 2.21 stores a RAW_JSON `[]` or `{}` as null: the same
+        // contact must hash alike whichever store it was read from.
+        let mut a = Contact::new("c1", "Ada");
+        a.relationships = Some(serde_json::json!([]));
+        a.custom_attributes = Some(serde_json::json!({}));
+        a.llm_context = Some(serde_json::json!({"k": []}));
+        a.normalize();
+        assert_eq!(a.relationships, None);
+        assert_eq!(a.custom_attributes, None);
+        assert_eq!(
+            a.llm_context,
+            Some(serde_json::json!({"k": []})),
+            "only the top level"
+        );
+        let mut b = Contact::new("c1", "Ada");
+        b.llm_context = Some(serde_json::json!({"k": []}));
+        b.normalize();
+        assert_eq!(crate::content_hash(&a), crate::content_hash(&b));
     }
 }

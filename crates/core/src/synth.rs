@@ -134,6 +134,7 @@ impl Generator {
                 "relationships"
             }
         };
+        c.normalize();
         c.content_hash = Some(content_hash(&c));
         (c, field)
     }
@@ -989,6 +990,8 @@ fn build(rng: &mut SmallRng, index: u64) -> Contact {
         deleted_at: None,
         content_hash: None,
     };
+    // The kept hash is of the normal form (empty JSON is absent).
+    c.normalize();
     c.content_hash = Some(content_hash(&c));
     c
 }
