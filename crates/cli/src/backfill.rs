@@ -229,6 +229,9 @@ impl StoreInfo for Held {
     fn conditional_writes(&self) -> Conditional {
         self.info(|s| s.conditional_writes())
     }
+    fn logs_every_change(&self) -> bool {
+        self.info(|s| s.logs_every_change())
+    }
 }
 
 /// The placeholder of a store that could not be opened: every operation

@@ -378,6 +378,16 @@ pub trait StoreInfo {
         false
     }
 
+    /// Whether [`ChangeSource::read_changes`] delivers every change, in
+    /// commit order, each with the record as it was then (a log: capture
+    /// triggers, a replication slot), rather than the current state of
+    /// changed records (polling). The engine then knows that, after it read
+    /// a record out of turn, the stream's images up to that state's own are
+    /// older than what it merged. False unless a store guarantees it.
+    fn logs_every_change(&self) -> bool {
+        false
+    }
+
     /// How [`RecordSink::write_batch_if`] honours its conditions.
     fn conditional_writes(&self) -> Conditional {
         Conditional::ReadThenWrite

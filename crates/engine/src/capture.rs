@@ -365,6 +365,7 @@ impl Engine {
         let name = self.stores[i].name().to_string();
         let versioned = self.stores[i].keeps_version();
         let kept_hashes = self.stores[i].keeps_content_hash();
+        let logs_every_change = self.stores[i].logs_every_change();
         let now = (self.clock)();
         let mut stats = RunStats {
             captured: changes.len() as u64,
@@ -518,6 +519,24 @@ impl Engine {
         let mut entries: Vec<JournalEntry> = Vec::new();
         let mut open: Vec<(String, FieldConflict)> = Vec::new();
         for it in items {
+            if logs_every_change && !out_of_turn {
+                if let Some(r) = recs.get_mut(&it.contact_id).filter(|r| !r.late.is_empty()) {
+                    // The engine already merged, out of turn, a later state
+                    // of this record than the stream has delivered so far:
+                    // every image up to that state's own is older than what
+                    // was merged (superseded); the images after it are new.
+                    let hash = match &it.incoming {
+                        Some(c) => content_hash(c),
+                        None => contact_sync_core::hash::tombstone_hash().to_string(),
+                    };
+                    if let Some(k) = r.late.iter().position(|h| *h == hash) {
+                        r.late.drain(..=k);
+                    }
+                    touched.insert(it.contact_id.clone());
+                    stats.skipped_echo += 1;
+                    continue;
+                }
+            }
             let rec = recs.get(&it.contact_id).cloned();
             let synced_version = rec.as_ref().map_or(0, |r| r.synced_version);
             let current = canon.get(&it.contact_id);
@@ -574,24 +593,9 @@ impl Engine {
                 stats.skipped_echo += 1;
                 continue;
             }
-            if let Some(r) = recs.get_mut(&it.contact_id) {
-                if !out_of_turn {
-                    if let Some(k) = r.late.iter().position(|h| *h == hash) {
-                        // An edit already merged out of turn, now delivered
-                        // by the store's change stream.
-                        r.late.remove(k);
-                        stats.skipped_echo += 1;
-                        touched.insert(it.contact_id.clone());
-                        continue;
-                    }
-                }
+            if let Some(r) = recs.get(&it.contact_id) {
                 let echo = r.hash == hash && r.deleted == incoming.is_deleted() && !it.writeback;
                 if echo || own_image {
-                    if !out_of_turn && !r.late.is_empty() {
-                        // The stream is past every out-of-turn copy.
-                        r.late.clear();
-                        touched.insert(it.contact_id.clone());
-                    }
                     stats.skipped_echo += 1;
                     continue;
                 }
@@ -695,7 +699,7 @@ impl Engine {
             let agreed = current.filter(|c| content_hash(c) == hash && !it.writeback);
             let rec_owed = rec.as_ref().map(|r| (r.needs_write, r.writeback));
             let mut late = rec.map(|r| r.late).unwrap_or_default();
-            if out_of_turn && !late.contains(&hash) {
+            if out_of_turn && logs_every_change && !late.contains(&hash) {
                 late.push(hash.clone());
                 // Bounded: the oldest copies are long delivered or superseded.
                 if late.len() > MAX_LATE {

@@ -600,13 +600,17 @@ fn replay() {
     if let Ok(id) = std::env::var("HISTORY_CONTACT") {
         for j in e.state().journal_of(&id, 1000).expect("journal") {
             eprintln!(
-                "J{} v{} prev={} {:?} from {} h={} conflicts={:?}",
+                "J{} v{} prev={} {:?} from {} h={} changes={:?} conflicts={:?}",
                 j.seq,
                 j.version,
                 j.prev_version,
                 j.op,
                 j.origin,
                 &j.hash[..6],
+                j.changes
+                    .iter()
+                    .map(|c| (c.field.clone(), c.new.clone()))
+                    .collect::<Vec<_>>(),
                 j.conflicts
             );
         }

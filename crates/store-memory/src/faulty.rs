@@ -443,6 +443,10 @@ impl<S: StoreInfo> StoreInfo for FaultyStore<S> {
     fn conditional_writes(&self) -> Conditional {
         self.inner.conditional_writes()
     }
+
+    fn logs_every_change(&self) -> bool {
+        self.inner.logs_every_change()
+    }
 }
 
 /// Runs one inner call through the control.

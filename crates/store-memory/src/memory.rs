@@ -500,6 +500,10 @@ impl StoreInfo for MemoryStore {
         true
     }
 
+    fn logs_every_change(&self) -> bool {
+        true
+    }
+
     fn conditional_writes(&self) -> Conditional {
         Conditional::Atomic
     }

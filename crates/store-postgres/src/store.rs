@@ -1258,6 +1258,12 @@ impl StoreInfo for PgStore {
         Conditional::Atomic
     }
 
+    /// The slot (and the outbox) deliver every committed change with its
+    /// row image, in commit order.
+    fn logs_every_change(&self) -> bool {
+        true
+    }
+
     /// Once the table's columns are loaded (before any record is read):
     /// whether its trigger clears `content_hash` on every write but the
     /// store's own (installed by `migrate`, which clears older values).

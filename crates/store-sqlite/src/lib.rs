@@ -1077,6 +1077,11 @@ impl StoreInfo for SqliteStore {
         Conditional::Atomic
     }
 
+    /// The capture triggers log every change with its row image.
+    fn logs_every_change(&self) -> bool {
+        true
+    }
+
     fn keeps_content_hash(&self) -> bool {
         true
     }
