@@ -84,6 +84,44 @@ pub struct SyncConfig {
     /// with canonical by content hash).
     #[serde(default = "default_drift_interval")]
     pub drift_interval_secs: u64,
+    /// The mass-change guard: a store whose window of changes deletes (or
+    /// blanks one field of) more than `guard_percent` % of its contacts —
+    /// at least `guard_min`, at most `guard_max` — is paused until a person
+    /// approves or rejects. `guard_enabled = false` turns it off.
+    #[serde(default = "default_true")]
+    pub guard_enabled: bool,
+    #[serde(default = "default_guard_percent")]
+    pub guard_percent: f64,
+    #[serde(default = "default_guard_min")]
+    pub guard_min: u64,
+    #[serde(default = "default_guard_max")]
+    pub guard_max: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_guard_percent() -> f64 {
+    contact_sync_engine::MassChangeGuard::default().percent
+}
+fn default_guard_min() -> u64 {
+    contact_sync_engine::MassChangeGuard::default().min
+}
+fn default_guard_max() -> u64 {
+    contact_sync_engine::MassChangeGuard::default().max
+}
+
+impl SyncConfig {
+    /// The engine's mass-change guard from these settings.
+    pub fn guard(&self) -> contact_sync_engine::MassChangeGuard {
+        contact_sync_engine::MassChangeGuard {
+            enabled: self.guard_enabled,
+            percent: self.guard_percent,
+            min: self.guard_min,
+            max: self.guard_max,
+            ..Default::default()
+        }
+    }
 }
 
 fn default_drift_interval() -> u64 {
@@ -96,6 +134,10 @@ impl Default for SyncConfig {
             interval_secs: default_interval(),
             batch_size: default_batch(),
             drift_interval_secs: default_drift_interval(),
+            guard_enabled: true,
+            guard_percent: default_guard_percent(),
+            guard_min: default_guard_min(),
+            guard_max: default_guard_max(),
         }
     }
 }
@@ -283,6 +325,18 @@ impl Config {
             return Err(ConfigError(format!(
                 "sync.batch_size = {} is out of range (1 to {MAX_BATCH_SIZE})",
                 self.sync.batch_size
+            )));
+        }
+        if !(self.sync.guard_percent > 0.0 && self.sync.guard_percent <= 100.0) {
+            return Err(ConfigError(format!(
+                "sync.guard_percent = {} is out of range (more than 0, at most 100)",
+                self.sync.guard_percent
+            )));
+        }
+        if self.sync.guard_min > self.sync.guard_max {
+            return Err(ConfigError(format!(
+                "sync.guard_min = {} is above sync.guard_max = {}",
+                self.sync.guard_min, self.sync.guard_max
             )));
         }
         if self.sync.interval_secs == 0 {

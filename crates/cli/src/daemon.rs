@@ -47,6 +47,7 @@ pub async fn build_engine_with_hooks(
     };
     let opts = EngineOptions {
         batch_size: batch,
+        guard: cfg.sync.guard(),
         ..EngineOptions::default()
     };
     Ok((Engine::new(state, canonical, opened.stores, opts)?, hooks))
@@ -69,6 +70,7 @@ async fn build_daemon_engine(
     };
     let opts = EngineOptions {
         batch_size: batch,
+        guard: cfg.sync.guard(),
         ..EngineOptions::default()
     };
     Ok((
