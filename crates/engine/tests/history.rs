@@ -2,7 +2,8 @@
 //! any two steps of a cycle* — before each store operation the engine makes
 //! (a capture read, a canonical read during a merge, the canonical write,
 //! each propagation write, a recapture read) — while stores fail, time out,
-//! lose acknowledgements, crash, change schema (the engine pauses them until
+//! lose acknowledgements, crash at any operation (the engine is then
+//! restarted, as after kill -9), change schema (the engine pauses them until
 //! "a person" resumes them), backlogs exceed a cycle (tiny batches, two
 //! batches a cycle) and the engine restarts at random. Every user action is
 //! recorded in a history with a global order.
@@ -183,11 +184,20 @@ impl Sim {
             let c = person(&format!("C{i}"), &format!("Person {i}"));
             stores[0].user_upsert(c);
         }
-        let plan = |k: u64| {
-            FaultPlan::new(seed.wrapping_mul(31).wrapping_add(k))
+        // Crashes too: after a random number of operations a store fails
+        // every call (the process is killed at that step); the run loop
+        // restarts the engine and brings the store back.
+        let mut crash_rng = SmallRng::seed_from_u64(seed ^ 0xc4a5);
+        let mut plan = |k: u64| {
+            let p = FaultPlan::new(seed.wrapping_mul(31).wrapping_add(k))
                 .fail_before(0.03)
                 .timeout(0.02)
-                .ack_lost(0.04)
+                .ack_lost(0.04);
+            if crash_rng.gen_bool(0.5) {
+                p.crash_after_ops(crash_rng.gen_range(20..300))
+            } else {
+                p
+            }
         };
         let controls = [
             FaultControl::new(plan(1)),
@@ -255,11 +265,18 @@ impl Sim {
                 );
                 e = self.engine();
             }
-            // Crashed stores come back (a restart of the store).
+            // A crash kills the process at that step: the engine restarts
+            // and the crashed store comes back.
+            let mut crashed = false;
             for c in &self.controls {
                 if c.is_crashed() {
                     c.heal();
+                    crashed = true;
                 }
+            }
+            if crashed {
+                drop(e);
+                e = self.engine();
             }
             match broken.as_mut() {
                 Some((s, left)) if *left == 0 => {
