@@ -213,14 +213,19 @@ async fn cdc(cfg: &Config, action: crate::CdcAction) -> anyhow::Result<ExitCode>
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let tx = state.tx()?;
             tx.set_checkpoint(&name, cp.as_str())?;
+            // What the store holds is unknown now: every record is written
+            // again on condition of what the engine last saw there, so one
+            // edited while capture was broken is found and merged.
+            let owed = tx.owe_all(&name)?;
+            tracing::info!(store = %name, owed, "every record owed a conditional write");
             tx.set_meta(
                 "backfill_requested_at",
                 &format_ts(&contact_sync_core::model::now()),
             )?;
             tx.commit()?;
             println!(
-                "{name}: change capture recreated; changes made there while it was broken were not captured. \
-                 The next cycle copies canonical to {name} again; run `contact-sync initial-sync` to see the drift."
+                "{name}: change capture recreated. The next cycle writes every record to {name} again, each on condition of what contact-sync last saw there: \
+                 a record edited while capture was broken is merged into canonical, not overwritten."
             );
         }
     }

@@ -170,15 +170,27 @@ impl Engine {
     /// refused round after round by a busy writer, a drift repair).
     async fn write_owed(&mut self, i: usize, report: &mut CycleReport) -> Result<(), EngineError> {
         let name = self.stores[i].name().to_string();
-        let owed = self
-            .state
-            .store_records_needing_write(&name, self.opts.batch_size.max(1))?;
-        if owed.is_empty() {
-            return Ok(());
+        let mut after: Option<String> = None;
+        for _ in 0..self.opts.max_batches_per_cycle {
+            if self.stopping() {
+                return Ok(());
+            }
+            // Records still owed after their write (refused again) are not
+            // taken twice in one pass.
+            let ids: Vec<String> = self
+                .state
+                .store_records_needing_write(&name, after.as_deref(), self.opts.batch_size.max(1))?
+                .into_iter()
+                .map(|r| r.contact_id)
+                .collect();
+            let Some(last) = ids.last().cloned() else {
+                return Ok(());
+            };
+            let changed = self.resend(i, &ids, report).await?;
+            self.recapture(i, changed, report).await?;
+            after = Some(last);
         }
-        let ids: Vec<String> = owed.into_iter().map(|r| r.contact_id).collect();
-        let changed = self.resend(i, &ids, report).await?;
-        self.recapture(i, changed, report).await
+        Ok(())
     }
 
     /// Writes the planned records to store `i` and commits what happened,

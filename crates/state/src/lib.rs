@@ -330,16 +330,17 @@ impl StateDb {
     ) -> Result<Option<StoreRecord>> {
         read::store_record_by_native(&self.conn, store, native_id)
     }
-    /// Number of sync records of a store, live ones only.
     /// Up to `limit` records of `store` that must be written again
-    /// (`needs_write`), by contact id.
+    /// (`needs_write`), by contact id, after `after`.
     pub fn store_records_needing_write(
         &self,
         store: &str,
+        after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StoreRecord>> {
-        read::store_records_needing_write(&self.conn, store, limit)
+        read::store_records_needing_write(&self.conn, store, after, limit)
     }
+    /// Number of sync records of a store, live ones only.
     pub fn store_record_count(&self, store: &str) -> Result<u64> {
         read::store_record_count(&self.conn, store)
     }
@@ -462,6 +463,19 @@ impl StateTx<'_> {
             ])?;
         }
         Ok(())
+    }
+    /// Marks every record of `store` as owed a write (its change capture
+    /// was lost: what it holds is no longer known). Each is written again on
+    /// condition of what the engine last saw there, so a record edited in
+    /// the meantime is found and merged. Returns how many.
+    pub fn owe_all(&self, store: &str) -> Result<u64> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE store_records SET needs_write = 1 WHERE store = ?1 AND needs_write = 0",
+            )?
+            .execute([store])?;
+        Ok(n as u64)
     }
     /// Removes the record keyed by (store, contact_id); absent is not an error.
     pub fn delete_store_record(&self, store: &str, contact_id: &str) -> Result<()> {

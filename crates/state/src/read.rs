@@ -273,13 +273,14 @@ pub(crate) fn store_record_by_native(
 pub(crate) fn store_records_needing_write(
     conn: &Connection,
     store: &str,
+    after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<StoreRecord>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND needs_write = 1 \
-         ORDER BY contact_id LIMIT ?2"
+        "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND needs_write <> 0 \
+         AND contact_id > ?2 ORDER BY contact_id LIMIT ?3"
     ))?;
-    let mut rows = stmt.query(params![store, sql_limit(limit)])?;
+    let mut rows = stmt.query(params![store, after.unwrap_or(""), sql_limit(limit)])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(record_row(row)?);
