@@ -33,6 +33,60 @@ pub(crate) fn latest_per_contact(entries: Vec<JournalEntry>) -> Vec<JournalEntry
 }
 
 impl Engine {
+    /// Canonical's records of these ids as they are now, normalized, by id.
+    pub(crate) async fn read_canonical(
+        &mut self,
+        ids: &[String],
+    ) -> Result<HashMap<String, Contact>, EngineError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(self
+            .canonical
+            .read(ids)
+            .await
+            .map_err(EngineError::Canonical)?
+            .into_iter()
+            .map(|mut c| {
+                c.normalize();
+                (c.contact_id.clone(), c)
+            })
+            .collect())
+    }
+
+    /// What canonical was just read holding, for the contacts the engine
+    /// has no record of there yet (copied by an initial sync, or made
+    /// there): recorded, it is the condition of the canonical write that
+    /// follows.
+    pub(crate) fn canonical_seen(
+        &self,
+        read: &HashMap<String, Contact>,
+    ) -> Result<Vec<StoreRecord>, EngineError> {
+        if read.is_empty() {
+            return Ok(vec![]);
+        }
+        let ids: Vec<String> = read.keys().cloned().collect();
+        let known: BTreeSet<String> = self
+            .state
+            .store_records(CANONICAL, &ids)?
+            .into_iter()
+            .map(|r| r.contact_id)
+            .collect();
+        Ok(read
+            .values()
+            .filter(|c| !known.contains(&c.contact_id))
+            .map(|c| StoreRecord {
+                store: CANONICAL.to_string(),
+                contact_id: c.contact_id.clone(),
+                native_id: Some(c.contact_id.clone()),
+                synced_version: c.version,
+                hash: content_hash(c),
+                deleted: c.is_deleted(),
+                ..Default::default()
+            })
+            .collect())
+    }
+
     /// Writes journal entries the canonical store does not have yet, then
     /// advances the canonical cursor in the same transaction that records
     /// what canonical now holds.
@@ -78,17 +132,7 @@ impl Engine {
             let mut already: Vec<(&JournalEntry, WriteOutcome)> = Vec::new();
             let todo: Vec<&JournalEntry> = if self.canonical_uncertain && !todo.is_empty() {
                 let ids: Vec<String> = todo.iter().map(|e| e.contact_id.clone()).collect();
-                let held: HashMap<String, Contact> = self
-                    .canonical
-                    .read(&ids)
-                    .await
-                    .map_err(EngineError::Canonical)?
-                    .into_iter()
-                    .map(|mut c| {
-                        c.normalize();
-                        (c.contact_id.clone(), c)
-                    })
-                    .collect();
+                let held = self.read_canonical(&ids).await?;
                 // Content someone else wrote to canonical since the engine
                 // last wrote or read it there (neither what the engine knew,
                 // nor this entry, nor an earlier journal version whose write

@@ -123,9 +123,16 @@ impl Engine {
             *batches += 1;
             if batch.changes.is_empty() {
                 if window.batches.is_empty() && stored.as_ref() != Some(&batch.checkpoint) {
-                    let tx = self.state.tx()?;
-                    tx.set_checkpoint(&name, batch.checkpoint.as_str())?;
-                    tx.commit()?;
+                    {
+                        let tx = self.state.tx()?;
+                        tx.set_checkpoint(&name, batch.checkpoint.as_str())?;
+                        tx.commit()?;
+                    }
+                    // The store may let go of what it skipped (a slot passing
+                    // over the engine's own transactions releases their WAL).
+                    if let Err(e) = self.stores[i].acknowledge(&batch.checkpoint).await {
+                        tracing::debug!(store = %name, error = %e, "acknowledge failed; will repeat");
+                    }
                 }
                 window.drained = true;
                 return Ok(window);
@@ -460,41 +467,8 @@ impl Engine {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut canon: HashMap<String, Contact> = HashMap::new();
-        if !ids.is_empty() {
-            for mut c in self
-                .canonical
-                .read(&ids)
-                .await
-                .map_err(EngineError::Canonical)?
-            {
-                c.normalize();
-                canon.insert(c.contact_id.clone(), c);
-            }
-        }
-        // What canonical was just read holding, for contacts the engine has
-        // no record of there yet (copied by an initial sync, or made there):
-        // the condition of the canonical write that follows.
-        let mut canon_seen: Vec<StoreRecord> = Vec::new();
-        if !canon.is_empty() {
-            let known: BTreeSet<String> = self
-                .state
-                .store_records(CANONICAL, &ids)?
-                .into_iter()
-                .map(|r| r.contact_id)
-                .collect();
-            for c in canon.values().filter(|c| !known.contains(&c.contact_id)) {
-                canon_seen.push(StoreRecord {
-                    store: CANONICAL.to_string(),
-                    contact_id: c.contact_id.clone(),
-                    native_id: Some(c.contact_id.clone()),
-                    synced_version: c.version,
-                    hash: content_hash(c),
-                    deleted: c.is_deleted(),
-                    ..Default::default()
-                });
-            }
-        }
+        let mut canon = self.read_canonical(&ids).await?;
+        let canon_seen = self.canonical_seen(&canon)?;
         // The canonical side of each merge is canonical as the engine knows
         // it: the newest journal entry (which canonical holds, or is about
         // to). An edit someone made in canonical that the engine has not

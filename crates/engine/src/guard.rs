@@ -152,17 +152,7 @@ impl Engine {
         let mut blanked: BTreeMap<String, u64> = BTreeMap::new();
         for chunk in edited.chunks(500) {
             let ids: Vec<String> = chunk.iter().map(|c| c.contact_id.clone()).collect();
-            let held: HashMap<String, Contact> = self
-                .canonical
-                .read(&ids)
-                .await
-                .map_err(EngineError::Canonical)?
-                .into_iter()
-                .map(|mut c| {
-                    c.normalize();
-                    (c.contact_id.clone(), c)
-                })
-                .collect();
+            let held = self.read_canonical(&ids).await?;
             for c in chunk {
                 let Some(before) = held.get(&c.contact_id).filter(|b| !b.is_deleted()) else {
                     continue;
@@ -373,40 +363,12 @@ impl Engine {
         let mut canon_seen: Vec<StoreRecord> = Vec::new();
         for chunk in held.chunks(500) {
             let ids: Vec<String> = chunk.iter().map(|r| r.contact_id.clone()).collect();
-            let canon: HashMap<String, Contact> = self
-                .canonical
-                .read(&ids)
-                .await
-                .map_err(EngineError::Canonical)?
-                .into_iter()
-                .map(|mut c| {
-                    c.normalize();
-                    (c.contact_id.clone(), c)
-                })
-                .collect();
-            let known: std::collections::BTreeSet<String> = self
-                .state
-                .store_records(CANONICAL, &ids)?
-                .into_iter()
-                .map(|r| r.contact_id)
-                .collect();
+            let canon = self.read_canonical(&ids).await?;
+            canon_seen.extend(self.canonical_seen(&canon)?);
             for rec in chunk {
                 let Some(c) = canon.get(&rec.contact_id) else {
                     continue;
                 };
-                if !known.contains(&c.contact_id) {
-                    // What canonical was read holding: the condition of the
-                    // canonical write that follows.
-                    canon_seen.push(StoreRecord {
-                        store: CANONICAL.to_string(),
-                        contact_id: c.contact_id.clone(),
-                        native_id: Some(c.contact_id.clone()),
-                        synced_version: c.version,
-                        hash: content_hash(c),
-                        deleted: c.is_deleted(),
-                        ..Default::default()
-                    });
-                }
                 let newest = self
                     .state
                     .journal_of(&rec.contact_id, 1)?
