@@ -10,6 +10,7 @@ use contact_sync_core::model::ALL_FIELDS;
 
 use crate::codec::{self, RowText};
 use crate::config::CdcMode;
+use crate::origin::origin_name;
 use crate::pgoutput::{self, Datum, Lsn, Message};
 use crate::store::{pg_err, PgStore, TableInfo};
 
@@ -74,7 +75,14 @@ pub(crate) enum RawOp {
 pub(crate) struct Txn {
     end_lsn: Lsn,
     changes: Vec<RawChange>,
+    /// The transaction carries the store's replication origin: one of the
+    /// engine's writes, skipped whole (its changes are not even parsed).
+    own: bool,
 }
+
+/// The most messages one peek returns: bounds the memory of a read that
+/// skips a long run of the engine's own transactions.
+const MAX_PEEK: i64 = 1 << 15;
 
 impl PgStore {
     // ---- change capture: replication slot ----
@@ -141,14 +149,25 @@ impl PgStore {
         let name = self.cfg.name.clone();
         let slot = self.cfg.slot_name.clone();
         let publication = self.cfg.publication.clone();
+        let origin_none = self.origin_none;
         let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
-                 'proto_version', '1', 'publication_names', $3)",
-                &[&slot, &n, &publication],
-            )
-            .await;
+        let rows = if origin_none {
+            client
+                .query(
+                    "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
+                     'proto_version', '1', 'publication_names', $3, 'origin', 'none')",
+                    &[&slot, &n, &publication],
+                )
+                .await
+        } else {
+            client
+                .query(
+                    "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
+                     'proto_version', '1', 'publication_names', $3)",
+                    &[&slot, &n, &publication],
+                )
+                .await
+        };
         match rows {
             Ok(rows) => Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
             Err(e) => {
@@ -181,7 +200,13 @@ impl PgStore {
     ) -> Result<Vec<Txn>, StoreError> {
         let mut txns = Vec::new();
         let mut cur: Option<Vec<RawChange>> = None;
+        let mut own = false;
+        let origin = origin_name(&self.cfg.slot_name);
         for (lsn, data) in rows {
+            // The row changes of our own transactions are not parsed.
+            if own && matches!(data.first(), Some(b'I' | b'U' | b'D')) {
+                continue;
+            }
             let msg = pgoutput::parse(data).map_err(|e| {
                 StoreError::permanent(
                     self.name(),
@@ -189,12 +214,18 @@ impl PgStore {
                 )
             })?;
             match msg {
-                Message::Begin { .. } => cur = Some(Vec::new()),
+                Message::Begin { .. } => {
+                    cur = Some(Vec::new());
+                    own = false;
+                }
+                Message::Origin { name } => own = name == origin,
                 Message::Commit { end_lsn, .. } => {
                     txns.push(Txn {
                         end_lsn,
                         changes: cur.take().unwrap_or_default(),
+                        own,
                     });
+                    own = false;
                 }
                 Message::Relation { oid, columns, .. } => {
                     let cols: Vec<String> = columns.into_iter().map(|c| c.name).collect();
@@ -229,7 +260,7 @@ impl PgStore {
                     ch.problem = self.relation_lost.get(&rel).cloned();
                     cur.get_or_insert_with(Vec::new).push(ch);
                 }
-                Message::Truncate { .. } => {
+                Message::Truncate { .. } if !own => {
                     let ch = RawChange {
                         op: RawOp::Delete,
                         row: RowText::default(),
@@ -238,7 +269,7 @@ impl PgStore {
                     };
                     cur.get_or_insert_with(Vec::new).push(ch);
                 }
-                Message::Origin { .. } | Message::Other(_) => {}
+                Message::Truncate { .. } | Message::Other(_) => {}
             }
         }
         Ok(txns)
@@ -320,22 +351,37 @@ impl PgStore {
         Change { native_id, kind }
     }
 
+    /// Reads whole transactions from the slot after `from`.
+    ///
+    /// The engine's own transactions (replication origin, see `origin`)
+    /// deliver nothing but move the position past them. A window holding
+    /// nothing else, read from a position the slot has confirmed (so
+    /// nothing before it waits to be merged), advances the slot over it
+    /// and reads on, so a backfill's WAL is skipped once and released as
+    /// it is skipped. When a peek reaches the end of the WAL, the position
+    /// becomes at least the flush position taken before it: every
+    /// transaction that committed before it was seen.
     pub(crate) async fn read_slot(
         &mut self,
         from: Option<&Checkpoint>,
         limit: usize,
     ) -> Result<ChangeBatch, StoreError> {
-        let from_pos = SlotPos::parse(self.name(), from)?;
+        let mut from_pos = SlotPos::parse(self.name(), from)?;
+        let from_given = from_pos;
         self.check_wal_level().await?;
+        self.detect_provenance().await?;
+        self.check_origin_filter().await?;
         let hash_trusted = self.table_info().await?.hash_trusted;
         self.check_identity().await?;
         let limit = limit.max(1);
         let mut n: i64 = (limit as i64) * 4 + 16;
         loop {
+            let flush = self.flush_lsn().await?;
             let nn = i32::try_from(n).unwrap_or(i32::MAX);
             let rows = self.peek(nn).await?;
             let exhausted = (rows.len() as i64) < n;
             let txns = self.parse_txns(&rows)?;
+            drop(rows);
             let mut out: Vec<RawChange> = Vec::new();
             let mut pos = from_pos;
             let mut stopped_inside = false;
@@ -351,6 +397,14 @@ impl PgStore {
                 } else {
                     0
                 };
+                if txn.own {
+                    // Nothing to deliver: the position moves past it.
+                    pos = SlotPos {
+                        lsn: txn.end_lsn,
+                        partial: None,
+                    };
+                    continue;
+                }
                 if out.len() >= limit {
                     left_over = true;
                     break;
@@ -384,12 +438,32 @@ impl PgStore {
                     partial: None,
                 };
             }
-            if out.len() < limit && !exhausted && !stopped_inside {
+            let whole = !stopped_inside && !left_over;
+            if exhausted && whole && flush > pos.lsn && pos.partial.is_none() {
+                pos = SlotPos {
+                    lsn: flush,
+                    partial: None,
+                };
+            }
+            if out.is_empty() && whole && pos.lsn > from_pos.lsn && pos.partial.is_none() {
+                // Only our own transactions (or none) since `from`: when the
+                // slot has confirmed `from`, move it past them now.
+                if self.skip_ahead(from_pos, pos.lsn).await? {
+                    from_pos = pos;
+                    if !exhausted {
+                        n = n
+                            .saturating_mul(2)
+                            .min(MAX_PEEK.max((limit as i64) * 4 + 16));
+                        continue;
+                    }
+                }
+            }
+            if out.len() < limit && !exhausted && whole && n < MAX_PEEK {
                 // Not enough whole transactions in this window: look further.
                 n = n.saturating_mul(2);
                 continue;
             }
-            let has_more = stopped_inside || left_over || !exhausted;
+            let has_more = !whole || !exhausted;
             let mut changes = Vec::with_capacity(out.len());
             for mut raw in out {
                 if !raw.missing.is_empty() {
@@ -397,7 +471,7 @@ impl PgStore {
                 }
                 changes.push(Self::to_change(raw, hash_trusted));
             }
-            let checkpoint = if changes.is_empty() && pos == from_pos {
+            let checkpoint = if changes.is_empty() && pos == from_given {
                 from.cloned().unwrap_or_else(|| pos.checkpoint())
             } else {
                 pos.checkpoint()
@@ -410,16 +484,26 @@ impl PgStore {
         }
     }
 
-    pub(crate) async fn ack_slot(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
-        let pos = SlotPos::parse(self.name(), Some(upto))?;
-        if pos.partial.is_some() || pos.lsn == Lsn(0) {
-            // The slot only moves by whole transactions.
-            return Ok(());
-        }
+    /// `pg_current_wal_flush_lsn()`.
+    async fn flush_lsn(&mut self) -> Result<Lsn, StoreError> {
+        let name = self.cfg.name.clone();
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+            .await
+            .map_err(|e| pg_err(&name, "reading the WAL flush position", &e))?;
+        let s: String = row.get(0);
+        Ok(Lsn::parse(&s).unwrap_or_default())
+    }
+
+    /// The slot's `confirmed_flush_lsn`.
+    async fn confirmed_lsn(&mut self) -> Result<Lsn, StoreError> {
         let name = self.cfg.name.clone();
         let slot = self.cfg.slot_name.clone();
-        let client = self.client().await?;
-        let row = client
+        let row = self
+            .client()
+            .await?
             .query_opt(
                 "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot],
@@ -433,15 +517,77 @@ impl PgStore {
                 )
             })?;
         let confirmed: Option<String> = row.get(0);
-        let confirmed = confirmed
+        Ok(confirmed
             .as_deref()
             .and_then(Lsn::parse)
-            .unwrap_or_default();
-        if pos.lsn <= confirmed {
+            .unwrap_or_default())
+    }
+
+    /// Advances the slot from `from` to `to` when everything between them
+    /// holds nothing to deliver and the slot has confirmed `from` (so no
+    /// change before `from` waits to be merged). Returns whether it did.
+    async fn skip_ahead(&mut self, from: SlotPos, to: Lsn) -> Result<bool, StoreError> {
+        if from.partial.is_some() {
+            return Ok(false);
+        }
+        let confirmed = self.confirmed_lsn().await?;
+        if from.lsn > confirmed {
+            return Ok(false);
+        }
+        if to > confirmed {
+            self.advance_slot(to).await?;
+        }
+        Ok(true)
+    }
+
+    /// Asks the slot to leave the engine's transactions out (`origin
+    /// 'none'`, PostgreSQL 16+) when the store tags its writes and no other
+    /// replication origin exists (`none` would leave those out too).
+    async fn check_origin_filter(&mut self) -> Result<(), StoreError> {
+        if self.origin_checked {
             return Ok(());
         }
-        let target = pos.lsn.to_string();
-        client
+        let mut none = false;
+        if self.server_version >= 160000 {
+            if let Some(origin) = self.write_origin().map(str::to_owned) {
+                let name = self.cfg.name.clone();
+                let row = self
+                    .client()
+                    .await?
+                    .query_one(
+                        "SELECT count(*) FROM pg_replication_origin WHERE roname <> $1",
+                        &[&origin],
+                    )
+                    .await
+                    .map_err(|e| pg_err(&name, "reading replication origins", &e))?;
+                let others: i64 = row.get(0);
+                none = others == 0;
+            }
+        }
+        self.origin_none = none;
+        self.origin_checked = true;
+        Ok(())
+    }
+
+    pub(crate) async fn ack_slot(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
+        let pos = SlotPos::parse(self.name(), Some(upto))?;
+        if pos.partial.is_some() || pos.lsn == Lsn(0) {
+            // The slot only moves by whole transactions.
+            return Ok(());
+        }
+        if pos.lsn <= self.confirmed_lsn().await? {
+            return Ok(());
+        }
+        self.advance_slot(pos.lsn).await
+    }
+
+    /// `pg_replication_slot_advance` to `target`.
+    async fn advance_slot(&mut self, target: Lsn) -> Result<(), StoreError> {
+        let name = self.cfg.name.clone();
+        let slot = self.cfg.slot_name.clone();
+        let target = target.to_string();
+        self.client()
+            .await?
             .execute(
                 "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
                 &[&slot, &target],

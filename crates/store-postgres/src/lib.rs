@@ -69,6 +69,7 @@ mod codec;
 mod config;
 mod guard;
 mod notify;
+mod origin;
 pub mod pgoutput;
 mod store;
 mod write;
@@ -78,4 +79,5 @@ pub mod harness;
 
 pub use config::{redact_url, CdcMode, PgConfig};
 pub use notify::ChangeNotifier;
+pub use origin::Provenance;
 pub use store::{PgStore, SlotHealth};

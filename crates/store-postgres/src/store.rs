@@ -17,6 +17,7 @@ use tokio_postgres::{Client, GenericClient, NoTls};
 use crate::codec::{self, RowText};
 use crate::config::{CdcMode, PgConfig};
 use crate::guard::recorded_relid;
+use crate::origin::Provenance;
 
 /// Quotes an identifier for SQL.
 pub(crate) fn qi(name: &str) -> String {
@@ -123,6 +124,9 @@ pub struct SlotHealth {
     pub confirmed_flush_lsn: Option<String>,
     /// Rows waiting in the outbox (outbox mode).
     pub outbox_pending: Option<i64>,
+    /// How the engine's own writes are told apart in the change stream
+    /// (replication origin, or kept content hash and why).
+    pub provenance: String,
 }
 
 /// The Postgres store: a [`ChangeSource`] (replication slot or outbox), a
@@ -150,6 +154,15 @@ pub struct PgStore {
     pub(crate) relations: HashMap<u32, Vec<String>>,
     /// Relation oid → the paused error of the mapped columns it lacks.
     pub(crate) relation_lost: HashMap<u32, StoreError>,
+    /// How the engine's writes are told apart (decided at connect).
+    pub(crate) provenance: Option<Provenance>,
+    /// `server_version_num`, read with the provenance.
+    pub(crate) server_version: i32,
+    /// Whether the slot is asked for `origin 'none'` (decided once).
+    pub(crate) origin_checked: bool,
+    pub(crate) origin_none: bool,
+    /// A write went untagged (warned once per store).
+    pub(crate) origin_warned: bool,
 }
 
 impl Drop for PgStore {
@@ -177,7 +190,7 @@ impl PgStore {
         cfg.check()
             .map_err(|m| StoreError::permanent(&cfg.name, format!("bad config: {m}")))?;
         let (client, task) = open(&cfg).await?;
-        Ok(PgStore {
+        let mut store = PgStore {
             cfg,
             client: Some(client),
             conn_task: Some(task),
@@ -190,7 +203,18 @@ impl PgStore {
             wal_checked: false,
             relations: HashMap::new(),
             relation_lost: HashMap::new(),
-        })
+            provenance: None,
+            server_version: 0,
+            origin_checked: false,
+            origin_none: false,
+            origin_warned: false,
+        };
+        if let Err(e) = store.detect_provenance().await {
+            let p = Provenance::ContentHash(format!("the role's rights could not be read: {e}"));
+            tracing::info!(store = %store.cfg.name, provenance = %p, "provenance of the engine's writes");
+            store.provenance = Some(p);
+        }
+        Ok(store)
     }
 
     /// The store's configuration.
@@ -867,7 +891,9 @@ impl PgStore {
     pub async fn slot_health(&mut self) -> Result<SlotHealth, StoreError> {
         let name = self.cfg.name.clone();
         let wal_level = self.wal_level().await?;
+        let provenance = self.detect_provenance().await?.to_string();
         let mut h = SlotHealth {
+            provenance,
             mode: self.cfg.cdc,
             wal_level,
             exists: false,

@@ -313,10 +313,14 @@ async fn other_apps_changes_come_in_commit_order_with_images() {
         changes[4].native_id, changes[0].native_id,
         "native id is the row uuid"
     );
-    // Nothing after the last checkpoint; reading again from it is empty.
+    // Nothing after the last checkpoint; reading again from it is empty
+    // (the position may move on past WAL with nothing of ours in it).
     let b = s.read_changes(cp.as_ref(), 10).await.unwrap();
     assert!(b.changes.is_empty() && !b.has_more);
-    assert_eq!(Some(b.checkpoint), cp);
+    let lsn = |c: &Checkpoint| {
+        contact_sync_postgres::pgoutput::Lsn::parse(c.as_str().split(':').next().unwrap()).unwrap()
+    };
+    assert!(lsn(&b.checkpoint) >= lsn(cp.as_ref().unwrap()));
 }
 
 #[tokio::test]
@@ -356,20 +360,18 @@ async fn acknowledged_changes_never_come_back_and_unacknowledged_do() {
     assert!(health.retained_wal_bytes.is_some());
 }
 
+/// The engine's writes carry the store's replication origin: the slot
+/// delivers nothing for them and its position moves past them.
 #[tokio::test]
-async fn our_own_writes_come_back_through_the_slot() {
+async fn our_own_writes_are_skipped_by_the_slot() {
     let (mut s, _) = fresh(CdcMode::Slot).await;
     let c = full_contact("own");
     s.write_batch(std::slice::from_ref(&c)).await.unwrap();
-    let (changes, _) = drain(&mut s, None, 10).await;
-    assert_eq!(changes.len(), 1);
-    let mut expect = c;
-    expect.normalize();
-    assert_eq!(
-        upserted(&changes[0]),
-        &expect,
-        "same content hash as written"
-    );
+    let b = s.read_changes(None, 10).await.expect("read");
+    assert!(b.changes.is_empty(), "{:?}", b.changes);
+    assert!(!b.has_more);
+    let again = s.read_changes(Some(&b.checkpoint), 10).await.expect("read");
+    assert!(again.changes.is_empty());
 }
 
 #[tokio::test]
