@@ -151,7 +151,16 @@ pub struct PgStore {
     /// The table's oid, as recorded and checked at the last capture start.
     pub(crate) relid: Option<i64>,
     /// Relation oid → column names, from pgoutput Relation messages.
-    pub(crate) relations: HashMap<u32, Vec<String>>,
+    /// Relation oid → the field of each of its columns, from pgoutput
+    /// Relation messages.
+    pub(crate) relations: HashMap<u32, std::sync::Arc<[Option<&'static str>]>>,
+    /// The highest whole position acknowledged to this store (slot mode).
+    pub(crate) acked: Option<crate::pgoutput::Lsn>,
+    /// The slot was advanced to this position by this store, at that time.
+    pub(crate) advanced_to: crate::pgoutput::Lsn,
+    pub(crate) advanced_at: Option<std::time::Instant>,
+    /// Changes peeked beyond the last read (slot mode).
+    pub(crate) read_ahead: Option<crate::capture::ReadAhead>,
     /// Relation oid → the paused error of the mapped columns it lacks.
     pub(crate) relation_lost: HashMap<u32, StoreError>,
     /// How the engine's writes are told apart (decided at connect).
@@ -202,6 +211,10 @@ impl PgStore {
             relid: None,
             wal_checked: false,
             relations: HashMap::new(),
+            read_ahead: None,
+            acked: None,
+            advanced_to: crate::pgoutput::Lsn(0),
+            advanced_at: None,
             relation_lost: HashMap::new(),
             provenance: None,
             server_version: 0,
@@ -267,6 +280,7 @@ impl PgStore {
             self.staging_ready = false;
             self.wal_checked = false;
             self.meta_ready = false;
+            self.read_ahead = None;
         }
         self.client
             .as_mut()
@@ -670,6 +684,7 @@ impl PgStore {
             .await
             .map_err(|e| pg_err(&name, "migrate: committing", &e))?;
         self.table = None;
+        self.read_ahead = None;
         self.staging_ready = false;
         if slot_mode {
             self.ensure_slot().await?;
@@ -960,6 +975,10 @@ impl PgStore {
         }
         self.relid = None;
         self.table = None;
+        self.read_ahead = None;
+        self.acked = None;
+        self.advanced_to = crate::pgoutput::Lsn(0);
+        self.advanced_at = None;
         self.staging_ready = false;
         match self.cfg.cdc {
             CdcMode::Slot => {

@@ -364,7 +364,7 @@ async fn images_carry_the_kept_hash_of_the_engines_writes_only() {
             "UPDATE contacts SET job_title = 'Analyst' WHERE contact_id = 'c-a'",
         )
         .await;
-        let (mut changes, _) = drain(&mut s, None).await;
+        let (changes, _) = drain(&mut s, None).await;
         if cdc == CdcMode::Slot {
             assert_eq!(changes.len(), 1, "own write skipped by its origin");
             let theirs = upserted(&changes[0]);
