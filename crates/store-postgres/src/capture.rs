@@ -635,9 +635,10 @@ impl PgStore {
         Ok(())
     }
 
-    /// Acknowledges up to a whole transaction. The slot is advanced at
-    /// most every [`ADVANCE_EVERY`] (each advance decodes the WAL from the
-    /// slot's restart point, which a busy database makes costly); an
+    /// Acknowledges up to a whole transaction. While reads are served from
+    /// the read-ahead the slot is advanced at most every [`ADVANCE_EVERY`]
+    /// (each advance decodes the WAL from the slot's restart point, which a
+    /// busy database makes costly); an
     /// acknowledgement not yet passed on is kept here, so this store never
     /// delivers anything at or before it again, and is passed on by the
     /// next acknowledgement after that interval or the next read that finds
@@ -656,9 +657,13 @@ impl PgStore {
         if pos.lsn <= self.advanced_to {
             return Ok(());
         }
-        if self
-            .advanced_at
-            .is_some_and(|t| t.elapsed() < ADVANCE_EVERY)
+        // Held back only while reads are served from the read-ahead (no
+        // peek until it runs out): the next peek starts at the slot's
+        // position, so it should not lag behind what was delivered.
+        if self.read_ahead.is_some()
+            && self
+                .advanced_at
+                .is_some_and(|t| t.elapsed() < ADVANCE_EVERY)
         {
             return Ok(());
         }
