@@ -651,7 +651,7 @@ impl PgStore {
             // The slot only moves by whole transactions.
             return Ok(());
         }
-        if self.acked.map_or(true, |a| pos.lsn > a) {
+        if self.acked.is_none_or(|a| pos.lsn > a) {
             self.acked = Some(pos.lsn);
         }
         if pos.lsn <= self.advanced_to {

@@ -133,8 +133,9 @@ pub struct SlotHealth {
 /// [`RecordSink`] (batched, version-guarded upserts) and [`StoreInfo`].
 ///
 /// Holds one connection, reopened on the next call after it breaks. Our own
-/// writes come back through the change stream like anyone else's; the
-/// engine's echo filter drops them by content hash.
+/// writes are left out of the slot's changes by their replication origin,
+/// or (without one, see [`crate::Provenance`]) come back carrying their
+/// kept content hash.
 pub struct PgStore {
     pub(crate) cfg: PgConfig,
     pub(crate) client: Option<Client>,
