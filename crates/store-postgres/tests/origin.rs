@@ -88,13 +88,10 @@ async fn a_backfill_is_skipped_whole_and_the_slot_moves_past_it() {
     assert!(b.changes.is_empty(), "{} changes", b.changes.len());
     assert!(!b.has_more);
     assert!(cp_lsn(&b.checkpoint) >= after_backfill, "{}", b.checkpoint);
-    // The slot itself moved past the backfill: its WAL can go.
+    // The slot itself moved past the backfill: its WAL can go (PostgreSQL
+    // lets it go at the next xl_running_xacts record, within 15 s; not
+    // waited for here, see the capture bench).
     assert!(confirmed(&admin, &slot).await >= after_backfill);
-    let retained_after = s.slot_health().await.unwrap().retained_wal_bytes.unwrap();
-    assert!(
-        retained_after < retained_before,
-        "retained {retained_after} bytes after, {retained_before} before"
-    );
     assert_eq!(s.count().await.unwrap(), 5000);
 }
 
