@@ -1,6 +1,7 @@
 //! Change capture: the replication slot (pgoutput) and the outbox.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use contact_sync_connector::{
@@ -10,6 +11,7 @@ use contact_sync_core::model::ALL_FIELDS;
 
 use crate::codec::{self, RowText};
 use crate::config::CdcMode;
+use crate::origin::origin_name;
 use crate::pgoutput::{self, Datum, Lsn, Message};
 use crate::store::{pg_err, PgStore, TableInfo};
 
@@ -74,33 +76,71 @@ pub(crate) enum RawOp {
 pub(crate) struct Txn {
     end_lsn: Lsn,
     changes: Vec<RawChange>,
+    /// The transaction carries the store's replication origin: one of the
+    /// engine's writes, skipped whole (its changes are not even parsed).
+    own: bool,
+    /// Changes already removed from the front (delivered from a read-ahead).
+    skipped: usize,
 }
+
+/// Transactions peeked beyond what the last read delivered, kept for the
+/// next read that starts where it ended: one peek (which decodes the WAL
+/// from the slot's restart point) serves many reads.
+pub(crate) struct ReadAhead {
+    after: SlotPos,
+    txns: VecDeque<Txn>,
+    exhausted: bool,
+    flush: Lsn,
+}
+
+/// The slot is advanced at most this often (see `ack_slot`).
+const ADVANCE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Messages one peek asks for at least (a read-ahead of a few thousand
+/// changes).
+const READ_AHEAD: i64 = 4096;
+
+/// The most messages one peek returns: bounds the memory of a read that
+/// skips a long run of the engine's own transactions.
+const MAX_PEEK: i64 = 1 << 15;
 
 impl PgStore {
     // ---- change capture: replication slot ----
 
+    /// The field of each column of a relation (`None`: not mapped).
+    pub(crate) fn relation_fields(&self, cols: &[String]) -> Arc<[Option<&'static str>]> {
+        cols.iter()
+            .map(|c| {
+                std::iter::once("id")
+                    .chain(ALL_FIELDS.iter().copied())
+                    .find(|f| self.cfg.column(f) == c)
+            })
+            .collect()
+    }
+
+    /// The row of a tuple: `fields` says which field each column holds; an
+    /// unchanged TOAST value is taken from the old tuple when it has one,
+    /// else listed as missing.
     pub(crate) fn row_from_tuple(
-        &self,
-        cols: &[String],
-        new: &[Datum],
-        old: Option<&[Datum]>,
+        fields: &[Option<&'static str>],
+        new: Vec<Datum>,
+        old: Option<Vec<Datum>>,
     ) -> RawChange {
         let mut row = RowText::default();
         let mut missing = Vec::new();
-        let field_of = |c: &str| -> Option<&'static str> {
-            std::iter::once("id")
-                .chain(ALL_FIELDS.iter().copied())
-                .find(|f| self.cfg.column(f) == c)
-        };
-        for (i, col) in cols.iter().enumerate() {
-            let Some(field) = field_of(col) else { continue };
-            let mut d = new.get(i).cloned().unwrap_or(Datum::Null);
-            if d == Datum::Unchanged {
-                d = old
-                    .and_then(|o| o.get(i))
-                    .cloned()
-                    .unwrap_or(Datum::Unchanged);
-            }
+        let mut old = old;
+        for (i, d) in new.into_iter().enumerate() {
+            let Some(field) = fields.get(i).copied().flatten() else {
+                continue;
+            };
+            let d = if d == Datum::Unchanged {
+                old.as_mut()
+                    .and_then(|o| o.get_mut(i))
+                    .map(|o| std::mem::replace(o, Datum::Null))
+                    .unwrap_or(Datum::Unchanged)
+            } else {
+                d
+            };
             let v = match d {
                 Datum::Null => None,
                 Datum::Text(s) => Some(s),
@@ -141,14 +181,25 @@ impl PgStore {
         let name = self.cfg.name.clone();
         let slot = self.cfg.slot_name.clone();
         let publication = self.cfg.publication.clone();
+        let origin_none = self.origin_none;
         let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
-                 'proto_version', '1', 'publication_names', $3)",
-                &[&slot, &n, &publication],
-            )
-            .await;
+        let rows = if origin_none {
+            client
+                .query(
+                    "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
+                     'proto_version', '1', 'publication_names', $3, 'origin', 'none')",
+                    &[&slot, &n, &publication],
+                )
+                .await
+        } else {
+            client
+                .query(
+                    "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
+                     'proto_version', '1', 'publication_names', $3)",
+                    &[&slot, &n, &publication],
+                )
+                .await
+        };
         match rows {
             Ok(rows) => Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
             Err(e) => {
@@ -178,10 +229,16 @@ impl PgStore {
     pub(crate) fn parse_txns(
         &mut self,
         rows: &[(String, Vec<u8>)],
-    ) -> Result<Vec<Txn>, StoreError> {
-        let mut txns = Vec::new();
+    ) -> Result<VecDeque<Txn>, StoreError> {
+        let mut txns = VecDeque::new();
         let mut cur: Option<Vec<RawChange>> = None;
+        let mut own = false;
+        let origin = origin_name(&self.cfg.slot_name);
         for (lsn, data) in rows {
+            // The row changes of our own transactions are not parsed.
+            if own && matches!(data.first(), Some(b'I' | b'U' | b'D')) {
+                continue;
+            }
             let msg = pgoutput::parse(data).map_err(|e| {
                 StoreError::permanent(
                     self.name(),
@@ -189,12 +246,19 @@ impl PgStore {
                 )
             })?;
             match msg {
-                Message::Begin { .. } => cur = Some(Vec::new()),
+                Message::Begin { .. } => {
+                    cur = Some(Vec::new());
+                    own = false;
+                }
+                Message::Origin { name } => own = name == origin,
                 Message::Commit { end_lsn, .. } => {
-                    txns.push(Txn {
+                    txns.push_back(Txn {
                         end_lsn,
                         changes: cur.take().unwrap_or_default(),
+                        own,
+                        skipped: 0,
                     });
+                    own = false;
                 }
                 Message::Relation { oid, columns, .. } => {
                     let cols: Vec<String> = columns.into_iter().map(|c| c.name).collect();
@@ -207,29 +271,30 @@ impl PgStore {
                         let e = self.missing_column_error(&lost);
                         self.relation_lost.insert(oid, e);
                     }
-                    self.relations.insert(oid, cols);
+                    let fields = self.relation_fields(&cols);
+                    self.relations.insert(oid, fields);
                 }
                 Message::Insert { rel, new } => {
-                    let cols = self.relation(rel, lsn)?;
-                    let mut ch = self.row_from_tuple(&cols, &new, None);
+                    let fields = self.relation(rel, lsn)?;
+                    let mut ch = Self::row_from_tuple(&fields, new, None);
                     ch.problem = self.relation_lost.get(&rel).cloned();
                     cur.get_or_insert_with(Vec::new).push(ch);
                 }
                 Message::Update { rel, old, new } => {
-                    let cols = self.relation(rel, lsn)?;
-                    let mut ch = self.row_from_tuple(&cols, &new, old.as_deref());
+                    let fields = self.relation(rel, lsn)?;
+                    let mut ch = Self::row_from_tuple(&fields, new, old);
                     ch.problem = self.relation_lost.get(&rel).cloned();
                     cur.get_or_insert_with(Vec::new).push(ch);
                 }
                 Message::Delete { rel, old } => {
-                    let cols = self.relation(rel, lsn)?;
-                    let mut ch = self.row_from_tuple(&cols, &old, None);
+                    let fields = self.relation(rel, lsn)?;
+                    let mut ch = Self::row_from_tuple(&fields, old, None);
                     ch.op = RawOp::Delete;
                     ch.missing.clear();
                     ch.problem = self.relation_lost.get(&rel).cloned();
                     cur.get_or_insert_with(Vec::new).push(ch);
                 }
-                Message::Truncate { .. } => {
+                Message::Truncate { .. } if !own => {
                     let ch = RawChange {
                         op: RawOp::Delete,
                         row: RowText::default(),
@@ -238,13 +303,17 @@ impl PgStore {
                     };
                     cur.get_or_insert_with(Vec::new).push(ch);
                 }
-                Message::Origin { .. } | Message::Other(_) => {}
+                Message::Truncate { .. } | Message::Other(_) => {}
             }
         }
         Ok(txns)
     }
 
-    pub(crate) fn relation(&self, rel: u32, lsn: &str) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn relation(
+        &self,
+        rel: u32,
+        lsn: &str,
+    ) -> Result<Arc<[Option<&'static str>]>, StoreError> {
         self.relations.get(&rel).cloned().ok_or_else(|| {
             StoreError::permanent(
                 self.name(),
@@ -320,27 +389,59 @@ impl PgStore {
         Change { native_id, kind }
     }
 
+    /// Reads whole transactions from the slot after `from`.
+    ///
+    /// The engine's own transactions (replication origin, see `origin`)
+    /// deliver nothing but move the position past them. A window holding
+    /// nothing else, read from a position the slot has confirmed (so
+    /// nothing before it waits to be merged), advances the slot over it
+    /// and reads on, so a backfill's WAL is skipped once and released as
+    /// it is skipped. When a peek reaches the end of the WAL, the position
+    /// becomes at least the flush position taken before it: every
+    /// transaction that committed before it was seen.
     pub(crate) async fn read_slot(
         &mut self,
         from: Option<&Checkpoint>,
         limit: usize,
     ) -> Result<ChangeBatch, StoreError> {
-        let from_pos = SlotPos::parse(self.name(), from)?;
+        let mut from_pos = SlotPos::parse(self.name(), from)?;
+        let from_given = from_pos;
+        // Nothing at or before an acknowledged position comes again.
+        if let Some(a) = self.acked {
+            if a > from_pos.lsn || (a == from_pos.lsn && from_pos.partial.is_some()) {
+                from_pos = SlotPos {
+                    lsn: a,
+                    partial: None,
+                };
+            }
+        }
         self.check_wal_level().await?;
+        self.detect_provenance().await?;
+        self.check_origin_filter().await?;
         let hash_trusted = self.table_info().await?.hash_trusted;
         self.check_identity().await?;
         let limit = limit.max(1);
-        let mut n: i64 = (limit as i64) * 4 + 16;
+        let mut n: i64 = ((limit as i64) * 4 + 16).max(READ_AHEAD);
         loop {
-            let nn = i32::try_from(n).unwrap_or(i32::MAX);
-            let rows = self.peek(nn).await?;
-            let exhausted = (rows.len() as i64) < n;
-            let txns = self.parse_txns(&rows)?;
+            let ahead = self
+                .read_ahead
+                .take()
+                .filter(|ra| ra.after == from_pos && !ra.txns.is_empty());
+            let (mut window, exhausted, flush) = match ahead {
+                Some(ra) => (ra.txns, ra.exhausted, ra.flush),
+                None => {
+                    let flush = self.flush_lsn().await?;
+                    let nn = i32::try_from(n).unwrap_or(i32::MAX);
+                    let rows = self.peek(nn).await?;
+                    let exhausted = (rows.len() as i64) < n;
+                    (self.parse_txns(&rows)?, exhausted, flush)
+                }
+            };
             let mut out: Vec<RawChange> = Vec::new();
             let mut pos = from_pos;
             let mut stopped_inside = false;
             let mut left_over = false;
-            for txn in txns {
+            while let Some(mut txn) = window.pop_front() {
                 let skip = if txn.end_lsn < from_pos.lsn {
                     continue;
                 } else if txn.end_lsn == from_pos.lsn {
@@ -351,31 +452,40 @@ impl PgStore {
                 } else {
                     0
                 };
+                if txn.own {
+                    // Nothing to deliver: the position moves past it.
+                    pos = SlotPos {
+                        lsn: txn.end_lsn,
+                        partial: None,
+                    };
+                    continue;
+                }
                 if out.len() >= limit {
+                    window.push_front(txn);
                     left_over = true;
                     break;
                 }
-                let total = txn.changes.len();
-                let mut taken = skip;
-                for mut ch in txn.changes.into_iter().skip(skip) {
-                    if out.len() >= limit {
-                        break;
-                    }
-                    if let Some(problem) = ch.problem.take() {
-                        if out.is_empty() {
-                            return Err(problem);
-                        }
-                        // Deliver what came before it; the next read pauses.
-                        break;
-                    }
-                    out.push(ch);
-                    taken += 1;
+                let drop_n = skip.saturating_sub(txn.skipped).min(txn.changes.len());
+                txn.changes.drain(..drop_n);
+                txn.skipped += drop_n;
+                let problem_at = txn.changes.iter().position(|c| c.problem.is_some());
+                if problem_at == Some(0) && out.is_empty() {
+                    let problem = txn.changes[0].problem.clone();
+                    return Err(problem.unwrap_or_else(|| {
+                        StoreError::permanent(self.name(), "unreadable change")
+                    }));
                 }
-                if taken < total {
+                let k = (limit - out.len()).min(problem_at.unwrap_or(txn.changes.len()));
+                out.extend(txn.changes.drain(..k));
+                txn.skipped += k;
+                if !txn.changes.is_empty() {
+                    // Ended inside it (the limit, or a change that pauses the
+                    // store: the next read returns that error).
                     pos = SlotPos {
                         lsn: txn.end_lsn,
-                        partial: Some(taken),
+                        partial: Some(txn.skipped),
                     };
+                    window.push_front(txn);
                     stopped_inside = true;
                     break;
                 }
@@ -384,12 +494,42 @@ impl PgStore {
                     partial: None,
                 };
             }
-            if out.len() < limit && !exhausted && !stopped_inside {
+            let whole = !stopped_inside && !left_over;
+            if exhausted && whole && flush > pos.lsn && pos.partial.is_none() {
+                pos = SlotPos {
+                    lsn: flush,
+                    partial: None,
+                };
+            }
+            if out.is_empty() && whole && pos.lsn > from_pos.lsn && pos.partial.is_none() {
+                // Only our own transactions (or none) since `from`: when the
+                // slot has confirmed `from`, move it past them now.
+                if self.skip_ahead(from_pos, pos.lsn).await? {
+                    from_pos = pos;
+                    if !exhausted {
+                        n = n.saturating_mul(2).min(MAX_PEEK.max(n));
+                        continue;
+                    }
+                }
+            }
+            if out.len() < limit && !exhausted && whole && n < MAX_PEEK {
                 // Not enough whole transactions in this window: look further.
                 n = n.saturating_mul(2);
                 continue;
             }
-            let has_more = stopped_inside || left_over || !exhausted;
+            let has_more = !whole || !exhausted;
+            if !window.is_empty() {
+                self.read_ahead = Some(ReadAhead {
+                    after: pos,
+                    txns: window,
+                    exhausted,
+                    flush,
+                });
+            }
+            if out.is_empty() {
+                // Idle: pass on an acknowledgement held back.
+                self.pass_on_ack().await?;
+            }
             let mut changes = Vec::with_capacity(out.len());
             for mut raw in out {
                 if !raw.missing.is_empty() {
@@ -397,7 +537,7 @@ impl PgStore {
                 }
                 changes.push(Self::to_change(raw, hash_trusted));
             }
-            let checkpoint = if changes.is_empty() && pos == from_pos {
+            let checkpoint = if changes.is_empty() && pos == from_given {
                 from.cloned().unwrap_or_else(|| pos.checkpoint())
             } else {
                 pos.checkpoint()
@@ -410,16 +550,26 @@ impl PgStore {
         }
     }
 
-    pub(crate) async fn ack_slot(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
-        let pos = SlotPos::parse(self.name(), Some(upto))?;
-        if pos.partial.is_some() || pos.lsn == Lsn(0) {
-            // The slot only moves by whole transactions.
-            return Ok(());
-        }
+    /// `pg_current_wal_flush_lsn()`.
+    async fn flush_lsn(&mut self) -> Result<Lsn, StoreError> {
+        let name = self.cfg.name.clone();
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+            .await
+            .map_err(|e| pg_err(&name, "reading the WAL flush position", &e))?;
+        let s: String = row.get(0);
+        Ok(Lsn::parse(&s).unwrap_or_default())
+    }
+
+    /// The slot's `confirmed_flush_lsn`.
+    async fn confirmed_lsn(&mut self) -> Result<Lsn, StoreError> {
         let name = self.cfg.name.clone();
         let slot = self.cfg.slot_name.clone();
-        let client = self.client().await?;
-        let row = client
+        let row = self
+            .client()
+            .await?
             .query_opt(
                 "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot],
@@ -433,15 +583,116 @@ impl PgStore {
                 )
             })?;
         let confirmed: Option<String> = row.get(0);
-        let confirmed = confirmed
+        Ok(confirmed
             .as_deref()
             .and_then(Lsn::parse)
-            .unwrap_or_default();
-        if pos.lsn <= confirmed {
+            .unwrap_or_default())
+    }
+
+    /// Advances the slot from `from` to `to` when everything between them
+    /// holds nothing to deliver and the slot has confirmed `from` (so no
+    /// change before `from` waits to be merged). Returns whether it did.
+    async fn skip_ahead(&mut self, from: SlotPos, to: Lsn) -> Result<bool, StoreError> {
+        if from.partial.is_some() {
+            return Ok(false);
+        }
+        let confirmed = self.confirmed_lsn().await?;
+        if from.lsn > confirmed {
+            return Ok(false);
+        }
+        if to > confirmed {
+            self.advance_slot(to).await?;
+        }
+        Ok(true)
+    }
+
+    /// Asks the slot to leave the engine's transactions out (`origin
+    /// 'none'`, PostgreSQL 16+) when the store tags its writes and no other
+    /// replication origin exists (`none` would leave those out too).
+    async fn check_origin_filter(&mut self) -> Result<(), StoreError> {
+        if self.origin_checked {
             return Ok(());
         }
-        let target = pos.lsn.to_string();
-        client
+        let mut none = false;
+        if self.server_version >= 160000 {
+            if let Some(origin) = self.write_origin().map(str::to_owned) {
+                let name = self.cfg.name.clone();
+                let row = self
+                    .client()
+                    .await?
+                    .query_one(
+                        "SELECT count(*) FROM pg_replication_origin WHERE roname <> $1",
+                        &[&origin],
+                    )
+                    .await
+                    .map_err(|e| pg_err(&name, "reading replication origins", &e))?;
+                let others: i64 = row.get(0);
+                none = others == 0;
+            }
+        }
+        self.origin_none = none;
+        self.origin_checked = true;
+        Ok(())
+    }
+
+    /// Acknowledges up to a whole transaction. While reads are served from
+    /// the read-ahead the slot is advanced at most every [`ADVANCE_EVERY`]
+    /// (each advance decodes the WAL from the slot's restart point, which a
+    /// busy database makes costly); an
+    /// acknowledgement not yet passed on is kept here, so this store never
+    /// delivers anything at or before it again, and is passed on by the
+    /// next acknowledgement after that interval or the next read that finds
+    /// nothing new. A store dropped in between leaves the slot behind by
+    /// that much: the engine acknowledges its stored checkpoint again when
+    /// it starts capturing.
+    pub(crate) async fn ack_slot(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
+        let pos = SlotPos::parse(self.name(), Some(upto))?;
+        if pos.partial.is_some() || pos.lsn == Lsn(0) {
+            // The slot only moves by whole transactions.
+            return Ok(());
+        }
+        if self.acked.is_none_or(|a| pos.lsn > a) {
+            self.acked = Some(pos.lsn);
+        }
+        if pos.lsn <= self.advanced_to {
+            return Ok(());
+        }
+        // Held back only while reads are served from the read-ahead (no
+        // peek until it runs out): the next peek starts at the slot's
+        // position, so it should not lag behind what was delivered.
+        if self.read_ahead.is_some()
+            && self
+                .advanced_at
+                .is_some_and(|t| t.elapsed() < ADVANCE_EVERY)
+        {
+            return Ok(());
+        }
+        self.pass_on_ack().await
+    }
+
+    /// Advances the slot to the acknowledged position, if it is behind.
+    async fn pass_on_ack(&mut self) -> Result<(), StoreError> {
+        let Some(acked) = self.acked else {
+            return Ok(());
+        };
+        if acked <= self.advanced_to {
+            return Ok(());
+        }
+        if acked <= self.confirmed_lsn().await? {
+            self.advanced_to = acked;
+            return Ok(());
+        }
+        self.advance_slot(acked).await
+    }
+
+    /// `pg_replication_slot_advance` to `target`.
+    async fn advance_slot(&mut self, target: Lsn) -> Result<(), StoreError> {
+        self.advanced_to = self.advanced_to.max(target);
+        let name = self.cfg.name.clone();
+        let slot = self.cfg.slot_name.clone();
+        let target = target.to_string();
+        self.client()
+            .await?
             .execute(
                 "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
                 &[&slot, &target],
@@ -454,6 +705,7 @@ impl PgStore {
                     &e,
                 )
             })?;
+        self.advanced_at = Some(std::time::Instant::now());
         Ok(())
     }
 

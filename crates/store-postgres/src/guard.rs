@@ -174,6 +174,7 @@ impl PgStore {
         let missing = self.missing_columns(|c| columns.iter().any(|x| x == c));
         if !missing.is_empty() {
             self.table = None;
+            self.read_ahead = None;
             return Err(self.missing_column_error(&missing));
         }
         if self.cfg.cdc == CdcMode::Slot && !published {
@@ -199,6 +200,7 @@ impl PgStore {
             return err;
         }
         self.table = None;
+        self.read_ahead = None;
         self.staging_ready = false;
         match self.check_identity().await {
             Err(e) => e,

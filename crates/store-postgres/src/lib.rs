@@ -34,10 +34,22 @@
 //!   Checkpoints: slot mode `X/Y` (end LSN of the last commit delivered) or
 //!   `X/Y:n` (n changes of that transaction delivered); outbox mode the last
 //!   outbox `seq`.
-//! - **Own writes** come back through the slot/outbox like any other change
-//!   (no origin marking yet), carrying the kept `content_hash`: an image
-//!   whose hash is set is one of the engine's own writes (provenance); a
-//!   foreign write's image has none. Without the trigger, images carry none.
+//! - **Own writes** ([`Provenance`]): in slot mode every write transaction
+//!   carries the store's replication origin (`contact_sync_<slot>`, created
+//!   at connect; needs superuser or EXECUTE on
+//!   `pg_replication_origin_session_setup/_reset` and `_create`). The
+//!   capture skips those transactions whole (PostgreSQL 15 sends them
+//!   marked by an Origin message; 16+ is asked for `origin 'none'` when no
+//!   other origin exists) and advances the slot over runs of them, so a
+//!   backfill's WAL is neither delivered nor retained. Without the rights
+//!   (logged at connect, shown by [`PgStore::slot_health`]) and in outbox
+//!   mode, own writes come back carrying the kept `content_hash`: an image
+//!   whose hash is set is one of the engine's own writes; a foreign write's
+//!   image has none. Without the trigger, images carry none.
+//! - **Reading the slot**: one peek (which decodes from the slot's restart
+//!   point) fills a read-ahead that serves the following reads; while it
+//!   lasts, acknowledgements advance the slot at most every 250 ms (the
+//!   acknowledged position is kept, nothing acknowledged comes back).
 //! - **Conditional writes** ([`Conditional::Atomic`](contact_sync_connector::Conditional)):
 //!   `write_batch_if` locks the rows of conditional writes (`SELECT … FOR
 //!   UPDATE`, in the write's transaction) and compares each with its
@@ -69,6 +81,7 @@ mod codec;
 mod config;
 mod guard;
 mod notify;
+mod origin;
 pub mod pgoutput;
 mod store;
 mod write;
@@ -78,4 +91,5 @@ pub mod harness;
 
 pub use config::{redact_url, CdcMode, PgConfig};
 pub use notify::ChangeNotifier;
+pub use origin::Provenance;
 pub use store::{PgStore, SlotHealth};

@@ -17,6 +17,7 @@ use tokio_postgres::{Client, GenericClient, NoTls};
 use crate::codec::{self, RowText};
 use crate::config::{CdcMode, PgConfig};
 use crate::guard::recorded_relid;
+use crate::origin::Provenance;
 
 /// Quotes an identifier for SQL.
 pub(crate) fn qi(name: &str) -> String {
@@ -123,14 +124,18 @@ pub struct SlotHealth {
     pub confirmed_flush_lsn: Option<String>,
     /// Rows waiting in the outbox (outbox mode).
     pub outbox_pending: Option<i64>,
+    /// How the engine's own writes are told apart in the change stream
+    /// (replication origin, or kept content hash and why).
+    pub provenance: String,
 }
 
 /// The Postgres store: a [`ChangeSource`] (replication slot or outbox), a
 /// [`RecordSink`] (batched, version-guarded upserts) and [`StoreInfo`].
 ///
 /// Holds one connection, reopened on the next call after it breaks. Our own
-/// writes come back through the change stream like anyone else's; the
-/// engine's echo filter drops them by content hash.
+/// writes are left out of the slot's changes by their replication origin,
+/// or (without one, see [`crate::Provenance`]) come back carrying their
+/// kept content hash.
 pub struct PgStore {
     pub(crate) cfg: PgConfig,
     pub(crate) client: Option<Client>,
@@ -147,9 +152,27 @@ pub struct PgStore {
     /// The table's oid, as recorded and checked at the last capture start.
     pub(crate) relid: Option<i64>,
     /// Relation oid → column names, from pgoutput Relation messages.
-    pub(crate) relations: HashMap<u32, Vec<String>>,
+    /// Relation oid → the field of each of its columns, from pgoutput
+    /// Relation messages.
+    pub(crate) relations: HashMap<u32, std::sync::Arc<[Option<&'static str>]>>,
+    /// The highest whole position acknowledged to this store (slot mode).
+    pub(crate) acked: Option<crate::pgoutput::Lsn>,
+    /// The slot was advanced to this position by this store, at that time.
+    pub(crate) advanced_to: crate::pgoutput::Lsn,
+    pub(crate) advanced_at: Option<std::time::Instant>,
+    /// Changes peeked beyond the last read (slot mode).
+    pub(crate) read_ahead: Option<crate::capture::ReadAhead>,
     /// Relation oid → the paused error of the mapped columns it lacks.
     pub(crate) relation_lost: HashMap<u32, StoreError>,
+    /// How the engine's writes are told apart (decided at connect).
+    pub(crate) provenance: Option<Provenance>,
+    /// `server_version_num`, read with the provenance.
+    pub(crate) server_version: i32,
+    /// Whether the slot is asked for `origin 'none'` (decided once).
+    pub(crate) origin_checked: bool,
+    pub(crate) origin_none: bool,
+    /// A write went untagged (warned once per store).
+    pub(crate) origin_warned: bool,
 }
 
 impl Drop for PgStore {
@@ -177,7 +200,7 @@ impl PgStore {
         cfg.check()
             .map_err(|m| StoreError::permanent(&cfg.name, format!("bad config: {m}")))?;
         let (client, task) = open(&cfg).await?;
-        Ok(PgStore {
+        let mut store = PgStore {
             cfg,
             client: Some(client),
             conn_task: Some(task),
@@ -189,8 +212,23 @@ impl PgStore {
             relid: None,
             wal_checked: false,
             relations: HashMap::new(),
+            read_ahead: None,
+            acked: None,
+            advanced_to: crate::pgoutput::Lsn(0),
+            advanced_at: None,
             relation_lost: HashMap::new(),
-        })
+            provenance: None,
+            server_version: 0,
+            origin_checked: false,
+            origin_none: false,
+            origin_warned: false,
+        };
+        if let Err(e) = store.detect_provenance().await {
+            let p = Provenance::ContentHash(format!("the role's rights could not be read: {e}"));
+            tracing::info!(store = %store.cfg.name, provenance = %p, "provenance of the engine's writes");
+            store.provenance = Some(p);
+        }
+        Ok(store)
     }
 
     /// The store's configuration.
@@ -243,6 +281,7 @@ impl PgStore {
             self.staging_ready = false;
             self.wal_checked = false;
             self.meta_ready = false;
+            self.read_ahead = None;
         }
         self.client
             .as_mut()
@@ -646,6 +685,7 @@ impl PgStore {
             .await
             .map_err(|e| pg_err(&name, "migrate: committing", &e))?;
         self.table = None;
+        self.read_ahead = None;
         self.staging_ready = false;
         if slot_mode {
             self.ensure_slot().await?;
@@ -867,7 +907,9 @@ impl PgStore {
     pub async fn slot_health(&mut self) -> Result<SlotHealth, StoreError> {
         let name = self.cfg.name.clone();
         let wal_level = self.wal_level().await?;
+        let provenance = self.detect_provenance().await?.to_string();
         let mut h = SlotHealth {
+            provenance,
             mode: self.cfg.cdc,
             wal_level,
             exists: false,
@@ -934,6 +976,10 @@ impl PgStore {
         }
         self.relid = None;
         self.table = None;
+        self.read_ahead = None;
+        self.acked = None;
+        self.advanced_to = crate::pgoutput::Lsn(0);
+        self.advanced_at = None;
         self.staging_ready = false;
         match self.cfg.cdc {
             CdcMode::Slot => {

@@ -205,7 +205,55 @@ impl PgStore {
     /// writes before it are reported applied when it applied (they were
     /// overwritten by a newer version of the same contact) and stale when
     /// it was refused.
+    ///
+    /// In slot mode with a replication origin (see `origin`), the session
+    /// carries the store's origin for the length of the transaction, so
+    /// the capture can skip it whole; when the origin is busy (another
+    /// session of this store writing right now) the transaction goes
+    /// untagged and its images are recognised by their kept hash.
     pub(crate) async fn write_tx(
+        &mut self,
+        writes: &[Write<'_>],
+    ) -> Result<Vec<(usize, WriteOutcome)>, tokio_postgres::Error> {
+        let origin = self.write_origin().map(str::to_owned);
+        let mut tagged = false;
+        if let (Some(o), Some(client)) = (&origin, self.client.as_ref()) {
+            match client
+                .execute("SELECT pg_replication_origin_session_setup($1)", &[o])
+                .await
+            {
+                Ok(_) => tagged = true,
+                Err(e) => {
+                    // Busy (another session of this store writing), or no
+                    // free replication state (max_replication_slots): the
+                    // kept hash still tells the write apart.
+                    if self.origin_warned {
+                        tracing::debug!(store = %self.cfg.name, origin = %o, error = %e,
+                            "write not tagged with the replication origin");
+                    } else {
+                        self.origin_warned = true;
+                        tracing::warn!(store = %self.cfg.name, origin = %o, error = %e,
+                            "write not tagged with the replication origin; the capture reads it back and skips it by its kept hash");
+                    }
+                }
+            }
+        }
+        let out = self.write_tx_tagged(writes).await;
+        if tagged {
+            if let Some(client) = self.client.as_ref() {
+                if let Err(e) = client
+                    .execute("SELECT pg_replication_origin_session_reset()", &[])
+                    .await
+                {
+                    tracing::debug!(store = %self.cfg.name, error = %e,
+                        "resetting the session's replication origin");
+                }
+            }
+        }
+        out
+    }
+
+    async fn write_tx_tagged(
         &mut self,
         writes: &[Write<'_>],
     ) -> Result<Vec<(usize, WriteOutcome)>, tokio_postgres::Error> {

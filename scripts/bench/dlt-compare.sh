@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# contact-sync's initial load against dlt (PyPI), side by side, on a private
+# PostgreSQL with its DEFAULT durability (fsync, synchronous_commit and
+# full_page_writes on; only listen address, port, socket directory and
+# wal_level = logical are set). Not part of the test suite.
+#
+#   scripts/bench/dlt-compare.sh                     # 100k, 3 runs, dlt default + fastest
+#   scripts/bench/dlt-compare.sh --contacts 100000,1000000 --runs 3 --dlt default
+#
+# For each size: the canonical SQLite is seeded once (`contact-sync seed`);
+# each run loads it into a fresh database with each tool, the order
+# alternating between runs (odd runs contact-sync first). Measured per load:
+# wall clock, client CPU (user+sys of the loading process and its children)
+# and peak RSS (/usr/bin/time), server CPU (all PostgreSQL processes, the
+# exited backends counted through the postmaster's children times).
+#
+# contact-sync: `contact-sync run --initial-sync --once` (canonical SQLite
+# -> the Postgres store; sets up the table, slot and triggers, copies and
+# verifies every page). dlt (version $DLT_VERSION, cached venv under
+# $CONTACT_SYNC_CACHE/dlt-venv): "default" = a generator of dicts, jsonb
+# columns, merge on contact_id; "fastest" = sql_table with the pyarrow
+# backend, COPY (csv loader files), replace. dlt does no verification.
+#
+# Env: CONTACT_SYNC_CACHE (default .ci-cache), DLT_VERSION (default 1.31.0),
+#      WORK (default: a new temp dir, deleted at the end unless KEEP=1).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+
+sizes="100000"
+runs=3
+dlt_modes="default,fastest"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --contacts) sizes="$2"; shift 2 ;;
+    --runs) runs="$2"; shift 2 ;;
+    --dlt) dlt_modes="$2"; shift 2 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+(( runs >= 1 )) || { echo "--runs must be at least 1" >&2; exit 2; }
+
+cache="${CONTACT_SYNC_CACHE:-$repo/.ci-cache}"
+mkdir -p "$cache"
+dlt_version="${DLT_VERSION:-1.31.0}"
+venv="$cache/dlt-venv-$dlt_version"
+if ! "$venv/bin/python" -c 'import dlt, pyarrow, sqlalchemy, psycopg2' >/dev/null 2>&1; then
+  echo "== installing dlt $dlt_version into $venv (PyPI)" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip >&2
+  "$venv/bin/pip" install -q "dlt[postgres,sql_database]==$dlt_version" pyarrow sqlalchemy >&2
+fi
+
+echo "== building contact-sync (release)" >&2
+cargo build -q --release -p contact-sync >&2
+cs="$repo/target/release/contact-sync"
+
+# ---- a private PostgreSQL with default durability ----
+find_bindir() {
+  if [[ -n "${CONTACT_SYNC_PG_BINDIR:-}" && -x "$CONTACT_SYNC_PG_BINDIR/initdb" ]]; then echo "$CONTACT_SYNC_PG_BINDIR"; return; fi
+  if command -v pg_config >/dev/null && [[ -x "$(pg_config --bindir)/initdb" ]]; then pg_config --bindir; return; fi
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1
+}
+bindir="$(find_bindir)"
+[[ -x "$bindir/initdb" ]] || { echo "no PostgreSQL found (apt-get install postgresql-15)" >&2; exit 1; }
+work="${WORK:-$(mktemp -d /tmp/dlt-compare.XXXXXX)}"
+mkdir -p "$work"
+as_pg=()
+if [[ "$(id -u)" == 0 ]]; then as_pg=(runuser -u postgres --); chown postgres "$work"; fi
+pgdata="$work/pgdata"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+"${as_pg[@]}" "$bindir/initdb" -D "$pgdata" -U postgres -A trust -E UTF8 --locale=C >/dev/null
+cat >>"$pgdata/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$work'
+wal_level = logical
+CONF
+"${as_pg[@]}" "$bindir/pg_ctl" -D "$pgdata" -l "$work/server.log" -w -t 60 start >/dev/null
+cleanup() {
+  "${as_pg[@]}" "$bindir/pg_ctl" -D "$pgdata" -m fast -w stop >/dev/null 2>&1 || true
+  [[ "${KEEP:-0}" == 1 ]] || rm -rf "$work"
+}
+trap cleanup EXIT
+base="postgres://postgres@127.0.0.1:$port"
+psql_() { "$bindir/psql" -X -q -v ON_ERROR_STOP=1 "$base/postgres" "$@"; }
+settings="$(psql_ -At -c "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings WHERE name IN ('fsync','synchronous_commit','full_page_writes','wal_level','shared_buffers','max_wal_size','server_version')")"
+
+# CPU seconds of every server process so far (exited backends included).
+server_cpu() {
+  python3 - "$pgdata/postmaster.pid" <<'PY'
+import os, sys
+pid = int(open(sys.argv[1]).readline())
+tck = os.sysconf("SC_CLK_TCK")
+def stat(p):
+    s = open(f"/proc/{p}/stat").read()
+    return s[s.rindex(")") + 2:].split()
+f = stat(pid)
+total = sum(int(x) for x in f[11:15])  # utime stime cutime cstime
+for d in os.listdir("/proc"):
+    if d.isdigit():
+        try:
+            g = stat(d)
+        except OSError:
+            continue
+        if int(g[1]) == pid:
+            total += int(g[11]) + int(g[12])
+print(total / tck)
+PY
+}
+
+# Runs a load; prints "wall client_cpu server_cpu peak_rss_kb".
+measure() {
+  local s0 s1 out
+  s0="$(server_cpu)"
+  out="$work/time.$$"
+  /usr/bin/time -o "$out" -f "%e %U %S %M" "$@" >"$work/last.log" 2>&1 || {
+    echo "load failed: $*" >&2; tail -n 20 "$work/last.log" >&2; exit 1; }
+  s1="$(server_cpu)"
+  read -r wall user sys rss <"$out"
+  python3 -c "print($wall, round($user+$sys, 2), round($s1-$s0, 2), $rss)"
+}
+
+results="$work/results.tsv"
+: >"$results"
+for n in ${sizes//,/ }; do
+  echo "== seeding $n contacts" >&2
+  seed="$work/seed-$n"
+  mkdir -p "$seed"
+  printf '[stores.none]\nkind = "sqlite"\n' >"$seed/contact-sync.toml"
+  (cd "$seed" && "$cs" --config contact-sync.toml seed --contacts "$n" >/dev/null)
+  canonical="$seed/contact-sync-data/canonical.db"
+  [[ -f "$canonical" ]] || { echo "seeding left no $canonical" >&2; exit 1; }
+  for ((r = 1; r <= runs; r++)); do
+    tools=(cs)
+    for m in ${dlt_modes//,/ }; do tools+=("dlt-$m"); done
+    if (( r % 2 == 0 )); then
+      rev=(); for ((i = ${#tools[@]} - 1; i >= 0; i--)); do rev+=("${tools[i]}"); done; tools=("${rev[@]}")
+    fi
+    for t in "${tools[@]}"; do
+      db="b_${t//-/_}_${n}_$r"
+      psql_ -c "CREATE DATABASE $db"
+      case "$t" in
+        cs)
+          d="$work/cs-$n-$r"; mkdir -p "$d/contact-sync-data"
+          cp "$canonical" "$d/contact-sync-data/canonical.db"
+          printf '[stores.supabase]\nkind = "postgres"\nurl = { env = "CMP_PG_URL" }\nslot_name = "%s"\n' "$db" >"$d/contact-sync.toml"
+          m="$(cd "$d" && CMP_PG_URL="$base/$db" measure "$cs" --config contact-sync.toml run --initial-sync --once)"
+          rows="$(psql_ -At -d "$base/$db" -c "SELECT count(*) FROM contacts")"
+          psql_ -c "SELECT pg_drop_replication_slot('$db')" >/dev/null
+          rm -rf "$d" ;;
+        dlt-*)
+          mode="${t#dlt-}"
+          d="$work/dlt-$n-$r"; mkdir -p "$d"
+          # dlt insists on a password; the cluster trusts loopback and ignores it.
+          m="$(cd "$d" && measure "$venv/bin/python" "$repo/scripts/bench/dlt_load.py" "$mode" "$canonical" "${base/postgres@/postgres:unused@}/$db" "$d")"
+          rows="$(psql_ -At -d "$base/$db" -c "SELECT count(*) FROM dlt_contacts.contacts")"
+          rm -rf "$d" ;;
+      esac
+      [[ "$rows" == "$n" ]] || { echo "$t run $r loaded $rows rows, expected $n" >&2; exit 1; }
+      psql_ -c "DROP DATABASE $db"
+      echo "$n	$t	$r	$m" | tr ' ' '\t' >>"$results"
+      echo "   $n $t run $r: $m (wall s, client CPU s, server CPU s, peak RSS KiB)" >&2
+    done
+  done
+done
+
+python3 - "$results" "$settings" "$(nproc)" "$(uptime)" <<'PY'
+import sys, statistics as st
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+print(f"PostgreSQL: {sys.argv[2]}")
+print(f"machine: {sys.argv[3]} cores; at the end: {sys.argv[4].strip()}")
+print()
+print("| contacts | tool | runs | wall s (min–max) | client CPU s | server CPU s | peak RSS MB | wall ÷ contact-sync |")
+print("|---|---|---|---|---|---|---|---|")
+by = {}
+for n, t, r, wall, cpu, scpu, rss in rows:
+    by.setdefault((int(n), t), []).append((float(wall), float(cpu), float(scpu), int(rss) / 1024))
+for n in sorted({k[0] for k in by}):
+    base = st.median(x[0] for x in by.get((n, "cs"), [(float("nan"),)] ))
+    for (m, t), v in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1] != "cs", kv[0][1])):
+        if m != n:
+            continue
+        w = [x[0] for x in v]; c = [x[1] for x in v]; s = [x[2] for x in v]; r = [x[3] for x in v]
+        name = "contact-sync" if t == "cs" else t.replace("dlt-", "dlt ")
+        print(f"| {n:,} | {name} | {len(v)} | {st.median(w):.1f} ({min(w):.1f}–{max(w):.1f}) | "
+              f"{st.median(c):.1f} ({min(c):.1f}–{max(c):.1f}) | {st.median(s):.1f} ({min(s):.1f}–{max(s):.1f}) | "
+              f"{st.median(r):.0f} ({min(r):.0f}–{max(r):.0f}) | {st.median(w)/base:.2f}× |")
+print()
+print("medians (min–max); contact-sync includes the verification of every page; dlt verifies nothing.")
+PY
