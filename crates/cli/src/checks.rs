@@ -101,6 +101,19 @@ impl SafetyCheck for PgCdcCheck {
                         ),
                     )),
                 }
+                // How contact-sync's own writes are told apart in the slot:
+                // by replication origin (skipped whole), else by kept hash
+                // (decoded, then dropped: slower after a large backfill).
+                let prov = format!("{}: provenance", self.name);
+                if h.provenance.contains("origin") && !h.provenance.contains("content_hash") {
+                    out.push(Check::ok(prov, h.provenance.clone()));
+                } else {
+                    out.push(Check::warn(
+                        prov,
+                        h.provenance.clone(),
+                        "grant the role the replication origin functions (see the reason) so the engine's own writes are skipped whole",
+                    ));
+                }
             }
         } else {
             out.push(Check::ok(check, "outbox mode"));
