@@ -499,8 +499,9 @@ impl Engine {
                     if fc.resolution == Resolution::Open {
                         tracing::warn!(store = CANONICAL, contact_id = %contact_id, field = %fc.field,
                             alert = "conflict_detected", "conflict needs a person to decide");
-                        open.push((contact_id.clone(), fc.clone()));
                     }
+                    // Kept open or settled, with both values and the rule.
+                    open.push((contact_id.clone(), fc.clone()));
                 }
                 let (mut after, changes) = match outcome.write {
                     Some(w) => (w, outcome.changes),

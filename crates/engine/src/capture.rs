@@ -612,8 +612,10 @@ impl Engine {
                 if c.resolution == Resolution::Open {
                     tracing::warn!(store = %name, contact_id = %it.contact_id, field = %c.field,
                         alert = "conflict_detected", "conflict needs a person to decide");
-                    open.push((it.contact_id.clone(), c.clone()));
                 }
+                // Every conflict is kept, open or settled by a rule, with both
+                // values and the rule (`conflicts list --all`).
+                open.push((it.contact_id.clone(), c.clone()));
             }
             let mut note_needed = !outcome.conflicts.is_empty() || it.writeback;
             if let Some(mut w) = outcome.write {

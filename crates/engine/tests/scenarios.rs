@@ -154,6 +154,21 @@ async fn higher_version_wins_and_the_loser_is_journaled() {
         .flat_map(|j| j.conflicts)
         .any(|c| c.incoming == serde_json::json!("Local title"));
     assert!(lost, "the losing edit is recorded in the journal");
+    // And inspectable like any conflict (`conflicts list --all`): both
+    // values, the versions and the rule that decided.
+    let all = e.state().conflicts(false).unwrap();
+    let settled = all
+        .iter()
+        .find(|r| r.contact_id == "C001" && r.conflict.field == "job_title")
+        .expect("the settled conflict is kept");
+    assert_eq!(settled.status, "kept_canonical");
+    assert_eq!(settled.store, "local");
+    assert_eq!(
+        settled.conflict.canonical,
+        serde_json::json!("Canonical title")
+    );
+    assert_eq!(settled.conflict.incoming, serde_json::json!("Local title"));
+    assert_eq!(settled.conflict.resolution.as_str(), "canonical_by_version");
     w.assert_converged();
 }
 
