@@ -673,6 +673,9 @@ struct StatusReport {
     stores: Vec<StoreLine>,
     /// Stores held back by a guard until a person decides.
     paused: Vec<contact_sync_state::PausedStore>,
+    /// BigQuery's cost and journal table, when canonical is BigQuery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bigquery: Option<crate::bq_wiring::BigQueryStatus>,
 }
 
 #[derive(Serialize)]
@@ -746,6 +749,7 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         dead_letters: state.dead_letter_count()?,
         stores: lines,
         paused: state.paused_stores()?,
+        bigquery: crate::bq_wiring::status(cfg, &state)?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -784,6 +788,9 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     }
     println!("conflicts open: {}", report.conflicts_open);
     println!("dead letters: {}", report.dead_letters);
+    if let Some(b) = &report.bigquery {
+        crate::bq_wiring::print_status(b);
+    }
     for p in &report.paused {
         println!(
             "PAUSED {} ({}): {} — see `contact-sync paused`",

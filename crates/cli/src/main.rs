@@ -1,6 +1,7 @@
 //! `contact-sync`: the command line and the daemon.
 
 mod backfill;
+mod bq_wiring;
 mod checks;
 mod commands;
 mod config;
