@@ -101,7 +101,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ConflictAction::Resolve { id, keep } => conflicts_resolve(&cfg, id, keep).await,
         },
         Command::DeadLetters { action } => match require_state(&cfg).map(|()| action)? {
-            DeadLetterAction::List { json, limit } => dead_letters_list(&cfg, json, limit),
+            DeadLetterAction::List { json, all, limit } => {
+                crate::dead_letters::list(&cfg, json, all, limit)
+            }
+            DeadLetterAction::Retry { id } => crate::dead_letters::close(&cfg, id, true),
+            DeadLetterAction::Dismiss { id } => crate::dead_letters::close(&cfg, id, false),
         },
         Command::Cdc { action } => cdc(&cfg, action).await,
         Command::Drift { json, repair } => {
@@ -746,7 +750,7 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         canonical_contacts,
         journal_head: head,
         conflicts_open: state.open_conflict_count()?,
-        dead_letters: state.dead_letter_count()?,
+        dead_letters: state.open_dead_letter_count()?,
         stores: lines,
         paused: state.paused_stores()?,
         bigquery: crate::bq_wiring::status(cfg, &state)?,
@@ -873,30 +877,6 @@ async fn conflicts_resolve(cfg: &Config, id: i64, keep: Keep) -> anyhow::Result<
             "canonical"
         }
     );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn dead_letters_list(cfg: &Config, json: bool, limit: usize) -> anyhow::Result<ExitCode> {
-    let state = open_state(cfg)?;
-    let rows = state.dead_letters(limit)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if rows.is_empty() {
-        println!("no dead letters");
-    }
-    for d in rows {
-        println!(
-            "#{} {} store {} record {} field `{}`: {}",
-            d.id,
-            format_ts(&d.at),
-            d.store,
-            d.record,
-            d.field,
-            d.reason
-        );
-    }
     Ok(ExitCode::SUCCESS)
 }
 

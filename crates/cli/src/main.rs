@@ -6,6 +6,7 @@ mod checks;
 mod commands;
 mod config;
 mod daemon;
+mod dead_letters;
 mod guard;
 mod secret;
 mod stores;
@@ -235,13 +236,19 @@ pub enum Keep {
 
 #[derive(Subcommand, Debug)]
 pub enum DeadLetterAction {
-    /// The newest dead letters.
+    /// The newest open dead letters (--all: dismissed and retried too).
     List {
         #[arg(long)]
         json: bool,
+        #[arg(long)]
+        all: bool,
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Try the record again at the next cycle (works while the daemon runs).
+    Retry { id: i64 },
+    /// Leave it: off the open list (works while the daemon runs).
+    Dismiss { id: i64 },
 }
 
 fn init_logging(format: LogFormat) {

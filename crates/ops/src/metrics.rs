@@ -274,7 +274,7 @@ impl MetricsSnapshot {
             taken_at: now,
             stores: out,
             conflicts_open: state.open_conflict_count()?,
-            dead_letters: state.dead_letter_count()?,
+            dead_letters: state.open_dead_letter_count()?,
             journal_head: head,
             last_cycle: None,
             cycles_total: 0,
