@@ -27,9 +27,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, StoreConfig};
 use crate::stores;
 
-/// Meta key prefix of journal consumers outside the engine (retention keeps
-/// what they have not read).
-pub const JOURNAL_CONSUMER_PREFIX: &str = "journal_consumer:";
+// Retention keeps what a `journal_consumer:` cursor has not read.
+use contact_sync_state::JOURNAL_CONSUMER_PREFIX;
 
 /// Meta key of the canonical store's BigQuery cost (JSON [`UsageRecord`]).
 pub const USAGE_META: &str = "bigquery_usage:canonical";

@@ -112,6 +112,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             require_state(&cfg)?;
             drift(&cfg, json, repair).await
         }
+        Command::Compact { json } => crate::retention::command(&cfg, json),
         Command::Migrate => {
             stores::migrate_all(&cfg).await?;
             Ok(ExitCode::SUCCESS)

@@ -545,6 +545,7 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        crate::retention::run_if_due(engine.state_mut(), cfg.state.retention_days);
         if stopper.is_stopped() {
             break;
         }

@@ -8,6 +8,7 @@ mod config;
 mod daemon;
 mod dead_letters;
 mod guard;
+mod retention;
 mod secret;
 mod stores;
 
@@ -143,6 +144,12 @@ pub enum Command {
     },
     /// Create what each store needs (tables, custom fields, webhooks).
     Migrate,
+    /// Drop history older than `[state] retention_days` that nothing needs
+    /// (the daemon does it daily; works while the daemon runs).
+    Compact {
+        #[arg(long)]
+        json: bool,
+    },
     /// Change data capture of a database store.
     Cdc {
         #[command(subcommand)]

@@ -144,3 +144,65 @@ fn a_dead_letter_is_recorded_once_and_retried_or_dismissed_while_the_daemon_runs
     let status = json(d, &["status", "--json"]);
     assert_eq!(status["dead_letters"], 0, "{status}");
 }
+
+#[test]
+fn compact_works_while_the_daemon_runs_and_keeps_what_the_stores_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["seed", "--contacts", "20"]);
+    ok(d, &["run", "--initial-sync", "--once"]);
+    // Two edits of each of 5 contacts: 10 journal entries, 5 superseded.
+    for t in ["one", "two"] {
+        local(d)
+            .execute(
+                &format!("UPDATE contacts SET nickname = '{t}' WHERE contact_id <= 'c000000004'"),
+                [],
+            )
+            .unwrap();
+        ok(d, &["run", "--once"]);
+    }
+    // Age the history by 60 days, as if the daemon had run for months.
+    let state = rusqlite::Connection::open(d.join("contact-sync-data/state.db")).unwrap();
+    state.busy_timeout(Duration::from_secs(10)).unwrap();
+    let n = state
+        .execute(
+            "UPDATE journal SET at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-60 days')",
+            [],
+        )
+        .unwrap();
+    assert!(n >= 10, "{n}");
+    drop(state);
+    local(d)
+        .execute(
+            "UPDATE contacts SET job_title = 'After compaction' WHERE contact_id = 'c000000007'",
+            [],
+        )
+        .unwrap();
+    {
+        // The daemon compacts after its first cycle (never done before);
+        // `compact` by hand runs beside it.
+        let _daemon = Daemon::start(d);
+        let r = json(d, &["compact", "--json"]);
+        assert!(r["journal_kept"].as_u64().unwrap() >= 5, "{r}");
+    }
+    // Beyond the window, one entry per contact is left.
+    let state = rusqlite::Connection::open(d.join("contact-sync-data/state.db")).unwrap();
+    let (rows, contacts): (i64, i64) = state
+        .query_row(
+            "SELECT COUNT(*), COUNT(DISTINCT contact_id) FROM journal",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(rows, contacts);
+    assert!(rows >= 5 && (rows as usize) < n, "{rows} of {n}");
+    drop(state);
+    // The stores still sync after compaction.
+    ok(d, &["run", "--once"]);
+    let c: Value = json(d, &["show", "c000000007", "--json"]);
+    assert_eq!(c["job_title"], "After compaction", "{c}");
+    let status = json(d, &["status", "--json"]);
+    for s in status["stores"].as_array().unwrap() {
+        assert_eq!(s["pending"], 0, "{status}");
+    }
+}

@@ -23,6 +23,8 @@ mod lock;
 mod paused;
 pub use paused::{Decision, PauseKind, PausedStore};
 mod read;
+mod retention;
+pub use retention::{CompactReport, JOURNAL_CONSUMER_PREFIX, LAST_COMPACTED_META};
 mod schema;
 
 use std::fs::File;
