@@ -101,13 +101,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ConflictAction::Resolve { id, keep } => conflicts_resolve(&cfg, id, keep).await,
         },
         Command::DeadLetters { action } => match require_state(&cfg).map(|()| action)? {
-            DeadLetterAction::List { json, limit } => dead_letters_list(&cfg, json, limit),
+            DeadLetterAction::List { json, all, limit } => {
+                crate::dead_letters::list(&cfg, json, all, limit)
+            }
+            DeadLetterAction::Retry { id } => crate::dead_letters::close(&cfg, id, true),
+            DeadLetterAction::Dismiss { id } => crate::dead_letters::close(&cfg, id, false),
         },
         Command::Cdc { action } => cdc(&cfg, action).await,
         Command::Drift { json, repair } => {
             require_state(&cfg)?;
             drift(&cfg, json, repair).await
         }
+        Command::Compact { json } => crate::retention::command(&cfg, json),
         Command::Migrate => {
             stores::migrate_all(&cfg).await?;
             Ok(ExitCode::SUCCESS)
@@ -678,6 +683,9 @@ struct StatusReport {
     stores: Vec<StoreLine>,
     /// Stores held back by a guard until a person decides.
     paused: Vec<contact_sync_state::PausedStore>,
+    /// BigQuery's cost and journal table, when canonical is BigQuery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bigquery: Option<crate::bq_wiring::BigQueryStatus>,
 }
 
 #[derive(Serialize)]
@@ -748,9 +756,10 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         canonical_contacts,
         journal_head: head,
         conflicts_open: state.open_conflict_count()?,
-        dead_letters: state.dead_letter_count()?,
+        dead_letters: state.open_dead_letter_count()?,
         stores: lines,
         paused: state.paused_stores()?,
+        bigquery: crate::bq_wiring::status(cfg, &state)?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -789,6 +798,9 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     }
     println!("conflicts open: {}", report.conflicts_open);
     println!("dead letters: {}", report.dead_letters);
+    if let Some(b) = &report.bigquery {
+        crate::bq_wiring::print_status(b);
+    }
     for p in &report.paused {
         println!(
             "PAUSED {} ({}): {} — see `contact-sync paused`",
@@ -871,30 +883,6 @@ async fn conflicts_resolve(cfg: &Config, id: i64, keep: Keep) -> anyhow::Result<
             "canonical"
         }
     );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn dead_letters_list(cfg: &Config, json: bool, limit: usize) -> anyhow::Result<ExitCode> {
-    let state = open_state(cfg)?;
-    let rows = state.dead_letters(limit)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if rows.is_empty() {
-        println!("no dead letters");
-    }
-    for d in rows {
-        println!(
-            "#{} {} store {} record {} field `{}`: {}",
-            d.id,
-            format_ts(&d.at),
-            d.store,
-            d.record,
-            d.field,
-            d.reason
-        );
-    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -150,10 +150,28 @@ fn default_batch() -> usize {
     100
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     pub path: Option<PathBuf>,
+    /// The audit window in days: journal entries, settled conflicts and
+    /// dismissed dead letters older than this are compacted or expire
+    /// (`contact-sync compact`; the daemon once a day). Default 30.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            path: None,
+            retention_days: default_retention_days(),
+        }
+    }
+}
+
+fn default_retention_days() -> u32 {
+    30
 }
 
 /// One store.
@@ -231,6 +249,15 @@ pub struct BigQueryConfig {
     /// Seconds re-read behind the change watermark (late commits).
     #[serde(default)]
     pub overlap_secs: Option<u64>,
+    /// Run the fingerprint sweep (edits that leave `last_updated` alone,
+    /// back-dated and loaded rows, hard deletes) every this many caught-up
+    /// polls; `0` turns it off. Default 3.
+    #[serde(default)]
+    pub sweep_every: Option<u32>,
+    /// Skip the poll query when the table's metadata (`tables.get`, free)
+    /// shows no change since the last poll. Default true.
+    #[serde(default)]
+    pub idle_check: Option<bool>,
     /// Canonical field → column name, for existing tables.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
@@ -338,6 +365,11 @@ impl Config {
                 "sync.guard_min = {} is above sync.guard_max = {}",
                 self.sync.guard_min, self.sync.guard_max
             )));
+        }
+        if self.state.retention_days == 0 {
+            return Err(ConfigError(
+                "state.retention_days must be at least 1 (days of history kept for audit)".into(),
+            ));
         }
         if self.sync.interval_secs == 0 {
             return Err(ConfigError("sync.interval_secs must be at least 1".into()));

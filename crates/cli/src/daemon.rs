@@ -58,9 +58,14 @@ pub async fn build_engine_with_hooks(
 async fn build_daemon_engine(
     cfg: &Config,
     batch: usize,
-) -> anyhow::Result<(Engine, Wakeups, Vec<crate::backfill::Gate>)> {
+) -> anyhow::Result<(
+    Engine,
+    Wakeups,
+    Vec<crate::backfill::Gate>,
+    Option<crate::bq_wiring::BqCanonical>,
+)> {
     let state = open_state(cfg)?;
-    let canonical = stores::open_canonical(cfg)
+    let (canonical, bq) = crate::bq_wiring::open_canonical(cfg)
         .await
         .context("the canonical store cannot be opened (the daemon cannot run without it)")?;
     let (opened, gates) = stores::open_others_held(cfg).await?;
@@ -77,6 +82,7 @@ async fn build_daemon_engine(
         Engine::new(state, canonical, opened.stores, opts)?,
         hooks,
         gates,
+        bq,
     ))
 }
 
@@ -346,7 +352,7 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
     if !o.initial_sync {
         crate::commands::refuse_missing_state(cfg).await?;
     }
-    let (mut engine, hooks, gates) = build_daemon_engine(cfg, batch).await?;
+    let (mut engine, hooks, gates, mut bq) = build_daemon_engine(cfg, batch).await?;
     let _lock = crate::commands::take_lock(engine.state())?;
     let wake = Arc::new(Notify::new());
     let stopper = Stopper::new(wake.clone());
@@ -475,7 +481,28 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
             }
         }
         let started = Instant::now();
+        if let Some(bq) = bq.as_mut() {
+            bq.begin_cycle();
+        }
         let result = engine.cycle().await;
+        // BigQuery: the journal table gets the cycle's entries (and any
+        // left by a failed append); the cycle's cost is recorded.
+        let bq_cost = match bq.as_mut() {
+            Some(bq) => {
+                bq.append_journal(engine.state_mut()).await;
+                let cost = bq.end_cycle(engine.state_mut());
+                ops.add_query_cost(
+                    CANONICAL,
+                    contact_sync_ops::QueryCost {
+                        queries: cost.queries,
+                        bytes_processed: cost.bytes_processed,
+                        bytes_billed: cost.bytes_billed,
+                    },
+                );
+                Some(cost)
+            }
+            None => None,
+        };
         if let Ok(report) = &result {
             // Changes read from databases' change capture, for /metrics.
             for s in &report.stores {
@@ -497,9 +524,12 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         match result {
             Ok(report) => {
                 failures = 0;
-                log_cycle(&report, millis);
+                log_cycle(&report, millis, bq_cost.as_ref());
                 if o.once {
                     print_cycle(&report);
+                    if let Some(c) = &bq_cost {
+                        println!("  BigQuery: {}", c.describe());
+                    }
                     return Ok(if report.errors().is_empty() {
                         ExitCode::SUCCESS
                     } else {
@@ -515,6 +545,7 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        crate::retention::run_if_due(engine.state_mut(), cfg.state.retention_days);
         if stopper.is_stopped() {
             break;
         }
@@ -534,14 +565,21 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
 }
 
 /// One line per cycle at info: what moved, or that nothing did.
-fn log_cycle(report: &contact_sync_engine::CycleReport, millis: u64) {
+fn log_cycle(
+    report: &contact_sync_engine::CycleReport,
+    millis: u64,
+    bq: Option<&crate::bq_wiring::Cost>,
+) {
     let errors = report.errors();
     let mut moved = 0u64;
     for s in &report.stores {
         moved += s.stats.applied + s.stats.written + s.stats.dead_letters;
     }
+    let cost = bq
+        .map(|c| format!("; BigQuery: {}", c.describe()))
+        .unwrap_or_default();
     if moved == 0 && errors.is_empty() {
-        tracing::info!("cycle: nothing to do ({millis} ms)");
+        tracing::info!("cycle: nothing to do ({millis} ms{cost})");
         return;
     }
     let per_store: Vec<String> = report
@@ -567,7 +605,7 @@ fn log_cycle(report: &contact_sync_engine::CycleReport, millis: u64) {
             t
         })
         .collect();
-    tracing::info!("cycle: {} ({millis} ms)", per_store.join("; "));
+    tracing::info!("cycle: {} ({millis} ms{cost})", per_store.join("; "));
 }
 
 fn print_cycle(report: &contact_sync_engine::CycleReport) {

@@ -1,11 +1,14 @@
 //! `contact-sync`: the command line and the daemon.
 
 mod backfill;
+mod bq_wiring;
 mod checks;
 mod commands;
 mod config;
 mod daemon;
+mod dead_letters;
 mod guard;
+mod retention;
 mod secret;
 mod stores;
 
@@ -141,6 +144,12 @@ pub enum Command {
     },
     /// Create what each store needs (tables, custom fields, webhooks).
     Migrate,
+    /// Drop history older than `[state] retention_days` that nothing needs
+    /// (the daemon does it daily; works while the daemon runs).
+    Compact {
+        #[arg(long)]
+        json: bool,
+    },
     /// Change data capture of a database store.
     Cdc {
         #[command(subcommand)]
@@ -234,13 +243,19 @@ pub enum Keep {
 
 #[derive(Subcommand, Debug)]
 pub enum DeadLetterAction {
-    /// The newest dead letters.
+    /// The newest open dead letters (--all: dismissed and retried too).
     List {
         #[arg(long)]
         json: bool,
+        #[arg(long)]
+        all: bool,
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Try the record again at the next cycle (works while the daemon runs).
+    Retry { id: i64 },
+    /// Leave it: off the open list (works while the daemon runs).
+    Dismiss { id: i64 },
 }
 
 fn init_logging(format: LogFormat) {

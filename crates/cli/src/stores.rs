@@ -120,6 +120,12 @@ pub fn bigquery_parts(
     if let Some(o) = b.overlap_secs {
         cfg.overlap = std::time::Duration::from_secs(o);
     }
+    if let Some(n) = b.sweep_every {
+        cfg.sweep_every = (n > 0).then_some(n);
+    }
+    if let Some(i) = b.idle_check {
+        cfg.idle_check = i;
+    }
     let mut cols = ColumnMap::default();
     for (field, column) in &b.columns {
         cols = cols.rename(field, column);

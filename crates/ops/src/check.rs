@@ -460,12 +460,12 @@ pub fn check_pending(
 
 /// Dead letters: a warning when there are any.
 pub fn check_dead_letters(state: &StateDb) -> Result<Check, OpsError> {
-    let n = state.dead_letter_count()?;
+    let n = state.open_dead_letter_count()?;
     Ok(if n > 0 {
         Check::warn(
             "dead letters",
-            format!("{n} records refused by validation or by a store"),
-            "look at them with `contact-sync dead-letters list` and fix the records at their source",
+            format!("{n} open dead letters (records refused by validation or by a store)"),
+            "look at them with `contact-sync dead-letters list`, fix the records at their source, then              `contact-sync dead-letters retry ID` (or `dismiss ID`)",
         )
     } else {
         Check::ok("dead letters", "none")

@@ -93,6 +93,26 @@ pub struct StoreMetrics {
     /// The store is paused by a guard until a person decides: the guard's
     /// kind and reason (`contact-sync paused`).
     pub paused: Option<(String, String)>,
+    /// What a store that bills per query (BigQuery) cost this process;
+    /// `None` for stores that do not (in-process counters).
+    pub query_cost: Option<QueryCost>,
+}
+
+/// What a store billed per query (BigQuery) cost: query jobs, bytes
+/// processed and bytes billed (on-demand pricing charges the latter).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueryCost {
+    pub queries: u64,
+    pub bytes_processed: u64,
+    pub bytes_billed: u64,
+}
+
+impl QueryCost {
+    fn add(&mut self, o: &QueryCost) {
+        self.queries = self.queries.saturating_add(o.queries);
+        self.bytes_processed = self.bytes_processed.saturating_add(o.bytes_processed);
+        self.bytes_billed = self.bytes_billed.saturating_add(o.bytes_billed);
+    }
 }
 
 /// How the last engine cycle went, as the daemon saw it.
@@ -241,6 +261,7 @@ impl MetricsSnapshot {
                 written_total: status.totals.written,
                 echoes_skipped_total: status.totals.skipped_echo,
                 paused,
+                query_cost: None,
                 store: sample.name,
             });
         }
@@ -253,7 +274,7 @@ impl MetricsSnapshot {
             taken_at: now,
             stores: out,
             conflicts_open: state.open_conflict_count()?,
-            dead_letters: state.dead_letter_count()?,
+            dead_letters: state.open_dead_letter_count()?,
             journal_head: head,
             last_cycle: None,
             cycles_total: 0,
@@ -497,6 +518,27 @@ pub fn render_prometheus(snap: &MetricsSnapshot) -> String {
         "Echoes of the engine's own writes skipped for the store.",
         |s| n(s.echoes_skipped_total),
     );
+    w.per_store(
+        snap,
+        "store_bigquery_queries_total",
+        Counter,
+        "Query jobs the store (BigQuery) ran for this process: polls, sweeps, reads, MERGEs, journal appends.",
+        |s| s.query_cost.map(|c| c.queries as f64),
+    );
+    w.per_store(
+        snap,
+        "store_bigquery_bytes_processed_total",
+        Counter,
+        "Bytes processed by the store's (BigQuery) query jobs for this process.",
+        |s| s.query_cost.map(|c| c.bytes_processed as f64),
+    );
+    w.per_store(
+        snap,
+        "store_bigquery_bytes_billed_total",
+        Counter,
+        "Bytes billed for the store's (BigQuery) query jobs for this process (what on-demand pricing charges).",
+        |s| s.query_cost.map(|c| c.bytes_billed as f64),
+    );
     w.global(
         "conflicts_open",
         Gauge,
@@ -556,6 +598,7 @@ struct StoreCounters {
     errors: u64,
     webhook_events: u64,
     cdc_events: u64,
+    query_cost: Option<QueryCost>,
 }
 
 #[derive(Debug, Default)]
@@ -648,6 +691,15 @@ impl OpsHandle {
         c.cdc_events = c.cdc_events.saturating_add(n);
     }
 
+    /// Counts what a per-query billed store (BigQuery) cost in a cycle.
+    pub fn add_query_cost(&self, store: &str, cost: QueryCost) {
+        let mut g = self.write();
+        let c = g.counters.entry(store.to_string()).or_default();
+        c.query_cost
+            .get_or_insert_with(QueryCost::default)
+            .add(&cost);
+    }
+
     /// The health thresholds in force.
     pub fn health_thresholds(&self) -> HealthThresholds {
         self.read().health.clone()
@@ -669,6 +721,7 @@ impl OpsHandle {
                 s.errors_total = c.errors;
                 s.webhook_events_total = c.webhook_events;
                 s.cdc_events_total = c.cdc_events;
+                s.query_cost = c.query_cost;
             }
         }
         snap.last_cycle = g.last_cycle.clone();
@@ -698,6 +751,41 @@ impl OpsHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bigquery_cost_is_a_counter_per_store_and_only_for_billed_stores() {
+        let h = OpsHandle::default();
+        h.update(MetricsSnapshot {
+            stores: vec![
+                StoreMetrics {
+                    store: "canonical".into(),
+                    ..Default::default()
+                },
+                StoreMetrics {
+                    store: "local".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+        let c = QueryCost {
+            queries: 2,
+            bytes_processed: 1000,
+            bytes_billed: 10_485_760,
+        };
+        h.add_query_cost("canonical", c);
+        h.add_query_cost("canonical", c);
+        let text = render_prometheus(&h.snapshot());
+        assert!(text.contains("# TYPE contact_sync_store_bigquery_queries_total counter"));
+        assert!(text.contains("contact_sync_store_bigquery_queries_total{store=\"canonical\"} 4"));
+        assert!(text.contains(
+            "contact_sync_store_bigquery_bytes_billed_total{store=\"canonical\"} 20971520"
+        ));
+        assert!(text.contains(
+            "contact_sync_store_bigquery_bytes_processed_total{store=\"canonical\"} 2000"
+        ));
+        assert!(!text.contains("contact_sync_store_bigquery_queries_total{store=\"local\"}"));
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -116,7 +116,7 @@ async fn dead_letters_conflicts_and_a_held_lock_warn() {
     ));
     let dl = report.get("dead letters").unwrap();
     assert_eq!(dl.level, Level::Warn);
-    assert!(dl.message.starts_with("1 records"), "{dl:?}");
+    assert!(dl.message.starts_with("1 open dead letters"), "{dl:?}");
     assert!(dl.hint.as_deref().unwrap().contains("dead-letters list"));
     let cf = report.get("conflicts").unwrap();
     assert_eq!(cf.level, Level::Warn);

@@ -17,10 +17,14 @@
 //! Single-instance: [`StateDb::lock`] takes an OS file lock beside the
 //! database; a second daemon gets [`StateError::Locked`].
 
+mod dead_letters;
+pub use dead_letters::{DeadLetterRow, DeadLetterStatus};
 mod lock;
 mod paused;
 pub use paused::{Decision, PauseKind, PausedStore};
 mod read;
+mod retention;
+pub use retention::{CompactReport, JOURNAL_CONSUMER_PREFIX, LAST_COMPACTED_META};
 mod schema;
 
 use std::fs::File;

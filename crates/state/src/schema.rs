@@ -121,8 +121,50 @@ CREATE TABLE paused_stores (
 );
 "#;
 
+/// Version 3: dead letters recorded once, and closed by a person.
+/// - `count`, `last_seen`: the same refusal (store, record, field, reason)
+///   seen again bumps these instead of adding a row (the
+///   `dead_letters_once` trigger, so every writer gets it); rows already
+///   repeated are collapsed into their oldest.
+/// - `status`: `open`, `dismissed` (a person said leave it; the same
+///   refusal later is still counted on it, not reopened) or `retried` (a
+///   person asked for the record to be tried again; the same refusal later
+///   is a new open row). `closed_at`: when it was dismissed or retried
+///   (retention expires closed rows after the audit window).
+const V3: &str = r#"
+ALTER TABLE dead_letters ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE dead_letters ADD COLUMN last_seen TEXT;
+ALTER TABLE dead_letters ADD COLUMN status TEXT NOT NULL DEFAULT 'open'
+    CHECK (status IN ('open', 'dismissed', 'retried'));
+ALTER TABLE dead_letters ADD COLUMN closed_at TEXT;
+UPDATE dead_letters SET
+    count = (SELECT COUNT(*) FROM dead_letters d WHERE d.store = dead_letters.store
+             AND d.record = dead_letters.record AND d.field = dead_letters.field
+             AND d.reason = dead_letters.reason),
+    last_seen = (SELECT MAX(d.at) FROM dead_letters d WHERE d.store = dead_letters.store
+             AND d.record = dead_letters.record AND d.field = dead_letters.field
+             AND d.reason = dead_letters.reason);
+DELETE FROM dead_letters WHERE id > (SELECT MIN(d.id) FROM dead_letters d
+    WHERE d.store = dead_letters.store AND d.record = dead_letters.record
+    AND d.field = dead_letters.field AND d.reason = dead_letters.reason);
+CREATE UNIQUE INDEX dead_letters_key ON dead_letters (store, record, field, reason)
+    WHERE status IN ('open', 'dismissed');
+CREATE INDEX dead_letters_status ON dead_letters (status, id);
+CREATE TRIGGER dead_letters_once BEFORE INSERT ON dead_letters
+WHEN EXISTS (SELECT 1 FROM dead_letters d WHERE d.store = NEW.store AND d.record = NEW.record
+             AND d.field = NEW.field AND d.reason = NEW.reason
+             AND d.status IN ('open', 'dismissed'))
+BEGIN
+    UPDATE dead_letters SET count = count + 1, last_seen = NEW.at,
+        payload = COALESCE(NEW.payload, payload)
+    WHERE store = NEW.store AND record = NEW.record AND field = NEW.field
+      AND reason = NEW.reason AND status IN ('open', 'dismissed');
+    SELECT RAISE(IGNORE);
+END;
+"#;
+
 /// Every migration, in order; the schema version is `MIGRATIONS.len()`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
