@@ -202,6 +202,10 @@ impl Engine {
     pub async fn cycle(&mut self) -> Result<CycleReport, EngineError> {
         let mut report = CycleReport::default();
         report.entry(CANONICAL);
+        // Every store has its line in the report, idle or not.
+        for s in &self.stores {
+            report.entry(s.name());
+        }
         self.apply_canonical(&mut report).await?;
         self.capture_canonical(&mut report).await?;
         // Stores written to in this cycle: only those whose changes were
