@@ -11,6 +11,7 @@ pub mod identity;
 pub mod journal;
 pub mod merge;
 pub mod model;
+pub mod phone;
 pub mod pii;
 pub mod validate;
 

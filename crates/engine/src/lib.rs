@@ -61,6 +61,9 @@ pub struct EngineOptions {
     pub max_batches_per_cycle: usize,
     /// The mass-change guard.
     pub guard: MassChangeGuard,
+    /// The region national phone numbers are read in (`[sync]
+    /// default_region`); `None`: only international numbers are accepted.
+    pub default_region: Option<contact_sync_core::phone::Region>,
 }
 
 impl Default for EngineOptions {
@@ -70,6 +73,7 @@ impl Default for EngineOptions {
             backfill_page: 2000,
             max_batches_per_cycle: 1000,
             guard: MassChangeGuard::default(),
+            default_region: None,
         }
     }
 }
