@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod daemon;
 mod guard;
+mod people;
 mod secret;
 mod stores;
 
@@ -112,6 +113,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    People(people::PeopleCommand),
     /// One contact as a store holds it.
     Show {
         contact_id: String,

@@ -154,3 +154,158 @@ fn a_number_that_is_not_valid_is_a_dead_letter_naming_the_field() {
         "{reason}"
     );
 }
+
+fn row(dir: &Path, store: &str, id: &str) -> (Option<String>, Option<String>, Option<String>) {
+    db(dir, store)
+        .query_row(
+            "SELECT canonical_name, emails, deleted_at FROM contacts WHERE contact_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+}
+
+/// Erased everywhere: a tombstone with every field cleared, no live row.
+fn assert_erased(dir: &Path, id: &str) {
+    for store in ["canonical.db", "local.db"] {
+        let (name, emails, deleted) = row(dir, store, id);
+        assert!(name.unwrap_or_default().is_empty(), "{store}: name left");
+        assert!(
+            emails.as_deref().is_none_or(|e| e == "[]"),
+            "{store}: emails left: {emails:?}"
+        );
+        assert!(deleted.is_some(), "{store}: not a tombstone");
+    }
+}
+
+fn state_mentions(dir: &Path, needle: &str) -> i64 {
+    one(
+        dir,
+        "state.db",
+        &format!(
+            "SELECT (SELECT count(*) FROM journal WHERE after LIKE '%{needle}%' OR changes LIKE '%{needle}%')
+                  + (SELECT count(*) FROM conflicts WHERE canonical LIKE '%{needle}%' OR incoming LIKE '%{needle}%' OR base LIKE '%{needle}%')
+                  + (SELECT count(*) FROM dead_letters WHERE payload LIKE '%{needle}%' OR reason LIKE '%{needle}%')"
+        ),
+    )
+}
+
+#[test]
+fn forget_erases_everywhere_and_a_stale_edit_or_a_reinsert_does_not_bring_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    synced(d);
+    let id = "c000000001";
+    // History with personal data: a phone edit, and a bad edit dead-lettered.
+    set_phone(d, id, "(415) 555-0100");
+    ok(d, &["run", "--once"]);
+    set_phone(d, id, "020 7123 4567");
+    ok(d, &["run", "--once"]);
+    assert!(state_mentions(d, "555") > 0 && state_mentions(d, "020 7123") > 0);
+    let email: String = one(
+        d,
+        "canonical.db",
+        "SELECT json_extract(emails, '$[0].address') FROM contacts WHERE contact_id = 'c000000001'",
+    );
+
+    // Edited in local before the erasure reaches it (still in its backlog).
+    db(d, "local.db")
+        .execute(
+            "UPDATE contacts SET notes = 'stale edit', phones = '[]' WHERE contact_id = ?1",
+            [id],
+        )
+        .unwrap();
+    let out = ok(d, &["forget", id]);
+    assert!(out.contains("canonical    confirmed"), "{out}");
+    assert!(out.contains("local        confirmed"), "{out}");
+    assert_erased(d, id);
+    assert_eq!(state_mentions(d, "555"), 0, "journal scrubbed");
+    assert_eq!(state_mentions(d, "020 7123"), 0, "dead letters scrubbed");
+    assert_eq!(state_mentions(d, &email), 0, "no email left in the state");
+    assert_eq!(state_mentions(d, "stale edit"), 0);
+    // The erasure record: id, when, which stores confirmed; nothing else.
+    let confirmed: String = one(d, "state.db", "SELECT confirmed FROM erasures");
+    assert_eq!(confirmed, r#"["canonical","local"]"#);
+
+    // A re-insert under its id in local: not merged, erased again.
+    db(d, "local.db")
+        .execute(
+            "UPDATE contacts SET canonical_name = 'Back Again', deleted_at = NULL, notes = 'x' WHERE contact_id = ?1",
+            [id],
+        )
+        .unwrap();
+    ok(d, &["run", "--once"]);
+    assert_erased(d, id);
+    db(d, "local.db")
+        .execute("DELETE FROM contacts WHERE contact_id = ?1", [id])
+        .unwrap();
+    db(d, "local.db")
+        .execute(
+            "INSERT INTO contacts (contact_id, canonical_name, notes) VALUES (?1, 'Back Again', 'y')",
+            [id],
+        )
+        .unwrap();
+    ok(d, &["run", "--once"]);
+    assert_erased(d, id);
+    assert_eq!(state_mentions(d, "Back Again"), 0);
+    // And it stays quiet afterwards.
+    let out = ok(d, &["run", "--once"]);
+    assert!(!out.contains("local "), "{out}");
+
+    // History and export show the erasure, no personal data.
+    let h = ok(d, &["history", id]);
+    assert!(
+        h.contains("deleted by erase") && h.contains("confirmed by: canonical, local"),
+        "{h}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&ok(d, &["export", id])).unwrap();
+    assert_eq!(
+        doc["erasure"]["confirmed"],
+        serde_json::json!(["canonical", "local"])
+    );
+    assert!(!doc.to_string().contains(&email));
+}
+
+#[test]
+fn forget_of_an_unknown_contact_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    synced(d);
+    let out = run(d, &["forget", "nobody"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no contact nobody"), "{err}");
+}
+
+#[test]
+fn export_holds_every_store_journal_and_dead_letters_and_history_reads_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    synced(d);
+    let id = "c000000001";
+    set_phone(d, id, "(415) 555-0100");
+    ok(d, &["run", "--once"]);
+    set_phone(d, id, "020 7123 4567");
+    ok(d, &["run", "--once"]);
+    let doc: serde_json::Value = serde_json::from_str(&ok(d, &["export", id])).unwrap();
+    assert_eq!(doc["canonical"]["phones"][0]["number"], "+14155550100");
+    assert_eq!(
+        doc["stores"]["local"]["phones"][0]["number"],
+        "020 7123 4567"
+    );
+    assert_eq!(doc["journal"].as_array().unwrap().len(), 1);
+    assert_eq!(doc["journal"][0]["origin"], "local");
+    assert_eq!(doc["dead_letters"].as_array().unwrap().len(), 1);
+    assert_eq!(doc["dead_letters"][0]["field"], "phones");
+    assert_eq!(doc["sync_records"].as_array().unwrap().len(), 2);
+    assert!(doc["erasure"].is_null());
+
+    let h = ok(d, &["history", id]);
+    assert!(h.contains("updated by local"), "{h}");
+    assert!(h.contains("phones: "), "{h}");
+    assert!(h.contains("+14155550100"), "{h}");
+    let j: serde_json::Value = serde_json::from_str(&ok(d, &["history", id, "--json"])).unwrap();
+    assert_eq!(j["entries"][0]["changes"][0]["field"], "phones");
+    let out = run(d, &["export", "nobody"]);
+    assert_eq!(out.status.code(), Some(2));
+}

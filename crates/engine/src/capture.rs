@@ -541,7 +541,23 @@ impl Engine {
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut entries: Vec<JournalEntry> = Vec::new();
         let mut open: Vec<(String, FieldConflict)> = Vec::new();
+        // Contacts erased by `forget`: see `erased_image`.
+        let erased = self.state.erased_among(&ids)?;
         for it in items {
+            if erased.contains(&it.contact_id) {
+                if crate::people::erased_image(
+                    &name,
+                    &it.native_id,
+                    &it.contact_id,
+                    it.incoming.as_ref(),
+                    it.held.as_deref(),
+                    &mut recs,
+                ) {
+                    touched.insert(it.contact_id.clone());
+                }
+                stats.skipped_echo += 1;
+                continue;
+            }
             if logs_every_change && !out_of_turn {
                 if let Some(r) = recs.get_mut(&it.contact_id).filter(|r| !r.late.is_empty()) {
                     // The engine already merged, out of turn, a later state

@@ -32,6 +32,7 @@ mod capture;
 mod drift;
 mod error;
 mod guard;
+mod people;
 mod propagate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +47,7 @@ pub use backfill::{BackfillProgress, StoreVerification};
 pub use drift::RepairReport;
 pub use error::EngineError;
 pub use guard::MassChangeGuard;
+pub use people::{ErasureReport, ErasureStore, ERASE_ORIGIN};
 
 /// The consumer name of the canonical store in cursors and sync records.
 pub const CANONICAL: &str = "canonical";

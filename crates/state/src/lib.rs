@@ -19,7 +19,9 @@
 
 mod lock;
 mod paused;
+mod people;
 pub use paused::{Decision, PauseKind, PausedStore};
+pub use people::Erasure;
 mod read;
 mod schema;
 
