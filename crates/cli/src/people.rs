@@ -36,6 +36,13 @@ pub enum PeopleCommand {
         #[arg(long)]
         json: bool,
     },
+    /// All live contacts of canonical as vCard 4.0 (RFC 6350) on stdout,
+    /// or those of one category. Category X (Exclude) only when asked for.
+    Vcard {
+        /// Only this category (A..H, X).
+        #[arg(long)]
+        category: Option<String>,
+    },
 }
 
 pub async fn dispatch(cfg: &Config, cmd: PeopleCommand) -> anyhow::Result<ExitCode> {
@@ -43,6 +50,7 @@ pub async fn dispatch(cfg: &Config, cmd: PeopleCommand) -> anyhow::Result<ExitCo
         PeopleCommand::Forget { contact_id, json } => forget(cfg, &contact_id, json).await,
         PeopleCommand::Export { contact_id } => export(cfg, &contact_id).await,
         PeopleCommand::History { contact_id, json } => history(cfg, &contact_id, json),
+        PeopleCommand::Vcard { category } => vcard(cfg, category.as_deref()).await,
     }
 }
 
@@ -177,5 +185,33 @@ fn history(cfg: &Config, id: &str, json: bool) -> anyhow::Result<ExitCode> {
             er.confirmed.join(", ")
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn vcard(cfg: &Config, category: Option<&str>) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut canonical = crate::stores::open_canonical(cfg).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut after: Option<String> = None;
+    let mut n = 0u64;
+    loop {
+        let page = canonical.scan(after.as_deref(), 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.contact_id.clone());
+        for mut c in page {
+            c.normalize();
+            let cat = c.category_code.as_deref();
+            let wanted = match category {
+                Some(want) => cat.is_some_and(|c| c.eq_ignore_ascii_case(want)),
+                None => cat != Some("X"),
+            };
+            if wanted && !c.is_deleted() {
+                out.write_all(contact_sync_core::vcard::to_vcard(&c).as_bytes())?;
+                n += 1;
+            }
+        }
+    }
+    out.flush()?;
+    eprintln!("{n} contacts written as vCard 4.0");
     Ok(ExitCode::SUCCESS)
 }

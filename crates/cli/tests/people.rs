@@ -309,3 +309,38 @@ fn export_holds_every_store_journal_and_dead_letters_and_history_reads_the_journ
     let out = run(d, &["export", "nobody"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn vcard_export_of_all_contacts_and_of_one_category() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    synced(d);
+    set_phone(d, "c000000001", "(415) 555-0100");
+    ok(d, &["run", "--once"]);
+    let all = ok(d, &["vcard"]);
+    let live_not_x: i64 = one(
+        d,
+        "canonical.db",
+        "SELECT count(*) FROM contacts WHERE deleted_at IS NULL AND coalesce(category_code, '') != 'X'",
+    );
+    assert_eq!(
+        all.matches("BEGIN:VCARD\r\nVERSION:4.0\r\n").count() as i64,
+        live_not_x
+    );
+    assert!(all.contains("UID:urn:contact-sync:c000000001\r\n"));
+    assert!(all.contains("tel:+14155550100"), "{all}");
+    let cat: String = one(
+        d,
+        "canonical.db",
+        "SELECT category_code FROM contacts WHERE contact_id = 'c000000001'",
+    );
+    let some = ok(d, &["vcard", "--category", &cat]);
+    let n: i64 = one(
+        d,
+        "canonical.db",
+        &format!(
+            "SELECT count(*) FROM contacts WHERE deleted_at IS NULL AND category_code = '{cat}'"
+        ),
+    );
+    assert_eq!(some.matches("END:VCARD\r\n").count() as i64, n);
+}

@@ -14,6 +14,7 @@ pub mod model;
 pub mod phone;
 pub mod pii;
 pub mod validate;
+pub mod vcard;
 
 pub use hash::content_hash;
 pub use journal::{DeadLetter, FieldChange, FieldConflict, JournalEntry, Op, Resolution};
