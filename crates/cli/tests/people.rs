@@ -248,6 +248,16 @@ fn forget_erases_everywhere_and_a_stale_edit_or_a_reinsert_does_not_bring_it_bac
     ok(d, &["run", "--once"]);
     assert_erased(d, id);
     assert_eq!(state_mentions(d, "Back Again"), 0);
+    // An edit made directly in canonical: erased again, not propagated.
+    db(d, "canonical.db")
+        .execute(
+            "UPDATE contacts SET canonical_name = 'Canon Again', deleted_at = NULL WHERE contact_id = ?1",
+            [id],
+        )
+        .unwrap();
+    ok(d, &["run", "--once"]);
+    assert_erased(d, id);
+    assert_eq!(state_mentions(d, "Canon Again"), 0);
     // And it stays quiet afterwards.
     let out = ok(d, &["run", "--once"]);
     assert!(!out.contains("local "), "{out}");

@@ -290,3 +290,58 @@ pub(crate) fn erased_image(
     r.writeback = false;
     true
 }
+
+/// The canonical-capture hook of an erased contact: what canonical holds
+/// (`held`, at `held_version`; `hash` its content hash) is compared with
+/// an empty tombstone; anything more (an edit made directly in canonical,
+/// an old row delivered late) is answered by journaling the empty
+/// tombstone again one version above, which canonical apply then writes
+/// on condition of what was just read. Returns the entry and canonical's
+/// record, or `None` when canonical already holds nothing of the contact.
+pub(crate) fn reassert_erasure(
+    held: &Contact,
+    native_id: &str,
+    held_version: i64,
+    prev: Option<&Contact>,
+    hash: &str,
+    now: contact_sync_core::Timestamp,
+) -> Option<(JournalEntry, contact_sync_state::StoreRecord)> {
+    let id = held.contact_id.clone();
+    let empty = Contact::new(id.clone(), "");
+    if held.is_deleted() && held.content_fields() == empty.content_fields() {
+        return None;
+    }
+    tracing::info!(store = CANONICAL, contact_id = %id,
+        "image of an erased contact in canonical: erased again");
+    let prev_version = prev.map_or(0, |p| p.version);
+    let mut t = empty;
+    t.version = prev_version.max(held_version) + 1;
+    t.deleted_at = Some(held.deleted_at.unwrap_or(now));
+    t.last_updated = Some(now);
+    t.last_updated_by = Some(ERASE_ORIGIN.to_string());
+    let th = content_hash(&t);
+    t.content_hash = Some(th.clone());
+    let entry = JournalEntry {
+        seq: 0,
+        contact_id: id.clone(),
+        version: t.version,
+        prev_version,
+        op: Op::Delete,
+        origin: ERASE_ORIGIN.to_string(),
+        changes: vec![],
+        conflicts: vec![],
+        hash: th,
+        after: t,
+        at: now,
+    };
+    let rec = contact_sync_state::StoreRecord {
+        store: CANONICAL.to_string(),
+        contact_id: id,
+        native_id: Some(native_id.to_string()),
+        synced_version: held_version,
+        hash: hash.to_string(),
+        deleted: held.is_deleted(),
+        ..Default::default()
+    };
+    Some((entry, rec))
+}
