@@ -434,6 +434,7 @@ impl Backfills {
         let canonical = crate::stores::open_canonical(cfg).await?;
         let opts = EngineOptions {
             batch_size: self.batch_size,
+            default_region: cfg.sync.region(),
             ..EngineOptions::default()
         };
         let mut engine = Engine::new(state, canonical, vec![store], opts)?;

@@ -91,6 +91,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             require_state(&cfg)?;
             status(&cfg, json).await
         }
+        Command::People(cmd) => crate::people::dispatch(&cfg, cmd).await,
         Command::Show {
             contact_id,
             store,

@@ -96,6 +96,11 @@ pub struct SyncConfig {
     pub guard_min: u64,
     #[serde(default = "default_guard_max")]
     pub guard_max: u64,
+    /// The region national phone numbers are read in (`"US"`, `"GB"`):
+    /// `(415) 555-0100` becomes `+14155550100`. Unset: only numbers
+    /// written with their country code are accepted.
+    #[serde(default)]
+    pub default_region: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -122,6 +127,11 @@ impl SyncConfig {
             ..Default::default()
         }
     }
+
+    /// The default phone region (checked at load).
+    pub fn region(&self) -> Option<contact_sync_core::phone::Region> {
+        self.default_region.as_deref().and_then(|r| r.parse().ok())
+    }
 }
 
 fn default_drift_interval() -> u64 {
@@ -138,6 +148,7 @@ impl Default for SyncConfig {
             guard_percent: default_guard_percent(),
             guard_min: default_guard_min(),
             guard_max: default_guard_max(),
+            default_region: None,
         }
     }
 }
@@ -370,6 +381,10 @@ impl Config {
             return Err(ConfigError(
                 "state.retention_days must be at least 1 (days of history kept for audit)".into(),
             ));
+        }
+        if let Some(r) = &self.sync.default_region {
+            r.parse::<contact_sync_core::phone::Region>()
+                .map_err(|e| ConfigError(format!("sync.default_region: {e}")))?;
         }
         if self.sync.interval_secs == 0 {
             return Err(ConfigError("sync.interval_secs must be at least 1".into()));

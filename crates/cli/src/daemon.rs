@@ -48,6 +48,7 @@ pub async fn build_engine_with_hooks(
     let opts = EngineOptions {
         batch_size: batch,
         guard: cfg.sync.guard(),
+        default_region: cfg.sync.region(),
         ..EngineOptions::default()
     };
     Ok((Engine::new(state, canonical, opened.stores, opts)?, hooks))
@@ -76,6 +77,7 @@ async fn build_daemon_engine(
     let opts = EngineOptions {
         batch_size: batch,
         guard: cfg.sync.guard(),
+        default_region: cfg.sync.region(),
         ..EngineOptions::default()
     };
     Ok((

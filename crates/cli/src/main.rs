@@ -8,6 +8,7 @@ mod config;
 mod daemon;
 mod dead_letters;
 mod guard;
+mod people;
 mod retention;
 mod secret;
 mod stores;
@@ -115,6 +116,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    People(people::PeopleCommand),
     /// One contact as a store holds it.
     Show {
         contact_id: String,

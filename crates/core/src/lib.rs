@@ -11,8 +11,10 @@ pub mod identity;
 pub mod journal;
 pub mod merge;
 pub mod model;
+pub mod phone;
 pub mod pii;
 pub mod validate;
+pub mod vcard;
 
 pub use hash::content_hash;
 pub use journal::{DeadLetter, FieldChange, FieldConflict, JournalEntry, Op, Resolution};

@@ -413,6 +413,7 @@ impl Engine {
                 current.insert(c.contact_id.clone(), c);
             }
         }
+        let erased = self.state.erased_among(&ids)?;
         for r in self.state.store_records(CANONICAL, &ids)? {
             recs.insert(r.contact_id.clone(), r);
         }
@@ -452,6 +453,23 @@ impl Engine {
                 }
             };
             let hash = content_hash(&c);
+            if erased.contains(&contact_id) {
+                // Erased (`forget`): an image in canonical is never an edit.
+                if let Some((e, r)) = crate::people::reassert_erasure(
+                    &c,
+                    &native_id,
+                    held_version,
+                    prev.as_ref(),
+                    &hash,
+                    now,
+                ) {
+                    entries.push(e);
+                    recs.insert(contact_id.clone(), r);
+                    touched.insert(contact_id);
+                    stats.applied += 1;
+                }
+                continue;
+            }
             if let Some(r) = recs.get(&contact_id) {
                 if r.hash == hash && r.deleted == c.is_deleted() {
                     stats.skipped_echo += 1;

@@ -21,6 +21,10 @@ struct Item {
     incoming: Option<Contact>,
     /// The store does not know the contact id yet: write it back.
     writeback: bool,
+    /// The hash of what the store holds, when it differs from `incoming`'s
+    /// (its phones were brought to E.164): the store is owed the E.164
+    /// form, and its own image of that write is then an echo.
+    held: Option<String>,
 }
 
 /// Out-of-turn copies remembered per contact and store at most.
@@ -392,6 +396,23 @@ impl Engine {
                 ChangeKind::Upsert(c) => {
                     let mut c = *c;
                     c.normalize();
+                    let held_hash = content_hash(&c);
+                    let held = match contact_sync_core::phone::normalize_phones(
+                        &mut c,
+                        self.opts.default_region,
+                    ) {
+                        Ok(true) => Some(held_hash),
+                        Ok(false) => None,
+                        Err(mut invalid) => {
+                            if c.contact_id.is_empty() {
+                                invalid.record = format!("{name} record {}", ch.native_id);
+                            }
+                            let log = invalid.log_reason();
+                            let payload = serde_json::to_value(&c).ok();
+                            dead.push((DeadLetter::refused(&name, invalid, payload, now), log));
+                            continue;
+                        }
+                    };
                     let mut writeback = false;
                     if c.contact_id.is_empty() {
                         let id = match self
@@ -437,6 +458,7 @@ impl Engine {
                         contact_id: c.contact_id.clone(),
                         incoming: Some(c),
                         writeback,
+                        held,
                     });
                 }
                 ChangeKind::Delete { contact_id } => {
@@ -453,6 +475,7 @@ impl Engine {
                             contact_id,
                             incoming: None,
                             writeback: false,
+                            held: None,
                         }),
                         None => tracing::debug!(store = %name, native_id = %ch.native_id,
                             "delete of a record never synced; nothing to do"),
@@ -492,7 +515,23 @@ impl Engine {
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut entries: Vec<JournalEntry> = Vec::new();
         let mut open: Vec<(String, FieldConflict)> = Vec::new();
+        // Contacts erased by `forget`: see `erased_image`.
+        let erased = self.state.erased_among(&ids)?;
         for it in items {
+            if erased.contains(&it.contact_id) {
+                if crate::people::erased_image(
+                    &name,
+                    &it.native_id,
+                    &it.contact_id,
+                    it.incoming.as_ref(),
+                    it.held.as_deref(),
+                    &mut recs,
+                ) {
+                    touched.insert(it.contact_id.clone());
+                }
+                stats.skipped_echo += 1;
+                continue;
+            }
             if logs_every_change && !out_of_turn {
                 if let Some(r) = recs.get_mut(&it.contact_id).filter(|r| !r.late.is_empty()) {
                     // The engine already merged, out of turn, a later state
@@ -500,6 +539,7 @@ impl Engine {
                     // every image up to that state's own is older than what
                     // was merged (superseded); the images after it are new.
                     let hash = match &it.incoming {
+                        Some(_) if it.held.is_some() => it.held.clone().unwrap_or_default(),
                         Some(c) => content_hash(c),
                         None => contact_sync_core::hash::tombstone_hash().to_string(),
                     };
@@ -539,7 +579,8 @@ impl Engine {
                     }
                 }
             };
-            let hash = content_hash(&incoming);
+            // What the store holds (before its phones were brought to E.164).
+            let hash = it.held.clone().unwrap_or_else(|| content_hash(&incoming));
             // Provenance: a store that keeps the engine's content hash
             // forgets it on anyone else's write, so an image still carrying
             // its content's hash is an image of an engine write: never a
@@ -645,7 +686,10 @@ impl Engine {
                     // losers of a conflict are kept in the journal, and a
                     // record without id gets its id written back.
                     let mut after = c.clone();
-                    if versioned && incoming.version > c.version && content_hash(&c) != hash {
+                    if versioned
+                        && incoming.version > c.version
+                        && content_hash(&c) != content_hash(&incoming)
+                    {
                         // Canonical was kept (a delete racing an edit) against a
                         // record with a higher version: re-assert it above that
                         // version, or the store's version guard would refuse it
@@ -696,6 +740,7 @@ impl Engine {
                     // Still owed canonical's record (written right after an
                     // out-of-turn merge; kept until a write confirms).
                     needs_write: it.writeback
+                        || it.held.is_some()
                         || out_of_turn
                         || rec_owed.is_some_and(|(owed, _)| owed),
                     writeback: it.writeback || rec_owed.is_some_and(|(_, wb)| wb),

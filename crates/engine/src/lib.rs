@@ -32,6 +32,7 @@ mod capture;
 mod drift;
 mod error;
 mod guard;
+mod people;
 mod propagate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +47,7 @@ pub use backfill::{BackfillProgress, StoreVerification};
 pub use drift::RepairReport;
 pub use error::EngineError;
 pub use guard::MassChangeGuard;
+pub use people::{ErasureReport, ErasureStore, ERASE_ORIGIN};
 
 /// The consumer name of the canonical store in cursors and sync records.
 pub const CANONICAL: &str = "canonical";
@@ -61,6 +63,9 @@ pub struct EngineOptions {
     pub max_batches_per_cycle: usize,
     /// The mass-change guard.
     pub guard: MassChangeGuard,
+    /// The region national phone numbers are read in (`[sync]
+    /// default_region`); `None`: only international numbers are accepted.
+    pub default_region: Option<contact_sync_core::phone::Region>,
 }
 
 impl Default for EngineOptions {
@@ -70,6 +75,7 @@ impl Default for EngineOptions {
             backfill_page: 2000,
             max_batches_per_cycle: 1000,
             guard: MassChangeGuard::default(),
+            default_region: None,
         }
     }
 }

@@ -21,7 +21,12 @@ mod dead_letters;
 pub use dead_letters::{DeadLetterRow, DeadLetterStatus};
 mod lock;
 mod paused;
+mod people;
 pub use paused::{Decision, PauseKind, PausedStore};
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = schema::SCHEMA_VERSION;
+pub use people::Erasure;
 mod read;
 mod retention;
 pub use retention::{CompactReport, JOURNAL_CONSUMER_PREFIX, LAST_COMPACTED_META};

@@ -498,7 +498,10 @@ fn file_database_persists_and_reopens() {
     }
     let db = StateDb::open(&path).unwrap();
     assert_eq!(db.path(), Some(path.as_path()));
-    assert_eq!(db.schema_version().unwrap(), 1);
+    assert_eq!(
+        db.schema_version().unwrap(),
+        contact_sync_state::SCHEMA_VERSION
+    );
     assert_eq!(db.journal_head().unwrap(), 1);
     assert_eq!(db.cursor("twenty").unwrap(), 1);
     let mode: String = rusqlite::Connection::open(&path)
