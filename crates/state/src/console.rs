@@ -1,0 +1,211 @@
+//! Reads for the operator console: keyset-paged lists (newest first, by
+//! id, so page N costs what page 1 costs) and contact search.
+
+use contact_sync_core::{Contact, DeadLetter, JournalEntry};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+use crate::read::{
+    conflict_row, dead_letter_row, journal_row, sql_limit, CONFLICT_COLS, JOURNAL_COLS,
+};
+use crate::{ConflictRow, Result, StateDb, StoreRecord};
+
+/// One page of a list, newest first. `next_before` is the id to pass as
+/// `before` for the next (older) page; `None` on the last page.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_before: Option<i64>,
+}
+
+/// A contact found by [`StateDb::search_contacts`], as of its newest
+/// journal entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContactHit {
+    pub contact_id: String,
+    pub name: String,
+    pub emails: Vec<String>,
+    pub version: i64,
+    pub deleted: bool,
+    /// What matched: `id`, `native_id:<store>`, `name` or `email`.
+    pub matched: String,
+}
+
+fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> i64) -> Page<T> {
+    let next_before = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(id)
+    } else {
+        None
+    };
+    Page { items, next_before }
+}
+
+fn before_id(before: Option<i64>) -> i64 {
+    before.unwrap_or(i64::MAX)
+}
+
+fn hit(entry: &JournalEntry, matched: String) -> ContactHit {
+    let c: &Contact = &entry.after;
+    ContactHit {
+        contact_id: entry.contact_id.clone(),
+        name: c.canonical_name.clone(),
+        emails: c.emails.iter().map(|e| e.address.clone()).collect(),
+        version: entry.version,
+        deleted: c.deleted_at.is_some(),
+        matched,
+    }
+}
+
+fn latest(conn: &Connection, contact_id: &str) -> Result<Option<JournalEntry>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 ORDER BY seq DESC LIMIT 1"
+    ))?;
+    let mut rows = stmt.query([contact_id])?;
+    rows.next()?.map(journal_row).transpose()
+}
+
+/// `%q%` for LIKE with `\` as the escape character.
+fn like_pattern(q: &str) -> String {
+    let mut p = String::with_capacity(q.len() + 2);
+    p.push('%');
+    for ch in q.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(ch);
+    }
+    p.push('%');
+    p
+}
+
+impl StateDb {
+    /// Up to `limit` conflicts with `id < before` (all when `before` is
+    /// `None`), newest first; open ones only when `open_only`.
+    pub fn conflicts_page(
+        &self,
+        open_only: bool,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<ConflictRow>> {
+        let sql = if open_only {
+            format!(
+                "SELECT {CONFLICT_COLS} FROM conflicts WHERE status = 'open' AND id < ?1 \
+                 ORDER BY id DESC LIMIT ?2"
+            )
+        } else {
+            format!("SELECT {CONFLICT_COLS} FROM conflicts WHERE id < ?1 ORDER BY id DESC LIMIT ?2")
+        };
+        let mut stmt = self.conn().prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![before_id(before), sql_limit(limit + 1)])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(conflict_row(row)?);
+        }
+        Ok(page(out, limit, |c| c.id))
+    }
+
+    /// Up to `limit` dead letters with `id < before`, newest first.
+    pub fn dead_letters_page(&self, before: Option<i64>, limit: usize) -> Result<Page<DeadLetter>> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT id, store, record, field, reason, payload, at FROM dead_letters \
+             WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(params![before_id(before), sql_limit(limit + 1)])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(dead_letter_row(row)?);
+        }
+        Ok(page(out, limit, |d| d.id))
+    }
+
+    /// The sync record of `contact_id` in every known store.
+    pub fn store_records_of(&self, contact_id: &str) -> Result<Vec<StoreRecord>> {
+        let mut out = Vec::new();
+        for store in self.known_stores()? {
+            if let Some(r) = self.store_record(&store, contact_id)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest journal entry of a contact (its canonical record as the
+    /// engine last wrote or read it).
+    pub fn latest_journal_entry(&self, contact_id: &str) -> Result<Option<JournalEntry>> {
+        latest(self.conn(), contact_id)
+    }
+
+    /// Contacts whose id or a store's native id is `q`, then contacts whose
+    /// name or an email (as of their newest journal entry) contains `q`
+    /// (case-insensitive), at most `limit`. The name/email search reads the
+    /// journal's after-images (a scan; bounded by `limit` matches).
+    pub fn search_contacts(&self, q: &str, limit: usize) -> Result<Vec<ContactHit>> {
+        let q = q.trim();
+        let mut out: Vec<ContactHit> = Vec::new();
+        if q.is_empty() || limit == 0 {
+            return Ok(out);
+        }
+        if let Some(e) = latest(self.conn(), q)? {
+            out.push(hit(&e, "id".into()));
+        }
+        for store in self.known_stores()? {
+            if let Some(r) = self.store_record_by_native(&store, q)? {
+                if out.iter().any(|h| h.contact_id == r.contact_id) {
+                    continue;
+                }
+                if let Some(e) = latest(self.conn(), &r.contact_id)? {
+                    out.push(hit(&e, format!("native_id:{store}")));
+                }
+            }
+        }
+        let needle = q.to_lowercase();
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT contact_id FROM journal WHERE after LIKE ?1 ESCAPE '\\' \
+             GROUP BY contact_id ORDER BY MAX(seq) DESC LIMIT ?2",
+        )?;
+        // More candidates than `limit`: a match in an old version or in
+        // another field is dropped below.
+        let candidates = stmt
+            .query_map(params![like_pattern(q), sql_limit(limit * 4)], |r| {
+                r.get::<_, String>(0)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for id in candidates {
+            if out.len() >= limit {
+                break;
+            }
+            if out.iter().any(|h| h.contact_id == id) {
+                continue;
+            }
+            let Some(e) = latest(self.conn(), &id)? else {
+                continue;
+            };
+            let c = &e.after;
+            let names = [
+                Some(&c.canonical_name),
+                c.display_name.as_ref(),
+                c.first_name.as_ref(),
+                c.last_name.as_ref(),
+            ];
+            let matched = if names
+                .iter()
+                .flatten()
+                .any(|n| n.to_lowercase().contains(&needle))
+            {
+                "name"
+            } else if c
+                .emails
+                .iter()
+                .any(|m| m.address.to_lowercase().contains(&needle))
+            {
+                "email"
+            } else {
+                continue;
+            };
+            out.push(hit(&e, matched.into()));
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+}
