@@ -606,6 +606,26 @@ async fn serve_console(engine: &mut Engine, req: contact_sync_ops::console::Cons
             }
             let _ = reply.send(r.map_err(|e| e.to_string()));
         }
+        contact_sync_ops::console::ConsoleRequest::ReadContact { contact_id, reply } => {
+            let mut names = vec![CANONICAL.to_string()];
+            names.extend(engine.store_names());
+            let mut out = Vec::new();
+            for name in names {
+                let Some(store) = engine.store_mut(&name) else {
+                    continue;
+                };
+                let (record, error) = match store.read(std::slice::from_ref(&contact_id)).await {
+                    Ok(v) => (v.into_iter().next(), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                out.push(contact_sync_ops::console::StoreRead {
+                    store: name,
+                    record,
+                    error,
+                });
+            }
+            let _ = reply.send(out);
+        }
     }
 }
 

@@ -72,7 +72,13 @@ pub struct ContactView {
     pub canonical: Option<JournalEntry>,
     pub stores: Vec<StoreRecord>,
     pub journal: Vec<JournalEntry>,
+    /// The record as each store holds it now (read through the daemon);
+    /// `None` when the daemon's loop was busy too long to answer.
+    pub live: Option<Vec<super::StoreRead>>,
 }
+
+/// How long the contact view waits for the daemon to read the stores.
+const LIVE_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// How many journal entries the contact view shows.
 pub const JOURNAL_ROWS: usize = 200;
@@ -205,10 +211,14 @@ pub(crate) async fn paused(c: &Console) -> Result<Vec<PausedStore>, String> {
 }
 
 pub(crate) async fn contact(c: &Console, id: String) -> Result<Option<ContactView>, String> {
+    let live = c.read_contact(id.clone(), LIVE_READ_WAIT).await;
+    let found_live = live
+        .as_ref()
+        .is_some_and(|l| l.iter().any(|r| r.record.is_some()));
     c.with_db(move |db| {
         let canonical = db.latest_journal_entry(&id).map_err(state_err)?;
         let stores = db.store_records_of(&id).map_err(state_err)?;
-        if canonical.is_none() && stores.is_empty() {
+        if canonical.is_none() && stores.is_empty() && !found_live {
             return Ok(None);
         }
         let journal = db.journal_of(&id, JOURNAL_ROWS).map_err(state_err)?;
@@ -217,6 +227,7 @@ pub(crate) async fn contact(c: &Console, id: String) -> Result<Option<ContactVie
             canonical,
             stores,
             journal,
+            live,
         }))
     })
     .await

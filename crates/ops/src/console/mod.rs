@@ -65,6 +65,22 @@ pub enum ConsoleRequest {
         keep_incoming: bool,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Read one contact from every store (canonical first), for the contact
+    /// view: per store, the record, none, or the error text.
+    ReadContact {
+        contact_id: String,
+        reply: oneshot::Sender<Vec<StoreRead>>,
+    },
+}
+
+/// One store's answer to [`ConsoleRequest::ReadContact`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreRead {
+    pub store: String,
+    /// The record as the store holds it (`None`: not there).
+    pub record: Option<contact_sync_core::Contact>,
+    /// Why it could not be read.
+    pub error: Option<String>,
 }
 
 /// How the console is set up.
@@ -173,6 +189,22 @@ impl Console {
         })
         .await
         .map_err(|e| format!("console task failed: {e}"))?
+    }
+
+    /// Asks the daemon's loop to read a contact from every store; `None`
+    /// when the loop does not answer within `wait` (a long cycle).
+    pub(crate) async fn read_contact(
+        &self,
+        contact_id: String,
+        wait: Duration,
+    ) -> Option<Vec<StoreRead>> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .requests
+            .send(ConsoleRequest::ReadContact { contact_id, reply })
+            .await
+            .ok()?;
+        tokio::time::timeout(wait, answer).await.ok()?.ok()
     }
 
     /// Asks the daemon's loop to settle a conflict and waits for it.

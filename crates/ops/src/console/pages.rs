@@ -423,6 +423,55 @@ fn fields(c: &contact_sync_core::Contact) -> Vec<(String, Value)> {
     }
 }
 
+/// Rows: every field any store holds; columns: the stores. A cell that
+/// differs from canonical's is highlighted.
+fn side_by_side(live: &[super::StoreRead]) -> Markup {
+    let per_store: Vec<(
+        &str,
+        Option<std::collections::BTreeMap<String, Value>>,
+        Option<&str>,
+    )> = live
+        .iter()
+        .map(|r| {
+            (
+                r.store.as_str(),
+                r.record.as_ref().map(|c| fields(c).into_iter().collect()),
+                r.error.as_deref(),
+            )
+        })
+        .collect();
+    let mut names: Vec<String> = Vec::new();
+    for (_, f, _) in &per_store {
+        for k in f.iter().flat_map(|m| m.keys()) {
+            if !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+    }
+    let reference = per_store.first().and_then(|(_, f, _)| f.as_ref());
+    html! {
+        table #side-by-side {
+            thead { tr { th { "Field" } @for (s, _, _) in &per_store { th { (s) } } } }
+            tbody {
+                tr { th { "(record)" } @for (_, f, e) in &per_store { td {
+                    @if let Some(e) = e { span.failing { "cannot read: " (e) } }
+                    @else if f.is_none() { "not in this store" } @else { "present" }
+                } } }
+                @for k in &names {
+                    tr {
+                        th { (k) }
+                        @for (_, f, _) in &per_store {
+                            @let v = f.as_ref().and_then(|m| m.get(k));
+                            @let differs = f.is_some() && v != reference.and_then(|r| r.get(k));
+                            td class=[differs.then_some("diff")] { pre { (v.map(show).unwrap_or_else(|| "—".into())) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub(crate) async fn contact(State(c): State<Console>, Path(id): Path<String>) -> Response {
     let view = match data::contact(&c, id).await {
         Ok(Some(v)) => v,
@@ -431,9 +480,14 @@ pub(crate) async fn contact(State(c): State<Console>, Path(id): Path<String>) ->
     };
     let body = html! {
         p { "Contact " code #contact-id { (view.contact_id) } }
-        h2 { "Canonical" }
+        h2 { "In every store, side by side" }
+        @match &view.live {
+            None => p.err { "The daemon was busy too long to read the stores; reload to try again." },
+            Some(live) => (side_by_side(live)),
+        }
+        h2 { "Canonical as last journaled" }
         @match &view.canonical {
-            None => p { "Not in the journal (never changed through contact-sync)." },
+            None => p { "Not in the journal (never changed since the initial sync)." },
             Some(e) => {
                 p { "Version " (e.version) " as of journal entry " (e.seq) " (" (ts(&e.at)) ", from " (e.origin) ")" }
                 table #canonical {
