@@ -362,6 +362,173 @@ mod tests {
         }
     }
 
+    async fn start(token: Option<&str>) -> (tempfile::TempDir, crate::ServerHandle, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut db = StateDb::open(&path).unwrap();
+            let tx = db.tx().unwrap();
+            tx.add_dead_letter(&contact_sync_core::DeadLetter {
+                id: 0,
+                store: "local".into(),
+                record: "r1".into(),
+                field: "canonical_name".into(),
+                reason: "<script>alert(1)</script>".into(),
+                payload: None,
+                at: contact_sync_core::model::now(),
+            })
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let (c, _rx) = Console::new(
+            ConsoleConfig {
+                state_path: path,
+                stores: vec!["canonical".into(), "local".into()],
+                token: token.map(String::from),
+                allow_remote: false,
+            },
+            OpsHandle::default(),
+        )
+        .unwrap();
+        let server = crate::serve(
+            &crate::ServerConfig::loopback(0),
+            OpsHandle::default(),
+            router(c),
+        )
+        .await
+        .unwrap();
+        let base = format!("http://{}", server.local_addr());
+        (dir, server, base)
+    }
+
+    #[tokio::test]
+    async fn values_are_escaped_and_actions_need_the_csrf_token() {
+        let (_dir, _server, base) = start(None).await;
+        let http = reqwest::Client::new();
+        let page = http
+            .get(format!("{base}/dead-letters"))
+            .send()
+            .await
+            .unwrap();
+        assert!(page
+            .headers()
+            .get("content-security-policy")
+            .is_some_and(|v| v.to_str().unwrap().contains("default-src 'none'")));
+        let page = page.text().await.unwrap();
+        assert!(
+            page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{page}"
+        );
+        assert!(!page.contains("<script>"), "{page}");
+        // No token, a wrong one, then the right one (from /api/session).
+        let decide = |csrf: Option<String>| {
+            let mut r = http
+                .post(format!("{base}/api/paused/local/decide"))
+                .json(&serde_json::json!({"decision": "approve"}));
+            if let Some(t) = csrf {
+                r = r.header("X-CSRF-Token", t);
+            }
+            r.send()
+        };
+        assert_eq!(decide(None).await.unwrap().status(), 403);
+        assert_eq!(decide(Some("0".repeat(64))).await.unwrap().status(), 403);
+        let session: serde_json::Value = http
+            .get(format!("{base}/api/session"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = session["csrf_token"].as_str().unwrap().to_string();
+        let r = decide(Some(token)).await.unwrap();
+        assert_eq!(r.status(), 409, "local is not paused");
+        let form = http
+            .post(format!("{base}/paused/local/decide"))
+            .form(&[("csrf", "x"), ("decision", "approve")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(form.status(), 403);
+        // A host name other than loopback's (DNS rebinding) is refused.
+        let r = http
+            .get(format!("{base}/"))
+            .header("Host", "attacker.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+
+    #[tokio::test]
+    async fn a_configured_token_is_required() {
+        let (_dir, _server, base) = start(Some("s3cret-token")).await;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let r = http.get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let r = http
+            .get(format!("{base}/api/overview"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = http
+            .get(format!("{base}/api/overview"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = http
+            .get(format!("{base}/api/overview"))
+            .bearer_auth("s3cret-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // The sign-in form sets the session cookie.
+        let r = http
+            .post(format!("{base}/login"))
+            .form(&[("token", "s3cret-token")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+        let pair = cookie.split(';').next().unwrap().to_string();
+        let r = http
+            .get(format!("{base}/"))
+            .header("Cookie", pair)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // /health and /metrics stay open (they are not the console's).
+        let r = http.get(format!("{base}/health")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    #[test]
+    fn remote_access_needs_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Console::new(
+            ConsoleConfig {
+                state_path: dir.path().join("state.db"),
+                stores: vec![],
+                token: None,
+                allow_remote: true,
+            },
+            OpsHandle::default(),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("needs a console token"), "{err}");
+    }
+
     #[test]
     fn secrets_compare_exactly() {
         assert!(same_secret("abc", "abc"));
