@@ -252,7 +252,7 @@ pub(crate) async fn decide(
     store: String,
     decision: Decision,
 ) -> Result<String, Refused> {
-    if !c.inner.stores.iter().any(|s| *s == store) {
+    if !c.inner.stores.contains(&store) {
         return Err(Refused(404, format!("no store named {store:?}")));
     }
     c.with_db(move |db| {

@@ -423,14 +423,17 @@ fn fields(c: &contact_sync_core::Contact) -> Vec<(String, Value)> {
     }
 }
 
+/// One store's column: its name, its fields (none: not there), the error.
+type StoreColumn<'a> = (
+    &'a str,
+    Option<std::collections::BTreeMap<String, Value>>,
+    Option<&'a str>,
+);
+
 /// Rows: every field any store holds; columns: the stores. A cell that
 /// differs from canonical's is highlighted.
 fn side_by_side(live: &[super::StoreRead]) -> Markup {
-    let per_store: Vec<(
-        &str,
-        Option<std::collections::BTreeMap<String, Value>>,
-        Option<&str>,
-    )> = live
+    let per_store: Vec<StoreColumn<'_>> = live
         .iter()
         .map(|r| {
             (
