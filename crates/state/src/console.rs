@@ -209,3 +209,81 @@ impl StateDb {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use contact_sync_core::model::{now, Email};
+    use contact_sync_core::{Contact, DeadLetter};
+
+    use super::*;
+
+    fn db_with(n: usize) -> StateDb {
+        let mut db = StateDb::open_in_memory().unwrap();
+        let tx = db.tx().unwrap();
+        for i in 0..n {
+            tx.add_dead_letter(&DeadLetter {
+                id: 0,
+                store: "local".into(),
+                record: format!("r{i}"),
+                field: "emails".into(),
+                reason: "bad".into(),
+                payload: None,
+                at: now(),
+            })
+            .unwrap();
+            let mut c = Contact::new(format!("c{i}"), format!("Ada {i}% Lovelace"));
+            c.emails = vec![Email {
+                address: format!("ada{i}@example.com"),
+                label: None,
+                is_primary: true,
+            }];
+            tx.append_journal(&JournalEntry::snapshot(c, "local", now()))
+                .unwrap();
+        }
+        tx.put_store_record(&StoreRecord {
+            store: "local".into(),
+            contact_id: "c3".into(),
+            native_id: Some("row-77".into()),
+            synced_version: 1,
+            hash: "h".into(),
+            ..StoreRecord::default()
+        })
+        .unwrap();
+        tx.commit().unwrap();
+        db
+    }
+
+    #[test]
+    fn pages_walk_every_row_once_newest_first() {
+        let db = db_with(7);
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let p = db.dead_letters_page(before, 3).unwrap();
+            seen.extend(p.items.iter().map(|d| d.id));
+            match p.next_before {
+                Some(b) => before = Some(b),
+                None => break,
+            }
+        }
+        assert_eq!(seen, vec![7, 6, 5, 4, 3, 2, 1]);
+    }
+
+    #[test]
+    fn search_by_id_native_id_name_and_email() {
+        let db = db_with(5);
+        let hit = |q: &str| db.search_contacts(q, 10).unwrap();
+        assert_eq!(hit("c2")[0].matched, "id");
+        assert_eq!(hit("row-77")[0].contact_id, "c3");
+        assert_eq!(hit("row-77")[0].matched, "native_id:local");
+        let by_email = hit("ADA4@example");
+        assert_eq!(by_email.len(), 1);
+        assert_eq!(by_email[0].matched, "email");
+        // LIKE wildcards in the query are literal.
+        let by_name = hit("1% love");
+        assert_eq!(by_name.len(), 1);
+        assert_eq!(by_name[0].contact_id, "c1");
+        assert!(hit("_").is_empty());
+        assert!(hit("  ").is_empty());
+    }
+}
