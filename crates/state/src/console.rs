@@ -136,9 +136,9 @@ impl StateDb {
         latest(self.conn(), contact_id)
     }
 
-    /// Contacts whose id or a store's native id is `q`, then contacts whose
-    /// name or an email (as of their newest journal entry) contains `q`
-    /// (case-insensitive), at most `limit`. The name/email search reads the
+    /// Contacts whose id or a store's native id is `q`; when there is none,
+    /// contacts whose name or an email (as of their newest journal entry)
+    /// contains `q` (case-insensitive), at most `limit`. The name/email search reads the
     /// journal's after-images (a scan; bounded by `limit` matches).
     pub fn search_contacts(&self, q: &str, limit: usize) -> Result<Vec<ContactHit>> {
         let q = q.trim();
@@ -158,6 +158,10 @@ impl StateDb {
                     out.push(hit(&e, format!("native_id:{store}")));
                 }
             }
+        }
+        // An exact id is what was meant: no scan of the journal.
+        if !out.is_empty() {
+            return Ok(out);
         }
         let needle = q.to_lowercase();
         let mut stmt = self.conn().prepare_cached(
