@@ -2,7 +2,7 @@
 //! id, so page N costs what page 1 costs) and contact search.
 
 use contact_sync_core::{Contact, DeadLetter, JournalEntry};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::read::{
@@ -57,12 +57,33 @@ fn hit(entry: &JournalEntry, matched: String) -> ContactHit {
     }
 }
 
+/// Ordered by the (contact_id, version) index: `ORDER BY seq` alone lets
+/// SQLite walk the whole journal backwards (370 ms at 100k entries).
 fn latest(conn: &Connection, contact_id: &str) -> Result<Option<JournalEntry>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 ORDER BY seq DESC LIMIT 1"
+        "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 \
+         ORDER BY version DESC, seq DESC LIMIT 1"
     ))?;
     let mut rows = stmt.query([contact_id])?;
     rows.next()?.map(journal_row).transpose()
+}
+
+/// The contact whose native id in `store` is `native_id`, by the
+/// (store, native_id) index. (`StateDb::store_record_by_native` orders by
+/// `deleted, contact_id`, which SQLite may serve by walking the primary key
+/// over every record of the store: 170 ms at 1M records.)
+fn by_native(conn: &Connection, store: &str, native_id: &str) -> Result<Option<StoreRecord>> {
+    let id: Option<String> = conn
+        .prepare_cached(
+            "SELECT contact_id FROM store_records INDEXED BY store_records_native \
+             WHERE store = ?1 AND native_id = ?2 LIMIT 1",
+        )?
+        .query_row(params![store, native_id], |r| r.get(0))
+        .optional()?;
+    match id {
+        Some(id) => crate::read::store_record(conn, store, &id),
+        None => Ok(None),
+    }
 }
 
 /// `%q%` for LIKE with `\` as the escape character.
@@ -150,7 +171,7 @@ impl StateDb {
             out.push(hit(&e, "id".into()));
         }
         for store in self.known_stores()? {
-            if let Some(r) = self.store_record_by_native(&store, q)? {
+            if let Some(r) = by_native(self.conn(), &store, q)? {
                 if out.iter().any(|h| h.contact_id == r.contact_id) {
                     continue;
                 }
