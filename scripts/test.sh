@@ -10,6 +10,8 @@
 # - Twenty: a stateful fake (crates/twenty-fake) started by the tests; set
 #   TWENTY_BASE_URL and TWENTY_API_KEY to run the Twenty suite against a
 #   live workspace instead.
+# - Console: headless Chromium and chromedriver (Debian packages, installed
+#   with apt when missing) for crates/cli/tests/console.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CI="${CI:-true}"
@@ -38,6 +40,13 @@ if ! bq_env="$(bash scripts/bigquery/setup.sh)"; then
     exit 1
 fi
 eval "$bq_env"
+
+echo "== Headless Chromium for the console's browser test"
+if ! browser_env="$(bash scripts/browser/setup.sh)"; then
+    echo "test.sh: Chromium set-up failed (its messages are above); stopping" >&2
+    exit 1
+fi
+eval "$browser_env"
 
 echo "== cargo test --workspace"
 cargo test --workspace --all-features -- --test-threads="${TEST_THREADS:-2}"

@@ -57,6 +57,32 @@ pub struct Config {
     pub server: contact_sync_ops::ServerConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// The operator console on the daemon's listener.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: the operator console (pages and `/api/...`) on the
+/// daemon's HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the console (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A bearer token every console request must carry (required when
+    /// `[server] allow_remote = true`); a secret reference.
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            token: None,
+        }
+    }
 }
 
 /// `[alerts]`: where alerts go besides the log.

@@ -433,6 +433,7 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let mut alerter = Alerter::new(AlertThresholds::default(), notifier);
+    let mut console_requests = None;
     let _server = if o.once || o.no_http {
         None
     } else {
@@ -440,8 +441,13 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         if let Some(addr) = o.http_listen {
             sc.listen = addr;
         }
+        if cfg.console.enabled {
+            let (router, rx) = console_router(cfg, &sc, ops.clone())?;
+            extra = extra.merge(router);
+            console_requests = Some(rx);
+        }
         let h = contact_sync_ops::serve(&sc, ops.clone(), extra).await?;
-        tracing::info!(addr = %h.local_addr(), "HTTP server: /health /metrics{}", if hooks.is_empty() { "" } else { " /webhooks/twenty[/<store>]" });
+        tracing::info!(addr = %h.local_addr(), "HTTP server: /health /metrics{}{}", if console_requests.is_some() { " and the console at /" } else { "" }, if hooks.is_empty() { "" } else { " /webhooks/twenty[/<store>]" });
         Some(h)
     };
 
@@ -560,10 +566,100 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {},
             _ = wake.notified() => {},
+            Some(req) = recv_console(&mut console_requests) => {
+                serve_console(&mut engine, req).await;
+                // Settle whatever else is waiting, then run a cycle.
+                while let Some(Ok(req)) = console_requests.as_mut().map(|r| r.try_recv()) {
+                    serve_console(&mut engine, req).await;
+                }
+            },
         }
     }
     tracing::info!("contact-sync stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The console's routes and the receiving end of its requests. A
+/// non-loopback listener needs `[console] token`.
+fn console_router(
+    cfg: &Config,
+    server: &contact_sync_ops::ServerConfig,
+    ops: OpsHandle,
+) -> anyhow::Result<(
+    axum::Router,
+    tokio::sync::mpsc::Receiver<contact_sync_ops::console::ConsoleRequest>,
+)> {
+    use contact_sync_ops::console;
+    let token = match &cfg.console.token {
+        Some(t) => Some(t.resolve("console.token")?.expose().to_string()),
+        None => None,
+    };
+    let mut stores = vec![CANONICAL.to_string()];
+    stores.extend(cfg.stores().keys().cloned());
+    let (c, rx) = console::Console::new(
+        console::ConsoleConfig {
+            state_path: cfg.state_path(),
+            stores,
+            token,
+            allow_remote: server.allow_remote,
+        },
+        ops,
+    )?;
+    Ok((console::router(c), rx))
+}
+
+async fn recv_console(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<contact_sync_ops::console::ConsoleRequest>>,
+) -> Option<contact_sync_ops::console::ConsoleRequest> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries out a console request on the daemon's engine, between cycles,
+/// as the CLI's command does.
+async fn serve_console(engine: &mut Engine, req: contact_sync_ops::console::ConsoleRequest) {
+    match req {
+        contact_sync_ops::console::ConsoleRequest::ResolveConflict {
+            id,
+            keep_incoming,
+            reply,
+        } => {
+            let r = engine.resolve_conflict(id, keep_incoming).await;
+            match &r {
+                Ok(()) => tracing::info!(
+                    conflict = id,
+                    keep_incoming,
+                    "conflict settled from the console"
+                ),
+                Err(e) => {
+                    tracing::warn!(conflict = id, error = %e, "the console could not settle a conflict")
+                }
+            }
+            let _ = reply.send(r.map_err(|e| e.to_string()));
+        }
+        contact_sync_ops::console::ConsoleRequest::ReadContact { contact_id, reply } => {
+            let mut names = vec![CANONICAL.to_string()];
+            names.extend(engine.store_names());
+            let mut out = Vec::new();
+            for name in names {
+                let Some(store) = engine.store_mut(&name) else {
+                    continue;
+                };
+                let (record, error) = match store.read(std::slice::from_ref(&contact_id)).await {
+                    Ok(v) => (v.into_iter().next(), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                out.push(contact_sync_ops::console::StoreRead {
+                    store: name,
+                    record,
+                    error,
+                });
+            }
+            let _ = reply.send(out);
+        }
+    }
 }
 
 /// One line per cycle at info: what moved, or that nothing did.

@@ -232,7 +232,7 @@ impl Engine {
             "contact_id": contact_id,
             "canonical": canonical,
             "stores": stores,
-            "sync_records": self.state.store_records_of(contact_id)?,
+            "sync_records": self.state.store_records_json_of(contact_id)?,
             "journal": journal,
             "conflicts": self.state.conflicts_of(contact_id)?,
             "dead_letters": self.state.dead_letters_of(contact_id)?,

@@ -10,6 +10,8 @@
 //! - [`server`]: [`serve`] runs `GET /health`, `GET /metrics` and any extra
 //!   routes (the Twenty webhook receiver) with axum; loopback only unless
 //!   explicitly allowed; graceful shutdown through [`ServerHandle`].
+//! - [`console`]: the operator console (HTML pages and a JSON API) on the
+//!   same listener.
 //! - [`check`]: the safety checks of `contact-sync check` ([`Check`],
 //!   [`Verdict`], [`CheckReport`], the built-in checks and the
 //!   [`SafetyCheck`] trait for store-specific ones).
@@ -23,6 +25,7 @@
 
 pub mod alert;
 pub mod check;
+pub mod console;
 pub mod health;
 pub mod metrics;
 pub mod server;

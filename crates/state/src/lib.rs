@@ -17,6 +17,8 @@
 //! Single-instance: [`StateDb::lock`] takes an OS file lock beside the
 //! database; a second daemon gets [`StateError::Locked`].
 
+mod console;
+pub use console::{ContactHit, Page};
 mod dead_letters;
 pub use dead_letters::{DeadLetterRow, DeadLetterStatus};
 mod lock;

@@ -137,7 +137,7 @@ impl StateDb {
     }
 
     /// The engine's records of a contact in every store, as JSON rows.
-    pub fn store_records_of(&self, contact_id: &str) -> Result<Vec<Value>> {
+    pub fn store_records_json_of(&self, contact_id: &str) -> Result<Vec<Value>> {
         rows_as_json(
             self.conn(),
             "SELECT * FROM store_records WHERE contact_id = ?1 ORDER BY store",

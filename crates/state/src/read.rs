@@ -53,10 +53,10 @@ fn count(n: i64, what: impl FnOnce() -> String) -> Result<u64> {
 
 // --- journal ---
 
-const JOURNAL_COLS: &str =
+pub(crate) const JOURNAL_COLS: &str =
     "seq, contact_id, version, prev_version, op, origin, changes, conflicts, after, hash, at";
 
-fn journal_row(row: &Row<'_>) -> Result<JournalEntry> {
+pub(crate) fn journal_row(row: &Row<'_>) -> Result<JournalEntry> {
     let seq: i64 = col(row, 0, || "journal seq".to_string())?;
     let what = |c: &str| format!("journal entry seq {seq} ({c})");
     let op: String = col(row, 4, || what("op"))?;
@@ -184,10 +184,10 @@ pub(crate) fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
 
 // --- store records ---
 
-const RECORD_COLS: &str =
+pub(crate) const RECORD_COLS: &str =
     "store, contact_id, native_id, synced_version, hash, deleted, needs_write, late";
 
-fn record_row(row: &Row<'_>) -> Result<StoreRecord> {
+pub(crate) fn record_row(row: &Row<'_>) -> Result<StoreRecord> {
     let store: String = col(row, 0, || "store record (store)".to_string())?;
     let contact_id: String = col(row, 1, || format!("store record of {store} (contact_id)"))?;
     let what = |c: &str| format!("store record {store}/{contact_id} ({c})");
@@ -297,10 +297,10 @@ pub(crate) fn store_record_count(conn: &Connection, store: &str) -> Result<u64> 
 
 // --- conflicts ---
 
-const CONFLICT_COLS: &str = "id, contact_id, store, field, base, canonical, incoming, \
+pub(crate) const CONFLICT_COLS: &str = "id, contact_id, store, field, base, canonical, incoming, \
      canonical_version, incoming_version, resolution, status, created_at, resolved_at";
 
-fn conflict_row(row: &Row<'_>) -> Result<ConflictRow> {
+pub(crate) fn conflict_row(row: &Row<'_>) -> Result<ConflictRow> {
     let id: i64 = col(row, 0, || "conflict id".to_string())?;
     let what = |c: &str| format!("conflict {id} ({c})");
     let base: String = col(row, 4, || what("base"))?;
@@ -365,7 +365,7 @@ pub(crate) fn open_conflict_count(conn: &Connection) -> Result<u64> {
 
 // --- dead letters ---
 
-fn dead_letter_row(row: &Row<'_>) -> Result<DeadLetter> {
+pub(crate) fn dead_letter_row(row: &Row<'_>) -> Result<DeadLetter> {
     let id: i64 = col(row, 0, || "dead letter id".to_string())?;
     let what = |c: &str| format!("dead letter {id} ({c})");
     let payload: Option<String> = col(row, 5, || what("payload"))?;
