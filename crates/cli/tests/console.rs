@@ -478,10 +478,12 @@ async fn scenario(driver: &Path) {
     );
     b.screenshot("conflicts.png").await;
     b.click(&format!("#keep-incoming-{conflict_id}")).await;
-    assert!(b
-        .text("#flash")
-        .await
-        .contains(&format!("Conflict {conflict_id} settled")));
+    // Settled by the daemon's loop between cycles: wait for the answer page.
+    let flash = b.flash().await;
+    assert!(
+        flash.contains(&format!("Conflict {conflict_id} settled")),
+        "{flash}"
+    );
     let status: String = db(d, "state.db")
         .query_row(
             "SELECT status FROM conflicts WHERE id = ?1",
