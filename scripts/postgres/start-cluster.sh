@@ -70,7 +70,9 @@ max_connections = 300
 fsync = off
 full_page_writes = off
 shared_buffers = 128MB
-max_wal_size = 2GB
+max_wal_size = 1GB
+# A slot left behind by a test must not keep WAL until the disk is full.
+max_slot_wal_keep_size = 1GB
 CONF
 fi
 

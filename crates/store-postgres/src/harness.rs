@@ -16,7 +16,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// Settings of a private cluster.
@@ -149,7 +149,7 @@ impl PgCluster {
             "\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
              wal_level = {}\nmax_replication_slots = 64\nmax_wal_senders = 16\nmax_connections = 300\n\
              fsync = off\nfull_page_writes = off\nshared_buffers = 128MB\n\
-             max_wal_size = 2GB\n",
+             max_wal_size = 1GB\nmax_slot_wal_keep_size = 1GB\n",
             c.port,
             c.dir.path().display(),
             opts.wal_level
@@ -298,6 +298,9 @@ impl Server {
                 )
             });
         let task = tokio::spawn(conn);
+        if !SWEPT.swap(true, Ordering::SeqCst) {
+            sweep_leftovers(&client).await;
+        }
         client
             .batch_execute(&format!("CREATE DATABASE \"{db}\""))
             .await
@@ -305,6 +308,55 @@ impl Server {
         drop(client);
         let _ = task.await;
         self.url(&db)
+    }
+}
+
+static SWEPT: AtomicBool = AtomicBool::new(false);
+
+/// Drops the databases, and first their replication slots, that test
+/// binaries which have ended left on a shared server (`t_<pid>_<n>` with no
+/// process `<pid>` alive). A logical slot keeps every WAL segment written
+/// after it, cluster-wide: left in place, one CI run's slots filled the
+/// disk ("could not write to file pg_wal/xlogtemp: No space left on
+/// device"). Runs once per test binary, before its first database; a
+/// database of a live binary, or of a pid that cannot be read, is kept.
+async fn sweep_leftovers(client: &tokio_postgres::Client) {
+    let rows = match client
+        .query(
+            "SELECT datname FROM pg_database WHERE datname ~ '^t_[0-9]+_[0-9]+$'",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(_) => return,
+    };
+    if !Path::new("/proc/self").exists() {
+        return; // no way to tell a live binary from an ended one
+    }
+    let me = std::process::id();
+    for row in rows {
+        let name: String = row.get(0);
+        let Some(pid) = name
+            .strip_prefix("t_")
+            .and_then(|r| r.split('_').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE database = $1 AND NOT active",
+                &[&name],
+            )
+            .await;
+        let _ = client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await;
     }
 }
 
