@@ -549,13 +549,23 @@ impl Engine {
                     at: now,
                 });
                 // What canonical holds now; apply writes the merged record.
+                // Its base stays the last version canonical agreed with:
+                // the edit's own version number (bumped by whoever made it)
+                // may be a journal version of other content (the entry it
+                // raced), and a base that is not an ancestor of what
+                // canonical holds would read fields canonical never had as
+                // fields it cleared.
+                let agreed = match self.state.journal_version(&contact_id, held_version)? {
+                    Some(e) if e.hash == hash => held_version,
+                    _ => synced,
+                };
                 recs.insert(
                     contact_id.clone(),
                     StoreRecord {
                         store: CANONICAL.to_string(),
                         contact_id: contact_id.clone(),
                         native_id: Some(native_id),
-                        synced_version: held_version,
+                        synced_version: agreed,
                         hash,
                         deleted: c.is_deleted(),
                         ..Default::default()

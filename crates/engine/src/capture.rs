@@ -608,13 +608,37 @@ impl Engine {
                 stats.skipped_echo += 1;
                 continue;
             }
-            if let Some(r) = recs.get(&it.contact_id) {
+            if let Some(r) = recs.get_mut(&it.contact_id) {
                 let echo = r.hash == hash && r.deleted == incoming.is_deleted() && !it.writeback;
+                if own_image && !echo && r.hash.is_empty() {
+                    // The store holds a write of the engine's whose answer
+                    // was lost: noted, so the owed write is conditional on
+                    // it (a later delete there is then seen, never taken
+                    // for "nothing there" and written over).
+                    r.hash = hash.clone();
+                    r.deleted = incoming.is_deleted();
+                    r.native_id.get_or_insert_with(|| it.native_id.clone());
+                    touched.insert(it.contact_id.clone());
+                }
                 if echo || own_image {
                     stats.skipped_echo += 1;
                     continue;
                 }
             } else if own_image {
+                // Same, for a first write whose answer was lost.
+                recs.insert(
+                    it.contact_id.clone(),
+                    StoreRecord {
+                        store: name.clone(),
+                        contact_id: it.contact_id.clone(),
+                        native_id: Some(it.native_id.clone()),
+                        hash: hash.clone(),
+                        deleted: incoming.is_deleted(),
+                        needs_write: true,
+                        ..Default::default()
+                    },
+                );
+                touched.insert(it.contact_id.clone());
                 stats.skipped_echo += 1;
                 continue;
             }

@@ -449,15 +449,42 @@ impl<S: StoreInfo> StoreInfo for FaultyStore<S> {
     }
 }
 
+/// `CONTACT_SYNC_FAULT_TRACE=1` prints every call, its fault and its
+/// result to stderr, in order with the test's own prints (to replay a
+/// failing seed of a checker by reading what happened).
+fn tracing_calls() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("CONTACT_SYNC_FAULT_TRACE").is_some())
+}
+
 /// Runs one inner call through the control.
 macro_rules! guarded {
-    ($self:ident, $op:expr, $call:expr) => {{
+    ($self:ident, $op:expr, $call:expr) => {
+        guarded!($self, $op, $call, |_r| String::new())
+    };
+    ($self:ident, $op:expr, $call:expr, $show:expr) => {{
         let op = $op;
         $self.control.run_hook(op, $self.inner.name());
         match $self.control.before(op, $self.inner.name()) {
-            Decision::Fail(e) => Err(e),
+            Decision::Fail(e) => {
+                if tracing_calls() {
+                    eprintln!("  [{}] {op}: FAILED {}", $self.inner.name(), e.message);
+                }
+                Err(e)
+            }
             Decision::Proceed { lose_ack } => {
                 let result = $call.await;
+                if tracing_calls() {
+                    let shown = match &result {
+                        Ok(r) => ($show)(r),
+                        Err(e) => format!("error {}", e.message),
+                    };
+                    eprintln!(
+                        "  [{}] {op}{}: {shown}",
+                        $self.inner.name(),
+                        if lose_ack { " (ack lost)" } else { "" }
+                    );
+                }
                 $self
                     .control
                     .after(op, $self.inner.name(), lose_ack, result)
@@ -479,7 +506,18 @@ where
         guarded!(
             self,
             Operation::ReadChanges,
-            self.inner.read_changes(from, limit)
+            self.inner.read_changes(from, limit),
+            |b: &ChangeBatch| format!(
+                "{:?} more={}",
+                b.changes
+                    .iter()
+                    .map(|c| format!("{}:{:?}", c.native_id, c.kind)
+                        .chars()
+                        .take(60)
+                        .collect::<String>())
+                    .collect::<Vec<_>>(),
+                b.has_more
+            )
         )
     }
 
@@ -502,10 +540,27 @@ where
         writes: Vec<Contact>,
         expect: &[Expect],
     ) -> Result<(Vec<WriteOutcome>, Vec<Contact>), StoreError> {
+        let shown: Vec<String> = if tracing_calls() {
+            writes
+                .iter()
+                .zip(expect)
+                .map(|(c, e)| {
+                    format!(
+                        "{} v{} del={} if {e:?}",
+                        c.contact_id,
+                        c.version,
+                        c.is_deleted()
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         guarded!(
             self,
             Operation::WriteBatch,
-            self.inner.write_batch_if(writes, expect)
+            self.inner.write_batch_if(writes, expect),
+            |r: &(Vec<WriteOutcome>, Vec<Contact>)| format!("{shown:?} -> {:?}", r.0)
         )
     }
 
