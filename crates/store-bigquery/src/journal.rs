@@ -9,7 +9,7 @@
 //! | `contact_id` | STRING, required | the contact |
 //! | `version` | INT64, required | canonical version the entry produced |
 //! | `prev_version` | INT64 | version before (0: new contact) |
-//! | `op` | STRING, required | `create`, `update`, `delete` |
+//! | `op` | STRING, required | `upsert` (a new contact: `prev_version` 0) or `delete` |
 //! | `origin` | STRING | store the change came from |
 //! | `changed_fields` | REPEATED STRING | names of the fields that changed |
 //! | `changes` | JSON | `[{field, old, new}]` |
