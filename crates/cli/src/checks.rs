@@ -291,6 +291,18 @@ impl SafetyCheck for BigQueryCheck {
                     )),
                     None => {}
                 }
+                if let Some(why) = &r.full_scan {
+                    let id = self.cfg.columns.column("contact_id");
+                    let at = self.cfg.columns.column("last_updated");
+                    out.push(Check::warn(
+                        format!("{name}: table layout"),
+                        why.clone(),
+                        format!(
+                            "copy it into a clustered table and swap the names: CREATE TABLE `{t}_clustered` PARTITION BY DATE_TRUNC(DATE(`{at}`), MONTH) CLUSTER BY `{id}` AS SELECT * FROM `{t}` (or point `table` at a new name and let `contact-sync migrate` create it)",
+                            t = r.table
+                        ),
+                    ));
+                }
                 if r.journal_table_exists == Some(false) {
                     out.push(Check::warn(
                         format!("{name}: journal table"),

@@ -157,7 +157,8 @@ async fn check_finds_a_missing_table_a_misfit_table_and_reads_bigquerys_clock() 
         d.join("contact-sync.toml"),
         format!(
             "[canonical]\nkind = \"bigquery\"\nbase_url = \"{url}\"\nproject = \"test-project\"\ndataset = \"{ds}\"\nauth = \"none\"\n\n\
-             [stores.warehouse]\nkind = \"bigquery\"\nbase_url = \"{url}\"\nproject = \"test-project\"\ndataset = \"{ds}\"\ntable = \"people\"\njournal_table = \"\"\nauth = \"none\"\ncolumns = {{ contact_id = \"id\" }}\n",
+             [stores.warehouse]\nkind = \"bigquery\"\nbase_url = \"{url}\"\nproject = \"test-project\"\ndataset = \"{ds}\"\ntable = \"people\"\njournal_table = \"\"\nauth = \"none\"\ncolumns = {{ contact_id = \"id\" }}\n\n\
+             [stores.plain]\nkind = \"bigquery\"\nbase_url = \"{url}\"\nproject = \"test-project\"\ndataset = \"{ds}\"\ntable = \"plain\"\njournal_table = \"\"\nauth = \"none\"\n",
             ds = ds.dataset
         ),
     )
@@ -212,6 +213,13 @@ async fn check_finds_a_missing_table_a_misfit_table_and_reads_bigquerys_clock() 
         .create_table(&ds.dataset, "people", &schema, "made elsewhere")
         .await
         .unwrap();
+    // `plain` made by another tool: fits, but not clustered by contact_id.
+    let plain =
+        contact_sync_bigquery::contacts_schema(&contact_sync_bigquery::ColumnMap::default());
+    ds.client
+        .create_table(&ds.dataset, "plain", &plain, "made elsewhere, unclustered")
+        .await
+        .unwrap();
     // `migrate` does not alter an existing table: it refuses, naming the column.
     let out = tokio::task::spawn_blocking({
         let d = d.clone();
@@ -238,6 +246,29 @@ async fn check_finds_a_missing_table_a_misfit_table_and_reads_bigquerys_clock() 
             .as_str()
             .unwrap()
             .contains("fits the contact (0 rows)"),
+        "{t}"
+    );
+    // Made by `migrate`: clustered, no layout warning.
+    assert!(
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["name"] != "canonical: table layout"),
+        "{r}"
+    );
+    // Made elsewhere without clustering: every poll would scan it whole.
+    let t = check_named(&r, "plain: table layout");
+    assert_eq!(t["level"], "warn", "{t}");
+    assert!(
+        t["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not clustered by `contact_id`")
+            && t["hint"]
+                .as_str()
+                .unwrap()
+                .contains("CLUSTER BY `contact_id`"),
         "{t}"
     );
     let t = check_named(&r, "warehouse: table");

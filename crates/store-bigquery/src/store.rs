@@ -124,6 +124,37 @@ pub struct SetupReport {
     pub rows: Option<Result<u64, String>>,
     /// Whether the journal table exists (`None`: none is configured).
     pub journal_table_exists: Option<bool>,
+    /// Why the table's layout makes every change poll, read by id and
+    /// conditional write scan (and bill) the whole table; `None` when it is
+    /// clustered by the contact id column (as `migrate` creates it).
+    pub full_scan: Option<String>,
+}
+
+/// The full-scan warning for a contacts table resource (`tables.get`):
+/// not clustered by the contact id column first.
+pub(crate) fn full_scan_warning(table: &str, id_column: &str, resource: &Value) -> Option<String> {
+    let clustered_by_id = resource["clustering"]["fields"]
+        .as_array()
+        .and_then(|f| f.first())
+        .and_then(Value::as_str)
+        .is_some_and(|c| c.eq_ignore_ascii_case(id_column));
+    if clustered_by_id {
+        return None;
+    }
+    let size = resource["numBytes"]
+        .as_str()
+        .and_then(|n| n.parse::<u64>().ok())
+        .or_else(|| resource["numBytes"].as_u64());
+    let size = match size {
+        Some(b) => format!(
+            " (now {:.1} MB; BigQuery bills at least 10 MB per query)",
+            b as f64 / 1e6
+        ),
+        None => String::new(),
+    };
+    Some(format!(
+        "table {table} is not clustered by `{id_column}`: every change poll, read by id and conditional write scans and bills the whole table{size}"
+    ))
 }
 
 /// BigQuery as a store: batched MERGE writes guarded by `version`, reads by
@@ -296,6 +327,7 @@ impl BigQueryStore {
             problems: Vec::new(),
             rows: None,
             journal_table_exists: None,
+            full_scan: None,
         };
         if !report.dataset_exists {
             return Ok(report);
@@ -307,6 +339,14 @@ impl BigQueryStore {
         {
             report.table_exists = true;
             report.problems = column_problems(&schema, &cfg.columns);
+            if let Some(resource) = client
+                .table_resource(&cfg.dataset, &cfg.table)
+                .await
+                .map_err(e)?
+            {
+                report.full_scan =
+                    full_scan_warning(&report.table, cfg.columns.column("contact_id"), &resource);
+            }
         }
         if report.table_exists && report.problems.is_empty() {
             let sql = format!(
@@ -624,5 +664,28 @@ impl StoreInfo for BigQueryStore {
     /// DML statement (see [`crate::write`]).
     fn conditional_writes(&self) -> Conditional {
         Conditional::Atomic
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::full_scan_warning;
+    use serde_json::json;
+
+    #[test]
+    fn a_table_clustered_by_the_id_column_first_scans_no_more_than_it_needs() {
+        let r = json!({"clustering": {"fields": ["id", "last_updated"]}, "numBytes": "5000000"});
+        assert_eq!(full_scan_warning("p.d.t", "id", &r), None);
+    }
+
+    #[test]
+    fn an_unclustered_or_otherwise_clustered_table_is_named_with_its_size() {
+        let none = json!({"numBytes": "25000000"});
+        let w = full_scan_warning("p.d.t", "contact_id", &none).expect("warning");
+        assert!(w.contains("p.d.t is not clustered by `contact_id`"), "{w}");
+        assert!(w.contains("now 25.0 MB"), "{w}");
+        let other = json!({"clustering": {"fields": ["last_updated", "contact_id"]}});
+        let w = full_scan_warning("p.d.t", "contact_id", &other).expect("warning");
+        assert!(!w.contains("now "), "{w}");
     }
 }
