@@ -361,6 +361,18 @@ impl Backfills {
         Ok(())
     }
 
+    /// Puts `store` in place of the engine's copy of store `name` (taken
+    /// at its next operation): after its change capture was recreated by
+    /// another handle, the old copy's read-ahead and positions are stale.
+    /// False when the daemon has no such store.
+    pub fn replace(&self, name: &str, store: Box<dyn Store>) -> bool {
+        let Some(g) = self.gates.iter().find(|g| g.name == name) else {
+            return false;
+        };
+        *lock(&g.state.replacement) = Some(store);
+        true
+    }
+
     /// When the next retry is due.
     pub fn next_due(&self) -> Option<Instant> {
         self.pending.iter().map(|p| p.due).min()

@@ -15,7 +15,7 @@ use contact_sync_core::prompt::{
     build_multi_contact_context, build_prompt_with_contact, PromptFormat, PromptOptions,
 };
 
-use crate::{stores, Cli, Command, ConflictAction, DeadLetterAction, Keep, PromptFormatArg};
+use crate::{stores, Cli, Command, ConflictAction, DeadLetterAction, PromptFormatArg};
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(cli.config.as_deref())?;
@@ -99,7 +99,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => show(&cfg, &contact_id, store.as_deref(), json).await,
         Command::Conflicts { action } => match require_state(&cfg).map(|()| action)? {
             ConflictAction::List { json, all } => conflicts_list(&cfg, json, all),
-            ConflictAction::Resolve { id, keep } => conflicts_resolve(&cfg, id, keep).await,
+            ConflictAction::Resolve { id, keep } => {
+                crate::operator::conflicts_resolve(&cfg, id, keep).await
+            }
         },
         Command::DeadLetters { action } => match require_state(&cfg).map(|()| action)? {
             DeadLetterAction::List { json, all, limit } => {
@@ -109,9 +111,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             DeadLetterAction::Dismiss { id } => crate::dead_letters::close(&cfg, id, false),
         },
         Command::Cdc { action } => cdc(&cfg, action).await,
-        Command::Drift { json, repair } => {
-            require_state(&cfg)?;
-            drift(&cfg, json, repair).await
+        Command::Drift { json, repair, wait } => {
+            crate::operator::drift(&cfg, json, repair, wait).await
         }
         Command::Compact { json } => crate::retention::command(&cfg, json),
         Command::Migrate => {
@@ -148,94 +149,23 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn drift(cfg: &Config, json: bool, repair: bool) -> anyhow::Result<ExitCode> {
-    let mut engine = crate::daemon::build_engine(cfg, None).await?;
-    let _lock = take_lock(engine.state())?;
-    let before = engine.verify().await?;
-    let mut repairs = Vec::new();
-    let mut after = None;
-    if repair {
-        for v in &before {
-            if v.missing + v.differing > 0 {
-                repairs.push(engine.repair(&v.store).await?);
-            }
-        }
-        after = Some(engine.verify().await?);
-    }
-    let last = after.as_ref().unwrap_or(&before);
-    let drifting = last.iter().any(|v| v.missing + v.differing + v.extra > 0);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "stores": before,
-                "repairs": repairs,
-                "after_repair": after,
-            }))?
-        );
-    } else {
-        crate::daemon::print_verification(&before);
-        for r in &repairs {
-            println!(
-                "repaired {}: {} contacts written again, {} changed there since the engine last saw them (merged into canonical, not overwritten), {} extra left alone",
-                r.store, r.rewritten, r.merged, r.extra
-            );
-        }
-        if let Some(a) = &after {
-            println!("after repair:");
-            crate::daemon::print_verification(a);
-        }
-    }
-    Ok(if drifting {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
 async fn cdc(cfg: &Config, action: crate::CdcAction) -> anyhow::Result<ExitCode> {
-    let name = match &action {
-        crate::CdcAction::Reset { store } | crate::CdcAction::Status { store, .. } => store.clone(),
-    };
-    let Some(crate::config::StoreConfig::Postgres(p)) = cfg.stores().get(&name) else {
-        anyhow::bail!("{name:?} is not a Postgres store in the configuration");
-    };
-    let mut store = stores::pg_store(&name, p).await?;
     match action {
-        crate::CdcAction::Status { json, .. } => {
+        crate::CdcAction::Status { store: name, json } => {
+            let Some(crate::config::StoreConfig::Postgres(p)) = cfg.stores().get(&name) else {
+                anyhow::bail!("{name:?} is not a Postgres store in the configuration");
+            };
+            let mut store = stores::pg_store(&name, p).await?;
             let h = store
                 .slot_health()
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            return print_cdc_status(&name, p, &h, json);
+            print_cdc_status(&name, p, &h, json)
         }
-        crate::CdcAction::Reset { .. } => {
-            require_state(cfg)?;
-            let mut state = open_state(cfg)?;
-            let _lock = take_lock(&state)?;
-            let cp = store
-                .cdc_reset()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let tx = state.tx()?;
-            tx.set_checkpoint(&name, cp.as_str())?;
-            // What the store holds is unknown now: every record is written
-            // again on condition of what the engine last saw there, so one
-            // edited while capture was broken is found and merged.
-            let owed = tx.owe_all(&name)?;
-            tracing::info!(store = %name, owed, "every record owed a conditional write");
-            tx.set_meta(
-                "backfill_requested_at",
-                &format_ts(&contact_sync_core::model::now()),
-            )?;
-            tx.commit()?;
-            println!(
-                "{name}: change capture recreated. The next cycle writes every record to {name} again, each on condition of what contact-sync last saw there: \
-                 a record edited while capture was broken is merged into canonical, not overwritten."
-            );
+        crate::CdcAction::Reset { store, wait } => {
+            crate::operator::cdc_reset(cfg, &store, wait).await
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs the safety checks over the configured stores.
@@ -684,6 +614,8 @@ struct StatusReport {
     stores: Vec<StoreLine>,
     /// Stores held back by a guard until a person decides.
     paused: Vec<contact_sync_state::PausedStore>,
+    /// Operator requests the daemon has not finished (queued or running).
+    requests: Vec<contact_sync_state::Request>,
     /// BigQuery's cost and journal table, when canonical is BigQuery.
     #[serde(skip_serializing_if = "Option::is_none")]
     bigquery: Option<crate::bq_wiring::BigQueryStatus>,
@@ -760,6 +692,7 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         dead_letters: state.open_dead_letter_count()?,
         stores: lines,
         paused: state.paused_stores()?,
+        requests: state.unfinished_requests()?,
         bigquery: crate::bq_wiring::status(cfg, &state)?,
     };
     if json {
@@ -802,11 +735,21 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     if let Some(b) = &report.bigquery {
         crate::bq_wiring::print_status(b);
     }
+    for r in &report.requests {
+        println!(
+            "request #{} {} {} ({} since {}): the daemon carries it out between its cycles",
+            r.id,
+            r.kind,
+            r.args,
+            r.status.as_str(),
+            format_ts(&r.started_at.unwrap_or(r.created_at)),
+        );
+    }
     for p in &report.paused {
         println!(
             "PAUSED {} ({}): {} — see `contact-sync paused`",
             p.store,
-            p.kind.as_str(),
+            p.label(),
             p.reason
         );
     }
@@ -869,21 +812,6 @@ fn conflicts_list(cfg: &Config, json: bool, all: bool) -> anyhow::Result<ExitCod
             r.conflict.incoming,
         );
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn conflicts_resolve(cfg: &Config, id: i64, keep: Keep) -> anyhow::Result<ExitCode> {
-    let mut engine = crate::daemon::build_engine(cfg, None).await?;
-    let _lock = take_lock(engine.state())?;
-    engine.resolve_conflict(id, keep == Keep::Incoming).await?;
-    println!(
-        "conflict {id} settled: kept {}",
-        if keep == Keep::Incoming {
-            "incoming (propagated at the next cycle)"
-        } else {
-            "canonical"
-        }
-    );
     Ok(ExitCode::SUCCESS)
 }
 

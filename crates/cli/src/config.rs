@@ -452,6 +452,27 @@ impl Config {
         path.clone()
             .unwrap_or_else(|| self.data_dir.join(format!("{name}.db")))
     }
+
+    /// A fingerprint of each other store's configuration section, by name:
+    /// a store parked after a permanent error is tried again by a daemon
+    /// whose configuration of it differs. Secrets are references here
+    /// (`{ env = … }`), never values: a secret changed behind the same
+    /// reference needs `contact-sync resume STORE`.
+    pub fn store_fingerprints(&self) -> BTreeMap<String, String> {
+        use sha2::{Digest, Sha256};
+        self.stores()
+            .iter()
+            .map(|(name, sc)| {
+                let mut text = format!("{sc:?}");
+                if let StoreConfig::Sqlite { path } = sc {
+                    text.push_str(&self.sqlite_path(name, path).display().to_string());
+                }
+                let digest = Sha256::digest(text.as_bytes());
+                let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+                (name.clone(), hex)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

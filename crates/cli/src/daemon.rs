@@ -45,13 +45,40 @@ pub async fn build_engine_with_hooks(
         webhooks: opened.webhooks,
         databases: opened.wakes,
     };
-    let opts = EngineOptions {
+    Ok((
+        Engine::new(state, canonical, opened.stores, engine_options(cfg, batch))?,
+        hooks,
+    ))
+}
+
+/// The engine's options from the configuration.
+fn engine_options(cfg: &Config, batch: usize) -> EngineOptions {
+    EngineOptions {
         batch_size: batch,
         guard: cfg.sync.guard(),
         default_region: cfg.sync.region(),
+        config_hashes: cfg.store_fingerprints(),
         ..EngineOptions::default()
-    };
-    Ok((Engine::new(state, canonical, opened.stores, opts)?, hooks))
+    }
+}
+
+/// An engine for reading only (`drift` without `--repair`): the stores
+/// are opened without their set-up and without wake-ups, and no lock is
+/// taken, so it runs beside a daemon.
+pub async fn build_readonly_engine(cfg: &Config) -> anyhow::Result<Engine> {
+    let batch = checked_batch_size(cfg, None)?;
+    let state = open_state(cfg)?;
+    let canonical = stores::open_canonical(cfg).await?;
+    let mut others = Vec::new();
+    for (name, sc) in cfg.stores() {
+        others.push(stores::open_store(cfg, name, sc).await?);
+    }
+    Ok(Engine::new(
+        state,
+        canonical,
+        others,
+        engine_options(cfg, batch),
+    )?)
 }
 
 /// The daemon's engine: every other store behind a gate (held while its
@@ -74,14 +101,8 @@ async fn build_daemon_engine(
         webhooks: opened.webhooks,
         databases: opened.wakes,
     };
-    let opts = EngineOptions {
-        batch_size: batch,
-        guard: cfg.sync.guard(),
-        default_region: cfg.sync.region(),
-        ..EngineOptions::default()
-    };
     Ok((
-        Engine::new(state, canonical, opened.stores, opts)?,
+        Engine::new(state, canonical, opened.stores, engine_options(cfg, batch))?,
         hooks,
         gates,
         bq,
@@ -356,10 +377,16 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
     }
     let (mut engine, hooks, gates, mut bq) = build_daemon_engine(cfg, batch).await?;
     let _lock = crate::commands::take_lock(engine.state())?;
+    crate::requests::fail_interrupted(engine.state_mut())?;
     let wake = Arc::new(Notify::new());
     let stopper = Stopper::new(wake.clone());
     stopper.watch(engine.shutdown_flag());
     install_signal_handlers(stopper.clone());
+    if !o.once {
+        // Operator requests (`conflicts resolve`, `drift --repair`, `cdc
+        // reset` while the daemon runs) wake the loop.
+        crate::requests::watch(cfg, wake.clone())?;
+    }
     tracing::info!(stores = ?engine.store_names(), interval_secs = interval.as_secs(), "contact-sync started");
 
     // Database changes and webhooks wake the loop at once.
@@ -472,6 +499,8 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         if stopper.is_stopped() {
             break;
         }
+        // Between cycles: what commands asked of the daemon.
+        crate::requests::serve(cfg, &mut engine, &backfills, &stopper).await;
         if let Err(e) = backfills.refresh(engine.state()) {
             tracing::warn!(error = %format!("{e:#}"), "cannot read the backfill state from the state database");
         }

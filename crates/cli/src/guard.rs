@@ -1,5 +1,5 @@
 //! `contact-sync paused | approve | reject | resume`: a person's decisions
-//! about stores the guards paused. They are rows in the state database,
+//! about stores the guards paused or a permanent error parked. They are rows in the state database,
 //! written in an ordinary transaction without the daemon's lock, so they
 //! work while the daemon runs; the daemon carries them out at its next cycle
 //! (a stopped daemon at its next start).
@@ -29,7 +29,7 @@ pub fn list(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
             "{} paused since {} ({}): {}",
             p.store,
             format_ts(&p.since),
-            p.kind.as_str(),
+            p.label(),
             p.reason
         );
         if p.kind == PauseKind::MassChange {
@@ -43,6 +43,10 @@ pub fn list(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
             None => match p.kind {
                 PauseKind::MassChange => println!(
                     "    settle with: contact-sync approve {0}  |  contact-sync reject {0}",
+                    p.store
+                ),
+                PauseKind::Schema if p.parked.is_some() => println!(
+                    "    once fixed: contact-sync resume {0}  (or start the daemon with a changed [stores.{0}] configuration)",
                     p.store
                 ),
                 PauseKind::Schema => {
@@ -76,8 +80,8 @@ pub fn decide(cfg: &Config, store: &str, decision: Decision) -> anyhow::Result<E
             PauseKind::Schema => "resume (after fixing what the reason names)",
         };
         eprintln!(
-            "{store} is paused by the {} guard: use {hint}. Reason: {}",
-            p.kind.as_str(),
+            "{store} is paused ({}): use {hint}. Reason: {}",
+            p.label(),
             p.reason
         );
         return Ok(ExitCode::from(2));

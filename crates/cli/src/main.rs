@@ -8,7 +8,9 @@ mod config;
 mod daemon;
 mod dead_letters;
 mod guard;
+mod operator;
 mod people;
+mod requests;
 mod retention;
 mod secret;
 mod stores;
@@ -139,11 +141,17 @@ pub enum Command {
     },
     /// Compare every store with canonical by content hash; --repair writes
     /// canonical's record again where a store lacks it or differs.
+    /// Works while the daemon runs: a repair is then carried out by the
+    /// daemon between its cycles, and waited for.
     Drift {
         #[arg(long)]
         json: bool,
         #[arg(long)]
         repair: bool,
+        /// With --repair while the daemon runs: seconds to wait for it
+        /// (exit 3 when it has not finished by then; it stays queued).
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        wait: u64,
     },
     /// Create what each store needs (tables, custom fields, webhooks).
     Migrate,
@@ -168,7 +176,8 @@ pub enum Command {
     /// Pass over the changes a mass-change guard held back from STORE and
     /// write canonical's records back to it.
     Reject { store: String },
-    /// Try a store paused by the schema guard again (once fixed).
+    /// Try a store paused by the schema guard, or parked after a permanent
+    /// error, again (once fixed).
     Resume { store: String },
     /// Build LLM prompt context from contacts.
     Prompt {
@@ -198,8 +207,15 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum CdcAction {
     /// Drop and recreate the replication slot (or outbox) of a Postgres
-    /// store, then copy canonical to it again at the next cycle.
-    Reset { store: String },
+    /// store, then copy canonical to it again at the next cycle. While the
+    /// daemon runs, the daemon does it between its cycles.
+    Reset {
+        store: String,
+        /// While the daemon runs: seconds to wait for it (exit 3 when it
+        /// has not finished by then; it stays queued).
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        wait: u64,
+    },
     /// Slot health: present, active, retained WAL (exit 1 when the slot
     /// or the outbox is missing).
     Status {
@@ -230,7 +246,9 @@ pub enum ConflictAction {
         #[arg(long)]
         all: bool,
     },
-    /// Settle a conflict: keep the canonical value or take the incoming one.
+    /// Settle a conflict: keep the canonical value or take the incoming one
+    /// (while the daemon runs: queued, and the daemon settles it between
+    /// its cycles).
     Resolve {
         id: i64,
         #[arg(long, value_enum)]

@@ -38,6 +38,7 @@ pub fn run_if_due(state: &mut StateDb, retention_days: u32) {
             journal_kept = r.journal_kept,
             conflicts_removed = r.conflicts_removed,
             dead_letters_removed = r.dead_letters_removed,
+            requests_removed = r.requests_removed,
             retention_days,
             "state database compacted ({} ms)",
             started.elapsed().as_millis()
@@ -60,14 +61,15 @@ pub fn command(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     }
     println!(
         "compacted (audit window {days} days, before {}): journal {} entries removed, {} kept \
-         (everything after entry {} kept for the stores' cursors); {} settled conflicts and {} \
-         closed dead letters expired",
+         (everything after entry {} kept for the stores' cursors); {} settled conflicts, {} \
+         closed dead letters and {} finished operator requests expired",
         format_ts(&(now() - Duration::days(i64::from(days)))),
         r.journal_removed,
         r.journal_kept,
         r.floor_seq,
         r.conflicts_removed,
-        r.dead_letters_removed
+        r.dead_letters_removed,
+        r.requests_removed
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -668,11 +668,13 @@ async fn check_suggests_migrate_for_a_missing_table() {
     );
 }
 
-/// Propagation to a Postgres store fails cycle after cycle (a trigger
-/// there refuses every write) while capturing from it works: `/health`
-/// turns 503 naming the store and the error; the local store keeps syncing.
+/// Propagation to a Postgres store fails with an error retrying cannot
+/// fix (a trigger there refuses every write) while capturing from it
+/// works: the store is parked, `/health` turns 503 naming it and the
+/// error, `check` says UNSAFE naming it, the local store keeps syncing;
+/// once fixed, `resume` (while the daemon runs) sends it the edit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_is_503_when_propagation_to_a_store_keeps_failing() {
+async fn a_store_failing_for_good_is_parked_named_and_resumed() {
     let server = harness::shared();
     let url = server.create_database().await;
     let dir = tempfile::tempdir().unwrap();
@@ -711,7 +713,7 @@ async fn health_is_503_when_propagation_to_a_store_keeps_failing() {
     let mut daemon = cmd(
         &d,
         &url,
-        &["run", "--interval", "1", "--http-listen", &listen],
+        &["run", "--interval", "600", "--http-listen", &listen],
     )
     .stdout(Stdio::null())
     .stderr(Stdio::null())
@@ -733,26 +735,198 @@ async fn health_is_503_when_propagation_to_a_store_keeps_failing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let _ = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status();
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
     assert_eq!(body["status"], "unhealthy", "{body}");
     let reason = body["reasons"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["store"] == "supabase")
-        .unwrap_or_else(|| panic!("no reason names supabase: {body}"));
-    assert_eq!(reason["reason"], "store_failing", "{body}");
+        .find(|r| r["store"] == "supabase" && r["reason"] == "store_paused")
+        .unwrap_or_else(|| panic!("no reason says supabase is parked: {body}"));
+    assert_eq!(reason["kind"], "failed", "{body}");
     assert!(
-        reason["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("supabase failed") && m.contains("writes are frozen")),
+        reason["message"].as_str().is_some_and(
+            |m| m.contains("writes are frozen") && m.contains("contact-sync resume supabase")
+        ),
         "{body}"
+    );
+    let paused: serde_json::Value =
+        serde_json::from_str(&ok(&d, &url, &["paused", "--json"])).unwrap();
+    assert_eq!(
+        (paused[0]["store"].as_str(), paused[0]["kind"].as_str()),
+        (Some("supabase"), Some("failed")),
+        "{paused}"
+    );
+    let out = cmd(&d, &url, &["check"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("UNSAFE")
+            && text.contains("supabase paused")
+            && text.contains("parked after a permanent error"),
+        "{text}"
     );
     // The edit itself reached canonical: only Postgres is stuck.
     let c: serde_json::Value =
         serde_json::from_str(&ok(&d, &url, &["show", "c000000002", "--json"])).unwrap();
     assert_eq!(c["job_title"], "Refused by PG");
+
+    // Fixed, then resumed while the daemon runs: Postgres gets the edit.
+    pg.batch_execute("DROP TRIGGER refuse ON contacts")
+        .await
+        .unwrap();
+    let out = ok(&d, &url, &["resume", "supabase"]);
+    assert!(out.contains("at the daemon's next cycle"), "{out}");
+    let start = Instant::now();
+    loop {
+        let t: Option<String> = pg
+            .query_one(
+                "SELECT job_title FROM contacts WHERE contact_id = 'c000000002'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if t.as_deref() == Some("Refused by PG") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the resumed store never got the edit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let paused = ok(&d, &url, &["paused"]);
+    assert!(paused.contains("no store is paused"), "{paused}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+}
+
+/// `cdc reset` while the daemon runs: the slot is dropped under it, an
+/// edit made in Postgres meanwhile is not in any slot, and capture fails
+/// for good (the store is parked). `cdc reset` is carried out by the
+/// daemon between its cycles; after `resume` the lost edit is found by the
+/// conditional rewrite and merged, and later edits arrive from the new
+/// slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_reset_while_the_daemon_runs_is_carried_out_by_the_daemon() {
+    let server = harness::shared();
+    let url = server.create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let slot = format!("cs_live_reset_{}", std::process::id());
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!("[stores.local]\nkind = \"sqlite\"\n\n[stores.supabase]\nkind = \"postgres\"\nurl = {{ env = \"TEST_PG_URL\" }}\nslot_name = \"{slot}\"\n"),
+    )
+    .unwrap();
+    ok(&d, &url, &["seed", "--contacts", "20"]);
+    ok(&d, &url, &["run", "--initial-sync", "--once"]);
+    let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut daemon = cmd(&d, &url, &["run", "--interval", "600", "--no-http"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = |d: &Path, url: &str| -> serde_json::Value {
+        serde_json::from_str(&ok(d, url, &["status", "--json"])).unwrap()
+    };
+    wait_until("the daemon to start", Duration::from_secs(60), || {
+        status(&d, &url)["running"] == true
+    })
+    .await;
+
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+    // The change wake-up runs a cycle, whose capture finds no slot.
+    pg.execute(
+        "UPDATE contacts SET nickname = 'Lost from capture' WHERE contact_id = 'c000000005'",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_until("supabase to be parked", Duration::from_secs(60), || {
+        status(&d, &url)["paused"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["store"] == "supabase" && p["kind"] == "failed")
+        })
+    })
+    .await;
+
+    let (d2, u2) = (d.clone(), url.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        cmd(&d2, &u2, &["cdc", "reset", "supabase", "--wait", "60"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains("queued as request #"), "{stderr}");
+    assert!(
+        stdout.contains("supabase: change capture recreated"),
+        "{stdout}"
+    );
+    let present: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(present, 1, "the daemon recreated the slot");
+
+    let out = ok(&d, &url, &["resume", "supabase"]);
+    assert!(out.contains("recorded"), "{out}");
+    let nickname = |id: &str| -> Option<String> {
+        let c = rusqlite::Connection::open(d.join("contact-sync-data/local.db")).ok()?;
+        c.busy_timeout(Duration::from_secs(2)).ok()?;
+        c.query_row(
+            "SELECT nickname FROM contacts WHERE contact_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .ok()
+        .flatten()
+    };
+    wait_until(
+        "the edit made while capture was broken to reach local",
+        Duration::from_secs(60),
+        || nickname("c000000005").as_deref() == Some("Lost from capture"),
+    )
+    .await;
+    wait_until("supabase to be resumed", Duration::from_secs(60), || {
+        status(&d, &url)["paused"]
+            .as_array()
+            .is_some_and(|p| p.is_empty())
+    })
+    .await;
+    // The daemon reads the new slot.
+    pg.execute(
+        "UPDATE contacts SET nickname = 'After live reset' WHERE contact_id = 'c000000006'",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_until(
+        "an edit after the reset to reach local",
+        Duration::from_secs(60),
+        || nickname("c000000006").as_deref() == Some("After live reset"),
+    )
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    assert!(status(&d, &url)["requests"].as_array().unwrap().is_empty());
 }

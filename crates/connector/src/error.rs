@@ -6,7 +6,10 @@ pub enum RetryClass {
     /// Transient (timeout, connection reset, 429, 5xx): retry with backoff.
     Transient,
     /// Will not pass until someone acts (bad credentials, missing table,
-    /// permission denied, bad config): report and stop this store.
+    /// permission denied, bad config): the engine parks the store (a
+    /// `failed` pause: alert, `/health`, `check`) until it is resumed or
+    /// its configuration changes. A store must not call a passing outage
+    /// permanent: that stops it until a person looks.
     Permanent,
     /// The store's schema or change stream changed under the engine (a
     /// mapped column lost, the publication or table dropped, a truncate, a

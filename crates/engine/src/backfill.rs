@@ -20,7 +20,7 @@ use crate::{CycleReport, Engine, EngineError, CANONICAL};
 pub type BackfillProgress<'a> = &'a mut (dyn FnMut(&str, u64, u64) + Send);
 
 /// How one store compares with canonical.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct StoreVerification {
     pub store: String,
     /// Valid live contacts in canonical that this store should hold.

@@ -110,7 +110,7 @@ impl Tally {
 }
 
 /// What repairing one store did.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RepairReport {
     pub store: String,
     /// Contacts written again from canonical (missing or differing).

@@ -10,9 +10,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use contact_sync_connector::RetryClass;
 use contact_sync_connector::{ChangeBatch, ChangeKind, Checkpoint, StoreError};
 use contact_sync_core::{content_hash, Contact, JournalEntry, Op};
-use contact_sync_state::{Decision, PauseKind, PausedStore, StoreRecord};
+use contact_sync_state::{Decision, Parked, PauseKind, PausedStore, StoreRecord};
 use serde_json::json;
 
 use crate::{CycleReport, Engine, EngineError, CANONICAL};
@@ -200,6 +201,7 @@ impl Engine {
             since: (self.clock)(),
             decision: None,
             decided_at: None,
+            parked: None,
         }))
     }
 
@@ -213,31 +215,63 @@ impl Engine {
         Ok(())
     }
 
-    /// Pauses a store whose error says its schema or change stream changed.
-    /// True when it did.
-    pub(crate) fn pause_on_error(&mut self, e: &EngineError) -> Result<bool, EngineError> {
+    /// Pauses store `name` when its error says its schema or change stream
+    /// changed, or parks it when the error is permanent (retrying cannot
+    /// help: bad credentials, a permission or object missing, a value the
+    /// store refuses for good) instead of failing the same way every
+    /// cycle. True when the store is paused (now or already).
+    pub(crate) fn pause_on_error(
+        &mut self,
+        name: &str,
+        step: &str,
+        e: &EngineError,
+    ) -> Result<bool, EngineError> {
         let EngineError::Store(StoreError {
             store,
             message,
-            class: contact_sync_connector::RetryClass::Paused,
+            class,
         }) = e
         else {
             return Ok(false);
         };
+        let parks = *class == RetryClass::Permanent && store == name && name != CANONICAL;
+        if *class != RetryClass::Paused && !parks {
+            return Ok(false);
+        }
         if self.state.paused(store)?.is_some() {
             return Ok(true);
         }
-        self.pause(PausedStore {
-            store: store.clone(),
-            kind: PauseKind::Schema,
-            reason: format!(
-                "{message}. Nothing from {store} is merged or written until `contact-sync resume {store}`"
-            ),
-            details: json!({}),
-            since: (self.clock)(),
-            decision: None,
-            decided_at: None,
-        })?;
+        let p = match class {
+            RetryClass::Paused => PausedStore {
+                store: store.clone(),
+                kind: PauseKind::Schema,
+                reason: format!(
+                    "{message}. Nothing from {store} is merged or written until `contact-sync resume {store}`"
+                ),
+                details: json!({}),
+                since: (self.clock)(),
+                decision: None,
+                decided_at: None,
+                parked: None,
+            },
+            _ => PausedStore {
+                store: store.clone(),
+                kind: PauseKind::Schema,
+                reason: format!(
+                    "{step} failed with an error retrying cannot fix: {message}. Nothing from {store} is \
+                     merged or written until it is fixed and `contact-sync resume {store}` is run \
+                     (or the daemon is started with a changed configuration for {store})"
+                ),
+                details: json!({ "step": step }),
+                since: (self.clock)(),
+                decision: None,
+                decided_at: None,
+                parked: Some(Parked {
+                    config_hash: self.opts.config_hashes.get(store).cloned(),
+                }),
+            },
+        };
+        self.pause(p)?;
         Ok(true)
     }
 
@@ -253,6 +287,18 @@ impl Engine {
         let Some(p) = self.state.paused(&name)? else {
             return Ok((true, false));
         };
+        // A store parked with another configuration than this engine's
+        // (someone changed it to fix what failed): tried again. Unknown on
+        // either side: only a person resumes it.
+        let reconfigured = p.parked.as_ref().is_some_and(|x| {
+            matches!((&x.config_hash, self.opts.config_hashes.get(&name)),
+                (Some(then), Some(now)) if then != now)
+        });
+        if reconfigured && p.decision.is_none() {
+            tracing::info!(store = %name, "parked store's configuration changed; trying it again");
+            self.unpause(&name)?;
+            return Ok((true, false));
+        }
         match p.decision {
             None => {
                 report.entry(&name).error = Some(format!("paused: {}", p.reason));

@@ -66,6 +66,11 @@ pub struct EngineOptions {
     /// The region national phone numbers are read in (`[sync]
     /// default_region`); `None`: only international numbers are accepted.
     pub default_region: Option<contact_sync_core::phone::Region>,
+    /// A fingerprint of each store's configuration, by store name (no
+    /// secrets in it). A store parked after a permanent error is kept with
+    /// its fingerprint; an engine started with another one for that store
+    /// tries it again. A store without one is only resumed by a person.
+    pub config_hashes: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for EngineOptions {
@@ -76,6 +81,7 @@ impl Default for EngineOptions {
             max_batches_per_cycle: 1000,
             guard: MassChangeGuard::default(),
             default_region: None,
+            config_hashes: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -257,8 +263,9 @@ impl Engine {
     }
 
     /// A step of one store failed: reported (and the store paused when the
-    /// error says its schema or stream changed); the others go on. An error
-    /// that is not the store's fails the cycle.
+    /// error says its schema or stream changed, or parked when retrying
+    /// cannot help); the others go on. An error that is not the store's
+    /// fails the cycle.
     fn store_failed(
         &mut self,
         name: &str,
@@ -269,7 +276,7 @@ impl Engine {
         if !e.is_store_error() {
             return Err(e);
         }
-        if self.pause_on_error(&e)? {
+        if self.pause_on_error(name, step, &e)? {
             report.entry(name).error = Some(format!("paused: {e}"));
             return Ok(());
         }

@@ -473,27 +473,32 @@ pub fn check_dead_letters(state: &StateDb) -> Result<Check, OpsError> {
 }
 
 /// Paused stores: a failure each (a person must decide before the store
-/// syncs again).
+/// syncs again), parked ones (a permanent error) included.
 pub fn check_paused(state: &StateDb) -> Result<Vec<Check>, OpsError> {
     Ok(state
         .paused_stores()?
         .into_iter()
         .map(|p| {
-            let fix = match p.kind {
-                contact_sync_state::PauseKind::MassChange => format!(
+            let fix = match (p.kind, &p.parked) {
+                (contact_sync_state::PauseKind::MassChange, _) => format!(
                     "`contact-sync paused` shows what is held back; `contact-sync approve {0}` applies it, `contact-sync reject {0}` restores canonical's records",
                     p.store
                 ),
-                contact_sync_state::PauseKind::Schema => format!(
+                (contact_sync_state::PauseKind::Schema, Some(_)) => format!(
+                    "fix what the error names (credentials, permissions, the store's set-up), then `contact-sync resume {0}` (a daemon started with a changed [stores.{0}] configuration tries it again by itself)",
+                    p.store
+                ),
+                (contact_sync_state::PauseKind::Schema, None) => format!(
                     "fix what the reason names, then `contact-sync resume {}`",
                     p.store
                 ),
             };
-            Check::fail(
-                format!("{} paused", p.store),
-                format!("{} guard: {}", p.kind.as_str(), p.reason),
-                fix,
-            )
+            let what = if p.parked.is_some() {
+                format!("parked after a permanent error: {}", p.reason)
+            } else {
+                format!("{} guard: {}", p.kind.as_str(), p.reason)
+            };
+            Check::fail(format!("{} paused", p.store), what, fix)
         })
         .collect())
 }

@@ -90,8 +90,9 @@ pub struct StoreMetrics {
     pub written_total: u64,
     /// Echoes of the engine's own writes skipped, all time.
     pub echoes_skipped_total: u64,
-    /// The store is paused by a guard until a person decides: the guard's
-    /// kind and reason (`contact-sync paused`).
+    /// The store is paused by a guard, or parked after a permanent error,
+    /// until a person decides: the kind (`mass_change`, `schema`,
+    /// `failed`) and the reason (`contact-sync paused`).
     pub paused: Option<(String, String)>,
     /// What a store that bills per query (BigQuery) cost this process;
     /// `None` for stores that do not (in-process counters).
@@ -237,7 +238,7 @@ impl MetricsSnapshot {
             let drift_pct = drift.as_ref().and_then(|d| d["drift_pct"].as_f64());
             let paused = state
                 .paused(&sample.name)?
-                .map(|p| (p.kind.as_str().to_string(), p.reason));
+                .map(|p| (p.label().to_string(), p.reason));
             let drift_checked_unix = drift
                 .as_ref()
                 .and_then(|d| d["checked_at"].as_str())

@@ -61,14 +61,23 @@ async fn unreachable_store_fails_naming_the_store_and_its_error() {
     let (inner, _handle) = MemoryStore::with_options(MemoryOptions::new("supabase"));
     let control = FaultControl::new(FaultPlan::new(1));
     control.crash_now();
-    let mut down = FaultyStore::new(inner, control);
+    let mut down = FaultyStore::new(inner, control.clone());
     let c = check_store_reachable(&mut down, Duration::from_secs(5)).await;
     assert_eq!(c.name, "store supabase reachable");
     assert_eq!(c.level, Level::Fail);
     assert!(c.message.starts_with("supabase: "), "{c:?}");
     assert!(c.message.contains("injected crash"), "{c:?}");
+    // A store that is down (a transient error) points at waiting.
+    assert!(c.hint.as_deref().unwrap().contains("may be down"), "{c:?}");
     // A permanent error points at configuration, not at waiting.
+    control.heal();
+    control.fail_permanently("authentication failed");
+    let c = check_store_reachable(&mut down, Duration::from_secs(5)).await;
+    assert_eq!(c.level, Level::Fail);
+    assert!(c.message.contains("authentication failed"), "{c:?}");
     assert!(c.hint.as_deref().unwrap().contains("credentials"), "{c:?}");
+    control.heal();
+    control.crash_now();
 
     let (mut up, handle) = MemoryStore::with_options(MemoryOptions::new("local"));
     handle.user_upsert(contact_sync_core::synth::Generator::new(1).contact(0));

@@ -24,7 +24,9 @@ pub use dead_letters::{DeadLetterRow, DeadLetterStatus};
 mod lock;
 mod paused;
 mod people;
-pub use paused::{Decision, PauseKind, PausedStore};
+pub use paused::{Decision, Parked, PauseKind, PausedStore};
+mod requests;
+pub use requests::{Request, RequestKind, RequestStatus};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = schema::SCHEMA_VERSION;

@@ -12,7 +12,8 @@
 //! - **settled conflicts** (`kept_canonical`, `kept_incoming`) settled
 //!   before the cutoff (open ones stay);
 //! - **closed dead letters** (dismissed or retried) closed — and, for a
-//!   dismissed one, last seen — before the cutoff (open ones stay).
+//!   dismissed one, last seen — before the cutoff (open ones stay);
+//! - **finished operator requests** finished before the cutoff.
 //!
 //! Deletes run in short transactions (a few thousand journal rows each),
 //! so the daemon's own transactions wait at most a moment: `contact-sync
@@ -47,6 +48,7 @@ pub struct CompactReport {
     pub journal_kept: u64,
     pub conflicts_removed: u64,
     pub dead_letters_removed: u64,
+    pub requests_removed: u64,
 }
 
 impl StateDb {
@@ -104,6 +106,10 @@ impl StateDb {
         report.dead_letters_removed = tx.conn().execute(
             "DELETE FROM dead_letters WHERE status <> 'open' AND closed_at < ?1
                AND (status = 'retried' OR COALESCE(last_seen, at) < ?1)",
+            [&cutoff],
+        )? as u64;
+        report.requests_removed = tx.conn().execute(
+            "DELETE FROM operator_requests WHERE status IN ('done', 'failed') AND finished_at < ?1",
             [&cutoff],
         )? as u64;
         tx.set_meta(LAST_COMPACTED_META, &format_ts(&now))?;

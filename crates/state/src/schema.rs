@@ -163,8 +163,49 @@ BEGIN
 END;
 "#;
 
+/// Version 4: stores parked after a permanent error, and operator requests.
+/// - `paused_stores.kind` may be `failed` (a store error retrying cannot
+///   fix parked the store until a person resumes it), and
+///   `paused_stores.config_hash` keeps the fingerprint of the store's
+///   configuration then: a daemon started with another configuration for
+///   the store tries it again. (SQLite cannot change a CHECK constraint:
+///   the table is rebuilt.)
+/// - `operator_requests`: what a command asked the running daemon to do
+///   between its cycles (settle a conflict, repair drift, reset a store's
+///   change capture), and how it went.
+const V4: &str = r#"
+CREATE TABLE paused_stores_v4 (
+    store       TEXT PRIMARY KEY NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('mass_change', 'schema', 'failed')),
+    reason      TEXT NOT NULL,
+    details     TEXT NOT NULL,
+    since       TEXT NOT NULL,
+    decision    TEXT CHECK (decision IN ('approve', 'reject', 'resume')),
+    decided_at  TEXT,
+    config_hash TEXT
+);
+INSERT INTO paused_stores_v4 (store, kind, reason, details, since, decision, decided_at)
+    SELECT store, kind, reason, details, since, decision, decided_at FROM paused_stores;
+DROP TABLE paused_stores;
+ALTER TABLE paused_stores_v4 RENAME TO paused_stores;
+
+CREATE TABLE operator_requests (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL,
+    args        TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'queued'
+        CHECK (status IN ('queued', 'running', 'done', 'failed')),
+    result      TEXT,
+    error       TEXT,
+    created_at  TEXT NOT NULL,
+    started_at  TEXT,
+    finished_at TEXT
+);
+CREATE INDEX operator_requests_status ON operator_requests (status, id);
+"#;
+
 /// Every migration, in order; the schema version is `MIGRATIONS.len()`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -8,9 +8,14 @@
 //!   succeeds, then a transient error is returned, so the caller does not
 //!   know the operation was applied.
 //! - **crash**: after `crash_after_ops(n)` successful operations every call
-//!   fails with a permanent error whose message contains "crash", until
+//!   fails with a transient error (the store is down, as a killed process
+//!   or a lost server looks) whose message contains "crash", until
 //!   [`FaultControl::heal`]. The control outlives the store, so a test can
 //!   drop the engine and store, heal, and restart on the same data.
+//! - **schema break** ([`FaultControl::break_schema`]) and **permanent
+//!   failure** ([`FaultControl::fail_permanently`]): every call fails with
+//!   a paused or a permanent error, until healed; even while injection is
+//!   disabled.
 //!
 //! The random draws depend only on the seed and the sequence of calls (two
 //! per call, drawn before the inner call), never on the inner results, so
@@ -119,7 +124,7 @@ impl FaultPlan {
     }
 
     /// After `n` successful operations, crash: every call fails with a
-    /// permanent "crash" error until [`FaultControl::heal`]. Healing re-arms
+    /// transient "crash" error until [`FaultControl::heal`]. Healing re-arms
     /// it for another `n` operations; [`FaultControl::set_crash_after`]
     /// changes or removes it.
     pub fn crash_after_ops(mut self, n: u64) -> Self {
@@ -184,6 +189,9 @@ struct ControlState {
     /// The store's schema or change stream "changed": every call fails with
     /// a [`StoreError::paused`] error with this text, until healed.
     schema_broken: Option<String>,
+    /// Every call fails with a [`StoreError::permanent`] error with this
+    /// text (bad credentials, a permission lost), until healed.
+    failing: Option<String>,
 }
 
 impl ControlState {
@@ -243,6 +251,7 @@ impl FaultControl {
                 counts: FaultCounts::default(),
                 injected: Vec::new(),
                 schema_broken: None,
+                failing: None,
             })),
             hook: Arc::new(Mutex::new(None)),
         }
@@ -287,6 +296,7 @@ impl FaultControl {
         s.crashed = false;
         s.ok_ops = 0;
         s.schema_broken = None;
+        s.failing = None;
     }
 
     /// The store's schema changes under the engine (a column renamed, the
@@ -295,6 +305,14 @@ impl FaultControl {
     /// [`heal`](Self::heal). Applies even while injection is disabled.
     pub fn break_schema(&self, what: &str) {
         self.lock().schema_broken = Some(what.to_string());
+    }
+
+    /// The store fails for good (its credentials revoked, a permission
+    /// lost): every call fails with a [`StoreError::permanent`] error
+    /// saying `what`, until [`heal`](Self::heal). Applies even while
+    /// injection is disabled.
+    pub fn fail_permanently(&self, what: &str) {
+        self.lock().failing = Some(what.to_string());
     }
 
     /// Crash now (until [`heal`](Self::heal)).
@@ -328,12 +346,15 @@ impl FaultControl {
         if let Some(what) = &s.schema_broken {
             return Decision::Fail(StoreError::paused(store, format!("{op}: {what}")));
         }
+        if let Some(what) = &s.failing {
+            return Decision::Fail(StoreError::permanent(store, format!("{op}: {what}")));
+        }
         if !s.enabled {
             return Decision::Proceed { lose_ack: false };
         }
         if s.crashed {
             s.record(op, FaultKind::Crash);
-            return Decision::Fail(StoreError::permanent(
+            return Decision::Fail(StoreError::transient(
                 store,
                 format!("{op}: injected crash: the store is down until healed"),
             ));

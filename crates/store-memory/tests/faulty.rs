@@ -70,7 +70,7 @@ async fn crash_persists_until_heal_across_a_restart() {
     store.write_batch(&[contact("c1")]).await.unwrap();
     store.count().await.unwrap();
     assert!(control.is_crashed());
-    let is_crash = |e: &StoreError| e.class == RetryClass::Permanent && e.message.contains("crash");
+    let is_crash = |e: &StoreError| e.class == RetryClass::Transient && e.message.contains("crash");
     for _ in 0..3 {
         let err = store.write_batch(&[contact("c2")]).await.unwrap_err();
         assert!(is_crash(&err), "{err}");
@@ -93,6 +93,23 @@ async fn crash_persists_until_heal_across_a_restart() {
     for _ in 0..5 {
         store.count().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_permanent_failure_holds_even_while_disabled_until_healed() {
+    let (mut store, handle, control) = faulty(FaultPlan::new(4));
+    control.disable();
+    control.fail_permanently("authentication failed (the key was revoked)");
+    let err = store.write_batch(&[contact("c1")]).await.unwrap_err();
+    assert_eq!(err.class, RetryClass::Permanent, "{err}");
+    assert!(
+        err.message.contains("write_batch: authentication failed"),
+        "{err}"
+    );
+    assert!(handle.get("c1").is_none(), "nothing is done while failing");
+    control.heal();
+    store.write_batch(&[contact("c1")]).await.unwrap();
+    assert!(handle.get("c1").is_some());
 }
 
 #[tokio::test]

@@ -50,6 +50,14 @@ impl World {
 
     /// A fresh engine over the same data (a restart).
     pub fn engine(&self) -> Engine {
+        self.engine_configured(Default::default())
+    }
+
+    /// [`World::engine`] with fingerprints of the stores' configurations.
+    pub fn engine_configured(
+        &self,
+        config_hashes: std::collections::BTreeMap<String, String>,
+    ) -> Engine {
         let state = StateDb::open(&self.state_path()).expect("state db");
         let wrap = |h: &MemoryHandle, i: usize| -> Box<dyn Store> {
             match &self.faults {
@@ -65,6 +73,7 @@ impl World {
                 batch_size: self.batch_size,
                 backfill_page: 5,
                 max_batches_per_cycle: 1000,
+                config_hashes,
                 ..Default::default()
             },
         )

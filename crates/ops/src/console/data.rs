@@ -271,10 +271,7 @@ pub(crate) async fn decide(
             };
             return Ok(Err(Refused(
                 409,
-                format!(
-                    "{store} is paused by the {} guard: use {hint}",
-                    p.kind.as_str()
-                ),
+                format!("{store} is paused ({}): use {hint}", p.label()),
             )));
         }
         let tx = db.tx().map_err(state_err)?;

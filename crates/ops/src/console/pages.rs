@@ -331,7 +331,7 @@ pub(crate) async fn paused(State(c): State<Console>, Query(q): Query<ListQuery>)
         @if list.is_empty() { p #empty { "No store is paused." } }
         @for p in &list {
             section id=(format!("paused-{}", p.store)) {
-                h2 { (p.store) " " span.paused { (p.kind.as_str()) } }
+                h2 { (p.store) " " span.paused { (p.label()) } }
                 p { "Paused since " (ts(&p.since)) ": " (p.reason) }
                 h3 { "Held back" }
                 pre.details { (serde_json::to_string_pretty(&p.details).unwrap_or_default()) }
