@@ -17,7 +17,7 @@ declare -a rows=()
 failed=0
 
 echo "== Twenty store tests against $TWENTY_BASE_URL (logs: $log_dir)"
-cargo test -p contact-sync-twenty -- --test-threads=1 >"$log_dir/store-tests.log" 2>&1
+cargo test -p contact-sync-twenty --no-fail-fast -- --test-threads=1 >"$log_dir/store-tests.log" 2>&1
 rc=$?
 read -r passed failed_t ignored < <(awk '/^test result:/ {
     for (i = 1; i <= NF; i++) {

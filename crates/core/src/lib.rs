@@ -19,7 +19,7 @@ pub mod vcard;
 pub use hash::content_hash;
 pub use journal::{DeadLetter, FieldChange, FieldConflict, JournalEntry, Op, Resolution};
 pub use merge::{diff, merge, MergeInput, MergeOutcome};
-pub use model::{Contact, Email, Phone, Timestamp};
+pub use model::{Contact, Email, Phone, Timestamp, ERASE_ORIGIN};
 pub use validate::{validate, Invalid};
 pub mod prompt;
 #[cfg(feature = "synth")]

@@ -61,6 +61,10 @@ pub struct Phone {
     pub is_primary: bool,
 }
 
+/// The `last_updated_by` of an erasure's tombstone (the right to erasure:
+/// `contact-sync forget`).
+pub const ERASE_ORIGIN: &str = "erase";
+
 /// The canonical contact (33 fields). See `DESIGN.md`.
 ///
 /// Field order here is the serialization order, and the content hash is
@@ -284,6 +288,13 @@ impl Contact {
     /// True when the contact is a tombstone.
     pub fn is_deleted(&self) -> bool {
         self.deleted_at.is_some()
+    }
+
+    /// True when the contact is the tombstone of an erasure (`contact-sync
+    /// forget`, origin [`ERASE_ORIGIN`]): a store must keep nothing of it,
+    /// not even a soft-deleted copy.
+    pub fn is_erasure(&self) -> bool {
+        self.is_deleted() && self.last_updated_by.as_deref() == Some(ERASE_ORIGIN)
     }
 
     /// The primary email address (or the first one), lower-cased.

@@ -18,8 +18,9 @@ use serde_json::{json, Value};
 
 use crate::{CycleReport, Engine, EngineError, CANONICAL};
 
-/// The origin of an erasure's journal entry.
-pub const ERASE_ORIGIN: &str = "erase";
+/// The origin of an erasure's journal entry (stores know its tombstone by
+/// it: [`Contact::is_erasure`]).
+pub use contact_sync_core::ERASE_ORIGIN;
 
 /// Per store: did it confirm it holds nothing of the contact?
 #[derive(Debug, Clone, Serialize)]

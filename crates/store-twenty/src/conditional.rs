@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use crate::client::{enc, StatsInner};
 use crate::mapping::{contact_to_person, person_id, person_to_contact};
-use crate::store::{hash_of, refused_field, TwentyStore, ALL_ROWS, IDS_PER_QUERY};
+use crate::store::{hash_of, refused_field, Seen, TwentyStore, ALL_ROWS, IDS_PER_QUERY};
 
 /// One write whose condition is a content hash.
 struct Guarded {
@@ -58,7 +58,13 @@ impl TwentyStore {
         let mut guarded: Vec<Guarded> = Vec::new();
         for (i, e) in expect.iter().enumerate() {
             match e.hash() {
-                Some(h) if h != tomb && !writes[i].contact_id.trim().is_empty() => {
+                // An erasure is unconditional: it destroys whatever Twenty
+                // holds of the contact (see `TwentyStore::erase_people`).
+                Some(h)
+                    if h != tomb
+                        && !writes[i].contact_id.trim().is_empty()
+                        && !writes[i].is_erasure() =>
+                {
                     guarded.push(Guarded {
                         idx: i,
                         hash: h.to_string(),
@@ -103,20 +109,29 @@ impl TwentyStore {
         guarded: &[Guarded],
         outcomes: &mut [Option<WriteOutcome>],
     ) -> Result<(), StoreError> {
-        // Hashes the store's memory does not hold: read those people now.
-        let unknown: Vec<String> = guarded
+        // Hashes the store's memory does not hold: read those people now
+        // (by contact id, and by person id for people created in Twenty
+        // whose contact id the engine is writing back).
+        let unknown: Vec<&Guarded> = guarded
             .iter()
-            .filter(|g| {
-                let cid = &writes[g.idx].contact_id;
-                !self
-                    .seen
-                    .get(cid)
-                    .is_some_and(|s| s.hashes.contains(&g.hash))
-            })
-            .map(|g| writes[g.idx].contact_id.clone())
+            .filter(|g| self.seen_at(&writes[g.idx], &g.hash).is_none())
             .collect();
         if !unknown.is_empty() {
-            self.refresh(&unknown).await?;
+            let cids: Vec<String> = unknown
+                .iter()
+                .map(|g| writes[g.idx].contact_id.clone())
+                .collect();
+            self.refresh(&cids).await?;
+            let pids: Vec<String> = unknown
+                .iter()
+                .filter_map(|g| writes[g.idx].external_ids.get(self.name_str()).cloned())
+                .filter(|p| Uuid::parse_str(p).is_ok())
+                .collect();
+            if !pids.is_empty() {
+                for p in self.people_by_ids(&pids).await?.into_values() {
+                    let _ = self.decode_seen(&p);
+                }
+            }
         }
         let orgs: Vec<String> = guarded
             .iter()
@@ -128,12 +143,7 @@ impl TwentyStore {
 
         for g in guarded {
             let c = &writes[g.idx];
-            let Some(seen) = self
-                .seen
-                .get(&c.contact_id)
-                .filter(|s| s.hashes.contains(&g.hash))
-                .cloned()
-            else {
+            let Some(seen) = self.seen_at(c, &g.hash) else {
                 // Not what the engine last saw (edited, deleted, destroyed).
                 outcomes[g.idx] = Some(WriteOutcome::Changed);
                 continue;
@@ -164,7 +174,7 @@ impl TwentyStore {
                 }
                 Value::Object(m)
             } else {
-                Value::Object(contact_to_person(c, self.company_for(c).as_deref()))
+                Value::Object(self.person_body(c))
             };
             match self.patch_if(&seen.pid, &seen.updated_at, &body).await? {
                 PatchIf::Changed => outcomes[g.idx] = Some(WriteOutcome::Changed),
@@ -195,6 +205,22 @@ impl TwentyStore {
             }
         }
         Ok(())
+    }
+
+    /// What the store last saw of the person `c` is written to, if that
+    /// state has content hash `hash`: by contact id, else (a person created
+    /// in Twenty that has no contact id yet) by the person id in
+    /// `external_ids`.
+    fn seen_at(&self, c: &Contact, hash: &str) -> Option<Seen> {
+        let has = |s: &&Seen| s.hashes.iter().any(|h| h == hash);
+        self.seen
+            .get(&c.contact_id)
+            .filter(has)
+            .cloned()
+            .or_else(|| {
+                let pid = c.external_ids.get(self.name_str())?;
+                self.unlinked.get(pid).filter(has).cloned()
+            })
     }
 
     /// Reads the people of these contacts (live and soft-deleted) into the

@@ -35,8 +35,10 @@
 //!   (`""` and null JSON → absent, lower-cased emails) so an untouched
 //!   record hashes like canonical. A phone's country is libphonenumber's
 //!   (Twenty refuses a conflicting one), or left out. Only mapped fields
-//!   (and sub-fields) are sent: a user's own custom fields, the avatar, a
-//!   link's label are never blanked.
+//!   (and sub-fields) are sent: a user's own custom fields and the avatar
+//!   are never blanked. Twenty rewrites a LINKS composite whole, so
+//!   `linkedinLink` is left out while its URL is the one last seen (a
+//!   link's label and secondary links survive; see `keep_links`).
 //! - **Writes** ([`RecordSink`]): deterministic ids
 //!   (`identity::store_uuid(name, contact_id)`) + `?upsert=true` in batches
 //!   of `batch_size` (default 200), so an initial sync of N contacts costs
@@ -47,13 +49,20 @@
 //!   each is remembered with its content hash and not sent again until it
 //!   changes. PATCH by id only for people created in Twenty (id in
 //!   `external_ids[name]`, unless that person carries another contact's
-//!   id); never a PATCH without id. Tombstones: soft delete. Category X is
+//!   id); never a PATCH without id. A person in Twenty's trash is restored
+//!   before such a PATCH (live Twenty would update it and leave it there).
+//!   Tombstones: soft delete; erasure tombstones (`contact-sync forget`):
+//!   destroy of every person of the contact, trash included (a soft-deleted
+//!   person stays readable). Category X is
 //!   not pushed (and soft-deleted when a contact becomes X) unless
 //!   `include_excluded`.
 //! - **Conditional writes** (`write_batch_if`): an update expected at a
 //!   content hash is a PATCH filtered on id and the `updatedAt` of that
-//!   hash (remembered from reads and writes, else looked up); an empty
-//!   answer is `Changed`. Creates stay upserts, hence
+//!   hash (remembered from reads and writes, by contact id, or by person
+//!   id for people created in Twenty without one, whose id the engine
+//!   writes back; else looked up); an empty answer is `Changed` (live
+//!   Twenty 2.21 confirmed it conditional: nothing is written). An erasure
+//!   is never conditional. Creates stay upserts, hence
 //!   `conditional_writes() = ReadThenWrite` (see `conditional`).
 //! - **Changes** ([`ChangeSource`]): verified webhook events first (no
 //!   checkpoint advance), then `updatedAt[gte]` polling, the durable

@@ -51,6 +51,7 @@ impl TwentyStore {
     /// Forgets a person that is gone from Twenty.
     fn forget_person(&mut self, pid: &str) {
         self.seen.retain(|_, s| s.pid != pid);
+        self.unlinked.remove(pid);
         if let Some(b) = self.baseline.as_mut() {
             b.remove(pid);
         }
@@ -93,6 +94,7 @@ impl TwentyStore {
         for (pid, cid) in gone {
             tracing::info!(store = %self.cfg.name, person = %pid, contact = ?cid, "person destroyed in Twenty");
             self.seen.retain(|_, s| s.pid != pid);
+            self.unlinked.remove(&pid);
             self.unacked_destroys.push(Change {
                 native_id: pid,
                 kind: ChangeKind::Delete { contact_id: cid },

@@ -17,8 +17,8 @@ use uuid::Uuid;
 use crate::client::{enc, Client, StatsInner, TwentyStats};
 use crate::config::{TwentyConfig, MAX_BATCH};
 use crate::mapping::{
-    contact_to_person, person_id, person_to_contact, person_updated_at, CustomFieldSpec,
-    CUSTOM_FIELDS,
+    contact_to_person, linkedin_url, person_id, person_to_contact, person_updated_at,
+    CustomFieldSpec, CUSTOM_FIELDS,
 };
 use crate::poll::PollCheckpoint;
 use crate::webhook::{NonceCache, WebhookReceiver};
@@ -77,6 +77,10 @@ pub struct TwentyStore {
     /// person id, `updatedAt`, content hashes): the `updatedAt` a
     /// conditional write names for the hash the engine expects.
     pub(crate) seen: HashMap<String, Seen>,
+    /// The same for people without a `contactId` yet (created in Twenty),
+    /// by person id: the state the engine's write-back of a contact id is
+    /// conditional on.
+    pub(crate) unlinked: HashMap<String, Seen>,
     /// Records Twenty refused: (contact id, content hash) → (field,
     /// reason). Not sent again until the record changes.
     pub(crate) refused: HashMap<(String, String), (String, String)>,
@@ -99,6 +103,9 @@ pub(crate) struct Seen {
     /// record the engine wrote (they differ where Twenty rewrites a value,
     /// e.g. an empty JSON list stored as null).
     pub hashes: Vec<String>,
+    /// The person's `linkedinLink` composite as last seen (see
+    /// [`TwentyStore::keep_links`]).
+    pub link: Option<Value>,
 }
 
 /// The catch-up poll runs at least this often even while webhooks keep
@@ -157,6 +164,7 @@ impl TwentyStore {
             webhook_seen: HashMap::new(),
             last_poll: None,
             seen: HashMap::new(),
+            unlinked: HashMap::new(),
             refused: HashMap::new(),
             baseline: None,
             last_sweep: None,
@@ -196,7 +204,7 @@ impl TwentyStore {
     pub(crate) fn remember(&mut self, p: &Value, c: &Contact, written: Option<&str>) {
         let cid = c.contact_id.trim();
         let at = person_updated_at(p);
-        if cid.is_empty() || at.is_empty() {
+        if at.is_empty() {
             return;
         }
         let mut hashes = vec![contact_sync_core::content_hash(c)];
@@ -206,6 +214,27 @@ impl TwentyStore {
             }
         }
         let pid = person_id(p).to_string();
+        let link = p.get("linkedinLink").cloned();
+        if cid.is_empty() {
+            // Created in Twenty, no contact id yet (a new workspace has
+            // five such demo people): remembered by person id.
+            match self.unlinked.get(&pid) {
+                Some(s) if s.updated_at.as_str() > at => {}
+                _ => {
+                    self.unlinked.insert(
+                        pid.clone(),
+                        Seen {
+                            pid,
+                            updated_at: at.to_string(),
+                            hashes,
+                            link,
+                        },
+                    );
+                }
+            }
+            return;
+        }
+        self.unlinked.remove(&pid);
         if let Some(b) = self.baseline.as_mut() {
             b.insert(pid.clone(), Some(cid.to_string()));
         }
@@ -217,6 +246,7 @@ impl TwentyStore {
                         s.hashes.push(h);
                     }
                 }
+                s.link = link;
             }
             _ => {
                 self.seen.insert(
@@ -225,6 +255,7 @@ impl TwentyStore {
                         pid,
                         updated_at: at.to_string(),
                         hashes,
+                        link,
                     },
                 );
             }
@@ -553,7 +584,10 @@ impl TwentyStore {
     // ---------- low-level person operations ----------
 
     /// People by person id (live and soft-deleted): id → record.
-    async fn people_by_ids(&self, ids: &[String]) -> Result<HashMap<String, Value>, StoreError> {
+    pub(crate) async fn people_by_ids(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, Value>, StoreError> {
         let mut out = HashMap::new();
         for chunk in ids.chunks(IDS_PER_QUERY) {
             let list: Vec<String> = chunk.iter().filter_map(|i| quote(i)).collect();
@@ -690,10 +724,11 @@ impl TwentyStore {
 
     /// Upserts `items` (write index, body with `id`) in batches; sets their
     /// outcomes, pairing each answer with its request by person id (or
-    /// `contactId`). A refused batch is not redone record by record: its
-    /// soft-deleted targets are restored once, a record the error quotes is
-    /// set aside, otherwise the batch is halved until the refused records
-    /// are alone (about 2·log2(n) requests for one bad record in n). Each
+    /// `contactId`). An upsert onto a person in Twenty's trash restores it
+    /// (live Twenty 2.21: tests/samples/live13/trash_upsert_same_id.json).
+    /// A refused batch is not redone record by record: a record the error
+    /// quotes is set aside, otherwise the batch is halved until the refused
+    /// records are alone (about 2·log2(n) requests for one bad record in n). Each
     /// refused record is remembered with its content hash and not sent
     /// again until it changes.
     async fn upsert_all(
@@ -702,13 +737,15 @@ impl TwentyStore {
         writes: &[Contact],
         outcomes: &mut [Option<WriteOutcome>],
     ) -> Result<(), StoreError> {
-        // (group, soft-deleted targets already restored)
-        let mut queue: Vec<(Vec<(usize, Value)>, bool)> = items
+        let mut queue: Vec<Vec<(usize, Value)>> = items
             .chunks(self.cfg.batch_size)
             .rev()
-            .map(|c| (c.to_vec(), false))
+            .map(|c| c.to_vec())
             .collect();
-        while let Some((group, restored)) = queue.pop() {
+        // Created by this upsert although `keep_links` left their LinkedIn
+        // URL out (destroyed in Twenty since the store last saw them).
+        let mut relink: Vec<(usize, String, String)> = Vec::new();
+        while let Some(group) = queue.pop() {
             let bodies: Vec<Value> = group.iter().map(|(_, b)| b.clone()).collect();
             let reply = match self.upsert_batch(&bodies).await? {
                 Ok(answers) => {
@@ -744,6 +781,12 @@ impl TwentyStore {
                         if let Ok(c) = person_to_contact(&p, &self.cfg.name) {
                             self.remember(&p, &c, Some(&hash_of(&writes[*i])));
                         }
+                        let created = p.get("createdAt") == p.get("updatedAt");
+                        if created && body.get("linkedinLink").is_none() {
+                            if let Some(url) = linkedin_url(writes[*i].social_profiles.as_ref()) {
+                                relink.push((*i, id.to_string(), url));
+                            }
+                        }
                         outcomes[*i] = Some(WriteOutcome::Applied {
                             native_id: person_id(&p).to_string(),
                         });
@@ -764,24 +807,6 @@ impl TwentyStore {
                 ));
             }
             tracing::debug!(store = %self.cfg.name, status = reply.status, records = group.len(), "batch upsert refused; isolating");
-            if !restored {
-                // Soft-deleted targets block an upsert by id: restore them.
-                let ids: Vec<String> = bodies
-                    .iter()
-                    .filter_map(|b| b.get("id").and_then(Value::as_str).map(str::to_string))
-                    .collect();
-                let existing = self.people_by_ids(&ids).await?;
-                let mut any = false;
-                for (pid, p) in &existing {
-                    if !p.get("deletedAt").is_none_or(Value::is_null) {
-                        any |= self.restore(pid).await?;
-                    }
-                }
-                if any {
-                    queue.push((group, true));
-                    continue;
-                }
-            }
             if group.len() == 1 {
                 let (i, _) = &group[0];
                 self.refuse(&writes[*i], &reply, outcomes, *i);
@@ -799,15 +824,116 @@ impl TwentyStore {
                     for (i, _) in &bad {
                         self.refuse(&writes[*i], &reply, outcomes, *i);
                     }
-                    queue.push((rest, true));
+                    queue.push(rest);
                     continue;
                 }
             }
             let mut left = group;
             let right = left.split_off(left.len() / 2);
-            queue.push((right, true));
-            queue.push((left, true));
+            queue.push(right);
+            queue.push(left);
         }
+        for (i, pid, url) in relink {
+            let body = json!({"linkedinLink": {"primaryLinkUrl": url}});
+            let r = self
+                .client
+                .send(Method::PATCH, &format!("/rest/people/{pid}"), Some(&body))
+                .await?;
+            if !r.ok() {
+                return Err(StoreError::transient(
+                    &self.cfg.name,
+                    format!(
+                        "writing the LinkedIn URL of person {pid}: HTTP {}: {}",
+                        r.status,
+                        r.message()
+                    ),
+                ));
+            }
+            if let Some(p) = r.body.pointer("/data/updatePerson").cloned() {
+                if let Ok(c) = person_to_contact(&p, &self.cfg.name) {
+                    self.remember(&p, &c, Some(&hash_of(&writes[i])));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Erasure tombstones ([`Contact::is_erasure`]): every person of the
+    /// contact — its own id, the person it is mapped to, any person
+    /// carrying its `contactId`, live or in the trash — is destroyed
+    /// (`DELETE /rest/people/{id}`, no `soft_delete`). A soft delete would
+    /// keep every field readable with a `deletedAt` filter, and the
+    /// history of its edits in its timeline, until Twenty's trash
+    /// retention (14 days by default) ends; a destroy removes the person
+    /// and its timeline (issue 13 live run:
+    /// tests/samples/live13/trash_list_with_deletedAt_filter.json,
+    /// timeline_after_destroy.json). Nothing is created for a contact
+    /// Twenty never had. Costs one list per 50 contacts and one DELETE per
+    /// person.
+    async fn erase_people(
+        &mut self,
+        items: &[(usize, String)],
+        writes: &[Contact],
+        outcomes: &mut [Option<WriteOutcome>],
+    ) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut targets: Vec<String> = Vec::new();
+        for (i, pid) in items {
+            targets.push(pid.clone());
+            targets.push(self.person_id_for(&writes[*i].contact_id));
+        }
+        let cids: Vec<String> = items
+            .iter()
+            .map(|(i, _)| writes[*i].contact_id.clone())
+            .collect();
+        for chunk in cids.chunks(IDS_PER_QUERY) {
+            let list: Vec<String> = chunk.iter().filter_map(|i| quote(i)).collect();
+            if list.is_empty() {
+                continue;
+            }
+            let filter = format!("and(contactId[in]:[{}],{ALL_ROWS})", list.join(","));
+            for p in self.list_all(&filter, None, usize::MAX).await?.0 {
+                targets.push(person_id(&p).to_string());
+            }
+        }
+        targets.sort();
+        targets.dedup();
+        for pid in &targets {
+            self.destroy(pid).await?;
+        }
+        for (i, pid) in items {
+            self.seen.remove(&writes[*i].contact_id);
+            outcomes[*i] = Some(WriteOutcome::Applied {
+                native_id: pid.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `DELETE /rest/people/{id}`: destroys the person (404: gone
+    /// already). Our own destroy is no change to report: the person leaves
+    /// the destroy sweep's baseline.
+    async fn destroy(&mut self, pid: &str) -> Result<(), StoreError> {
+        let r = self
+            .client
+            .send(Method::DELETE, &format!("/rest/people/{pid}"), None)
+            .await?;
+        if !(r.ok() || r.status == 404) {
+            return Err(self.err(format!(
+                "destroying person {pid}: HTTP {}: {}",
+                r.status,
+                r.message()
+            )));
+        }
+        if r.ok() {
+            StatsInner::add(&self.client.stats.records_written, 1);
+        }
+        if let Some(b) = self.baseline.as_mut() {
+            b.remove(pid);
+        }
+        self.webhook_seen.remove(pid);
         Ok(())
     }
 
@@ -835,8 +961,57 @@ impl TwentyStore {
     fn body_with_id(&self, c: &Contact, pid: &str) -> Value {
         let mut m = Map::new();
         m.insert("id".into(), json!(pid));
-        m.extend(contact_to_person(c, self.company_for(c).as_deref()));
+        m.extend(self.person_body(c));
         Value::Object(m)
+    }
+
+    /// The write body of a live contact: [`contact_to_person`], its
+    /// `linkedinLink` as [`keep_links`](Self::keep_links) says.
+    pub(crate) fn person_body(&self, c: &Contact) -> Map<String, Value> {
+        let mut body = contact_to_person(c, self.company_for(c).as_deref());
+        self.keep_links(&c.contact_id, &mut body);
+        body
+    }
+
+    /// Live Twenty 2.21 rewrites a LINKS composite whole: a write of
+    /// `linkedinLink` with only `primaryLinkUrl` blanks the label and the
+    /// secondary links a user set in Twenty
+    /// (tests/samples/live13/partial_composites.json). So when the person
+    /// was last seen with the contact's LinkedIn URL, `linkedinLink` is
+    /// left out of the write; when the URL changed, the label and secondary
+    /// links last seen go along with the new URL. A URL removed clears the
+    /// composite (Twenty would promote a secondary link to primary). With
+    /// nothing seen of the person (a new one, or a store just started)
+    /// the URL is written alone. A person an upsert creates although its
+    /// URL was left out (destroyed in Twenty since last seen) gets it in a
+    /// follow-up PATCH (`upsert_all`).
+    pub(crate) fn keep_links(&self, contact_id: &str, body: &mut Map<String, Value>) {
+        let Some(seen) = self
+            .seen
+            .get(contact_id)
+            .and_then(|s| s.link.as_ref())
+            .and_then(Value::as_object)
+        else {
+            return;
+        };
+        let url = |m: &Map<String, Value>| {
+            m.get("primaryLinkUrl")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        let Some(Value::Object(new)) = body.get("linkedinLink") else {
+            return;
+        };
+        let (new_url, old_url) = (url(new), url(seen));
+        if new_url == old_url {
+            body.remove("linkedinLink");
+        } else if !new_url.is_empty() {
+            let mut link = seen.clone();
+            link.insert("primaryLinkUrl".into(), json!(new_url));
+            body.insert("linkedinLink".into(), Value::Object(link));
+        }
     }
 
     /// The person id a write targets: a user-created person named by
@@ -896,6 +1071,7 @@ impl RecordSink for TwentyStore {
         let mut upserts: Vec<(usize, Value)> = Vec::new();
         let mut patches: Vec<(usize, String)> = Vec::new();
         let mut removals: Vec<(usize, String, bool)> = Vec::new(); // (idx, pid, accepted)
+        let mut erasures: Vec<(usize, String)> = Vec::new();
         let orgs: Vec<String> = writes
             .iter()
             .filter(|c| !c.is_deleted() && self.accepts(c))
@@ -942,7 +1118,9 @@ impl RecordSink for TwentyStore {
             }
             let (pid, external) = self.target_id(c);
             let accepted = self.accepts(c);
-            if c.is_deleted() || !accepted {
+            if c.is_erasure() {
+                erasures.push((i, pid));
+            } else if c.is_deleted() || !accepted {
                 removals.push((i, pid, accepted));
             } else if external {
                 patches.push((i, pid));
@@ -955,9 +1133,15 @@ impl RecordSink for TwentyStore {
         // now carries another contact's id (a mapping broken by the old
         // position pairing, issue 13 observation 1): then the contact is
         // written under its own id and the outcome's id repairs the mapping.
+        let mut in_trash: HashSet<String> = HashSet::new();
         if !patches.is_empty() {
             let ids: Vec<String> = patches.iter().map(|(_, p)| p.clone()).collect();
             let held = self.people_by_ids(&ids).await?;
+            in_trash = held
+                .iter()
+                .filter(|(_, p)| !p.get("deletedAt").is_none_or(Value::is_null))
+                .map(|(id, _)| id.clone())
+                .collect();
             let mut kept = Vec::with_capacity(patches.len());
             for (i, pid) in patches {
                 let c = &writes[i];
@@ -979,21 +1163,22 @@ impl RecordSink for TwentyStore {
         }
         for (i, pid) in patches {
             let c = &writes[i];
-            let body = Value::Object(contact_to_person(c, self.company_for(c).as_deref()));
-            let mut r = self
+            // In Twenty's trash: a PATCH by id would update the person and
+            // leave it there (live Twenty 2.21,
+            // tests/samples/live13/trash_patch_by_id.json): bring it back
+            // first.
+            if in_trash.contains(&pid) && !self.restore(&pid).await? {
+                outcomes[i] = Some(WriteOutcome::Rejected {
+                    field: "record".into(),
+                    reason: format!("Twenty did not restore person {pid} from its trash"),
+                });
+                continue;
+            }
+            let body = Value::Object(self.person_body(c));
+            let r = self
                 .client
                 .send(Method::PATCH, &format!("/rest/people/{pid}"), Some(&body))
                 .await?;
-            if r.status == 404 {
-                // Soft-deleted in Twenty: bring the person back, then update.
-                let held = self.people_by_ids(std::slice::from_ref(&pid)).await?;
-                if held.contains_key(&pid) && self.restore(&pid).await? {
-                    r = self
-                        .client
-                        .send(Method::PATCH, &format!("/rest/people/{pid}"), Some(&body))
-                        .await?;
-                }
-            }
             if r.ok() {
                 StatsInner::add(&self.client.stats.records_written, 1);
                 if let Some(p) = r.body.pointer("/data/updatePerson").cloned() {
@@ -1040,6 +1225,7 @@ impl RecordSink for TwentyStore {
         }
 
         self.upsert_all(&upserts, writes, &mut outcomes).await?;
+        self.erase_people(&erasures, writes, &mut outcomes).await?;
 
         for i in create_then_delete {
             if let Some(WriteOutcome::Applied { native_id }) = &outcomes[i] {

@@ -281,3 +281,79 @@ async fn a_filtered_patch_answers_the_person_or_nothing() {
     assert_eq!(r, json!({"data": {"updatePeople": []}}));
     assert_eq!(person(&t, &pid).await["jobTitle"], json!("First"));
 }
+
+/// A person created in Twenty has no `contactId`: the engine writes the id
+/// it gave the contact back, on condition of the person as it read it. A
+/// new live workspace holds five such demo people; on the issue 13 live
+/// run every such write-back was answered `Changed` (the store only
+/// remembered people by contact id), so their ids never reached Twenty and
+/// `drift` reported them missing.
+#[tokio::test]
+async fn the_id_write_back_to_a_person_created_in_twenty_applies() {
+    let t = target(FakeConfig::default()).await;
+    let mut store = t.store();
+    store.migrate().await.expect("migrate");
+    let pid = uuid::Uuid::new_v4().to_string();
+    let email = format!("{}.made-in-twenty@example.com", t.run);
+    let (s, b) = t
+        .http()
+        .req(
+            Method::POST,
+            "/rest/people",
+            Some(
+                json!({"id": pid, "name": {"firstName": "Made", "lastName": "There"},
+                        "emails": {"primaryEmail": email}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    // The engine reads it (a scan of people without contact id is how an
+    // initial sync meets it; a page by id does the same here).
+    let (s, b) = t
+        .http()
+        .req(Method::GET, &format!("/rest/people/{pid}"), None)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let mut read = None;
+    let mut from: Option<contact_sync_connector::Checkpoint> = None;
+    for _ in 0..20 {
+        let batch =
+            contact_sync_connector::ChangeSource::read_changes(&mut store, from.as_ref(), 500)
+                .await
+                .expect("poll");
+        for ch in &batch.changes {
+            if ch.native_id == pid {
+                if let contact_sync_connector::ChangeKind::Upsert(c) = &ch.kind {
+                    read = Some((**c).clone());
+                }
+            }
+        }
+        from = Some(batch.checkpoint);
+        if read.is_some() || !batch.has_more {
+            break;
+        }
+    }
+    let seen = read.expect("the person is polled");
+    assert_eq!(seen.contact_id, "", "no contact id yet");
+    let mut c = seen.clone();
+    c.contact_id = format!("{}-made-there", t.run);
+    c.external_ids.insert("twenty".into(), pid.clone());
+    let (out, _) = store
+        .write_batch_if(vec![c.clone()], &[Expect::Hash(hash(&seen))])
+        .await
+        .expect("write back");
+    assert_eq!(
+        out[0],
+        WriteOutcome::Applied {
+            native_id: pid.clone()
+        }
+    );
+    let (_, b) = t
+        .http()
+        .req(Method::GET, &format!("/rest/people/{pid}"), None)
+        .await;
+    assert_eq!(b["data"]["person"]["contactId"], json!(c.contact_id));
+    t.http()
+        .req(Method::DELETE, &format!("/rest/people/{pid}"), None)
+        .await;
+}

@@ -525,9 +525,12 @@ fn dispatch(
             let (r, ev) = st.delete_person(id, truthy(q, "soft_delete"))?;
             Ok((200, json!({"data": {"deletePerson": r}}), ev))
         }
-        ("PATCH", ["rest", "restore", "people", ..]) => Err(ApiError::bad_request(
-            "Restoring records by id is not supported over REST in this version",
-        )),
+        // Live Twenty 2.21 has no REST restore route
+        // (samples/live13/rest_restore_by_id.json).
+        ("PATCH", ["rest", "restore", ..]) => Err(ApiError::bad_request(format!(
+            "Query path '/{}' invalid. Valid examples: /rest/companies/id or /rest/companies or /rest/batch/companies",
+            segs.join("/")
+        ))),
         ("GET", ["rest", "companies"]) => Ok((200, st.list_companies(&list_query(q))?, vec![])),
         ("POST", ["rest", "companies"]) => {
             let b = parse_body(body)?;

@@ -188,10 +188,11 @@ impl State {
         Value::Object(out)
     }
 
+    /// The unique values of `rec`. Soft-deleted people keep theirs: live
+    /// Twenty 2.21's unique indexes have no `deletedAt` condition, so a
+    /// create with the primary email of a person in the trash is a
+    /// duplicate (samples/live13/trash_create_with_its_email.json).
     fn index_keys(&self, rec: &Map<String, Value>) -> (Option<String>, Vec<(String, String)>) {
-        if !rec.get("deletedAt").is_none_or(Value::is_null) {
-            return (None, Vec::new());
-        }
         let email = rec
             .get("emails")
             .and_then(|e| e.get("primaryEmail"))
@@ -254,7 +255,8 @@ impl State {
         self.people.remove(id)
     }
 
-    /// Another live record holds one of `rec`'s unique values.
+    /// Another record (live or soft-deleted) holds one of `rec`'s unique
+    /// values.
     fn clashes(&self, rec: &Map<String, Value>, self_id: &str) -> bool {
         let (e, u) = self.index_keys(rec);
         if let Some(e) = e {
@@ -360,11 +362,21 @@ impl State {
                                 "Invalid value for composite field \"{name}\": {v}"
                             )));
                         };
-                        let mut cur = rec
-                            .get(name)
-                            .and_then(Value::as_object)
-                            .cloned()
-                            .unwrap_or_default();
+                        // Live Twenty 2.21 merges a partial `name` or
+                        // `emails`, but rewrites a LINKS composite whole and
+                        // drops `additionalPhones` not sent
+                        // (samples/live13/partial_composites.json).
+                        let mut cur = match name {
+                            "linkedinLink" => Map::new(),
+                            _ => rec
+                                .get(name)
+                                .and_then(Value::as_object)
+                                .cloned()
+                                .unwrap_or_default(),
+                        };
+                        if name == "phones" {
+                            cur.insert("additionalPhones".into(), json!([]));
+                        }
                         for (sk, sv) in parts {
                             if !subs.contains(&sk.as_str()) {
                                 return Err(ApiError::bad_request(format!(
@@ -419,6 +431,9 @@ impl State {
                         if name == "phones" {
                             check_phones(&cur)?;
                         }
+                        if name == "linkedinLink" {
+                            cur = normalize_links(&cur);
+                        }
                         rec.insert(name.to_string(), Value::Object(cur));
                     } else if let Some(f) = self.customs.iter().find(|f| f.name == name) {
                         rec.insert(name.to_string(), custom_value(f, v)?);
@@ -459,13 +474,14 @@ impl State {
             .join(" ")
     }
 
-    /// Finds the live record an upsert of `body` targets.
+    /// Finds the record an upsert of `body` targets: by id, primary email
+    /// or a unique custom field, soft-deleted people included (live Twenty
+    /// 2.21 restores and updates them: samples/live13/trash_upsert_same_id.json,
+    /// trash_upsert_new_id_with_its_email.json).
     fn upsert_target(&self, id: Option<&str>, body: &Map<String, Value>) -> Option<String> {
         if let Some(id) = id {
-            if let Some(r) = self.people.get(id) {
-                if r.get("deletedAt").is_none_or(Value::is_null) {
-                    return Some(id.to_string());
-                }
+            if self.people.contains_key(id) {
+                return Some(id.to_string());
             }
         }
         if let Some(e) = body
@@ -572,6 +588,8 @@ impl State {
             if !created {
                 rec.insert("updatedAt".into(), json!(now));
                 rec.insert("updatedBy".into(), actor("API", &self.key_name));
+                // An upsert that lands on a soft-deleted person restores it.
+                rec.insert("deletedAt".into(), Value::Null);
             }
             rec.insert("searchVector".into(), json!(Self::search_vector(&rec)));
             undo.push((rid.clone(), self.people.get(&rid).cloned()));
@@ -607,7 +625,9 @@ impl State {
         Ok((out, events))
     }
 
-    /// `PATCH /rest/people/{id}`.
+    /// `PATCH /rest/people/{id}`. A soft-deleted person is updated too and
+    /// stays in the trash (live Twenty 2.21:
+    /// samples/live13/trash_patch_by_id.json); only a missing id is 404.
     pub fn update_person(
         &mut self,
         id: &str,
@@ -616,12 +636,7 @@ impl State {
         let Some(body) = body.as_object() else {
             return Err(ApiError::bad_request("Body must be an object"));
         };
-        let Some(mut rec) = self
-            .people
-            .get(id)
-            .filter(|r| r.get("deletedAt").is_none_or(Value::is_null))
-            .cloned()
-        else {
+        let Some(mut rec) = self.people.get(id).cloned() else {
             return Err(ApiError::not_found());
         };
         let changed = self.apply(&mut rec, body)?;
@@ -644,13 +659,16 @@ impl State {
     }
 
     /// `PATCH /rest/people` without id: updates every record the filter
-    /// matches (all of them without a filter), as Twenty does.
+    /// matches (all of them without a filter), as Twenty does. Unlike a
+    /// list, the filter is not narrowed to live people: soft-deleted ones
+    /// match too and stay deleted (live Twenty 2.21:
+    /// samples/live13/trash_filtered_patch.json).
     pub fn update_many(
         &mut self,
         q: &ListQuery,
         body: &Value,
     ) -> Result<(Vec<Value>, Vec<Event>), ApiError> {
-        let f = self.parse_person_filter(q.filter.as_deref())?;
+        let f = self.parse_filter_as_given(q.filter.as_deref())?;
         let ids: Vec<String> = self
             .people
             .values()
@@ -673,9 +691,9 @@ impl State {
             return Err(ApiError::not_found());
         };
         if soft {
-            if !rec.get("deletedAt").is_none_or(Value::is_null) {
-                return Err(ApiError::not_found());
-            }
+            // Again on a soft-deleted person: 200, `deletedAt` and
+            // `updatedAt` stamped anew (live Twenty 2.21:
+            // samples/live13/trash_soft_delete_again.json).
             let mut rec = rec;
             let now = now_ts(self.skew);
             rec.insert("deletedAt".into(), json!(now));
@@ -709,9 +727,8 @@ impl State {
         let Some(mut rec) = self.people.get(id).cloned() else {
             return Err(ApiError::not_found());
         };
-        if rec.get("deletedAt").is_none_or(Value::is_null) {
-            return Err(ApiError::not_found());
-        }
+        // A live person is "restored" too: answered, `updatedAt` bumped
+        // (live Twenty 2.21: samples/live13/graphql_restore_live_person.json).
         rec.insert("deletedAt".into(), Value::Null);
         rec.insert("updatedAt".into(), json!(now_ts(self.skew)));
         if self.clashes(&rec, id) {
@@ -783,7 +800,9 @@ impl State {
         v
     }
 
-    fn parse_person_filter(&self, raw: Option<&str>) -> Result<Filter, ApiError> {
+    /// A person filter as written (field names checked), without the
+    /// implicit `deletedAt[is]:NULL` of lists.
+    fn parse_filter_as_given(&self, raw: Option<&str>) -> Result<Filter, ApiError> {
         let f = filter::parse(raw.unwrap_or("")).map_err(ApiError::bad_request)?;
         let mut names = Vec::new();
         f.fields(&mut names);
@@ -795,6 +814,13 @@ impl State {
                 )));
             }
         }
+        Ok(f)
+    }
+
+    /// A list filter: soft-deleted people are left out unless it names
+    /// `deletedAt`.
+    fn parse_person_filter(&self, raw: Option<&str>) -> Result<Filter, ApiError> {
+        let f = self.parse_filter_as_given(raw)?;
         Ok(if f.names_deleted_at() {
             f
         } else {
@@ -1216,10 +1242,39 @@ fn check_phone_country(number: &str, country: &str, calling: &str) -> Result<(),
     match inferred {
         Some(i) if !i.eq_ignore_ascii_case(country) => Err(ApiError {
             status: 400,
-            body: json!({"statusCode": 400, "messages": ["Provided and inferred country code are conflicting"], "code": "CONFLICTING_PHONE_COUNTRY_CODE"}),
+            // Live Twenty 2.21 (issue 13 live run):
+            // samples/live13/error_conflicting_phone_country.json.
+            body: json!({"statusCode": 400, "error": "Error", "messages": ["Provided and inferred country code are conflicting"], "code": "CONFLICTING_PHONE_COUNTRY_CODE"}),
         }),
         _ => Ok(()),
     }
+}
+
+/// A LINKS composite as live Twenty 2.21 stores it: the links in order
+/// (the primary one when it has a URL, then the secondary ones), the first
+/// as primary (URL and label), the rest as secondary; sub-fields not sent
+/// are empty (samples/live13/partial_composites.json: a label alone leaves
+/// nothing; secondary links without a primary URL promote the first).
+fn normalize_links(parts: &Map<String, Value>) -> Map<String, Value> {
+    let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+    let mut links: Vec<(String, String)> = Vec::new();
+    let url = s(parts.get("primaryLinkUrl"));
+    if !url.trim().is_empty() {
+        links.push((url, s(parts.get("primaryLinkLabel"))));
+    }
+    if let Some(Value::Array(extra)) = parts.get("secondaryLinks") {
+        for l in extra {
+            links.push((s(l.get("url")), s(l.get("label"))));
+        }
+    }
+    let mut out = Map::new();
+    let mut it = links.into_iter();
+    let (u, l) = it.next().unwrap_or_default();
+    out.insert("primaryLinkLabel".into(), json!(l));
+    out.insert("primaryLinkUrl".into(), json!(u));
+    let rest: Vec<Value> = it.map(|(u, l)| json!({"url": u, "label": l})).collect();
+    out.insert("secondaryLinks".into(), Value::Array(rest));
+    out
 }
 
 /// Checks the primary and additional phones of a `phones` composite.

@@ -168,6 +168,13 @@ impl Http {
     }
 }
 
+/// A recorded answer of live Twenty (`tests/samples/<name>`).
+pub fn sample(name: &str) -> Value {
+    let path = format!("{}/tests/samples/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 /// Waits (bounded) until `f` holds; panics with `what` otherwise.
 pub async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
     for _ in 0..200 {
