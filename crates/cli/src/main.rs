@@ -8,6 +8,7 @@ mod config;
 mod daemon;
 mod dead_letters;
 mod guard;
+mod import;
 mod operator;
 mod people;
 mod requests;

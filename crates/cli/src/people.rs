@@ -43,6 +43,25 @@ pub enum PeopleCommand {
         #[arg(long)]
         category: Option<String>,
     },
+    /// Import an address book (vCard 4.0/3.0 or a Google Contacts CSV)
+    /// into canonical: each record is matched to an existing contact by
+    /// primary email or phone (never duplicated), validated, and the
+    /// summary (new, updated, unchanged, refused with record and field)
+    /// printed before anything is written. Written with origin `import`;
+    /// the daemon copies them to every store. Takes the daemon's lock
+    /// unless --dry-run. Exit 1 when records were refused, 2 when the
+    /// file cannot be read.
+    Import {
+        file: std::path::PathBuf,
+        /// Default: from the file name (.vcf/.vcard, .csv).
+        #[arg(long, value_enum)]
+        format: Option<crate::import::ImportFormat>,
+        /// Print the summary only; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn dispatch(cfg: &Config, cmd: PeopleCommand) -> anyhow::Result<ExitCode> {
@@ -51,6 +70,12 @@ pub async fn dispatch(cfg: &Config, cmd: PeopleCommand) -> anyhow::Result<ExitCo
         PeopleCommand::Export { contact_id } => export(cfg, &contact_id).await,
         PeopleCommand::History { contact_id, json } => history(cfg, &contact_id, json),
         PeopleCommand::Vcard { category } => vcard(cfg, category.as_deref()).await,
+        PeopleCommand::Import {
+            file,
+            format,
+            dry_run,
+            json,
+        } => crate::import::import(cfg, &file, format, dry_run, json).await,
     }
 }
 

@@ -1,0 +1,235 @@
+//! `contact-sync import`: address books into canonical through the binary,
+//! on the embedded default (canonical.db and local.db).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_contact-sync"))
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .current_dir(dir)
+        .arg("--config")
+        .arg(dir.join("contact-sync.toml"))
+        .args(args)
+        .env_remove("CONTACT_SYNC_CONFIG")
+        .output()
+        .expect("run contact-sync")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(
+        out.status.success(),
+        "contact-sync {args:?}: {}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn db(dir: &Path, name: &str) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(dir.join("contact-sync-data").join(name)).expect("open db");
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c
+}
+
+fn one<T: rusqlite::types::FromSql>(dir: &Path, name: &str, sql: &str) -> T {
+    db(dir, name).query_row(sql, [], |r| r.get(0)).expect(sql)
+}
+
+/// Five contacts in canonical and local, in sync; national numbers are
+/// read in the US.
+fn synced(dir: &Path) {
+    std::fs::write(
+        dir.join("contact-sync.toml"),
+        "[sync]\ndefault_region = \"US\"\n",
+    )
+    .unwrap();
+    ok(dir, &["seed", "--contacts", "5"]);
+    ok(dir, &["run", "--initial-sync", "--once"]);
+}
+
+/// (contact_id, primary email) of the first seeded contact that has one.
+fn someone(dir: &Path) -> (String, String) {
+    db(dir, "canonical.db")
+        .query_row(
+            "SELECT contact_id, _primary_email FROM contacts WHERE _primary_email IS NOT NULL \
+             ORDER BY contact_id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_vcard_of_a_contact_known_by_email_updates_it_and_a_new_one_is_added_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    synced(d);
+    let (id, email) = someone(d);
+    let before: i64 = one(d, "canonical.db", "SELECT count(*) FROM contacts");
+    // vCard 3.0 for the known contact (email in other case), 4.0 for a new one.
+    let vcf = format!(
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Imported Name\r\nTITLE:Chief Importer\r\n\
+         EMAIL;TYPE=INTERNET,pref:{}\r\nEND:VCARD\r\n\
+         BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Grace Hopper\r\nN:Hopper;Grace;;;\r\n\
+         EMAIL;PREF=1:grace@navy.example\r\nTEL;VALUE=uri;TYPE=cell:tel:(415) 555-0199\r\n\
+         ORG:US Navy\r\nEND:VCARD\r\n",
+        email.to_uppercase()
+    );
+    std::fs::write(d.join("book.vcf"), vcf).unwrap();
+    let out = ok(d, &["import", "book.vcf"]);
+    assert!(out.contains("updated    card 1 (Imported Name)"), "{out}");
+    assert!(out.contains(&format!("-> {id} (")), "{out}");
+    assert!(out.contains("job_title"), "{out}");
+    assert!(out.contains("new        card 2 (Grace Hopper)"), "{out}");
+    assert!(
+        out.contains("1 new, 1 updated, 0 unchanged, 0 refused"),
+        "{out}"
+    );
+    // Updated in place, not duplicated.
+    let after: i64 = one(d, "canonical.db", "SELECT count(*) FROM contacts");
+    assert_eq!(after, before + 1);
+    let (title, by): (String, String) = db(d, "canonical.db")
+        .query_row(
+            "SELECT job_title, last_updated_by FROM contacts WHERE contact_id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((title.as_str(), by.as_str()), ("Chief Importer", "import"));
+    let phones: String = one(
+        d,
+        "canonical.db",
+        "SELECT phones FROM contacts WHERE _primary_email = 'grace@navy.example'",
+    );
+    assert!(phones.contains("+14155550199"), "{phones}");
+    // Journaled with origin import, and the daemon copies it to local.
+    let hist = ok(d, &["history", &id]);
+    assert!(hist.contains("by import"), "{hist}");
+    assert!(hist.contains("job_title"), "{hist}");
+    ok(d, &["run", "--once"]);
+    let local_title: String = one(
+        d,
+        "local.db",
+        &format!("SELECT job_title FROM contacts WHERE contact_id = '{id}'"),
+    );
+    assert_eq!(local_title, "Chief Importer");
+    let grace: i64 = one(
+        d,
+        "local.db",
+        "SELECT count(*) FROM contacts WHERE _primary_email = 'grace@navy.example'",
+    );
+    assert_eq!(grace, 1);
+    // The same file again changes nothing.
+    let again = ok(d, &["import", "book.vcf"]);
+    assert!(
+        again.contains("0 new, 0 updated, 2 unchanged, 0 refused"),
+        "{again}"
+    );
+    let n: i64 = one(d, "canonical.db", "SELECT count(*) FROM contacts");
+    assert_eq!(n, after);
+}
+
+const GOOGLE: &str = "\u{feff}First Name,Middle Name,Last Name,Nickname,Organization Name,Organization Title,Notes,Labels,E-mail 1 - Label,E-mail 1 - Value,E-mail 2 - Label,E-mail 2 - Value,Phone 1 - Label,Phone 1 - Value\n\
+Ada,,Lovelace,,Analytical Engines,Analyst,first programmer,* myContacts ::: Friends,* Work,ada@example.com,Home,ada@home.example,Mobile,+44 20 7946 0018\n\
+Bad,,Address,,,,,* myContacts,Work,not-an-email,,,,\n\
+Alan,,Turing,,Bletchley,,,* myContacts,,alan@example.com,,,Work,415 555 0142 ::: 415 555 0143\n";
+
+#[test]
+fn a_google_csv_is_imported_a_bad_row_is_refused_by_name_and_a_dry_run_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    synced(d);
+    std::fs::write(d.join("google.csv"), GOOGLE).unwrap();
+    let count = |d: &Path| -> i64 { one(d, "canonical.db", "SELECT count(*) FROM contacts") };
+    let journal = |d: &Path| -> i64 { one(d, "state.db", "SELECT count(*) FROM journal") };
+    let (n0, j0) = (count(d), journal(d));
+
+    // Dry run: the summary, exit 1 (a row is refused), nothing written.
+    let out = run(d, &["import", "google.csv", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("new        row 2 (Ada Lovelace)"), "{s}");
+    assert!(
+        s.contains("REFUSED    row 3 (Bad Address)  field emails"),
+        "{s}"
+    );
+    assert!(s.contains("not-an-email"), "{s}");
+    assert!(s.contains("new        row 4 (Alan Turing)"), "{s}");
+    assert!(
+        s.contains("nothing written: 2 new, 0 updated, 0 unchanged, 1 refused"),
+        "{s}"
+    );
+    assert_eq!((count(d), journal(d)), (n0, j0));
+
+    // For real: the good rows are written, the refused one named, exit 1.
+    let out = run(d, &["import", "google.csv"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("REFUSED    row 3 (Bad Address)  field emails"),
+        "{s}"
+    );
+    assert!(
+        s.contains("written to canonical (origin import): 2 new, 0 updated"),
+        "{s}"
+    );
+    assert_eq!(count(d), n0 + 2);
+    let (org, title, tags, emails, phones, by): (String, String, String, String, String, String) =
+        db(d, "canonical.db")
+            .query_row(
+                "SELECT organization, job_title, tags, emails, phones, last_updated_by FROM contacts \
+                 WHERE _primary_email = 'ada@example.com'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .unwrap();
+    assert_eq!(
+        (org.as_str(), title.as_str()),
+        ("Analytical Engines", "Analyst")
+    );
+    assert_eq!(tags, r#"["Friends"]"#);
+    assert!(emails.contains("ada@home.example"), "{emails}");
+    assert!(phones.contains("+442079460018"), "{phones}");
+    assert_eq!(by, "import");
+    let turing: String = one(
+        d,
+        "canonical.db",
+        "SELECT phones FROM contacts WHERE _primary_email = 'alan@example.com'",
+    );
+    assert!(
+        turing.contains("+14155550142") && turing.contains("+14155550143"),
+        "{turing}"
+    );
+}
+
+#[test]
+fn an_unreadable_file_or_an_unknown_format_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("contact-sync.toml"), "").unwrap();
+    let out = run(d, &["import", "missing.vcf"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read missing.vcf"));
+    std::fs::write(d.join("book.txt"), "x").unwrap();
+    let out = run(d, &["import", "book.txt"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--format"));
+    std::fs::write(d.join("other.csv"), "a,b\n1,2\n").unwrap();
+    let out = run(d, &["import", "other.csv"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Google Contacts"));
+}
