@@ -361,6 +361,10 @@ async fn samples(engine: &Engine, wal: &mut [WalProbe]) -> Vec<StoreSample> {
     out
 }
 
+/// How often the daemon looks for edits other programs made to an SQLite
+/// store (a read of `PRAGMA data_version`: no IO when nothing changed).
+const SQLITE_WATCH_EVERY: Duration = Duration::from_millis(200);
+
 /// `run`: the daemon.
 pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
     let interval = Duration::from_secs(o.interval.unwrap_or(cfg.sync.interval_secs).max(1));
@@ -403,6 +407,25 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
                 wake.notify_one();
             }
         });
+    }
+    // SQLite stores (canonical.db, local.db): an edit by another program
+    // wakes the loop within SQLITE_WATCH_EVERY, as NOTIFY does for Postgres.
+    if !o.once {
+        let sqlite = std::iter::once((contact_sync_engine::CANONICAL, cfg.canonical()))
+            .chain(cfg.stores().iter().map(|(n, sc)| (n.as_str(), sc)));
+        for (name, sc) in sqlite {
+            if let crate::config::StoreConfig::Sqlite { path } = sc {
+                let file = cfg.sqlite_path(name, path);
+                let wake = wake.clone();
+                contact_sync_sqlite::watch::spawn_watch(&file, SQLITE_WATCH_EVERY, move || {
+                    wake.notify_one()
+                })
+                .with_context(|| {
+                    format!("store {name}: cannot start watching {}", file.display())
+                })?;
+                tracing::debug!(store = %name, "SQLite change wake-ups on");
+            }
+        }
     }
     let ops = OpsHandle::default();
     let mut extra = axum::Router::new();
