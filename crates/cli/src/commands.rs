@@ -48,6 +48,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             crate::daemon::run(&cfg, o).await
         }
+        Command::Duplicates {
+            json,
+            limit,
+            min_score,
+        } => crate::duplicates::duplicates(&cfg, json, limit, min_score).await,
         Command::Paused { json } => crate::guard::list(&cfg, json),
         Command::Approve { store } => {
             crate::guard::decide(&cfg, &store, contact_sync_state::Decision::Approve)

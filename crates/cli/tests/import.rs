@@ -233,3 +233,50 @@ fn an_unreadable_file_or_an_unknown_format_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Google Contacts"));
 }
+
+#[test]
+fn duplicates_lists_pairs_by_shared_email_and_similar_name_in_one_organization() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("contact-sync.toml"), "").unwrap();
+    let csv = "First Name,Last Name,Organization Name,E-mail 1 - Label,E-mail 1 - Value,E-mail 2 - Label,E-mail 2 - Value\n\
+        Grace,Hopper,US Navy,* Work,grace@navy.example,,\n\
+        Grace,Hoper,US Navy,* Work,ghopper@navy.example,,\n\
+        Edsger,Dijkstra,US Navy,* Work,ewd@navy.example,,\n\
+        Ada,Lovelace,,* Home,ada@home.example,Work,ada@work.example\n\
+        Countess,Lovelace,,* Work,ada@work.example,,\n";
+    std::fs::write(d.join("book.csv"), csv).unwrap();
+    ok(d, &["import", "book.csv"]);
+    let out = ok(d, &["duplicates", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["contacts_scanned"], 5, "{out}");
+    assert_eq!(v["pairs_found"], 2, "{out}");
+    let pairs = v["pairs"].as_array().unwrap();
+    let names = |p: &serde_json::Value| {
+        let mut n = [
+            p["a_name"].as_str().unwrap().to_string(),
+            p["b_name"].as_str().unwrap().to_string(),
+        ];
+        n.sort();
+        n
+    };
+    assert_eq!(names(&pairs[0]), ["Ada Lovelace", "Countess Lovelace"]);
+    assert_eq!(pairs[0]["score"], 1.0);
+    assert!(pairs[0]["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("same email ada@work.example"));
+    assert_eq!(names(&pairs[1]), ["Grace Hoper", "Grace Hopper"]);
+    assert!(pairs[1]["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("similar name"));
+    // Bounded output: --limit 1 shows one and says how many there are.
+    let text = ok(d, &["duplicates", "--limit", "1"]);
+    assert!(
+        text.contains("2 likely duplicate pairs among 5 contacts (1 shown"),
+        "{text}"
+    );
+    let out = run(d, &["duplicates", "--min-score", "1.5"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
