@@ -225,6 +225,7 @@ pub async fn safety_report(
                 Ok(store) => extra.push(Box::new(crate::checks::PgCdcCheck {
                     name: name.clone(),
                     store,
+                    wal_warn_bytes: cfg.alerts.slot_wal_bytes(),
                 })),
                 Err(e) => {
                     tracing::debug!(store = %name, error = %e, "reported by the reachability check")

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use contact_sync_engine::{Engine, EngineOptions, StoreVerification, CANONICAL};
-use contact_sync_ops::{
-    AlertThresholds, Alerter, CycleOutcome, OpsHandle, StoreSample, WebhookNotifier,
-};
+use contact_sync_ops::{Alerter, CycleOutcome, OpsHandle, StoreSample, WebhookNotifier};
 use contact_sync_twenty::webhook::WebhookReceiver;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::Notify;
@@ -482,7 +480,7 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let mut alerter = Alerter::new(AlertThresholds::default(), notifier);
+    let mut alerter = Alerter::new(cfg.alerts.thresholds(), notifier);
     let mut console_requests = None;
     let _server = if o.once || o.no_http {
         None

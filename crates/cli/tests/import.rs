@@ -272,11 +272,36 @@ fn duplicates_lists_pairs_by_shared_email_and_similar_name_in_one_organization()
         .unwrap()
         .contains("similar name"));
     // Bounded output: --limit 1 shows one and says how many there are.
-    let text = ok(d, &["duplicates", "--limit", "1"]);
+    let shown = ok(d, &["duplicates", "--limit", "1"]);
     assert!(
-        text.contains("2 likely duplicate pairs among 5 contacts (1 shown"),
-        "{text}"
+        shown.contains("2 likely duplicate pairs among 5 contacts (1 shown"),
+        "{shown}"
     );
     let out = run(d, &["duplicates", "--min-score", "1.5"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn a_bad_alert_threshold_is_a_clear_error_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        "[alerts]\nconsecutive_failures = 0\n",
+    )
+    .unwrap();
+    let out = run(d, &["run", "--once"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("alerts.consecutive_failures must be at least 1"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        "[alerts]\ndrift_percent = 2.5\nlatency_secs = 60\nconsecutive_failures = 3\nslot_wal_mib = 64\n",
+    )
+    .unwrap();
+    ok(d, &["run", "--initial-sync", "--once"]);
 }
