@@ -43,6 +43,20 @@ pub enum PeopleCommand {
         #[arg(long)]
         category: Option<String>,
     },
+    /// Merge two contacts that are one person: KEEP takes what it lacks
+    /// from OTHER (fields it does not have; OTHER's emails, phones and tags
+    /// are added), OTHER is deleted; both journaled with origin `merge`,
+    /// and the daemon carries it to every store. Takes the daemon's lock
+    /// unless --dry-run. Exit 2 when either is not a live contact.
+    Merge {
+        keep: String,
+        other: String,
+        /// Print what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Import an address book (vCard 4.0/3.0 or a Google Contacts CSV)
     /// into canonical: each record is matched to an existing contact by
     /// primary email or phone (never duplicated), validated, and the
@@ -70,6 +84,12 @@ pub async fn dispatch(cfg: &Config, cmd: PeopleCommand) -> anyhow::Result<ExitCo
         PeopleCommand::Export { contact_id } => export(cfg, &contact_id).await,
         PeopleCommand::History { contact_id, json } => history(cfg, &contact_id, json),
         PeopleCommand::Vcard { category } => vcard(cfg, category.as_deref()).await,
+        PeopleCommand::Merge {
+            keep,
+            other,
+            dry_run,
+            json,
+        } => merge(cfg, &keep, &other, dry_run, json).await,
         PeopleCommand::Import {
             file,
             format,
@@ -109,6 +129,50 @@ async fn forget(cfg: &Config, id: &str, json: bool) -> anyhow::Result<ExitCode> 
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn merge(
+    cfg: &Config,
+    keep: &str,
+    other: &str,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    require_state(cfg)?;
+    let mut engine = if dry_run {
+        crate::daemon::build_readonly_engine(cfg).await?
+    } else {
+        crate::daemon::build_engine(cfg, None).await?
+    };
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(take_lock(engine.state())?)
+    };
+    let report = match engine.merge_contacts(keep, other, dry_run).await {
+        Ok(r) => r,
+        Err(contact_sync_engine::EngineError::Request(msg)) => {
+            eprintln!("error: {msg}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let fields = if report.fields.is_empty() {
+            "nothing new".to_string()
+        } else {
+            report.fields.join(", ")
+        };
+        let verb = if report.written {
+            "merged"
+        } else {
+            "would merge (nothing written)"
+        };
+        println!("{verb}: {other} into {keep}; {keep} takes: {fields}; {other} is deleted");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn export(cfg: &Config, id: &str) -> anyhow::Result<ExitCode> {

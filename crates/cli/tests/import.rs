@@ -305,3 +305,78 @@ fn a_bad_alert_threshold_is_a_clear_error_and_exit_2() {
     .unwrap();
     ok(d, &["run", "--initial-sync", "--once"]);
 }
+
+#[test]
+fn merge_folds_a_duplicate_into_the_contact_kept_and_deletes_it_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("contact-sync.toml"), "").unwrap();
+    let csv = "First Name,Last Name,Organization Name,Organization Title,E-mail 1 - Label,E-mail 1 - Value,Labels\n\
+        Grace,Hopper,US Navy,,* Work,grace@navy.example,\n\
+        Grace,Hoper,US Navy,Rear Admiral,* Work,ghopper@navy.example,* myContacts ::: Navy\n";
+    std::fs::write(d.join("book.csv"), csv).unwrap();
+    ok(d, &["run", "--initial-sync", "--once"]);
+    ok(d, &["import", "book.csv"]);
+    ok(d, &["run", "--once"]);
+    let id_of = |email: &str| -> String {
+        db(d, "canonical.db")
+            .query_row(
+                "SELECT contact_id FROM contacts WHERE _primary_email = ?1",
+                [email],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let (keep, other) = (id_of("grace@navy.example"), id_of("ghopper@navy.example"));
+    // Dry run: says what, writes nothing.
+    let journal = |d: &Path| -> i64 { one(d, "state.db", "SELECT count(*) FROM journal") };
+    let j0 = journal(d);
+    let out = ok(d, &["merge", &keep, &other, "--dry-run"]);
+    assert!(out.contains("would merge"), "{out}");
+    assert!(
+        out.contains("emails") && out.contains("job_title") && out.contains("tags"),
+        "{out}"
+    );
+    assert_eq!(journal(d), j0);
+    // For real.
+    let out = ok(d, &["merge", &keep, &other]);
+    assert!(
+        out.starts_with(&format!("merged: {other} into {keep}")),
+        "{out}"
+    );
+    let (emails, title, tags, by): (String, String, String, String) = db(d, "canonical.db")
+        .query_row(
+            "SELECT emails, job_title, tags, last_updated_by FROM contacts WHERE contact_id = ?1",
+            [&keep],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert!(emails.contains("grace@navy.example") && emails.contains("ghopper@navy.example"));
+    assert_eq!(
+        (title.as_str(), tags.as_str(), by.as_str()),
+        ("Rear Admiral", r#"["Navy"]"#, "merge")
+    );
+    let q = format!("SELECT deleted_at IS NOT NULL FROM contacts WHERE contact_id = '{other}'");
+    assert!(one::<bool>(d, "canonical.db", &q));
+    // The daemon carries both to local.
+    ok(d, &["run", "--once"]);
+    assert!(one::<bool>(d, "local.db", &q));
+    let local_emails: String = one(
+        d,
+        "local.db",
+        &format!("SELECT emails FROM contacts WHERE contact_id = '{keep}'"),
+    );
+    assert!(
+        local_emails.contains("ghopper@navy.example"),
+        "{local_emails}"
+    );
+    // No duplicates left; merging again, or an unknown id, exits 2.
+    let dup = ok(d, &["duplicates"]);
+    assert!(
+        dup.contains("0 likely duplicate pairs among 1 contacts"),
+        "{dup}"
+    );
+    let out = run(d, &["merge", &keep, &other]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("no live contact {other}")));
+}

@@ -72,12 +72,13 @@ pub struct ImportReport {
     pub items: Vec<ImportItem>,
 }
 
-/// Lays what `from` carries over `into`: scalar fields the file holds
-/// replace; emails, phones and tags are added when not there yet.
-fn overlay(into: &mut Contact, from: &Contact) {
+/// Lays what `from` carries over `into`: scalar fields `from` holds
+/// replace (with `replace`; else they only fill what `into` lacks);
+/// emails, phones and tags are added when not there yet.
+pub(crate) fn overlay(into: &mut Contact, from: &Contact, replace: bool) {
     macro_rules! take {
         ($($f:ident),*) => {$(
-            if from.$f.is_some() {
+            if from.$f.is_some() && (replace || into.$f.is_none()) {
                 into.$f = from.$f.clone();
             }
         )*};
@@ -100,7 +101,8 @@ fn overlay(into: &mut Contact, from: &Contact) {
         notes,
         source
     );
-    if !from.canonical_name.trim().is_empty() {
+    if !from.canonical_name.trim().is_empty() && (replace || into.canonical_name.trim().is_empty())
+    {
         into.canonical_name = from.canonical_name.clone();
     }
     let has_primary = into.emails.iter().any(|e| e.is_primary);
@@ -241,7 +243,7 @@ impl Engine {
                 n.source = Some(IMPORT_ORIGIN.to_string());
                 n
             });
-            overlay(&mut result, &c);
+            overlay(&mut result, &c, true);
             result.contact_id = id.clone();
             result.normalize();
             if let Err(inv) = validate(&result) {
@@ -290,10 +292,32 @@ impl Engine {
         if dry_run || order.is_empty() {
             return Ok(report);
         }
-        let mut entries = Vec::with_capacity(order.len());
+        let writes: Vec<(Option<Contact>, Contact)> = order
+            .iter()
+            .map(|id| touched.remove(id).expect("touched"))
+            .collect();
+        self.journal_and_apply(writes, IMPORT_ORIGIN).await?;
+        report.written = true;
+        Ok(report)
+    }
+
+    /// Journals each `(held, new)` one version above everything journaled
+    /// or any store agreed with, with `origin` as its origin and
+    /// `last_updated_by`, and applies the entries to canonical. `held` is
+    /// what canonical was just read holding: canonical is written on
+    /// condition of it (as `forget` does), and `new` was built from it, so
+    /// nothing in it is lost.
+    pub(crate) async fn journal_and_apply(
+        &mut self,
+        writes: Vec<(Option<Contact>, Contact)>,
+        origin: &str,
+    ) -> Result<(), EngineError> {
+        let now = (self.clock)();
+        let mut entries = Vec::with_capacity(writes.len());
         let mut recs = Vec::new();
-        for id in &order {
-            let (held, mut c) = touched.remove(id).expect("touched");
+        for (held, mut c) in writes {
+            let id = c.contact_id.clone();
+            let id = &id;
             let last = self.state.journal_of(id, 1)?.into_iter().next();
             let mut top = last.as_ref().map_or(0, |e| e.version);
             top = top.max(held.as_ref().map_or(0, |h| h.version));
@@ -304,8 +328,7 @@ impl Engine {
             }
             c.version = top + 1;
             c.last_updated = Some(now);
-            c.last_updated_by = Some(IMPORT_ORIGIN.to_string());
-            c.deleted_at = None;
+            c.last_updated_by = Some(origin.to_string());
             let hash = content_hash(&c);
             c.content_hash = Some(hash.clone());
             let before = last.as_ref().map(|e| e.after.clone()).or(held.clone());
@@ -315,16 +338,13 @@ impl Engine {
                 version: c.version,
                 prev_version: last.as_ref().map_or(0, |e| e.version),
                 op: Op::of(&c),
-                origin: IMPORT_ORIGIN.to_string(),
+                origin: origin.to_string(),
                 changes: diff(before.as_ref(), &c),
                 conflicts: vec![],
                 hash,
                 after: c,
                 at: now,
             });
-            // Canonical is written on condition of what it was just read
-            // holding (as `forget` does): the import was laid over that
-            // record, so nothing in it is lost.
             if let Some(h) = &held {
                 let prev = self.state.store_record(CANONICAL, id)?;
                 recs.push(contact_sync_state::StoreRecord {
@@ -333,7 +353,7 @@ impl Engine {
                     native_id: prev.and_then(|p| p.native_id).or_else(|| Some(id.clone())),
                     synced_version: h.version,
                     hash: content_hash(h),
-                    deleted: false,
+                    deleted: h.is_deleted(),
                     ..Default::default()
                 });
             }
@@ -349,8 +369,6 @@ impl Engine {
             tx.commit()?;
         }
         let mut cycle = CycleReport::default();
-        self.apply_canonical(&mut cycle).await?;
-        report.written = true;
-        Ok(report)
+        self.apply_canonical(&mut cycle).await
     }
 }
