@@ -3,6 +3,10 @@
 //! (see `contact_sync_engine::import`). The summary is printed before
 //! anything is written; `--dry-run` prints it only.
 //!
+//! While a daemon runs, the write is queued as an operator request (the
+//! records travel in it) and carried out by the daemon between its
+//! cycles, waited for up to `--wait` seconds (exit 3 when not done yet).
+//!
 //! Exit codes: 0 every record imported (or already there); 1 some records
 //! refused (the others were written); 2 the file cannot be read or its
 //! format is unknown.
@@ -14,7 +18,6 @@ use clap::ValueEnum;
 use contact_sync_core::{Contact, Email, Phone};
 use contact_sync_engine::{ImportAction, ImportRecord, ImportReport};
 
-use crate::commands::take_lock;
 use crate::config::{Config, ConfigError};
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -266,6 +269,7 @@ pub async fn import(
     format: Option<ImportFormat>,
     dry_run: bool,
     json: bool,
+    wait: u64,
 ) -> anyhow::Result<ExitCode> {
     let format = format_of(file, format)?;
     let bytes =
@@ -287,9 +291,23 @@ pub async fn import(
         if !json {
             print_summary(&plan, false);
         }
-        let mut engine = crate::daemon::build_engine(cfg, None).await?;
-        let _lock = take_lock(engine.state())?;
-        let done = engine.import(records, false).await?;
+        let args = serde_json::json!({ "records": &records });
+        let done = crate::requests::here_or_daemon(
+            cfg,
+            contact_sync_state::RequestKind::Import,
+            args,
+            "import",
+            std::time::Duration::from_secs(wait),
+            || async {
+                let mut engine = crate::daemon::build_engine(cfg, None).await?;
+                Ok(engine.import(records, false).await?)
+            },
+        )
+        .await?;
+        let done = match done {
+            Ok(d) => d,
+            Err(code) => return Ok(code),
+        };
         if !json {
             println!(
                 "written to canonical (origin import): {} new, {} updated; the daemon copies them to every store at its next cycle",

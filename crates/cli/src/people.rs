@@ -46,8 +46,9 @@ pub enum PeopleCommand {
     /// Merge two contacts that are one person: KEEP takes what it lacks
     /// from OTHER (fields it does not have; OTHER's emails, phones and tags
     /// are added), OTHER is deleted; both journaled with origin `merge`,
-    /// and the daemon carries it to every store. Takes the daemon's lock
-    /// unless --dry-run. Exit 2 when either is not a live contact.
+    /// and the daemon carries it to every store. While the daemon runs it
+    /// is queued for the daemon and waited for. Exit 2 when either is not
+    /// a live contact.
     Merge {
         keep: String,
         other: String,
@@ -56,15 +57,20 @@ pub enum PeopleCommand {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// While the daemon runs: seconds to wait for it to carry out the
+        /// merge (exit 3 when it has not by then; it stays queued).
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        wait: u64,
     },
     /// Import an address book (vCard 4.0/3.0 or a Google Contacts CSV)
     /// into canonical: each record is matched to an existing contact by
     /// primary email or phone (never duplicated), validated, and the
     /// summary (new, updated, unchanged, refused with record and field)
     /// printed before anything is written. Written with origin `import`;
-    /// the daemon copies them to every store. Takes the daemon's lock
-    /// unless --dry-run. Exit 1 when records were refused, 2 when the
-    /// file cannot be read.
+    /// the daemon copies them to every store. While the daemon runs the
+    /// write is queued for it and waited for. Exit 1 when records were
+    /// refused, 2 when the file cannot be read, 3 when the daemon has not
+    /// done it within --wait.
     Import {
         file: std::path::PathBuf,
         /// Default: from the file name (.vcf/.vcard, .csv).
@@ -75,6 +81,10 @@ pub enum PeopleCommand {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// While the daemon runs: seconds to wait for it to carry out the
+        /// import (exit 3 when it has not by then; it stays queued).
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        wait: u64,
     },
 }
 
@@ -89,13 +99,15 @@ pub async fn dispatch(cfg: &Config, cmd: PeopleCommand) -> anyhow::Result<ExitCo
             other,
             dry_run,
             json,
-        } => merge(cfg, &keep, &other, dry_run, json).await,
+            wait,
+        } => merge(cfg, &keep, &other, dry_run, json, wait).await,
         PeopleCommand::Import {
             file,
             format,
             dry_run,
             json,
-        } => crate::import::import(cfg, &file, format, dry_run, json).await,
+            wait,
+        } => crate::import::import(cfg, &file, format, dry_run, json, wait).await,
     }
 }
 
@@ -137,25 +149,39 @@ async fn merge(
     other: &str,
     dry_run: bool,
     json: bool,
+    wait: u64,
 ) -> anyhow::Result<ExitCode> {
     require_state(cfg)?;
-    let mut engine = if dry_run {
-        crate::daemon::build_readonly_engine(cfg).await?
-    } else {
-        crate::daemon::build_engine(cfg, None).await?
-    };
-    let _lock = if dry_run {
-        None
-    } else {
-        Some(take_lock(engine.state())?)
-    };
-    let report = match engine.merge_contacts(keep, other, dry_run).await {
+    // Checked first on a read-only engine (runs beside a daemon).
+    let mut reader = crate::daemon::build_readonly_engine(cfg).await?;
+    let plan = match reader.merge_contacts(keep, other, true).await {
         Ok(r) => r,
         Err(contact_sync_engine::EngineError::Request(msg)) => {
             eprintln!("error: {msg}");
             return Ok(ExitCode::from(2));
         }
         Err(e) => return Err(e.into()),
+    };
+    drop(reader);
+    let report = if dry_run {
+        plan
+    } else {
+        let done = crate::requests::here_or_daemon(
+            cfg,
+            contact_sync_state::RequestKind::Merge,
+            serde_json::json!({ "keep": keep, "other": other }),
+            "merge",
+            std::time::Duration::from_secs(wait),
+            || async {
+                let mut engine = crate::daemon::build_engine(cfg, None).await?;
+                Ok(engine.merge_contacts(keep, other, false).await?)
+            },
+        )
+        .await?;
+        match done {
+            Ok(r) => r,
+            Err(code) => return Ok(code),
+        }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -115,3 +115,96 @@ fn an_edit_in_local_db_reaches_canonical_long_before_the_interval() {
         .unwrap();
     assert_eq!(by, "local");
 }
+
+#[test]
+fn import_and_merge_while_the_daemon_runs_are_carried_out_by_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("contact-sync.toml"), "").unwrap();
+    assert!(cmd(d, &["run", "--initial-sync", "--once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let log = d.join("daemon.log");
+    let _daemon = Daemon(
+        cmd(d, &["run", "--no-http", "--interval", "3600"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log_text = || {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    };
+    wait_for("the daemon's first cycle", Duration::from_secs(60), || {
+        log_text().contains("cycle:")
+    });
+    std::fs::write(
+        d.join("book.vcf"),
+        "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Grace Hopper\r\nEMAIL:grace@navy.example\r\nEND:VCARD\r\n\
+         BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Grace Hoper\r\nTITLE:Rear Admiral\r\nEMAIL:gh@navy.example\r\nEND:VCARD\r\n",
+    )
+    .unwrap();
+    let out = cmd(d, &["import", "book.vcf", "--wait", "60"])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}\n{}", log_text());
+    assert!(said.contains("queued as request #"), "{said}");
+    assert!(said.contains("2 new, 0 updated"), "{said}");
+    let id_of = |email: &str| -> String {
+        db(d, "canonical.db")
+            .query_row(
+                "SELECT contact_id FROM contacts WHERE _primary_email = ?1",
+                [email],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let (keep, other) = (id_of("grace@navy.example"), id_of("gh@navy.example"));
+    // The daemon copies the import to local without waiting for its interval.
+    wait_for("the import to reach local", Duration::from_secs(10), || {
+        db(d, "local.db")
+            .query_row("SELECT count(*) FROM contacts", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+            == 2
+    });
+    let out = cmd(d, &["merge", &keep, &other, "--wait", "60"])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}\n{}", log_text());
+    assert!(
+        said.contains(&format!("merged: {other} into {keep}")),
+        "{said}"
+    );
+    wait_for("the merge to reach local", Duration::from_secs(10), || {
+        db(d, "local.db")
+            .query_row(
+                "SELECT deleted_at IS NOT NULL FROM contacts WHERE contact_id = ?1",
+                [&other],
+                |r| r.get::<_, bool>(0),
+            )
+            .unwrap()
+    });
+    let title: String = db(d, "local.db")
+        .query_row(
+            "SELECT job_title FROM contacts WHERE contact_id = ?1",
+            [&keep],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(title, "Rear Admiral");
+}

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use contact_sync_core::identity::mint_contact_id;
 use contact_sync_core::{content_hash, diff, validate, Contact, JournalEntry, Op};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{CycleReport, Engine, EngineError, CANONICAL};
 
@@ -28,7 +28,7 @@ use crate::{CycleReport, Engine, EngineError, CANONICAL};
 pub const IMPORT_ORIGIN: &str = "import";
 
 /// One record of the file: how to name it in the summary, and what it held.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImportRecord {
     /// e.g. `card 3 (Ada Lovelace)` or `row 7`.
     pub record: String,
@@ -37,7 +37,7 @@ pub struct ImportRecord {
 }
 
 /// What happens to one record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImportAction {
     New,
@@ -47,21 +47,21 @@ pub enum ImportAction {
 }
 
 /// One line of the summary.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImportItem {
     pub record: String,
     pub action: ImportAction,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contact_id: Option<String>,
     /// Updated: the fields that change. Refused: the field at fault.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
 /// The summary of an import.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ImportReport {
     pub new: usize,
     pub updated: usize,

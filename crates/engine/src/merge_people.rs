@@ -6,7 +6,7 @@
 //! the journal like any change.
 
 use contact_sync_core::{diff, validate};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::import::overlay;
 use crate::{Engine, EngineError};
@@ -15,7 +15,7 @@ use crate::{Engine, EngineError};
 pub const MERGE_ORIGIN: &str = "merge";
 
 /// What a merge does (or did).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MergeReport {
     pub keep: String,
     pub other: String,
