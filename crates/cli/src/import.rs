@@ -53,6 +53,7 @@ fn format_of(path: &Path, given: Option<ImportFormat>) -> anyhow::Result<ImportF
 
 /// Reads the vCard cards of a file as import records.
 pub fn vcard_records(bytes: &[u8]) -> Vec<ImportRecord> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     contact_sync_core::vcard::from_vcards(bytes)
         .into_iter()
         .map(|card| {
@@ -280,6 +281,17 @@ pub async fn import(
     };
     if records.is_empty() {
         return Err(usage(format!("{} holds no contacts", file.display())));
+    }
+    if let [ImportRecord {
+        contact: Err(why), ..
+    }] = records.as_slice()
+    {
+        if format == ImportFormat::Vcard {
+            return Err(usage(format!(
+                "{} is not a vCard file: {why}",
+                file.display()
+            )));
+        }
     }
     // Classify everything first (read only), print, then write.
     let mut reader = crate::daemon::build_readonly_engine(cfg).await?;

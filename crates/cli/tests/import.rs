@@ -224,6 +224,19 @@ fn an_unreadable_file_or_an_unknown_format_exits_2() {
     let out = run(d, &["import", "missing.vcf"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read missing.vcf"));
+    std::fs::write(d.join("notes.vcf"), "just some notes\n").unwrap();
+    let out = run(d, &["import", "notes.vcf"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("notes.vcf is not a vCard file"));
+    // A byte order mark and bare LF line ends are read.
+    std::fs::write(
+        d.join("lf.vcf"),
+        "\u{feff}BEGIN:VCARD\nVERSION:3.0\nFN:Lf Person\nEMAIL:lf@example.com\nEND:VCARD\n",
+    )
+    .unwrap();
+    let out = run(d, &["import", "lf.vcf", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("new        card 1 (Lf Person)"));
     std::fs::write(d.join("book.txt"), "x").unwrap();
     let out = run(d, &["import", "book.txt"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
