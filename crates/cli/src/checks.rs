@@ -11,9 +11,6 @@ use contact_sync_ops::{Check, SafetyCheck};
 use contact_sync_postgres::{CdcMode, PgStore};
 use contact_sync_twenty::TwentyStore;
 
-/// Retained WAL above this is a warning (the disk of the database fills).
-pub const WAL_WARN_BYTES: i64 = 1024 * 1024 * 1024;
-
 /// Clock difference with a store above this is a warning (`last_updated`
 /// decides conflicts)...
 pub const SKEW_WARN_SECS: f64 = 2.0;
@@ -50,6 +47,9 @@ pub fn clock_check(store: &str, skew: &ClockSkew, how: &str) -> Check {
 pub struct PgCdcCheck {
     pub name: String,
     pub store: PgStore,
+    /// Retained WAL above this is a warning (the disk of the database
+    /// fills): `alerts.slot_wal_mib`.
+    pub wal_warn_bytes: u64,
 }
 
 #[async_trait]
@@ -88,11 +88,13 @@ impl SafetyCheck for PgCdcCheck {
                 ));
             } else {
                 match h.retained_wal_bytes {
-                    Some(b) if b > WAL_WARN_BYTES => out.push(Check::warn(
-                        check.clone(),
-                        format!("the slot retains {:.1} GiB of WAL", b as f64 / 1073741824.0),
-                        "is the daemon running? the slot keeps WAL until contact-sync reads it",
-                    )),
+                    Some(b) if u64::try_from(b).unwrap_or(0) > self.wal_warn_bytes => {
+                        out.push(Check::warn(
+                            check.clone(),
+                            format!("the slot retains {:.1} GiB of WAL", b as f64 / 1073741824.0),
+                            "is the daemon running? the slot keeps WAL until contact-sync reads it",
+                        ))
+                    }
                     b => out.push(Check::ok(
                         check.clone(),
                         format!(

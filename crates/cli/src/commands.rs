@@ -48,6 +48,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             crate::daemon::run(&cfg, o).await
         }
+        Command::Duplicates {
+            json,
+            limit,
+            min_score,
+        } => crate::duplicates::duplicates(&cfg, json, limit, min_score).await,
         Command::Paused { json } => crate::guard::list(&cfg, json),
         Command::Approve { store } => {
             crate::guard::decide(&cfg, &store, contact_sync_state::Decision::Approve)
@@ -220,6 +225,7 @@ pub async fn safety_report(
                 Ok(store) => extra.push(Box::new(crate::checks::PgCdcCheck {
                     name: name.clone(),
                     store,
+                    wal_warn_bytes: cfg.alerts.slot_wal_bytes(),
                 })),
                 Err(e) => {
                     tracing::debug!(store = %name, error = %e, "reported by the reachability check")

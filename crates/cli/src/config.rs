@@ -14,6 +14,12 @@
 //! [stores.local]
 //! kind = "sqlite"
 //! path = "contact-sync-data/local.db"
+//!
+//! [alerts]                             # the defaults
+//! drift_percent = 5.0
+//! latency_secs = 300
+//! consecutive_failures = 1
+//! slot_wal_mib = 1024
 //! ```
 
 use std::collections::BTreeMap;
@@ -85,14 +91,102 @@ impl Default for ConsoleConfig {
     }
 }
 
-/// `[alerts]`: where alerts go besides the log.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[alerts]`: where alerts go besides the log, and when to alert.
+/// The defaults are those of [`contact_sync_ops::AlertThresholds`].
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
     /// A URL that receives each alert as a JSON POST (a secret: it often
     /// carries a token).
     #[serde(default)]
     pub webhook_url: Option<SecretRef>,
+    /// Alert when a store's drift from canonical is above this percent
+    /// (more than 0, at most 100; default 5).
+    #[serde(default = "default_drift_percent")]
+    pub drift_percent: f64,
+    /// Alert when a store's last successful sync is older than this many
+    /// seconds (at least 1; default 300).
+    #[serde(default = "default_latency_secs")]
+    pub latency_secs: u64,
+    /// Alert after this many failed runs of a store in a row (at least 1;
+    /// default 1: every failure).
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u64,
+    /// Alert (and `check` warns) when a replication slot retains more than
+    /// this many MiB of WAL (at least 1; default 1024).
+    #[serde(default = "default_slot_wal_mib")]
+    pub slot_wal_mib: u64,
+}
+
+fn default_drift_percent() -> f64 {
+    contact_sync_ops::AlertThresholds::default().drift_pct
+}
+fn default_latency_secs() -> u64 {
+    contact_sync_ops::AlertThresholds::default()
+        .latency
+        .as_secs()
+}
+fn default_consecutive_failures() -> u64 {
+    contact_sync_ops::AlertThresholds::default().sync_failures
+}
+fn default_slot_wal_mib() -> u64 {
+    contact_sync_ops::AlertThresholds::default().slot_wal_bytes >> 20
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook_url: None,
+            drift_percent: default_drift_percent(),
+            latency_secs: default_latency_secs(),
+            consecutive_failures: default_consecutive_failures(),
+            slot_wal_mib: default_slot_wal_mib(),
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// The thresholds the daemon's alerter uses.
+    pub fn thresholds(&self) -> contact_sync_ops::AlertThresholds {
+        contact_sync_ops::AlertThresholds {
+            drift_pct: self.drift_percent,
+            latency: std::time::Duration::from_secs(self.latency_secs),
+            slot_wal_bytes: self.slot_wal_bytes(),
+            sync_failures: self.consecutive_failures,
+        }
+    }
+
+    pub fn slot_wal_bytes(&self) -> u64 {
+        self.slot_wal_mib.saturating_mul(1 << 20)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(self.drift_percent > 0.0 && self.drift_percent <= 100.0) {
+            return Err(ConfigError(format!(
+                "alerts.drift_percent = {} is out of range (more than 0, at most 100)",
+                self.drift_percent
+            )));
+        }
+        if self.latency_secs == 0 {
+            return Err(ConfigError(
+                "alerts.latency_secs must be at least 1 (seconds since a store's last successful sync)".into(),
+            ));
+        }
+        if self.consecutive_failures == 0 {
+            return Err(ConfigError(
+                "alerts.consecutive_failures must be at least 1 (failed runs of a store in a row)"
+                    .into(),
+            ));
+        }
+        if self.slot_wal_mib == 0 || self.slot_wal_mib > 1 << 30 {
+            return Err(ConfigError(format!(
+                "alerts.slot_wal_mib = {} is out of range (1 to {} MiB of retained WAL)",
+                self.slot_wal_mib,
+                1u64 << 30
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -412,6 +506,7 @@ impl Config {
             r.parse::<contact_sync_core::phone::Region>()
                 .map_err(|e| ConfigError(format!("sync.default_region: {e}")))?;
         }
+        self.alerts.check()?;
         if self.sync.interval_secs == 0 {
             return Err(ConfigError("sync.interval_secs must be at least 1".into()));
         }
@@ -504,5 +599,51 @@ mod tests {
         assert!(e.0.contains("oracle"), "{e}");
         let e = Config::load(Some(&dir.path().join("missing.toml"))).unwrap_err();
         assert!(e.0.contains("cannot read config file"), "{e}");
+    }
+
+    #[test]
+    fn alert_thresholds_default_to_todays_values_and_are_configurable() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(
+            c.alerts.thresholds(),
+            contact_sync_ops::AlertThresholds::default()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[alerts]\ndrift_percent = 2.5\nlatency_secs = 60\nconsecutive_failures = 3\nslot_wal_mib = 256\n",
+        )
+        .unwrap();
+        let t = Config::load(Some(&p)).unwrap().alerts.thresholds();
+        assert_eq!(t.drift_pct, 2.5);
+        assert_eq!(t.latency, std::time::Duration::from_secs(60));
+        assert_eq!(t.sync_failures, 3);
+        assert_eq!(t.slot_wal_bytes, 256 << 20);
+        for (bad, says) in [
+            (
+                "drift_percent = 0",
+                "alerts.drift_percent = 0 is out of range",
+            ),
+            (
+                "drift_percent = 101",
+                "alerts.drift_percent = 101 is out of range",
+            ),
+            ("latency_secs = 0", "alerts.latency_secs must be at least 1"),
+            (
+                "consecutive_failures = 0",
+                "alerts.consecutive_failures must be at least 1",
+            ),
+            (
+                "slot_wal_mib = 0",
+                "alerts.slot_wal_mib = 0 is out of range",
+            ),
+            ("latency_secs = -5", "latency_secs"),
+            ("drift_pct = 3", "unknown field `drift_pct`"),
+        ] {
+            std::fs::write(&p, format!("[alerts]\n{bad}\n")).unwrap();
+            let e = Config::load(Some(&p)).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

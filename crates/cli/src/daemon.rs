@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use contact_sync_engine::{Engine, EngineOptions, StoreVerification, CANONICAL};
-use contact_sync_ops::{
-    AlertThresholds, Alerter, CycleOutcome, OpsHandle, StoreSample, WebhookNotifier,
-};
+use contact_sync_ops::{Alerter, CycleOutcome, OpsHandle, StoreSample, WebhookNotifier};
 use contact_sync_twenty::webhook::WebhookReceiver;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::Notify;
@@ -361,6 +359,10 @@ async fn samples(engine: &Engine, wal: &mut [WalProbe]) -> Vec<StoreSample> {
     out
 }
 
+/// How often the daemon looks for edits other programs made to an SQLite
+/// store (a read of `PRAGMA data_version`: no IO when nothing changed).
+const SQLITE_WATCH_EVERY: Duration = Duration::from_millis(200);
+
 /// `run`: the daemon.
 pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
     let interval = Duration::from_secs(o.interval.unwrap_or(cfg.sync.interval_secs).max(1));
@@ -403,6 +405,25 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
                 wake.notify_one();
             }
         });
+    }
+    // SQLite stores (canonical.db, local.db): an edit by another program
+    // wakes the loop within SQLITE_WATCH_EVERY, as NOTIFY does for Postgres.
+    if !o.once {
+        let sqlite = std::iter::once((contact_sync_engine::CANONICAL, cfg.canonical()))
+            .chain(cfg.stores().iter().map(|(n, sc)| (n.as_str(), sc)));
+        for (name, sc) in sqlite {
+            if let crate::config::StoreConfig::Sqlite { path } = sc {
+                let file = cfg.sqlite_path(name, path);
+                let wake = wake.clone();
+                contact_sync_sqlite::watch::spawn_watch(&file, SQLITE_WATCH_EVERY, move || {
+                    wake.notify_one()
+                })
+                .with_context(|| {
+                    format!("store {name}: cannot start watching {}", file.display())
+                })?;
+                tracing::debug!(store = %name, "SQLite change wake-ups on");
+            }
+        }
     }
     let ops = OpsHandle::default();
     let mut extra = axum::Router::new();
@@ -459,7 +480,7 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let mut alerter = Alerter::new(AlertThresholds::default(), notifier);
+    let mut alerter = Alerter::new(cfg.alerts.thresholds(), notifier);
     let mut console_requests = None;
     let _server = if o.once || o.no_http {
         None

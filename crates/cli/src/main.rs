@@ -7,7 +7,9 @@ mod commands;
 mod config;
 mod daemon;
 mod dead_letters;
+mod duplicates;
 mod guard;
+mod import;
 mod operator;
 mod people;
 mod requests;
@@ -128,6 +130,20 @@ pub enum Command {
         store: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Likely duplicate contacts in canonical: the same email or phone, or
+    /// a similar name (Jaro-Winkler) within the same organization; best
+    /// first, at most --limit pairs.
+    Duplicates {
+        #[arg(long)]
+        json: bool,
+        /// Pairs to print at most.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Name similarity (0..1) from which two names of one organization
+        /// are a likely pair.
+        #[arg(long, default_value_t = 0.92)]
+        min_score: f64,
     },
     /// Conflicts that need a person.
     Conflicts {

@@ -43,6 +43,49 @@ pub enum PeopleCommand {
         #[arg(long)]
         category: Option<String>,
     },
+    /// Merge two contacts that are one person: KEEP takes what it lacks
+    /// from OTHER (fields it does not have; OTHER's emails, phones and tags
+    /// are added), OTHER is deleted; both journaled with origin `merge`,
+    /// and the daemon carries it to every store. While the daemon runs it
+    /// is queued for the daemon and waited for. Exit 2 when either is not
+    /// a live contact.
+    Merge {
+        keep: String,
+        other: String,
+        /// Print what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        /// While the daemon runs: seconds to wait for it to carry out the
+        /// merge (exit 3 when it has not by then; it stays queued).
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        wait: u64,
+    },
+    /// Import an address book (vCard 4.0/3.0 or a Google Contacts CSV)
+    /// into canonical: each record is matched to an existing contact by
+    /// primary email or phone (never duplicated), validated, and the
+    /// summary (new, updated, unchanged, refused with record and field)
+    /// printed before anything is written. Written with origin `import`;
+    /// the daemon copies them to every store. While the daemon runs the
+    /// write is queued for it and waited for. Exit 1 when records were
+    /// refused, 2 when the file cannot be read, 3 when the daemon has not
+    /// done it within --wait.
+    Import {
+        file: std::path::PathBuf,
+        /// Default: from the file name (.vcf/.vcard, .csv).
+        #[arg(long, value_enum)]
+        format: Option<crate::import::ImportFormat>,
+        /// Print the summary only; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        /// While the daemon runs: seconds to wait for it to carry out the
+        /// import (exit 3 when it has not by then; it stays queued).
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        wait: u64,
+    },
 }
 
 pub async fn dispatch(cfg: &Config, cmd: PeopleCommand) -> anyhow::Result<ExitCode> {
@@ -51,6 +94,20 @@ pub async fn dispatch(cfg: &Config, cmd: PeopleCommand) -> anyhow::Result<ExitCo
         PeopleCommand::Export { contact_id } => export(cfg, &contact_id).await,
         PeopleCommand::History { contact_id, json } => history(cfg, &contact_id, json),
         PeopleCommand::Vcard { category } => vcard(cfg, category.as_deref()).await,
+        PeopleCommand::Merge {
+            keep,
+            other,
+            dry_run,
+            json,
+            wait,
+        } => merge(cfg, &keep, &other, dry_run, json, wait).await,
+        PeopleCommand::Import {
+            file,
+            format,
+            dry_run,
+            json,
+            wait,
+        } => crate::import::import(cfg, &file, format, dry_run, json, wait).await,
     }
 }
 
@@ -84,6 +141,64 @@ async fn forget(cfg: &Config, id: &str, json: bool) -> anyhow::Result<ExitCode> 
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn merge(
+    cfg: &Config,
+    keep: &str,
+    other: &str,
+    dry_run: bool,
+    json: bool,
+    wait: u64,
+) -> anyhow::Result<ExitCode> {
+    require_state(cfg)?;
+    // Checked first on a read-only engine (runs beside a daemon).
+    let mut reader = crate::daemon::build_readonly_engine(cfg).await?;
+    let plan = match reader.merge_contacts(keep, other, true).await {
+        Ok(r) => r,
+        Err(contact_sync_engine::EngineError::Request(msg)) => {
+            eprintln!("error: {msg}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    drop(reader);
+    let report = if dry_run {
+        plan
+    } else {
+        let done = crate::requests::here_or_daemon(
+            cfg,
+            contact_sync_state::RequestKind::Merge,
+            serde_json::json!({ "keep": keep, "other": other }),
+            "merge",
+            std::time::Duration::from_secs(wait),
+            || async {
+                let mut engine = crate::daemon::build_engine(cfg, None).await?;
+                Ok(engine.merge_contacts(keep, other, false).await?)
+            },
+        )
+        .await?;
+        match done {
+            Ok(r) => r,
+            Err(code) => return Ok(code),
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let fields = if report.fields.is_empty() {
+            "nothing new".to_string()
+        } else {
+            report.fields.join(", ")
+        };
+        let verb = if report.written {
+            "merged"
+        } else {
+            "would merge (nothing written)"
+        };
+        println!("{verb}: {other} into {keep}; {keep} takes: {fields}; {other} is deleted");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn export(cfg: &Config, id: &str) -> anyhow::Result<ExitCode> {

@@ -255,5 +255,70 @@ async fn carry_out(
             }
             Ok(json!({ "store": name, "owed": owed }))
         }
+        RequestKind::Import => {
+            let records: Vec<contact_sync_engine::ImportRecord> =
+                serde_json::from_value(r.args["records"].clone())
+                    .map_err(|e| format!("request {}: records: {e}", r.id))?;
+            let report = engine
+                .import(records, false)
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::to_value(report).map_err(|e| e.to_string())
+        }
+        RequestKind::Merge => {
+            let (Some(keep), Some(other)) = (r.args["keep"].as_str(), r.args["other"].as_str())
+            else {
+                return Err(format!("request {}: no keep/other", r.id));
+            };
+            let report = engine
+                .merge_contacts(keep, other, false)
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::to_value(report).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Runs `work` here when no daemon holds the state database, else queues
+/// `kind` with `args` for the daemon and waits up to `wait` for its result.
+/// `Ok(Err(code))`: the daemon did not finish or failed (said on stderr).
+pub async fn here_or_daemon<T, F, Fut>(
+    cfg: &Config,
+    kind: RequestKind,
+    args: Value,
+    what: &str,
+    wait: Duration,
+    work: F,
+) -> anyhow::Result<Result<T, ExitCode>>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut state = crate::commands::open_state(cfg)?;
+    match access(&state)? {
+        Access::Here(_lock) => Ok(Ok(work().await?)),
+        Access::Daemon { pid } => {
+            let id = queue(&mut state, kind, args)?;
+            eprintln!(
+                "the daemon (pid {pid}) holds the state database: {what} queued as request #{id}, \
+                 carried out by the daemon between its cycles; waiting up to {} s",
+                wait.as_secs()
+            );
+            let r = wait_for(&state, id, wait).await?;
+            match r.status {
+                RequestStatus::Done => {
+                    Ok(Ok(serde_json::from_value(r.result.unwrap_or_default())?))
+                }
+                RequestStatus::Failed => {
+                    eprintln!(
+                        "error: the daemon could not carry out the {what} (request #{id}): {}",
+                        r.error.as_deref().unwrap_or("no reason recorded")
+                    );
+                    Ok(Err(ExitCode::from(1)))
+                }
+                _ => Ok(Err(not_done_yet(&r, wait, &pid))),
+            }
+        }
     }
 }

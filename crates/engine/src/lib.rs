@@ -32,6 +32,8 @@ mod capture;
 mod drift;
 mod error;
 mod guard;
+mod import;
+mod merge_people;
 mod people;
 mod propagate;
 
@@ -47,6 +49,8 @@ pub use backfill::{BackfillProgress, StoreVerification};
 pub use drift::RepairReport;
 pub use error::EngineError;
 pub use guard::MassChangeGuard;
+pub use import::{ImportAction, ImportItem, ImportRecord, ImportReport, IMPORT_ORIGIN};
+pub use merge_people::{MergeReport, MERGE_ORIGIN};
 pub use people::{ErasureReport, ErasureStore, ERASE_ORIGIN};
 
 /// The consumer name of the canonical store in cursors and sync records.

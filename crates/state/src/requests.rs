@@ -28,6 +28,10 @@ pub enum RequestKind {
     RepairDrift,
     /// Recreate a Postgres store's change capture (`cdc reset`).
     CdcReset,
+    /// Import address-book records into canonical (`import`).
+    Import,
+    /// Merge one contact into another (`merge KEEP OTHER`).
+    Merge,
 }
 
 impl RequestKind {
@@ -36,6 +40,8 @@ impl RequestKind {
             RequestKind::ResolveConflict => "resolve_conflict",
             RequestKind::RepairDrift => "repair_drift",
             RequestKind::CdcReset => "cdc_reset",
+            RequestKind::Import => "import",
+            RequestKind::Merge => "merge",
         }
     }
     /// `None` for a kind this build does not know (written by a newer one).
@@ -44,6 +50,8 @@ impl RequestKind {
             "resolve_conflict" => Some(RequestKind::ResolveConflict),
             "repair_drift" => Some(RequestKind::RepairDrift),
             "cdc_reset" => Some(RequestKind::CdcReset),
+            "import" => Some(RequestKind::Import),
+            "merge" => Some(RequestKind::Merge),
             _ => None,
         }
     }

@@ -92,6 +92,7 @@
 
 mod codec;
 mod schema;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

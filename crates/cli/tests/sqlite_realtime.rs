@@ -1,0 +1,210 @@
+//! An edit made to local.db by another program wakes the daemon at once
+//! (as a Postgres NOTIFY does), not at the next interval.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(PathBuf::from(env!("CARGO_BIN_EXE_contact-sync")));
+    c.current_dir(dir)
+        .arg("--config")
+        .arg(dir.join("contact-sync.toml"))
+        .args(args)
+        .env_remove("CONTACT_SYNC_CONFIG");
+    c
+}
+
+fn db(dir: &Path, name: &str) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(dir.join("contact-sync-data").join(name)).expect("open db");
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c
+}
+
+fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// Kills the daemon when the test ends, however it ends.
+struct Daemon(std::process::Child);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_edit_in_local_db_reaches_canonical_long_before_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("contact-sync.toml"), "").unwrap();
+    assert!(cmd(d, &["seed", "--contacts", "5"])
+        .status()
+        .unwrap()
+        .success());
+    assert!(cmd(d, &["run", "--initial-sync", "--once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let log = d.join("daemon.log");
+    let mut daemon = Daemon(
+        cmd(d, &["run", "--no-http", "--interval", "3600"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log_text = || {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    };
+    // The first cycle is done: from now on only a wake-up runs another
+    // before an hour has passed.
+    wait_for("the daemon's first cycle", Duration::from_secs(60), || {
+        log_text().contains("cycle:")
+    });
+    let id: String = db(d, "local.db")
+        .query_row(
+            "SELECT contact_id FROM contacts ORDER BY contact_id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let n = db(d, "local.db")
+        .execute(
+            "UPDATE contacts SET notes = 'typed into local.db' WHERE contact_id = ?1",
+            [&id],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let took = wait_for(
+        "the edit to reach canonical",
+        Duration::from_secs(10),
+        || {
+            db(d, "canonical.db")
+                .query_row(
+                    "SELECT notes FROM contacts WHERE contact_id = ?1",
+                    [&id],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+                .unwrap()
+                .as_deref()
+                == Some("typed into local.db")
+        },
+    );
+    eprintln!("local.db edit reached canonical in {took:?}");
+    assert!(daemon.0.try_wait().unwrap().is_none(), "{}", log_text());
+    let by: String = db(d, "canonical.db")
+        .query_row(
+            "SELECT last_updated_by FROM contacts WHERE contact_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(by, "local");
+}
+
+#[test]
+fn import_and_merge_while_the_daemon_runs_are_carried_out_by_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("contact-sync.toml"), "").unwrap();
+    assert!(cmd(d, &["run", "--initial-sync", "--once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let log = d.join("daemon.log");
+    let _daemon = Daemon(
+        cmd(d, &["run", "--no-http", "--interval", "3600"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log_text = || {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    };
+    wait_for("the daemon's first cycle", Duration::from_secs(60), || {
+        log_text().contains("cycle:")
+    });
+    std::fs::write(
+        d.join("book.vcf"),
+        "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Grace Hopper\r\nEMAIL:grace@navy.example\r\nEND:VCARD\r\n\
+         BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Grace Hoper\r\nTITLE:Rear Admiral\r\nEMAIL:gh@navy.example\r\nEND:VCARD\r\n",
+    )
+    .unwrap();
+    let out = cmd(d, &["import", "book.vcf", "--wait", "60"])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}\n{}", log_text());
+    assert!(said.contains("queued as request #"), "{said}");
+    assert!(said.contains("2 new, 0 updated"), "{said}");
+    let id_of = |email: &str| -> String {
+        db(d, "canonical.db")
+            .query_row(
+                "SELECT contact_id FROM contacts WHERE _primary_email = ?1",
+                [email],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let (keep, other) = (id_of("grace@navy.example"), id_of("gh@navy.example"));
+    // The daemon copies the import to local without waiting for its interval.
+    wait_for("the import to reach local", Duration::from_secs(10), || {
+        db(d, "local.db")
+            .query_row("SELECT count(*) FROM contacts", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+            == 2
+    });
+    let out = cmd(d, &["merge", &keep, &other, "--wait", "60"])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}\n{}", log_text());
+    assert!(
+        said.contains(&format!("merged: {other} into {keep}")),
+        "{said}"
+    );
+    wait_for("the merge to reach local", Duration::from_secs(10), || {
+        db(d, "local.db")
+            .query_row(
+                "SELECT deleted_at IS NOT NULL FROM contacts WHERE contact_id = ?1",
+                [&other],
+                |r| r.get::<_, bool>(0),
+            )
+            .unwrap()
+    });
+    let title: String = db(d, "local.db")
+        .query_row(
+            "SELECT job_title FROM contacts WHERE contact_id = ?1",
+            [&keep],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(title, "Rear Admiral");
+}
