@@ -140,6 +140,21 @@ impl StateDb {
         Ok(page(out, limit, |d| d.id))
     }
 
+    /// The open conflicts of one contact, oldest first (the console's
+    /// per-field choice).
+    pub fn open_conflicts_of(&self, contact_id: &str) -> Result<Vec<ConflictRow>> {
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT {CONFLICT_COLS} FROM conflicts INDEXED BY conflicts_contact \
+             WHERE contact_id = ?1 AND status = 'open' ORDER BY id"
+        ))?;
+        let mut rows = stmt.query([contact_id])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(conflict_row(row)?);
+        }
+        Ok(out)
+    }
+
     /// The sync record of `contact_id` in every known store.
     pub fn store_records_of(&self, contact_id: &str) -> Result<Vec<StoreRecord>> {
         let mut out = Vec::new();

@@ -204,8 +204,32 @@ CREATE TABLE operator_requests (
 CREATE INDEX operator_requests_status ON operator_requests (status, id);
 "#;
 
+/// Version 5: run history for the console's charts, and a contact's open
+/// conflicts by index.
+/// - `run_history`: per store and 5-minute bucket (unix seconds of its
+///   start), the cycles' totals (runs, captured, merged, written, errors)
+///   and the largest lag seen (seconds since the store's last success, 0
+///   right after one; NULL while it never had one). One row per store and bucket however often cycles
+///   run; `compact` removes buckets older than its history window.
+/// - `conflicts_contact`: the per-field choice reads a contact's open
+///   conflicts.
+const V5: &str = r#"
+CREATE TABLE run_history (
+    store        TEXT NOT NULL,
+    bucket       INTEGER NOT NULL,
+    runs         INTEGER NOT NULL DEFAULT 0,
+    captured     INTEGER NOT NULL DEFAULT 0,
+    applied      INTEGER NOT NULL DEFAULT 0,
+    written      INTEGER NOT NULL DEFAULT 0,
+    errors       INTEGER NOT NULL DEFAULT 0,
+    max_lag_secs REAL,
+    PRIMARY KEY (bucket, store)
+) WITHOUT ROWID;
+CREATE INDEX conflicts_contact ON conflicts (contact_id, status);
+"#;
+
 /// Every migration, in order; the schema version is `MIGRATIONS.len()`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
