@@ -170,7 +170,8 @@ impl StateDb {
         before: Option<i64>,
         limit: usize,
     ) -> Result<crate::Page<DeadLetterRow>> {
-        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id < ?1 ORDER BY id DESC LIMIT ?2");
+        let sql =
+            format!("SELECT {COLUMNS} FROM dead_letters WHERE id < ?1 ORDER BY id DESC LIMIT ?2");
         let mut stmt = self.conn().prepare_cached(&sql)?;
         let mut rows = stmt.query(params![
             before.unwrap_or(i64::MAX),

@@ -132,7 +132,8 @@ mod tests {
         let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
         let tx = db.tx().unwrap();
         // Never succeeded: lag unknown.
-        tx.record_run("twenty", &stats(0), Some("down"), t0).unwrap();
+        tx.record_run("twenty", &stats(0), Some("down"), t0)
+            .unwrap();
         tx.record_run("twenty", &stats(2), None, t0 + Duration::seconds(10))
             .unwrap();
         tx.record_run("twenty", &stats(3), Some("429"), t0 + Duration::seconds(70))
@@ -154,7 +155,9 @@ mod tests {
         assert_eq!(second.max_lag_secs, Some(0.0));
         // Only what is asked for.
         assert_eq!(
-            db.run_history(&(t0 + Duration::seconds(300))).unwrap().len(),
+            db.run_history(&(t0 + Duration::seconds(300)))
+                .unwrap()
+                .len(),
             1
         );
         // compact keeps HISTORY_DAYS.

@@ -118,7 +118,9 @@ impl StateDb {
         )? as u64;
         report.history_removed = tx.conn().execute(
             "DELETE FROM run_history WHERE bucket < ?1",
-            [crate::bucket_of(&(now - chrono::Duration::days(crate::HISTORY_DAYS)))],
+            [crate::bucket_of(
+                &(now - chrono::Duration::days(crate::HISTORY_DAYS)),
+            )],
         )? as u64;
         tx.set_meta(LAST_COMPACTED_META, &format_ts(&now))?;
         tx.commit()?;
