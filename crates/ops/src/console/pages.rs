@@ -333,8 +333,9 @@ pub(crate) async fn dead_letters(
             p.msg #flash {
                 "Dead letter " (id) " "
                 @match q.how.as_deref() {
-                    Some("retried") => "retried: the next cycle looks at the record again.",
-                    _ => "dismissed.",
+                    Some("retried") => "retried: the next cycle writes canonical's record to the store again, on condition of what it last saw there (a record that differs there is read and merged; still refused: a new dead letter).",
+                    Some("reread") => "retried: the record is read again when it changes in its store.",
+                    _ => "dismissed (the same refusal later is counted on it, not reopened).",
                 }
             }
         }
@@ -400,9 +401,13 @@ pub(crate) async fn close_dead_letter(
         _ => return error_page(&c, 400, "do must be retry or dismiss"),
     };
     match data::close_dead_letter(&c, id, retry).await {
-        Ok(_) => Redirect::to(&format!(
+        Ok(a) => Redirect::to(&format!(
             "/dead-letters?closed={id}&how={}",
-            if retry { "retried" } else { "dismissed" }
+            match (retry, a.owed) {
+                (true, true) => "retried",
+                (true, false) => "reread",
+                (false, _) => "dismissed",
+            }
         ))
         .into_response(),
         Err(r) => refused(&c, r),
