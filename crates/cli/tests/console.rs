@@ -499,6 +499,8 @@ async fn scenario(driver: &Path) {
     assert_eq!(b.count("#chart-lag svg").await, 1);
     assert!(b.text("#chart-changes").await.contains("canonical"));
     b.screenshot("overview.png").await;
+    b.goto(&format!("{base}/#chart-changes")).await;
+    b.screenshot("overview-charts.png").await;
 
     // The contact view and search show the probe as text.
     b.goto(&format!("{base}/contact/{probe}")).await;

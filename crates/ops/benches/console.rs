@@ -111,7 +111,7 @@ fn fill(db: &mut StateDb) {
             .iter()
             .enumerate()
         {
-            let n = ((k as u64 * 7 + j as u64 * 13) % 40) as u64;
+            let n = (k as u64 * 7 + j as u64 * 13) % 40;
             let stats = RunStats {
                 captured: n,
                 applied: n / 2,

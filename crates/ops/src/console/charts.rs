@@ -87,7 +87,13 @@ fn line_chart(title: &str, y_desc: &str, lines: &[ChartSeries]) -> Result<String
             .y_labels(5)
             .x_desc("hours ago")
             .y_desc(y_desc)
-            .x_label_formatter(&|x| format!("{:.0}", -x))
+            .x_label_formatter(&|x| {
+                if x.abs() < 0.5 {
+                    "now".to_string()
+                } else {
+                    format!("{:.0}", -x)
+                }
+            })
             .y_label_formatter(&|y| {
                 if *y >= 100.0 || y.fract() == 0.0 {
                     format!("{y:.0}")
@@ -133,14 +139,26 @@ pub fn render(
     let changes = series(history, stores, now, |b| {
         Some(b.captured.saturating_add(b.written) as f64)
     });
-    let lag = series(history, stores, now, |b| b.max_lag_secs.map(|l| l / 60.0));
+    // Lag in the unit that reads best for the largest value.
+    let top = history
+        .iter()
+        .filter_map(|b| b.max_lag_secs)
+        .fold(0.0f64, f64::max);
+    let (unit, per) = if top < 120.0 {
+        ("seconds", 1.0)
+    } else if top < 3.0 * 3600.0 {
+        ("minutes", 60.0)
+    } else {
+        ("hours", 3600.0)
+    };
+    let lag = series(history, stores, now, |b| b.max_lag_secs.map(|l| l / per));
     Ok(Charts {
         changes_svg: line_chart(
             "Changes per store (captured + written, per 5 min)",
             "changes",
             &changes,
         )?,
-        lag_svg: line_chart("Lag per store (since last success)", "minutes", &lag)?,
+        lag_svg: line_chart("Lag per store (since last success)", unit, &lag)?,
         empty: history.is_empty(),
     })
 }
