@@ -101,7 +101,8 @@ fn line_chart(title: &str, y_desc: &str, lines: &[ChartSeries]) -> Result<String
                     format!("{y:.1}")
                 }
             })
-            .light_line_style(RGBColor(238, 241, 245))
+            // No minor grid lines: they made most of the page's bytes.
+            .max_light_lines(0)
             .draw()
             .map_err(err)?;
         for (i, s) in lines.iter().enumerate() {
@@ -113,10 +114,12 @@ fn line_chart(title: &str, y_desc: &str, lines: &[ChartSeries]) -> Result<String
             drawn
                 .label(s.store.as_str())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
-            // A single point draws no line: mark every point.
-            chart
-                .draw_series(s.points.iter().map(|p| Circle::new(*p, 2, color.filled())))
-                .map_err(err)?;
+            // A line of one or two points is hard to see: mark them.
+            if s.points.len() <= 2 {
+                chart
+                    .draw_series(s.points.iter().map(|p| Circle::new(*p, 2, color.filled())))
+                    .map_err(err)?;
+            }
         }
         chart
             .configure_series_labels()
