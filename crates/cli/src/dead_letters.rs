@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use contact_sync_core::model::{format_ts, now};
 use contact_sync_engine::CANONICAL;
-use contact_sync_state::DeadLetterStatus;
+use contact_sync_state::{DeadLetterClosed, DeadLetterStatus, StateError};
 
 use crate::commands::open_state;
 use crate::config::Config;
@@ -50,28 +50,26 @@ pub fn list(cfg: &Config, json: bool, all: bool, limit: usize) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-/// `dead-letters retry ID` / `dismiss ID`.
+/// `dead-letters retry ID` / `dismiss ID` (the console's buttons take the
+/// same state call, `retry_or_dismiss_dead_letter`).
 pub fn close(cfg: &Config, id: i64, retry: bool) -> anyhow::Result<ExitCode> {
     let mut state = open_state(cfg)?;
-    let Some(before) = state.dead_letter(id)? else {
-        eprintln!("no dead letter {id} (see `contact-sync dead-letters list --all`)");
-        return Ok(ExitCode::from(1));
+    let (dl, owed) = match state.retry_or_dismiss_dead_letter(id, retry, CANONICAL, now()) {
+        Err(StateError::NotFound { .. }) => {
+            eprintln!("no dead letter {id} (see `contact-sync dead-letters list --all`)");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+        Ok(DeadLetterClosed::AlreadyClosed { letter }) => {
+            eprintln!(
+                "dead letter {id} is already {} ({}); nothing done",
+                letter.status.as_str(),
+                letter.closed_at.map(|t| format_ts(&t)).unwrap_or_default()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Ok(DeadLetterClosed::Closed { letter, owed }) => (letter, owed),
     };
-    if before.status != DeadLetterStatus::Open {
-        eprintln!(
-            "dead letter {id} is already {} ({}); nothing done",
-            before.status.as_str(),
-            before.closed_at.map(|t| format_ts(&t)).unwrap_or_default()
-        );
-        return Ok(ExitCode::from(1));
-    }
-    let tx = state.tx()?;
-    let (dl, owed) = if retry {
-        tx.retry_dead_letter(id, now(), CANONICAL)?
-    } else {
-        (tx.dismiss_dead_letter(id, now())?, false)
-    };
-    tx.commit()?;
     let (store, record) = (&dl.letter.store, &dl.letter.record);
     match (retry, owed) {
         (true, true) => println!(

@@ -39,6 +39,7 @@ pub fn run_if_due(state: &mut StateDb, retention_days: u32) {
             conflicts_removed = r.conflicts_removed,
             dead_letters_removed = r.dead_letters_removed,
             requests_removed = r.requests_removed,
+            history_removed = r.history_removed,
             retention_days,
             "state database compacted ({} ms)",
             started.elapsed().as_millis()

@@ -10,7 +10,12 @@
 //! - a contact named `<script>alert(1)</script>` shows as text (no alert,
 //!   no script element), in the contact view and in search;
 //! - the paused store is approved from the page, and the decision is in
-//!   the state database (then carried out: canonical loses the contacts).
+//!   the state database (then carried out: canonical loses the contacts);
+//! - a contact with two open conflicts is settled per field (one kept
+//!   canonical, one incoming): canonical holds the chosen values;
+//! - a dead letter is retried and another dismissed by clicking: the state
+//!   database shows them retried and dismissed;
+//! - the overview carries its two charts (inline SVG).
 //!
 //! Screenshots of each page go to docs/screenshots/.
 //!
@@ -331,6 +336,54 @@ async fn scenario(driver: &Path) {
         .unwrap();
         s.last_insert_rowid()
     };
+    // A contact with two open conflicts, settled per field: canonical holds
+    // "Canon org" / "Canon dept" (edited there, captured by the daemon).
+    let third: String = db(d, "canonical.db")
+        .query_row(
+            "SELECT contact_id FROM contacts ORDER BY contact_id LIMIT 1 OFFSET 2",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db(d, "canonical.db")
+        .execute(
+            "UPDATE contacts SET organization = 'Canon org', department = 'Canon dept', version = version + 1 WHERE contact_id = ?1",
+            [&third],
+        )
+        .unwrap();
+    let field_conflict = |field: &str, canonical: &str, incoming: &str| -> i64 {
+        let s = db(d, "state.db");
+        s.execute(
+            "INSERT INTO conflicts (contact_id, store, field, base, canonical, incoming,
+                 canonical_version, incoming_version, resolution, status, created_at)
+             VALUES (?1, 'local', ?2, 'null', ?3, ?4, 1, 1, 'open', 'open', '2026-01-01T00:00:00.000000Z')",
+            rusqlite::params![third, field, json!(canonical).to_string(), json!(incoming).to_string()],
+        )
+        .unwrap();
+        s.last_insert_rowid()
+    };
+    let org_conflict = field_conflict("organization", "Canon org", "Incoming org");
+    let dept_conflict = field_conflict("department", "Canon dept", "Incoming dept");
+    // Two dead letters to retry and dismiss from the page.
+    let fourth: String = db(d, "canonical.db")
+        .query_row(
+            "SELECT contact_id FROM contacts ORDER BY contact_id LIMIT 1 OFFSET 3",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let dead_letter = |record: &str, field: &str, reason: &str| -> i64 {
+        let s = db(d, "state.db");
+        s.execute(
+            "INSERT INTO dead_letters (store, record, field, reason, payload, at)
+             VALUES ('local', ?1, ?2, ?3, NULL, '2026-01-02T00:00:00.000000Z')",
+            [record, field, reason],
+        )
+        .unwrap();
+        s.last_insert_rowid()
+    };
+    let to_retry = dead_letter(&fourth, "phones", "invalid phone \"12\"");
+    let to_dismiss = dead_letter("row-9", "emails", "invalid email \"a@\"");
     // A dead letter with the probe in its reason (the page shows it as text).
     db(d, "state.db")
         .execute(
@@ -439,8 +492,15 @@ async fn scenario(driver: &Path) {
     let local = b.text("tr[data-store=local]").await;
     assert!(local.contains("paused"), "{local}");
     assert!(local.contains("300 deletes"), "{local}");
-    assert_eq!(b.text("#conflicts-open").await, "1");
+    assert_eq!(b.text("#conflicts-open").await, "3");
+    // The charts: inline SVG, a line per store (the initial sync and the
+    // daemon's cycles are in the run history).
+    assert_eq!(b.count("#chart-changes svg").await, 1);
+    assert_eq!(b.count("#chart-lag svg").await, 1);
+    assert!(b.text("#chart-changes").await.contains("canonical"));
     b.screenshot("overview.png").await;
+    b.goto(&format!("{base}/#chart-changes")).await;
+    b.screenshot("overview-charts.png").await;
 
     // The contact view and search show the probe as text.
     b.goto(&format!("{base}/contact/{probe}")).await;
@@ -492,14 +552,6 @@ async fn scenario(driver: &Path) {
         )
         .unwrap();
     assert_eq!(status, "kept_incoming");
-    let open: i64 = db(d, "state.db")
-        .query_row(
-            "SELECT count(*) FROM conflicts WHERE status = 'open'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(open, 0);
     let title: Option<String> = db(d, "canonical.db")
         .query_row(
             "SELECT job_title FROM contacts WHERE contact_id = ?1",
@@ -508,6 +560,49 @@ async fn scenario(driver: &Path) {
         )
         .unwrap();
     assert_eq!(title.as_deref(), Some("Incoming title"));
+
+    // The two-field conflict, settled per field: organization kept
+    // canonical, department incoming, in one submit.
+    b.goto(&format!("{base}/contact/{third}/conflicts")).await;
+    assert_eq!(b.count("#field-conflicts tbody tr").await, 2);
+    b.click(&format!("#choose-canonical-{org_conflict}")).await;
+    b.click(&format!("#choose-incoming-{dept_conflict}")).await;
+    b.screenshot("conflict-fields.png").await;
+    b.click("#settle-fields").await;
+    let flash = b.flash().await;
+    assert!(
+        flash.contains("organization: kept canonical")
+            && flash.contains("department: kept incoming"),
+        "{flash}"
+    );
+    let status = |id: i64| -> String {
+        db(d, "state.db")
+            .query_row("SELECT status FROM conflicts WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    assert_eq!(status(org_conflict), "kept_canonical");
+    assert_eq!(status(dept_conflict), "kept_incoming");
+    let open: i64 = db(d, "state.db")
+        .query_row(
+            "SELECT count(*) FROM conflicts WHERE status = 'open'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(open, 0);
+    let (org, dept): (Option<String>, Option<String>) = db(d, "canonical.db")
+        .query_row(
+            "SELECT organization, department FROM contacts WHERE contact_id = ?1",
+            [&third],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (org.as_deref(), dept.as_deref()),
+        (Some("Canon org"), Some("Incoming dept"))
+    );
 
     // The paused store, approved from the page.
     b.goto(&format!("{base}/paused")).await;
@@ -528,8 +623,8 @@ async fn scenario(driver: &Path) {
         "{decided:?}"
     );
     // The daemon carries it out: local is no longer paused and canonical
-    // has the deletes (but for the two contacts edited in canonical after
-    // the delete, where the edit and the delete conflict).
+    // has the deletes (but for the contacts edited in canonical after the
+    // delete, where the edit and the delete conflict).
     until("the approval carried out", 60, || async {
         let paused: i64 = db(d, "state.db")
             .query_row("SELECT count(*) FROM paused_stores", [], |r| r.get(0))
@@ -541,9 +636,39 @@ async fn scenario(driver: &Path) {
                 |r| r.get(0),
             )
             .unwrap();
-        paused == 0 && live <= 2
+        paused == 0 && live <= 3
     })
     .await;
+
+    // Dead letters: one retried, one dismissed, by clicking.
+    b.goto(&format!("{base}/dead-letters")).await;
+    b.click(&format!("#retry-{to_retry}")).await;
+    let flash = b.flash().await;
+    assert!(
+        flash.contains(&format!("Dead letter {to_retry} retried")),
+        "{flash}"
+    );
+    // (A fresh page: the flash above must not answer for the next click.)
+    b.goto(&format!("{base}/dead-letters")).await;
+    b.click(&format!("#dismiss-{to_dismiss}")).await;
+    let flash = b.flash().await;
+    assert!(
+        flash.contains(&format!("Dead letter {to_dismiss} dismissed")),
+        "{flash}"
+    );
+    b.screenshot("dead-letters-closed.png").await;
+    let dl_status = |id: i64| -> String {
+        db(d, "state.db")
+            .query_row("SELECT status FROM dead_letters WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    assert_eq!(dl_status(to_retry), "retried");
+    assert_eq!(dl_status(to_dismiss), "dismissed");
+    // Closed ones have no buttons any more.
+    assert_eq!(b.count(&format!("#retry-{to_retry}")).await, 0);
+    assert_eq!(b.count(&format!("#dismiss-{to_dismiss}")).await, 0);
 
     // A form without the CSRF token is refused.
     let r = http

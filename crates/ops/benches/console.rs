@@ -1,8 +1,10 @@
 //! Server time of the console's pages over a big state database: 1M sync
 //! records, 100k journal entries, 10k conflicts (half open), 10k dead
-//! letters. Each page is fetched over loopback HTTP (the time includes the
+//! letters, 7 days of run history for 4 stores (the overview's charts
+//! draw the last 24 h). Each page is fetched over loopback HTTP (the time includes the
 //! request on loopback); median and p95 of 30 fetches after 3 warm-ups.
-//! `cargo bench -p contact-sync-ops --bench console`. Numbers in BENCHMARKS.md.
+//! `cargo bench -p contact-sync-ops --bench console`; `CONSOLE_BENCH_PAGES=overview`
+//! measures only the pages whose name contains that text. Numbers in BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,7 @@ use contact_sync_core::model::{now, Email};
 use contact_sync_core::{Contact, DeadLetter, FieldConflict, JournalEntry, Resolution};
 use contact_sync_ops::console::{self, ConsoleConfig, ConsoleRequest};
 use contact_sync_ops::{OpsHandle, ServerConfig};
-use contact_sync_state::{StateDb, StoreRecord};
+use contact_sync_state::{RunStats, StateDb, StoreRecord, BUCKET_SECS};
 use serde_json::json;
 
 const RECORDS: usize = 1_000_000;
@@ -100,6 +102,27 @@ fn fill(db: &mut StateDb) {
         })
         .unwrap();
     }
+    // Run history: a cycle per bucket for a week, 4 stores, with some
+    // changes and now and then a failure (lag grows).
+    let t0 = now();
+    for k in (0..(7 * 24 * 3600 / BUCKET_SECS)).rev() {
+        let at = t0 - chrono::Duration::seconds(k * BUCKET_SECS);
+        for (j, store) in ["canonical", "local", "twenty", "supabase"]
+            .iter()
+            .enumerate()
+        {
+            let n = (k as u64 * 7 + j as u64 * 13) % 40;
+            let stats = RunStats {
+                captured: n,
+                applied: n / 2,
+                written: n / 3,
+                ..RunStats::default()
+            };
+            let failed = (k + j as i64) % 29 < 3;
+            tx.record_run(store, &stats, failed.then_some("timeout"), at)
+                .unwrap();
+        }
+    }
     tx.commit().unwrap();
     eprintln!(
         "filled the state database in {:.1} s",
@@ -144,7 +167,11 @@ fn main() {
         let mid_conflict = CONFLICTS / 2;
         let mid_dead = DEAD / 2;
         let pages = [
-            ("overview /".to_string(), "/".to_string()),
+            (
+                "overview / (with the 24 h charts, 4 stores)".to_string(),
+                "/".to_string(),
+            ),
+            ("/api/history (24 h)".into(), "/api/history".into()),
             ("/conflicts (open, page 1)".into(), "/conflicts".into()),
             (
                 "/conflicts (open, middle page)".into(),
@@ -182,7 +209,8 @@ fn main() {
         ];
         println!("| page | median ms | p95 ms | bytes |");
         println!("|---|---:|---:|---:|");
-        for (name, path) in pages {
+        let only = std::env::var("CONSOLE_BENCH_PAGES").unwrap_or_default();
+        for (name, path) in pages.into_iter().filter(|(n, _)| n.contains(only.as_str())) {
             let url = format!("{base}{path}");
             let mut times: Vec<Duration> = Vec::new();
             let mut size = 0;

@@ -140,6 +140,21 @@ impl StateDb {
         Ok(page(out, limit, |d| d.id))
     }
 
+    /// The open conflicts of one contact, oldest first (the console's
+    /// per-field choice).
+    pub fn open_conflicts_of(&self, contact_id: &str) -> Result<Vec<ConflictRow>> {
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT {CONFLICT_COLS} FROM conflicts INDEXED BY conflicts_contact \
+             WHERE contact_id = ?1 AND status = 'open' ORDER BY id"
+        ))?;
+        let mut rows = stmt.query([contact_id])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(conflict_row(row)?);
+        }
+        Ok(out)
+    }
+
     /// The sync record of `contact_id` in every known store.
     pub fn store_records_of(&self, contact_id: &str) -> Result<Vec<StoreRecord>> {
         let mut out = Vec::new();
@@ -292,6 +307,68 @@ mod tests {
             }
         }
         assert_eq!(seen, vec![7, 6, 5, 4, 3, 2, 1]);
+    }
+
+    #[test]
+    fn a_contacts_open_conflicts_and_dead_letters_closed_once() {
+        use contact_sync_core::{FieldConflict, Resolution};
+        let mut db = db_with(3);
+        let f = |field: &str, resolution: Resolution| FieldConflict {
+            field: field.into(),
+            base: serde_json::json!(null),
+            canonical: serde_json::json!("a"),
+            incoming: serde_json::json!("b"),
+            canonical_version: 1,
+            incoming_version: 1,
+            resolution,
+        };
+        let tx = db.tx().unwrap();
+        let org = tx
+            .add_conflict("c1", "local", &f("organization", Resolution::Open), now())
+            .unwrap();
+        let dept = tx
+            .add_conflict("c1", "local", &f("department", Resolution::Open), now())
+            .unwrap();
+        tx.add_conflict("c2", "local", &f("department", Resolution::Open), now())
+            .unwrap();
+        tx.commit().unwrap();
+        let open = db.open_conflicts_of("c1").unwrap();
+        assert_eq!(
+            open.iter().map(|c| c.id).collect::<Vec<_>>(),
+            vec![org, dept]
+        );
+        let tx = db.tx().unwrap();
+        tx.resolve_conflict(org, "kept_canonical", now()).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(db.open_conflicts_of("c1").unwrap().len(), 1);
+
+        // Dead letters: closed once, the second time answered as closed.
+        use crate::{DeadLetterClosed, DeadLetterStatus, StateError};
+        let page = db.dead_letter_rows_page(None, 2).unwrap();
+        assert_eq!(page.items.len(), 2);
+        assert_eq!(page.next_before, Some(2));
+        let id = page.items[0].letter.id;
+        match db
+            .retry_or_dismiss_dead_letter(id, false, "canonical", now())
+            .unwrap()
+        {
+            DeadLetterClosed::Closed { letter, owed } => {
+                assert_eq!(letter.status, DeadLetterStatus::Dismissed);
+                assert!(!owed);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            db.retry_or_dismiss_dead_letter(id, true, "canonical", now())
+                .unwrap(),
+            DeadLetterClosed::AlreadyClosed { .. }
+        ));
+        assert!(matches!(
+            db.retry_or_dismiss_dead_letter(999, true, "canonical", now()),
+            Err(StateError::NotFound { .. })
+        ));
+        let row = db.dead_letter_rows_page(None, 1).unwrap().items.remove(0);
+        assert_eq!(row.status, DeadLetterStatus::Dismissed);
     }
 
     #[test]

@@ -151,6 +151,74 @@ impl StateDb {
     }
 }
 
+/// What [`StateDb::retry_or_dismiss_dead_letter`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum DeadLetterClosed {
+    /// Closed now; `owed`: a retry left the record owed a write in its
+    /// store (see the module docs).
+    Closed { letter: DeadLetterRow, owed: bool },
+    /// It was retried or dismissed already: nothing done.
+    AlreadyClosed { letter: DeadLetterRow },
+}
+
+impl StateDb {
+    /// Up to `limit` dead letters (any status) with `id < before`, newest
+    /// first, with their status.
+    pub fn dead_letter_rows_page(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<crate::Page<DeadLetterRow>> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM dead_letters WHERE id < ?1 ORDER BY id DESC LIMIT ?2");
+        let mut stmt = self.conn().prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![
+            before.unwrap_or(i64::MAX),
+            crate::read::sql_limit(limit.saturating_add(1))
+        ])?;
+        let mut items = Vec::new();
+        while let Some(r) = rows.next()? {
+            items.push(row(r)?);
+        }
+        let next_before = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|d| d.letter.id)
+        } else {
+            None
+        };
+        Ok(crate::Page { items, next_before })
+    }
+
+    /// `dead-letters retry ID` / `dismiss ID` (the CLI and the console):
+    /// closes an open dead letter in one transaction. An unknown id is
+    /// [`StateError::NotFound`]; one closed already is answered as such.
+    pub fn retry_or_dismiss_dead_letter(
+        &mut self,
+        id: i64,
+        retry: bool,
+        canonical: &str,
+        at: Timestamp,
+    ) -> Result<DeadLetterClosed> {
+        let tx = self.tx()?;
+        let Some(before) = one(tx.conn(), id)? else {
+            return Err(StateError::NotFound {
+                what: format!("dead letter {id}"),
+            });
+        };
+        if before.status != DeadLetterStatus::Open {
+            return Ok(DeadLetterClosed::AlreadyClosed { letter: before });
+        }
+        let (letter, owed) = if retry {
+            tx.retry_dead_letter(id, at, canonical)?
+        } else {
+            (tx.dismiss_dead_letter(id, at)?, false)
+        };
+        tx.commit()?;
+        Ok(DeadLetterClosed::Closed { letter, owed })
+    }
+}
+
 impl StateTx<'_> {
     fn dead_letter_status(&self, id: i64) -> Result<Option<DeadLetterStatus>> {
         Ok(one(self.conn(), id)?.map(|d| d.status))

@@ -20,7 +20,9 @@
 mod console;
 pub use console::{ContactHit, Page};
 mod dead_letters;
-pub use dead_letters::{DeadLetterRow, DeadLetterStatus};
+pub use dead_letters::{DeadLetterClosed, DeadLetterRow, DeadLetterStatus};
+mod history;
+pub use history::{bucket_of, HistoryBucket, BUCKET_SECS, HISTORY_DAYS};
 mod lock;
 mod paused;
 mod people;
@@ -588,7 +590,8 @@ impl StateTx<'_> {
             ])?;
         Ok(self.tx.last_insert_rowid())
     }
-    /// Adds a run's stats to the store's totals; `error = None` marks a success at `at`
+    /// Adds a run's stats to the store's totals and to its run history
+    /// (the console's charts); `error = None` marks a success at `at`
     /// (resets consecutive errors), `Some` records the error.
     /// The error text is kept (at most 2,000 bytes) after later successes
     /// as `last_error`; callers must keep secrets out of it.
@@ -599,6 +602,7 @@ impl StateTx<'_> {
         error: Option<&str>,
         at: Timestamp,
     ) -> Result<()> {
+        let when = at;
         let at = format_ts(&at);
         let (success, error_at) = match error {
             None => (Some(at.as_str()), None),
@@ -640,6 +644,7 @@ impl StateTx<'_> {
                 error_at,
                 at,
             ])?;
+        self.record_history(store, stats, error.is_some(), &when)?;
         Ok(())
     }
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {

@@ -13,7 +13,9 @@
 //!   before the cutoff (open ones stay);
 //! - **closed dead letters** (dismissed or retried) closed — and, for a
 //!   dismissed one, last seen — before the cutoff (open ones stay);
-//! - **finished operator requests** finished before the cutoff.
+//! - **finished operator requests** finished before the cutoff;
+//! - **run history** (the console's charts) older than
+//!   [`crate::HISTORY_DAYS`], whatever the audit window.
 //!
 //! Deletes run in short transactions (a few thousand journal rows each),
 //! so the daemon's own transactions wait at most a moment: `contact-sync
@@ -49,6 +51,8 @@ pub struct CompactReport {
     pub conflicts_removed: u64,
     pub dead_letters_removed: u64,
     pub requests_removed: u64,
+    /// Run-history buckets older than [`crate::HISTORY_DAYS`].
+    pub history_removed: u64,
 }
 
 impl StateDb {
@@ -111,6 +115,12 @@ impl StateDb {
         report.requests_removed = tx.conn().execute(
             "DELETE FROM operator_requests WHERE status IN ('done', 'failed') AND finished_at < ?1",
             [&cutoff],
+        )? as u64;
+        report.history_removed = tx.conn().execute(
+            "DELETE FROM run_history WHERE bucket < ?1",
+            [crate::bucket_of(
+                &(now - chrono::Duration::days(crate::HISTORY_DAYS)),
+            )],
         )? as u64;
         tx.set_meta(LAST_COMPACTED_META, &format_ts(&now))?;
         tx.commit()?;

@@ -204,18 +204,42 @@ CREATE TABLE operator_requests (
 CREATE INDEX operator_requests_status ON operator_requests (status, id);
 "#;
 
-/// Version 5:
+/// Version 5: run history for the console's charts, and a contact's open
+/// conflicts by index.
+/// - `run_history`: per store and 5-minute bucket (unix seconds of its
+///   start), the cycles' totals (runs, captured, merged, written, errors)
+///   and the largest lag seen (seconds since the store's last success, 0
+///   right after one; NULL while it never had one). One row per store and bucket however often cycles
+///   run; `compact` removes buckets older than its history window.
+/// - `conflicts_contact`: the per-field choice reads a contact's open
+///   conflicts.
+const V5: &str = r#"
+CREATE TABLE run_history (
+    store        TEXT NOT NULL,
+    bucket       INTEGER NOT NULL,
+    runs         INTEGER NOT NULL DEFAULT 0,
+    captured     INTEGER NOT NULL DEFAULT 0,
+    applied      INTEGER NOT NULL DEFAULT 0,
+    written      INTEGER NOT NULL DEFAULT 0,
+    errors       INTEGER NOT NULL DEFAULT 0,
+    max_lag_secs REAL,
+    PRIMARY KEY (bucket, store)
+) WITHOUT ROWID;
+CREATE INDEX conflicts_contact ON conflicts (contact_id, status);
+"#;
+
+/// Version 6:
 /// - the owed-writes index covers what the engine pages through every
 ///   cycle (`needs_write <> 0`: owed writes and ids to write back). V2's
 ///   index (`= 1`) could not serve that query, so each cycle scanned every
 ///   record of each store: 120-180 ms per idle cycle at 1M contacts.
-const V5: &str = r#"
+const V6: &str = r#"
 DROP INDEX IF EXISTS store_records_needs_write;
 CREATE INDEX IF NOT EXISTS store_records_owed ON store_records (store, contact_id) WHERE needs_write <> 0;
 "#;
 
 /// Every migration, in order; the schema version is `MIGRATIONS.len()`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

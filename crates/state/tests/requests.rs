@@ -150,10 +150,12 @@ fn the_migration_keeps_pauses_recorded_before_it() {
     let path = dir.path().join("state.db");
     drop(StateDb::open(&path).unwrap());
     // Back to version 3: `paused_stores` as it was, with a pause, and no
-    // request table.
+    // request table (nor what version 5 adds).
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch(
-        "DROP TABLE operator_requests;
+        "DROP TABLE run_history;
+         DROP INDEX conflicts_contact;
+         DROP TABLE operator_requests;
          DROP TABLE paused_stores;
          CREATE TABLE paused_stores (
              store      TEXT PRIMARY KEY NOT NULL,

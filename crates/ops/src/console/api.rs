@@ -15,7 +15,7 @@ use super::{same_secret, Console, MAX_PAGE_SIZE, PAGE_SIZE};
 /// The header API actions carry the CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-fn error(status: u16, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: u16, message: impl Into<String>) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (code, Json(json!({ "error": message.into() }))).into_response()
 }
@@ -27,14 +27,14 @@ fn ok<T: serde::Serialize>(v: Result<T, String>) -> Response {
     }
 }
 
-fn csrf_ok(c: &Console, headers: &HeaderMap) -> bool {
+pub(crate) fn csrf_ok(c: &Console, headers: &HeaderMap) -> bool {
     headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| same_secret(t, &c.inner.csrf))
 }
 
-const CSRF_MISSING: &str =
+pub(crate) const CSRF_MISSING: &str =
     "the X-CSRF-Token header is missing or wrong (GET /api/session gives it)";
 
 pub(crate) async fn overview(State(c): State<Console>) -> Response {
@@ -146,4 +146,44 @@ pub(crate) async fn decide(
         Ok(m) => Json(json!({ "ok": true, "message": m })).into_response(),
         Err(r) => refused(r),
     }
+}
+
+/// `POST /api/dead-letters/{id}/retry` and `.../dismiss` (no body).
+pub(crate) async fn close_dead_letter(
+    State(c): State<Console>,
+    Path((id, action)): Path<(i64, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !csrf_ok(&c, &headers) {
+        return error(403, CSRF_MISSING);
+    }
+    let retry = match action.as_str() {
+        "retry" => true,
+        "dismiss" => false,
+        _ => {
+            return error(
+                404,
+                "use /api/dead-letters/{id}/retry or /api/dead-letters/{id}/dismiss",
+            )
+        }
+    };
+    match data::close_dead_letter(&c, id, retry).await {
+        Ok(a) => Json(a).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct HistoryQuery {
+    hours: Option<i64>,
+}
+
+/// `GET /api/history?hours=N` (default 24, at most the history kept): the
+/// run history per store and 5-minute bucket, oldest first.
+pub(crate) async fn history(State(c): State<Console>, Query(q): Query<HistoryQuery>) -> Response {
+    let hours = q
+        .hours
+        .unwrap_or(super::charts::CHART_HOURS)
+        .clamp(1, contact_sync_state::HISTORY_DAYS * 24);
+    ok(data::history(&c, hours).await)
 }

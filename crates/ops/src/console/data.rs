@@ -2,9 +2,11 @@
 //! daemon's live numbers; and the actions both take.
 
 use contact_sync_core::model::now;
-use contact_sync_core::{DeadLetter, JournalEntry, Timestamp};
+use contact_sync_core::{JournalEntry, Timestamp};
+use contact_sync_engine::CANONICAL;
 use contact_sync_state::{
-    ConflictRow, ContactHit, Decision, Page, PauseKind, PausedStore, StoreRecord,
+    ConflictRow, ContactHit, DeadLetterClosed, DeadLetterRow, Decision, HistoryBucket, Page,
+    PauseKind, PausedStore, StateError, StoreRecord,
 };
 use serde::Serialize;
 
@@ -201,9 +203,128 @@ pub(crate) async fn dead_letters(
     c: &Console,
     before: Option<i64>,
     limit: usize,
-) -> Result<Page<DeadLetter>, String> {
-    c.with_db(move |db| db.dead_letters_page(before, limit).map_err(state_err))
+) -> Result<Page<DeadLetterRow>, String> {
+    c.with_db(move |db| db.dead_letter_rows_page(before, limit).map_err(state_err))
         .await
+}
+
+/// The run history of the last `hours` hours (the overview's charts).
+pub(crate) async fn history(c: &Console, hours: i64) -> Result<Vec<HistoryBucket>, String> {
+    let since = now() - chrono::Duration::hours(hours);
+    c.with_db(move |db| db.run_history(&since).map_err(state_err))
+        .await
+}
+
+/// A dead letter retried or dismissed (as `contact-sync dead-letters
+/// retry|dismiss` does it: the same state call).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct DeadLetterAction {
+    pub ok: bool,
+    pub message: String,
+    pub dead_letter: DeadLetterRow,
+    /// A retry left the record owed a write in its store.
+    pub owed: bool,
+}
+
+pub(crate) async fn close_dead_letter(
+    c: &Console,
+    id: i64,
+    retry: bool,
+) -> Result<DeadLetterAction, Refused> {
+    let closed = c
+        .with_db(move |db| Ok(db.retry_or_dismiss_dead_letter(id, retry, CANONICAL, now())))
+        .await
+        .map_err(|e| Refused(500, e))?;
+    match closed {
+        Err(StateError::NotFound { .. }) => Err(Refused(404, format!("no dead letter {id}"))),
+        Err(e) => Err(Refused(500, e.to_string())),
+        Ok(DeadLetterClosed::AlreadyClosed { letter }) => Err(Refused(
+            409,
+            format!(
+                "dead letter {id} is already {}; nothing done",
+                letter.status.as_str()
+            ),
+        )),
+        Ok(DeadLetterClosed::Closed { letter, owed }) => {
+            let (store, record) = (&letter.letter.store, &letter.letter.record);
+            let message = match (retry, owed) {
+                (true, true) => format!(
+                    "Dead letter {id} retried: the next cycle looks at record {record} in {store} again."
+                ),
+                (true, false) => format!(
+                    "Dead letter {id} closed: record {record} in {store} is read again when it changes there."
+                ),
+                (false, _) => format!("Dead letter {id} dismissed."),
+            };
+            Ok(DeadLetterAction {
+                ok: true,
+                message,
+                dead_letter: letter,
+                owed,
+            })
+        }
+    }
+}
+
+/// The open conflicts of one contact.
+pub(crate) async fn open_conflicts_of(
+    c: &Console,
+    contact_id: String,
+) -> Result<Vec<ConflictRow>, String> {
+    c.with_db(move |db| db.open_conflicts_of(&contact_id).map_err(state_err))
+        .await
+}
+
+/// Settles some of a contact's open conflicts, each its own way (`true`:
+/// keep incoming), one after another through the daemon's loop (the
+/// engine's `resolve_conflict`, as `contact-sync conflicts resolve`).
+/// Every id must be an open conflict of this contact (checked before any
+/// is settled). Returns what was kept, per conflict.
+pub(crate) async fn resolve_fields(
+    c: &Console,
+    contact_id: String,
+    choices: Vec<(i64, bool)>,
+) -> Result<Vec<String>, Refused> {
+    if choices.is_empty() {
+        return Err(Refused(
+            400,
+            "no choice was made: pick canonical or incoming for a field".into(),
+        ));
+    }
+    let open = open_conflicts_of(c, contact_id.clone())
+        .await
+        .map_err(|e| Refused(500, e))?;
+    let mut plan = Vec::new();
+    for (id, keep_incoming) in choices {
+        let Some(row) = open.iter().find(|r| r.id == id) else {
+            return Err(Refused(
+                409,
+                format!("conflict {id} is not an open conflict of contact {contact_id} (settled meanwhile?); nothing done"),
+            ));
+        };
+        plan.push((id, row.conflict.field.clone(), keep_incoming));
+    }
+    let mut done = Vec::new();
+    for (id, field, keep_incoming) in plan {
+        let kept = if keep_incoming {
+            "incoming"
+        } else {
+            "canonical"
+        };
+        c.resolve(id, keep_incoming).await.map_err(|e| {
+            let before = if done.is_empty() {
+                String::new()
+            } else {
+                format!(" (settled before it: {})", done.join(", "))
+            };
+            Refused(
+                409,
+                format!("conflict {id} ({field}, keep {kept}): {e}{before}"),
+            )
+        })?;
+        done.push(format!("{field}: kept {kept}"));
+    }
+    Ok(done)
 }
 
 pub(crate) async fn paused(c: &Console) -> Result<Vec<PausedStore>, String> {

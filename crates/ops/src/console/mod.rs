@@ -1,10 +1,12 @@
 //! The operator console: server-rendered HTML pages and a JSON API on the
 //! daemon's listener.
 //!
-//! Pages: `/` (overview, refreshes itself), `/conflicts`, `/dead-letters`,
-//! `/paused`, `/contact/{id}`, `/search`. API: the same data under `/api/...`
-//! (see the README's console section). Actions (resolve a conflict, decide
-//! about a paused store) are POSTs that carry the process's CSRF token.
+//! Pages: `/` (overview with charts of the last 24 h, refreshes itself),
+//! `/conflicts`, `/contact/{id}/conflicts` (a choice per field),
+//! `/dead-letters`, `/paused`, `/contact/{id}`, `/search`. API: the same
+//! data under `/api/...` (see the README's console section). Actions
+//! (resolve conflicts, retry or dismiss a dead letter, decide about a
+//! paused store) are POSTs that carry the process's CSRF token.
 //!
 //! Security:
 //! - The listener is loopback-only unless `allow_remote` (see [`crate::serve`]).
@@ -18,6 +20,8 @@
 //! - URLs carry ids only; the search form posts its query. Nothing here logs
 //!   a request, a contact value or a token.
 //!
+//! Retrying or dismissing a dead letter is the state call `contact-sync
+//! dead-letters retry|dismiss` makes (`retry_or_dismiss_dead_letter`).
 //! Resolving a conflict writes canonical, so the console hands it to the
 //! daemon's loop ([`ConsoleRequest`]), which runs the engine's
 //! `resolve_conflict` between cycles, as `contact-sync conflicts resolve`
@@ -25,6 +29,8 @@
 //! ([`contact_sync_state::StateTx::decide`]), as `contact-sync approve` writes them.
 
 mod api;
+mod charts;
+mod choose;
 mod data;
 mod pages;
 
@@ -44,6 +50,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::OpsHandle;
 
+pub use charts::{render as render_charts, Charts, CHART_HOURS};
 pub use data::{OverviewStore, StoreState};
 
 /// Rows per page of the paged lists (also the API's default `limit`).
@@ -325,6 +332,11 @@ pub fn router(console: Console) -> Router {
         .route("/conflicts", get(pages::conflicts))
         .route("/conflicts/{id}/resolve", post(pages::resolve))
         .route("/dead-letters", get(pages::dead_letters))
+        .route("/dead-letters/{id}/close", post(pages::close_dead_letter))
+        .route(
+            "/contact/{id}/conflicts",
+            get(choose::form).post(choose::submit),
+        )
         .route("/paused", get(pages::paused))
         .route("/paused/{store}/decide", post(pages::decide))
         .route("/contact/{id}", get(pages::contact))
@@ -334,6 +346,15 @@ pub fn router(console: Console) -> Router {
         .route("/api/conflicts", get(api::conflicts))
         .route("/api/conflicts/{id}/resolve", post(api::resolve))
         .route("/api/dead-letters", get(api::dead_letters))
+        .route(
+            "/api/dead-letters/{id}/{action}",
+            post(api::close_dead_letter),
+        )
+        .route(
+            "/api/contact/{id}/conflicts/resolve",
+            post(choose::api_submit),
+        )
+        .route("/api/history", get(api::history))
         .route("/api/paused", get(api::paused))
         .route("/api/paused/{store}/decide", post(api::decide))
         .route("/api/contact/{id}", get(api::contact))
@@ -441,8 +462,37 @@ mod tests {
             .await
             .unwrap();
         let token = session["csrf_token"].as_str().unwrap().to_string();
-        let r = decide(Some(token)).await.unwrap();
+        let r = decide(Some(token.clone())).await.unwrap();
         assert_eq!(r.status(), 409, "local is not paused");
+        // A dead letter dismissed through the API, once.
+        let dismiss = |csrf: &str| {
+            http.post(format!("{base}/api/dead-letters/1/dismiss"))
+                .header("X-CSRF-Token", csrf)
+                .send()
+        };
+        assert_eq!(dismiss("wrong").await.unwrap().status(), 403);
+        let r = dismiss(&token).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["dead_letter"]["status"], "dismissed", "{v}");
+        assert_eq!(dismiss(&token).await.unwrap().status(), 409);
+        let r = http
+            .post(format!("{base}/api/dead-letters/99/retry"))
+            .header("X-CSRF-Token", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        // The overview carries its charts inline.
+        let page = http
+            .get(format!("{base}/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(page.contains("<svg"), "{page}");
         let form = http
             .post(format!("{base}/paused/local/decide"))
             .form(&[("csrf", "x"), ("decision", "approve")])

@@ -1,5 +1,6 @@
 //! The HTML pages. Every value goes through `maud`'s escaping (`(value)`
-//! in a template); nothing is inserted with `PreEscaped` except fixed text.
+//! in a template); nothing is inserted with `PreEscaped` except fixed text
+//! and the charts' SVG (which `plotters` escapes as it writes it).
 
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -11,6 +12,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::charts::{self, CHART_HOURS};
 use super::data::{self, Refused};
 use super::{same_secret, Console, PAGE_SIZE, SESSION_COOKIE};
 
@@ -37,6 +39,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{white-space:pre-wrap;word-break:break-word;margin:0}
 .diff{background:#fff4cc}
 button{cursor:pointer}
+.charts{display:flex;gap:1em;flex-wrap:wrap}
+figure{margin:0;background:#fff;border:1px solid #dde1e7}
+.choice label{margin-right:1em}
 "#;
 
 fn layout(title: &str, console: &Console, refresh: bool, body: Markup) -> Markup {
@@ -73,18 +78,18 @@ fn layout(title: &str, console: &Console, refresh: bool, body: Markup) -> Markup
     }
 }
 
-fn page(title: &str, console: &Console, refresh: bool, body: Markup) -> Response {
+pub(crate) fn page(title: &str, console: &Console, refresh: bool, body: Markup) -> Response {
     Html(layout(title, console, refresh, body).into_string()).into_response()
 }
 
-fn error_page(console: &Console, status: u16, message: &str) -> Response {
+pub(crate) fn error_page(console: &Console, status: u16, message: &str) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = page("Error", console, false, html! { p.err { (message) } });
     *r.status_mut() = code;
     r
 }
 
-fn ts(t: &Timestamp) -> String {
+pub(crate) fn ts(t: &Timestamp) -> String {
     format_ts(t)
 }
 
@@ -121,6 +126,15 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 pub(crate) async fn overview(State(c): State<Console>) -> Response {
     let o = match data::overview(&c).await {
         Ok(o) => o,
+        Err(e) => return error_page(&c, 500, &e),
+    };
+    let history = match data::history(&c, CHART_HOURS).await {
+        Ok(h) => h,
+        Err(e) => return error_page(&c, 500, &e),
+    };
+    let stores: Vec<String> = o.stores.iter().map(|s| s.metrics.store.clone()).collect();
+    let charts = match charts::render(&history, &stores, &o.taken_at) {
+        Ok(ch) => ch,
         Err(e) => return error_page(&c, 500, &e),
     };
     let body = html! {
@@ -166,6 +180,13 @@ pub(crate) async fn overview(State(c): State<Console>) -> Response {
                 }
             }
         }
+        h2 { "Last " (CHART_HOURS) " hours" }
+        @if charts.empty { p #no-history { "No cycle recorded in the last " (CHART_HOURS) " hours." } }
+        div.charts {
+            // plotters' SVG: every text and attribute in it is escaped.
+            figure #chart-changes { (PreEscaped(&charts.changes_svg)) }
+            figure #chart-lag { (PreEscaped(&charts.lag_svg)) }
+        }
         h2 { "Last cycle" }
         @match &o.last_cycle {
             None => p { "No cycle has finished in this process yet." },
@@ -197,7 +218,7 @@ impl ListQuery {
     }
 }
 
-fn csrf_field(c: &Console) -> Markup {
+pub(crate) fn csrf_field(c: &Console) -> Markup {
     html! { input type="hidden" name="csrf" value=(c.inner.csrf); }
 }
 
@@ -240,6 +261,7 @@ pub(crate) async fn conflicts(State(c): State<Console>, Query(q): Query<ListQuer
                                         " "
                                         button type="submit" name="keep" value="incoming" id=(format!("keep-incoming-{}", r.id)) { "Keep incoming" }
                                     }
+                                    a.per-field href=(format!("/contact/{}/conflicts", url_component(&r.contact_id))) { "Choose per field…" }
                                 }
                             }
                         }
@@ -260,11 +282,11 @@ pub(crate) struct ResolveForm {
     keep: String,
 }
 
-fn csrf_ok(c: &Console, token: &str) -> bool {
+pub(crate) fn csrf_ok(c: &Console, token: &str) -> bool {
     same_secret(token, &c.inner.csrf)
 }
 
-fn refused(c: &Console, r: Refused) -> Response {
+pub(crate) fn refused(c: &Console, r: Refused) -> Response {
     error_page(c, r.0, &r.1)
 }
 
@@ -291,26 +313,58 @@ pub(crate) async fn resolve(
     }
 }
 
-pub(crate) async fn dead_letters(State(c): State<Console>, Query(q): Query<ListQuery>) -> Response {
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct DeadLettersQuery {
+    before: Option<i64>,
+    closed: Option<i64>,
+    how: Option<String>,
+}
+
+pub(crate) async fn dead_letters(
+    State(c): State<Console>,
+    Query(q): Query<DeadLettersQuery>,
+) -> Response {
     let p = match data::dead_letters(&c, q.before, PAGE_SIZE).await {
         Ok(p) => p,
         Err(e) => return error_page(&c, 500, &e),
     };
     let body = html! {
+        @if let Some(id) = q.closed {
+            p.msg #flash {
+                "Dead letter " (id) " "
+                @match q.how.as_deref() {
+                    Some("retried") => "retried: the next cycle writes canonical's record to the store again, on condition of what it last saw there (a record that differs there is read and merged; still refused: a new dead letter).",
+                    Some("reread") => "retried: the record is read again when it changes in its store.",
+                    _ => "dismissed (the same refusal later is counted on it, not reopened).",
+                }
+            }
+        }
         @if p.items.is_empty() { p #empty { "No dead letters." } }
         @else {
             table #dead-letters {
-                thead { tr { th { "#" } th { "When" } th { "Store" } th { "Record" } th { "Field" } th { "Reason" } th { "Payload" } } }
+                thead { tr { th { "#" } th { "When" } th { "Store" } th { "Record" } th { "Field" } th { "Reason" } th { "Payload" } th { "Status" } th { "Act" } } }
                 tbody {
-                    @for d in &p.items {
+                    @for row in &p.items {
+                        @let d = &row.letter;
                         tr id=(format!("dead-letter-{}", d.id)) {
                             td { (d.id) }
-                            td { (ts(&d.at)) }
+                            td { (ts(&d.at)) @if row.count > 1 { br; small { "seen " (row.count) " times, last " (ts(&row.last_seen)) } } }
                             td { (d.store) }
                             td { (d.record) }
                             td { (d.field) }
                             td { pre { (d.reason) } }
                             td { @if let Some(pl) = &d.payload { details { summary { "record as received" } pre { (serde_json::to_string_pretty(pl).unwrap_or_default()) } } } }
+                            td.status { (row.status.as_str()) @if let Some(t) = &row.closed_at { br; small { (ts(t)) } } }
+                            td {
+                                @if row.status == contact_sync_state::DeadLetterStatus::Open {
+                                    form method="post" action=(format!("/dead-letters/{}/close", d.id)) {
+                                        (csrf_field(&c))
+                                        button type="submit" name="do" value="retry" id=(format!("retry-{}", d.id)) title="write canonical's record to the store again, or read the store's record again" { "Retry" }
+                                        " "
+                                        button type="submit" name="do" value="dismiss" id=(format!("dismiss-{}", d.id)) title="leave it; the same refusal later is counted here" { "Dismiss" }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -319,6 +373,45 @@ pub(crate) async fn dead_letters(State(c): State<Console>, Query(q): Query<ListQ
         @if let Some(b) = p.next_before { a #next href=(format!("/dead-letters?before={b}")) { "Older →" } }
     };
     page("Dead letters", &c, false, body)
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct CloseForm {
+    csrf: String,
+    #[serde(rename = "do")]
+    action: String,
+}
+
+/// `POST /dead-letters/{id}/close` (`do` = `retry` or `dismiss`).
+pub(crate) async fn close_dead_letter(
+    State(c): State<Console>,
+    Path(id): Path<i64>,
+    Form(f): Form<CloseForm>,
+) -> Response {
+    if !csrf_ok(&c, &f.csrf) {
+        return error_page(
+            &c,
+            403,
+            "the form's CSRF token is missing or stale: reload the page",
+        );
+    }
+    let retry = match f.action.as_str() {
+        "retry" => true,
+        "dismiss" => false,
+        _ => return error_page(&c, 400, "do must be retry or dismiss"),
+    };
+    match data::close_dead_letter(&c, id, retry).await {
+        Ok(a) => Redirect::to(&format!(
+            "/dead-letters?closed={id}&how={}",
+            match (retry, a.owed) {
+                (true, true) => "retried",
+                (true, false) => "reread",
+                (false, _) => "dismissed",
+            }
+        ))
+        .into_response(),
+        Err(r) => refused(&c, r),
+    }
 }
 
 pub(crate) async fn paused(State(c): State<Console>, Query(q): Query<ListQuery>) -> Response {
@@ -396,7 +489,7 @@ pub(crate) async fn decide(
 }
 
 /// Percent-encodes everything but unreserved characters.
-fn url_component(s: &str) -> String {
+pub(crate) fn url_component(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
