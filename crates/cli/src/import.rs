@@ -168,18 +168,8 @@ pub fn google_csv_records(bytes: &[u8]) -> anyhow::Result<Vec<ImportRecord>> {
         c.job_title = get(title);
         c.department = get(dept);
         c.notes = get(notes);
-        let built = [
-            &c.name_prefix,
-            &c.first_name,
-            &c.middle_name,
-            &c.last_name,
-            &c.name_suffix,
-        ]
-        .iter()
-        .filter_map(|s| s.as_deref())
-        .collect::<Vec<_>>()
-        .join(" ");
-        c.canonical_name = get(name).unwrap_or(built);
+        c.canonical_name =
+            get(name).unwrap_or_else(|| contact_sync_core::vcard::name_from_parts(&c));
         if let Some(l) = get(labels) {
             for t in multi(&l) {
                 // Google's own system groups, not the user's labels.

@@ -331,3 +331,69 @@ async fn a_row_inserted_with_a_blank_contact_id_gets_its_id_in_place() {
         Some("Blank Id")
     );
 }
+
+/// People data (issue 19): an erased contact stays erased when the slot
+/// replays a backlog of its rows made before the erasure (edits by another
+/// application that the engine had not captured yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_contact_stays_erased_after_a_postgres_backlog_replay() {
+    let (dir, url) = setup("50", "100").await;
+    let d = dir.path();
+    let c = pg(&url).await;
+    let id = "c000000003";
+    // A backlog in the slot: three edits with personal data, not captured.
+    for i in 0..3 {
+        c.execute(
+            "UPDATE contacts SET nickname = $1, notes = $2 WHERE contact_id = $3",
+            &[&format!("Secret-{i}"), &format!("private note {i}"), &id],
+        )
+        .await
+        .unwrap();
+    }
+    let (d2, u2) = (d.to_path_buf(), url.clone());
+    let out = tokio::task::spawn_blocking(move || ok(&d2, &u2, &["forget", id]))
+        .await
+        .unwrap();
+    assert!(
+        out.contains("supabase") && out.contains("confirmed"),
+        "{out}"
+    );
+    // The slot now replays the three edits (and the erasure's own write).
+    for _ in 0..3 {
+        let out = cycle(d, &url, "100").await;
+        assert!(out.status.success(), "{}", stdout(&out));
+    }
+    for db in ["canonical.db", "local.db"] {
+        let (name, nickname, deleted): (Option<String>, Option<String>, Option<String>) = sqlite(
+            d, db,
+        )
+        .query_row(
+            "SELECT canonical_name, nickname, deleted_at FROM contacts WHERE contact_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+        assert!(name.unwrap_or_default().is_empty(), "{db}: name back");
+        assert!(nickname.is_none(), "{db}: replayed nickname {nickname:?}");
+        assert!(deleted.is_some(), "{db}: live again");
+    }
+    let live = pg_count(
+        &c,
+        &format!(
+            "SELECT count(*) FROM contacts WHERE contact_id = '{id}' \
+             AND (deleted_at IS NULL OR coalesce(nickname, '') <> '' OR coalesce(notes, '') <> '')"
+        ),
+    )
+    .await;
+    assert_eq!(live, 0, "the erased row is back in Postgres");
+    let mentions: i64 = sqlite(d, "state.db")
+        .query_row(
+            "SELECT (SELECT count(*) FROM journal WHERE after LIKE '%Secret-%' OR changes LIKE '%Secret-%')
+                  + (SELECT count(*) FROM conflicts WHERE incoming LIKE '%Secret-%' OR canonical LIKE '%Secret-%')
+                  + (SELECT count(*) FROM dead_letters WHERE payload LIKE '%Secret-%')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(mentions, 0, "the replayed personal data reached the state");
+}

@@ -293,7 +293,15 @@ fn card_to_contact(props: &[ical::property::Property]) -> Result<Contact, String
         seen |= t.is_primary;
         t.is_primary = first;
     }
-    let built = [
+    let built = name_from_parts(&c);
+    c.canonical_name = fn_name.or_else(|| some(&built)).unwrap_or_default();
+    Ok(c)
+}
+
+/// The name parts (prefix, first, middle, last, suffix) joined by spaces:
+/// the display name of a record that has parts but no full name.
+pub fn name_from_parts(c: &Contact) -> String {
+    [
         &c.name_prefix,
         &c.first_name,
         &c.middle_name,
@@ -303,9 +311,7 @@ fn card_to_contact(props: &[ical::property::Property]) -> Result<Contact, String
     .iter()
     .filter_map(|s| s.as_deref())
     .collect::<Vec<_>>()
-    .join(" ");
-    c.canonical_name = fn_name.or_else(|| some(&built)).unwrap_or_default();
-    Ok(c)
+    .join(" ")
 }
 
 /// Reads every card of a vCard file (4.0 or 3.0). A card that cannot be
