@@ -279,3 +279,117 @@ async fn check_finds_a_missing_table_a_misfit_table_and_reads_bigquerys_clock() 
     assert!(hint.contains("ADD COLUMN `notes` STRING"), "{t}");
     ds.cleanup().await;
 }
+
+/// People data (issue 19) with BigQuery as canonical: `forget` scrubs the
+/// BigQuery row and the local one, `export` shows the erasure and no
+/// personal data, and an analyst's UPDATE bringing the row back is erased
+/// again, never propagated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_and_export_with_bigquery_as_canonical() {
+    let Some(ds) = bq::TestDataset::new("erase").await else {
+        return;
+    };
+    let url = bq::emulator_url().expect("emulator");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!(
+            "[canonical]\nkind = \"bigquery\"\nbase_url = \"{url}\"\nproject = \"test-project\"\ndataset = \"{}\"\nauth = \"none\"\n\n[stores.local]\nkind = \"sqlite\"\n",
+            ds.dataset
+        ),
+    )
+    .unwrap();
+    let run = |args: Vec<String>| {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ok(&d, &args, &[])
+        })
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    run(args(&["migrate"])).await.unwrap();
+    run(args(&["seed", "--contacts", "10"])).await.unwrap();
+    run(args(&["run", "--initial-sync", "--once"]))
+        .await
+        .unwrap();
+    let id = "c000000002";
+    let before: Value = serde_json::from_str(&run(args(&["show", id, "--json"])).await.unwrap())
+        .unwrap();
+    let email = before["emails"][0]["address"]
+        .as_str()
+        .expect("an email")
+        .to_string();
+    let name = before["canonical_name"].as_str().unwrap().to_string();
+    assert!(!name.is_empty(), "{before}");
+
+    let out = run(args(&["forget", id])).await.unwrap();
+    assert!(out.contains("canonical") && out.contains("local"), "{out}");
+    let erased = |c: &Value| {
+        c["canonical_name"].as_str().unwrap_or_default().is_empty()
+            && c["emails"].as_array().is_none_or(|e| e.is_empty())
+            && !c["deleted_at"].is_null()
+    };
+    let after: Value =
+        serde_json::from_str(&run(args(&["show", id, "--json"])).await.unwrap()).unwrap();
+    assert!(erased(&after), "canonical still holds data: {after}");
+    let table = format!("`test-project.{}.contacts`", ds.dataset);
+    let rows = ds
+        .client
+        .query(
+            &format!("SELECT TO_JSON_STRING(t) AS j FROM {table} t WHERE contact_id = '{id}'"),
+            &[],
+            "reading the erased row",
+        )
+        .await
+        .unwrap();
+    let raw = serde_json::to_string(&rows.rows).unwrap();
+    assert!(
+        !raw.contains(&email) && !raw.contains(&name),
+        "BigQuery row still holds personal data: {raw}"
+    );
+    let (local_name, local_deleted): (Option<String>, Option<String>) = conn_local(&d)
+        .query_row(
+            "SELECT canonical_name, deleted_at FROM contacts WHERE contact_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(local_name.unwrap_or_default().is_empty() && local_deleted.is_some());
+
+    let doc = run(args(&["export", id])).await.unwrap();
+    let v: Value = serde_json::from_str(&doc).unwrap();
+    assert!(
+        v["erasure"]["confirmed"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s == "canonical")),
+        "{v}"
+    );
+    assert!(!doc.contains(&email) && !doc.contains(&name), "{doc}");
+
+    // An analyst brings the row back in BigQuery: erased again.
+    ds.client
+        .query(
+            &format!(
+                "UPDATE {table} SET canonical_name = 'Back Again', deleted_at = NULL, \
+                 last_updated = CURRENT_TIMESTAMP() WHERE contact_id = '{id}'"
+            ),
+            &[],
+            "an analyst's UPDATE",
+        )
+        .await
+        .unwrap();
+    run(args(&["run", "--once"])).await.unwrap();
+    let again: Value =
+        serde_json::from_str(&run(args(&["show", id, "--json"])).await.unwrap()).unwrap();
+    assert!(erased(&again), "brought back: {again}");
+    let local_again: Option<String> = conn_local(&d)
+        .query_row(
+            "SELECT canonical_name FROM contacts WHERE contact_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(local_again.unwrap_or_default().is_empty(), "propagated");
+    ds.cleanup().await;
+}
