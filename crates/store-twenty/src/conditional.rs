@@ -117,6 +117,7 @@ impl TwentyStore {
             .collect();
         if !unknown.is_empty() {
             self.refresh(&unknown).await?;
+            self.recall_unlinked(writes, guarded).await?;
         }
         let orgs: Vec<String> = guarded
             .iter()
@@ -193,6 +194,64 @@ impl TwentyStore {
                     });
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A person created in Twenty has no `contactId` until the engine
+    /// writes back the id it minted (or matched), so [`refresh`](Self::refresh)
+    /// cannot find it by contact id: the engine names it by person id
+    /// (`external_ids[store]`). Each such person that still has no
+    /// `contactId` is read by person id and remembered under the write's
+    /// contact id, with the hashes the engine knows it by: the person read
+    /// with that id, and as read (without one; the engine's hash when it
+    /// brought the person's phones to E.164). The write-back is then a
+    /// conditional update like any other. A person someone edited since
+    /// has another hash: `Changed`, as before.
+    async fn recall_unlinked(
+        &mut self,
+        writes: &[Contact],
+        guarded: &[Guarded],
+    ) -> Result<(), StoreError> {
+        let name = self.name_str().to_string();
+        let mut wanted: Vec<(usize, String)> = Vec::new();
+        for g in guarded {
+            let c = &writes[g.idx];
+            if self
+                .seen
+                .get(&c.contact_id)
+                .is_some_and(|s| s.hashes.contains(&g.hash))
+            {
+                continue;
+            }
+            if let Some(pid) = c
+                .external_ids
+                .get(&name)
+                .filter(|p| Uuid::parse_str(p).is_ok())
+            {
+                wanted.push((g.idx, pid.clone()));
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let pids: Vec<String> = wanted.iter().map(|(_, p)| p.clone()).collect();
+        let people = self.people_by_ids(&pids).await?;
+        for (idx, pid) in wanted {
+            let Some(p) = people.get(&pid) else {
+                continue;
+            };
+            let Ok(mut c) = person_to_contact(p, &name) else {
+                continue;
+            };
+            if !c.contact_id.is_empty() || c.is_deleted() {
+                // Linked (to this or another contact) or deleted since: the
+                // id-based lookup above has the final word.
+                continue;
+            }
+            let as_read = contact_sync_core::content_hash(&c);
+            c.contact_id = writes[idx].contact_id.clone();
+            self.remember(p, &c, Some(&as_read));
         }
         Ok(())
     }

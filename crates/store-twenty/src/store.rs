@@ -553,7 +553,10 @@ impl TwentyStore {
     // ---------- low-level person operations ----------
 
     /// People by person id (live and soft-deleted): id → record.
-    async fn people_by_ids(&self, ids: &[String]) -> Result<HashMap<String, Value>, StoreError> {
+    pub(crate) async fn people_by_ids(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, Value>, StoreError> {
         let mut out = HashMap::new();
         for chunk in ids.chunks(IDS_PER_QUERY) {
             let list: Vec<String> = chunk.iter().filter_map(|i| quote(i)).collect();
