@@ -10,6 +10,14 @@
 # `kill $CONTACT_SYNC_BQ_PID`. With CONTACT_SYNC_BQ_WATCH_PID=<pid> set, a
 # watchdog stops the emulator (and removes DATA_DIR) once that process
 # exits: test binaries use it so no emulator outlives them.
+#
+# With CONTACT_SYNC_BQ_DUCKDB_THREADS=<n> set, the emulator's DuckDB runs
+# with n threads. local-bigquery 0.4.0 can hang for good (a core busy, no
+# answer) once a table has enough data files for a parallel scan: a query
+# calling one of its Python functions (FARM_FINGERPRINT, …) runs them in
+# DuckDB's worker threads, which wait for the GIL that the thread fetching
+# the streamed result holds. A long run of DML (the soak benchmark) gets
+# there within a minute or two; n=1 avoids it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -23,8 +31,23 @@ if [ ! -x "$BIN" ]; then
   exit 1
 fi
 mkdir -p "$DATA"
-HOME="$HOME_DIR/home" nohup "$BIN" serve --host 127.0.0.1 --port "$PORT" --grpc-port "$GRPC_PORT" \
-  --project test-project --data-dir "$DATA" >"$DATA/emulator.log" 2>&1 &
+serve=(serve --host 127.0.0.1 --port "$PORT" --grpc-port "$GRPC_PORT" --project test-project --data-dir "$DATA")
+if [ -n "${CONTACT_SYNC_BQ_DUCKDB_THREADS:-}" ]; then
+  # The same entry point, with every DuckDB connection opened with the thread limit.
+  HOME="$HOME_DIR/home" CONTACT_SYNC_BQ_DUCKDB_THREADS="$CONTACT_SYNC_BQ_DUCKDB_THREADS" nohup "$HOME_DIR/venv-lbq/bin/python" -c '
+import os, sys, duckdb
+threads = int(os.environ["CONTACT_SYNC_BQ_DUCKDB_THREADS"])
+connect = duckdb.connect
+def limited(*args, config=None, **kwargs):
+    return connect(*args, config={**(config or {}), "threads": threads}, **kwargs)
+duckdb.connect = limited
+from local_bigquery.cli import main
+sys.argv[0] = "local-bigquery"
+sys.exit(main())
+' "${serve[@]}" >"$DATA/emulator.log" 2>&1 &
+else
+  HOME="$HOME_DIR/home" nohup "$BIN" "${serve[@]}" >"$DATA/emulator.log" 2>&1 &
+fi
 pid=$!
 if [ -n "${CONTACT_SYNC_BQ_WATCH_PID:-}" ]; then
   watch=$CONTACT_SYNC_BQ_WATCH_PID

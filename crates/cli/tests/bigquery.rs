@@ -314,8 +314,8 @@ async fn forget_and_export_with_bigquery_as_canonical() {
         .await
         .unwrap();
     let id = "c000000002";
-    let before: Value = serde_json::from_str(&run(args(&["show", id, "--json"])).await.unwrap())
-        .unwrap();
+    let before: Value =
+        serde_json::from_str(&run(args(&["show", id, "--json"])).await.unwrap()).unwrap();
     let email = before["emails"][0]["address"]
         .as_str()
         .expect("an email")
@@ -391,5 +391,87 @@ async fn forget_and_export_with_bigquery_as_canonical() {
         )
         .unwrap();
     assert!(local_again.unwrap_or_default().is_empty(), "propagated");
+    ds.cleanup().await;
+}
+
+/// Right after an initial sync nothing is journaled yet. An edit made in
+/// BigQuery that change capture has not delivered (a bumped row waits out
+/// the overlap window), and an edit of another field of that contact in
+/// local.db, captured first: the BigQuery edit must not be reverted by the
+/// local row's older values (it was, silently: canonical's row as read
+/// served as the merge base; found by the soak benchmark, issue 15).
+/// Without a base, both sides are kept apart as conflicts, never silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_in_bigquery_not_yet_captured_is_not_reverted_by_a_store_after_an_initial_sync() {
+    let ds = bq::TestDataset::create("revert").await;
+    let url = bq::url();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!(
+            "[canonical]\nkind = \"bigquery\"\nbase_url = \"{url}\"\nproject = \"test-project\"\ndataset = \"{}\"\nauth = \"none\"\nidle_check = false\n\n[stores.local]\nkind = \"sqlite\"\n",
+            ds.dataset
+        ),
+    )
+    .unwrap();
+    let run = |args: &'static [&'static str]| {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || ok(&d, args, &[]))
+    };
+    run(&["migrate"]).await.unwrap();
+    run(&["seed", "--contacts", "10"]).await.unwrap();
+    run(&["initial-sync"]).await.unwrap();
+    let id = "c000000003";
+    let before: String = conn_local(&d)
+        .query_row(
+            "SELECT job_title FROM contacts WHERE contact_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    ds.client
+        .query(
+            &format!(
+                "UPDATE {} SET job_title = 'Edited in BigQuery', last_updated = CURRENT_TIMESTAMP() WHERE contact_id = @id",
+                ds.table_sql("contacts")
+            ),
+            &[contact_sync_bigquery::QueryParam::string("id", id)],
+            "test edit",
+        )
+        .await
+        .unwrap();
+    conn_local(&d)
+        .execute(
+            "UPDATE contacts SET nickname = 'Edited locally' WHERE contact_id = ?1",
+            [id],
+        )
+        .unwrap();
+    run(&["run", "--once"]).await.unwrap();
+
+    let c: Value =
+        serde_json::from_str(&run(&["show", "c000000003", "--json"]).await.unwrap()).unwrap();
+    assert_eq!(
+        c["job_title"], "Edited in BigQuery",
+        "reverted to {before:?}: {c}"
+    );
+    // The local edit, without a base to tell it from canonical's value, is
+    // a conflict on record (settled by the rules), not dropped silently.
+    let all: Value = serde_json::from_str(
+        &run(&["conflicts", "list", "--all", "--json"])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let nickname = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["contact_id"] == id && r["conflict"]["field"] == "nickname");
+    let kept = c["nickname"] == "Edited locally";
+    assert!(
+        kept || nickname.is_some_and(|r| r["conflict"]["incoming"] == "Edited locally"),
+        "the local edit is neither kept nor on record: {c}\n{all}"
+    );
     ds.cleanup().await;
 }

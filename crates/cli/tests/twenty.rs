@@ -541,3 +541,91 @@ async fn every_twenty_store_has_its_webhook_route() {
     );
     assert_eq!(statuses, vec![Some(401), Some(401), Some(401), Some(404)]);
 }
+
+/// A person created in Twenty (no contact id) becomes a contact, and the
+/// id goes back to that person at once: later edits of the contact
+/// elsewhere reach it (found by the soak benchmark, issue 15: the
+/// conditional write-back looked the person up by a contact id it did not
+/// have yet, so it was refused and put off until the person's next edit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_created_in_twenty_gets_its_contact_id_written_back() {
+    let fake = FakeTwenty::start(FakeConfig::default())
+        .await
+        .expect("fake twenty");
+    let key = fake.api_key().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!(
+            "[stores.local]\nkind = \"sqlite\"\n\n[stores.twenty]\nkind = \"twenty\"\nbase_url = \"{}\"\napi_key = {{ env = \"TEST_TWENTY_KEY\" }}\n",
+            fake.base_url()
+        ),
+    )
+    .unwrap();
+    let blocking = |args: Vec<&'static str>| {
+        let (d, k) = (d.clone(), key.clone());
+        tokio::task::spawn_blocking(move || ok(&d, &args, &k))
+    };
+    blocking(vec!["migrate"]).await.unwrap();
+    blocking(vec!["seed", "--contacts", "10"]).await.unwrap();
+    blocking(vec!["run", "--initial-sync", "--once"])
+        .await
+        .unwrap();
+
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/rest/people", fake.base_url()))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({
+            "name": {"firstName": "Ada", "lastName": "Twenty"},
+            "emails": {"primaryEmail": "ada.twenty@example.com", "additionalEmails": []},
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pid = created["data"]["createPerson"]["id"]
+        .as_str()
+        .expect("person id")
+        .to_string();
+    blocking(vec!["run", "--once"]).await.unwrap();
+
+    let conn = rusqlite::Connection::open(d.join("contact-sync-data/local.db")).unwrap();
+    let contact_id: String = conn
+        .query_row(
+            "SELECT contact_id FROM contacts WHERE _primary_email = 'ada.twenty@example.com'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the new person is a contact in local.db");
+    assert_eq!(
+        fake.person(&pid).unwrap()["contactId"],
+        serde_json::json!(contact_id),
+        "the contact id is written back to the person in the same cycle"
+    );
+
+    // Nothing is owed: the next cycle writes nothing to Twenty, and an
+    // edit made in local.db reaches the person.
+    let before = writes(&fake);
+    blocking(vec!["run", "--once"]).await.unwrap();
+    assert_eq!(writes(&fake), before, "an idle cycle wrote to Twenty");
+    conn.execute(
+        "UPDATE contacts SET job_title = 'Edited locally' WHERE contact_id = ?1",
+        [&contact_id],
+    )
+    .unwrap();
+    blocking(vec!["run", "--once"]).await.unwrap();
+    assert_eq!(
+        fake.person(&pid).unwrap()["jobTitle"],
+        serde_json::json!("Edited locally")
+    );
+    let people = fake
+        .people()
+        .into_iter()
+        .filter(|p| p["emails"]["primaryEmail"] == "ada.twenty@example.com")
+        .count();
+    assert_eq!(people, 1, "one person, not a second one");
+    fake.stop().await;
+}

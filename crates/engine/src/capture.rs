@@ -498,11 +498,13 @@ impl Engine {
         // journaled yet is not folded into this store's change: canonical
         // capture (or the refused canonical write) merges it on its own, so
         // no two journal entries ever carry one version with two contents.
+        let mut journaled = BTreeSet::new();
         for id in &ids {
             if let Some(e) = self.state.journal_of(id, 1)?.into_iter().next() {
                 let mut c = e.after;
                 c.normalize();
                 canon.insert(id.clone(), c);
+                journaled.insert(id.clone());
             }
         }
         let mut recs: HashMap<String, StoreRecord> = self
@@ -554,7 +556,17 @@ impl Engine {
             let rec = recs.get(&it.contact_id).cloned();
             let synced_version = rec.as_ref().map_or(0, |r| r.synced_version);
             let current = canon.get(&it.contact_id);
-            let base = self.base_at(&it.contact_id, synced_version, current)?;
+            // Canonical as read (a contact never journaled: copied by an
+            // initial sync) is the base only when it holds what this store
+            // agreed with. Read with an edit made in canonical that is not
+            // journaled yet (BigQuery delivers a bumped row only after its
+            // overlap window), it would make the store's older values look
+            // like edits and overwrite that edit silently.
+            let base_candidate = current.filter(|c| {
+                journaled.contains(&it.contact_id)
+                    || rec.as_ref().is_some_and(|r| r.hash == content_hash(c))
+            });
+            let base = self.base_at(&it.contact_id, synced_version, base_candidate)?;
             let incoming = match it.incoming {
                 Some(c) => c,
                 None => {

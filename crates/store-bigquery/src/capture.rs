@@ -44,10 +44,6 @@ use crate::client::{ParamType, ParamValue, QueryParam};
 use crate::rows::decode_contact;
 use crate::store::{BigQueryStore, MAX_PAGE};
 
-/// Acknowledged fingerprints kept in memory before they are written to the
-/// sidecar (they are also written before each sweep).
-const FLUSH_AT: usize = 5_000;
-
 /// The change-capture position: `{"v":2,"wm":<µs>,"id":"<contact_id>","n":<u64>}`.
 /// `wm`/`id` is the last row the fast path delivered (absent before the
 /// first); `n` numbers the batches, so the store knows which delivered
@@ -116,6 +112,16 @@ impl Cursor {
 /// Delivered rows' ids with their fingerprints (`None`: gone).
 type Fingerprints = Vec<(String, Option<i64>)>;
 
+/// A batch delivered: the checkpoint it was read from, the one it returned
+/// (its number `n` is one above), and its rows' fingerprints.
+#[derive(Debug)]
+struct Delivered {
+    n: u64,
+    from: String,
+    to: String,
+    fps: Fingerprints,
+}
+
 /// What capture keeps in memory between calls (nothing of it is needed for
 /// correctness after a restart: a restart sweeps on its first caught-up
 /// poll).
@@ -130,8 +136,8 @@ pub(crate) struct CaptureState {
     /// Ids the last sweep found changed and not yet delivered, with the
     /// fingerprint it saw (`None`: the row is gone).
     queue: VecDeque<String>,
-    /// Fingerprints delivered in batch `n`, not yet acknowledged.
-    pending: Vec<(u64, Fingerprints)>,
+    /// Batches delivered and not yet acknowledged.
+    pending: Vec<Delivered>,
     /// Acknowledged fingerprints not yet written to the sidecar.
     acked: BTreeMap<String, Option<i64>>,
 }
@@ -387,6 +393,7 @@ impl BigQueryStore {
 
     fn batch(
         &mut self,
+        from: &Cursor,
         cur: Cursor,
         changes: Vec<(Change, Option<i64>)>,
         has_more: bool,
@@ -400,12 +407,18 @@ impl BigQueryStore {
             .filter(|(c, _)| !c.native_id.is_empty())
             .map(|(c, fp)| (c.native_id.clone(), *fp))
             .collect();
+        let checkpoint = next.encode();
         if self.cfg.sweep_every.is_some() {
-            self.cap.pending.push((next.n, fps));
+            self.cap.pending.push(Delivered {
+                n: next.n,
+                from: from.encode().0,
+                to: checkpoint.0.clone(),
+                fps,
+            });
         }
         ChangeBatch {
             changes: changes.into_iter().map(|(c, _)| c).collect(),
-            checkpoint: next.encode(),
+            checkpoint,
             has_more,
         }
     }
@@ -434,7 +447,7 @@ impl ChangeSource for BigQueryStore {
         if !self.cap.queue.is_empty() {
             let changes = self.deliver_swept(limit).await?;
             let more = !self.cap.queue.is_empty();
-            return Ok(self.batch(cur, changes, more));
+            return Ok(self.batch(&cur, cur.clone(), changes, more));
         }
         let sig = self.signature().await?;
         if sig.is_some() && sig == self.cap.last_sig && sig == self.cap.swept_sig {
@@ -443,7 +456,7 @@ impl ChangeSource for BigQueryStore {
         }
         let (changes, next, has_more) = self.poll(&cur, limit).await?;
         if !changes.is_empty() {
-            return Ok(self.batch(next, changes, has_more));
+            return Ok(self.batch(&cur, next, changes, has_more));
         }
         self.cap.last_sig = sig.clone();
         if let Some(every) = self.cfg.sweep_every {
@@ -458,7 +471,7 @@ impl ChangeSource for BigQueryStore {
                 if !self.cap.queue.is_empty() {
                     let changes = self.deliver_swept(limit).await?;
                     let more = !self.cap.queue.is_empty();
-                    return Ok(self.batch(cur, changes, more));
+                    return Ok(self.batch(&cur, cur.clone(), changes, more));
                 }
             } else {
                 self.cap.polls_since_sweep = self.cap.polls_since_sweep.map(|p| p + 1);
@@ -470,20 +483,47 @@ impl ChangeSource for BigQueryStore {
     }
 
     /// Takes the fingerprints of the batches up to `upto` as applied: they
-    /// go to the sidecar (before the next sweep, or now when many wait).
+    /// go to the sidecar now (one MERGE job). The sweep sees a hard DELETE
+    /// only of a row whose fingerprint the sidecar holds: kept in memory
+    /// until the next sweep, they were lost with the process (every `run
+    /// --once`, every restart), and deletes of those rows never arrived
+    /// (found by the soak benchmark, issue 15). A failed write keeps them
+    /// for the next acknowledgement or sweep.
     async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
         let overlap = self.cfg.overlap.as_micros() as i64;
         let n = Cursor::parse(&self.cfg.name, Some(upto), overlap)?.n;
-        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.cap.pending)
-            .into_iter()
-            .partition(|(m, _)| *m <= n);
-        self.cap.pending = keep;
-        for (_, fps) in done {
-            for (id, fp) in fps {
-                self.cap.acked.insert(id, fp);
+        // The batches applied are the chain that led to `upto`. Another
+        // batch numbered up to `n` was read and then abandoned (the engine
+        // read again from an earlier checkpoint, e.g. after a failed
+        // cycle): its fingerprints are dropped, not taken as applied (a
+        // delete it carried would vanish from the sidecar unapplied); the
+        // next sweep finds its rows again.
+        let mut chain = vec![false; self.cap.pending.len()];
+        let mut want = upto.as_str().to_string();
+        loop {
+            let mut from = None;
+            for (i, d) in self.cap.pending.iter().enumerate() {
+                if !chain[i] && d.to == want {
+                    chain[i] = true;
+                    from = Some(d.from.clone());
+                }
+            }
+            match from {
+                Some(f) => want = f,
+                None => break,
             }
         }
-        if self.cap.acked.len() >= FLUSH_AT {
+        let pending = std::mem::take(&mut self.cap.pending);
+        for (d, applied) in pending.into_iter().zip(chain) {
+            if applied {
+                for (id, fp) in d.fps {
+                    self.cap.acked.insert(id, fp);
+                }
+            } else if d.n > n {
+                self.cap.pending.push(d);
+            }
+        }
+        if !self.cap.acked.is_empty() {
             self.flush_acked().await?;
         }
         Ok(())

@@ -914,3 +914,76 @@ async fn unbounded_limits_are_served_in_pages() {
     assert!(none.changes.is_empty() && !none.has_more);
     ds.cleanup().await;
 }
+
+/// A hard DELETE is found by the sweep only for rows whose fingerprint the
+/// sidecar holds. Found by the soak benchmark (issue 15): acknowledged
+/// fingerprints stayed in memory until the next sweep, so a process that
+/// ended first (every `run --once`, a restart) left the sidecar without
+/// them and deletes of those rows never arrived; and a batch read but never
+/// applied (the cycle failed) was taken as acknowledged by the next batch
+/// read from the same checkpoint, dropping a delete it carried.
+#[tokio::test]
+async fn hard_deletes_arrive_after_a_restart_and_after_an_abandoned_batch() {
+    let ds = TestDataset::create("harddel").await;
+    let mut first = ds.store().await;
+    let t = ds.table_sql("contacts");
+    let dml = |sql: String, id: &'static str| {
+        let client = ds.client.clone();
+        async move {
+            client
+                .query(&sql, &[QueryParam::string("id", id)], "another tool's DML")
+                .await
+                .expect("DML");
+        }
+    };
+    for id in ["h-a", "h-b", "h-c"] {
+        dml(
+            format!(
+                "INSERT INTO {t} (contact_id, canonical_name, version, last_updated) \
+                 VALUES (@id, 'Someone', 1, TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 1 MINUTE))"
+            ),
+            id,
+        )
+        .await;
+    }
+    let gone = |changes: &[contact_sync_connector::Change]| -> Vec<String> {
+        changes
+            .iter()
+            .filter(|c| matches!(c.kind, ChangeKind::Delete { .. }))
+            .map(|c| c.native_id.clone())
+            .collect()
+    };
+
+    // A process delivers and acknowledges the rows, then ends.
+    let (seen, cp) = drain(&mut first, None, 100).await;
+    assert_eq!(upserts(&seen).len(), 3, "{seen:?}");
+    drop(first);
+    dml(format!("DELETE FROM {t} WHERE contact_id = @id"), "h-a").await;
+    // The next process sees the delete.
+    let mut store = ds.store().await;
+    let (changes, cp) = drain(&mut store, Some(cp), 100).await;
+    assert_eq!(gone(&changes), vec!["h-a".to_string()], "{changes:?}");
+
+    // A batch carrying a delete is read but never applied; the engine reads
+    // again from the same checkpoint, gets another change and acknowledges
+    // that batch: the delete must still arrive.
+    dml(format!("DELETE FROM {t} WHERE contact_id = @id"), "h-b").await;
+    let abandoned = store.read_changes(Some(&cp), 100).await.expect("read");
+    assert_eq!(gone(&abandoned.changes), vec!["h-b".to_string()]);
+    dml(
+        format!(
+            "UPDATE {t} SET notes = 'edited', last_updated = CURRENT_TIMESTAMP() WHERE contact_id = @id"
+        ),
+        "h-c",
+    )
+    .await;
+    let other = store
+        .read_changes(Some(&cp), 100)
+        .await
+        .expect("read again");
+    assert_eq!(upserts(&other.changes), vec![("h-c".to_string(), 1)]);
+    store.acknowledge(&other.checkpoint).await.expect("ack");
+    let (rest, _) = drain(&mut store, Some(other.checkpoint), 100).await;
+    assert_eq!(gone(&rest), vec!["h-b".to_string()], "{rest:?}");
+    ds.cleanup().await;
+}

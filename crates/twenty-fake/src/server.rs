@@ -177,21 +177,47 @@ impl FakeTwenty {
         });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
         let addr = listener.local_addr()?;
-        let app = Router::new().fallback(handle).with_state(inner.clone());
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let (shutdown, task) = serve(listener, inner.clone());
         Ok(FakeTwenty {
             addr,
             inner,
-            shutdown: Some(tx),
+            shutdown: Some(shutdown),
             task: Some(task),
         })
+    }
+
+    /// An outage: stops listening (new connections are refused), lets the
+    /// requests in flight finish (at most `grace`) and closes every
+    /// connection, as a Twenty server that went down would. The stored
+    /// people, fields, webhooks and counters stay for [`come_back`](Self::come_back).
+    pub async fn go_offline(&mut self, grace: Duration) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(mut t) = self.task.take() {
+            if tokio::time::timeout(grace, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
+        }
+    }
+
+    /// Ends an outage: listens again on the same address, with the data
+    /// it had. Does nothing when the server is up.
+    pub async fn come_back(&mut self) -> std::io::Result<()> {
+        if self.task.is_some() {
+            return Ok(());
+        }
+        let listener = tokio::net::TcpListener::bind(self.addr).await?;
+        let (shutdown, task) = serve(listener, self.inner.clone());
+        self.shutdown = Some(shutdown);
+        self.task = Some(task);
+        Ok(())
+    }
+
+    /// Whether the server is down ([`go_offline`](Self::go_offline)).
+    pub fn is_offline(&self) -> bool {
+        self.task.is_none()
     }
 
     /// `http://127.0.0.1:PORT` (no trailing slash).
@@ -270,6 +296,24 @@ impl Drop for FakeTwenty {
             let _ = tx.send(());
         }
     }
+}
+
+/// Serves the fake's routes on `listener` until the returned sender fires
+/// (or is dropped).
+fn serve(
+    listener: tokio::net::TcpListener,
+    inner: Arc<Inner>,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let app = Router::new().fallback(handle).with_state(inner);
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    (tx, task)
 }
 
 fn json_response(status: u16, body: &Value, charset: bool) -> Response {
