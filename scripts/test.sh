@@ -35,6 +35,12 @@ fi
 echo "PostgreSQL at ${CONTACT_SYNC_PG_URL%%\?*}"
 
 echo "== BigQuery emulator"
+# One DuckDB thread per emulator: local-bigquery 0.4.0 can hang for good
+# when a query calling its Python functions (FARM_FINGERPRINT: the sweep)
+# runs a parallel scan (see scripts/bigquery/start.sh); a writers test run
+# took 384 s and then failed with "error sending request" that way, 23 s
+# with one thread.
+export CONTACT_SYNC_BQ_DUCKDB_THREADS="${CONTACT_SYNC_BQ_DUCKDB_THREADS:-1}"
 if ! bq_env="$(bash scripts/bigquery/setup.sh)"; then
     echo "test.sh: BigQuery emulator set-up failed (its messages are above); stopping" >&2
     exit 1
