@@ -150,6 +150,27 @@ impl TwentyStore {
                 kind: ChangeKind::Delete { contact_id: cid },
             });
         }
+        // Older than the person as this store last wrote or read it: a copy
+        // that arrived late (the engine wrote since, e.g. after merging that
+        // very edit out of turn when its write was refused). Merged now, its
+        // stale fields would read as edits and undo the newer state (found
+        // by the soak benchmark, issue 15). The poll delivers the current one.
+        let cid = ev
+            .record
+            .get("contactId")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .unwrap_or_default();
+        let known = self
+            .seen
+            .get(cid)
+            .filter(|s| s.pid == pid)
+            .and_then(|s| parse_ts(&s.updated_at));
+        if let (Some(at), Some(known)) = (at, known) {
+            if at < known {
+                return None;
+            }
+        }
         Some(self.decode(&ev.record))
     }
 

@@ -80,6 +80,9 @@ struct Args {
     /// ... but BigQuery only this often (each read is a query job).
     #[arg(long, default_value_t = 5000)]
     bq_poll_ms: u64,
+    /// The daemon's log filter (`CONTACT_SYNC_LOG`), in `daemon.log`.
+    #[arg(long, default_value = "info")]
+    daemon_log: String,
     /// Seed of the users' and faults' random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -287,7 +290,7 @@ webhook_url = "http://127.0.0.1:{port}/webhooks/twenty"
             ("SOAK_PG_URL".into(), pg.url.clone()),
             ("SOAK_TWENTY_KEY".into(), fake_key.into()),
             ("SOAK_TWENTY_HOOK".into(), "soak-webhook-secret".into()),
-            ("CONTACT_SYNC_LOG".into(), "info".into()),
+            ("CONTACT_SYNC_LOG".into(), args.daemon_log.clone()),
         ],
         port,
     );
