@@ -110,10 +110,8 @@ pub(crate) async fn resolve(
     if !csrf_ok(&c, &headers) {
         return error(403, CSRF_MISSING);
     }
-    let keep_incoming = match b.keep.as_str() {
-        "incoming" => true,
-        "canonical" => false,
-        _ => return error(400, "keep must be \"canonical\" or \"incoming\""),
+    let Some(keep_incoming) = super::pages::keep_incoming(&b.keep) else {
+        return error(400, "keep must be \"canonical\" or \"incoming\"");
     };
     match data::resolve(&c, id, keep_incoming).await {
         Ok(m) => Json(json!({ "ok": true, "message": m })).into_response(),

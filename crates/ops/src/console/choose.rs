@@ -18,10 +18,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::data;
-use super::pages::{csrf_field, csrf_ok, error_page, page, refused, show, ts, url_component};
+use super::pages::{
+    csrf_field, error_page, keep_incoming, page, refused, show, stale_form, ts, url_component,
+};
 use super::Console;
-
-const STALE: &str = "the form's CSRF token is missing or stale: reload the page";
 
 pub(crate) async fn form(State(c): State<Console>, Path(id): Path<String>) -> Response {
     let open = match data::open_conflicts_of(&c, id.clone()).await {
@@ -69,10 +69,8 @@ fn choices(fields: &[(String, String)]) -> Result<Vec<(i64, bool)>, String> {
         let Some(id) = k.strip_prefix('c').and_then(|n| n.parse::<i64>().ok()) else {
             continue;
         };
-        let keep_incoming = match v.as_str() {
-            "incoming" => true,
-            "canonical" => false,
-            _ => return Err(format!("conflict {id}: keep must be canonical or incoming")),
+        let Some(keep_incoming) = keep_incoming(v) else {
+            return Err(format!("conflict {id}: keep must be canonical or incoming"));
         };
         if out.iter().any(|(i, _)| *i == id) {
             return Err(format!("conflict {id} is chosen twice"));
@@ -91,8 +89,8 @@ pub(crate) async fn submit(
         .iter()
         .find(|(k, _)| k == "csrf")
         .map_or("", |(_, v)| v.as_str());
-    if !csrf_ok(&c, token) {
-        return error_page(&c, 403, STALE);
+    if let Some(r) = stale_form(&c, token) {
+        return r;
     }
     let chosen = match choices(&fields) {
         Ok(ch) => ch,
@@ -139,18 +137,14 @@ pub(crate) async fn api_submit(
     }
     let mut chosen = Vec::new();
     for ch in b.choices {
-        let keep_incoming = match ch.keep.as_str() {
-            "incoming" => true,
-            "canonical" => false,
-            _ => {
-                return super::api::error(
-                    400,
-                    format!(
-                        "conflict {}: keep must be \"canonical\" or \"incoming\"",
-                        ch.conflict
-                    ),
-                )
-            }
+        let Some(keep_incoming) = keep_incoming(&ch.keep) else {
+            return super::api::error(
+                400,
+                format!(
+                    "conflict {}: keep must be \"canonical\" or \"incoming\"",
+                    ch.conflict
+                ),
+            );
         };
         if chosen.iter().any(|(i, _)| *i == ch.conflict) {
             return super::api::error(400, format!("conflict {} is chosen twice", ch.conflict));

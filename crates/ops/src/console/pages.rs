@@ -286,6 +286,28 @@ pub(crate) fn csrf_ok(c: &Console, token: &str) -> bool {
     same_secret(token, &c.inner.csrf)
 }
 
+/// A posted form's CSRF token checked (in constant time): the 403 page
+/// to answer when it is missing or stale, `None` when it is right.
+pub(crate) fn stale_form(c: &Console, token: &str) -> Option<Response> {
+    (!csrf_ok(c, token)).then(|| {
+        error_page(
+            c,
+            403,
+            "the form's CSRF token is missing or stale: reload the page",
+        )
+    })
+}
+
+/// `keep` of a conflict settlement: `Some(true)` for incoming,
+/// `Some(false)` for canonical, `None` for anything else.
+pub(crate) fn keep_incoming(keep: &str) -> Option<bool> {
+    match keep {
+        "incoming" => Some(true),
+        "canonical" => Some(false),
+        _ => None,
+    }
+}
+
 pub(crate) fn refused(c: &Console, r: Refused) -> Response {
     error_page(c, r.0, &r.1)
 }
@@ -295,17 +317,11 @@ pub(crate) async fn resolve(
     Path(id): Path<i64>,
     Form(f): Form<ResolveForm>,
 ) -> Response {
-    if !csrf_ok(&c, &f.csrf) {
-        return error_page(
-            &c,
-            403,
-            "the form's CSRF token is missing or stale: reload the page",
-        );
+    if let Some(r) = stale_form(&c, &f.csrf) {
+        return r;
     }
-    let keep_incoming = match f.keep.as_str() {
-        "incoming" => true,
-        "canonical" => false,
-        _ => return error_page(&c, 400, "keep must be canonical or incoming"),
+    let Some(keep_incoming) = keep_incoming(&f.keep) else {
+        return error_page(&c, 400, "keep must be canonical or incoming");
     };
     match data::resolve(&c, id, keep_incoming).await {
         Ok(_) => Redirect::to(&format!("/conflicts?settled={id}")).into_response(),
@@ -388,12 +404,8 @@ pub(crate) async fn close_dead_letter(
     Path(id): Path<i64>,
     Form(f): Form<CloseForm>,
 ) -> Response {
-    if !csrf_ok(&c, &f.csrf) {
-        return error_page(
-            &c,
-            403,
-            "the form's CSRF token is missing or stale: reload the page",
-        );
+    if let Some(r) = stale_form(&c, &f.csrf) {
+        return r;
     }
     let retry = match f.action.as_str() {
         "retry" => true,
@@ -470,12 +482,8 @@ pub(crate) async fn decide(
     Path(store): Path<String>,
     Form(f): Form<DecideForm>,
 ) -> Response {
-    if !csrf_ok(&c, &f.csrf) {
-        return error_page(
-            &c,
-            403,
-            "the form's CSRF token is missing or stale: reload the page",
-        );
+    if let Some(r) = stale_form(&c, &f.csrf) {
+        return r;
     }
     let Some(decision) = parse_decision(&f.decision) else {
         return error_page(&c, 400, "decision must be approve, reject or resume");
@@ -688,12 +696,8 @@ pub(crate) async fn search_get(State(c): State<Console>, Query(q): Query<SearchQ
 }
 
 pub(crate) async fn search_post(State(c): State<Console>, Form(f): Form<SearchForm>) -> Response {
-    if !csrf_ok(&c, &f.csrf) {
-        return error_page(
-            &c,
-            403,
-            "the form's CSRF token is missing or stale: reload the page",
-        );
+    if let Some(r) = stale_form(&c, &f.csrf) {
+        return r;
     }
     search_page(c, f.q).await
 }
