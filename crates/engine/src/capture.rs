@@ -1,6 +1,7 @@
 //! Capture: a store's changes → validate → echo filter → merge → journal.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use contact_sync_connector::{Change, ChangeKind, Checkpoint};
 use contact_sync_core::identity::mint_contact_id;
@@ -12,6 +13,10 @@ use contact_sync_core::{
 use contact_sync_state::{RunStats, StoreRecord};
 
 use crate::{CycleReport, Engine, EngineError, CANONICAL};
+
+/// How long reading merge bases from another store may take (see
+/// `bases_elsewhere`) before that store is skipped.
+const BASE_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One change, resolved to a contact id.
 struct Item {
@@ -288,6 +293,81 @@ impl Engine {
         Ok(merged)
     }
 
+    /// The agreed versions (`contact_id → (hash, version)`) of contacts
+    /// this store last agreed with by hash only, read from the other stores
+    /// that still hold exactly that content (their record in the state
+    /// database has the same hash, and the record read back hashes so).
+    /// Best effort: a store that is paused, fails or is slow is skipped,
+    /// and a contact found nowhere has no base, as before.
+    async fn bases_elsewhere(
+        &mut self,
+        i: usize,
+        mut wanted: BTreeMap<String, (String, i64)>,
+    ) -> Result<HashMap<String, Contact>, EngineError> {
+        let mut found = HashMap::new();
+        for j in 0..self.stores.len() {
+            if wanted.is_empty() {
+                break;
+            }
+            let other = self.stores[j].name().to_string();
+            if j == i || self.state.paused(&other)?.is_some() {
+                continue;
+            }
+            let ids: Vec<String> = wanted.keys().cloned().collect();
+            let agree: Vec<String> = self
+                .state
+                .store_records(&other, &ids)?
+                .into_iter()
+                .filter(|r| {
+                    !r.deleted
+                        && !r.needs_write
+                        && wanted.get(&r.contact_id).is_some_and(|(h, _)| *h == r.hash)
+                })
+                .map(|r| r.contact_id)
+                .collect();
+            if agree.is_empty() {
+                continue;
+            }
+            let read =
+                match tokio::time::timeout(BASE_READ_TIMEOUT, self.stores[j].read(&agree)).await {
+                    Ok(Ok(read)) => read,
+                    Ok(Err(e)) => {
+                        tracing::debug!(store = %other, error = %e,
+                            "reading merge bases from this store failed; trying the others");
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::debug!(store = %other,
+                            "reading merge bases from this store timed out; trying the others");
+                        continue;
+                    }
+                };
+            for mut c in read {
+                c.normalize();
+                let Some((hash, version)) = wanted.get(&c.contact_id).cloned() else {
+                    continue;
+                };
+                let mut held = content_hash(&c) == hash;
+                if !held {
+                    let mut p = c.clone();
+                    if contact_sync_core::phone::normalize_phones(&mut p, self.opts.default_region)
+                        .is_ok()
+                        && content_hash(&p) == hash
+                    {
+                        c = p;
+                        held = true;
+                    }
+                }
+                if held {
+                    wanted.remove(&c.contact_id);
+                    c.version = version;
+                    found.insert(c.contact_id.clone(), c);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The record at `version` of a contact, as the last agreed base.
     pub(crate) fn base_at(
         &self,
@@ -514,6 +594,33 @@ impl Engine {
             .map(|r| (r.contact_id.clone(), r))
             .collect();
 
+        // Contacts whose agreed version is known here only by its hash
+        // (copied by the initial sync, never journaled) while canonical
+        // already holds an edit not journaled yet: the base is read from
+        // another store that still holds exactly that version.
+        let wanted: BTreeMap<String, (String, i64)> = items
+            .iter()
+            .filter_map(|it| {
+                let r = recs.get(&it.contact_id)?;
+                let cur = canon.get(&it.contact_id)?;
+                let echo = it.incoming.as_ref().is_some_and(|c| {
+                    it.held.as_deref().unwrap_or(&content_hash(c)) == r.hash.as_str()
+                });
+                let needed = r.synced_version > 0
+                    && !r.deleted
+                    && !r.hash.is_empty()
+                    && !echo
+                    && !journaled.contains(&it.contact_id)
+                    && content_hash(cur) != r.hash;
+                needed.then(|| (it.contact_id.clone(), (r.hash.clone(), r.synced_version)))
+            })
+            .collect();
+        let mut bases_elsewhere = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            self.bases_elsewhere(i, wanted).await?
+        };
+
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut entries: Vec<JournalEntry> = Vec::new();
         let mut open: Vec<(String, FieldConflict)> = Vec::new();
@@ -566,7 +673,10 @@ impl Engine {
                 journaled.contains(&it.contact_id)
                     || rec.as_ref().is_some_and(|r| r.hash == content_hash(c))
             });
-            let base = self.base_at(&it.contact_id, synced_version, base_candidate)?;
+            let base = match self.base_at(&it.contact_id, synced_version, base_candidate)? {
+                Some(b) => Some(b),
+                None => bases_elsewhere.remove(&it.contact_id),
+            };
             let incoming = match it.incoming {
                 Some(c) => c,
                 None => {

@@ -503,3 +503,58 @@ async fn a_second_delete_after_an_undelete_is_not_taken_for_an_echo() {
     assert!(w.crm.get("C001").unwrap().is_deleted());
     w.assert_converged();
 }
+
+/// A store's first edit of a contact the initial sync copied (no journal
+/// entry: its base is the version the sync wrote) races an edit of another
+/// field made in canonical that canonical's capture has not delivered yet
+/// (it lands after canonical's step of the cycle, as a BigQuery edit comes
+/// only after its overlap window). Both fields are kept, merged field by
+/// field from the base another store still holds: no conflict at all.
+#[tokio::test]
+async fn a_first_store_edit_after_the_initial_sync_merges_with_an_undelivered_canonical_edit() {
+    use contact_sync_memory::{FaultPlan, Operation};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let w = World::new().with_faults([FaultPlan::new(1), FaultPlan::new(2), FaultPlan::new(3)]);
+    for i in 0..2 {
+        w.canonical
+            .user_upsert(person(&format!("C{i:03}"), &format!("Person {i}")));
+    }
+    // Canonical was filled before contact-sync came (its change stream no
+    // longer holds those inserts, as BigQuery's watermark starts at now).
+    {
+        use contact_sync_connector::ChangeSource;
+        let mut s = w.canonical.store();
+        s.acknowledge(&w.canonical.head_checkpoint()).await.unwrap();
+    }
+    let mut e = w.engine();
+    let mut progress = |_: &str, _: u64, _: u64| {};
+    e.initial_sync(&mut progress).await.unwrap();
+    settle(&mut e, 5).await;
+    let j = e.state().journal_of("C001", 5).unwrap();
+    assert!(j.is_empty(), "{j:?}");
+
+    let mut c = w.crm.get("C001").unwrap();
+    c.job_title = Some("From the CRM".into());
+    w.crm.user_upsert(c);
+    let canonical = w.canonical.clone();
+    let done = Arc::new(AtomicBool::new(false));
+    w.faults.as_ref().unwrap()[2].set_hook(Some(Arc::new(move |op, _| {
+        if op == Operation::ReadChanges && !done.swap(true, Ordering::SeqCst) {
+            let mut c = canonical.get("C001").unwrap();
+            c.notes = Some("From canonical".into());
+            canonical.user_upsert(c);
+        }
+    })));
+
+    settle(&mut e, 6).await;
+    let conflicts = e.state().conflicts(false).unwrap();
+    let c = w.canonical.get("C001").unwrap();
+    assert_eq!(
+        (c.job_title.as_deref(), c.notes.as_deref()),
+        (Some("From the CRM"), Some("From canonical")),
+        "{conflicts:?}"
+    );
+    assert!(conflicts.is_empty(), "merged field by field: {conflicts:?}");
+    w.assert_converged();
+}
