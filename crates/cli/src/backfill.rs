@@ -16,7 +16,7 @@ use contact_sync_connector::{
     StoreError, StoreInfo, WriteOutcome,
 };
 use contact_sync_core::Contact;
-use contact_sync_engine::{Engine, EngineOptions};
+use contact_sync_engine::{Engine, EngineError, EngineOptions};
 use contact_sync_state::StateDb;
 use tokio::sync::Notify;
 
@@ -292,12 +292,26 @@ impl StoreInfo for Unopened {
     }
 }
 
+/// The context of a backfill error that parked its store.
+#[derive(Debug)]
+struct Parked;
+
+impl std::fmt::Display for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("parked")
+    }
+}
+
 /// A store whose backfill is pending, with its retry schedule.
 struct Pending {
     gate: Gate,
     backoff: backon::ExponentialBackoff,
     due: Instant,
     attempts: u32,
+    /// Paused in the state database (parked after a permanent error, or a
+    /// schema change): not tried until `resume` or a changed configuration
+    /// lifts the pause.
+    parked: bool,
 }
 
 fn backoff() -> backon::ExponentialBackoff {
@@ -345,11 +359,31 @@ impl Backfills {
             backoff: backoff(),
             due: Instant::now(),
             attempts: 0,
+            parked: false,
         });
     }
 
-    /// Holds every store that needs a backfill and is not pending yet.
+    /// Holds every store that needs a backfill and is not pending yet, and
+    /// notes which pending ones are paused: a store parked by its backfill
+    /// waits for `resume` (or a changed configuration), then is tried at
+    /// once with a fresh backoff.
     pub fn refresh(&mut self, state: &StateDb) -> anyhow::Result<()> {
+        for p in &mut self.pending {
+            match state.paused(&p.gate.name)? {
+                Some(paused) => {
+                    if !p.parked {
+                        p.gate.set_reason(paused.reason);
+                    }
+                    p.parked = true;
+                }
+                None if p.parked => {
+                    p.parked = false;
+                    p.backoff = backoff();
+                    p.due = Instant::now();
+                }
+                None => {}
+            }
+        }
         for g in self.gates.clone() {
             if self.pending.iter().any(|p| p.gate.name == g.name) {
                 continue;
@@ -359,6 +393,13 @@ impl Backfills {
             }
         }
         Ok(())
+    }
+
+    /// [`Backfills::refresh`], logging a failure (the next call retries).
+    pub fn refresh_logged(&mut self, state: &StateDb) {
+        if let Err(e) = self.refresh(state) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the backfill state from the state database");
+        }
     }
 
     /// Puts `store` in place of the engine's copy of store `name` (taken
@@ -375,7 +416,11 @@ impl Backfills {
 
     /// When the next retry is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.pending.iter().map(|p| p.due).min()
+        self.pending
+            .iter()
+            .filter(|p| !p.parked)
+            .map(|p| p.due)
+            .min()
     }
 
     /// Stores still waiting for their backfill.
@@ -395,7 +440,7 @@ impl Backfills {
             if stopper.is_stopped() {
                 break;
             }
-            if self.pending[i].due > now {
+            if self.pending[i].parked || self.pending[i].due > now {
                 i += 1;
                 continue;
             }
@@ -409,6 +454,19 @@ impl Backfills {
                     continue;
                 }
                 Ok(false) => break, // stopped
+                Err(e) if e.downcast_ref::<Parked>().is_some() => {
+                    let p = &mut self.pending[i];
+                    p.parked = true;
+                    p.gate.set_reason(format!("{e:#}"));
+                    tracing::error!(
+                        store = %name,
+                        attempt = p.attempts,
+                        error = %format!("{e:#}"),
+                        alert = "sync_failure",
+                        "initial sync of the store failed with an error retrying cannot fix; \
+                         it is not retried until `contact-sync resume {name}` or its configuration changes"
+                    );
+                }
                 Err(e) => {
                     let p = &mut self.pending[i];
                     let wait = p.backoff.next().unwrap_or(Duration::from_secs(300));
@@ -447,12 +505,22 @@ impl Backfills {
         let opts = EngineOptions {
             batch_size: self.batch_size,
             default_region: cfg.sync.region(),
+            config_hashes: cfg.store_fingerprints(),
             ..EngineOptions::default()
         };
         let mut engine = Engine::new(state, canonical, vec![store], opts)?;
         stopper.watch(engine.shutdown_flag());
         tracing::info!(store = %name, "initial sync of the store");
-        let results = crate::daemon::do_initial_sync(&mut engine).await?;
+        let results = match crate::daemon::do_initial_sync(&mut engine).await {
+            Ok(results) => results,
+            Err(e) => {
+                let parked = match e.downcast_ref::<EngineError>() {
+                    Some(ee) => engine.park_on_error(name, "initial sync", ee)?,
+                    None => false,
+                };
+                return Err(if parked { e.context(Parked) } else { e });
+            }
+        };
         if stopper.is_stopped() || results.is_empty() {
             return Ok(false);
         }

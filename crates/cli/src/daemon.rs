@@ -522,9 +522,7 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         }
         // Between cycles: what commands asked of the daemon.
         crate::requests::serve(cfg, &mut engine, &backfills, &stopper).await;
-        if let Err(e) = backfills.refresh(engine.state()) {
-            tracing::warn!(error = %format!("{e:#}"), "cannot read the backfill state from the state database");
-        }
+        backfills.refresh_logged(engine.state());
         backfills.run_due(cfg, &stopper).await;
         if stopper.is_stopped() {
             break;
@@ -610,6 +608,8 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         // Back off after failures (up to 8 intervals), else wait for the
         // interval, a wake-up, or the next retry of a store's backfill.
         let mut wait = interval.saturating_mul(1u32 << failures.min(3));
+        // A parked backfill resumed by this cycle is due at once.
+        backfills.refresh_logged(engine.state());
         if let Some(due) = backfills.next_due() {
             wait = wait.min(due.saturating_duration_since(Instant::now()));
         }

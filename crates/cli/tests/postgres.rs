@@ -803,6 +803,130 @@ async fn a_store_failing_for_good_is_parked_named_and_resumed() {
     assert_eq!(daemon.wait().unwrap().code(), Some(0));
 }
 
+/// A store whose initial sync fails with an error retrying cannot fix (a
+/// trigger there refuses every write) is parked like a store failing in
+/// the cycles: `/health` names it, the local store syncs meanwhile, and its
+/// backfill is not retried on a timer; once fixed, `resume` (while the
+/// daemon runs) starts its backfill and it gets every contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_failing_for_good_parks_the_store_until_resume() {
+    let server = harness::shared();
+    let url = server.create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        "[stores.local]\nkind = \"sqlite\"\n\n[stores.supabase]\nkind = \"postgres\"\nurl = { env = \"TEST_PG_URL\" }\nslot_name = \"cs_refused_backfill\"\n",
+    )
+    .unwrap();
+    ok(&d, &url, &["seed", "--contacts", "10"]);
+    ok(&d, &url, &["migrate"]);
+    let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    pg.batch_execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'writes are frozen for maintenance'; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON contacts FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .await
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = d.join("daemon.log");
+    let mut daemon = cmd(
+        &d,
+        &url,
+        &["run", "--interval", "600", "--http-listen", &listen],
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let start = Instant::now();
+    let body = loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            let parked = body["reasons"].as_array().is_some_and(|rs| {
+                rs.iter()
+                    .any(|r| r["store"] == "supabase" && r["reason"] == "store_paused")
+            });
+            if parked {
+                break body;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "/health never named supabase parked; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = body["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["store"] == "supabase")
+        .unwrap();
+    assert_eq!(reason["kind"], "failed", "{body}");
+    assert!(
+        reason["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("initial sync")
+                && m.contains("writes are frozen")
+                && m.contains("contact-sync resume supabase")),
+        "{body}"
+    );
+    // The local store is not held back by it.
+    wait_until(
+        "the local store's backfill",
+        Duration::from_secs(60),
+        || local_count(&d) == 10,
+    )
+    .await;
+
+    pg.batch_execute("DROP TRIGGER refuse ON contacts")
+        .await
+        .unwrap();
+    let out = ok(&d, &url, &["resume", "supabase"]);
+    assert!(out.contains("at the daemon's next cycle"), "{out}");
+    let start = Instant::now();
+    loop {
+        let n: i64 = pg
+            .query_one("SELECT count(*) FROM contacts", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if n == 10 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the resumed store never got its backfill ({n} rows); log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let paused = ok(&d, &url, &["paused"]);
+    assert!(paused.contains("no store is paused"), "{paused}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    // Parked after its first failure: never retried on a timer while the
+    // trigger refused (a backoff starts at 1 s, so retries would show).
+    let text = std::fs::read_to_string(&log).unwrap();
+    let failures = text
+        .matches("initial sync of the store failed with an error retrying cannot fix")
+        .count();
+    let retried = text.matches("this one is retried").count();
+    assert_eq!((failures, retried), (1, 0), "{text}");
+}
+
 /// `cdc reset` while the daemon runs: the slot is dropped under it, an
 /// edit made in Postgres meanwhile is not in any slot, and capture fails
 /// for good (the store is parked). `cdc reset` is carried out by the
