@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use contact_sync_connector::RetryClass;
-use contact_sync_connector::{ChangeBatch, ChangeKind, Checkpoint, StoreError};
+use contact_sync_connector::{ChangeBatch, ChangeKind, Checkpoint};
 use contact_sync_core::{content_hash, Contact, JournalEntry, Op};
 use contact_sync_state::{Decision, Parked, PauseKind, PausedStore, StoreRecord};
 use serde_json::json;
@@ -244,14 +244,10 @@ impl Engine {
         step: &str,
         e: &EngineError,
     ) -> Result<bool, EngineError> {
-        let EngineError::Store(StoreError {
-            store,
-            message,
-            class,
-        }) = e
-        else {
+        let EngineError::Store(err) = e else {
             return Ok(false);
         };
+        let (store, class, message) = (&err.store, &err.class, err.detail());
         let parks = *class == RetryClass::Permanent && store == name && name != CANONICAL;
         if *class != RetryClass::Paused && !parks {
             return Ok(false);

@@ -54,11 +54,7 @@ impl BqError {
 
     /// The same error as a [`StoreError`] of store `store`.
     pub fn into_store(self, store: &str) -> StoreError {
-        StoreError {
-            store: store.to_string(),
-            message: self.message,
-            class: self.class,
-        }
+        StoreError::new(store, self.message, self.class)
     }
 }
 

@@ -129,8 +129,14 @@ impl PgStore {
                         outcomes[i] = Some(o);
                     }
                 }
-                Err(e) if matches!(sqlstate_class(&e).as_deref(), Some("22" | "23")) => {
-                    // A value the table refuses: find it record by record.
+                Err(e) if matches!(sqlstate_class(&e).as_deref(), Some("22" | "23" | "P0")) => {
+                    // A value the table refuses, or a trigger raising (a
+                    // user's own validation): find it record by record. A
+                    // trigger refusing every record of the batch refuses
+                    // the store's writes, not a record: that is the
+                    // store's error (naming the first record), which parks
+                    // it, rather than a dead letter per record.
+                    let mut raised: Vec<(usize, tokio_postgres::Error)> = Vec::new();
                     for w in &todo {
                         match self.write_tx(std::slice::from_ref(w)).await {
                             Ok(done) => {
@@ -138,26 +144,32 @@ impl PgStore {
                                     outcomes[j] = Some(o);
                                 }
                             }
+                            Err(e) if sqlstate_class(&e).as_deref() == Some("P0") => {
+                                raised.push((w.0, e));
+                            }
                             Err(e)
                                 if matches!(sqlstate_class(&e).as_deref(), Some("22" | "23")) =>
                             {
-                                let db = e.as_db_error();
-                                let field = db
-                                    .and_then(|d| d.column())
-                                    .and_then(|col| {
-                                        std::iter::once("id")
-                                            .chain(ALL_FIELDS.iter().copied())
-                                            .find(|f| self.cfg.column(f) == col)
-                                    })
-                                    .unwrap_or("record")
-                                    .to_string();
-                                let reason = db
-                                    .map(|d| d.message().to_string())
-                                    .unwrap_or_else(|| e.to_string());
-                                outcomes[w.0] = Some(WriteOutcome::Rejected { field, reason });
+                                outcomes[w.0] = Some(self.rejection(&e));
                             }
                             Err(e) => return Err(self.write_error(&e).await),
                         }
+                    }
+                    if raised.len() == todo.len() {
+                        let (i, e) = &raised[0];
+                        let mut err = self
+                            .write_error(e)
+                            .await
+                            .with_record(writes[*i].contact_id.clone());
+                        if let WriteOutcome::Rejected { field, .. } = self.rejection(e) {
+                            if field != "record" {
+                                err = err.with_field(field);
+                            }
+                        }
+                        return Err(err);
+                    }
+                    for (i, e) in raised {
+                        outcomes[i] = Some(self.rejection(&e));
                     }
                 }
                 Err(e) => return Err(self.write_error(&e).await),
@@ -172,6 +184,25 @@ impl PgStore {
                 })
             })
             .collect())
+    }
+
+    /// The refusal of one record by the table: the field named by the
+    /// column Postgres reports (`record` when none), and its message.
+    fn rejection(&self, e: &tokio_postgres::Error) -> WriteOutcome {
+        let db = e.as_db_error();
+        let field = db
+            .and_then(|d| d.column())
+            .and_then(|col| {
+                std::iter::once("id")
+                    .chain(ALL_FIELDS.iter().copied())
+                    .find(|f| self.cfg.column(f) == col)
+            })
+            .unwrap_or("record")
+            .to_string();
+        let reason = db
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string());
+        WriteOutcome::Rejected { field, reason }
     }
 
     /// The error of a failed write; a table that lost a column or went

@@ -848,3 +848,65 @@ async fn paged_reads_from_the_read_ahead_deliver_every_change_once_in_order() {
     let again = s.read_changes(None, 7).await.unwrap();
     assert!(again.changes.is_empty());
 }
+
+/// A trigger of the user's that raises for some rows (their own
+/// validation) refuses those records only: each is rejected naming its
+/// reason, the rest of the batch applies. A trigger raising for every row
+/// of a batch refuses the store's writes: the batch fails with a permanent
+/// error that names the first record (the engine parks the store).
+#[tokio::test]
+async fn a_trigger_refusing_some_records_rejects_them_and_one_refusing_all_fails_the_batch() {
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    other_app(
+        &url,
+        "CREATE FUNCTION no_interns() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.job_title = 'Intern' THEN RAISE EXCEPTION 'interns are not kept here'; END IF; \
+           IF NEW.job_title = 'Frozen' OR current_setting('app.frozen', true) = 'on' THEN \
+             RAISE EXCEPTION 'writes are frozen'; END IF; \
+           RETURN NEW; END $$; \
+         CREATE TRIGGER no_interns BEFORE INSERT OR UPDATE ON contacts FOR EACH ROW EXECUTE FUNCTION no_interns();",
+    )
+    .await;
+    let mut intern = Contact::new("c2", "Two");
+    intern.job_title = Some("Intern".into());
+    let out = s
+        .write_batch(&[
+            Contact::new("c1", "One"),
+            intern,
+            Contact::new("c3", "Three"),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], WriteOutcome::Applied { .. }), "{out:?}");
+    assert!(
+        matches!(&out[1], WriteOutcome::Rejected { field, reason }
+            if field == "record" && reason.contains("interns are not kept here")),
+        "{out:?}"
+    );
+    assert!(matches!(out[2], WriteOutcome::Applied { .. }), "{out:?}");
+    let ids: Vec<String> = vec!["c1".into(), "c2".into(), "c3".into()];
+    let held: Vec<String> = s
+        .read(&ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.contact_id)
+        .collect();
+    assert_eq!(held, vec!["c1".to_string(), "c3".to_string()]);
+
+    let frozen = |id: &str| {
+        let mut c = Contact::new(id, "Frozen");
+        c.job_title = Some("Frozen".into());
+        c
+    };
+    let err = s
+        .write_batch(&[frozen("c4"), frozen("c5")])
+        .await
+        .expect_err("every record refused: the store's error");
+    assert_eq!(err.class, contact_sync_connector::RetryClass::Permanent);
+    assert_eq!(err.record.as_deref(), Some("c4"));
+    assert!(
+        err.to_string().contains("writes are frozen") && err.to_string().contains("(record c4)"),
+        "{err}"
+    );
+}
