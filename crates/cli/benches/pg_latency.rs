@@ -1,6 +1,13 @@
 //! Change committed in Postgres → visible in the local SQLite store, with
 //! the engine running as the daemon does (woken by the store's NOTIFY
-//! channel, polling interval 10 minutes). 1,000 changes, one at a time.
+//! channel, polling interval 10 minutes).
+//!
+//! - default: 1,000 changes, one at a time (`PG_LATENCY_CHANGES`);
+//! - busy (`PG_LATENCY_RATE=1000`, `PG_LATENCY_SECS=60`): single-row
+//!   UPDATEs, each its own transaction, from 4 connections on a fixed
+//!   schedule over 10,000 contacts, while a watcher reads local.db every
+//!   10 ms; lag = from sending an edit to seeing it in local.db, through
+//!   the whole engine (capture, merge, journal, canonical and local writes).
 //!
 //! `cargo bench -p contact-sync --bench pg_latency` (a private PostgreSQL
 //! cluster is started by the harness, or CONTACT_SYNC_PG_URL is used).
@@ -20,17 +27,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let changes: usize = std::env::var("PG_LATENCY_CHANGES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<usize>().ok());
+    let changes = env("PG_LATENCY_CHANGES").unwrap_or(1000);
+    let rate = env("PG_LATENCY_RATE");
+    let secs = env("PG_LATENCY_SECS").unwrap_or(60);
+    let contacts = if rate.is_some() { 10_000 } else { 1000 };
     let server = harness::shared();
     let url = server.create_database().await;
     let dir = tempfile::tempdir().unwrap();
     let mut canonical = SqliteStore::open(&dir.path().join("canonical.db"), "canonical").unwrap();
     let mut g = Generator::new(3);
-    let seed: Vec<_> = (0..1000).map(|i| g.contact(i)).collect();
-    canonical.write_batch(&seed).await.unwrap();
+    for start in (0..contacts).step_by(1000) {
+        let seed: Vec<_> = (start..start + 1000).map(|i| g.contact(i as u64)).collect();
+        canonical.write_batch(&seed).await.unwrap();
+    }
     let local_path = dir.path().join("local.db");
     let local = SqliteStore::open(&local_path, "local").unwrap();
     let mut cfg = PgConfig::new("supabase", url.clone());
@@ -57,6 +67,11 @@ async fn main() {
         }
     });
 
+    if let Some(rate) = rate {
+        busy(&url, &local_path, rate, secs, contacts).await;
+        daemon.abort();
+        return;
+    }
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -103,4 +118,97 @@ async fn main() {
         lat[lat.len() - 1].as_secs_f64() * 1e3
     );
     daemon.abort();
+}
+
+/// The busy mode (see the module docs).
+async fn busy(url: &str, local_path: &std::path::Path, rate: usize, secs: usize, contacts: usize) {
+    use std::sync::{Arc, Mutex};
+    const WRITERS: usize = 4;
+    let total = rate * secs;
+    let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
+    let start = Instant::now() + Duration::from_millis(200);
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let sent = sent.clone();
+        writers.push(tokio::spawn(async move {
+            let stmt = client
+                .prepare("UPDATE contacts SET job_title = $1 WHERE contact_id = $2")
+                .await
+                .unwrap();
+            for i in (w..total).step_by(WRITERS) {
+                let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                tokio::time::sleep_until(at.into()).await;
+                let id = format!("c{:09}", i % contacts);
+                let title = format!("busy {i}");
+                sent.lock().unwrap()[i] = Some(Instant::now());
+                client.execute(&stmt, &[&title, &id]).await.unwrap();
+            }
+        }));
+    }
+    // The watcher: every 10 ms, which edit each contact shows in local.db.
+    let local = rusqlite::Connection::open(local_path).unwrap();
+    local.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut seen: Vec<Option<Instant>> = vec![None; total];
+    let mut last_shown: Vec<usize> = vec![usize::MAX; contacts];
+    let mut newest_seen = 0usize;
+    let deadline = start + Duration::from_secs(secs as u64 + 120);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    loop {
+        let now = Instant::now();
+        let mut stmt = local
+            .prepare_cached(
+                "SELECT contact_id, job_title FROM contacts WHERE job_title LIKE 'busy %'",
+            )
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .unwrap();
+        for row in rows {
+            let (id, title) = row.unwrap();
+            let (Ok(k), Ok(i)) = (id[1..].parse::<usize>(), title[5..].parse::<usize>()) else {
+                continue;
+            };
+            if k < contacts && i < total && last_shown[k] != i {
+                last_shown[k] = i;
+                seen[i].get_or_insert(now);
+                newest_seen = newest_seen.max(i);
+            }
+        }
+        drop(stmt);
+        // Done when the last edit of every contact edited is shown.
+        let done = (total.saturating_sub(contacts)..total).all(|i| last_shown[i % contacts] == i);
+        if done && writers.iter().all(|w| w.is_finished()) {
+            break;
+        }
+        if now > deadline {
+            println!("stopped at the deadline: newest edit seen {newest_seen} of {total}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let caught_up = Instant::now();
+    let sent = sent.lock().unwrap();
+    let last_sent = sent.iter().flatten().max().copied().unwrap_or(start);
+    let mut lat: Vec<Duration> = sent
+        .iter()
+        .zip(&seen)
+        .filter_map(|(s, v)| Some(v.as_ref()?.saturating_duration_since((*s)?)))
+        .collect();
+    lat.sort();
+    let superseded = total - lat.len();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "busy: {rate} edits/s for {secs} s over {contacts} contacts: {} seen ({superseded} superseded by a later edit of the same contact before being seen); \
+         lag p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; caught up {:.2} s after the last edit; load average at start {}",
+        lat.len(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        lat[lat.len() - 1].as_secs_f64() * 1e3,
+        caught_up.saturating_duration_since(last_sent).as_secs_f64(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
 }
