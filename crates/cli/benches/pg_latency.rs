@@ -8,6 +8,7 @@
 //!   schedule over 10,000 contacts, while a watcher reads local.db every
 //!   10 ms; lag = from sending an edit to seeing it in local.db, through
 //!   the whole engine (capture, merge, journal, canonical and local writes).
+//!   `PG_LATENCY_BATCH` sets the engine's batch size (default 100).
 //!
 //! `cargo bench -p contact-sync --bench pg_latency` (a private PostgreSQL
 //! cluster is started by the harness, or CONTACT_SYNC_PG_URL is used).
@@ -50,8 +51,11 @@ async fn main() {
     let notifier = pg.change_notifier().await.unwrap();
     let state = StateDb::open(&dir.path().join("state.db")).unwrap();
     let stores: Vec<Box<dyn Store>> = vec![Box::new(local), Box::new(pg)];
-    let mut engine =
-        Engine::new(state, Box::new(canonical), stores, EngineOptions::default()).unwrap();
+    let opts = EngineOptions {
+        batch_size: env("PG_LATENCY_BATCH").unwrap_or(EngineOptions::default().batch_size),
+        ..EngineOptions::default()
+    };
+    let mut engine = Engine::new(state, Box::new(canonical), stores, opts).unwrap();
     let mut progress = |_: &str, _: u64, _: u64| {};
     engine.initial_sync(&mut progress).await.unwrap();
     engine.cycle().await.unwrap();
