@@ -51,7 +51,7 @@ use serde::Serialize;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// Another process holds the lock. The message says who and how to check.
-    #[error("state database {path} is in use by another contact-sync (pid {pid}, since {since}); stop it first, or point --config at another data directory")]
+    #[error("state database {path} is in use by another contact-sync (pid {pid}, since {since}); stop it first (read-only and operator commands work beside it)")]
     Locked {
         path: PathBuf,
         pid: String,
