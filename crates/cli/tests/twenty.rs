@@ -629,3 +629,209 @@ async fn a_person_created_in_twenty_gets_its_contact_id_written_back() {
     assert_eq!(people, 1, "one person, not a second one");
     fake.stop().await;
 }
+
+/// A config with local.db and one Twenty store on `fake`; `migrate`,
+/// `seed --contacts n` and an initial sync done.
+async fn synced(fake: &FakeTwenty, n: &'static str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        format!(
+            "[stores.local]\nkind = \"sqlite\"\n\n[stores.twenty]\nkind = \"twenty\"\nbase_url = \"{}\"\napi_key = {{ env = \"TEST_TWENTY_KEY\" }}\n",
+            fake.base_url()
+        ),
+    )
+    .unwrap();
+    let key = fake.api_key().to_string();
+    tokio::task::spawn_blocking(move || {
+        ok(&d, &["migrate"], &key);
+        ok(&d, &["seed", "--contacts", n], &key);
+        ok(&d, &["run", "--initial-sync", "--once"], &key);
+    })
+    .await
+    .unwrap();
+    dir
+}
+
+/// The people of `fake` that carry a contact id, sorted by it.
+fn linked_people(fake: &FakeTwenty) -> Vec<Value> {
+    let mut people: Vec<Value> = fake
+        .people()
+        .into_iter()
+        .filter(|p| p["contactId"].as_str().is_some_and(|c| !c.is_empty()))
+        .collect();
+    people.sort_by_key(|p| p["contactId"].as_str().unwrap_or_default().to_string());
+    people
+}
+
+/// Issue 13, observation 7: a person whose `contactTags` is an object (the
+/// shape the live run met) is named by `drift` — store, person id, contact
+/// id, field, reason — and every other person is still compared (one
+/// edited in Twenty shows as differing); `--json` lists it too, the exit
+/// code says drift, and a repair leaves that person alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_names_an_unreadable_person_and_compares_the_rest() {
+    let fake = FakeTwenty::start(FakeConfig::default())
+        .await
+        .expect("fake twenty");
+    let key = fake.api_key().to_string();
+    let dir = synced(&fake, "20").await;
+    let d = dir.path().to_path_buf();
+    let people = linked_people(&fake);
+    assert!(people.len() >= 3, "seeded people reached Twenty");
+    let bad = people[0]["id"].as_str().unwrap().to_string();
+    let bad_cid = people[0]["contactId"].as_str().unwrap().to_string();
+    let edited = people[2]["id"].as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+    for (pid, body) in [
+        (&bad, serde_json::json!({"contactTags": {"not": "a list"}})),
+        (&edited, serde_json::json!({"jobTitle": "Edited in Twenty"})),
+    ] {
+        let s = http
+            .patch(format!("{}/rest/people/{pid}", fake.base_url()))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(s, 200);
+    }
+
+    let (d2, k2) = (d.clone(), key.clone());
+    let (text, json) = tokio::task::spawn_blocking(move || {
+        (
+            run(&d2, &["drift"], &k2),
+            run(&d2, &["drift", "--json"], &k2),
+        )
+    })
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&text.stdout).to_string();
+    assert_eq!(text.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("cannot be read as contacts")
+            && out.contains(&bad)
+            && out.contains(&bad_cid)
+            && out.contains("field tags"),
+        "{out}"
+    );
+    assert_eq!(json.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&json.stdout).expect("drift --json");
+    let twenty = report["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["store"] == "twenty")
+        .expect("twenty in the report")
+        .clone();
+    let unreadable = twenty["unreadable"].as_array().expect("unreadable listed");
+    assert_eq!(unreadable.len(), 1, "{twenty}");
+    assert_eq!(unreadable[0]["store"], "twenty");
+    assert_eq!(unreadable[0]["native_id"], serde_json::json!(bad));
+    assert_eq!(unreadable[0]["contact_id"], serde_json::json!(bad_cid));
+    assert_eq!(unreadable[0]["field"], "tags");
+    assert!(
+        !unreadable[0]["reason"].as_str().unwrap_or("").is_empty(),
+        "{twenty}"
+    );
+    // The rest compared: the edited one differs, the others match; the
+    // unreadable one is neither missing nor differing.
+    let expected = twenty["expected"].as_u64().unwrap();
+    assert_eq!(twenty["differing"], 1, "{twenty}");
+    assert_eq!(twenty["missing"], 0, "{twenty}");
+    assert_eq!(twenty["extra"], 0, "{twenty}");
+    assert_eq!(
+        twenty["matching"].as_u64().unwrap(),
+        expected - 2,
+        "{twenty}"
+    );
+    let local = report["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["store"] == "local")
+        .expect("local in the report");
+    assert_eq!(local["drift_pct"], 0.0, "{local}");
+
+    // A repair leaves the unreadable person as it is (a person fixes it).
+    let (d3, k3) = (d.clone(), key.clone());
+    let repaired = tokio::task::spawn_blocking(move || run(&d3, &["drift", "--repair"], &k3))
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&repaired.stdout).to_string();
+    assert!(out.contains(&bad), "{out}");
+    assert_eq!(
+        fake.person(&bad).unwrap()["contactTags"],
+        serde_json::json!({"not": "a list"}),
+        "{out}"
+    );
+    fake.stop().await;
+}
+
+/// Issue 13, observation 4 across a restart: a person destroyed in Twenty
+/// (plain `DELETE`, as live Twenty destroys) while the daemon was stopped
+/// is a delete at the next start — the first destroy sweep compares with
+/// what the state database says Twenty holds — so the contact becomes a
+/// tombstone everywhere (DESIGN.md: deletes are versioned tombstones), and
+/// `drift --repair` does not bring the person back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_destroyed_while_the_daemon_was_stopped_is_deleted_everywhere() {
+    let fake = FakeTwenty::start(FakeConfig::default())
+        .await
+        .expect("fake twenty");
+    let key = fake.api_key().to_string();
+    let dir = synced(&fake, "12").await;
+    let d = dir.path().to_path_buf();
+    let people = linked_people(&fake);
+    let pid = people[1]["id"].as_str().unwrap().to_string();
+    let cid = people[1]["contactId"].as_str().unwrap().to_string();
+    // The daemon is stopped (each command above was its own process).
+    let s = reqwest::Client::new()
+        .delete(format!("{}/rest/people/{pid}", fake.base_url()))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(s, 200);
+    assert!(fake.person(&pid).is_none(), "destroyed, not in the trash");
+
+    let (d2, k2) = (d.clone(), key.clone());
+    tokio::task::spawn_blocking(move || ok(&d2, &["run", "--once"], &k2))
+        .await
+        .unwrap();
+    let deleted_in = |file: &str| -> Option<String> {
+        let conn = rusqlite::Connection::open(d.join("contact-sync-data").join(file)).unwrap();
+        conn.query_row(
+            "SELECT deleted_at FROM contacts WHERE contact_id = ?1",
+            [&cid],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(
+        deleted_in("local.db").is_some(),
+        "the destroy reached local.db"
+    );
+    assert!(
+        deleted_in("canonical.db").is_some(),
+        "the destroy reached canonical"
+    );
+
+    let (d3, k3) = (d.clone(), key.clone());
+    let out = tokio::task::spawn_blocking(move || run(&d3, &["drift", "--repair"], &k3))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        !fake
+            .people()
+            .iter()
+            .any(|p| p["id"] == serde_json::json!(pid) || p["contactId"] == serde_json::json!(cid)),
+        "drift --repair brought the destroyed person back"
+    );
+    fake.stop().await;
+}

@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Change, ChangeBatch, ChangeSource, Checkpoint, Conditional, Expect, RecordHash, RecordSink,
-    StoreError, StoreInfo, WriteOutcome,
+    Change, ChangeBatch, ChangeSource, Checkpoint, Conditional, Expect, HashScan, RecordHash,
+    RecordSink, StoreError, StoreInfo, Unreadable, WriteOutcome,
 };
 use contact_sync_core::clock::ClockSkew;
 use contact_sync_core::identity::store_uuid;
@@ -91,6 +91,12 @@ pub struct TwentyStore {
     pub(crate) sweep_took: std::time::Duration,
     /// Destroys found by a sweep, returned by every read until acknowledged.
     pub(crate) unacked_destroys: Vec<Change>,
+    /// Whether the engine told what its state says this store holds
+    /// ([`ChangeSource::held`]).
+    pub(crate) held_told: bool,
+    /// Those people (person id → contact id), for the next sweep to compare
+    /// with: a person destroyed while no engine ran is seen too.
+    pub(crate) held: HashMap<String, Option<String>>,
 }
 
 /// What the store last saw of one person.
@@ -170,6 +176,8 @@ impl TwentyStore {
             last_sweep: None,
             sweep_took: std::time::Duration::ZERO,
             unacked_destroys: Vec::new(),
+            held_told: false,
+            held: HashMap::new(),
         })
     }
 
@@ -933,6 +941,7 @@ impl TwentyStore {
         if let Some(b) = self.baseline.as_mut() {
             b.remove(pid);
         }
+        self.held.remove(pid);
         self.webhook_seen.remove(pid);
         Ok(())
     }
@@ -956,6 +965,48 @@ impl TwentyStore {
             (field.clone(), reason.clone()),
         );
         outcomes[i] = Some(WriteOutcome::Rejected { field, reason });
+    }
+
+    /// Up to `limit` people with `contactId > after` in `contactId` order:
+    /// the readable ones as contacts, the others as [`Unreadable`] (logged,
+    /// values masked), and the last `contactId` of the page.
+    async fn scan_people(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Contact>, Vec<Unreadable>, Option<String>), StoreError> {
+        let after = after.unwrap_or("");
+        let Some(q) = quote(after) else {
+            return Err(self.err(format!(
+                "cannot scan after {after:?}: contains a double quote"
+            )));
+        };
+        let filter = format!("and(contactId[gt]:{q},{ALL_ROWS})");
+        let (people, _) = self.list_all(&filter, Some("contactId,id"), limit).await?;
+        let mut out = Vec::with_capacity(people.len());
+        let mut unreadable = Vec::new();
+        let mut last = None;
+        for p in people.iter().take(limit) {
+            let cid = p
+                .get("contactId")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            match self.decode_seen(p) {
+                Ok(c) => out.push(c),
+                Err(invalid) => {
+                    tracing::warn!(store = %self.cfg.name, person = %person_id(p), field = %invalid.field, error = %invalid.log_reason(), "scan: person cannot be read as a contact; left out of the scan");
+                    unreadable.push(Unreadable {
+                        contact_id: cid.clone(),
+                        native_id: person_id(p).to_string(),
+                        invalid,
+                    });
+                }
+            }
+            last = Some(cid);
+        }
+        Ok((out, unreadable, last))
     }
 
     fn body_with_id(&self, c: &Contact, pid: &str) -> Value {
@@ -1316,32 +1367,32 @@ impl RecordSink for TwentyStore {
         Ok(by_cid.into_values().collect())
     }
 
+    /// One undecodable person must not break drift or a full scan (issue
+    /// 13, observation 7): it is logged (values masked) and left out;
+    /// polling reports it as `Undecodable` (a dead letter), and
+    /// [`scan_hashes_checked`](RecordSink::scan_hashes_checked) names it.
     async fn scan(
         &mut self,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Contact>, StoreError> {
-        let after = after.unwrap_or("");
-        let Some(q) = quote(after) else {
-            return Err(self.err(format!(
-                "cannot scan after {after:?}: contains a double quote"
-            )));
-        };
-        let filter = format!("and(contactId[gt]:{q},{ALL_ROWS})");
-        let (people, _) = self.list_all(&filter, Some("contactId,id"), limit).await?;
-        let mut out = Vec::with_capacity(people.len());
-        for p in people.iter().take(limit) {
-            // One undecodable person must not break drift or a full scan
-            // (issue 13, observation 7): it is logged (values masked) and
-            // left out; polling reports it as `Undecodable` (a dead letter).
-            match self.decode_seen(p) {
-                Ok(c) => out.push(c),
-                Err(invalid) => {
-                    tracing::warn!(store = %self.cfg.name, person = %person_id(p), error = %invalid, "scan: person cannot be read as a contact; left out of the scan")
-                }
-            }
-        }
-        Ok(out)
+        Ok(self.scan_people(after, limit).await?.0)
+    }
+
+    /// The same people as `scan` plus, per person that cannot be read as a
+    /// contact, its person id, contact id, field and reason (drift reports
+    /// them).
+    async fn scan_hashes_checked(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<HashScan, StoreError> {
+        let (people, unreadable, last) = self.scan_people(after, limit).await?;
+        Ok(HashScan {
+            hashes: people.into_iter().map(RecordHash::of).collect(),
+            unreadable,
+            last,
+        })
     }
 
     async fn count(&mut self) -> Result<u64, StoreError> {
@@ -1443,6 +1494,22 @@ impl ChangeSource for TwentyStore {
     async fn acknowledge(&mut self, _upto: &Checkpoint) -> Result<(), StoreError> {
         self.unacked_destroys.clear();
         Ok(())
+    }
+
+    /// Wanted once: the first destroy sweep compares with it, so a person
+    /// destroyed while the daemon was stopped is reported (issue 13,
+    /// observation 4).
+    fn wants_held(&self) -> bool {
+        !self.held_told
+    }
+
+    fn held(&mut self, records: Vec<(String, String)>) {
+        self.held_told = true;
+        self.held = records
+            .into_iter()
+            .filter(|(_, pid)| Uuid::parse_str(pid).is_ok())
+            .map(|(cid, pid)| (pid, Some(cid)))
+            .collect();
     }
 }
 
