@@ -866,6 +866,113 @@ impl TwentyStore {
         Ok(())
     }
 
+    /// Twenty's upsert matches a person in its trash by primary email,
+    /// restores it and overwrites it (live Twenty 2.21:
+    /// tests/samples/live13/trash_upsert_new_id_with_its_email.json answers
+    /// 201 with the trashed person's id, `deletedAt` null, our fields laid
+    /// over its own). So before the upserts of contacts this store has not
+    /// seen yet, the trash is searched for their primary emails (one
+    /// request for up to 50 emails or a trash of up to 200 people):
+    /// - a trashed person carrying this contact's id is this contact's: the
+    ///   upsert names it, and restores it;
+    /// - one carrying another contact's id, or none, is not taken over: a
+    ///   live contact is refused (`emails`, naming the person and its
+    ///   contact; restore or destroy it in Twenty, then `drift --repair`),
+    ///   a tombstone is done (Twenty never had this contact).
+    async fn spare_the_trash(
+        &mut self,
+        upserts: Vec<(usize, Value)>,
+        writes: &[Contact],
+        outcomes: &mut [Option<WriteOutcome>],
+    ) -> Result<Vec<(usize, Value)>, StoreError> {
+        let email_of = |c: &Contact| {
+            c.primary_email()
+                .map(|e| e.trim().to_lowercase())
+                .filter(|e| !e.is_empty())
+        };
+        let mut emails: Vec<String> = upserts
+            .iter()
+            .filter(|(i, _)| !self.seen.contains_key(&writes[*i].contact_id))
+            .filter_map(|(i, _)| email_of(&writes[*i]))
+            .collect();
+        if emails.is_empty() {
+            return Ok(upserts);
+        }
+        emails.sort();
+        emails.dedup();
+        const TRASH: &str = "deletedAt[is]:NOT_NULL";
+        let mut trashed: Vec<Value> = Vec::new();
+        let by_email = |emails: &[String]| -> Vec<String> {
+            emails
+                .chunks(IDS_PER_QUERY)
+                .map(|chunk| {
+                    let list: Vec<String> = chunk.iter().filter_map(|e| quote(e)).collect();
+                    format!("and({TRASH},emails.primaryEmail[in]:[{}])", list.join(","))
+                })
+                .collect()
+        };
+        if emails.len() <= IDS_PER_QUERY {
+            for f in by_email(&emails) {
+                trashed.extend(self.list_all(&f, None, usize::MAX).await?.0);
+            }
+        } else {
+            let (page, more) = self.list_all(TRASH, None, MAX_BATCH).await?;
+            if more {
+                for f in by_email(&emails) {
+                    trashed.extend(self.list_all(&f, None, usize::MAX).await?.0);
+                }
+            } else {
+                trashed = page;
+            }
+        }
+        let mut in_trash: HashMap<String, &Value> = HashMap::new();
+        for p in &trashed {
+            let e = str_at(p, "/emails/primaryEmail").trim().to_lowercase();
+            if !e.is_empty() {
+                in_trash.insert(e, p);
+            }
+        }
+        if in_trash.is_empty() {
+            return Ok(upserts);
+        }
+        let mut kept = Vec::with_capacity(upserts.len());
+        for (i, mut body) in upserts {
+            let c = &writes[i];
+            let id = body.get("id").and_then(Value::as_str).unwrap_or_default();
+            let Some(p) = email_of(c).and_then(|e| in_trash.get(&e).copied()) else {
+                kept.push((i, body));
+                continue;
+            };
+            let tid = person_id(p).to_string();
+            let holder = str_at(p, "/contactId").trim();
+            if tid == id || self.seen.contains_key(&c.contact_id) {
+                kept.push((i, body));
+            } else if holder == c.contact_id {
+                tracing::info!(store = %self.cfg.name, contact = %c.contact_id, person = %tid, "the contact's person is in Twenty's trash: restoring it");
+                body["id"] = json!(tid);
+                kept.push((i, body));
+            } else if c.is_deleted() || !self.accepts(c) {
+                outcomes[i] = Some(WriteOutcome::Applied {
+                    native_id: id.to_string(),
+                });
+            } else {
+                let whose = if holder.is_empty() {
+                    "no contact id".to_string()
+                } else {
+                    format!("contact {holder}")
+                };
+                tracing::warn!(store = %self.cfg.name, contact = %c.contact_id, person = %tid, "primary email held by another contact's person in Twenty's trash; not taken over");
+                outcomes[i] = Some(WriteOutcome::Rejected {
+                    field: "emails".into(),
+                    reason: format!(
+                        "the primary email is that of person {tid} in Twenty's trash ({whose}); Twenty's upsert would restore that person and overwrite it with this contact. Restore it in Twenty (it is another contact) or destroy it, then run `contact-sync drift --repair`"
+                    ),
+                });
+            }
+        }
+        Ok(kept)
+    }
+
     /// Erasure tombstones ([`Contact::is_erasure`]): every person of the
     /// contact — its own id, the person it is mapped to, any person
     /// carrying its `contactId`, live or in the trash — is destroyed
@@ -1275,6 +1382,7 @@ impl RecordSink for TwentyStore {
             }
         }
 
+        let upserts = self.spare_the_trash(upserts, writes, &mut outcomes).await?;
         self.upsert_all(&upserts, writes, &mut outcomes).await?;
         self.erase_people(&erasures, writes, &mut outcomes).await?;
 
@@ -1556,4 +1664,9 @@ pub(crate) fn refused_field(r: &crate::client::Reply) -> &'static str {
     } else {
         "record"
     }
+}
+
+/// The string at `ptr` in `p`, empty when absent or not a string.
+fn str_at<'a>(p: &'a Value, ptr: &str) -> &'a str {
+    p.pointer(ptr).and_then(Value::as_str).unwrap_or_default()
 }
