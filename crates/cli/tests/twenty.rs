@@ -699,6 +699,16 @@ async fn drift_names_an_unreadable_person_and_compares_the_rest() {
         assert_eq!(s, 200);
     }
 
+    // Any store: a local.db row another program broke (tags not JSON).
+    let broken_local = people[1]["contactId"].as_str().unwrap().to_string();
+    rusqlite::Connection::open(d.join("contact-sync-data/local.db"))
+        .unwrap()
+        .execute(
+            "UPDATE contacts SET tags = '{not json' WHERE contact_id = ?1",
+            [&broken_local],
+        )
+        .unwrap();
+
     let (d2, k2) = (d.clone(), key.clone());
     let (text, json) = tokio::task::spawn_blocking(move || {
         (
@@ -753,7 +763,12 @@ async fn drift_names_an_unreadable_person_and_compares_the_rest() {
         .iter()
         .find(|s| s["store"] == "local")
         .expect("local in the report");
-    assert_eq!(local["drift_pct"], 0.0, "{local}");
+    let local_bad = local["unreadable"].as_array().expect("local's listed");
+    assert_eq!(local_bad.len(), 1, "{local}");
+    assert_eq!(local_bad[0]["contact_id"], serde_json::json!(broken_local));
+    assert_eq!(local_bad[0]["field"], "tags", "{local}");
+    assert_eq!(local["missing"], 0, "{local}");
+    assert_eq!(local["differing"], 0, "{local}");
 
     // A repair leaves the unreadable person as it is (a person fixes it).
     let (d3, k3) = (d.clone(), key.clone());

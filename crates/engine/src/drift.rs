@@ -323,3 +323,44 @@ fn merge_sorted(a: Vec<(String, String)>, b: Vec<(String, String)>) -> Vec<(Stri
         out.extend(if take_a { a.next() } else { b.next() });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(items: &[(&str, &str)]) -> VecDeque<(String, String)> {
+        items
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    /// An unreadable record of the store is neither missing nor differing
+    /// nor extra, whatever comes before it on either side.
+    #[test]
+    fn an_unreadable_record_is_only_unreadable() {
+        let mut t = Tally::new("s", true);
+        let mut c = q(&[("a", "h1"), ("x", "h2"), ("z", "h4")]);
+        let mut s = q(&[("x", UNREADABLE), ("y", UNREADABLE), ("z", "h4")]);
+        while t.join_step(&mut c, &mut s) {}
+        let (v, ids) = t.finish();
+        assert_eq!((v.expected, v.matching, v.missing), (3, 1, 1), "{v:?}");
+        assert_eq!((v.differing, v.extra), (0, 0), "{v:?}");
+        assert_eq!(
+            ids,
+            vec!["a".to_string()],
+            "only the missing one is repaired"
+        );
+    }
+
+    #[test]
+    fn merge_sorted_keeps_order() {
+        let a = vec![("a".into(), "1".into()), ("c".into(), "3".into())];
+        let b = vec![
+            ("b".into(), UNREADABLE.into()),
+            ("d".into(), UNREADABLE.into()),
+        ];
+        let ids: Vec<String> = merge_sorted(a, b).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(ids, ["a", "b", "c", "d"]);
+    }
+}
