@@ -850,3 +850,132 @@ async fn a_person_destroyed_while_the_daemon_was_stopped_is_deleted_everywhere()
     );
     fake.stop().await;
 }
+
+/// The same field edited in Twenty and in local.db between two cycles,
+/// then two cycles: the fake, the directory, the person and contact ids.
+async fn settled_conflict() -> (FakeTwenty, tempfile::TempDir, String, String) {
+    let fake = FakeTwenty::start(FakeConfig::default())
+        .await
+        .expect("fake twenty");
+    let key = fake.api_key().to_string();
+    let dir = synced(&fake, "10").await;
+    let d = dir.path().to_path_buf();
+    let people = linked_people(&fake);
+    let pid = people[0]["id"].as_str().unwrap().to_string();
+    let cid = people[0]["contactId"].as_str().unwrap().to_string();
+    let s = reqwest::Client::new()
+        .patch(format!("{}/rest/people/{pid}", fake.base_url()))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"jobTitle": "Set in Twenty"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(s, 200);
+    db(&d, "local.db")
+        .execute(
+            "UPDATE contacts SET job_title = 'Set in local.db' WHERE contact_id = ?1",
+            [&cid],
+        )
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        ok(&d, &["run", "--once"], &key);
+        ok(&d, &["run", "--once"], &key);
+    })
+    .await
+    .unwrap();
+    (fake, dir, pid, cid)
+}
+
+fn db(d: &Path, file: &str) -> rusqlite::Connection {
+    rusqlite::Connection::open(d.join("contact-sync-data").join(file)).unwrap()
+}
+
+/// `job_title` and `version` of a contact in an SQLite store.
+fn title_and_version(d: &Path, file: &str, cid: &str) -> (String, i64) {
+    db(d, file)
+        .query_row(
+            "SELECT job_title, version FROM contacts WHERE contact_id = ?1",
+            [cid],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+}
+
+/// Issue 13, observation 8: the same field edited in Twenty and in
+/// local.db between two cycles is settled by the rules, and the settled
+/// conflict is inspectable in `conflicts list --all` (both values, their
+/// versions, the rule that decided, the store), as JSON and as text;
+/// afterwards local.db, canonical and Twenty hold the same value, and
+/// Twenty canonical's version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_settled_by_the_rules_is_listed_with_both_values_and_the_rule() {
+    let (fake, dir, pid, cid) = settled_conflict().await;
+    let d = dir.path().to_path_buf();
+    let key = fake.api_key().to_string();
+    let (listed, text) = tokio::task::spawn_blocking(move || {
+        (
+            ok(&d, &["conflicts", "list", "--all", "--json"], &key),
+            ok(&d, &["conflicts", "list", "--all"], &key),
+        )
+    })
+    .await
+    .unwrap();
+    let rows: Value = serde_json::from_str(&listed).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["contact_id"] == serde_json::json!(cid) && r["conflict"]["field"] == "job_title"
+        })
+        .unwrap_or_else(|| panic!("the settled conflict is listed: {listed}"));
+    let values = [
+        row["conflict"]["canonical"].clone(),
+        row["conflict"]["incoming"].clone(),
+    ];
+    assert!(
+        values.contains(&serde_json::json!("Set in Twenty"))
+            && values.contains(&serde_json::json!("Set in local.db")),
+        "both values: {row}"
+    );
+    let rule = row["conflict"]["resolution"].as_str().unwrap_or_default();
+    assert!(!rule.is_empty(), "the rule: {row}");
+    assert_ne!(row["status"], "open", "settled by the rules: {row}");
+    assert!(
+        text.contains(&cid)
+            && text.contains("job_title")
+            && text.contains(&format!("rule: {rule}")),
+        "the text names both values and the rule: {text}"
+    );
+
+    let d = dir.path();
+    let canonical = title_and_version(d, "canonical.db", &cid);
+    assert_eq!(title_and_version(d, "local.db", &cid).0, canonical.0);
+    let person = fake.person(&pid).unwrap();
+    assert_eq!(person["jobTitle"], serde_json::json!(canonical.0));
+    assert_eq!(
+        person["contactVersion"],
+        serde_json::json!(canonical.1),
+        "{person}"
+    );
+    fake.stop().await;
+}
+
+/// Observation 8's second half: local.db's `version` column should follow
+/// canonical's after the settlement. It does not yet: when local.db's own
+/// edit wins, canonical's new version has local.db's content, so
+/// propagation sends it nothing (same content hash) and its row keeps the
+/// version the user's edit left. Fixing it needs capture to owe the store a
+/// write of the version (crates/engine/src/capture.rs or propagate.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap (issue 13, observation 8): a store whose content won keeps its own version column"]
+async fn after_a_settled_conflict_every_store_has_canonicals_version() {
+    let (fake, dir, _pid, cid) = settled_conflict().await;
+    let d = dir.path();
+    assert_eq!(
+        title_and_version(d, "local.db", &cid),
+        title_and_version(d, "canonical.db", &cid)
+    );
+    fake.stop().await;
+}
