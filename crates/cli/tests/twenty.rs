@@ -532,6 +532,57 @@ async fn every_twenty_store_has_its_webhook_route() {
             statuses.push(forged(path).await.map(|r| r.status().as_u16()).ok());
         }
     }
+    // Each workspace has its webhook, to its own store's route, and a
+    // person created in either reaches local.db through it.
+    let mut registered = Vec::new();
+    let mut arrived = false;
+    if up {
+        for (name, f) in [("crm", &a), ("crm2", &b)] {
+            let hooks: Value = client
+                .get(format!("{}/rest/metadata/webhooks", f.base_url()))
+                .bearer_auth(f.api_key())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            registered.push(
+                hooks
+                    .to_string()
+                    .contains(&format!("/webhooks/twenty/{name}\"")),
+            );
+            let s = client
+                .post(format!("{}/rest/people", f.base_url()))
+                .bearer_auth(f.api_key())
+                .json(&serde_json::json!({
+                    "name": {"firstName": "Hook", "lastName": name},
+                    "emails": {"primaryEmail": format!("hook.{name}@example.com"), "additionalEmails": []},
+                }))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(s, 201);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let n: i64 = rusqlite::Connection::open(d.join("contact-sync-data/local.db"))
+                .and_then(|c| {
+                    c.query_row(
+                        "SELECT count(*) FROM contacts WHERE _primary_email IN ('hook.crm@example.com', 'hook.crm2@example.com')",
+                        [],
+                        |r| r.get(0),
+                    )
+                })
+                .unwrap_or(0);
+            if n == 2 {
+                arrived = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let _ = daemon.kill();
     let _ = daemon.wait();
     assert!(
@@ -540,6 +591,19 @@ async fn every_twenty_store_has_its_webhook_route() {
         std::fs::read_to_string(d.join("daemon.err")).unwrap_or_default()
     );
     assert_eq!(statuses, vec![Some(401), Some(401), Some(401), Some(404)]);
+    assert_eq!(registered, vec![true, true], "a webhook in each workspace");
+    assert!(
+        arrived,
+        "people created in both workspaces reach local.db: {}",
+        std::fs::read_to_string(d.join("daemon.err")).unwrap_or_default()
+    );
+    for f in [&a, &b] {
+        let c = f.counters();
+        assert!(
+            c.webhooks_delivered > 0 && c.webhooks_failed == 0,
+            "each workspace's deliveries were taken: {c:?}"
+        );
+    }
 }
 
 /// A person created in Twenty (no contact id) becomes a contact, and the
