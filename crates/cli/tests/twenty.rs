@@ -1043,3 +1043,63 @@ async fn after_a_settled_conflict_every_store_has_canonicals_version() {
     );
     fake.stop().await;
 }
+
+/// Issue 13, observation 6 end to end: a contact Twenty refuses (its
+/// primary email is that of another contact's person: a unique clash) is
+/// one dead letter, named by record and field, seen once — later cycles
+/// neither send it again nor add to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_twenty_refuses_is_one_dead_letter_across_cycles() {
+    let fake = FakeTwenty::start(FakeConfig::default())
+        .await
+        .expect("fake twenty");
+    let key = fake.api_key().to_string();
+    let dir = synced(&fake, "10").await;
+    let d = dir.path().to_path_buf();
+    let people = linked_people(&fake);
+    let taken = people[0]["emails"]["primaryEmail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cid = people[1]["contactId"].as_str().unwrap().to_string();
+    db(&d, "local.db")
+        .execute(
+            "UPDATE contacts SET emails = ?1 WHERE contact_id = ?2",
+            [
+                &serde_json::json!([{"address": taken, "is_primary": true}]).to_string(),
+                &cid,
+            ],
+        )
+        .unwrap();
+    let (d2, k2) = (d.clone(), key.clone());
+    tokio::task::spawn_blocking(move || ok(&d2, &["run", "--once"], &k2))
+        .await
+        .unwrap();
+    let sent = writes(&fake);
+    let (d3, k3) = (d.clone(), key.clone());
+    let listed = tokio::task::spawn_blocking(move || {
+        ok(&d3, &["run", "--once"], &k3);
+        ok(&d3, &["run", "--once"], &k3);
+        ok(&d3, &["dead-letters", "list", "--all", "--json"], &k3)
+    })
+    .await
+    .unwrap();
+    assert_eq!(writes(&fake), sent, "the refused record was sent again");
+    let rows: Value = serde_json::from_str(&listed).unwrap();
+    let mine: Vec<&Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["store"] == "twenty")
+        .collect();
+    assert_eq!(mine.len(), 1, "{listed}");
+    assert_eq!(mine[0]["record"], serde_json::json!(cid), "{listed}");
+    assert_eq!(mine[0]["field"], "emails", "{listed}");
+    assert_eq!(mine[0]["count"], 1, "{listed}");
+    assert_eq!(
+        fake.person(people[0]["id"].as_str().unwrap()).unwrap()["contactId"],
+        people[0]["contactId"],
+        "the other contact's person is untouched"
+    );
+    fake.stop().await;
+}
