@@ -152,6 +152,17 @@ async fn contacts_reach_twenty_and_edits_in_twenty_come_back() {
         serde_json::from_str(&blocking(vec!["conflicts", "list", "--json"]).await.unwrap())
             .unwrap();
     assert_eq!(conflicts.as_array().unwrap().len(), 0, "{conflicts}");
+    // Issue 13, observation 3: nothing came back from Twenty as an edit
+    // (an empty JSON list it stores as null is the same value).
+    let from_twenty: i64 = rusqlite::Connection::open(d.join("contact-sync-data/canonical.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM contacts WHERE last_updated_by = 'twenty'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(from_twenty, 0, "contacts taken as edits made in Twenty");
 
     // A person edits someone in Twenty (through its API, as the UI would).
     let target = live
