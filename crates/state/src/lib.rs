@@ -356,7 +356,8 @@ impl StateDb {
         read::store_records_needing_write(&self.conn, store, after, limit)
     }
     /// Up to `limit` live records of `store` with a native id, by contact
-    /// id, after `after`: what the engine last knew the store to hold.
+    /// id, after `after`: what the engine last knew the store to hold
+    /// (records whose content is unknown, an empty hash, left out).
     pub fn store_records_held(
         &self,
         store: &str,
