@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use contact_sync_connector::{
-    ChangeBatch, ChangeSource, Checkpoint, Conditional, Expect, RecordHash, RecordSink, Store,
-    StoreError, StoreInfo, WriteOutcome,
+    ChangeBatch, ChangeSource, Checkpoint, Conditional, Expect, HashScan, RecordHash, RecordSink,
+    Store, StoreError, StoreInfo, WriteOutcome,
 };
 use contact_sync_core::Contact;
 use contact_sync_engine::{Engine, EngineError, EngineOptions};
@@ -158,6 +158,14 @@ impl ChangeSource for Held {
     async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
         self.ready()?.acknowledge(upto).await
     }
+    fn wants_held(&self) -> bool {
+        !self.gate.held.load(Ordering::SeqCst) && self.info(|s| s.wants_held())
+    }
+    fn held(&mut self, records: Vec<(String, String)>) {
+        if let Ok(s) = self.ready() {
+            s.held(records);
+        }
+    }
 }
 
 #[async_trait]
@@ -200,6 +208,13 @@ impl RecordSink for Held {
         limit: usize,
     ) -> Result<Vec<RecordHash>, StoreError> {
         self.ready()?.scan_hashes(after, limit).await
+    }
+    async fn scan_hashes_checked(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<HashScan, StoreError> {
+        self.ready()?.scan_hashes_checked(after, limit).await
     }
     async fn count(&mut self) -> Result<u64, StoreError> {
         self.ready()?.count().await

@@ -805,7 +805,7 @@ fn conflicts_list(cfg: &Config, json: bool, all: bool) -> anyhow::Result<ExitCod
     }
     for r in rows {
         println!(
-            "#{} {} contact {} field {} ({}): canonical v{} {} | {} v{} {}",
+            "#{} {} contact {} field {} ({}): canonical v{} {} | {} v{} {} (rule: {})",
             r.id,
             format_ts(&r.created_at),
             r.contact_id,
@@ -816,6 +816,7 @@ fn conflicts_list(cfg: &Config, json: bool, all: bool) -> anyhow::Result<ExitCod
             r.store,
             r.conflict.incoming_version,
             r.conflict.incoming,
+            r.conflict.resolution.as_str(),
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -215,7 +215,7 @@ fn install_signal_handlers(stopper: Stopper) {
 pub fn print_verification(results: &[StoreVerification]) {
     println!("verification:");
     for v in results {
-        let verdict = if v.missing + v.differing + v.extra == 0 {
+        let verdict = if v.missing + v.differing + v.extra == 0 && v.unreadable.is_empty() {
             "OK"
         } else {
             "DRIFT"
@@ -235,6 +235,32 @@ pub fn print_verification(results: &[StoreVerification]) {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+        }
+        if !v.unreadable.is_empty() {
+            println!(
+                "  {:<12} {} record(s) cannot be read as contacts (fix them in {}; a repair leaves them alone):",
+                "",
+                v.unreadable.len(),
+                v.store
+            );
+            for u in v.unreadable.iter().take(50) {
+                let contact = if u.contact_id.is_empty() {
+                    "no contact id".to_string()
+                } else {
+                    format!("contact {}", u.contact_id)
+                };
+                println!(
+                    "  {:<12}   {} {} ({contact}): field {}: {}",
+                    "", v.store, u.native_id, u.field, u.reason
+                );
+            }
+            if v.unreadable.len() > 50 {
+                println!(
+                    "  {:<12}   … and {} more (`drift --json` lists every one)",
+                    "",
+                    v.unreadable.len() - 50
+                );
+            }
         }
     }
 }
@@ -285,7 +311,7 @@ pub async fn initial_sync_only(
     let results = do_initial_sync(&mut engine).await?;
     let ok = results
         .iter()
-        .all(|v| v.missing + v.differing + v.extra == 0);
+        .all(|v| v.missing + v.differing + v.extra == 0 && v.unreadable.is_empty());
     Ok(if ok {
         ExitCode::SUCCESS
     } else {

@@ -47,7 +47,7 @@ impl DriftOutcome {
             .as_ref()
             .unwrap_or(&self.stores)
             .iter()
-            .any(|v| v.missing + v.differing + v.extra > 0)
+            .any(|v| v.missing + v.differing + v.extra > 0 || !v.unreadable.is_empty())
     }
 
     fn print(&self, json: bool) -> anyhow::Result<()> {

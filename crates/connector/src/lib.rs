@@ -103,6 +103,23 @@ pub trait ChangeSource: Send {
     /// may discard it (delete change-table rows, advance a replication
     /// slot). Idempotent; acknowledging an older checkpoint is a no-op.
     async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError>;
+
+    /// Whether the store wants to be told [`held`](ChangeSource::held):
+    /// a store whose change stream cannot show a record removed while no
+    /// engine was reading it (Twenty's destroys) until it has been told.
+    /// Default: false.
+    fn wants_held(&self) -> bool {
+        false
+    }
+
+    /// What the engine's state database says this store holds: (contact
+    /// id, native id) of every live record the engine wrote or read there.
+    /// Given before the engine's first read of a store that
+    /// [`wants_held`](ChangeSource::wants_held); a record of it the store no
+    /// longer has is reported by a later read as a `Delete`. Default: ignored.
+    fn held(&mut self, records: Vec<(String, String)>) {
+        let _ = records;
+    }
 }
 
 /// The result of one write in a batch.
@@ -190,6 +207,33 @@ impl RecordHash {
             contact_id: c.contact_id,
         }
     }
+}
+
+/// A record a scan found but could not read as a contact (a JSON field of
+/// the wrong shape, a column of the wrong type): drift reports it, per
+/// record, instead of leaving it out unseen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreadable {
+    /// The `contact_id` the record carries (readable even when another
+    /// field is not); empty when it has none.
+    pub contact_id: String,
+    /// The store's own id for it (person id, row id).
+    pub native_id: String,
+    /// Which field cannot be read, and why.
+    pub invalid: Invalid,
+}
+
+/// A page of [`RecordSink::scan_hashes_checked`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HashScan {
+    /// As [`RecordSink::scan_hashes`].
+    pub hashes: Vec<RecordHash>,
+    /// The records of the same range that could not be read, in
+    /// `contact_id` order.
+    pub unreadable: Vec<Unreadable>,
+    /// The last `contact_id` the page covered, readable or not: the next
+    /// page starts after it. `None` when the page is empty (the end).
+    pub last: Option<String>,
 }
 
 /// Idempotent, batched writes and reads keyed by `contact_id`.
@@ -336,6 +380,23 @@ pub trait RecordSink: Send {
             .into_iter()
             .map(RecordHash::of)
             .collect())
+    }
+
+    /// [`scan_hashes`](RecordSink::scan_hashes) and, beside it, the
+    /// records of that range that could not be read as contacts (which
+    /// `scan` leaves out): what drift reports per record. The default has
+    /// none to report; a store that can name them overrides it.
+    async fn scan_hashes_checked(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<HashScan, StoreError> {
+        let hashes = self.scan_hashes(after, limit).await?;
+        Ok(HashScan {
+            last: hashes.last().map(|h| h.contact_id.clone()),
+            hashes,
+            unreadable: Vec::new(),
+        })
     }
 
     /// Number of live (not deleted) records.

@@ -3,6 +3,11 @@
 //!
 //! Both sides are scanned in `contact_id` order, one page at a time, and
 //! merged like a join, so memory stays bounded whatever the table size.
+//! A record the store holds but cannot read as a contact (issue 13,
+//! observation 7: a Twenty person whose `contactTags` is an object) is
+//! reported by name (store, native id, contact id, field, reason) and
+//! counted as drift; the rest is compared as usual, and a repair leaves it
+//! alone (rewriting it would overwrite what a person has to look at).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -12,11 +17,30 @@ use contact_sync_core::{content_hash, validate, JournalEntry};
 use crate::backfill::StoreVerification;
 use crate::{CycleReport, Engine, EngineError, CANONICAL};
 
+/// The hash standing for "held, but cannot be read" in a store's side of
+/// the join (no content hash looks like it).
+const UNREADABLE: &str = "\u{0}unreadable";
+
+/// A record a store holds that cannot be read as a contact.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnreadableRecord {
+    pub store: String,
+    /// The store's own id (Twenty: the person id).
+    pub native_id: String,
+    /// The `contact_id` it carries; empty when none.
+    pub contact_id: String,
+    pub field: String,
+    /// Why, with contact values masked unless PII logging is on.
+    pub reason: String,
+}
+
 /// One side of the join: a store's live contacts, page by page.
 struct Side {
     page: VecDeque<(String, String)>,
     after: Option<String>,
     done: bool,
+    /// The store's records that cannot be read, in scan order.
+    unreadable: Vec<UnreadableRecord>,
 }
 
 impl Side {
@@ -25,6 +49,7 @@ impl Side {
             page: VecDeque::new(),
             after: None,
             done: false,
+            unreadable: Vec::new(),
         }
     }
 }
@@ -70,6 +95,15 @@ impl Tally {
     ) -> bool {
         match (c.front(), s.front()) {
             (None, None) => return false,
+            (cf, Some((sid, sh))) if sh == UNREADABLE && cf.is_none_or(|(cid, _)| cid >= sid) => {
+                // Named in `unreadable`; canonical's record of that id (if
+                // any) is expected there but neither matching nor missing.
+                let (sid, _) = s.pop_front().expect("front exists");
+                if c.front().is_some_and(|(cid, _)| *cid == sid) {
+                    c.pop_front();
+                    self.v.expected += 1;
+                }
+            }
             (Some((cid, _)), Some((sid, _))) if cid == sid => {
                 let (cid, ch) = c.pop_front().expect("front exists");
                 let (_, sh) = s.pop_front().expect("front exists");
@@ -99,7 +133,7 @@ impl Tally {
     /// The verification with its drift %, and the collected ids.
     pub(crate) fn finish(self) -> (StoreVerification, Vec<String>) {
         let mut v = self.v;
-        let bad = (v.missing + v.differing + v.extra) as f64;
+        let bad = (v.missing + v.differing + v.extra + v.unreadable.len() as u64) as f64;
         v.drift_pct = match (v.expected, bad > 0.0) {
             (0, true) => 100.0,
             (0, false) => 0.0,
@@ -162,16 +196,35 @@ impl Engine {
                     last
                 }
                 Some(i) => {
-                    let rows = self.stores[i]
-                        .scan_hashes(side.after.as_deref(), page)
+                    let scan = self.stores[i]
+                        .scan_hashes_checked(side.after.as_deref(), page)
                         .await?;
-                    let last = rows.last().map(|r| r.contact_id.clone());
-                    side.page.extend(
-                        rows.into_iter()
-                            .filter(|r| r.hash != tombstone_hash())
-                            .map(|r| (r.contact_id, r.hash)),
-                    );
-                    last
+                    let name = self.stores[i].name().to_string();
+                    let mut rows: Vec<(String, String)> = scan
+                        .hashes
+                        .into_iter()
+                        .filter(|r| r.hash != tombstone_hash())
+                        .map(|r| (r.contact_id, r.hash))
+                        .collect();
+                    let mut bad = Vec::new();
+                    for u in scan.unreadable {
+                        if !u.contact_id.is_empty() {
+                            bad.push((u.contact_id.clone(), UNREADABLE.to_string()));
+                        }
+                        side.unreadable.push(UnreadableRecord {
+                            store: name.clone(),
+                            native_id: u.native_id,
+                            contact_id: u.contact_id,
+                            field: u.invalid.field.clone(),
+                            reason: u.invalid.log_reason().to_string(),
+                        });
+                    }
+                    if !bad.is_empty() {
+                        // Both in the store's `contact_id` order: merged so.
+                        rows = merge_sorted(rows, bad);
+                    }
+                    side.page.extend(rows);
+                    scan.last
                 }
             };
             match last {
@@ -198,6 +251,7 @@ impl Engine {
                 break;
             }
         }
+        tally.v.unreadable = s.unreadable;
         Ok(tally.finish())
     }
 
@@ -251,5 +305,62 @@ impl Engine {
         }
         tracing::info!(store = %name, rewritten = report.rewritten, extra = report.extra, "drift repaired");
         Ok(report)
+    }
+}
+
+/// Two lists sorted by id, merged into one (the first's entry first on a
+/// tie).
+fn merge_sorted(a: Vec<(String, String)>, b: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.0 <= y.0,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return out,
+        };
+        out.extend(if take_a { a.next() } else { b.next() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(items: &[(&str, &str)]) -> VecDeque<(String, String)> {
+        items
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    /// An unreadable record of the store is neither missing nor differing
+    /// nor extra, whatever comes before it on either side.
+    #[test]
+    fn an_unreadable_record_is_only_unreadable() {
+        let mut t = Tally::new("s", true);
+        let mut c = q(&[("a", "h1"), ("x", "h2"), ("z", "h4")]);
+        let mut s = q(&[("x", UNREADABLE), ("y", UNREADABLE), ("z", "h4")]);
+        while t.join_step(&mut c, &mut s) {}
+        let (v, ids) = t.finish();
+        assert_eq!((v.expected, v.matching, v.missing), (3, 1, 1), "{v:?}");
+        assert_eq!((v.differing, v.extra), (0, 0), "{v:?}");
+        assert_eq!(
+            ids,
+            vec!["a".to_string()],
+            "only the missing one is repaired"
+        );
+    }
+
+    #[test]
+    fn merge_sorted_keeps_order() {
+        let a = vec![("a".into(), "1".into()), ("c".into(), "3".into())];
+        let b = vec![
+            ("b".into(), UNREADABLE.into()),
+            ("d".into(), UNREADABLE.into()),
+        ];
+        let ids: Vec<String> = merge_sorted(a, b).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(ids, ["a", "b", "c", "d"]);
     }
 }

@@ -47,6 +47,7 @@ use serde::Serialize;
 
 pub use backfill::{BackfillProgress, StoreVerification};
 pub use drift::RepairReport;
+pub use drift::UnreadableRecord;
 pub use error::EngineError;
 pub use guard::MassChangeGuard;
 pub use import::{ImportAction, ImportItem, ImportRecord, ImportReport, IMPORT_ORIGIN};
@@ -243,6 +244,9 @@ impl Engine {
             if !runs {
                 continue;
             }
+            if self.stores[i].wants_held() {
+                self.tell_held(i)?;
+            }
             match self.capture_store(i, &mut report, approved).await {
                 Ok(drained) => *w = drained && self.state.paused(&name)?.is_none(),
                 Err(e) => self.store_failed(&name, "capture", e, &mut report)?,
@@ -286,6 +290,29 @@ impl Engine {
         }
         tracing::warn!(store = %name, error = %e, alert = "sync_failure", "{step} failed");
         report.entry(name).error = Some(e.to_string());
+        Ok(())
+    }
+
+    /// Tells store `i` what the state database says it holds (live
+    /// records with a native id), so a record removed while no engine ran
+    /// (a person destroyed in Twenty) is seen as a delete
+    /// ([`contact_sync_connector::ChangeSource::held`]).
+    fn tell_held(&mut self, i: usize) -> Result<(), EngineError> {
+        let name = self.stores[i].name().to_string();
+        let mut held = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .state
+                .store_records_held(&name, after.as_deref(), 10_000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.contact_id.clone());
+            held.extend(
+                page.into_iter()
+                    .filter_map(|r| r.native_id.map(|n| (r.contact_id, n))),
+            );
+        }
+        self.stores[i].held(held);
         Ok(())
     }
 

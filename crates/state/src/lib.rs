@@ -355,6 +355,17 @@ impl StateDb {
     ) -> Result<Vec<StoreRecord>> {
         read::store_records_needing_write(&self.conn, store, after, limit)
     }
+    /// Up to `limit` live records of `store` with a native id, by contact
+    /// id, after `after`: what the engine last knew the store to hold
+    /// (records whose content is unknown, an empty hash, left out).
+    pub fn store_records_held(
+        &self,
+        store: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoreRecord>> {
+        read::store_records_held(&self.conn, store, after, limit)
+    }
     /// Number of sync records of a store, live ones only.
     pub fn store_record_count(&self, store: &str) -> Result<u64> {
         read::store_record_count(&self.conn, store)

@@ -293,6 +293,29 @@ pub(crate) fn store_records_needing_write(
     Ok(out)
 }
 
+/// Live records of a store that carry a native id, after a contact id, in
+/// pages (what the engine last knew the store to hold). Records whose
+/// content is unknown (empty hash: a write whose answer was lost) are left
+/// out: the store may never have had them.
+pub(crate) fn store_records_held(
+    conn: &Connection,
+    store: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<StoreRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND deleted = 0 \
+         AND native_id IS NOT NULL AND native_id <> '' AND hash <> '' AND contact_id > ?2 \
+         ORDER BY contact_id LIMIT ?3"
+    ))?;
+    let mut rows = stmt.query(params![store, after.unwrap_or(""), sql_limit(limit)])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(record_row(row)?);
+    }
+    Ok(out)
+}
+
 pub(crate) fn store_record_count(conn: &Connection, store: &str) -> Result<u64> {
     let n: i64 = conn
         .prepare_cached("SELECT COUNT(*) FROM store_records WHERE store = ?1 AND deleted = 0")?

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Checkpoint, Conditional, Expect, RecordHash, RecordSink, StoreError, StoreInfo, WriteOutcome,
+    Checkpoint, Conditional, Expect, HashScan, RecordHash, RecordSink, StoreError, StoreInfo,
+    Unreadable, WriteOutcome,
 };
 use contact_sync_core::hash::tombstone_hash;
 use contact_sync_core::model::ALL_FIELDS;
@@ -1168,14 +1169,34 @@ impl RecordSink for PgStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RecordHash>, StoreError> {
+        let scan = self.scan_hashes_checked(after, limit).await?;
+        for u in &scan.unreadable {
+            tracing::warn!(store = %self.cfg.name, error = %u.invalid, "skipping a row that is not a valid contact");
+        }
+        Ok(scan.hashes)
+    }
+
+    /// As `scan_hashes`, with the undecodable rows named (when the trigger
+    /// keeps hashes, i.e. after `migrate`; otherwise left out, as in
+    /// `scan`).
+    async fn scan_hashes_checked(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<HashScan, StoreError> {
         let info = self.table_info().await?;
         if !info.hash_trusted {
-            return Ok(self
+            let hashes: Vec<RecordHash> = self
                 .scan(after, limit)
                 .await?
                 .into_iter()
                 .map(RecordHash::of)
-                .collect());
+                .collect();
+            return Ok(HashScan {
+                last: hashes.last().map(|h| h.contact_id.clone()),
+                hashes,
+                unreadable: Vec::new(),
+            });
         }
         let name = self.cfg.name.clone();
         let cid = self.col("contact_id");
@@ -1203,14 +1224,21 @@ impl RecordSink for PgStore {
             }
         }
         .map_err(|e| pg_err(&name, "scanning contact hashes", &e))?;
-        let mut out = Vec::with_capacity(rows.len());
+        let mut out = HashScan {
+            hashes: Vec::with_capacity(rows.len()),
+            ..HashScan::default()
+        };
         for r in rows {
             let kept: Option<String> = r.get(0);
             let row = row_text(&r, 1);
+            let id = row.get("contact_id").unwrap_or("").trim().to_string();
+            if !id.is_empty() {
+                out.last = Some(id.clone());
+            }
             if let Some(hash) = kept {
                 let deleted = row.get("deleted_at").is_some_and(|d| !d.trim().is_empty());
-                out.push(RecordHash {
-                    contact_id: row.get("contact_id").unwrap_or("").trim().to_string(),
+                out.hashes.push(RecordHash {
+                    contact_id: id,
                     hash: if deleted {
                         tombstone_hash().to_string()
                     } else {
@@ -1220,7 +1248,12 @@ impl RecordSink for PgStore {
                 continue;
             }
             match codec::decode(&row) {
-                Ok(c) => out.push(RecordHash::of(c)),
+                Ok(c) => out.hashes.push(RecordHash::of(c)),
+                Err(e) if !id.is_empty() => out.unreadable.push(Unreadable {
+                    native_id: id.clone(),
+                    contact_id: id,
+                    invalid: e.invalid,
+                }),
                 Err(e) => {
                     tracing::warn!(store = %name, error = %e.invalid, "skipping a row that is not a valid contact")
                 }

@@ -488,6 +488,13 @@ async fn broken_json_in_a_text_column_is_undecodable_with_row_and_field() {
         s2.read(&["mine".into()]).await.unwrap()[0].llm_context,
         c.llm_context
     );
+    // Drift's scan names the broken row (issue 13, observation 7).
+    let scan = s2.scan_hashes_checked(None, 10).await.unwrap();
+    assert_eq!(scan.unreadable.len(), 1, "{scan:?}");
+    assert_eq!(scan.unreadable[0].contact_id, "bad");
+    assert_eq!(scan.unreadable[0].invalid.field, "llm_context");
+    assert!(scan.hashes.iter().any(|h| h.contact_id == "good"));
+    assert!(!scan.hashes.iter().any(|h| h.contact_id == "bad"));
     s = s2;
     let _ = s.count().await.unwrap();
 }

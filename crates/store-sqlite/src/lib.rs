@@ -100,8 +100,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, Conditional, Expect, RecordHash,
-    RecordSink, StoreError, StoreInfo, WriteOutcome,
+    Change, ChangeBatch, ChangeKind, ChangeSource, Checkpoint, Conditional, Expect, HashScan,
+    RecordHash, RecordSink, StoreError, StoreInfo, Unreadable, WriteOutcome,
 };
 use contact_sync_core::model::ALL_FIELDS;
 use contact_sync_core::{Contact, Invalid};
@@ -519,6 +519,53 @@ impl Inner {
             }
             Ok(decode_row(name, row)?.map(RecordHash::of))
         })
+    }
+
+    /// As `scan_hashes_sync`, with the rows that cannot be decoded named
+    /// (drift reports them) instead of left out; they count in `limit`.
+    fn scan_hashes_checked_sync(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<HashScan, StoreError> {
+        const HASH_COL: usize = NCOLS - 1;
+        let items = self.scan_rows(after, limit, "scanning contact hashes", |row, stored_id| {
+            let id = stored_id.trim();
+            if let Ok(ValueRef::Text(h)) = row.get_ref(HASH_COL) {
+                if !h.is_empty() && !id.is_empty() {
+                    return Ok(Some(Ok(RecordHash {
+                        contact_id: id.to_string(),
+                        hash: String::from_utf8_lossy(h).into_owned(),
+                    })));
+                }
+            }
+            let raw = raw_row(row)?;
+            Ok(match codec::decode(&raw) {
+                Ok(c) if !c.contact_id.is_empty() => Some(Ok(RecordHash::of(c))),
+                // Without an id it cannot be named by one, nor paged past.
+                Ok(_) | Err(_) if id.is_empty() => None,
+                Ok(_) => None,
+                Err(invalid) => Some(Err(Unreadable {
+                    contact_id: id.to_string(),
+                    native_id: id.to_string(),
+                    invalid,
+                })),
+            })
+        })?;
+        let mut scan = HashScan::default();
+        for item in items {
+            match item {
+                Ok(h) => {
+                    scan.last = Some(h.contact_id.clone());
+                    scan.hashes.push(h);
+                }
+                Err(u) => {
+                    scan.last = Some(u.contact_id.clone());
+                    scan.unreadable.push(u);
+                }
+            }
+        }
+        Ok(scan)
     }
 
     /// Up to `limit` items made by `take` from the rows after `after` in
@@ -1045,6 +1092,20 @@ impl RecordSink for SqliteStore {
         let after = after.map(str::to_string);
         self.on_blocking_thread(move |inner| inner.scan_hashes_sync(after.as_deref(), limit))
             .await
+    }
+
+    /// Undecodable rows (broken JSON in a text column written by another
+    /// program) are named, not left out.
+    async fn scan_hashes_checked(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<HashScan, StoreError> {
+        let after = after.map(str::to_string);
+        self.on_blocking_thread(move |inner| {
+            inner.scan_hashes_checked_sync(after.as_deref(), limit)
+        })
+        .await
     }
 
     /// Rows with a `contact_id` and no `deleted_at`.

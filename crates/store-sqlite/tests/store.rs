@@ -657,6 +657,36 @@ async fn scan_fills_its_page_past_an_undecodable_row() {
     assert_eq!(ids, vec![common::id(0), common::id(2), common::id(3)]);
 }
 
+/// Drift's scan (issue 13, observation 7): an undecodable row is named
+/// (contact id, field), not left out silently, and paging goes past it.
+#[tokio::test]
+async fn a_checked_hash_scan_names_an_undecodable_row() {
+    let mut f = fixture();
+    let batch: Vec<Contact> = (0..5).map(common::full_contact).collect();
+    f.store.write_batch(&batch).await.expect("write");
+    cli(&f.path)
+        .execute(
+            "UPDATE contacts SET tags = 'not json' WHERE contact_id = ?1",
+            [common::id(2)],
+        )
+        .expect("break a row");
+    let first = f.store.scan_hashes_checked(None, 3).await.expect("scan");
+    let ids: Vec<&str> = first.hashes.iter().map(|h| h.contact_id.as_str()).collect();
+    assert_eq!(ids, vec![common::id(0), common::id(1)]);
+    assert_eq!(first.unreadable.len(), 1);
+    assert_eq!(first.unreadable[0].contact_id, common::id(2));
+    assert_eq!(first.unreadable[0].invalid.field, "tags");
+    assert_eq!(first.last.as_deref(), Some(common::id(2).as_str()));
+    let rest = f
+        .store
+        .scan_hashes_checked(first.last.as_deref(), 3)
+        .await
+        .expect("scan on");
+    let ids: Vec<&str> = rest.hashes.iter().map(|h| h.contact_id.as_str()).collect();
+    assert_eq!(ids, vec![common::id(3), common::id(4)]);
+    assert!(rest.unreadable.is_empty());
+}
+
 #[tokio::test]
 async fn an_existing_contacts_table_keeps_working() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -72,7 +72,9 @@
 //!   A destroyed person (plain `DELETE`) never shows in that poll: a sweep
 //!   of every person id (every `destroy_sweep_every`, at most ~5 % of the
 //!   request budget) reports those gone as `ChangeKind::Delete`. The first
-//!   sweep of a process only sets its baseline.
+//!   sweep of a process compares with what the engine's state database says
+//!   the store holds (`ChangeSource::held`), so a person destroyed while
+//!   the daemon was stopped is a delete too.
 //! - **Version**: `keeps_version()` is false (see
 //!   [`TwentyStore::keeps_version`](StoreInfo::keeps_version)).
 //!

@@ -52,6 +52,7 @@ impl TwentyStore {
     fn forget_person(&mut self, pid: &str) {
         self.seen.retain(|_, s| s.pid != pid);
         self.unlinked.remove(pid);
+        self.held.remove(pid);
         if let Some(b) = self.baseline.as_mut() {
             b.remove(pid);
         }
@@ -61,8 +62,11 @@ impl TwentyStore {
     /// request) and compares with the previous sweep and the people this
     /// store has seen since: those missing were destroyed in Twenty (a
     /// plain `DELETE /rest/people/{id}` destroys, issue 13 observation 4)
-    /// and are queued as `ChangeKind::Delete`. The first sweep of a process
-    /// only sets the baseline (plus the people it has already seen).
+    /// and are queued as `ChangeKind::Delete`. Before the first sweep of a
+    /// process, what the engine's state says this store holds
+    /// ([`ChangeSource::held`](contact_sync_connector::ChangeSource::held))
+    /// stands for the previous sweep, so people destroyed while the daemon
+    /// was stopped are found too.
     pub(crate) async fn sweep_destroys(&mut self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let (people, _) = self.list_all(ALL_ROWS, Some("id"), usize::MAX).await?;
@@ -81,6 +85,9 @@ impl TwentyStore {
             })
             .collect();
         let mut before: HashMap<String, Option<String>> = self.baseline.take().unwrap_or_default();
+        for (pid, cid) in std::mem::take(&mut self.held) {
+            before.entry(pid).or_insert(cid);
+        }
         for (cid, s) in &self.seen {
             before
                 .entry(s.pid.clone())

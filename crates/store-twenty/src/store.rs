@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Change, ChangeBatch, ChangeSource, Checkpoint, Conditional, Expect, RecordHash, RecordSink,
-    StoreError, StoreInfo, WriteOutcome,
+    Change, ChangeBatch, ChangeSource, Checkpoint, Conditional, Expect, HashScan, RecordHash,
+    RecordSink, StoreError, StoreInfo, Unreadable, WriteOutcome,
 };
 use contact_sync_core::clock::ClockSkew;
 use contact_sync_core::identity::store_uuid;
@@ -91,6 +91,12 @@ pub struct TwentyStore {
     pub(crate) sweep_took: std::time::Duration,
     /// Destroys found by a sweep, returned by every read until acknowledged.
     pub(crate) unacked_destroys: Vec<Change>,
+    /// Whether the engine told what its state says this store holds
+    /// ([`ChangeSource::held`]).
+    pub(crate) held_told: bool,
+    /// Those people (person id → contact id), for the next sweep to compare
+    /// with: a person destroyed while no engine ran is seen too.
+    pub(crate) held: HashMap<String, Option<String>>,
 }
 
 /// What the store last saw of one person.
@@ -170,6 +176,8 @@ impl TwentyStore {
             last_sweep: None,
             sweep_took: std::time::Duration::ZERO,
             unacked_destroys: Vec::new(),
+            held_told: false,
+            held: HashMap::new(),
         })
     }
 
@@ -858,6 +866,113 @@ impl TwentyStore {
         Ok(())
     }
 
+    /// Twenty's upsert matches a person in its trash by primary email,
+    /// restores it and overwrites it (live Twenty 2.21:
+    /// tests/samples/live13/trash_upsert_new_id_with_its_email.json answers
+    /// 201 with the trashed person's id, `deletedAt` null, our fields laid
+    /// over its own). So before the upserts of contacts this store has not
+    /// seen yet, the trash is searched for their primary emails (one
+    /// request for up to 50 emails or a trash of up to 200 people):
+    /// - a trashed person carrying this contact's id is this contact's: the
+    ///   upsert names it, and restores it;
+    /// - one carrying another contact's id, or none, is not taken over: a
+    ///   live contact is refused (`emails`, naming the person and its
+    ///   contact; restore or destroy it in Twenty, then `drift --repair`),
+    ///   a tombstone is done (Twenty never had this contact).
+    async fn spare_the_trash(
+        &mut self,
+        upserts: Vec<(usize, Value)>,
+        writes: &[Contact],
+        outcomes: &mut [Option<WriteOutcome>],
+    ) -> Result<Vec<(usize, Value)>, StoreError> {
+        let email_of = |c: &Contact| {
+            c.primary_email()
+                .map(|e| e.trim().to_lowercase())
+                .filter(|e| !e.is_empty())
+        };
+        let mut emails: Vec<String> = upserts
+            .iter()
+            .filter(|(i, _)| !self.seen.contains_key(&writes[*i].contact_id))
+            .filter_map(|(i, _)| email_of(&writes[*i]))
+            .collect();
+        if emails.is_empty() {
+            return Ok(upserts);
+        }
+        emails.sort();
+        emails.dedup();
+        const TRASH: &str = "deletedAt[is]:NOT_NULL";
+        let mut trashed: Vec<Value> = Vec::new();
+        let by_email = |emails: &[String]| -> Vec<String> {
+            emails
+                .chunks(IDS_PER_QUERY)
+                .map(|chunk| {
+                    let list: Vec<String> = chunk.iter().filter_map(|e| quote(e)).collect();
+                    format!("and({TRASH},emails.primaryEmail[in]:[{}])", list.join(","))
+                })
+                .collect()
+        };
+        if emails.len() <= IDS_PER_QUERY {
+            for f in by_email(&emails) {
+                trashed.extend(self.list_all(&f, None, usize::MAX).await?.0);
+            }
+        } else {
+            let (page, more) = self.list_all(TRASH, None, MAX_BATCH).await?;
+            if more {
+                for f in by_email(&emails) {
+                    trashed.extend(self.list_all(&f, None, usize::MAX).await?.0);
+                }
+            } else {
+                trashed = page;
+            }
+        }
+        let mut in_trash: HashMap<String, &Value> = HashMap::new();
+        for p in &trashed {
+            let e = str_at(p, "/emails/primaryEmail").trim().to_lowercase();
+            if !e.is_empty() {
+                in_trash.insert(e, p);
+            }
+        }
+        if in_trash.is_empty() {
+            return Ok(upserts);
+        }
+        let mut kept = Vec::with_capacity(upserts.len());
+        for (i, mut body) in upserts {
+            let c = &writes[i];
+            let id = body.get("id").and_then(Value::as_str).unwrap_or_default();
+            let Some(p) = email_of(c).and_then(|e| in_trash.get(&e).copied()) else {
+                kept.push((i, body));
+                continue;
+            };
+            let tid = person_id(p).to_string();
+            let holder = str_at(p, "/contactId").trim();
+            if tid == id || self.seen.contains_key(&c.contact_id) {
+                kept.push((i, body));
+            } else if holder == c.contact_id {
+                tracing::info!(store = %self.cfg.name, contact = %c.contact_id, person = %tid, "the contact's person is in Twenty's trash: restoring it");
+                body["id"] = json!(tid);
+                kept.push((i, body));
+            } else if c.is_deleted() || !self.accepts(c) {
+                outcomes[i] = Some(WriteOutcome::Applied {
+                    native_id: id.to_string(),
+                });
+            } else {
+                let whose = if holder.is_empty() {
+                    "no contact id".to_string()
+                } else {
+                    format!("contact {holder}")
+                };
+                tracing::warn!(store = %self.cfg.name, contact = %c.contact_id, person = %tid, "primary email held by another contact's person in Twenty's trash; not taken over");
+                outcomes[i] = Some(WriteOutcome::Rejected {
+                    field: "emails".into(),
+                    reason: format!(
+                        "the primary email is that of person {tid} in Twenty's trash ({whose}); Twenty's upsert would restore that person and overwrite it with this contact. Restore it in Twenty (it is another contact) or destroy it, then run `contact-sync drift --repair`"
+                    ),
+                });
+            }
+        }
+        Ok(kept)
+    }
+
     /// Erasure tombstones ([`Contact::is_erasure`]): every person of the
     /// contact — its own id, the person it is mapped to, any person
     /// carrying its `contactId`, live or in the trash — is destroyed
@@ -933,6 +1048,7 @@ impl TwentyStore {
         if let Some(b) = self.baseline.as_mut() {
             b.remove(pid);
         }
+        self.held.remove(pid);
         self.webhook_seen.remove(pid);
         Ok(())
     }
@@ -956,6 +1072,48 @@ impl TwentyStore {
             (field.clone(), reason.clone()),
         );
         outcomes[i] = Some(WriteOutcome::Rejected { field, reason });
+    }
+
+    /// Up to `limit` people with `contactId > after` in `contactId` order:
+    /// the readable ones as contacts, the others as [`Unreadable`] (logged,
+    /// values masked), and the last `contactId` of the page.
+    async fn scan_people(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Contact>, Vec<Unreadable>, Option<String>), StoreError> {
+        let after = after.unwrap_or("");
+        let Some(q) = quote(after) else {
+            return Err(self.err(format!(
+                "cannot scan after {after:?}: contains a double quote"
+            )));
+        };
+        let filter = format!("and(contactId[gt]:{q},{ALL_ROWS})");
+        let (people, _) = self.list_all(&filter, Some("contactId,id"), limit).await?;
+        let mut out = Vec::with_capacity(people.len());
+        let mut unreadable = Vec::new();
+        let mut last = None;
+        for p in people.iter().take(limit) {
+            let cid = p
+                .get("contactId")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            match self.decode_seen(p) {
+                Ok(c) => out.push(c),
+                Err(invalid) => {
+                    tracing::warn!(store = %self.cfg.name, person = %person_id(p), field = %invalid.field, error = %invalid.log_reason(), "scan: person cannot be read as a contact; left out of the scan");
+                    unreadable.push(Unreadable {
+                        contact_id: cid.clone(),
+                        native_id: person_id(p).to_string(),
+                        invalid,
+                    });
+                }
+            }
+            last = Some(cid);
+        }
+        Ok((out, unreadable, last))
     }
 
     fn body_with_id(&self, c: &Contact, pid: &str) -> Value {
@@ -1224,6 +1382,7 @@ impl RecordSink for TwentyStore {
             }
         }
 
+        let upserts = self.spare_the_trash(upserts, writes, &mut outcomes).await?;
         self.upsert_all(&upserts, writes, &mut outcomes).await?;
         self.erase_people(&erasures, writes, &mut outcomes).await?;
 
@@ -1316,32 +1475,32 @@ impl RecordSink for TwentyStore {
         Ok(by_cid.into_values().collect())
     }
 
+    /// One undecodable person must not break drift or a full scan (issue
+    /// 13, observation 7): it is logged (values masked) and left out;
+    /// polling reports it as `Undecodable` (a dead letter), and
+    /// [`scan_hashes_checked`](RecordSink::scan_hashes_checked) names it.
     async fn scan(
         &mut self,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Contact>, StoreError> {
-        let after = after.unwrap_or("");
-        let Some(q) = quote(after) else {
-            return Err(self.err(format!(
-                "cannot scan after {after:?}: contains a double quote"
-            )));
-        };
-        let filter = format!("and(contactId[gt]:{q},{ALL_ROWS})");
-        let (people, _) = self.list_all(&filter, Some("contactId,id"), limit).await?;
-        let mut out = Vec::with_capacity(people.len());
-        for p in people.iter().take(limit) {
-            // One undecodable person must not break drift or a full scan
-            // (issue 13, observation 7): it is logged (values masked) and
-            // left out; polling reports it as `Undecodable` (a dead letter).
-            match self.decode_seen(p) {
-                Ok(c) => out.push(c),
-                Err(invalid) => {
-                    tracing::warn!(store = %self.cfg.name, person = %person_id(p), error = %invalid, "scan: person cannot be read as a contact; left out of the scan")
-                }
-            }
-        }
-        Ok(out)
+        Ok(self.scan_people(after, limit).await?.0)
+    }
+
+    /// The same people as `scan` plus, per person that cannot be read as a
+    /// contact, its person id, contact id, field and reason (drift reports
+    /// them).
+    async fn scan_hashes_checked(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<HashScan, StoreError> {
+        let (people, unreadable, last) = self.scan_people(after, limit).await?;
+        Ok(HashScan {
+            hashes: people.into_iter().map(RecordHash::of).collect(),
+            unreadable,
+            last,
+        })
     }
 
     async fn count(&mut self) -> Result<u64, StoreError> {
@@ -1444,6 +1603,22 @@ impl ChangeSource for TwentyStore {
         self.unacked_destroys.clear();
         Ok(())
     }
+
+    /// Wanted once: the first destroy sweep compares with it, so a person
+    /// destroyed while the daemon was stopped is reported (issue 13,
+    /// observation 4).
+    fn wants_held(&self) -> bool {
+        !self.held_told
+    }
+
+    fn held(&mut self, records: Vec<(String, String)>) {
+        self.held_told = true;
+        self.held = records
+            .into_iter()
+            .filter(|(_, pid)| Uuid::parse_str(pid).is_ok())
+            .map(|(cid, pid)| (pid, Some(cid)))
+            .collect();
+    }
 }
 
 /// `pageInfo` of a list response: whether another page follows, and the
@@ -1489,4 +1664,9 @@ pub(crate) fn refused_field(r: &crate::client::Reply) -> &'static str {
     } else {
         "record"
     }
+}
+
+/// The string at `ptr` in `p`, empty when absent or not a string.
+fn str_at<'a>(p: &'a Value, ptr: &str) -> &'a str {
+    p.pointer(ptr).and_then(Value::as_str).unwrap_or_default()
 }

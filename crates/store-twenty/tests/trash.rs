@@ -499,3 +499,150 @@ async fn a_person_destroyed_behind_the_stores_back_comes_back_whole() {
         json!(url)
     );
 }
+
+/// Issue 13: Twenty's upsert matches a person in its trash by primary
+/// email, restores it and overwrites it — live Twenty 2.21 answered an
+/// upsert with a new id and a trashed person's email with 201 and that
+/// person, restored (samples/live13/trash_upsert_new_id_with_its_email.json;
+/// the target answers so too). The store never lets a contact take over
+/// another contact's trashed person: the write is refused (field `emails`,
+/// the person and its contact named) and the person stays in the trash,
+/// untouched; a trashed person carrying the contact's own id is restored
+/// and written, not duplicated.
+#[tokio::test]
+async fn an_upsert_does_not_take_over_another_contacts_person_in_the_trash() {
+    let t = target(FakeConfig::default()).await;
+    let http = t.http();
+    let cs = t.contacts(3);
+    let (a, b, own) = (&cs[0], &cs[1], &cs[2]);
+    let email = a.primary_email().unwrap().to_string();
+
+    // What the target does: a new id with a trashed person's email lands on
+    // that person and brings it back.
+    let probe = uuid::Uuid::new_v4().to_string();
+    let probe_email = format!("{}.probe@example.com", t.run);
+    let (s, body) = http
+        .req(
+            Method::POST,
+            "/rest/people",
+            Some(json!({"id": probe, "jobTitle": "Two",
+                        "emails": {"primaryEmail": probe_email, "additionalEmails": []}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    http.req(
+        Method::DELETE,
+        &format!("/rest/people/{probe}?soft_delete=true"),
+        None,
+    )
+    .await;
+    let (s, body) = http
+        .req(
+            Method::POST,
+            "/rest/people?upsert=true",
+            Some(json!({"id": uuid::Uuid::new_v4().to_string(),
+                        "name": {"firstName": "Jo", "lastName": "Probe"},
+                        "emails": {"primaryEmail": probe_email, "additionalEmails": []}})),
+        )
+        .await;
+    let rec = sample("live13/trash_upsert_new_id_with_its_email.json");
+    assert_eq!(u64::from(s), rec["status"].as_u64().unwrap(), "{body}");
+    let p = &body["data"]["createPerson"];
+    assert_eq!(p["id"], json!(probe), "the trashed person answered: {body}");
+    assert_eq!(p["deletedAt"], Value::Null, "restored: {body}");
+    assert_eq!(p["jobTitle"], json!("Two"), "its own fields kept: {body}");
+    let (asked, answered) = (
+        &rec["request"]["body"]["id"],
+        &rec["body"]["data"]["createPerson"]["id"],
+    );
+    assert!(asked.is_string() && answered.is_string() && asked != answered);
+    assert_eq!(
+        rec["body"]["data"]["createPerson"]["deletedAt"],
+        Value::Null
+    );
+    http.req(Method::DELETE, &format!("/rest/people/{probe}"), None)
+        .await;
+
+    // Contact A reaches Twenty, then is deleted: its person is in the trash.
+    let mut store = ready(&t).await;
+    store.write_batch(std::slice::from_ref(a)).await.expect("a");
+    let mut gone = a.clone();
+    gone.deleted_at = Some(now());
+    gone.version += 1;
+    store.write_batch(&[gone]).await.expect("a deleted");
+    let pa = store.person_id_for(&a.contact_id);
+    let before = anything_of(&t, &pa, &a.contact_id).await;
+    assert_eq!(before.len(), 2, "one person, found by id and contact id");
+    assert!(before[0]["deletedAt"].is_string(), "in the trash");
+
+    // Contact B, new, with A's primary email (a fresh store: nothing seen).
+    let mut b = b.clone();
+    b.emails[0].address = email.clone();
+    b.normalize();
+    let mut fresh = t.store();
+    let out = fresh
+        .write_batch(std::slice::from_ref(&b))
+        .await
+        .expect("write b");
+    match &out[0] {
+        WriteOutcome::Rejected { field, reason } => {
+            assert_eq!(field, "emails");
+            assert!(
+                reason.contains(&pa) && reason.contains(&a.contact_id) && reason.contains("trash"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    let after = list(&t, &format!("and(id[eq]:{pa},{ALL_ROWS})")).await;
+    assert_eq!(after.len(), 1);
+    assert!(after[0]["deletedAt"].is_string(), "still in the trash");
+    assert_eq!(after[0]["contactId"], json!(a.contact_id), "still A's");
+    assert_eq!(after[0]["name"], before[0]["name"], "not overwritten");
+    let pb = fresh.person_id_for(&b.contact_id);
+    assert!(
+        anything_of(&t, &pb, &b.contact_id).await.is_empty(),
+        "no person for B"
+    );
+
+    // A person made in Twenty for contact `own` (its id, another person id)
+    // and trashed: writing the contact restores that person.
+    let made = uuid::Uuid::new_v4().to_string();
+    let (s, body) = http
+        .req(
+            Method::POST,
+            "/rest/people",
+            Some(json!({"id": made, "contactId": own.contact_id,
+                        "emails": {"primaryEmail": own.primary_email().unwrap(), "additionalEmails": []}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    http.req(
+        Method::DELETE,
+        &format!("/rest/people/{made}?soft_delete=true"),
+        None,
+    )
+    .await;
+    let out = fresh
+        .write_batch(std::slice::from_ref(own))
+        .await
+        .expect("write own");
+    assert_eq!(
+        out[0],
+        WriteOutcome::Applied {
+            native_id: made.clone()
+        }
+    );
+    let people = anything_of(&t, &fresh.person_id_for(&own.contact_id), &own.contact_id).await;
+    assert!(!people.is_empty());
+    assert!(
+        people
+            .iter()
+            .all(|p| p["id"] == json!(made) && p["deletedAt"].is_null()),
+        "one person, restored: {people:?}"
+    );
+    for pid in [pa, made] {
+        http.req(Method::DELETE, &format!("/rest/people/{pid}"), None)
+            .await;
+    }
+}
