@@ -1037,14 +1037,11 @@ async fn a_conflict_settled_by_the_rules_is_listed_with_both_values_and_the_rule
     fake.stop().await;
 }
 
-/// Observation 8's second half: local.db's `version` column should follow
-/// canonical's after the settlement. It does not yet: when local.db's own
-/// edit wins, canonical's new version has local.db's content, so
-/// propagation sends it nothing (same content hash) and its row keeps the
-/// version the user's edit left. Fixing it needs capture to owe the store a
-/// write of the version (crates/engine/src/capture.rs or propagate.rs).
+/// Observation 8's second half: local.db's `version` column follows
+/// canonical's after the settlement. When local.db's own edit wins,
+/// canonical's new version has local.db's content: capture owes local.db a
+/// write of that version, though the content hash is the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap (issue 13, observation 8): a store whose content won keeps its own version column"]
 async fn after_a_settled_conflict_every_store_has_canonicals_version() {
     let (fake, dir, _pid, cid) = settled_conflict().await;
     let d = dir.path();

@@ -863,6 +863,13 @@ impl Engine {
             let current = canon.get(&it.contact_id);
             touched.insert(it.contact_id.clone());
             let agreed = current.filter(|c| content_hash(c) == hash && !it.writeback);
+            // Canonical took this store's content at a newer version (an
+            // edit that did not bump the version, or a conflict settled
+            // for this store's side): a versioned store is owed that
+            // version, or its row keeps an older one than every other
+            // store (issue 13, observation 8).
+            let version_owed = versioned
+                && agreed.is_some_and(|c| c.version > incoming.version && !c.is_deleted());
             let rec_owed = rec.as_ref().map(|r| (r.needs_write, r.writeback));
             let mut late = rec.map(|r| r.late).unwrap_or_default();
             if out_of_turn && logs_every_change && !late.contains(&hash) {
@@ -886,6 +893,7 @@ impl Engine {
                     // Still owed canonical's record (written right after an
                     // out-of-turn merge; kept until a write confirms).
                     needs_write: it.writeback
+                        || version_owed
                         || it.held.is_some()
                         || out_of_turn
                         || rec_owed.is_some_and(|(owed, _)| owed),

@@ -59,6 +59,8 @@ async fn edit_in_one_store_reaches_canonical_and_the_others() {
         w.crm.get("C002").unwrap().job_title.as_deref(),
         Some("Architect")
     );
+    // The store the edit came from is brought to canonical's version.
+    assert_eq!(w.local.get("C002").unwrap().version, 2);
     w.assert_converged();
     // The journal says who changed what, old → new.
     let j = e.state().journal_of("C002", 10).unwrap();

@@ -84,8 +84,10 @@ pub struct WriteRecord {
     pub version: i64,
     /// Content hash of the write (normalized).
     pub hash: String,
-    /// False when the store already held exactly this content for the
-    /// contact: the write was redundant.
+    /// False when the store already held exactly this record for the
+    /// contact (its content, and its version where the store keeps one):
+    /// the write was redundant. A write of the same content at a newer
+    /// version is not: it brings the store's version to canonical's.
     pub changed_content: bool,
     /// Whether the write was applied (false for `Stale` and `Rejected`).
     pub applied: bool,
@@ -270,7 +272,8 @@ impl State {
             return WriteOutcome::Changed;
         }
         if let Some(held) = old.as_ref().and_then(|n| self.records.get(n)) {
-            record.changed_content = content_hash(&normalized(held)) != hash;
+            record.changed_content = content_hash(&normalized(held)) != hash
+                || (self.options.keeps_version && held.version != w.version);
             if self.options.keeps_version && held.version > w.version {
                 let stored_version = held.version;
                 self.writes.push(record);
