@@ -123,6 +123,9 @@ pub fn bigquery_parts(
     if let Some(n) = b.sweep_every {
         cfg.sweep_every = (n > 0).then_some(n);
     }
+    if let Some(s) = b.sweep_interval_secs {
+        cfg.sweep_interval = (s > 0).then(|| std::time::Duration::from_secs(s));
+    }
     if let Some(i) = b.idle_check {
         cfg.idle_check = i;
     }

@@ -44,11 +44,18 @@ pub struct BigQueryStoreConfig {
     /// 10 s.
     pub overlap: Duration,
     /// Run the fingerprint sweep (edits without a newer `last_updated`,
-    /// back-dated and loaded rows, hard deletes) on the first caught-up
-    /// poll and then every this many caught-up polls; `None` turns it off
-    /// (only edits that bump `last_updated` are then seen). Default 3: at
-    /// the default 300 s interval nothing waits more than ~15 minutes.
+    /// back-dated and loaded rows, hard deletes) on the first poll after
+    /// `open` and then on every this many caught-up polls; `None` turns
+    /// the sweep off altogether (only edits that bump `last_updated` are
+    /// then seen). Default 3.
     pub sweep_every: Option<u32>,
+    /// The longest time between two sweeps whatever the load: a poll this
+    /// long after the last sweep sweeps first, whether or not the fast path
+    /// is caught up (a steady stream of bumped edits never lets it catch
+    /// up). The sweep runs at a poll, so an edit it finds waits at most
+    /// this plus one polling interval. `None`: only `sweep_every`. Default
+    /// 900 s (three cycles at the default 300 s interval).
+    pub sweep_interval: Option<Duration>,
     /// Skip the poll query when `tables.get` (free) shows the table
     /// unchanged since the last poll and a sweep ran since it last changed.
     /// Default on. (The local-bigquery emulator does not update
@@ -62,7 +69,8 @@ pub struct BigQueryStoreConfig {
 
 impl BigQueryStoreConfig {
     /// Defaults: name `canonical`, table `contacts`, journal
-    /// `contact_changes`, canonical column names, 10 s overlap.
+    /// `contact_changes`, canonical column names, 10 s overlap, a sweep
+    /// every 3 caught-up polls and at least every 900 s.
     pub fn new(dataset: impl Into<String>) -> Self {
         BigQueryStoreConfig {
             name: "canonical".into(),
@@ -72,6 +80,7 @@ impl BigQueryStoreConfig {
             columns: ColumnMap::default(),
             overlap: Duration::from_secs(10),
             sweep_every: Some(3),
+            sweep_interval: Some(Duration::from_secs(900)),
             idle_check: true,
             max_rows_per_request: 5_000,
         }
