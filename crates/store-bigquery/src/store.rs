@@ -104,6 +104,10 @@ pub struct BigQueryUsage {
     pub bytes_processed: u64,
     /// Sum of `totalBytesBilled` (on-demand pricing bills this).
     pub bytes_billed: u64,
+    /// Request bodies sent, answer bodies received (bytes on the wire,
+    /// headers aside).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
     /// Change capture's counters.
     pub capture: CaptureCounters,
 }
@@ -465,8 +469,18 @@ impl BigQueryStore {
             calls: s.calls,
             bytes_processed: s.bytes_processed,
             bytes_billed: s.bytes_billed,
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
             capture: self.counters,
         }
+    }
+
+    /// The server-side fingerprint of a row of the table aliased `alias`
+    /// (what the sweep and conditional writes compare). For benchmarks
+    /// that fill the fingerprint sidecar server-side.
+    #[doc(hidden)]
+    pub fn fingerprint_sql(&self, alias: &str) -> String {
+        self.layout.fingerprint(alias)
     }
 
     /// `project.dataset.table` of the contacts table.

@@ -1,6 +1,9 @@
-//! The idle check against a table whose `tables.get` answers what real
-//! BigQuery answers.
+//! What local-bigquery 0.4.0 does not do as BigQuery does, through a
+//! loopback recording proxy in front of it that answers as BigQuery
+//! documents: `tables.get` (the idle check), DML over rows in the
+//! streaming buffer (refused), and requests over 10 MB (refused).
 //!
+//! **The idle check.**
 //! local-bigquery 0.4.0 changes `lastModifiedTime` only on a metadata patch
 //! (probed: not on DML INSERT/UPDATE/DELETE/MERGE, `insertAll` or load
 //! jobs), counts row *versions* in `numRows` (an UPDATE adds one, a DELETE
@@ -29,6 +32,17 @@
 //! until it moves — the idle check rests on that field. What is not proven
 //! here: that BigQuery moves `lastModifiedTime` on every kind of write
 //! (documented above, not testable without BigQuery).
+//!
+//! **The streaming buffer.** BigQuery refuses an UPDATE, DELETE or MERGE
+//! that would touch rows still in the streaming buffer (rows written by
+//! `insertAll`, for up to ~90 minutes) with HTTP 400, reason
+//! `invalidQuery`, "… would affect rows in the streaming buffer, which is
+//! not supported"; the emulator applies it. The proxy refuses a MERGE
+//! carrying an id it is told is in the buffer, with that answer.
+//!
+//! **Requests over 10 MB.** BigQuery refuses an HTTP request larger than
+//! 10 MB ("Request payload size exceeds the limit: 10485760 bytes", HTTP
+//! 400); the emulator takes it. The proxy refuses such requests so.
 
 mod common;
 
@@ -42,7 +56,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use common::{python, TestDataset, PROJECT};
 use contact_sync_bigquery::{BigQueryClient, BigQueryStore};
-use contact_sync_connector::{Change, ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreInfo};
+use contact_sync_connector::{
+    Change, ChangeKind, ChangeSource, Checkpoint, RecordSink, StoreInfo, WriteOutcome,
+};
 use contact_sync_core::{content_hash, Contact};
 use contact_sync_engine::{Engine, EngineOptions};
 use contact_sync_sqlite::SqliteStore;
@@ -66,6 +82,12 @@ struct Proxy {
     served: Mutex<Vec<Served>>,
     /// Hold `lastModifiedTime` still (as the emulator does on DML).
     frozen: AtomicBool,
+    /// Ids "in the streaming buffer": a MERGE carrying one is refused.
+    streaming: Mutex<Vec<String>>,
+    /// MERGEs refused for the streaming buffer.
+    refused: Mutex<usize>,
+    /// The largest request body forwarded.
+    largest: Mutex<usize>,
 }
 
 impl Proxy {
@@ -153,6 +175,39 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
         .lock()
         .unwrap()
         .push((method.to_string(), path.clone()));
+    if body.len() > 10 * 1024 * 1024 {
+        return answer(
+            400,
+            serde_json::json!({"error": {"code": 400,
+                "message": "Request payload size exceeds the limit: 10485760 bytes.",
+                "errors": [{"reason": "badRequest", "message": "Request payload size exceeds the limit: 10485760 bytes."}]}}),
+        );
+    }
+    {
+        let mut l = p.largest.lock().unwrap();
+        *l = (*l).max(body.len());
+    }
+    if method == "POST" && path.ends_with("/queries") {
+        let req: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let sql = req["query"].as_str().unwrap_or_default();
+        let params = req["queryParameters"].to_string();
+        let hit = sql.trim_start().starts_with("MERGE")
+            && sql.contains(".contacts`")
+            && p.streaming
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|id| params.contains(&format!("\"{id}\"")));
+        if hit {
+            *p.refused.lock().unwrap() += 1;
+            let m = "UPDATE or DELETE statement over table test-project.d.contacts would affect rows in the streaming buffer, which is not supported";
+            return answer(
+                400,
+                serde_json::json!({"error": {"code": 400, "message": m,
+                    "errors": [{"reason": "invalidQuery", "message": m}]}}),
+            );
+        }
+    }
     let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).expect("method");
     let mut fwd = p
         .http
@@ -178,6 +233,14 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     r
 }
 
+fn answer(status: u16, v: Value) -> Response {
+    let mut r = Response::new(Body::from(v.to_string()));
+    *r.status_mut() = StatusCode::from_u16(status).expect("status");
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
 /// Starts the proxy on a free loopback port; returns its URL.
 async fn proxy(ds: &TestDataset) -> (String, Arc<Proxy>) {
     let p = Arc::new(Proxy {
@@ -188,6 +251,9 @@ async fn proxy(ds: &TestDataset) -> (String, Arc<Proxy>) {
         tables: Mutex::default(),
         served: Mutex::default(),
         frozen: AtomicBool::new(false),
+        streaming: Mutex::default(),
+        refused: Mutex::default(),
+        largest: Mutex::default(),
     });
     let app = axum::Router::new().fallback(handle).with_state(p.clone());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -390,5 +456,110 @@ async fn an_idle_engine_cycle_sends_no_query_job_to_bigquery() {
             "the edit never arrived"
         );
     }
+    ds.cleanup().await;
+}
+
+/// A MERGE over a row still in the streaming buffer is refused by
+/// BigQuery; the row is deferred (`Changed`: the engine tries again next
+/// cycle) and the rest of the batch applies.
+#[tokio::test]
+async fn rows_in_the_streaming_buffer_are_deferred_and_the_rest_applies() {
+    let ds = TestDataset::create("streambuf").await;
+    let (url, p) = proxy(&ds).await;
+    let cfg = ds.config();
+    BigQueryStore::migrate(&ds.client, &cfg)
+        .await
+        .expect("migrate");
+    let client = BigQueryClient::emulator(&url, PROJECT).expect("client");
+    let mut store = BigQueryStore::open(client, cfg).await.expect("open");
+    let ids = ["k1", "k2", "s1", "k3", "k4"];
+    let seeded: Vec<Contact> = ids
+        .iter()
+        .filter(|i| **i != "s1")
+        .map(|i| contact(i))
+        .collect();
+    store.write_batch(&seeded).await.expect("seed");
+    // A pipeline streams s1 (insertAll): it sits in the streaming buffer.
+    python(
+        &ds,
+        "errs = client.insert_rows_json(DS + '.contacts', [{'contact_id': 's1', 'canonical_name': 'Streamed', 'version': 1}])\nassert not errs, errs",
+    );
+    p.streaming.lock().unwrap().push("s1".into());
+    let writes: Vec<Contact> = ids
+        .iter()
+        .map(|id| {
+            let mut c = contact(id);
+            c.canonical_name = "Engine".into();
+            c.version = 2;
+            c.content_hash = Some(content_hash(&c));
+            c
+        })
+        .collect();
+    let out = store
+        .write_batch(&writes)
+        .await
+        .expect("not a failed batch");
+    for (id, o) in ids.iter().zip(&out) {
+        if *id == "s1" {
+            assert_eq!(*o, WriteOutcome::Changed, "s1 deferred");
+        } else {
+            assert!(matches!(o, WriteOutcome::Applied { .. }), "{id}: {o:?}");
+        }
+    }
+    assert!(*p.refused.lock().unwrap() >= 2, "halved until s1 was alone");
+    let names: HashMap<String, String> = store
+        .read(&ids.map(String::from))
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|c| (c.contact_id, c.canonical_name))
+        .collect();
+    for id in ids {
+        let want = if id == "s1" { "Streamed" } else { "Engine" };
+        assert_eq!(names[id], want, "{id}");
+    }
+    // Once the buffer is flushed the deferred write applies.
+    p.streaming.lock().unwrap().clear();
+    let again = store
+        .write_batch(std::slice::from_ref(&writes[2]))
+        .await
+        .expect("write");
+    assert!(
+        matches!(again[0], WriteOutcome::Applied { .. }),
+        "{again:?}"
+    );
+    ds.cleanup().await;
+}
+
+/// BigQuery refuses requests over 10 MB: a batch of large contacts (about
+/// 12 MB of rows) is split so that every request passes.
+#[tokio::test]
+async fn a_batch_over_10_mb_goes_in_requests_under_10_mb() {
+    let ds = TestDataset::create("tenmb").await;
+    let (url, p) = proxy(&ds).await;
+    let cfg = ds.config();
+    BigQueryStore::migrate(&ds.client, &cfg)
+        .await
+        .expect("migrate");
+    let client = BigQueryClient::emulator(&url, PROJECT).expect("client");
+    let mut store = BigQueryStore::open(client, cfg).await.expect("open");
+    let big = "x".repeat(6_000);
+    let writes: Vec<Contact> = (0..2_000)
+        .map(|i| {
+            let mut c = contact(&format!("b{i:04}"));
+            c.notes = Some(format!("{i} {big}"));
+            c.content_hash = Some(content_hash(&c));
+            c
+        })
+        .collect();
+    p.clear();
+    let out = store.write_batch(&writes).await.expect("write");
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, WriteOutcome::Applied { .. })));
+    let largest = *p.largest.lock().unwrap();
+    assert!(largest <= 10 * 1024 * 1024, "largest request {largest} B");
+    assert!(p.jobs() >= 2, "split: {} MERGE requests", p.jobs());
+    assert_eq!(store.count().await.expect("count"), 2_000);
     ds.cleanup().await;
 }
