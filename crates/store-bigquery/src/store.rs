@@ -58,9 +58,11 @@ pub struct BigQueryStoreConfig {
     pub sweep_interval: Option<Duration>,
     /// Skip the poll query when `tables.get` (free) shows the table
     /// unchanged since the last poll and a sweep ran since it last changed.
-    /// Default on. (The local-bigquery emulator does not update
-    /// `lastModifiedTime` on DML, nor `numRows` on DELETE: tests of DELETE
-    /// on it turn this off.)
+    /// Default on. It rests on `lastModifiedTime`, which BigQuery moves when
+    /// the table's data changes; the local-bigquery emulator does not (it
+    /// moves it only on a metadata patch), so tests of DELETE on the bare
+    /// emulator turn this off, and `tests/bigquery_behaviour.rs` proves it
+    /// through a proxy answering `tables.get` as BigQuery does.
     pub idle_check: bool,
     /// Most rows per MERGE request (requests are also split by bytes to
     /// stay under BigQuery's 10 MB limit). Default 5,000.
@@ -141,6 +143,11 @@ pub struct SetupReport {
     /// conditional write scan (and bill) the whole table; `None` when it is
     /// clustered by the contact id column (as `migrate` creates it).
     pub full_scan: Option<String>,
+    /// Contact ids held by more than one row (made by another writer; the
+    /// store writes none of them until the duplicates are removed): how
+    /// many, and up to 10 of them. `None` when not counted (the table is
+    /// missing, does not fit, or the count failed).
+    pub duplicate_ids: Option<(u64, Vec<String>)>,
 }
 
 /// The full-scan warning for a contacts table resource (`tables.get`):
@@ -341,6 +348,7 @@ impl BigQueryStore {
             rows: None,
             journal_table_exists: None,
             full_scan: None,
+            duplicate_ids: None,
         };
         if !report.dataset_exists {
             return Ok(report);
@@ -379,6 +387,9 @@ impl BigQueryStore {
                     .max(0) as u64),
                 Err(err) => Err(err.to_string()),
             });
+            if matches!(report.rows, Some(Ok(_))) {
+                report.duplicate_ids = Self::duplicate_ids(client, cfg).await.ok();
+            }
         }
         if let Some(j) = &cfg.journal_table {
             report.journal_table_exists = Some(
@@ -390,6 +401,39 @@ impl BigQueryStore {
             );
         }
         Ok(report)
+    }
+
+    /// Contact ids held by more than one row: how many, and the first 10.
+    async fn duplicate_ids(
+        client: &BigQueryClient,
+        cfg: &BigQueryStoreConfig,
+    ) -> Result<(u64, Vec<String>), BqError> {
+        let id = format!(
+            "CAST(t.`{}` AS STRING)",
+            sql_ident(cfg.columns.column("contact_id"))
+        );
+        let sql = format!(
+            "SELECT id, COUNT(*) OVER () AS ids FROM (SELECT {id} AS id FROM `{}.{}.{}` t \
+             GROUP BY 1 HAVING COUNT(*) > 1) ORDER BY id LIMIT 10",
+            sql_ident(client.project()),
+            sql_ident(&cfg.dataset),
+            sql_ident(&cfg.table)
+        );
+        let ctx = format!("looking for duplicate contact ids in {}", cfg.table);
+        let res = client.query(&sql, &[], &ctx).await?;
+        let total = res
+            .rows
+            .first()
+            .and_then(|r| r.get("ids"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            .max(0) as u64;
+        let ids = res
+            .rows
+            .iter()
+            .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        Ok((total, ids))
     }
 
     /// Opens the store on an existing table (see [`migrate`](Self::migrate)):
