@@ -456,6 +456,18 @@ async fn an_idle_engine_cycle_sends_no_query_job_to_bigquery() {
             "the edit never arrived"
         );
     }
+    // Journaled like any other edit: a new version whose change is the notes.
+    let j = e.state().journal_of("e1", 10).expect("journal");
+    let entry = j
+        .iter()
+        .find(|x| x.after.notes.as_deref() == Some("from an analyst"))
+        .unwrap_or_else(|| panic!("no journal entry for the analyst's edit: {j:?}"));
+    assert!(entry.version > entry.prev_version, "{entry:?}");
+    assert!(
+        entry.changes.iter().any(|c| c.field == "notes"),
+        "{:?}",
+        entry.changes
+    );
     ds.cleanup().await;
 }
 
