@@ -305,6 +305,22 @@ impl SafetyCheck for BigQueryCheck {
                         ),
                     ));
                 }
+                if let Some((n, ids)) = r.duplicate_ids.as_ref().filter(|d| d.0 > 0) {
+                    let id = self.cfg.columns.column("contact_id");
+                    out.push(Check::warn(
+                        format!("{name}: duplicate contact ids"),
+                        format!(
+                            "contact ids held by more than one row of {}: {n} ({}{}); contact-sync writes none of them (each write goes to dead letters) until the duplicates are removed",
+                            r.table,
+                            ids.join(", "),
+                            if *n as usize > ids.len() { ", …" } else { "" }
+                        ),
+                        format!(
+                            "keep one row per id, e.g. find them with SELECT `{id}`, COUNT(*) FROM `{t}` GROUP BY 1 HAVING COUNT(*) > 1, then DELETE the extra rows",
+                            t = r.table
+                        ),
+                    ));
+                }
                 if r.journal_table_exists == Some(false) {
                     out.push(Check::warn(
                         format!("{name}: journal table"),

@@ -385,6 +385,10 @@ pub struct BigQueryConfig {
     /// polls; `0` turns it off. Default 3.
     #[serde(default)]
     pub sweep_every: Option<u32>,
+    /// And at least every this many seconds, whether or not polling is
+    /// caught up (steady load); `0`: only `sweep_every`. Default 900.
+    #[serde(default)]
+    pub sweep_interval_secs: Option<u64>,
     /// Skip the poll query when the table's metadata (`tables.get`, free)
     /// shows no change since the last poll. Default true.
     #[serde(default)]

@@ -123,6 +123,9 @@ pub fn bigquery_parts(
     if let Some(n) = b.sweep_every {
         cfg.sweep_every = (n > 0).then_some(n);
     }
+    if let Some(s) = b.sweep_interval_secs {
+        cfg.sweep_interval = (s > 0).then(|| std::time::Duration::from_secs(s));
+    }
     if let Some(i) = b.idle_check {
         cfg.idle_check = i;
     }
@@ -331,4 +334,39 @@ async fn open_others_inner(
         out.gates.push(gate);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, StoreConfig};
+    use std::time::Duration;
+
+    fn bq_cfg(extra: &str) -> contact_sync_bigquery::BigQueryStoreConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            format!("[canonical]\nkind = \"bigquery\"\nproject = \"p\"\ndataset = \"d\"\nauth = \"none\"\n{extra}"),
+        )
+        .unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        let StoreConfig::Bigquery(b) = c.canonical() else {
+            panic!("bigquery canonical")
+        };
+        super::bigquery_parts("canonical", b).unwrap().1
+    }
+
+    #[test]
+    fn the_sweep_schedule_defaults_to_every_3_caught_up_polls_and_at_least_every_900_s() {
+        let c = bq_cfg("");
+        assert_eq!(c.sweep_every, Some(3));
+        assert_eq!(c.sweep_interval, Some(Duration::from_secs(900)));
+        let c = bq_cfg("sweep_every = 1\nsweep_interval_secs = 60\n");
+        assert_eq!(c.sweep_every, Some(1));
+        assert_eq!(c.sweep_interval, Some(Duration::from_secs(60)));
+        let c = bq_cfg("sweep_interval_secs = 0\n");
+        assert_eq!(c.sweep_interval, None, "0: only sweep_every");
+        let c = bq_cfg("sweep_every = 0\n");
+        assert_eq!(c.sweep_every, None, "0: no sweep at all");
+    }
 }

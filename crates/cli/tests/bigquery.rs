@@ -220,6 +220,18 @@ async fn check_finds_a_missing_table_a_misfit_table_and_reads_bigquerys_clock() 
         .create_table(&ds.dataset, "plain", &plain, "made elsewhere, unclustered")
         .await
         .unwrap();
+    // ... and holding two rows of one contact id.
+    ds.client
+        .query(
+            &format!(
+                "INSERT INTO {} (contact_id, canonical_name, version) VALUES ('dup-1', 'A', 1), ('dup-1', 'B', 1), ('solo', 'C', 1)",
+                ds.table_sql("plain")
+            ),
+            &[],
+            "another tool's INSERT",
+        )
+        .await
+        .unwrap();
     // `migrate` does not alter an existing table: it refuses, naming the column.
     let out = tokio::task::spawn_blocking({
         let d = d.clone();
@@ -270,6 +282,24 @@ async fn check_finds_a_missing_table_a_misfit_table_and_reads_bigquerys_clock() 
                 .unwrap()
                 .contains("CLUSTER BY `contact_id`"),
         "{t}"
+    );
+    // Duplicate ids are named (the store writes none of them).
+    let t = check_named(&r, "plain: duplicate contact ids");
+    assert_eq!(t["level"], "warn", "{t}");
+    let msg = t["message"].as_str().unwrap();
+    assert!(
+        msg.contains("more than one row of test-project.")
+            && msg.contains(": 1 (dup-1)")
+            && !msg.contains("solo"),
+        "{t}"
+    );
+    assert!(
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["name"] != "canonical: duplicate contact ids"),
+        "{r}"
     );
     let t = check_named(&r, "warehouse: table");
     assert_eq!(t["level"], "fail", "{t}");

@@ -14,9 +14,18 @@
 //!   the ids that differ travel. It finds what the fast path cannot:
 //!   UPDATEs that left `last_updated` alone, back-dated rows, rows written
 //!   by load jobs or `insertAll` without `last_updated`, and hard `DELETE`s
-//!   (delivered as [`ChangeKind::Delete`]). It runs when the fast path is
-//!   caught up, on the first poll after `open` and then every
-//!   `sweep_every` caught-up polls.
+//!   (delivered as [`ChangeKind::Delete`]). It runs on a schedule that
+//!   holds under load: on the first poll after `open`, whenever
+//!   `sweep_interval` has passed since the last sweep (before the fast
+//!   path, caught up or not), and on every `sweep_every`-th caught-up
+//!   poll. Rows the fast path is about to deliver (past the cursor, up to
+//!   the server's clock minus the overlap) and rows delivered but not yet
+//!   acknowledged are left out of its findings, so under load it does not
+//!   deliver them twice. While the ids it found are being delivered,
+//!   batches alternate with the fast path, so neither starves the other.
+//!   (Before, it ran only when the fast path was caught up, which a steady
+//!   stream of edits never allowed: unbumped edits and hard deletes waited
+//!   20 minutes in the soak benchmark, issue 15.)
 //! - **Idle polls cost nothing**: with `idle_check`, a poll first reads the
 //!   table's metadata (`tables.get`: free, no job); when it is unchanged
 //!   since the last poll and a sweep has run since it last changed, no
@@ -31,7 +40,8 @@
 //! (or an update of it) only makes the next sweep deliver those rows again
 //! (at-least-once; the engine's echo filter skips what it already has).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use contact_sync_connector::{
@@ -133,6 +143,11 @@ pub(crate) struct CaptureState {
     swept_sig: Option<String>,
     /// Caught-up polls since the last sweep; `None` before the first.
     polls_since_sweep: Option<u32>,
+    /// When the last sweep started; `None` before the first.
+    last_sweep: Option<std::time::Instant>,
+    /// While the sweep's ids are delivered: the next batch tries the fast
+    /// path first (batches alternate).
+    fast_turn: bool,
     /// Ids the last sweep found changed and not yet delivered, with the
     /// fingerprint it saw (`None`: the row is gone).
     queue: VecDeque<String>,
@@ -261,37 +276,81 @@ impl BigQueryStore {
     }
 
     /// The sweep: ids whose row fingerprint differs from the sidecar's
-    /// (changed, new, or gone). Fills the queue.
-    async fn sweep(&mut self) -> Result<(), StoreError> {
+    /// (changed, new, or gone). Fills the queue. Left out: rows the fast
+    /// path will deliver from `cur` (past the cursor and not after the
+    /// server's clock minus the overlap), and rows delivered as they are
+    /// now and not yet acknowledged.
+    async fn sweep(&mut self, cur: &Cursor) -> Result<(), StoreError> {
         self.flush_acked().await?;
+        let lu = self.layout.col("last_updated").quoted.clone();
+        let id = self.layout.id_text("t");
+        let mut params = vec![QueryParam::int64(
+            "overlap",
+            self.cfg.overlap.as_micros() as i64,
+        )];
+        let mut ahead = format!(
+            "t.{lu} IS NOT NULL AND t.{lu} <= TIMESTAMP_MICROS(UNIX_MICROS(CURRENT_TIMESTAMP()) - @overlap)"
+        );
+        if let Some(wm) = cur.wm {
+            let since = chrono::DateTime::from_timestamp_micros(wm).unwrap_or_default();
+            params.push(QueryParam::timestamp("wm", &since));
+            params.push(QueryParam::string("wid", cur.id.clone()));
+            ahead.push_str(&format!(
+                " AND (t.{lu} > @wm OR (t.{lu} = @wm AND {id} > @wid))"
+            ));
+        }
         let sql = format!(
-            "SELECT COALESCE(c.contact_id, s.contact_id) AS contact_id FROM \
-             (SELECT {} AS contact_id, {} AS fp FROM {} t) c \
+            "SELECT COALESCE(c.contact_id, s.contact_id) AS contact_id, c.fp AS fp FROM \
+             (SELECT {id} AS contact_id, {} AS fp, ({ahead}) AS ahead FROM {} t) c \
              FULL OUTER JOIN {} s ON c.contact_id = s.contact_id \
-             WHERE c.contact_id IS NULL OR s.contact_id IS NULL OR c.fp != s.fp \
+             WHERE (c.contact_id IS NULL OR s.contact_id IS NULL OR c.fp != s.fp) \
+             AND NOT COALESCE(c.ahead, FALSE) \
              ORDER BY 1",
-            self.layout.id_text("t"),
             self.layout.fingerprint("t"),
             self.table_sql,
             self.fp_table_sql(),
         );
         self.counters.sweeps += 1;
-        let res = self.query(&sql, &[], "fingerprint sweep").await?;
-        let mut last = None;
+        self.cap.last_sweep = Some(Instant::now());
+        let res = self.query(&sql, &params, "fingerprint sweep").await?;
+        let unacked: HashSet<(&str, Option<i64>)> = self
+            .cap
+            .pending
+            .iter()
+            .flat_map(|d| d.fps.iter().map(|(i, f)| (i.as_str(), *f)))
+            .collect();
+        let mut found = Vec::new();
+        let mut last: Option<String> = None;
         for r in &res.rows {
             let id = row_id(r);
             // Duplicate rows of one id come once.
-            if last.as_ref() != Some(&id) && !id.is_empty() {
-                self.cap.queue.push_back(id.clone());
-                self.counters.sweep_found += 1;
+            if id.is_empty() || last.as_ref() == Some(&id) {
+                continue;
             }
-            last = Some(id);
+            last = Some(id.clone());
+            let fp = r.get("fp").and_then(Value::as_i64);
+            if !unacked.contains(&(id.as_str(), fp)) {
+                found.push(id);
+            }
         }
+        self.counters.sweep_found += found.len() as u64;
+        self.cap.queue.extend(found);
         if !self.cap.queue.is_empty() {
             tracing::info!(store = %self.cfg.name, table = %self.full_name, rows = self.cap.queue.len(),
                 "bigquery: the sweep found rows changed without a newer last_updated (or gone)");
         }
         Ok(())
+    }
+
+    /// Whether `sweep_interval` has passed since the last sweep (or none
+    /// ran since `open`).
+    fn sweep_due_by_time(&self) -> bool {
+        self.cfg.sweep_every.is_some()
+            && match (self.cfg.sweep_interval, self.cap.last_sweep) {
+                (_, None) => true,
+                (Some(every), Some(at)) => at.elapsed() >= every,
+                (None, Some(_)) => false,
+            }
     }
 
     /// Up to `limit` ids from the sweep queue, read as they are now.
@@ -426,9 +485,10 @@ impl BigQueryStore {
 
 #[async_trait]
 impl ChangeSource for BigQueryStore {
-    /// See the module docs: the sweep queue first, then (unless the table
-    /// is idle) the fast path, then, when the fast path is caught up and a
-    /// sweep is due, the sweep. Each change is the row as it is now; rows
+    /// See the module docs: what a sweep found (alternating with the fast
+    /// path) first; then, unless the table is idle, a sweep when
+    /// `sweep_interval` has passed, the fast path, and a sweep on every
+    /// `sweep_every`-th caught-up poll. Each change is the row as it is now; rows
     /// that do not decode come as [`ChangeKind::Undecodable`] naming the
     /// contact and field; rows gone from the table as [`ChangeKind::Delete`].
     async fn read_changes(
@@ -445,14 +505,36 @@ impl ChangeSource for BigQueryStore {
             has_more: false,
         };
         if !self.cap.queue.is_empty() {
+            // Delivering what a sweep found: batches alternate with the
+            // fast path, so neither starves.
+            if std::mem::take(&mut self.cap.fast_turn) {
+                let (changes, next, _) = self.poll(&cur, limit).await?;
+                if !changes.is_empty() {
+                    return Ok(self.batch(&cur, next, changes, true));
+                }
+            }
             let changes = self.deliver_swept(limit).await?;
-            let more = !self.cap.queue.is_empty();
-            return Ok(self.batch(&cur, cur.clone(), changes, more));
+            self.cap.fast_turn = true;
+            return Ok(self.batch(&cur, cur.clone(), changes, true));
         }
         let sig = self.signature().await?;
         if sig.is_some() && sig == self.cap.last_sig && sig == self.cap.swept_sig {
             self.counters.idle_polls_skipped += 1;
             return Ok(unchanged(&cur));
+        }
+        // A sweep due by time runs whether or not the fast path is caught
+        // up (unless the table is unchanged since the last sweep).
+        let mut swept_now = false;
+        if self.sweep_due_by_time() && (sig.is_none() || sig != self.cap.swept_sig) {
+            self.sweep(&cur).await?;
+            swept_now = true;
+            self.cap.polls_since_sweep = Some(0);
+            self.cap.swept_sig = sig.clone();
+            if !self.cap.queue.is_empty() {
+                let changes = self.deliver_swept(limit).await?;
+                self.cap.fast_turn = true;
+                return Ok(self.batch(&cur, cur.clone(), changes, true));
+            }
         }
         let (changes, next, has_more) = self.poll(&cur, limit).await?;
         if !changes.is_empty() {
@@ -460,12 +542,13 @@ impl ChangeSource for BigQueryStore {
         }
         self.cap.last_sig = sig.clone();
         if let Some(every) = self.cfg.sweep_every {
-            let due = match self.cap.polls_since_sweep {
-                None => true,
-                Some(p) => p + 1 >= every.max(1),
-            };
+            let due = !swept_now
+                && match self.cap.polls_since_sweep {
+                    None => true,
+                    Some(p) => p + 1 >= every.max(1),
+                };
             if due {
-                self.sweep().await?;
+                self.sweep(&cur).await?;
                 self.cap.polls_since_sweep = Some(0);
                 self.cap.swept_sig = sig;
                 if !self.cap.queue.is_empty() {
@@ -473,7 +556,7 @@ impl ChangeSource for BigQueryStore {
                     let more = !self.cap.queue.is_empty();
                     return Ok(self.batch(&cur, cur.clone(), changes, more));
                 }
-            } else {
+            } else if !swept_now {
                 self.cap.polls_since_sweep = self.cap.polls_since_sweep.map(|p| p + 1);
             }
         } else {

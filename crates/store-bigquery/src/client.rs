@@ -81,6 +81,8 @@ pub struct ClientStats {
     retries: AtomicU64,
     bytes_processed: AtomicU64,
     bytes_billed: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
 }
 
 /// A snapshot of [`ClientStats`].
@@ -98,6 +100,10 @@ pub struct StatsSnapshot {
     /// Sum of the finished jobs' `totalBytesBilled` (what on-demand
     /// pricing charges: at least 10 MB per table referenced by a query).
     pub bytes_billed: u64,
+    /// Request bodies sent (JSON bytes, every attempt; headers not counted).
+    pub bytes_sent: u64,
+    /// Answer bodies received (JSON bytes; headers not counted).
+    pub bytes_received: u64,
 }
 
 impl ClientStats {
@@ -108,6 +114,8 @@ impl ClientStats {
             retries: self.retries.load(Ordering::Relaxed),
             bytes_processed: self.bytes_processed.load(Ordering::Relaxed),
             bytes_billed: self.bytes_billed.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
         }
     }
 }
@@ -515,7 +523,14 @@ impl BigQueryClient {
             req = req.query(query);
         }
         if let Some(b) = body {
-            req = req.json(b);
+            let bytes = serde_json::to_vec(b)
+                .map_err(|e| BqError::permanent(format!("{context}: encoding the request: {e}")))?;
+            self.stats
+                .bytes_sent
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes);
         }
         if let Some(tok) = self.auth.token(&self.http).await.map_err(|e| BqError {
             message: format!("{context}: {}", e.message),
@@ -533,6 +548,9 @@ impl BigQueryClient {
                 e.without_url()
             ))
         })?;
+        self.stats
+            .bytes_received
+            .fetch_add(text.len() as u64, Ordering::Relaxed);
         let parsed: Option<Value> = if text.trim().is_empty() {
             Some(Value::Object(Map::new()))
         } else {

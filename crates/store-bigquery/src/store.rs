@@ -44,16 +44,25 @@ pub struct BigQueryStoreConfig {
     /// 10 s.
     pub overlap: Duration,
     /// Run the fingerprint sweep (edits without a newer `last_updated`,
-    /// back-dated and loaded rows, hard deletes) on the first caught-up
-    /// poll and then every this many caught-up polls; `None` turns it off
-    /// (only edits that bump `last_updated` are then seen). Default 3: at
-    /// the default 300 s interval nothing waits more than ~15 minutes.
+    /// back-dated and loaded rows, hard deletes) on the first poll after
+    /// `open` and then on every this many caught-up polls; `None` turns
+    /// the sweep off altogether (only edits that bump `last_updated` are
+    /// then seen). Default 3.
     pub sweep_every: Option<u32>,
+    /// The longest time between two sweeps whatever the load: a poll this
+    /// long after the last sweep sweeps first, whether or not the fast path
+    /// is caught up (a steady stream of bumped edits never lets it catch
+    /// up). The sweep runs at a poll, so an edit it finds waits at most
+    /// this plus one polling interval. `None`: only `sweep_every`. Default
+    /// 900 s (three cycles at the default 300 s interval).
+    pub sweep_interval: Option<Duration>,
     /// Skip the poll query when `tables.get` (free) shows the table
     /// unchanged since the last poll and a sweep ran since it last changed.
-    /// Default on. (The local-bigquery emulator does not update
-    /// `lastModifiedTime` on DML, nor `numRows` on DELETE: tests of DELETE
-    /// on it turn this off.)
+    /// Default on. It rests on `lastModifiedTime`, which BigQuery moves when
+    /// the table's data changes; the local-bigquery emulator does not (it
+    /// moves it only on a metadata patch), so tests of DELETE on the bare
+    /// emulator turn this off, and `tests/bigquery_behaviour.rs` proves it
+    /// through a proxy answering `tables.get` as BigQuery does.
     pub idle_check: bool,
     /// Most rows per MERGE request (requests are also split by bytes to
     /// stay under BigQuery's 10 MB limit). Default 5,000.
@@ -62,7 +71,8 @@ pub struct BigQueryStoreConfig {
 
 impl BigQueryStoreConfig {
     /// Defaults: name `canonical`, table `contacts`, journal
-    /// `contact_changes`, canonical column names, 10 s overlap.
+    /// `contact_changes`, canonical column names, 10 s overlap, a sweep
+    /// every 3 caught-up polls and at least every 900 s.
     pub fn new(dataset: impl Into<String>) -> Self {
         BigQueryStoreConfig {
             name: "canonical".into(),
@@ -72,6 +82,7 @@ impl BigQueryStoreConfig {
             columns: ColumnMap::default(),
             overlap: Duration::from_secs(10),
             sweep_every: Some(3),
+            sweep_interval: Some(Duration::from_secs(900)),
             idle_check: true,
             max_rows_per_request: 5_000,
         }
@@ -95,6 +106,10 @@ pub struct BigQueryUsage {
     pub bytes_processed: u64,
     /// Sum of `totalBytesBilled` (on-demand pricing bills this).
     pub bytes_billed: u64,
+    /// Request bodies sent, answer bodies received (bytes on the wire,
+    /// headers aside).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
     /// Change capture's counters.
     pub capture: CaptureCounters,
 }
@@ -128,6 +143,11 @@ pub struct SetupReport {
     /// conditional write scan (and bill) the whole table; `None` when it is
     /// clustered by the contact id column (as `migrate` creates it).
     pub full_scan: Option<String>,
+    /// Contact ids held by more than one row (made by another writer; the
+    /// store writes none of them until the duplicates are removed): how
+    /// many, and up to 10 of them. `None` when not counted (the table is
+    /// missing, does not fit, or the count failed).
+    pub duplicate_ids: Option<(u64, Vec<String>)>,
 }
 
 /// The full-scan warning for a contacts table resource (`tables.get`):
@@ -328,6 +348,7 @@ impl BigQueryStore {
             rows: None,
             journal_table_exists: None,
             full_scan: None,
+            duplicate_ids: None,
         };
         if !report.dataset_exists {
             return Ok(report);
@@ -366,6 +387,9 @@ impl BigQueryStore {
                     .max(0) as u64),
                 Err(err) => Err(err.to_string()),
             });
+            if matches!(report.rows, Some(Ok(_))) {
+                report.duplicate_ids = Self::duplicate_ids(client, cfg).await.ok();
+            }
         }
         if let Some(j) = &cfg.journal_table {
             report.journal_table_exists = Some(
@@ -377,6 +401,39 @@ impl BigQueryStore {
             );
         }
         Ok(report)
+    }
+
+    /// Contact ids held by more than one row: how many, and the first 10.
+    async fn duplicate_ids(
+        client: &BigQueryClient,
+        cfg: &BigQueryStoreConfig,
+    ) -> Result<(u64, Vec<String>), BqError> {
+        let id = format!(
+            "CAST(t.`{}` AS STRING)",
+            sql_ident(cfg.columns.column("contact_id"))
+        );
+        let sql = format!(
+            "SELECT id, COUNT(*) OVER () AS ids FROM (SELECT {id} AS id FROM `{}.{}.{}` t \
+             GROUP BY 1 HAVING COUNT(*) > 1) ORDER BY id LIMIT 10",
+            sql_ident(client.project()),
+            sql_ident(&cfg.dataset),
+            sql_ident(&cfg.table)
+        );
+        let ctx = format!("looking for duplicate contact ids in {}", cfg.table);
+        let res = client.query(&sql, &[], &ctx).await?;
+        let total = res
+            .rows
+            .first()
+            .and_then(|r| r.get("ids"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            .max(0) as u64;
+        let ids = res
+            .rows
+            .iter()
+            .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        Ok((total, ids))
     }
 
     /// Opens the store on an existing table (see [`migrate`](Self::migrate)):
@@ -456,8 +513,18 @@ impl BigQueryStore {
             calls: s.calls,
             bytes_processed: s.bytes_processed,
             bytes_billed: s.bytes_billed,
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
             capture: self.counters,
         }
+    }
+
+    /// The server-side fingerprint of a row of the table aliased `alias`
+    /// (what the sweep and conditional writes compare). For benchmarks
+    /// that fill the fingerprint sidecar server-side.
+    #[doc(hidden)]
+    pub fn fingerprint_sql(&self, alias: &str) -> String {
+        self.layout.fingerprint(alias)
     }
 
     /// `project.dataset.table` of the contacts table.

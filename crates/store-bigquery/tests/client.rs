@@ -429,3 +429,29 @@ async fn clock_skew_compares_current_timestamp_with_the_middle_of_the_call() {
         .unwrap_err();
     assert!(e.message.contains("no timestamp"), "{}", e.message);
 }
+
+/// What `status`, `/metrics` and the cycle log report per cycle and day
+/// comes from these counters: each job's `totalBytesProcessed` and
+/// `totalBytesBilled` (strings in BigQuery's answers) summed, and the
+/// bytes of every request and answer body.
+#[tokio::test]
+async fn bytes_processed_billed_and_on_the_wire_are_counted_per_job() {
+    let mut a = done(json!([{"f": [{"v": "1"}, {"v": null}]}]), None);
+    a["totalBytesProcessed"] = json!("1000");
+    a["totalBytesBilled"] = json!("10485760");
+    let mut b = done(json!([]), None);
+    b["totalBytesProcessed"] = json!("2500");
+    b["totalBytesBilled"] = json!("10485760");
+    let answers = [a.to_string().len(), b.to_string().len()];
+    let (url, st) = fake(vec![(200, a), (200, b)]).await;
+    let c = client(&url, Arc::new(NoAuth));
+    c.query("SELECT 1", &[], "one").await.expect("one");
+    c.query("SELECT 2", &[], "two").await.expect("two");
+    let s = c.stats();
+    assert_eq!(s.jobs, 2);
+    assert_eq!(s.bytes_processed, 3_500);
+    assert_eq!(s.bytes_billed, 20_971_520);
+    let sent: usize = st.seen.lock().unwrap().iter().map(|x| x.body.len()).sum();
+    assert_eq!(s.bytes_sent, sent as u64);
+    assert_eq!(s.bytes_received, answers.iter().sum::<usize>() as u64);
+}

@@ -166,3 +166,76 @@ async fn bigquery_canonical_with_local_sqlite_two_way() {
     );
     ds.cleanup().await;
 }
+
+/// A user duplicates a contact's row in BigQuery (an INSERT through the
+/// official client); an edit of that contact made in the local store is
+/// not written over the two rows: it goes to dead letters naming the
+/// contact and `contact_id`, and the rows stay as the user left them.
+#[tokio::test]
+async fn an_edit_of_a_contact_with_duplicate_rows_goes_to_dead_letters() {
+    let ds = TestDataset::create("dupengine").await;
+    let mut other = ds.store().await;
+    let mut g = Generator::new(9);
+    let seed: Vec<Contact> = (0..3).map(|i| g.contact(i)).collect();
+    other.write_batch(&seed).await.expect("seed");
+    let id = Generator::contact_id(1);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local_path = dir.path().join("local.db");
+    let local = SqliteStore::open(&local_path, "local").expect("sqlite");
+    let canonical = BigQueryStore::open(ds.client.clone(), ds.config())
+        .await
+        .expect("open bigquery");
+    let mut e = Engine::new(
+        StateDb::open_in_memory().expect("state"),
+        Box::new(canonical),
+        vec![Box::new(local)],
+        EngineOptions::default(),
+    )
+    .expect("engine");
+    let mut progress = |_: &str, _: u64, _: u64| {};
+    e.initial_sync(&mut progress).await.expect("initial sync");
+    cycles(&mut e, 2).await;
+
+    common::python(
+        &ds,
+        &format!(
+            "run(f\"INSERT INTO {{T}} (contact_id, canonical_name, version) VALUES (@id, 'A copy', 1)\", id='{id}')"
+        ),
+    );
+    {
+        let conn = rusqlite::Connection::open(&local_path).expect("sqlite conn");
+        conn.execute(
+            "UPDATE contacts SET notes = 'edited locally' WHERE contact_id = ?1",
+            [&id],
+        )
+        .expect("local edit");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        e.cycle().await.expect("cycle");
+        let dead = e.state().dead_letters(100).expect("dead letters");
+        if let Some(d) = dead.iter().find(|d| d.record == id) {
+            assert_eq!(d.field, "contact_id", "{d:?}");
+            assert!(d.reason.contains("2 rows"), "{d:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead letter for {id}: {dead:?}"
+        );
+    }
+    let rows = e
+        .store_mut(CANONICAL)
+        .expect("canonical")
+        .read(std::slice::from_ref(&id))
+        .await
+        .expect("read");
+    assert_eq!(rows.len(), 2, "both rows kept: {rows:?}");
+    assert!(
+        rows.iter()
+            .all(|c| c.notes.as_deref() != Some("edited locally")),
+        "not rewritten: {rows:?}"
+    );
+    ds.cleanup().await;
+}

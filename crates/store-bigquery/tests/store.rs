@@ -194,6 +194,37 @@ async fn migrate_creates_the_designed_schema_and_is_idempotent() {
     for t in ["created_at", "last_updated", "deleted_at"] {
         assert_eq!(col(t).ty, "TIMESTAMP", "{t}");
     }
+    // Laid out so polls, reads by id and MERGEs prune: clustered by
+    // contact_id, partitioned by month of last_updated (the journal table
+    // by month of `at`; the fingerprint sidecar clustered by contact_id).
+    let layout = |t: &'static str| {
+        let c = ds.client.clone();
+        let d = ds.dataset.clone();
+        async move {
+            let r = c
+                .table_resource(&d, t)
+                .await
+                .expect("tables.get")
+                .unwrap_or_else(|| panic!("{t} exists"));
+            (
+                r["clustering"]["fields"].clone(),
+                r["timePartitioning"]["type"].clone(),
+                r["timePartitioning"]["field"].clone(),
+            )
+        }
+    };
+    assert_eq!(
+        layout("contacts").await,
+        (json!(["contact_id"]), json!("MONTH"), json!("last_updated"))
+    );
+    assert_eq!(
+        layout("contact_changes").await,
+        (json!(["contact_id"]), json!("MONTH"), json!("at"))
+    );
+    assert_eq!(
+        layout("contacts_sync_fingerprints").await.0,
+        json!(["contact_id"])
+    );
     // The store opens on what migrate made, and the data survives a re-migrate.
     let mut store = BigQueryStore::open(ds.client.clone(), cfg.clone())
         .await

@@ -368,3 +368,151 @@ async fn an_idle_table_costs_no_query() {
     assert_eq!(ids(&c), vec![("a2".to_string(), "upsert")]);
     ds.cleanup().await;
 }
+
+/// The soak benchmark's finding (issue 15): the sweep ran only when the
+/// fast path was caught up, which a steady stream of bumped edits never
+/// allowed, so unbumped edits and hard deletes waited 20 minutes. Here a
+/// pipeline bumps a row before every poll (every batch has changes: never
+/// caught up) while an analyst makes an unbumped UPDATE and a hard DELETE
+/// through the official client; both arrive within `sweep_interval` plus
+/// one polling round.
+#[tokio::test]
+async fn unbumped_edits_and_hard_deletes_arrive_within_the_sweep_interval_under_steady_load() {
+    let ds = TestDataset::create("starve").await;
+    let interval = std::time::Duration::from_secs(4);
+    let mut cfg = ds.config();
+    cfg.sweep_every = Some(3);
+    cfg.sweep_interval = Some(interval);
+    BigQueryStore::migrate(&ds.client, &cfg)
+        .await
+        .expect("migrate");
+    let mut store = BigQueryStore::open(ds.client.clone(), cfg.clone())
+        .await
+        .expect("open");
+    // The pipeline writes through a store of its own (no sweep).
+    let mut wcfg = cfg.clone();
+    wcfg.sweep_every = None;
+    let mut pipeline = BigQueryStore::open(ds.client.clone(), wcfg)
+        .await
+        .expect("open the pipeline's store");
+    let mut hot = contact("hot", "Busy", 1);
+    pipeline
+        .write_batch(&[
+            hot.clone(),
+            contact("u1", "Una", 1),
+            contact("d1", "Dan", 1),
+        ])
+        .await
+        .expect("seed");
+    let (_, mut cp) = drain(&mut store, None).await;
+
+    let start = std::time::Instant::now();
+    let deadline = interval + std::time::Duration::from_secs(90);
+    let mut edited_at: Option<std::time::Instant> = None;
+    let mut longest_round = std::time::Duration::ZERO;
+    let (mut got_update, mut got_delete) = (None, None);
+    let sweeps_before = store.usage().capture.sweeps;
+    let mut round = 0;
+    while got_update.is_none() || got_delete.is_none() {
+        assert!(
+            start.elapsed() < deadline,
+            "not arrived within {deadline:?}: update {got_update:?}, delete {got_delete:?}"
+        );
+        let t = std::time::Instant::now();
+        round += 1;
+        hot.version += 1;
+        hot.notes = Some(format!("bump {round}"));
+        hot.last_updated = Some(contact_sync_core::model::now());
+        pipeline
+            .write_batch(std::slice::from_ref(&hot))
+            .await
+            .expect("bump");
+        if round == 2 {
+            python(
+                &ds,
+                "run(f\"UPDATE {T} SET notes = 'unbumped' WHERE contact_id = @id\", id='u1')\n\
+                 run(f\"DELETE FROM {T} WHERE contact_id = @id\", id='d1')",
+            );
+            edited_at = Some(std::time::Instant::now());
+        }
+        let b = store.read_changes(Some(&cp), 100).await.expect("poll");
+        store.acknowledge(&b.checkpoint).await.expect("acknowledge");
+        assert!(!b.changes.is_empty(), "round {round}: never caught up");
+        for c in &b.changes {
+            match (&c.kind, c.native_id.as_str()) {
+                (ChangeKind::Upsert(x), "u1") if x.notes.as_deref() == Some("unbumped") => {
+                    got_update = edited_at.map(|e| e.elapsed())
+                }
+                (ChangeKind::Delete { .. }, "d1") => got_delete = edited_at.map(|e| e.elapsed()),
+                _ => {}
+            }
+        }
+        cp = b.checkpoint;
+        longest_round = longest_round.max(t.elapsed());
+    }
+    let bound = interval + 2 * longest_round;
+    let (u, d) = (got_update.unwrap(), got_delete.unwrap());
+    assert!(
+        u <= bound && d <= bound,
+        "update after {u:?}, delete after {d:?}; bound {bound:?}"
+    );
+    assert!(
+        store.usage().capture.sweeps > sweeps_before,
+        "a sweep ran under load"
+    );
+    ds.cleanup().await;
+}
+
+/// A bulk UPDATE gives every row it touches the same `last_updated`
+/// (`CURRENT_TIMESTAMP()` is the statement's time): 250 rows read in pages
+/// of 100, each once, with a checkpoint of fixed size (before: a `seen`
+/// set of every key at the watermark, re-sent on every idle poll).
+#[tokio::test]
+async fn a_bulk_update_giving_many_rows_one_timestamp_is_paged_with_a_bounded_checkpoint() {
+    let ds = TestDataset::create("bulk").await;
+    let mut store = ds.store().await;
+    let seed: Vec<Contact> = (0..250)
+        .map(|i| contact(&format!("b{i:03}"), "Bulk", 1))
+        .collect();
+    for chunk in seed.chunks(100) {
+        store.write_batch(chunk).await.expect("seed");
+    }
+    let (_, mut cp) = drain(&mut store, None).await;
+    python(
+        &ds,
+        "print(run(f\"UPDATE {T} SET job_title = 'bulk', version = version + 1, last_updated = CURRENT_TIMESTAMP() WHERE TRUE\"))",
+    );
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    let mut batches = 0;
+    loop {
+        let b = store.read_changes(Some(&cp), 100).await.expect("poll");
+        store.acknowledge(&b.checkpoint).await.expect("acknowledge");
+        assert!(
+            b.checkpoint.as_str().len() < 100,
+            "bounded checkpoint: {}",
+            b.checkpoint
+        );
+        assert!(b.changes.len() <= 100);
+        cp = b.checkpoint;
+        if b.changes.is_empty() {
+            break;
+        }
+        batches += 1;
+        assert!(batches < 10, "never caught up");
+        for c in b.changes {
+            match &c.kind {
+                ChangeKind::Upsert(x) => assert_eq!(x.job_title.as_deref(), Some("bulk")),
+                other => panic!("{other:?}"),
+            }
+            *seen.entry(c.native_id).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), 250, "every row");
+    assert!(seen.values().all(|n| *n == 1), "each once: {seen:?}");
+    assert!(batches >= 3, "in pages: {batches}");
+    // Caught up: polling again delivers nothing and keeps the checkpoint.
+    let b = store.read_changes(Some(&cp), 100).await.expect("poll");
+    assert!(b.changes.is_empty());
+    assert_eq!(b.checkpoint, cp);
+    ds.cleanup().await;
+}
