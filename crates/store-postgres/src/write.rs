@@ -74,7 +74,7 @@ impl PgStore {
             .map(|f| format!("{} text", qi(f)))
             .collect();
         let sql = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS contact_sync_staging (ord int4 NOT NULL, ins_only bool NOT NULL, {}) \
+            "CREATE TEMP TABLE IF NOT EXISTS contact_sync_staging (ord int4 NOT NULL, ins_only bool NOT NULL, new_id text, {}) \
              ON COMMIT DELETE ROWS",
             cols.join(", ")
         );
@@ -370,7 +370,7 @@ impl PgStore {
         let mut row_ids: HashMap<String, String> = HashMap::with_capacity(winner.len());
         if !winner.is_empty() {
             let copy_sql = format!(
-                "COPY {STAGING} (ord, ins_only, {}) FROM STDIN",
+                "COPY {STAGING} (ord, ins_only, new_id, {}) FROM STDIN",
                 ALL_FIELDS
                     .iter()
                     .map(|f| qi(f))
@@ -390,7 +390,9 @@ impl PgStore {
                 let only = ins_only.contains(c.contact_id.as_str());
                 any_insert |= only;
                 any_upsert |= !only;
-                copy_row(&mut buf, *ord, only, &codec::encode(c));
+                // Generated in the batch's order: v7 ids only grow.
+                let new_id = info.ordered_ids.then(|| uuid::Uuid::now_v7().to_string());
+                copy_row(&mut buf, *ord, only, new_id.as_deref(), &codec::encode(c));
                 if buf.len() >= 1 << 20 {
                     sink.as_mut().send(buf.split().freeze()).await?;
                 }
@@ -462,15 +464,18 @@ impl PgStore {
 }
 
 /// Appends one row in COPY text format (tab-separated, `\\N` for NULL,
-/// backslash escapes).
+/// backslash escapes): position, insert-only flag, the id for a new row
+/// (a uuid, no escaping needed), the values.
 pub(crate) fn copy_row(
     buf: &mut bytes::BytesMut,
     ord: usize,
     ins_only: bool,
+    new_id: Option<&str>,
     values: &[Option<String>],
 ) {
     buf.extend_from_slice(ord.to_string().as_bytes());
-    buf.extend_from_slice(if ins_only { b"\tt" } else { b"\tf" });
+    buf.extend_from_slice(if ins_only { b"\tt\t" } else { b"\tf\t" });
+    buf.extend_from_slice(new_id.map_or(b"\\N".as_slice(), str::as_bytes));
     for v in values {
         buf.extend_from_slice(b"\t");
         match v {

@@ -848,3 +848,118 @@ async fn paged_reads_from_the_read_ahead_deliver_every_change_once_in_order() {
     let again = s.read_changes(None, 7).await.unwrap();
     assert!(again.changes.is_empty());
 }
+
+/// The native ids of a batch's outcomes, in the batch's order.
+fn applied_ids(out: &[WriteOutcome]) -> Vec<String> {
+    out.iter()
+        .map(|o| match o {
+            WriteOutcome::Applied { native_id } => native_id.clone(),
+            other => panic!("expected applied, got {other:?}"),
+        })
+        .collect()
+}
+
+async fn index_names(url: &str) -> Vec<String> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    let task = tokio::spawn(conn);
+    let names = client
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'contacts' \
+             AND indexname LIKE 'contacts_primary_%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("indexes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(client);
+    let _ = task.await;
+    names
+}
+
+#[tokio::test]
+async fn rows_the_engine_inserts_get_ids_in_write_order_and_keep_them() {
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    let mut ids = Vec::new();
+    let mut contacts = Vec::new();
+    for b in 0..3 {
+        let batch: Vec<Contact> = (0..40)
+            // Contact ids in no particular order: the ids follow the writes.
+            .map(|i| Contact::new(format!("c-{:03}", ((b * 40 + i) * 37) % 120), "N"))
+            .collect();
+        ids.extend(applied_ids(&s.write_batch(&batch).await.expect("write")));
+        contacts.extend(batch);
+    }
+    assert_eq!(ids.len(), 120);
+    // Version 7 (time-ordered) uuids, each greater than the one before.
+    assert!(
+        ids.iter().all(|id| id.len() == 36 && &id[14..15] == "7"),
+        "{ids:?}"
+    );
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "not in write order: {ids:?}"
+    );
+    // An update keeps the row's id.
+    for c in &mut contacts {
+        c.version += 1;
+    }
+    let again = applied_ids(&s.write_batch(&contacts).await.expect("update"));
+    assert_eq!(again, ids);
+
+    // A user's table whose id has another default keeps its default.
+    let url2 = harness::shared().create_database().await;
+    other_app(
+        &url2,
+        "CREATE TABLE contacts (id uuid PRIMARY KEY DEFAULT '00000000-0000-4000-8000-00000000abcd', \
+         contact_id text UNIQUE)",
+    )
+    .await;
+    let mut s2 = new_store(&url2, CdcMode::Slot).await;
+    let out = s2
+        .write_batch(&[Contact::new("c-1", "N")])
+        .await
+        .expect("write");
+    assert_eq!(applied_ids(&out), ["00000000-0000-4000-8000-00000000abcd"]);
+    let _ = url;
+}
+
+#[tokio::test]
+async fn a_bulk_load_into_an_empty_table_builds_the_identity_indexes_at_its_end() {
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    let both = ["contacts_primary_emails", "contacts_primary_phones"];
+    assert_eq!(index_names(&url).await, both);
+    s.begin_bulk_load().await.expect("begin");
+    assert!(index_names(&url).await.is_empty(), "dropped for the load");
+    let c = hashed(full_contact("c-ada"));
+    s.write_batch(std::slice::from_ref(&c))
+        .await
+        .expect("write");
+    // Identity lookups still answer (by a scan) meanwhile.
+    let found = s
+        .find_by_identity(&["ADA@example.com".into()], &[])
+        .await
+        .expect("find");
+    assert_eq!(found.len(), 1);
+    s.end_bulk_load().await.expect("end");
+    assert_eq!(index_names(&url).await, both);
+    let found = s
+        .find_by_identity(&[], &["+442071234567".into()])
+        .await
+        .expect("find");
+    assert_eq!(found.len(), 1);
+
+    // Into a table that holds rows: nothing is dropped.
+    s.begin_bulk_load().await.expect("begin");
+    assert_eq!(index_names(&url).await, both);
+    s.end_bulk_load().await.expect("end");
+
+    // A load that never ended (a crash): the next set-up builds them.
+    let (mut s2, url2) = fresh(CdcMode::Slot).await;
+    s2.begin_bulk_load().await.expect("begin");
+    drop(s2);
+    assert!(index_names(&url2).await.is_empty());
+    let _s3 = new_store(&url2, CdcMode::Slot).await;
+    assert_eq!(index_names(&url2).await, both);
+}
