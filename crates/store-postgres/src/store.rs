@@ -184,6 +184,10 @@ pub struct PgStore {
     /// end: their `CREATE INDEX IF NOT EXISTS` statements (`migrate`
     /// creates them too, so a crash in between loses nothing).
     pub(crate) bulk_dropped: Vec<String>,
+    /// In a bulk load into an empty table: batches of inserts where no row
+    /// is are copied straight into the table (see `write_tx`); cleared at
+    /// its end or after a copy failed.
+    pub(crate) bulk_direct: bool,
 }
 
 impl Drop for PgStore {
@@ -233,6 +237,7 @@ impl PgStore {
             origin_checked: false,
             origin_none: false,
             bulk_dropped: Vec::new(),
+            bulk_direct: false,
             origin_warned: false,
         };
         if let Err(e) = store.detect_provenance().await {
@@ -1158,9 +1163,10 @@ pub(crate) fn outbox_lock_key(schema: &str, table: &str) -> i64 {
 impl RecordSink for PgStore {
     /// Into an empty table, the identity indexes (random keys: a page
     /// split per few rows, and with `full_page_writes` a page image in the
-    /// WAL) are dropped and built once at the end, from sorted input.
+    /// WAL) are dropped and built once at the end, from sorted input;
     /// `migrate` (every daemon start) builds them after a crash. Reads stay
-    /// correct meanwhile; identity lookups scan.
+    /// correct meanwhile; identity lookups scan. Batches of inserts where
+    /// no row is are copied straight into the table (see `write_tx`).
     async fn begin_bulk_load(&mut self) -> Result<(), StoreError> {
         let name = self.cfg.name.clone();
         let info = self.table_info().await?;
@@ -1176,6 +1182,7 @@ impl RecordSink for PgStore {
         if !empty {
             return Ok(());
         }
+        self.bulk_direct = true;
         for (col, idx, create) in indexes {
             if info.types.get(&col).map(String::as_str) != Some("jsonb") {
                 continue;
@@ -1199,6 +1206,7 @@ impl RecordSink for PgStore {
 
     async fn end_bulk_load(&mut self) -> Result<(), StoreError> {
         let name = self.cfg.name.clone();
+        self.bulk_direct = false;
         while let Some(create) = self.bulk_dropped.first().cloned() {
             self.client()
                 .await?

@@ -963,3 +963,53 @@ async fn a_bulk_load_into_an_empty_table_builds_the_identity_indexes_at_its_end(
     let _s3 = new_store(&url2, CdcMode::Slot).await;
     assert_eq!(index_names(&url2).await, both);
 }
+
+#[tokio::test]
+async fn a_bulk_load_copies_inserts_straight_into_the_table_and_falls_back_on_a_refusal() {
+    use contact_sync_connector::Expect;
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    other_app(
+        &url,
+        "ALTER TABLE contacts ADD CONSTRAINT not_bad CHECK (canonical_name <> 'Bad')",
+    )
+    .await;
+    s.begin_bulk_load().await.expect("begin");
+    // Straight into the table: every field as the staged upsert writes it.
+    let mut ada = hashed(full_contact("c-ada"));
+    let (out, _) = s
+        .write_batch_if(vec![ada.clone()], &[Expect::Absent])
+        .await
+        .expect("write");
+    assert!(matches!(&out[0], WriteOutcome::Applied { native_id } if &native_id[14..15] == "7"));
+    ada.normalize();
+    assert_eq!(
+        s.read(&["c-ada".to_string()]).await.unwrap(),
+        vec![ada.clone()]
+    );
+    assert_eq!(stored_hash(&url, "c-ada").await, ada.content_hash.clone());
+    // A value the table refuses fails the copy: the batch goes again
+    // through staging, record by record, and only that record is refused.
+    let batch = vec![
+        Contact::new("c-1", "One"),
+        Contact::new("c-2", "Bad"),
+        Contact::new("c-3", "Three"),
+    ];
+    let (out, _) = s
+        .write_batch_if(batch, &[Expect::Absent, Expect::Absent, Expect::Absent])
+        .await
+        .expect("write");
+    assert!(matches!(out[0], WriteOutcome::Applied { .. }), "{out:?}");
+    assert!(
+        matches!(&out[1], WriteOutcome::Rejected { reason, .. } if reason.contains("not_bad")),
+        "{out:?}"
+    );
+    assert!(matches!(out[2], WriteOutcome::Applied { .. }), "{out:?}");
+    // A row already there is not overwritten: the write is refused.
+    let (out, _) = s
+        .write_batch_if(vec![Contact::new("c-1", "Other")], &[Expect::Absent])
+        .await
+        .expect("write");
+    assert_eq!(out, vec![WriteOutcome::Changed]);
+    s.end_bulk_load().await.expect("end");
+    assert_eq!(s.count().await.unwrap(), 3);
+}
