@@ -970,7 +970,11 @@ async fn a_bulk_load_copies_inserts_straight_into_the_table_and_falls_back_on_a_
     let (mut s, url) = fresh(CdcMode::Slot).await;
     other_app(
         &url,
-        "ALTER TABLE contacts ADD CONSTRAINT not_bad CHECK (canonical_name <> 'Bad')",
+        "ALTER TABLE contacts ADD CONSTRAINT not_bad CHECK (canonical_name <> 'Bad'); \
+         CREATE TABLE seen (q text); \
+         CREATE FUNCTION note_query() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           INSERT INTO seen VALUES (current_query()); RETURN NULL; END $$; \
+         CREATE TRIGGER note AFTER INSERT ON contacts FOR EACH STATEMENT EXECUTE FUNCTION note_query();",
     )
     .await;
     s.begin_bulk_load().await.expect("begin");
@@ -982,6 +986,21 @@ async fn a_bulk_load_copies_inserts_straight_into_the_table_and_falls_back_on_a_
         .expect("write");
     assert!(matches!(&out[0], WriteOutcome::Applied { native_id } if &native_id[14..15] == "7"));
     ada.normalize();
+    let (client, conn) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+    let task = tokio::spawn(conn);
+    let seen: Vec<String> = client
+        .query("SELECT q FROM seen", &[])
+        .await
+        .expect("seen")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(client);
+    let _ = task.await;
+    assert!(
+        seen.len() == 1 && seen[0].starts_with("COPY \"public\".\"contacts\""),
+        "written by {seen:?}"
+    );
     assert_eq!(
         s.read(&["c-ada".to_string()]).await.unwrap(),
         vec![ada.clone()]
@@ -1012,4 +1031,34 @@ async fn a_bulk_load_copies_inserts_straight_into_the_table_and_falls_back_on_a_
     assert_eq!(out, vec![WriteOutcome::Changed]);
     s.end_bulk_load().await.expect("end");
     assert_eq!(s.count().await.unwrap(), 3);
+
+    // A row someone inserts while the batch is written (here: a trigger,
+    // inside the batch's own COPY) fails the copy with a unique violation:
+    // the batch goes again through staging, and that write is refused as
+    // `Changed` (someone else's row, never overwritten), the others applied.
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    s.begin_bulk_load().await.expect("begin");
+    other_app(
+        &url,
+        "CREATE FUNCTION meddle() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.contact_id = 'c-4' THEN \
+             INSERT INTO contacts (contact_id, canonical_name) VALUES ('c-5', 'Theirs') \
+             ON CONFLICT DO NOTHING; \
+           END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER meddle BEFORE INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION meddle();",
+    )
+    .await;
+    let (out, _) = s
+        .write_batch_if(
+            vec![Contact::new("c-4", "Four"), Contact::new("c-5", "Five")],
+            &[Expect::Absent, Expect::Absent],
+        )
+        .await
+        .expect("write");
+    assert!(matches!(out[0], WriteOutcome::Applied { .. }), "{out:?}");
+    assert_eq!(out[1], WriteOutcome::Changed, "{out:?}");
+    let five = s.read(&["c-5".to_string()]).await.unwrap();
+    assert_eq!(five[0].canonical_name, "Theirs");
+    s.end_bulk_load().await.expect("end");
+    assert_eq!(s.count().await.unwrap(), 2);
 }
