@@ -6,13 +6,21 @@
 #
 #   scripts/bench/dlt-compare.sh                     # 100k, 3 runs, dlt default + fastest
 #   scripts/bench/dlt-compare.sh --contacts 100000,1000000 --runs 3 --dlt default
+#   scripts/bench/dlt-compare.sh --dlt none --cs before=/tmp/cs-old,after=target/release/contact-sync
+#                                                    # contact-sync binaries side by side, no dlt
 #
 # For each size: the canonical SQLite is seeded once (`contact-sync seed`);
 # each run loads it into a fresh database with each tool, the order
 # alternating between runs (odd runs contact-sync first). Measured per load:
-# wall clock, client CPU (user+sys of the loading process and its children)
-# and peak RSS (/usr/bin/time), server CPU (all PostgreSQL processes, the
-# exited backends counted through the postmaster's children times).
+# wall clock, client CPU (user+sys of the loading process and its children),
+# peak RSS and bytes the client wrote to disk (/usr/bin/time: file system
+# outputs x 512; for contact-sync the state database and its WAL), server
+# CPU (all PostgreSQL processes, the exited backends counted through the
+# postmaster's children times), WAL the server generated, and the idle share
+# of the machine's cores during the load (1 - CPU / (cores x wall)).
+#
+# --cs label=path,... compares several contact-sync binaries (default: the
+# release build of this tree, labelled contact-sync); --dlt none leaves dlt out.
 #
 # contact-sync: `contact-sync run --initial-sync --once` (canonical SQLite
 # -> the Postgres store; sets up the table, slot and triggers, copies and
@@ -30,31 +38,47 @@ repo=$PWD
 sizes="100000"
 runs=3
 dlt_modes="default,fastest"
+cs_bins=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --contacts) sizes="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --dlt) dlt_modes="$2"; shift 2 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --cs) cs_bins="$2"; shift 2 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 (( runs >= 1 )) || { echo "--runs must be at least 1" >&2; exit 2; }
 
+[[ "$dlt_modes" == none ]] && dlt_modes=""
 cache="${CONTACT_SYNC_CACHE:-$repo/.ci-cache}"
 mkdir -p "$cache"
 dlt_version="${DLT_VERSION:-1.31.0}"
 venv="$cache/dlt-venv-$dlt_version"
-if ! "$venv/bin/python" -c 'import dlt, pyarrow, sqlalchemy, psycopg2' >/dev/null 2>&1; then
+if [[ -n "$dlt_modes" ]] && ! "$venv/bin/python" -c 'import dlt, pyarrow, sqlalchemy, psycopg2' >/dev/null 2>&1; then
   echo "== installing dlt $dlt_version into $venv (PyPI)" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip >&2
   "$venv/bin/pip" install -q "dlt[postgres,sql_database]==$dlt_version" pyarrow sqlalchemy >&2
 fi
 
-echo "== building contact-sync (release)" >&2
-cargo build -q --release -p contact-sync >&2
-cs="$repo/target/release/contact-sync"
+declare -A cs_bin
+cs_labels=()
+if [[ -z "$cs_bins" ]]; then
+  echo "== building contact-sync (release)" >&2
+  cargo build -q --release -p contact-sync >&2
+  cs_bins="cs=$repo/target/release/contact-sync"
+fi
+for kv in ${cs_bins//,/ }; do
+  label="${kv%%=*}"; path="${kv#*=}"
+  [[ "$label" == contact-sync ]] && label=cs
+  [[ "$path" == /* ]] || path="$repo/$path"
+  [[ -x "$path" ]] || { echo "no contact-sync binary at $path" >&2; exit 1; }
+  [[ "$label" =~ ^[a-z0-9_]+$ ]] || { echo "label $label: use [a-z0-9_]" >&2; exit 2; }
+  cs_bin[$label]="$path"; cs_labels+=("$label")
+done
+cs="${cs_bin[${cs_labels[0]}]}"
 
 # ---- a private PostgreSQL with default durability ----
 find_bindir() {
@@ -110,16 +134,18 @@ print(total / tck)
 PY
 }
 
-# Runs a load; prints "wall client_cpu server_cpu peak_rss_kb".
+wal_lsn() { psql_ -At -c "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"; }
+
+# Runs a load; prints "wall client_cpu server_cpu peak_rss_kb client_written_mb wal_mb idle_pct".
 measure() {
-  local s0 s1 out
-  s0="$(server_cpu)"
+  local s0 s1 w0 w1 out
+  s0="$(server_cpu)"; w0="$(wal_lsn)"
   out="$work/time.$$"
-  /usr/bin/time -o "$out" -f "%e %U %S %M" "$@" >"$work/last.log" 2>&1 || {
+  /usr/bin/time -o "$out" -f "%e %U %S %M %O" "$@" >"$work/last.log" 2>&1 || {
     echo "load failed: $*" >&2; tail -n 20 "$work/last.log" >&2; exit 1; }
-  s1="$(server_cpu)"
-  read -r wall user sys rss <"$out"
-  python3 -c "print($wall, round($user+$sys, 2), round($s1-$s0, 2), $rss)"
+  s1="$(server_cpu)"; w1="$(wal_lsn)"
+  read -r wall user sys rss blocks <"$out"
+  python3 -c "c=$user+$sys; s=$s1-$s0; print($wall, round(c, 2), round(s, 2), $rss, round($blocks*512/1e6, 1), round(($w1-$w0)/1e6, 1), round(max(0, 100*(1-(c+s)/($(nproc)*max($wall, 0.01)))), 1))"
 }
 
 results="$work/results.tsv"
@@ -133,7 +159,7 @@ for n in ${sizes//,/ }; do
   canonical="$seed/contact-sync-data/canonical.db"
   [[ -f "$canonical" ]] || { echo "seeding left no $canonical" >&2; exit 1; }
   for ((r = 1; r <= runs; r++)); do
-    tools=(cs)
+    tools=("${cs_labels[@]/#/cs-}")
     for m in ${dlt_modes//,/ }; do tools+=("dlt-$m"); done
     if (( r % 2 == 0 )); then
       rev=(); for ((i = ${#tools[@]} - 1; i >= 0; i--)); do rev+=("${tools[i]}"); done; tools=("${rev[@]}")
@@ -142,11 +168,13 @@ for n in ${sizes//,/ }; do
       db="b_${t//-/_}_${n}_$r"
       psql_ -c "CREATE DATABASE $db"
       case "$t" in
-        cs)
-          d="$work/cs-$n-$r"; mkdir -p "$d/contact-sync-data"
+        cs-*)
+          bin="${cs_bin[${t#cs-}]}"
+          d="$work/$t-$n-$r"; mkdir -p "$d/contact-sync-data"
           cp "$canonical" "$d/contact-sync-data/canonical.db"
           printf '[stores.supabase]\nkind = "postgres"\nurl = { env = "CMP_PG_URL" }\nslot_name = "%s"\n' "$db" >"$d/contact-sync.toml"
-          m="$(cd "$d" && CMP_PG_URL="$base/$db" measure "$cs" --config contact-sync.toml run --initial-sync --once)"
+          m="$(cd "$d" && CMP_PG_URL="$base/$db" measure "$bin" --config contact-sync.toml run --initial-sync --once)"
+          ls -l "$d/contact-sync-data" >&2
           rows="$(psql_ -At -d "$base/$db" -c "SELECT count(*) FROM contacts")"
           psql_ -c "SELECT pg_drop_replication_slot('$db')" >/dev/null
           rm -rf "$d" ;;
@@ -161,32 +189,40 @@ for n in ${sizes//,/ }; do
       [[ "$rows" == "$n" ]] || { echo "$t run $r loaded $rows rows, expected $n" >&2; exit 1; }
       psql_ -c "DROP DATABASE $db"
       echo "$n	$t	$r	$m" | tr ' ' '\t' >>"$results"
-      echo "   $n $t run $r: $m (wall s, client CPU s, server CPU s, peak RSS KiB)" >&2
+      echo "   $n $t run $r: $m (wall s, client CPU s, server CPU s, peak RSS KiB, client wrote MB, WAL MB, idle %)" >&2
     done
   done
 done
 
-python3 - "$results" "$settings" "$(nproc)" "$(uptime)" <<'PY'
+python3 - "$results" "$settings" "$(nproc)" "$(uptime)" "cs-${cs_labels[0]}" <<'PY'
 import sys, statistics as st
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+first = sys.argv[5]
 print(f"PostgreSQL: {sys.argv[2]}")
 print(f"machine: {sys.argv[3]} cores; at the end: {sys.argv[4].strip()}")
 print()
-print("| contacts | tool | runs | wall s (min–max) | client CPU s | server CPU s | peak RSS MB | wall ÷ contact-sync |")
-print("|---|---|---|---|---|---|---|---|")
+print("| contacts | tool | runs | wall s (min–max) | client CPU s | server CPU s | peak RSS MB | client wrote MB | WAL MB | idle % | wall ÷ first |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 by = {}
-for n, t, r, wall, cpu, scpu, rss in rows:
-    by.setdefault((int(n), t), []).append((float(wall), float(cpu), float(scpu), int(rss) / 1024))
+for n, t, r, *m in rows:
+    by.setdefault((int(n), t), []).append([float(x) for x in m])
+def name(t):
+    if t == "cs-cs":
+        return "contact-sync"
+    if t.startswith("cs-"):
+        return "contact-sync " + t[3:]
+    return t.replace("dlt-", "dlt ")
+def cell(v, i, f="{:.1f}", scale=1.0):
+    xs = [x[i] * scale for x in v]
+    return f"{f.format(st.median(xs))} ({f.format(min(xs))}–{f.format(max(xs))})"
 for n in sorted({k[0] for k in by}):
-    base = st.median(x[0] for x in by.get((n, "cs"), [(float("nan"),)] ))
-    for (m, t), v in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1] != "cs", kv[0][1])):
-        if m != n:
-            continue
-        w = [x[0] for x in v]; c = [x[1] for x in v]; s = [x[2] for x in v]; r = [x[3] for x in v]
-        name = "contact-sync" if t == "cs" else t.replace("dlt-", "dlt ")
-        print(f"| {n:,} | {name} | {len(v)} | {st.median(w):.1f} ({min(w):.1f}–{max(w):.1f}) | "
-              f"{st.median(c):.1f} ({min(c):.1f}–{max(c):.1f}) | {st.median(s):.1f} ({min(s):.1f}–{max(s):.1f}) | "
-              f"{st.median(r):.0f} ({min(r):.0f}–{max(r):.0f}) | {st.median(w)/base:.2f}× |")
+    base = st.median(x[0] for x in by.get((n, first), [[float("nan")]]))
+    tools = [t for (m, t) in by if m == n]
+    for t in sorted(tools, key=lambda t: (not t.startswith("cs-"), t)):
+        v = by[(n, t)]
+        print(f"| {n:,} | {name(t)} | {len(v)} | {cell(v, 0)} | {cell(v, 1)} | {cell(v, 2)} | "
+              f"{cell(v, 3, '{:.0f}', 1/1024)} | {cell(v, 4, '{:.0f}')} | {cell(v, 5, '{:.0f}')} | {cell(v, 6, '{:.0f}')} | "
+              f"{st.median(x[0] for x in v)/base:.2f}× |")
 print()
 print("medians (min–max); contact-sync includes the verification of every page; dlt verifies nothing.")
 PY

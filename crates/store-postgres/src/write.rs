@@ -74,7 +74,7 @@ impl PgStore {
             .map(|f| format!("{} text", qi(f)))
             .collect();
         let sql = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS contact_sync_staging (ord int4 NOT NULL, ins_only bool NOT NULL, {}) \
+            "CREATE TEMP TABLE IF NOT EXISTS contact_sync_staging (ord int4 NOT NULL, ins_only bool NOT NULL, new_id text, {}) \
              ON COMMIT DELETE ROWS",
             cols.join(", ")
         );
@@ -302,6 +302,15 @@ impl PgStore {
         };
         let store = self.cfg.name.clone();
         let id_is_uuid = info.types.get(self.cfg.column("id")).map(String::as_str) == Some("uuid");
+        let bulk_direct = self.bulk_direct && info.ordered_ids;
+        let direct_sql = format!(
+            "COPY {qtable} ({idc}, {}) FROM STDIN",
+            ALL_FIELDS
+                .iter()
+                .map(|f| self.col(f))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let Some(client) = self.client.as_mut() else {
             unreachable!("write_tx runs after client()")
         };
@@ -399,9 +408,48 @@ impl PgStore {
             }
         }
         let mut row_ids: HashMap<String, String> = HashMap::with_capacity(winner.len());
-        if !winner.is_empty() {
+        // A bulk load into what was an empty table, every write an insert
+        // where no row is: COPY straight into the table (no staging, no
+        // ON CONFLICT), the ids being ours. A row someone inserted since the
+        // lock fails the COPY (unique violation): the batch is then written
+        // again through staging, record by record (`write_all`), and that
+        // row is `Changed`.
+        let direct = bulk_direct
+            && claim_cids.is_empty()
+            && !winner.is_empty()
+            && winner.keys().all(|c| ins_only.contains(c));
+        if direct {
+            let sink = tx.copy_in::<_, bytes::Bytes>(&direct_sql).await;
+            let sent = async {
+                let sink = sink?;
+                futures_util::pin_mut!(sink);
+                let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+                for (pos, (_, c, _)) in writes.iter().enumerate() {
+                    if winner.get(c.contact_id.as_str()).map(|w| w.0) != Some(pos) {
+                        continue;
+                    }
+                    let id = uuid::Uuid::now_v7().to_string();
+                    buf.extend_from_slice(id.as_bytes());
+                    push_fields(&mut buf, &codec::encode(c));
+                    buf.extend_from_slice(b"\n");
+                    row_ids.insert(c.contact_id.clone(), id);
+                    if buf.len() >= 1 << 20 {
+                        sink.as_mut().send(buf.split().freeze()).await?;
+                    }
+                }
+                if !buf.is_empty() {
+                    sink.as_mut().send(buf.split().freeze()).await?;
+                }
+                sink.as_mut().finish().await
+            }
+            .await;
+            if let Err(e) = sent {
+                self.bulk_direct = false;
+                return Err(e);
+            }
+        } else if !winner.is_empty() {
             let copy_sql = format!(
-                "COPY {STAGING} (ord, ins_only, {}) FROM STDIN",
+                "COPY {STAGING} (ord, ins_only, new_id, {}) FROM STDIN",
                 ALL_FIELDS
                     .iter()
                     .map(|f| qi(f))
@@ -421,7 +469,9 @@ impl PgStore {
                 let only = ins_only.contains(c.contact_id.as_str());
                 any_insert |= only;
                 any_upsert |= !only;
-                copy_row(&mut buf, *ord, only, &codec::encode(c));
+                // Generated in the batch's order: v7 ids only grow.
+                let new_id = info.ordered_ids.then(|| uuid::Uuid::now_v7().to_string());
+                copy_row(&mut buf, *ord, only, new_id.as_deref(), &codec::encode(c));
                 if buf.len() >= 1 << 20 {
                     sink.as_mut().send(buf.split().freeze()).await?;
                 }
@@ -493,15 +543,25 @@ impl PgStore {
 }
 
 /// Appends one row in COPY text format (tab-separated, `\\N` for NULL,
-/// backslash escapes).
+/// backslash escapes): position, insert-only flag, the id for a new row
+/// (a uuid, no escaping needed), the values.
 pub(crate) fn copy_row(
     buf: &mut bytes::BytesMut,
     ord: usize,
     ins_only: bool,
+    new_id: Option<&str>,
     values: &[Option<String>],
 ) {
     buf.extend_from_slice(ord.to_string().as_bytes());
-    buf.extend_from_slice(if ins_only { b"\tt" } else { b"\tf" });
+    buf.extend_from_slice(if ins_only { b"\tt\t" } else { b"\tf\t" });
+    buf.extend_from_slice(new_id.map_or(b"\\N".as_slice(), str::as_bytes));
+    push_fields(buf, values);
+    buf.extend_from_slice(b"\n");
+}
+
+/// Appends `values` in COPY text format, each after a tab (`\\N` for NULL,
+/// backslash escapes).
+fn push_fields(buf: &mut bytes::BytesMut, values: &[Option<String>]) {
     for v in values {
         buf.extend_from_slice(b"\t");
         match v {
@@ -525,7 +585,6 @@ pub(crate) fn copy_row(
             }
         }
     }
-    buf.extend_from_slice(b"\n");
 }
 
 #[cfg(test)]

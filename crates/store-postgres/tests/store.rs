@@ -916,4 +916,217 @@ async fn a_trigger_refusing_some_records_rejects_them_and_one_refusing_all_fails
         err.to_string().contains("writes are frozen") && err.to_string().contains("(record c4)"),
         "{err}"
     );
+
+/// The native ids of a batch's outcomes, in the batch's order.
+fn applied_ids(out: &[WriteOutcome]) -> Vec<String> {
+    out.iter()
+        .map(|o| match o {
+            WriteOutcome::Applied { native_id } => native_id.clone(),
+            other => panic!("expected applied, got {other:?}"),
+        })
+        .collect()
+}
+
+async fn index_names(url: &str) -> Vec<String> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    let task = tokio::spawn(conn);
+    let names = client
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'contacts' \
+             AND indexname LIKE 'contacts_primary_%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("indexes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(client);
+    let _ = task.await;
+    names
+}
+
+#[tokio::test]
+async fn rows_the_engine_inserts_get_ids_in_write_order_and_keep_them() {
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    let mut ids = Vec::new();
+    let mut contacts = Vec::new();
+    for b in 0..3 {
+        let batch: Vec<Contact> = (0..40)
+            // Contact ids in no particular order: the ids follow the writes.
+            .map(|i| Contact::new(format!("c-{:03}", ((b * 40 + i) * 37) % 120), "N"))
+            .collect();
+        ids.extend(applied_ids(&s.write_batch(&batch).await.expect("write")));
+        contacts.extend(batch);
+    }
+    assert_eq!(ids.len(), 120);
+    // Version 7 (time-ordered) uuids, each greater than the one before.
+    assert!(
+        ids.iter().all(|id| id.len() == 36 && &id[14..15] == "7"),
+        "{ids:?}"
+    );
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "not in write order: {ids:?}"
+    );
+    // An update keeps the row's id.
+    for c in &mut contacts {
+        c.version += 1;
+    }
+    let again = applied_ids(&s.write_batch(&contacts).await.expect("update"));
+    assert_eq!(again, ids);
+
+    // A user's table whose id has another default keeps its default.
+    let url2 = harness::shared().create_database().await;
+    other_app(
+        &url2,
+        "CREATE TABLE contacts (id uuid PRIMARY KEY DEFAULT '00000000-0000-4000-8000-00000000abcd', \
+         contact_id text UNIQUE)",
+    )
+    .await;
+    let mut s2 = new_store(&url2, CdcMode::Slot).await;
+    let out = s2
+        .write_batch(&[Contact::new("c-1", "N")])
+        .await
+        .expect("write");
+    assert_eq!(applied_ids(&out), ["00000000-0000-4000-8000-00000000abcd"]);
+    let _ = url;
+}
+
+#[tokio::test]
+async fn a_bulk_load_into_an_empty_table_builds_the_identity_indexes_at_its_end() {
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    let both = ["contacts_primary_emails", "contacts_primary_phones"];
+    assert_eq!(index_names(&url).await, both);
+    s.begin_bulk_load().await.expect("begin");
+    assert!(index_names(&url).await.is_empty(), "dropped for the load");
+    let c = hashed(full_contact("c-ada"));
+    s.write_batch(std::slice::from_ref(&c))
+        .await
+        .expect("write");
+    // Identity lookups still answer (by a scan) meanwhile.
+    let found = s
+        .find_by_identity(&["ADA@example.com".into()], &[])
+        .await
+        .expect("find");
+    assert_eq!(found.len(), 1);
+    s.end_bulk_load().await.expect("end");
+    assert_eq!(index_names(&url).await, both);
+    let found = s
+        .find_by_identity(&[], &["+442071234567".into()])
+        .await
+        .expect("find");
+    assert_eq!(found.len(), 1);
+
+    // Into a table that holds rows: nothing is dropped.
+    s.begin_bulk_load().await.expect("begin");
+    assert_eq!(index_names(&url).await, both);
+    s.end_bulk_load().await.expect("end");
+
+    // A load that never ended (a crash): the next set-up builds them.
+    let (mut s2, url2) = fresh(CdcMode::Slot).await;
+    s2.begin_bulk_load().await.expect("begin");
+    drop(s2);
+    assert!(index_names(&url2).await.is_empty());
+    let _s3 = new_store(&url2, CdcMode::Slot).await;
+    assert_eq!(index_names(&url2).await, both);
+}
+
+#[tokio::test]
+async fn a_bulk_load_copies_inserts_straight_into_the_table_and_falls_back_on_a_refusal() {
+    use contact_sync_connector::Expect;
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    other_app(
+        &url,
+        "ALTER TABLE contacts ADD CONSTRAINT not_bad CHECK (canonical_name <> 'Bad'); \
+         CREATE TABLE seen (q text); \
+         CREATE FUNCTION note_query() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           INSERT INTO seen VALUES (current_query()); RETURN NULL; END $$; \
+         CREATE TRIGGER note AFTER INSERT ON contacts FOR EACH STATEMENT EXECUTE FUNCTION note_query();",
+    )
+    .await;
+    s.begin_bulk_load().await.expect("begin");
+    // Straight into the table: every field as the staged upsert writes it.
+    let mut ada = hashed(full_contact("c-ada"));
+    let (out, _) = s
+        .write_batch_if(vec![ada.clone()], &[Expect::Absent])
+        .await
+        .expect("write");
+    assert!(matches!(&out[0], WriteOutcome::Applied { native_id } if &native_id[14..15] == "7"));
+    ada.normalize();
+    let (client, conn) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+    let task = tokio::spawn(conn);
+    let seen: Vec<String> = client
+        .query("SELECT q FROM seen", &[])
+        .await
+        .expect("seen")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(client);
+    let _ = task.await;
+    assert!(
+        seen.len() == 1 && seen[0].starts_with("COPY \"public\".\"contacts\""),
+        "written by {seen:?}"
+    );
+    assert_eq!(
+        s.read(&["c-ada".to_string()]).await.unwrap(),
+        vec![ada.clone()]
+    );
+    assert_eq!(stored_hash(&url, "c-ada").await, ada.content_hash.clone());
+    // A value the table refuses fails the copy: the batch goes again
+    // through staging, record by record, and only that record is refused.
+    let batch = vec![
+        Contact::new("c-1", "One"),
+        Contact::new("c-2", "Bad"),
+        Contact::new("c-3", "Three"),
+    ];
+    let (out, _) = s
+        .write_batch_if(batch, &[Expect::Absent, Expect::Absent, Expect::Absent])
+        .await
+        .expect("write");
+    assert!(matches!(out[0], WriteOutcome::Applied { .. }), "{out:?}");
+    assert!(
+        matches!(&out[1], WriteOutcome::Rejected { reason, .. } if reason.contains("not_bad")),
+        "{out:?}"
+    );
+    assert!(matches!(out[2], WriteOutcome::Applied { .. }), "{out:?}");
+    // A row already there is not overwritten: the write is refused.
+    let (out, _) = s
+        .write_batch_if(vec![Contact::new("c-1", "Other")], &[Expect::Absent])
+        .await
+        .expect("write");
+    assert_eq!(out, vec![WriteOutcome::Changed]);
+    s.end_bulk_load().await.expect("end");
+    assert_eq!(s.count().await.unwrap(), 3);
+
+    // A row someone inserts while the batch is written (here: a trigger,
+    // inside the batch's own COPY) fails the copy with a unique violation:
+    // the batch goes again through staging, and that write is refused as
+    // `Changed` (someone else's row, never overwritten), the others applied.
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    s.begin_bulk_load().await.expect("begin");
+    other_app(
+        &url,
+        "CREATE FUNCTION meddle() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.contact_id = 'c-4' THEN \
+             INSERT INTO contacts (contact_id, canonical_name) VALUES ('c-5', 'Theirs') \
+             ON CONFLICT DO NOTHING; \
+           END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER meddle BEFORE INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION meddle();",
+    )
+    .await;
+    let (out, _) = s
+        .write_batch_if(
+            vec![Contact::new("c-4", "Four"), Contact::new("c-5", "Five")],
+            &[Expect::Absent, Expect::Absent],
+        )
+        .await
+        .expect("write");
+    assert!(matches!(out[0], WriteOutcome::Applied { .. }), "{out:?}");
+    assert_eq!(out[1], WriteOutcome::Changed, "{out:?}");
+    let five = s.read(&["c-5".to_string()]).await.unwrap();
+    assert_eq!(five[0].canonical_name, "Theirs");
+    s.end_bulk_load().await.expect("end");
+    assert_eq!(s.count().await.unwrap(), 2);
 }
