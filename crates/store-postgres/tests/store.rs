@@ -916,6 +916,7 @@ async fn a_trigger_refusing_some_records_rejects_them_and_one_refusing_all_fails
         err.to_string().contains("writes are frozen") && err.to_string().contains("(record c4)"),
         "{err}"
     );
+}
 
 /// The native ids of a batch's outcomes, in the batch's order.
 fn applied_ids(out: &[WriteOutcome]) -> Vec<String> {
