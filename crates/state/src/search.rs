@@ -194,20 +194,31 @@ fn fts_query(q: &str) -> Option<String> {
     Some(text)
 }
 
-fn what_matched(q: &str, names: &str, phones: &str) -> &'static str {
-    let names = names.to_lowercase();
-    let first = q
-        .split(|ch: char| !ch.is_alphanumeric())
-        .find(|w| !w.is_empty())
-        .unwrap_or("")
-        .to_lowercase();
-    let digits: String = q.chars().filter(char::is_ascii_digit).collect();
-    if !first.is_empty() && names.contains(&first) {
+fn words(s: &str) -> Vec<String> {
+    s.split(|ch: char| !ch.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// Which indexed field `q` matched: `name` when every word of it starts a
+/// word of a name, else `phone` or `email`.
+fn what_matched(q: &str, names: &str, emails: &str, phones: &str) -> &'static str {
+    let q = words(q);
+    let all_in = |text: &str| {
+        let w = words(text);
+        q.iter()
+            .all(|x| w.iter().any(|t| t.starts_with(x.as_str())))
+    };
+    let digits: String = q.concat().chars().filter(char::is_ascii_digit).collect();
+    if all_in(names) {
         "name"
     } else if digits.len() >= 3 && phones.split(' ').any(|p| p.starts_with(&digits)) {
         "phone"
-    } else {
+    } else if all_in(emails) {
         "email"
+    } else {
+        "name"
     }
 }
 
@@ -261,7 +272,7 @@ impl StateDb {
                     .map(String::from)
                     .collect(),
                 deleted: false,
-                matched: what_matched(q, &names, &phones).to_string(),
+                matched: what_matched(q, &names, &emails, &phones).to_string(),
             });
             last = Some(doc);
         }

@@ -17,8 +17,9 @@
 //!   request needs `Authorization: Bearer <token>` or the session cookie set
 //!   by `POST /login`. Tokens are compared in constant time.
 //! - Every value is HTML-escaped by `maud`'s templates.
-//! - URLs carry ids only; the search form posts its query. Nothing here logs
-//!   a request, a contact value or a token.
+//! - URLs carry ids only; the search form and `POST /api/search` carry the
+//!   query in the body (a `?q=` in a URL is ignored). Nothing here logs a
+//!   request, a contact value or a token.
 //!
 //! Retrying or dismissing a dead letter is the state call `contact-sync
 //! dead-letters retry|dismiss` makes (`retry_or_dismiss_dead_letter`).
@@ -358,7 +359,7 @@ pub fn router(console: Console) -> Router {
         .route("/api/paused", get(api::paused))
         .route("/api/paused/{store}/decide", post(api::decide))
         .route("/api/contact/{id}", get(api::contact))
-        .route("/api/search", get(api::search))
+        .route("/api/search", get(api::search_get).post(api::search))
         .layer(axum::middleware::from_fn_with_state(console.clone(), guard))
         .with_state(console)
 }
@@ -561,6 +562,147 @@ mod tests {
         let r = http.get(format!("{base}/health")).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
+
+    /// Contacts an initial sync indexed (never journaled) are found by a
+    /// part of their name and by email, page after page, through the form
+    /// and the API; an erased one is not; the query never goes in a URL.
+    #[tokio::test]
+    async fn search_finds_indexed_contacts_by_name_and_email() {
+        use contact_sync_core::model::{now, Email};
+        use contact_sync_core::Contact;
+        let (dir, _server, base) = start(None).await;
+        {
+            let mut db = StateDb::open(&dir.path().join("state.db")).unwrap();
+            let people: Vec<Contact> = (0..60)
+                .map(|i| {
+                    let mut c = Contact::new(format!("c{i:02}"), format!("Ada{i} Lovelace"));
+                    c.version = 1;
+                    c.emails = vec![Email {
+                        address: format!("ada{i}@example.org"),
+                        label: None,
+                        is_primary: true,
+                    }];
+                    c
+                })
+                .chain(std::iter::once(Contact::new("c99", XSS_NAME)))
+                .collect();
+            let tx = db.tx().unwrap();
+            tx.index_contacts(&people).unwrap();
+            tx.scrub_contact("c07", now()).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(db.journal_head().unwrap(), 0);
+        }
+        let http = reqwest::Client::new();
+        let session: serde_json::Value = http
+            .get(format!("{base}/api/session"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let csrf = session["csrf_token"].as_str().unwrap().to_string();
+        let api = |body: serde_json::Value| {
+            http.post(format!("{base}/api/search"))
+                .header("X-CSRF-Token", &csrf)
+                .json(&body)
+                .send()
+        };
+        // By email: one contact.
+        let v: serde_json::Value = api(serde_json::json!({"q": "ada12@example.org"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["items"][0]["contact_id"], "c12");
+        assert_eq!(v["items"][0]["matched"], "email");
+        // By part of a name: 59 (c07 was erased), in pages of 25.
+        let mut seen = Vec::new();
+        let mut before = serde_json::Value::Null;
+        loop {
+            let v: serde_json::Value =
+                api(serde_json::json!({"q": "LOVEL", "limit": 25, "before": before}))
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+            for h in v["items"].as_array().unwrap() {
+                seen.push(h["contact_id"].as_str().unwrap().to_string());
+            }
+            before = v["next_before"].clone();
+            if before.is_null() {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 59, "{seen:?}");
+        assert!(!seen.contains(&"c07".to_string()));
+        let v: serde_json::Value = api(serde_json::json!({"q": "ada7@example.org"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["items"].as_array().unwrap().len(), 0, "erased: {v}");
+        // The API refuses a query in the URL, and a POST without the token.
+        let r = http
+            .get(format!("{base}/api/search?q=ada12"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405);
+        let r = http
+            .post(format!("{base}/api/search"))
+            .json(&serde_json::json!({"q": "ada"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        // The page: the form posts; results escaped; a next-page form.
+        let page = http
+            .post(format!("{base}/search"))
+            .form(&[("csrf", csrf.as_str()), ("q", "lovelace")])
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            page.matches("href=\"/contact/c").count(),
+            PAGE_SIZE,
+            "{page}"
+        );
+        assert!(page.contains("id=\"next-page\""), "{page}");
+        let page = http
+            .post(format!("{base}/search"))
+            .form(&[("csrf", csrf.as_str()), ("q", "alert")])
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{page}"
+        );
+        assert!(!page.contains("<script>"), "{page}");
+        // A query in the URL of the page is ignored (an empty form).
+        let page = http
+            .get(format!("{base}/search?q=lovelace"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!page.contains("c12"), "{page}");
+    }
+
+    const XSS_NAME: &str = "<script>alert(1)</script>";
 
     #[test]
     fn remote_access_needs_a_token() {
