@@ -265,7 +265,7 @@ CREATE TABLE search_docs (
 CREATE VIRTUAL TABLE search_fts USING fts5(
     names, emails, phones,
     content = 'search_docs', content_rowid = 'doc',
-    tokenize = 'unicode61 remove_diacritics 2'
+    tokenize = 'unicode61 remove_diacritics 2', prefix = '3'
 );
 INSERT INTO search_fts (search_fts, rank) VALUES ('secure-delete', 1);
 CREATE TRIGGER search_docs_ai AFTER INSERT ON search_docs WHEN new.deleted = 0 BEGIN

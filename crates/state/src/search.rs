@@ -20,6 +20,8 @@
 
 use contact_sync_core::Contact;
 use rusqlite::params;
+use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::UnicodeNormalization;
 
 use crate::console::{ContactHit, Page};
 use crate::{Result, StateDb, StateTx};
@@ -169,56 +171,120 @@ impl StateTx<'_> {
     }
 }
 
-/// The FTS5 query for what a person typed: each word's tokens as a phrase
-/// whose last token is a prefix, all words required; a query of digits
-/// (a phone number, `+`, spaces, dashes, dots, brackets allowed) also
-/// matches phone numbers that start with those digits. `None` when nothing
-/// searchable is left.
-fn fts_query(q: &str) -> Option<String> {
-    let words: Vec<String> = q
-        .split_whitespace()
-        .filter(|w| w.chars().any(char::is_alphanumeric))
-        .map(|w| format!("\"{}\" *", w.replace('"', "\"\"")))
-        .collect();
-    if words.is_empty() {
-        return None;
-    }
-    let text = format!("{{names emails}} : ({})", words.join(" AND "));
-    let phone_like = q
-        .chars()
-        .all(|ch| ch.is_ascii_digit() || " +-.()".contains(ch));
-    let digits: String = q.chars().filter(char::is_ascii_digit).collect();
-    if phone_like && digits.len() >= 3 {
-        return Some(format!("{text} OR phones : \"{digits}\" *"));
-    }
-    Some(text)
-}
+/// Most candidates one search call looks at before it answers with what
+/// it found so far (and `next_before` to go on from there).
+const SCAN_CAP: usize = 20_000;
 
-fn words(s: &str) -> Vec<String> {
-    s.split(|ch: char| !ch.is_alphanumeric())
+/// Lower-cased, diacritics removed (as `unicode61 remove_diacritics 2`
+/// does), split on anything not alphanumeric: the index's tokens.
+fn tokens(s: &str) -> Vec<String> {
+    let folded: String = s
+        .nfd()
+        .filter(|ch| !is_combining_mark(*ch))
+        .flat_map(char::to_lowercase)
+        .collect();
+    folded
+        .split(|ch: char| !ch.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
+        .map(String::from)
         .collect()
 }
 
-/// Which indexed field `q` matched: `name` when every word of it starts a
-/// word of a name, else `phone` or `email`.
-fn what_matched(q: &str, names: &str, emails: &str, phones: &str) -> &'static str {
-    let q = words(q);
-    let all_in = |text: &str| {
-        let w = words(text);
-        q.iter()
-            .all(|x| w.iter().any(|t| t.starts_with(x.as_str())))
-    };
-    let digits: String = q.concat().chars().filter(char::is_ascii_digit).collect();
-    if all_in(names) {
-        "name"
-    } else if digits.len() >= 3 && phones.split(' ').any(|p| p.starts_with(&digits)) {
-        "phone"
-    } else if all_in(emails) {
-        "email"
-    } else {
-        "name"
+/// What a person typed, made into a search: each word's tokens must be in
+/// a contact's names or emails, the last token of each word as a prefix
+/// (`ada@exa` finds ada@example.com); a query that is a phone number (digits
+/// with `+`, spaces, dashes, dots, brackets) also matches phone numbers
+/// starting with its digits.
+///
+/// FTS5 expands a prefix over every term that starts with it before it
+/// looks at any other word (1.2 s for `pers*` among 1M contacts), so the
+/// index is asked for a driver that it answers lazily, and candidates are
+/// checked here:
+/// - the words' complete tokens (all but each word's last), as exact
+///   terms, when there are any;
+/// - else the longest prefix cut to its first 3 characters, which the
+///   index keeps as a term of its own (`prefix = '3'`).
+struct Plan {
+    /// The FTS5 MATCH expression.
+    driver: String,
+    /// Per word: its tokens, the last one a prefix.
+    words: Vec<Vec<String>>,
+    /// The digits of a phone-number query (3 or more).
+    digits: Option<String>,
+}
+
+fn quoted(t: &str) -> String {
+    format!("\"{}\"", t.replace('"', "\"\""))
+}
+
+impl Plan {
+    fn new(q: &str) -> Option<Plan> {
+        let words: Vec<Vec<String>> = q
+            .split_whitespace()
+            .map(tokens)
+            .filter(|t| !t.is_empty())
+            .collect();
+        if words.is_empty() {
+            return None;
+        }
+        let exact: Vec<String> = words
+            .iter()
+            .flat_map(|w| w[..w.len() - 1].iter().map(|t| quoted(t)))
+            .collect();
+        let text = if exact.is_empty() {
+            let longest = words
+                .iter()
+                .map(|w| w[w.len() - 1].as_str())
+                .max_by_key(|t| t.chars().count())
+                .unwrap_or_default();
+            let cut: String = longest.chars().take(3).collect();
+            format!("{{names emails}} : {} *", quoted(&cut))
+        } else {
+            format!("{{names emails}} : ({})", exact.join(" AND "))
+        };
+        let phone_like = q
+            .chars()
+            .all(|ch| ch.is_ascii_digit() || " +-.()".contains(ch));
+        let digits: String = q.chars().filter(char::is_ascii_digit).collect();
+        let digits = (phone_like && digits.len() >= 3).then_some(digits);
+        let driver = match &digits {
+            Some(d) => format!("{text} OR phones : {} *", quoted(&d[..3])),
+            None => text,
+        };
+        Some(Plan {
+            driver,
+            words,
+            digits,
+        })
+    }
+
+    /// Whether every word is in `text`'s tokens (the last token of a word as
+    /// a prefix).
+    fn words_in(&self, text: &[String]) -> bool {
+        self.words.iter().all(|w| {
+            let (last, rest) = w.split_last().expect("words are not empty");
+            rest.iter().all(|t| text.contains(t))
+                && text.iter().any(|t| t.starts_with(last.as_str()))
+        })
+    }
+
+    /// What of the contact matched (`name`, `email`, `phone`), if anything.
+    fn matches(&self, names: &str, emails: &str, phones: &str) -> Option<&'static str> {
+        let names = tokens(names);
+        if self.words_in(&names) {
+            return Some("name");
+        }
+        if let Some(d) = &self.digits {
+            if phones.split(' ').any(|p| p.starts_with(d.as_str())) {
+                return Some("phone");
+            }
+        }
+        let mut all = names;
+        all.extend(tokens(emails));
+        if self.words_in(&all) {
+            return Some("email");
+        }
+        None
     }
 }
 
@@ -233,7 +299,7 @@ impl StateDb {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Page<ContactHit>> {
-        let Some(query) = fts_query(q) else {
+        let Some(plan) = Plan::new(q) else {
             return Ok(Page {
                 items: Vec::new(),
                 next_before: None,
@@ -243,25 +309,29 @@ impl StateDb {
             "SELECT d.doc, d.contact_id, d.version, d.name, d.names, d.emails, d.phones
              FROM search_fts JOIN search_docs d ON d.doc = search_fts.rowid
              WHERE search_fts MATCH ?1 AND search_fts.rowid < ?2
-             ORDER BY search_fts.rowid DESC LIMIT ?3",
+             ORDER BY search_fts.rowid DESC",
         )?;
-        let mut rows = st.query(params![
-            query,
-            before.unwrap_or(i64::MAX),
-            crate::read::sql_limit(limit + 1)
-        ])?;
+        let mut rows = st.query(params![plan.driver, before.unwrap_or(i64::MAX)])?;
         let mut items = Vec::new();
         let mut last = None;
-        let mut more = false;
+        let mut scanned = 0;
         while let Some(r) = rows.next()? {
-            if items.len() == limit {
-                more = true;
-                break;
+            if items.len() == limit || scanned == SCAN_CAP {
+                // More may follow: the next page starts after the last one
+                // looked at.
+                return Ok(Page {
+                    items,
+                    next_before: last,
+                });
             }
-            let doc: i64 = r.get(0)?;
+            scanned += 1;
+            last = Some(r.get::<_, i64>(0)?);
             let names: String = r.get(4)?;
             let emails: String = r.get(5)?;
             let phones: String = r.get(6)?;
+            let Some(matched) = plan.matches(&names, &emails, &phones) else {
+                continue;
+            };
             items.push(ContactHit {
                 contact_id: r.get(1)?,
                 version: r.get(2)?,
@@ -272,13 +342,12 @@ impl StateDb {
                     .map(String::from)
                     .collect(),
                 deleted: false,
-                matched: what_matched(q, &names, &emails, &phones).to_string(),
+                matched: matched.to_string(),
             });
-            last = Some(doc);
         }
         Ok(Page {
             items,
-            next_before: if more { last } else { None },
+            next_before: None,
         })
     }
 
@@ -455,20 +524,19 @@ mod tests {
     }
 
     #[test]
-    fn queries_are_quoted_words_with_prefixes() {
-        assert_eq!(
-            fts_query("Ada love").unwrap(),
-            "{names emails} : (\"Ada\" * AND \"love\" *)"
-        );
-        // Quotes cannot break out; FTS syntax characters are literal.
-        assert_eq!(
-            fts_query("a\"b OR*").unwrap(),
-            "{names emails} : (\"a\"\"b\" * AND \"OR*\" *)"
-        );
-        assert!(fts_query(" @ - ").is_none());
-        assert_eq!(
-            fts_query("+44 20 79").unwrap(),
-            "{names emails} : (\"+44\" * AND \"20\" * AND \"79\" *) OR phones : \"442079\" *"
-        );
+    fn the_index_is_driven_by_complete_words_or_a_short_prefix() {
+        let p = Plan::new("Ada love").unwrap();
+        assert_eq!(p.driver, "{names emails} : \"lov\" *");
+        assert_eq!(p.words, vec![vec!["ada"], vec!["love"]]);
+        let p = Plan::new("person12@EXAMPLE.co").unwrap();
+        assert_eq!(p.driver, "{names emails} : (\"person12\" AND \"example\")");
+        // Quotes and FTS syntax are nothing but separators.
+        let p = Plan::new("a\"b OR*").unwrap();
+        assert_eq!(p.driver, "{names emails} : (\"a\")");
+        assert!(Plan::new(" @ - ").is_none());
+        let p = Plan::new("+44 20 79").unwrap();
+        assert_eq!(p.driver, "{names emails} : \"79\" * OR phones : \"442\" *");
+        assert_eq!(p.digits.as_deref(), Some("442079"));
+        assert_eq!(tokens("Zoë Ångström-Smith"), ["zoe", "angstrom", "smith"]);
     }
 }

@@ -117,6 +117,7 @@ pub(crate) async fn overview(c: &Console) -> Result<Overview, String> {
             s.errors_total = l.errors_total;
             s.webhook_events_total = l.webhook_events_total;
             s.cdc_events_total = l.cdc_events_total;
+            s.query_cost = l.query_cost;
         }
     }
     snap.last_cycle = live.last_cycle.clone();

@@ -702,6 +702,130 @@ mod tests {
         assert!(!page.contains("c12"), "{page}");
     }
 
+    /// The overview shows, per store, the WAL its replication slot retains
+    /// and what BigQuery billed (the daemon's live numbers).
+    #[tokio::test]
+    async fn the_overview_shows_retained_wal_and_bigquery_bytes_per_store() {
+        use crate::metrics::{MetricsSnapshot, QueryCost, StoreSample};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let db = StateDb::open(&path).unwrap();
+        let ops = OpsHandle::default();
+        let mut supabase = StoreSample::new("supabase", Some(10));
+        supabase.retained_wal_bytes = Some(3 * 1024 * 1024);
+        let samples = [StoreSample::new("canonical", Some(10)), supabase];
+        ops.update(
+            MetricsSnapshot::from_state(&db, &samples, contact_sync_core::model::now()).unwrap(),
+        );
+        ops.add_query_cost(
+            "canonical",
+            QueryCost {
+                queries: 4,
+                bytes_processed: 2048,
+                bytes_billed: 20 * 1024 * 1024,
+            },
+        );
+        let (c, _rx) = Console::new(
+            ConsoleConfig {
+                state_path: path,
+                stores: vec!["canonical".into(), "supabase".into()],
+                token: None,
+                allow_remote: false,
+            },
+            ops.clone(),
+        )
+        .unwrap();
+        let server = crate::serve(&crate::ServerConfig::loopback(0), ops, router(c))
+            .await
+            .unwrap();
+        let base = format!("http://{}", server.local_addr());
+        let page = reqwest::get(format!("{base}/"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let row = |store: &str| {
+            let start = page.find(&format!("data-store=\"{store}\"")).unwrap();
+            let end = page[start..].find("</tr>").unwrap() + start;
+            page[start..end].to_string()
+        };
+        let canonical = row("canonical");
+        assert!(canonical.contains("20.0 MiB"), "{canonical}");
+        assert!(
+            canonical.contains("2.0 KiB processed, 4 queries"),
+            "{canonical}"
+        );
+        let supabase = row("supabase");
+        assert!(supabase.contains("3.0 MiB"), "{supabase}");
+        let v: serde_json::Value = reqwest::get(format!("{base}/api/overview"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stores = v["stores"].as_array().unwrap();
+        let canonical = stores.iter().find(|s| s["store"] == "canonical").unwrap();
+        assert_eq!(canonical["query_cost"]["bytes_billed"], 20 * 1024 * 1024);
+        let supabase = stores.iter().find(|s| s["store"] == "supabase").unwrap();
+        assert_eq!(supabase["retained_wal_bytes"], 3 * 1024 * 1024);
+    }
+
+    /// A conflict the merge settled by rule is listed (not as open) with
+    /// the rule, who sent the incoming side and when; an open one has the
+    /// buttons.
+    #[tokio::test]
+    async fn auto_settled_conflicts_show_the_rule_that_decided() {
+        use contact_sync_core::{FieldConflict, Resolution};
+        let (dir, _server, base) = start(None).await;
+        {
+            let mut db = StateDb::open(&dir.path().join("state.db")).unwrap();
+            let tx = db.tx().unwrap();
+            let f = |resolution| FieldConflict {
+                field: "job_title".into(),
+                base: serde_json::json!("Engineer"),
+                canonical: serde_json::json!("Senior Engineer"),
+                incoming: serde_json::json!("Staff Engineer"),
+                canonical_version: 3,
+                incoming_version: 4,
+                resolution,
+            };
+            let at = contact_sync_core::model::parse_ts("2026-03-04T05:06:07Z").unwrap();
+            tx.add_conflict("c1", "twenty", &f(Resolution::IncomingByVersion), at)
+                .unwrap();
+            tx.add_conflict("c2", "local", &f(Resolution::Open), at)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let get = |path: &str| {
+            let url = format!("{base}{path}");
+            async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+        };
+        let open = get("/conflicts").await;
+        assert!(open.contains("id=\"conflict-2\""), "{open}");
+        assert!(!open.contains("id=\"conflict-1\""), "{open}");
+        let all = get("/conflicts?all=1").await;
+        let start = all.find("id=\"conflict-1\"").expect("the settled one");
+        let row = &all[start..start + all[start..].find("</tr>").unwrap()];
+        for want in [
+            "incoming_by_version",
+            "kept_incoming",
+            "Senior Engineer",
+            "Staff Engineer",
+            "Engineer",
+            "twenty v4",
+            "canonical v3",
+            "2026-03-04T05:06:07",
+        ] {
+            assert!(row.contains(want), "{want} missing: {row}");
+        }
+        assert!(
+            !row.contains("keep-incoming-1"),
+            "no buttons on a settled one: {row}"
+        );
+        assert!(all.contains("id=\"keep-incoming-2\""));
+    }
+
     const XSS_NAME: &str = "<script>alert(1)</script>";
 
     #[test]

@@ -154,7 +154,7 @@ pub(crate) async fn overview(State(c): State<Console>) -> Response {
         table #stores {
             thead { tr {
                 th { "Store" } th { "Status" } th { "Contacts" } th { "Pending" } th { "Lag" }
-                th { "Last success" } th { "Errors" } th { "Drift %" } th { "Retained WAL" }
+                th { "Last success" } th { "Errors" } th { "Drift %" } th { "Retained WAL" } th { "BigQuery billed" }
                 th { "Captured" } th { "Merged" } th { "Written" }
             } }
             tbody {
@@ -172,7 +172,16 @@ pub(crate) async fn overview(State(c): State<Console>) -> Response {
                         td { (unix_ts(m.last_success_unix)) }
                         td.num { (m.consecutive_errors) " in a row / " (m.errors_total) " here" }
                         td.num { (m.drift_pct.map(|d| format!("{d:.2}")).unwrap_or_else(|| "—".into())) }
-                        td.num { (bytes(m.retained_wal_bytes)) }
+                        td.num.wal { (bytes(m.retained_wal_bytes)) }
+                        td.num.billed {
+                            @match &m.query_cost {
+                                None => "—",
+                                Some(q) => {
+                                    (bytes(Some(q.bytes_billed)))
+                                    br; small { (bytes(Some(q.bytes_processed))) " processed, " (q.queries) " queries" }
+                                }
+                            }
+                        }
                         td.num { (m.captured_total) }
                         td.num { (m.merged_total) }
                         td.num { (m.written_total) }
