@@ -247,7 +247,9 @@ const V7: &str = "";
 ///   the display name and the indexed text (names, emails, phone digits);
 ///   a deleted or erased contact keeps only its id and version.
 /// - `search_fts`: FTS5 over `search_docs` (external content, kept by the
-///   triggers; `secure-delete`, so removed text leaves the index pages).
+///   triggers; prefixes of 1-3 characters kept as terms, so a search never
+///   expands a prefix over the whole vocabulary; `secure-delete`, so
+///   removed text leaves the index pages).
 /// - meta `search_fill` = '': the index is filled from canonical by the
 ///   engine (once, resumably), unless an initial sync from the start fills
 ///   it first.
@@ -265,7 +267,7 @@ CREATE TABLE search_docs (
 CREATE VIRTUAL TABLE search_fts USING fts5(
     names, emails, phones,
     content = 'search_docs', content_rowid = 'doc',
-    tokenize = 'unicode61 remove_diacritics 2', prefix = '3'
+    tokenize = 'unicode61 remove_diacritics 2', prefix = '1 2 3'
 );
 INSERT INTO search_fts (search_fts, rank) VALUES ('secure-delete', 1);
 CREATE TRIGGER search_docs_ai AFTER INSERT ON search_docs WHEN new.deleted = 0 BEGIN

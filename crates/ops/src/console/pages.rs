@@ -677,8 +677,11 @@ async fn search_page(c: Console, q: String, before: Option<i64>) -> Response {
             @if found.index_filling {
                 p.err #index-filling { "The search index is still being filled from canonical: some contacts may be missing." }
             }
-            @if found.page.items.is_empty() { p #empty { "Nothing found." } }
-            @else {
+            @if found.page.items.is_empty() && found.page.next_before.is_none() { p #empty { "Nothing found." } }
+            @if found.page.items.is_empty() && found.page.next_before.is_some() {
+                p #none-yet { "Nothing found in this part of the index (a search looks at 20,000 candidates at a time)." }
+            }
+            @if !found.page.items.is_empty() {
                 table #results {
                     thead { tr { th { "Contact" } th { "Name" } th { "Emails" } th { "Version" } th { "Matched" } } }
                     tbody {
@@ -693,13 +696,13 @@ async fn search_page(c: Console, q: String, before: Option<i64>) -> Response {
                         }
                     }
                 }
-                @if let Some(next) = found.page.next_before {
-                    form method="post" action="/search" #next-page {
-                        (csrf_field(&c))
-                        input type="hidden" name="q" value=(q);
-                        input type="hidden" name="before" value=(next);
-                        button type="submit" { "Next page" }
-                    }
+            }
+            @if let Some(next) = found.page.next_before {
+                form method="post" action="/search" #next-page {
+                    (csrf_field(&c))
+                    input type="hidden" name="q" value=(q);
+                    input type="hidden" name="before" value=(next);
+                    button type="submit" { "Next page" }
                 }
             }
         }
