@@ -255,7 +255,7 @@ fn main() {
                 "POST /search pers".into(),
             ),
             (
-                "search <name prefix> (11,111 hits, page 1)".into(),
+                "search <name words> `number 5` (111,111 hits, page 1)".into(),
                 "POST /search number 5".into(),
             ),
             ("search <no match>".into(), "POST /search zebra".into()),
