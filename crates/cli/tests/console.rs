@@ -539,6 +539,8 @@ async fn scenario(driver: &Path) {
     assert!(local.contains("paused"), "{local}");
     assert!(local.contains("299 deletes"), "{local}"); // 300 seeded, 1 erased
     assert_eq!(b.text("#conflicts-open").await, "3");
+    let alerts = b.text("#alerts").await;
+    assert!(alerts.contains("store local is paused"), "{alerts}");
     // The charts: inline SVG, a line per store (the initial sync and the
     // daemon's cycles are in the run history).
     assert_eq!(b.count("#chart-changes svg").await, 1);

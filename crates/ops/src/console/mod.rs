@@ -750,6 +750,10 @@ mod tests {
             let end = page[start..].find("</tr>").unwrap() + start;
             page[start..end].to_string()
         };
+        assert!(
+            page.contains("http-equiv=\"refresh\""),
+            "the overview refreshes itself"
+        );
         let canonical = row("canonical");
         assert!(canonical.contains("20.0 MiB"), "{canonical}");
         assert!(
@@ -824,6 +828,105 @@ mod tests {
             "no buttons on a settled one: {row}"
         );
         assert!(all.contains("id=\"keep-incoming-2\""));
+    }
+
+    /// The contact view: one contact as every store holds it, side by side,
+    /// the differing field highlighted, and its journal (who changed which
+    /// field from what to what).
+    #[tokio::test]
+    async fn the_contact_view_highlights_differences_and_shows_the_journal() {
+        use contact_sync_core::journal::{FieldChange, Op};
+        use contact_sync_core::{Contact, JournalEntry};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut canonical = Contact::new("c1", "Ada Lovelace");
+        canonical.version = 2;
+        canonical.job_title = Some("Analyst".into());
+        {
+            let mut db = StateDb::open(&path).unwrap();
+            let tx = db.tx().unwrap();
+            tx.append_journal(&JournalEntry {
+                seq: 0,
+                contact_id: "c1".into(),
+                version: 2,
+                prev_version: 1,
+                op: Op::Upsert,
+                origin: "twenty".into(),
+                changes: vec![FieldChange {
+                    field: "job_title".into(),
+                    old: serde_json::json!("Engineer"),
+                    new: serde_json::json!("Analyst"),
+                }],
+                conflicts: vec![],
+                hash: "h".into(),
+                after: canonical.clone(),
+                at: contact_sync_core::model::now(),
+            })
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let (c, mut rx) = Console::new(
+            ConsoleConfig {
+                state_path: path,
+                stores: vec!["canonical".into(), "local".into()],
+                token: None,
+                allow_remote: false,
+            },
+            OpsHandle::default(),
+        )
+        .unwrap();
+        let mut stale = canonical.clone();
+        stale.job_title = Some("Engineer".into());
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                if let ConsoleRequest::ReadContact { reply, .. } = req {
+                    let _ = reply.send(vec![
+                        StoreRead {
+                            store: "canonical".into(),
+                            record: Some(canonical.clone()),
+                            error: None,
+                        },
+                        StoreRead {
+                            store: "local".into(),
+                            record: Some(stale.clone()),
+                            error: None,
+                        },
+                    ]);
+                }
+            }
+        });
+        let server = crate::serve(
+            &crate::ServerConfig::loopback(0),
+            OpsHandle::default(),
+            router(c),
+        )
+        .await
+        .unwrap();
+        let page = reqwest::get(format!("http://{}/contact/c1", server.local_addr()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let row = |table: &str, th: &str| {
+            let t = page.find(&format!("id=\"{table}\"")).unwrap();
+            let start = page[t..].find(&format!("<th>{th}</th>")).unwrap() + t;
+            let end = page[start..].find("</tr>").unwrap() + start;
+            page[start..end].to_string()
+        };
+        let title = row("side-by-side", "job_title");
+        assert!(
+            title.contains("<td><pre>Analyst</pre></td>")
+                && title.contains("<td class=\"diff\"><pre>Engineer</pre></td>"),
+            "{title}"
+        );
+        let name = row("side-by-side", "canonical_name");
+        assert!(!name.contains("diff"), "{name}");
+        let j = page.find("id=\"journal\"").unwrap();
+        let journal = &page[j..];
+        for want in ["twenty", "1 → 2", "job_title", "Engineer", "Analyst"] {
+            assert!(journal.contains(want), "{want}: {journal}");
+        }
     }
 
     const XSS_NAME: &str = "<script>alert(1)</script>";
