@@ -250,11 +250,12 @@ const V7: &str = "";
 ///   triggers; prefixes of 1-3 characters kept as terms, so a search never
 ///   expands a prefix over the whole vocabulary; `secure-delete`, so
 ///   removed text leaves the index pages).
+/// - (Every statement may run again over its own result.)
 /// - meta `search_fill` = '': the index is filled from canonical by the
 ///   engine (once, resumably), unless an initial sync from the start fills
 ///   it first.
 const V8: &str = r#"
-CREATE TABLE search_docs (
+CREATE TABLE IF NOT EXISTS search_docs (
     doc        INTEGER PRIMARY KEY,
     contact_id TEXT NOT NULL UNIQUE,
     version    INTEGER NOT NULL,
@@ -264,21 +265,21 @@ CREATE TABLE search_docs (
     emails     TEXT NOT NULL,
     phones     TEXT NOT NULL
 );
-CREATE VIRTUAL TABLE search_fts USING fts5(
+CREATE VIRTUAL TABLE IF NOT EXISTS search_fts USING fts5(
     names, emails, phones,
     content = 'search_docs', content_rowid = 'doc',
     tokenize = 'unicode61 remove_diacritics 2', prefix = '1 2 3'
 );
 INSERT INTO search_fts (search_fts, rank) VALUES ('secure-delete', 1);
-CREATE TRIGGER search_docs_ai AFTER INSERT ON search_docs WHEN new.deleted = 0 BEGIN
+CREATE TRIGGER IF NOT EXISTS search_docs_ai AFTER INSERT ON search_docs WHEN new.deleted = 0 BEGIN
     INSERT INTO search_fts (rowid, names, emails, phones)
         VALUES (new.doc, new.names, new.emails, new.phones);
 END;
-CREATE TRIGGER search_docs_ad AFTER DELETE ON search_docs WHEN old.deleted = 0 BEGIN
+CREATE TRIGGER IF NOT EXISTS search_docs_ad AFTER DELETE ON search_docs WHEN old.deleted = 0 BEGIN
     INSERT INTO search_fts (search_fts, rowid, names, emails, phones)
         VALUES ('delete', old.doc, old.names, old.emails, old.phones);
 END;
-CREATE TRIGGER search_docs_au AFTER UPDATE ON search_docs BEGIN
+CREATE TRIGGER IF NOT EXISTS search_docs_au AFTER UPDATE ON search_docs BEGIN
     INSERT INTO search_fts (search_fts, rowid, names, emails, phones)
         SELECT 'delete', old.doc, old.names, old.emails, old.phones
         WHERE old.deleted = 0 AND (new.deleted <> 0 OR old.names IS NOT new.names
