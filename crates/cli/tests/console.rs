@@ -15,9 +15,13 @@
 //!   canonical, one incoming): canonical holds the chosen values;
 //! - a dead letter is retried and another dismissed by clicking: the state
 //!   database shows them retried and dismissed;
-//! - the overview carries its two charts (inline SVG).
+//! - the overview carries its two charts (inline SVG);
+//! - search finds contacts the initial sync copied (never journaled) by a
+//!   part of their name and by email, and not one erased with `forget`.
 //!
-//! Screenshots of each page go to docs/screenshots/.
+//! Screenshots of each page go to a temporary folder (its path is
+//! printed), or to docs/screenshots/ (the README's images) with
+//! `CONTACT_SYNC_UPDATE_SCREENSHOTS=1`.
 //!
 //! Chromium and chromedriver come from scripts/browser/setup.sh (Debian's
 //! `chromium`, `chromium-driver`; scripts/test.sh runs it, and this test
@@ -158,6 +162,19 @@ impl Drop for Proc {
 struct Browser {
     http: reqwest::Client,
     base: String,
+    /// Where screenshots go.
+    shots: PathBuf,
+}
+
+/// docs/screenshots/ when `CONTACT_SYNC_UPDATE_SCREENSHOTS=1`, else a
+/// folder under the system's temporary directory (the tracked images stay
+/// as they are).
+fn screenshot_dir() -> PathBuf {
+    if std::env::var("CONTACT_SYNC_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        repo().join("docs/screenshots")
+    } else {
+        std::env::temp_dir().join(format!("contact-sync-screenshots-{}", std::process::id()))
+    }
 }
 
 impl Browser {
@@ -254,9 +271,8 @@ impl Browser {
     async fn screenshot(&self, name: &str) {
         let b64 = self.get("/screenshot").await;
         let png = base64_decode(b64.as_str().expect("screenshot data"));
-        let dir = repo().join("docs/screenshots");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(name), png).unwrap();
+        std::fs::create_dir_all(&self.shots).unwrap();
+        std::fs::write(self.shots.join(name), png).unwrap();
     }
 }
 
@@ -300,6 +316,34 @@ async fn scenario(driver: &Path) {
     let d = dir.path();
     ok(d, &["seed", "--contacts", "300"]);
     ok(d, &["run", "--initial-sync", "--once"]);
+    // Two contacts only the initial sync copied (no journal entry): one to
+    // find, one erased with `forget` (not to be found).
+    let seeded = |offset: i64| -> (String, String, String) {
+        let (id, name, emails): (String, String, String) = db(d, "canonical.db")
+            .query_row(
+                "SELECT contact_id, canonical_name, emails FROM contacts ORDER BY contact_id LIMIT 1 OFFSET ?1",
+                [offset],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        let emails: Value = serde_json::from_str(&emails).unwrap();
+        let email = emails[0]["address"]
+            .as_str()
+            .expect("a seeded email")
+            .to_string();
+        (id, name, email)
+    };
+    let (found_id, found_name, found_email) = seeded(10);
+    let (gone_id, _, gone_email) = seeded(11);
+    let journaled: i64 = db(d, "state.db")
+        .query_row(
+            "SELECT count(*) FROM journal WHERE contact_id IN (?1, ?2)",
+            [&found_id, &gone_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(journaled, 0, "the initial sync journals nothing");
+    ok(d, &["forget", &gone_id]);
 
     // The XSS probe: a contact renamed in canonical (captured and
     // journaled by the daemon's first cycle).
@@ -483,7 +527,9 @@ async fn scenario(driver: &Path) {
     let b = Browser {
         http: http.clone(),
         base: format!("{wd}/session/{sid}"),
+        shots: screenshot_dir(),
     };
+    eprintln!("screenshots: {}", b.shots.display());
 
     // Overview: every store listed; local paused and why.
     b.goto(&format!("{base}/")).await;
@@ -491,8 +537,10 @@ async fn scenario(driver: &Path) {
     assert!(stores.contains("canonical"), "{stores}");
     let local = b.text("tr[data-store=local]").await;
     assert!(local.contains("paused"), "{local}");
-    assert!(local.contains("300 deletes"), "{local}");
+    assert!(local.contains("299 deletes"), "{local}"); // 300 seeded, 1 erased
     assert_eq!(b.text("#conflicts-open").await, "3");
+    let alerts = b.text("#alerts").await;
+    assert!(alerts.contains("store local is paused"), "{alerts}");
     // The charts: inline SVG, a line per store (the initial sync and the
     // daemon's cycles are in the run history).
     assert_eq!(b.count("#chart-changes svg").await, 1);
@@ -523,6 +571,41 @@ async fn scenario(driver: &Path) {
     assert!(!b.alert_open().await, "a script ran");
     assert!(!b.url().await.contains("alert"), "the query is in the URL");
     b.screenshot("search.png").await;
+    // Contacts never journaled: by a part of the name (each word cut
+    // short) and by email; the erased one is not found by its email.
+    let part: String = found_name
+        .split_whitespace()
+        .map(|w| w.chars().take(4).collect::<String>())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let search = |q: String| {
+        let b = &b;
+        let base = &base;
+        async move {
+            b.goto(&format!("{base}/search")).await;
+            b.type_into("main input[name=q]", &q).await;
+            b.click("main button[type=submit]").await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while b.count("#results").await + b.count("#empty").await == 0 {
+                assert!(Instant::now() < deadline, "no results page for {q:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if b.count("#results").await == 1 {
+                b.text("#results").await
+            } else {
+                String::new()
+            }
+        }
+    };
+    let by_name = search(part.clone()).await;
+    assert!(by_name.contains(&found_id), "{part:?} → {by_name}");
+    b.screenshot("search-name.png").await;
+    let by_email = search(found_email.clone()).await;
+    assert!(by_email.contains(&found_id), "{found_email} → {by_email}");
+    assert!(by_email.contains(&found_name), "{by_email}");
+    let erased = search(gone_email.clone()).await;
+    assert!(!erased.contains(&gone_id), "erased, yet found: {erased}");
+    assert!(!b.url().await.contains('@'), "the query is in the URL");
 
     b.goto(&format!("{base}/dead-letters")).await;
     assert!(b.text("#dead-letters").await.contains(XSS));

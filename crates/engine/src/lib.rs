@@ -36,6 +36,7 @@ mod import;
 mod merge_people;
 mod people;
 mod propagate;
+mod search;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -225,6 +226,7 @@ impl Engine {
         }
         self.apply_canonical(&mut report).await?;
         self.capture_canonical(&mut report).await?;
+        self.fill_search_index().await;
         // Stores written to in this cycle: only those whose changes were
         // all captured (a store with changes left would have its pending
         // edits raced by the writes), and none that is paused.

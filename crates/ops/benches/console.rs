@@ -1,7 +1,9 @@
 //! Server time of the console's pages over a big state database: 1M sync
-//! records, 100k journal entries, 10k conflicts (half open), 10k dead
-//! letters, 7 days of run history for 4 stores (the overview's charts
-//! draw the last 24 h). Each page is fetched over loopback HTTP (the time includes the
+//! records, 1M contacts in the search index (as an initial sync leaves
+//! them: indexed, not journaled), 100k journal entries, 10k conflicts
+//! (half open), 10k dead letters, 7 days of run history for 4 stores (the
+//! overview's charts draw the last 24 h). Searches are POSTs (the query
+//! stays out of URLs), with the CSRF token. Each page is fetched over loopback HTTP (the time includes the
 //! request on loopback); median and p95 of 30 fetches after 3 warm-ups.
 //! `cargo bench -p contact-sync-ops --bench console`; `CONSOLE_BENCH_PAGES=overview`
 //! measures only the pages whose name contains that text. Numbers in BENCHMARKS.md.
@@ -52,6 +54,21 @@ fn fill(db: &mut StateDb) {
             batch.clear();
         }
     }
+    // The search index, as the initial sync's pages fill it (2,000 a page).
+    let ti = Instant::now();
+    let mut page = Vec::with_capacity(2000);
+    for i in 0..RECORDS {
+        page.push(contact(i));
+        if page.len() == 2000 {
+            tx.index_contacts(&page).unwrap();
+            page.clear();
+        }
+    }
+    eprintln!(
+        "indexed {RECORDS} contacts in {:.1} s ({:.1} µs each)",
+        ti.elapsed().as_secs_f64(),
+        ti.elapsed().as_secs_f64() * 1e6 / RECORDS as f64
+    );
     for i in 0..JOURNAL {
         let c = contact(i);
         tx.append_journal(&JournalEntry {
@@ -134,6 +151,21 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     fill(&mut StateDb::open(&path).unwrap());
+    {
+        let db = StateDb::open(&path).unwrap();
+        let (n, _) = db.search_index_status().unwrap();
+        let size = |sql: &str| -> f64 {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0) as f64 / (1 << 20) as f64
+        };
+        eprintln!(
+            "state.db {:.0} MiB; search index: {n} contacts, {:.0} MiB (search_docs {:.0} + FTS {:.0})",
+            std::fs::metadata(&path).unwrap().len() as f64 / (1 << 20) as f64,
+            size("SELECT SUM(pgsize) FROM dbstat WHERE name LIKE 'search%' OR name LIKE 'sqlite_autoindex_search%'"),
+            size("SELECT SUM(pgsize) FROM dbstat WHERE name = 'search_docs' OR name LIKE 'sqlite_autoindex_search_docs%'"),
+            size("SELECT SUM(pgsize) FROM dbstat WHERE name LIKE 'search_fts%'"),
+        );
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (c, mut rx) = console::Console::new(
@@ -164,6 +196,15 @@ fn main() {
         .unwrap();
         let base = format!("http://{}", server.local_addr());
         let http = reqwest::Client::new();
+        let session: serde_json::Value = http
+            .get(format!("{base}/api/session"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let csrf = session["csrf_token"].as_str().unwrap().to_string();
         let mid_conflict = CONFLICTS / 2;
         let mid_dead = DEAD / 2;
         let pages = [
@@ -191,11 +232,36 @@ fn main() {
                 "/contact/<id> (journal part)".into(),
                 "/contact/c-00050000".into(),
             ),
-            ("/search?q=<id>".into(), "/search?q=c-00050000".into()),
-            ("/search?q=<native id>".into(), "/search?q=999999".into()),
+            ("search <id>".into(), "POST /search c-00050000".into()),
             (
-                "/search?q=<email> (journal scan)".into(),
-                "/search?q=person99999%40example.com".into(),
+                "search <id> of a contact never journaled".into(),
+                "POST /search c-00750000".into(),
+            ),
+            ("search <native id>".into(), "POST /search 999999".into()),
+            (
+                "search <email> (1 hit)".into(),
+                "POST /search person999999@example.com".into(),
+            ),
+            (
+                "search <part of an email> (1 hit)".into(),
+                "POST /search person12345@exa".into(),
+            ),
+            (
+                "search <name words> (1 hit)".into(),
+                "POST /search number 765432".into(),
+            ),
+            (
+                "search <name prefix> (1M hits, page 1)".into(),
+                "POST /search pers".into(),
+            ),
+            (
+                "search <name words> `number 5` (111,111 hits, page 1)".into(),
+                "POST /search number 5".into(),
+            ),
+            ("search <no match>".into(), "POST /search zebra".into()),
+            (
+                "/api/search <name prefix>, limit 500".into(),
+                "POST /api/search person".into(),
             ),
             ("/api/overview".into(), "/api/overview".into()),
             (
@@ -216,7 +282,22 @@ fn main() {
             let mut size = 0;
             for i in 0..33 {
                 let t = Instant::now();
-                let r = http.get(&url).send().await.unwrap();
+                let r = if let Some(q) = path.strip_prefix("POST /search ") {
+                    http.post(format!("{base}/search"))
+                        .form(&[("csrf", csrf.as_str()), ("q", q)])
+                        .send()
+                        .await
+                        .unwrap()
+                } else if let Some(q) = path.strip_prefix("POST /api/search ") {
+                    http.post(format!("{base}/api/search"))
+                        .header("X-CSRF-Token", &csrf)
+                        .json(&json!({"q": q, "limit": 500}))
+                        .send()
+                        .await
+                        .unwrap()
+                } else {
+                    http.get(&url).send().await.unwrap()
+                };
                 assert!(r.status().is_success(), "{path}: {}", r.status());
                 let body = r.bytes().await.unwrap();
                 if i >= 3 {

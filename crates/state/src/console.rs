@@ -86,20 +86,6 @@ fn by_native(conn: &Connection, store: &str, native_id: &str) -> Result<Option<S
     }
 }
 
-/// `%q%` for LIKE with `\` as the escape character.
-fn like_pattern(q: &str) -> String {
-    let mut p = String::with_capacity(q.len() + 2);
-    p.push('%');
-    for ch in q.chars() {
-        if matches!(ch, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(ch);
-    }
-    p.push('%');
-    p
-}
-
 impl StateDb {
     /// Up to `limit` conflicts with `id < before` (all when `before` is
     /// `None`), newest first; open ones only when `open_only`.
@@ -172,81 +158,53 @@ impl StateDb {
         latest(self.conn(), contact_id)
     }
 
-    /// Contacts whose id or a store's native id is `q`; when there is none,
-    /// contacts whose name or an email (as of their newest journal entry)
-    /// contains `q` (case-insensitive), at most `limit`. The name/email search reads the
-    /// journal's after-images (a scan; bounded by `limit` matches).
-    pub fn search_contacts(&self, q: &str, limit: usize) -> Result<Vec<ContactHit>> {
+    /// Contacts whose id or a store's native id is `q` (first page only);
+    /// when there is none, contacts whose names, email addresses or phone
+    /// numbers match `q` in the search index ([`StateDb::search_index`]:
+    /// words as prefixes, newest indexed first), `limit` per page, `before`
+    /// being the previous page's `next_before`.
+    pub fn search_contacts(
+        &self,
+        q: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<ContactHit>> {
         let q = q.trim();
-        let mut out: Vec<ContactHit> = Vec::new();
         if q.is_empty() || limit == 0 {
-            return Ok(out);
+            return Ok(page(Vec::new(), limit, |_| 0));
         }
-        if let Some(e) = latest(self.conn(), q)? {
-            out.push(hit(&e, "id".into()));
-        }
-        for store in self.known_stores()? {
-            if let Some(r) = by_native(self.conn(), &store, q)? {
-                if out.iter().any(|h| h.contact_id == r.contact_id) {
-                    continue;
+        if before.is_none() {
+            let mut out: Vec<ContactHit> = Vec::new();
+            // The journal's newest entry first (it also knows deleted
+            // contacts), then the index (contacts never journaled).
+            if let Some(e) = latest(self.conn(), q)? {
+                out.push(hit(&e, "id".into()));
+            } else if let Some(h) = self.indexed(q)? {
+                out.push(h);
+            }
+            for store in self.known_stores()? {
+                if let Some(r) = by_native(self.conn(), &store, q)? {
+                    if out.iter().any(|h| h.contact_id == r.contact_id) {
+                        continue;
+                    }
+                    let matched = format!("native_id:{store}");
+                    if let Some(e) = latest(self.conn(), &r.contact_id)? {
+                        out.push(hit(&e, matched));
+                    } else if let Some(mut h) = self.indexed(&r.contact_id)? {
+                        h.matched = matched;
+                        out.push(h);
+                    }
                 }
-                if let Some(e) = latest(self.conn(), &r.contact_id)? {
-                    out.push(hit(&e, format!("native_id:{store}")));
-                }
+            }
+            // An exact id is what was meant.
+            if !out.is_empty() {
+                return Ok(Page {
+                    items: out,
+                    next_before: None,
+                });
             }
         }
-        // An exact id is what was meant: no scan of the journal.
-        if !out.is_empty() {
-            return Ok(out);
-        }
-        let needle = q.to_lowercase();
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT contact_id FROM journal WHERE after LIKE ?1 ESCAPE '\\' \
-             GROUP BY contact_id ORDER BY MAX(seq) DESC LIMIT ?2",
-        )?;
-        // More candidates than `limit`: a match in an old version or in
-        // another field is dropped below.
-        let candidates = stmt
-            .query_map(params![like_pattern(q), sql_limit(limit * 4)], |r| {
-                r.get::<_, String>(0)
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        for id in candidates {
-            if out.len() >= limit {
-                break;
-            }
-            if out.iter().any(|h| h.contact_id == id) {
-                continue;
-            }
-            let Some(e) = latest(self.conn(), &id)? else {
-                continue;
-            };
-            let c = &e.after;
-            let names = [
-                Some(&c.canonical_name),
-                c.display_name.as_ref(),
-                c.first_name.as_ref(),
-                c.last_name.as_ref(),
-            ];
-            let matched = if names
-                .iter()
-                .flatten()
-                .any(|n| n.to_lowercase().contains(&needle))
-            {
-                "name"
-            } else if c
-                .emails
-                .iter()
-                .any(|m| m.address.to_lowercase().contains(&needle))
-            {
-                "email"
-            } else {
-                continue;
-            };
-            out.push(hit(&e, matched.into()));
-        }
-        out.truncate(limit);
-        Ok(out)
+        self.search_index(q, before, limit)
     }
 }
 
@@ -374,18 +332,32 @@ mod tests {
     #[test]
     fn search_by_id_native_id_name_and_email() {
         let db = db_with(5);
-        let hit = |q: &str| db.search_contacts(q, 10).unwrap();
+        let hit = |q: &str| db.search_contacts(q, None, 10).unwrap().items;
         assert_eq!(hit("c2")[0].matched, "id");
         assert_eq!(hit("row-77")[0].contact_id, "c3");
         assert_eq!(hit("row-77")[0].matched, "native_id:local");
         let by_email = hit("ADA4@example");
         assert_eq!(by_email.len(), 1);
         assert_eq!(by_email[0].matched, "email");
-        // LIKE wildcards in the query are literal.
-        let by_name = hit("1% love");
+        // Words are prefixes of a name's words, in any order.
+        let by_name = hit("love 1");
         assert_eq!(by_name.len(), 1);
         assert_eq!(by_name[0].contact_id, "c1");
+        assert_eq!(by_name[0].matched, "name");
         assert!(hit("_").is_empty());
         assert!(hit("  ").is_empty());
+        assert!(hit("\"").is_empty());
+        // Pages: newest indexed first, every contact once.
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let p = db.search_contacts("lovelace", before, 2).unwrap();
+            seen.extend(p.items.into_iter().map(|h| h.contact_id));
+            match p.next_before {
+                Some(b) => before = Some(b),
+                None => break,
+            }
+        }
+        assert_eq!(seen, vec!["c4", "c3", "c2", "c1", "c0"]);
     }
 }

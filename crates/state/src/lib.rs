@@ -37,6 +37,8 @@ mod read;
 mod retention;
 pub use retention::{CompactReport, JOURNAL_CONSUMER_PREFIX, LAST_COMPACTED_META};
 mod schema;
+mod search;
+pub use search::{SearchDoc, SEARCH_FILL_DONE, SEARCH_FILL_META};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -453,7 +455,10 @@ impl StateTx<'_> {
                 entry.hash,
                 format_ts(&entry.at),
             ])?;
-        Ok(self.tx.last_insert_rowid())
+        let seq = self.tx.last_insert_rowid();
+        // The search index follows canonical in the same transaction.
+        self.index_contacts([&entry.after])?;
+        Ok(seq)
     }
     /// Inserts or replaces the record keyed by (store, contact_id).
     pub fn put_store_record(&self, rec: &StoreRecord) -> Result<()> {

@@ -176,7 +176,7 @@ impl StateTx<'_> {
     /// Removes a contact's personal data from the journal (each entry keeps
     /// its seq, id, versions, op, origin, hash and time; its record becomes
     /// an empty tombstone at that version and its field changes and
-    /// conflicts are dropped), and its conflicts and dead letters. Returns
+    /// conflicts are dropped), its conflicts and dead letters, and its search index text. Returns
     /// (journal entries scrubbed, conflicts removed, dead letters removed).
     pub fn scrub_contact(
         &self,
@@ -203,6 +203,7 @@ impl StateTx<'_> {
                 params![seq, after],
             )?;
         }
+        self.unindex_contact(contact_id)?;
         let conflicts = self
             .tx
             .execute("DELETE FROM conflicts WHERE contact_id = ?1", [contact_id])?;

@@ -238,8 +238,59 @@ DROP INDEX IF EXISTS store_records_needs_write;
 CREATE INDEX IF NOT EXISTS store_records_owed ON store_records (store, contact_id) WHERE needs_write <> 0;
 "#;
 
+/// Version 7: the contact search index (see `search.rs`).
+/// - `search_docs`: per contact id, the version indexed, whether deleted,
+///   the display name and the indexed text (names, emails, phone digits);
+///   a deleted or erased contact keeps only its id and version.
+/// - `search_fts`: FTS5 over `search_docs` (external content, kept by the
+///   triggers; prefixes of 1-3 characters kept as terms, so a search never
+///   expands a prefix over the whole vocabulary; `secure-delete`, so
+///   removed text leaves the index pages).
+/// - (Every statement may run again over its own result.)
+/// - meta `search_fill` = '': the index is filled from canonical by the
+///   engine (once, resumably), unless an initial sync from the start fills
+///   it first.
+const V7: &str = r#"
+CREATE TABLE IF NOT EXISTS search_docs (
+    doc        INTEGER PRIMARY KEY,
+    contact_id TEXT NOT NULL UNIQUE,
+    version    INTEGER NOT NULL,
+    deleted    INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+    name       TEXT NOT NULL,
+    names      TEXT NOT NULL,
+    emails     TEXT NOT NULL,
+    phones     TEXT NOT NULL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS search_fts USING fts5(
+    names, emails, phones,
+    content = 'search_docs', content_rowid = 'doc',
+    tokenize = 'unicode61 remove_diacritics 2', prefix = '1 2 3'
+);
+INSERT INTO search_fts (search_fts, rank) VALUES ('secure-delete', 1);
+CREATE TRIGGER IF NOT EXISTS search_docs_ai AFTER INSERT ON search_docs WHEN new.deleted = 0 BEGIN
+    INSERT INTO search_fts (rowid, names, emails, phones)
+        VALUES (new.doc, new.names, new.emails, new.phones);
+END;
+CREATE TRIGGER IF NOT EXISTS search_docs_ad AFTER DELETE ON search_docs WHEN old.deleted = 0 BEGIN
+    INSERT INTO search_fts (search_fts, rowid, names, emails, phones)
+        VALUES ('delete', old.doc, old.names, old.emails, old.phones);
+END;
+CREATE TRIGGER IF NOT EXISTS search_docs_au AFTER UPDATE ON search_docs BEGIN
+    INSERT INTO search_fts (search_fts, rowid, names, emails, phones)
+        SELECT 'delete', old.doc, old.names, old.emails, old.phones
+        WHERE old.deleted = 0 AND (new.deleted <> 0 OR old.names IS NOT new.names
+            OR old.emails IS NOT new.emails OR old.phones IS NOT new.phones);
+    INSERT INTO search_fts (rowid, names, emails, phones)
+        SELECT new.doc, new.names, new.emails, new.phones
+        WHERE new.deleted = 0 AND (old.deleted <> 0 OR old.names IS NOT new.names
+            OR old.emails IS NOT new.emails OR old.phones IS NOT new.phones);
+END;
+INSERT INTO meta (key, value) VALUES ('search_fill', '')
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+"#;
+
 /// Every migration, in order; the schema version is `MIGRATIONS.len()`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -79,16 +79,37 @@ pub(crate) async fn contact(State(c): State<Console>, Path(id): Path<String>) ->
     }
 }
 
+/// The body of `POST /api/search` (the query is personal data: never in a
+/// URL).
 #[derive(Debug, Deserialize)]
-pub(crate) struct SearchQuery {
+pub(crate) struct SearchBody {
     #[serde(default)]
     q: String,
+    /// The previous page's `next_before`.
+    before: Option<i64>,
     limit: Option<usize>,
 }
 
-pub(crate) async fn search(State(c): State<Console>, Query(q): Query<SearchQuery>) -> Response {
-    let limit = q.limit.unwrap_or(PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
-    ok(data::search(&c, q.q, limit).await)
+/// `POST /api/search` with `{"q": ..., "before": ..., "limit": ...}` and
+/// the CSRF header.
+pub(crate) async fn search(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    Json(b): Json<SearchBody>,
+) -> Response {
+    if !csrf_ok(&c, &headers) {
+        return error(403, CSRF_MISSING);
+    }
+    let limit = b.limit.unwrap_or(PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
+    ok(data::search(&c, b.q, b.before, limit).await)
+}
+
+/// `GET /api/search`: refused, so a query never lands in a URL or a log.
+pub(crate) async fn search_get() -> Response {
+    error(
+        405,
+        "use POST /api/search with a JSON body {\"q\": ...} and the X-CSRF-Token header (a query is personal data: it does not belong in a URL)",
+    )
 }
 
 #[derive(Debug, Deserialize)]

@@ -117,6 +117,7 @@ pub(crate) async fn overview(c: &Console) -> Result<Overview, String> {
             s.errors_total = l.errors_total;
             s.webhook_events_total = l.webhook_events_total;
             s.cdc_events_total = l.cdc_events_total;
+            s.query_cost = l.query_cost;
         }
     }
     snap.last_cycle = live.last_cycle.clone();
@@ -354,13 +355,33 @@ pub(crate) async fn contact(c: &Console, id: String) -> Result<Option<ContactVie
     .await
 }
 
+/// A page of contacts found, and whether the search index is still being
+/// filled from canonical (then some contacts may be missing).
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchResults {
+    #[serde(flatten)]
+    pub page: Page<ContactHit>,
+    pub index_filling: bool,
+}
+
 pub(crate) async fn search(
     c: &Console,
     q: String,
+    before: Option<i64>,
     limit: usize,
-) -> Result<Vec<ContactHit>, String> {
-    c.with_db(move |db| db.search_contacts(&q, limit).map_err(state_err))
-        .await
+) -> Result<SearchResults, String> {
+    c.with_db(move |db| {
+        let page = db.search_contacts(&q, before, limit).map_err(state_err)?;
+        let index_filling = db
+            .meta(contact_sync_state::SEARCH_FILL_META)
+            .map_err(state_err)?
+            .is_some_and(|v| v != contact_sync_state::SEARCH_FILL_DONE);
+        Ok(SearchResults {
+            page,
+            index_filling,
+        })
+    })
+    .await
 }
 
 /// Why an action was refused: the HTTP status and the message.

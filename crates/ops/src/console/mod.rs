@@ -17,8 +17,9 @@
 //!   request needs `Authorization: Bearer <token>` or the session cookie set
 //!   by `POST /login`. Tokens are compared in constant time.
 //! - Every value is HTML-escaped by `maud`'s templates.
-//! - URLs carry ids only; the search form posts its query. Nothing here logs
-//!   a request, a contact value or a token.
+//! - URLs carry ids only; the search form and `POST /api/search` carry the
+//!   query in the body (a `?q=` in a URL is ignored). Nothing here logs a
+//!   request, a contact value or a token.
 //!
 //! Retrying or dismissing a dead letter is the state call `contact-sync
 //! dead-letters retry|dismiss` makes (`retry_or_dismiss_dead_letter`).
@@ -358,7 +359,7 @@ pub fn router(console: Console) -> Router {
         .route("/api/paused", get(api::paused))
         .route("/api/paused/{store}/decide", post(api::decide))
         .route("/api/contact/{id}", get(api::contact))
-        .route("/api/search", get(api::search))
+        .route("/api/search", get(api::search_get).post(api::search))
         .layer(axum::middleware::from_fn_with_state(console.clone(), guard))
         .with_state(console)
 }
@@ -561,6 +562,374 @@ mod tests {
         let r = http.get(format!("{base}/health")).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
+
+    /// Contacts an initial sync indexed (never journaled) are found by a
+    /// part of their name and by email, page after page, through the form
+    /// and the API; an erased one is not; the query never goes in a URL.
+    #[tokio::test]
+    async fn search_finds_indexed_contacts_by_name_and_email() {
+        use contact_sync_core::model::{now, Email};
+        use contact_sync_core::Contact;
+        let (dir, _server, base) = start(None).await;
+        {
+            let mut db = StateDb::open(&dir.path().join("state.db")).unwrap();
+            let people: Vec<Contact> = (0..60)
+                .map(|i| {
+                    let mut c = Contact::new(format!("c{i:02}"), format!("Ada{i} Lovelace"));
+                    c.version = 1;
+                    c.emails = vec![Email {
+                        address: format!("ada{i}@example.org"),
+                        label: None,
+                        is_primary: true,
+                    }];
+                    c
+                })
+                .chain(std::iter::once(Contact::new("c99", XSS_NAME)))
+                .collect();
+            let tx = db.tx().unwrap();
+            tx.index_contacts(&people).unwrap();
+            tx.scrub_contact("c07", now()).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(db.journal_head().unwrap(), 0);
+        }
+        let http = reqwest::Client::new();
+        let session: serde_json::Value = http
+            .get(format!("{base}/api/session"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let csrf = session["csrf_token"].as_str().unwrap().to_string();
+        let api = |body: serde_json::Value| {
+            http.post(format!("{base}/api/search"))
+                .header("X-CSRF-Token", &csrf)
+                .json(&body)
+                .send()
+        };
+        // By email: one contact.
+        let v: serde_json::Value = api(serde_json::json!({"q": "ada12@example.org"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["items"][0]["contact_id"], "c12");
+        assert_eq!(v["items"][0]["matched"], "email");
+        // By part of a name: 59 (c07 was erased), in pages of 25.
+        let mut seen = Vec::new();
+        let mut before = serde_json::Value::Null;
+        loop {
+            let v: serde_json::Value =
+                api(serde_json::json!({"q": "LOVEL", "limit": 25, "before": before}))
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+            for h in v["items"].as_array().unwrap() {
+                seen.push(h["contact_id"].as_str().unwrap().to_string());
+            }
+            before = v["next_before"].clone();
+            if before.is_null() {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 59, "{seen:?}");
+        assert!(!seen.contains(&"c07".to_string()));
+        let v: serde_json::Value = api(serde_json::json!({"q": "ada7@example.org"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["items"].as_array().unwrap().len(), 0, "erased: {v}");
+        // The API refuses a query in the URL, and a POST without the token.
+        let r = http
+            .get(format!("{base}/api/search?q=ada12"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405);
+        let r = http
+            .post(format!("{base}/api/search"))
+            .json(&serde_json::json!({"q": "ada"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        // The page: the form posts; results escaped; a next-page form.
+        let page = http
+            .post(format!("{base}/search"))
+            .form(&[("csrf", csrf.as_str()), ("q", "lovelace")])
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            page.matches("href=\"/contact/c").count(),
+            PAGE_SIZE,
+            "{page}"
+        );
+        assert!(page.contains("id=\"next-page\""), "{page}");
+        let page = http
+            .post(format!("{base}/search"))
+            .form(&[("csrf", csrf.as_str()), ("q", "alert")])
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{page}"
+        );
+        assert!(!page.contains("<script>"), "{page}");
+        // A query in the URL of the page is ignored (an empty form).
+        let page = http
+            .get(format!("{base}/search?q=lovelace"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!page.contains("c12"), "{page}");
+    }
+
+    /// The overview shows, per store, the WAL its replication slot retains
+    /// and what BigQuery billed (the daemon's live numbers).
+    #[tokio::test]
+    async fn the_overview_shows_retained_wal_and_bigquery_bytes_per_store() {
+        use crate::metrics::{MetricsSnapshot, QueryCost, StoreSample};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let db = StateDb::open(&path).unwrap();
+        let ops = OpsHandle::default();
+        let mut supabase = StoreSample::new("supabase", Some(10));
+        supabase.retained_wal_bytes = Some(3 * 1024 * 1024);
+        let samples = [StoreSample::new("canonical", Some(10)), supabase];
+        ops.update(
+            MetricsSnapshot::from_state(&db, &samples, contact_sync_core::model::now()).unwrap(),
+        );
+        ops.add_query_cost(
+            "canonical",
+            QueryCost {
+                queries: 4,
+                bytes_processed: 2048,
+                bytes_billed: 20 * 1024 * 1024,
+            },
+        );
+        let (c, _rx) = Console::new(
+            ConsoleConfig {
+                state_path: path,
+                stores: vec!["canonical".into(), "supabase".into()],
+                token: None,
+                allow_remote: false,
+            },
+            ops.clone(),
+        )
+        .unwrap();
+        let server = crate::serve(&crate::ServerConfig::loopback(0), ops, router(c))
+            .await
+            .unwrap();
+        let base = format!("http://{}", server.local_addr());
+        let page = reqwest::get(format!("{base}/"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let row = |store: &str| {
+            let start = page.find(&format!("data-store=\"{store}\"")).unwrap();
+            let end = page[start..].find("</tr>").unwrap() + start;
+            page[start..end].to_string()
+        };
+        assert!(
+            page.contains("http-equiv=\"refresh\""),
+            "the overview refreshes itself"
+        );
+        let canonical = row("canonical");
+        assert!(canonical.contains("20.0 MiB"), "{canonical}");
+        assert!(
+            canonical.contains("2.0 KiB processed, 4 queries"),
+            "{canonical}"
+        );
+        let supabase = row("supabase");
+        assert!(supabase.contains("3.0 MiB"), "{supabase}");
+        let v: serde_json::Value = reqwest::get(format!("{base}/api/overview"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stores = v["stores"].as_array().unwrap();
+        let canonical = stores.iter().find(|s| s["store"] == "canonical").unwrap();
+        assert_eq!(canonical["query_cost"]["bytes_billed"], 20 * 1024 * 1024);
+        let supabase = stores.iter().find(|s| s["store"] == "supabase").unwrap();
+        assert_eq!(supabase["retained_wal_bytes"], 3 * 1024 * 1024);
+    }
+
+    /// A conflict the merge settled by rule is listed (not as open) with
+    /// the rule, who sent the incoming side and when; an open one has the
+    /// buttons.
+    #[tokio::test]
+    async fn auto_settled_conflicts_show_the_rule_that_decided() {
+        use contact_sync_core::{FieldConflict, Resolution};
+        let (dir, _server, base) = start(None).await;
+        {
+            let mut db = StateDb::open(&dir.path().join("state.db")).unwrap();
+            let tx = db.tx().unwrap();
+            let f = |resolution| FieldConflict {
+                field: "job_title".into(),
+                base: serde_json::json!("Engineer"),
+                canonical: serde_json::json!("Senior Engineer"),
+                incoming: serde_json::json!("Staff Engineer"),
+                canonical_version: 3,
+                incoming_version: 4,
+                resolution,
+            };
+            let at = contact_sync_core::model::parse_ts("2026-03-04T05:06:07Z").unwrap();
+            tx.add_conflict("c1", "twenty", &f(Resolution::IncomingByVersion), at)
+                .unwrap();
+            tx.add_conflict("c2", "local", &f(Resolution::Open), at)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let get = |path: &str| {
+            let url = format!("{base}{path}");
+            async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+        };
+        let open = get("/conflicts").await;
+        assert!(open.contains("id=\"conflict-2\""), "{open}");
+        assert!(!open.contains("id=\"conflict-1\""), "{open}");
+        let all = get("/conflicts?all=1").await;
+        let start = all.find("id=\"conflict-1\"").expect("the settled one");
+        let row = &all[start..start + all[start..].find("</tr>").unwrap()];
+        for want in [
+            "incoming_by_version",
+            "kept_incoming",
+            "Senior Engineer",
+            "Staff Engineer",
+            "Engineer",
+            "twenty v4",
+            "canonical v3",
+            "2026-03-04T05:06:07",
+        ] {
+            assert!(row.contains(want), "{want} missing: {row}");
+        }
+        assert!(
+            !row.contains("keep-incoming-1"),
+            "no buttons on a settled one: {row}"
+        );
+        assert!(all.contains("id=\"keep-incoming-2\""));
+    }
+
+    /// The contact view: one contact as every store holds it, side by side,
+    /// the differing field highlighted, and its journal (who changed which
+    /// field from what to what).
+    #[tokio::test]
+    async fn the_contact_view_highlights_differences_and_shows_the_journal() {
+        use contact_sync_core::journal::{FieldChange, Op};
+        use contact_sync_core::{Contact, JournalEntry};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut canonical = Contact::new("c1", "Ada Lovelace");
+        canonical.version = 2;
+        canonical.job_title = Some("Analyst".into());
+        {
+            let mut db = StateDb::open(&path).unwrap();
+            let tx = db.tx().unwrap();
+            tx.append_journal(&JournalEntry {
+                seq: 0,
+                contact_id: "c1".into(),
+                version: 2,
+                prev_version: 1,
+                op: Op::Upsert,
+                origin: "twenty".into(),
+                changes: vec![FieldChange {
+                    field: "job_title".into(),
+                    old: serde_json::json!("Engineer"),
+                    new: serde_json::json!("Analyst"),
+                }],
+                conflicts: vec![],
+                hash: "h".into(),
+                after: canonical.clone(),
+                at: contact_sync_core::model::now(),
+            })
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let (c, mut rx) = Console::new(
+            ConsoleConfig {
+                state_path: path,
+                stores: vec!["canonical".into(), "local".into()],
+                token: None,
+                allow_remote: false,
+            },
+            OpsHandle::default(),
+        )
+        .unwrap();
+        let mut stale = canonical.clone();
+        stale.job_title = Some("Engineer".into());
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                if let ConsoleRequest::ReadContact { reply, .. } = req {
+                    let _ = reply.send(vec![
+                        StoreRead {
+                            store: "canonical".into(),
+                            record: Some(canonical.clone()),
+                            error: None,
+                        },
+                        StoreRead {
+                            store: "local".into(),
+                            record: Some(stale.clone()),
+                            error: None,
+                        },
+                    ]);
+                }
+            }
+        });
+        let server = crate::serve(
+            &crate::ServerConfig::loopback(0),
+            OpsHandle::default(),
+            router(c),
+        )
+        .await
+        .unwrap();
+        let page = reqwest::get(format!("http://{}/contact/c1", server.local_addr()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let row = |table: &str, th: &str| {
+            let t = page.find(&format!("id=\"{table}\"")).unwrap();
+            let start = page[t..].find(&format!("<th>{th}</th>")).unwrap() + t;
+            let end = page[start..].find("</tr>").unwrap() + start;
+            page[start..end].to_string()
+        };
+        let title = row("side-by-side", "job_title");
+        assert!(
+            title.contains("<td><pre>Analyst</pre></td>")
+                && title.contains("<td class=\"diff\"><pre>Engineer</pre></td>"),
+            "{title}"
+        );
+        let name = row("side-by-side", "canonical_name");
+        assert!(!name.contains("diff"), "{name}");
+        let j = page.find("id=\"journal\"").unwrap();
+        let journal = &page[j..];
+        for want in ["twenty", "1 → 2", "job_title", "Engineer", "Analyst"] {
+            assert!(journal.contains(want), "{want}: {journal}");
+        }
+    }
+
+    const XSS_NAME: &str = "<script>alert(1)</script>";
 
     #[test]
     fn remote_access_needs_a_token() {

@@ -65,7 +65,7 @@ fn layout(title: &str, console: &Console, refresh: bool, body: Markup) -> Markup
                     a href="/paused" { "Paused" }
                     form method="post" action="/search" {
                         input type="hidden" name="csrf" value=(console.inner.csrf);
-                        input type="search" name="q" placeholder="id, name or email" aria-label="search";
+                        input type="search" name="q" placeholder="id, name, email or phone" aria-label="search";
                         " " button type="submit" { "Search" }
                     }
                 }
@@ -154,7 +154,7 @@ pub(crate) async fn overview(State(c): State<Console>) -> Response {
         table #stores {
             thead { tr {
                 th { "Store" } th { "Status" } th { "Contacts" } th { "Pending" } th { "Lag" }
-                th { "Last success" } th { "Errors" } th { "Drift %" } th { "Retained WAL" }
+                th { "Last success" } th { "Errors" } th { "Drift %" } th { "Retained WAL" } th { "BigQuery billed" }
                 th { "Captured" } th { "Merged" } th { "Written" }
             } }
             tbody {
@@ -172,7 +172,16 @@ pub(crate) async fn overview(State(c): State<Console>) -> Response {
                         td { (unix_ts(m.last_success_unix)) }
                         td.num { (m.consecutive_errors) " in a row / " (m.errors_total) " here" }
                         td.num { (m.drift_pct.map(|d| format!("{d:.2}")).unwrap_or_else(|| "—".into())) }
-                        td.num { (bytes(m.retained_wal_bytes)) }
+                        td.num.wal { (bytes(m.retained_wal_bytes)) }
+                        td.num.billed {
+                            @match &m.query_cost {
+                                None => "—",
+                                Some(q) => {
+                                    (bytes(Some(q.bytes_billed)))
+                                    br; small { (bytes(Some(q.bytes_processed))) " processed, " (q.queries) " queries" }
+                                }
+                            }
+                        }
                         td.num { (m.captured_total) }
                         td.num { (m.merged_total) }
                         td.num { (m.written_total) }
@@ -639,40 +648,44 @@ pub(crate) async fn contact(State(c): State<Console>, Path(id): Path<String>) ->
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct SearchQuery {
-    #[serde(default)]
-    q: String,
-}
-
-#[derive(Debug, Deserialize)]
 pub(crate) struct SearchForm {
     csrf: String,
     #[serde(default)]
     q: String,
+    /// The next page: the previous page's `next_before`.
+    before: Option<i64>,
 }
 
-async fn search_page(c: Console, q: String) -> Response {
-    let hits = if q.trim().is_empty() {
-        Vec::new()
+async fn search_page(c: Console, q: String, before: Option<i64>) -> Response {
+    let found = if q.trim().is_empty() {
+        None
     } else {
-        match data::search(&c, q.clone(), PAGE_SIZE).await {
-            Ok(h) => h,
+        match data::search(&c, q.clone(), before, PAGE_SIZE).await {
+            Ok(h) => Some(h),
             Err(e) => return error_page(&c, 500, &e),
         }
     };
     let body = html! {
         form method="post" action="/search" {
             (csrf_field(&c))
-            input type="search" name="q" value=(q) aria-label="search";
+            input type="search" name="q" value=(q) aria-label="search" placeholder="id, name, email or phone";
             " " button type="submit" { "Search" }
         }
-        @if !q.trim().is_empty() {
-            @if hits.is_empty() { p #empty { "Nothing found." } }
-            @else {
+        p { "By contact id or a store's id (exact), or by words of a name or an email address (each word the start of one: "
+            code { "love" } " finds Lovelace, " code { "ada@exa" } " finds ada@example.com), or by a phone number's leading digits." }
+        @if let Some(found) = &found {
+            @if found.index_filling {
+                p.err #index-filling { "The search index is still being filled from canonical: some contacts may be missing." }
+            }
+            @if found.page.items.is_empty() && found.page.next_before.is_none() { p #empty { "Nothing found." } }
+            @if found.page.items.is_empty() && found.page.next_before.is_some() {
+                p #none-yet { "Nothing found in this part of the index (a search looks at 20,000 candidates at a time)." }
+            }
+            @if !found.page.items.is_empty() {
                 table #results {
                     thead { tr { th { "Contact" } th { "Name" } th { "Emails" } th { "Version" } th { "Matched" } } }
                     tbody {
-                        @for h in &hits {
+                        @for h in &found.page.items {
                             tr {
                                 td { a href=(format!("/contact/{}", h.contact_id)) { (h.contact_id) } }
                                 td.name { (h.name) @if h.deleted { " (deleted)" } }
@@ -684,22 +697,30 @@ async fn search_page(c: Console, q: String) -> Response {
                     }
                 }
             }
+            @if let Some(next) = found.page.next_before {
+                form method="post" action="/search" #next-page {
+                    (csrf_field(&c))
+                    input type="hidden" name="q" value=(q);
+                    input type="hidden" name="before" value=(next);
+                    button type="submit" { "Next page" }
+                }
+            }
         }
     };
     page("Search", &c, false, body)
 }
 
-/// `GET /search?q=`: works, but the form posts (a query may be an email
-/// address, which should not sit in URLs and browser history).
-pub(crate) async fn search_get(State(c): State<Console>, Query(q): Query<SearchQuery>) -> Response {
-    search_page(c, q.q).await
+/// `GET /search`: the empty form (a query in the URL is ignored: the form
+/// posts it, so it stays out of URLs, browser history and logs).
+pub(crate) async fn search_get(State(c): State<Console>) -> Response {
+    search_page(c, String::new(), None).await
 }
 
 pub(crate) async fn search_post(State(c): State<Console>, Form(f): Form<SearchForm>) -> Response {
     if let Some(r) = stale_form(&c, &f.csrf) {
         return r;
     }
-    search_page(c, f.q).await
+    search_page(c, f.q, f.before).await
 }
 
 #[derive(Debug, Deserialize)]

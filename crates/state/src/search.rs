@@ -1,0 +1,548 @@
+//! The contact search index (schema V7): every canonical contact's names,
+//! email addresses and phone numbers, for the console's search.
+//!
+//! - `search_docs`: one row per contact id (the FTS rowid `doc`), with the
+//!   version it was indexed at, whether it is deleted, its display name and
+//!   the indexed text. A deleted or erased contact keeps a row with its id
+//!   and version only (no personal data), so an older image read later
+//!   cannot bring it back.
+//! - `search_fts`: an FTS5 index over `search_docs` (external content,
+//!   `unicode61` tokens without diacritics, `secure-delete` so a removed
+//!   contact's tokens are gone from the index pages, not only marked), kept
+//!   in step by triggers.
+//!
+//! Fed in the same state transaction as the canonical change: every
+//! journal entry ([`StateTx::append_journal`] calls [`StateTx::index_contacts`]),
+//! every page of an initial sync, and once for a state database that
+//! predates the index (the engine's fill from canonical, resumable through
+//! the meta key [`SEARCH_FILL_META`]). A write never replaces a newer
+//! version with an older one.
+
+use contact_sync_core::Contact;
+use rusqlite::params;
+use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::UnicodeNormalization;
+
+use crate::console::{ContactHit, Page};
+use crate::{Result, StateDb, StateTx};
+
+/// Meta key of the index's fill from canonical: absent or `done` when
+/// nothing is left to do, `after\t<contact id>` after the last contact
+/// indexed, `''` from the start (written by the V7 migration).
+pub const SEARCH_FILL_META: &str = "search_fill";
+
+/// The value of [`SEARCH_FILL_META`] once the index holds every contact.
+pub const SEARCH_FILL_DONE: &str = "done";
+
+/// What the index holds of one contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchDoc {
+    pub contact_id: String,
+    pub version: i64,
+    pub deleted: bool,
+    /// `canonical_name` (shown in results).
+    name: String,
+    /// Every name field, space-separated (indexed).
+    names: String,
+    /// Email addresses, space-separated (indexed, shown).
+    emails: String,
+    /// Phone numbers as digits only (indexed).
+    phones: String,
+}
+
+fn push_unique(out: &mut String, seen: &mut Vec<String>, s: &str) {
+    let s = s.trim();
+    if s.is_empty() || seen.iter().any(|x| x.eq_ignore_ascii_case(s)) {
+        return;
+    }
+    if !out.is_empty() {
+        out.push(' ');
+    }
+    out.push_str(s);
+    seen.push(s.to_string());
+}
+
+impl SearchDoc {
+    /// The index's view of a contact: nothing but id and version when it is
+    /// deleted.
+    pub fn of(c: &Contact) -> SearchDoc {
+        let deleted = c.is_deleted();
+        let mut doc = SearchDoc {
+            contact_id: c.contact_id.clone(),
+            version: c.version,
+            deleted,
+            name: String::new(),
+            names: String::new(),
+            emails: String::new(),
+            phones: String::new(),
+        };
+        if deleted {
+            return doc;
+        }
+        doc.name = c.canonical_name.trim().to_string();
+        let mut seen = Vec::new();
+        for n in [
+            Some(&c.canonical_name),
+            c.display_name.as_ref(),
+            c.first_name.as_ref(),
+            c.middle_name.as_ref(),
+            c.last_name.as_ref(),
+            c.nickname.as_ref(),
+            c.phonetic_name.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            push_unique(&mut doc.names, &mut seen, n);
+        }
+        let mut seen = Vec::new();
+        for e in &c.emails {
+            push_unique(&mut doc.emails, &mut seen, &e.address.to_lowercase());
+        }
+        let mut seen = Vec::new();
+        for p in &c.phones {
+            let digits: String = p.number.chars().filter(|ch| ch.is_ascii_digit()).collect();
+            push_unique(&mut doc.phones, &mut seen, &digits);
+        }
+        doc
+    }
+}
+
+const UPSERT: &str =
+    "INSERT INTO search_docs (contact_id, version, deleted, name, names, emails, phones)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (contact_id) DO UPDATE SET version = excluded.version,
+         deleted = excluded.deleted, name = excluded.name, names = excluded.names,
+         emails = excluded.emails, phones = excluded.phones
+     WHERE excluded.version > search_docs.version
+        OR (excluded.version = search_docs.version
+            AND (excluded.deleted, excluded.name, excluded.names, excluded.emails, excluded.phones)
+                IS NOT (search_docs.deleted, search_docs.name, search_docs.names,
+                        search_docs.emails, search_docs.phones))";
+
+fn upsert(st: &mut rusqlite::CachedStatement<'_>, d: &SearchDoc) -> Result<()> {
+    st.execute(params![
+        d.contact_id,
+        d.version,
+        d.deleted,
+        d.name,
+        d.names,
+        d.emails,
+        d.phones
+    ])?;
+    Ok(())
+}
+
+impl StateTx<'_> {
+    /// Puts contacts into the search index (a deleted one leaves it),
+    /// unless the index holds a newer version. Unchanged contacts cost one
+    /// look-up each.
+    pub fn index_contacts<'c>(
+        &self,
+        contacts: impl IntoIterator<Item = &'c Contact>,
+    ) -> Result<()> {
+        let mut st = self.tx.prepare_cached(UPSERT)?;
+        for c in contacts {
+            upsert(&mut st, &SearchDoc::of(c))?;
+        }
+        Ok(())
+    }
+
+    /// [`index_contacts`](StateTx::index_contacts) for documents made
+    /// beforehand (off the state database's thread).
+    pub fn index_docs(&self, docs: &[SearchDoc]) -> Result<()> {
+        let mut st = self.tx.prepare_cached(UPSERT)?;
+        for d in docs {
+            upsert(&mut st, d)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a contact's personal data from the index whatever its
+    /// version (an erasure).
+    pub(crate) fn unindex_contact(&self, contact_id: &str) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "UPDATE search_docs SET deleted = 1, name = '', names = '', emails = '', phones = ''
+                 WHERE contact_id = ?1",
+            )?
+            .execute([contact_id])?;
+        Ok(())
+    }
+}
+
+/// Most candidates one search call looks at before it answers with what
+/// it found so far (and `next_before` to go on from there).
+const SCAN_CAP: usize = 20_000;
+
+/// Lower-cased, diacritics removed (as `unicode61 remove_diacritics 2`
+/// does), split on anything not alphanumeric: the index's tokens.
+fn tokens(s: &str) -> Vec<String> {
+    let folded: String = s
+        .nfd()
+        .filter(|ch| !is_combining_mark(*ch))
+        .flat_map(char::to_lowercase)
+        .collect();
+    folded
+        .split(|ch: char| !ch.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// What a person typed, made into a search: each word's tokens must be in
+/// a contact's names or emails, the last token of each word as a prefix
+/// (`ada@exa` finds ada@example.com); a query that is a phone number (digits
+/// with `+`, spaces, dashes, dots, brackets) also matches phone numbers
+/// starting with its digits.
+///
+/// FTS5 expands a prefix over every term that starts with it before it
+/// looks at any other word (1.2 s for `pers*` among 1M contacts), unless
+/// the index keeps that prefix as a term of its own (`prefix = '1 2 3'`).
+/// So the index is asked for a driver it answers lazily: the words'
+/// complete tokens (all but each word's last) as exact terms and each
+/// word's last token cut to 3 characters as a kept prefix, all required;
+/// the candidates are checked here.
+struct Plan {
+    /// The FTS5 MATCH expression.
+    driver: String,
+    /// Per word: its tokens, the last one a prefix.
+    words: Vec<Vec<String>>,
+    /// The digits of a phone-number query (3 or more).
+    digits: Option<String>,
+}
+
+fn quoted(t: &str) -> String {
+    format!("\"{}\"", t.replace('"', "\"\""))
+}
+
+impl Plan {
+    fn new(q: &str) -> Option<Plan> {
+        let words: Vec<Vec<String>> = q
+            .split_whitespace()
+            .map(tokens)
+            .filter(|t| !t.is_empty())
+            .collect();
+        if words.is_empty() {
+            return None;
+        }
+        // Every complete token as an exact term, and each word's last token
+        // cut to its first 3 characters as a prefix the index keeps.
+        let terms: Vec<String> = words
+            .iter()
+            .flat_map(|w| {
+                let (last, rest) = w.split_last().expect("words are not empty");
+                let cut: String = last.chars().take(3).collect();
+                rest.iter()
+                    .map(|t| quoted(t))
+                    .chain(std::iter::once(format!("{} *", quoted(&cut))))
+            })
+            .collect();
+        let text = format!("{{names emails}} : ({})", terms.join(" AND "));
+        let phone_like = q
+            .chars()
+            .all(|ch| ch.is_ascii_digit() || " +-.()".contains(ch));
+        let digits: String = q.chars().filter(char::is_ascii_digit).collect();
+        let digits = (phone_like && digits.len() >= 3).then_some(digits);
+        let driver = match &digits {
+            Some(d) => format!("{text} OR phones : {} *", quoted(&d[..3])),
+            None => text,
+        };
+        Some(Plan {
+            driver,
+            words,
+            digits,
+        })
+    }
+
+    /// Whether every word is in `text`'s tokens (the last token of a word as
+    /// a prefix).
+    fn words_in(&self, text: &[String]) -> bool {
+        self.words.iter().all(|w| {
+            let (last, rest) = w.split_last().expect("words are not empty");
+            rest.iter().all(|t| text.contains(t))
+                && text.iter().any(|t| t.starts_with(last.as_str()))
+        })
+    }
+
+    /// What of the contact matched (`name`, `email`, `phone`), if anything.
+    fn matches(&self, names: &str, emails: &str, phones: &str) -> Option<&'static str> {
+        let names = tokens(names);
+        if self.words_in(&names) {
+            return Some("name");
+        }
+        if let Some(d) = &self.digits {
+            if phones.split(' ').any(|p| p.starts_with(d.as_str())) {
+                return Some("phone");
+            }
+        }
+        let mut all = names;
+        all.extend(tokens(emails));
+        if self.words_in(&all) {
+            return Some("email");
+        }
+        None
+    }
+}
+
+impl StateDb {
+    /// Contacts whose names, email addresses (by words, each word a prefix:
+    /// `love` finds Lovelace, `ada@exa` finds ada@example.com) or phone
+    /// numbers (by leading digits) match `q`, newest indexed first, `limit`
+    /// per page; `before` is the previous page's `next_before`.
+    pub fn search_index(
+        &self,
+        q: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<ContactHit>> {
+        let Some(plan) = Plan::new(q) else {
+            return Ok(Page {
+                items: Vec::new(),
+                next_before: None,
+            });
+        };
+        let mut st = self.conn().prepare_cached(
+            "SELECT d.doc, d.contact_id, d.version, d.name, d.names, d.emails, d.phones
+             FROM search_fts JOIN search_docs d ON d.doc = search_fts.rowid
+             WHERE search_fts MATCH ?1 AND search_fts.rowid < ?2
+             ORDER BY search_fts.rowid DESC",
+        )?;
+        let mut rows = st.query(params![plan.driver, before.unwrap_or(i64::MAX)])?;
+        let mut items = Vec::new();
+        let mut last = None;
+        let mut scanned = 0;
+        while let Some(r) = rows.next()? {
+            if items.len() == limit || scanned == SCAN_CAP {
+                // More may follow: the next page starts after the last one
+                // looked at.
+                return Ok(Page {
+                    items,
+                    next_before: last,
+                });
+            }
+            scanned += 1;
+            last = Some(r.get::<_, i64>(0)?);
+            let names: String = r.get(4)?;
+            let emails: String = r.get(5)?;
+            let phones: String = r.get(6)?;
+            let Some(matched) = plan.matches(&names, &emails, &phones) else {
+                continue;
+            };
+            items.push(ContactHit {
+                contact_id: r.get(1)?,
+                version: r.get(2)?,
+                name: r.get(3)?,
+                emails: emails
+                    .split(' ')
+                    .filter(|e| !e.is_empty())
+                    .map(String::from)
+                    .collect(),
+                deleted: false,
+                matched: matched.to_string(),
+            });
+        }
+        Ok(Page {
+            items,
+            next_before: None,
+        })
+    }
+
+    /// The indexed contact with id `contact_id` (live ones only).
+    pub(crate) fn indexed(&self, contact_id: &str) -> Result<Option<ContactHit>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT version, name, emails FROM search_docs WHERE contact_id = ?1 AND deleted = 0",
+            )?
+            .query_row([contact_id], |r| {
+                let emails: String = r.get(2)?;
+                Ok(ContactHit {
+                    contact_id: contact_id.to_string(),
+                    version: r.get(0)?,
+                    name: r.get(1)?,
+                    emails: emails.split(' ').filter(|e| !e.is_empty()).map(String::from).collect(),
+                    deleted: false,
+                    matched: "id".into(),
+                })
+            })
+            .optional()?)
+    }
+
+    /// Contacts in the search index (live ones), and whether its fill from
+    /// canonical is still to finish.
+    pub fn search_index_status(&self) -> Result<(u64, bool)> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM search_docs WHERE deleted = 0",
+            [],
+            |r| r.get(0),
+        )?;
+        let pending = crate::read::meta(self.conn(), SEARCH_FILL_META)?
+            .is_some_and(|v| v != SEARCH_FILL_DONE);
+        Ok((n as u64, pending))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use contact_sync_core::model::{now, Email, Phone};
+
+    use super::*;
+
+    fn person(i: usize, name: &str) -> Contact {
+        let mut c = Contact::new(format!("c{i}"), name);
+        c.version = 1;
+        c.emails = vec![Email {
+            address: format!("Person{i}@Example.com"),
+            label: None,
+            is_primary: true,
+        }];
+        c.phones = vec![Phone {
+            number: format!("+4420794600{i:02}"),
+            label: None,
+            is_primary: true,
+        }];
+        c
+    }
+
+    fn ids(db: &StateDb, q: &str) -> Vec<String> {
+        let mut out: Vec<String> = db
+            .search_index(q, None, 100)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|h| h.contact_id)
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn indexed_contacts_are_found_by_name_email_and_phone_and_leave_when_deleted() {
+        let mut db = StateDb::open_in_memory().unwrap();
+        let tx = db.tx().unwrap();
+        let people = [
+            person(1, "Ada Lovelace"),
+            person(2, "Zoë Ångström"),
+            person(3, "Grace Hopper"),
+        ];
+        tx.index_contacts(&people).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(ids(&db, "lovel"), ["c1"]);
+        assert_eq!(ids(&db, "ADA love"), ["c1"]);
+        assert_eq!(ids(&db, "zoe angs"), ["c2"], "diacritics are folded");
+        assert_eq!(ids(&db, "person3@example.com"), ["c3"]);
+        assert_eq!(ids(&db, "person3@exa"), ["c3"]);
+        assert_eq!(ids(&db, "example.com"), ["c1", "c2", "c3"]);
+        assert_eq!(ids(&db, "+44 20 7946 0002"), ["c2"]);
+        assert_eq!(
+            db.search_index("+442079460003", None, 5).unwrap().items[0].matched,
+            "phone"
+        );
+        assert!(ids(&db, "hopper lovelace").is_empty());
+        // An older image never replaces a newer one; a newer one does.
+        let mut old = person(1, "Ada Byron");
+        old.version = 0;
+        let mut newer = person(1, "Ada King");
+        newer.version = 2;
+        let tx = db.tx().unwrap();
+        tx.index_contacts([&old]).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(ids(&db, "lovelace"), ["c1"]);
+        let tx = db.tx().unwrap();
+        tx.index_contacts([&newer]).unwrap();
+        tx.commit().unwrap();
+        assert!(ids(&db, "lovelace").is_empty());
+        assert_eq!(ids(&db, "king"), ["c1"]);
+        // A tombstone leaves the index; the older live image cannot return.
+        let mut gone = person(3, "Grace Hopper");
+        gone.version = 2;
+        gone.deleted_at = Some(now());
+        let tx = db.tx().unwrap();
+        tx.index_contacts([&gone]).unwrap();
+        tx.index_contacts([&person(3, "Grace Hopper")]).unwrap();
+        tx.commit().unwrap();
+        assert!(ids(&db, "hopper").is_empty());
+        assert_eq!(db.search_index_status().unwrap().0, 2);
+    }
+
+    #[test]
+    fn an_erasure_leaves_nothing_of_the_contact_in_the_index() {
+        let mut db = StateDb::open_in_memory().unwrap();
+        let tx = db.tx().unwrap();
+        tx.index_contacts(&[person(1, "Ada Lovelace"), person(2, "Ada Byron")])
+            .unwrap();
+        tx.commit().unwrap();
+        let tx = db.tx().unwrap();
+        tx.scrub_contact("c1", now()).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(ids(&db, "ada"), ["c2"]);
+        assert!(ids(&db, "lovelace").is_empty());
+        assert!(ids(&db, "person1").is_empty());
+        let (name, names, emails, phones): (String, String, String, String) = db
+            .conn()
+            .query_row(
+                "SELECT name, names, emails, phones FROM search_docs WHERE contact_id = 'c1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!((name, names, emails, phones), Default::default());
+        // The FTS vocabulary holds no token only c1 had.
+        db.conn()
+            .execute_batch("CREATE VIRTUAL TABLE temp.v USING fts5vocab(main, search_fts, row)")
+            .unwrap();
+        let n: i64 = db
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM temp.v WHERE term IN ('lovelace', 'person1')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn journal_entries_feed_the_index() {
+        let mut db = StateDb::open_in_memory().unwrap();
+        let tx = db.tx().unwrap();
+        tx.append_journal(&contact_sync_core::JournalEntry::snapshot(
+            person(7, "Katherine Johnson"),
+            "local",
+            now(),
+        ))
+        .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(ids(&db, "kath"), ["c7"]);
+        // A fresh database has its fill from canonical still to do.
+        assert_eq!(db.search_index_status().unwrap(), (1, true));
+    }
+
+    #[test]
+    fn the_index_is_driven_by_complete_words_or_a_short_prefix() {
+        let p = Plan::new("Ada love").unwrap();
+        assert_eq!(p.driver, "{names emails} : (\"ada\" * AND \"lov\" *)");
+        assert_eq!(p.words, vec![vec!["ada"], vec!["love"]]);
+        let p = Plan::new("person12@EXAMPLE.co").unwrap();
+        assert_eq!(
+            p.driver,
+            "{names emails} : (\"person12\" AND \"example\" AND \"co\" *)"
+        );
+        // Quotes and FTS syntax are nothing but separators.
+        let p = Plan::new("a\"b OR*").unwrap();
+        assert_eq!(
+            p.driver,
+            "{names emails} : (\"a\" AND \"b\" * AND \"or\" *)"
+        );
+        assert!(Plan::new(" @ - ").is_none());
+        let p = Plan::new("+44 20 79").unwrap();
+        assert_eq!(
+            p.driver,
+            "{names emails} : (\"44\" * AND \"20\" * AND \"79\" *) OR phones : \"442\" *"
+        );
+        assert_eq!(p.digits.as_deref(), Some("442079"));
+        assert_eq!(tokens("Zoë Ångström-Smith"), ["zoe", "angstrom", "smith"]);
+    }
+}
