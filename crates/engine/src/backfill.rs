@@ -9,7 +9,7 @@ use contact_sync_core::hash::tombstone_hash;
 use contact_sync_core::{
     content_hash, validate, Contact, DeadLetter, Invalid, JournalEntry, Timestamp,
 };
-use contact_sync_state::{SearchDoc, StateDb, StateTx, StoreRecord};
+use contact_sync_state::{StateDb, StateTx, StoreRecord};
 use serde::Serialize;
 
 use crate::drift::Tally;
@@ -51,8 +51,6 @@ struct PlannedPage {
     expected: VecDeque<(String, String)>,
     plans: Vec<Plan>,
     invalid: Vec<(Invalid, Contact)>,
-    /// The page's contacts for the search index.
-    search: Vec<SearchDoc>,
 }
 
 /// Decides what of `page` store `name` lacks or holds differently.
@@ -74,15 +72,10 @@ fn plan_page(
         .into_iter()
         .map(|r| (r.contact_id.clone(), r))
         .collect();
-    let search = (page.entries.iter().map(|e| &e.after))
-        .chain(page.invalid.iter().map(|(_, c)| c))
-        .map(SearchDoc::of)
-        .collect();
     Ok(PlannedPage {
         expected,
         plans: crate::propagate::plan(name, |c| store.accepts(c), page.entries, &recs),
         invalid: page.invalid,
-        search,
     })
 }
 
@@ -92,13 +85,12 @@ struct DeliveredPage {
     invalid: Vec<(Invalid, Contact)>,
     /// The resume point once recorded: `<journal seq at start>\t<last id>`.
     resume: String,
-    search: Vec<SearchDoc>,
 }
 
 impl DeliveredPage {
     /// Commits, in one state transaction, the sync records, the page's
-    /// invalid records as dead letters (each content once), the page in
-    /// the search index and the resume point `key`.
+    /// invalid records as dead letters (each content once) and the resume
+    /// point `key`.
     fn record(
         self,
         state: &mut StateDb,
@@ -110,7 +102,6 @@ impl DeliveredPage {
             delivery,
             invalid,
             resume,
-            search,
         } = self;
         let extra = |tx: &StateTx<'_>| -> Result<(), EngineError> {
             for (bad, c) in &invalid {
@@ -139,7 +130,6 @@ impl DeliveredPage {
                     ..Default::default()
                 })?;
             }
-            tx.index_docs(&search)?;
             tx.set_meta(key, &resume)?;
             Ok(())
         };
@@ -372,7 +362,6 @@ impl Engine {
                     mut expected,
                     plans,
                     invalid,
-                    search,
                 } = plan_page(store, state, &name, page)?;
                 let resume = format!("{start_seq}\t{last}");
                 let next = async {
@@ -389,7 +378,6 @@ impl Engine {
                         delivery,
                         invalid,
                         resume,
-                        search,
                     })
                 };
                 let record = async {
@@ -426,13 +414,6 @@ impl Engine {
             tx.set_cursor(&name, start_seq)?;
         }
         tx.set_meta(&key, "")?;
-        if from_start {
-            // Every canonical page went through the search index.
-            tx.set_meta(
-                contact_sync_state::SEARCH_FILL_META,
-                contact_sync_state::SEARCH_FILL_DONE,
-            )?;
-        }
         tx.set_meta(
             &format!("backfill_completed_at:{name}"),
             &contact_sync_core::model::format_ts(&now),

@@ -226,7 +226,6 @@ impl Engine {
         }
         self.apply_canonical(&mut report).await?;
         self.capture_canonical(&mut report).await?;
-        self.fill_search_index().await;
         // Stores written to in this cycle: only those whose changes were
         // all captured (a store with changes left would have its pending
         // edits raced by the writes), and none that is paused.
@@ -262,6 +261,12 @@ impl Engine {
             if let Err(e) = self.propagate_store(i, &mut report).await {
                 self.store_failed(&name, "propagation", e, &mut report)?;
             }
+        }
+        // After the cycle's changes went out: the search index's fill from
+        // canonical (after an initial sync, or for an older state
+        // database) never delays them.
+        if !self.stopping() {
+            self.fill_search_index().await;
         }
         let now = (self.clock)();
         let tx = self.state.tx()?;

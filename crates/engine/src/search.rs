@@ -1,6 +1,8 @@
-//! Filling the state database's contact search index from canonical, for
-//! a state database that predates the index (or never had an initial sync
-//! from the start, which fills it page by page as it copies). Journaled
+//! Filling the state database's contact search index from canonical: after
+//! an initial sync (which does not index as it copies: indexing every page
+//! made the copy 2.6× slower, see BENCHMARKS.md) and for a state database
+//! that predates the index. It runs at the end of each cycle, after the
+//! cycle's changes went out, for at most [`FILL_BUDGET`]. Journaled
 //! changes index themselves (`StateTx::append_journal`).
 
 use std::time::{Duration, Instant};
