@@ -28,6 +28,27 @@ fn ok(dir: &Path, url: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The daemon (`run`, polling every 10 minutes, so only wake-ups explain
+/// a change arriving sooner) on a free loopback port, its log to `stderr`.
+fn spawn_daemon(d: &Path, url: &str, stderr: Stdio) -> (u16, std::process::Child) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = cmd(
+        d,
+        url,
+        &["run", "--interval", "600", "--http-listen", &listen],
+    )
+    .stdout(Stdio::null())
+    .stderr(stderr)
+    .spawn()
+    .unwrap();
+    (port, daemon)
+}
+
 fn local_title(d: &Path, id: &str) -> Option<(Option<String>, Option<String>)> {
     let c = rusqlite::Connection::open(d.join("contact-sync-data/local.db")).ok()?;
     c.busy_timeout(Duration::from_secs(2)).ok()?;
@@ -94,21 +115,7 @@ async fn postgres_two_way_with_change_capture_and_wakeups() {
     assert_eq!(n, 50);
 
     // The daemon polls only every 10 minutes: changes arrive by wake-up.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut daemon = cmd(
-        &d,
-        &url,
-        &["run", "--interval", "600", "--http-listen", &listen],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let (port, mut daemon) = spawn_daemon(&d, &url, Stdio::null());
     // Up, and its first cycle finished (the change wake-ups are on).
     let start = Instant::now();
     loop {
@@ -191,22 +198,36 @@ async fn postgres_two_way_with_change_capture_and_wakeups() {
         "a bad row must not be synced"
     );
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("contact_sync_store_retained_wal_bytes{store=\"supabase\"}"),
-        "{metrics}"
-    );
-    let cdc_events: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("contact_sync_store_cdc_events_total{store=\"supabase\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    assert!(cdc_events >= 4.0, "CDC events counted: {metrics}");
+    // The cycle that wrote local.db counts its events when it ends: wait
+    // for the count (with a deadline), not for one read to be late enough.
+    let start = Instant::now();
+    loop {
+        let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("contact_sync_store_retained_wal_bytes{store=\"supabase\"}"),
+            "{metrics}"
+        );
+        let cdc_events: f64 = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("contact_sync_store_cdc_events_total{store=\"supabase\"} ")
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        if cdc_events >= 4.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "CDC events counted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
         .status();
@@ -704,21 +725,7 @@ async fn a_store_failing_for_good_is_parked_named_and_resumed() {
             [],
         )
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut daemon = cmd(
-        &d,
-        &url,
-        &["run", "--interval", "600", "--http-listen", &listen],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let (port, mut daemon) = spawn_daemon(&d, &url, Stdio::null());
     let start = Instant::now();
     let body = loop {
         if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
@@ -831,22 +838,9 @@ async fn a_backfill_failing_for_good_parks_the_store_until_resume() {
     )
     .await
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
     let log = d.join("daemon.log");
-    let mut daemon = cmd(
-        &d,
-        &url,
-        &["run", "--interval", "600", "--http-listen", &listen],
-    )
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(&log).unwrap())
-    .spawn()
-    .unwrap();
+    let (port, mut daemon) =
+        spawn_daemon(&d, &url, Stdio::from(std::fs::File::create(&log).unwrap()));
     let start = Instant::now();
     let body = loop {
         if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health")).await {

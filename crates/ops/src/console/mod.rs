@@ -384,6 +384,19 @@ mod tests {
         }
     }
 
+    /// The console session's CSRF token (`/api/session`).
+    async fn csrf_token(http: &reqwest::Client, base: &str) -> String {
+        let session: serde_json::Value = http
+            .get(format!("{base}/api/session"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        session["csrf_token"].as_str().unwrap().to_string()
+    }
+
     async fn start(token: Option<&str>) -> (tempfile::TempDir, crate::ServerHandle, String) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
@@ -454,15 +467,7 @@ mod tests {
         };
         assert_eq!(decide(None).await.unwrap().status(), 403);
         assert_eq!(decide(Some("0".repeat(64))).await.unwrap().status(), 403);
-        let session: serde_json::Value = http
-            .get(format!("{base}/api/session"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = session["csrf_token"].as_str().unwrap().to_string();
+        let token = csrf_token(&http, &base).await;
         let r = decide(Some(token.clone())).await.unwrap();
         assert_eq!(r.status(), 409, "local is not paused");
         // A dead letter dismissed through the API, once.
@@ -593,15 +598,7 @@ mod tests {
             assert_eq!(db.journal_head().unwrap(), 0);
         }
         let http = reqwest::Client::new();
-        let session: serde_json::Value = http
-            .get(format!("{base}/api/session"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let csrf = session["csrf_token"].as_str().unwrap().to_string();
+        let csrf = csrf_token(&http, &base).await;
         let api = |body: serde_json::Value| {
             http.post(format!("{base}/api/search"))
                 .header("X-CSRF-Token", &csrf)
