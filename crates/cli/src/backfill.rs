@@ -530,7 +530,7 @@ impl Backfills {
             Ok(results) => results,
             Err(e) => {
                 let parked = match e.downcast_ref::<EngineError>() {
-                    Some(ee) => engine.park_on_error(name, "initial sync", ee)?,
+                    Some(ee) => engine.pause_on_error(name, "initial sync", ee)?,
                     None => false,
                 };
                 return Err(if parked { e.context(Parked) } else { e });

@@ -236,6 +236,17 @@ pub struct HashScan {
     pub last: Option<String>,
 }
 
+impl HashScan {
+    /// A page in which every record could be read.
+    pub fn readable(hashes: Vec<RecordHash>) -> Self {
+        HashScan {
+            last: hashes.last().map(|h| h.contact_id.clone()),
+            hashes,
+            unreadable: Vec::new(),
+        }
+    }
+}
+
 /// Idempotent, batched writes and reads keyed by `contact_id`.
 ///
 /// Contract:
@@ -391,12 +402,7 @@ pub trait RecordSink: Send {
         after: Option<&str>,
         limit: usize,
     ) -> Result<HashScan, StoreError> {
-        let hashes = self.scan_hashes(after, limit).await?;
-        Ok(HashScan {
-            last: hashes.last().map(|h| h.contact_id.clone()),
-            hashes,
-            unreadable: Vec::new(),
-        })
+        Ok(HashScan::readable(self.scan_hashes(after, limit).await?))
     }
 
     /// Number of live (not deleted) records.

@@ -603,15 +603,19 @@ impl Engine {
             .filter_map(|it| {
                 let r = recs.get(&it.contact_id)?;
                 let cur = canon.get(&it.contact_id)?;
-                let echo = it.incoming.as_ref().is_some_and(|c| {
-                    it.held.as_deref().unwrap_or(&content_hash(c)) == r.hash.as_str()
-                });
+                // Cheap tests first: the hashes are taken only for the
+                // rare contact never journaled whose canonical moved on.
+                let echo = || {
+                    it.incoming.as_ref().is_some_and(|c| {
+                        it.held.as_deref().unwrap_or(&content_hash(c)) == r.hash.as_str()
+                    })
+                };
                 let needed = r.synced_version > 0
                     && !r.deleted
                     && !r.hash.is_empty()
-                    && !echo
                     && !journaled.contains(&it.contact_id)
-                    && content_hash(cur) != r.hash;
+                    && content_hash(cur) != r.hash
+                    && !echo();
                 needed.then(|| (it.contact_id.clone(), (r.hash.clone(), r.synced_version)))
             })
             .collect();

@@ -219,26 +219,16 @@ impl Engine {
         Ok(())
     }
 
-    /// [`Engine::pause_on_error`] for a step the daemon runs outside the
-    /// cycles (a store's initial sync): the store is parked (or paused)
-    /// when its error is permanent (or says its schema changed), so the
-    /// step is not retried until `resume` or a changed configuration.
-    /// True when the store is paused (now or already).
-    pub fn park_on_error(
-        &mut self,
-        name: &str,
-        step: &str,
-        e: &EngineError,
-    ) -> Result<bool, EngineError> {
-        self.pause_on_error(name, step, e)
-    }
-
     /// Pauses store `name` when its error says its schema or change stream
     /// changed, or parks it when the error is permanent (retrying cannot
     /// help: bad credentials, a permission or object missing, a value the
     /// store refuses for good) instead of failing the same way every
     /// cycle. True when the store is paused (now or already).
-    pub(crate) fn pause_on_error(
+    ///
+    /// The daemon also calls it for a step it runs outside the cycles (a
+    /// store's initial sync), so that step is not retried either until
+    /// `resume` or a changed configuration.
+    pub fn pause_on_error(
         &mut self,
         name: &str,
         step: &str,

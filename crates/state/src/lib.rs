@@ -38,7 +38,7 @@ mod retention;
 pub use retention::{CompactReport, JOURNAL_CONSUMER_PREFIX, LAST_COMPACTED_META};
 mod schema;
 mod search;
-pub use search::{SearchDoc, SEARCH_FILL_DONE, SEARCH_FILL_META};
+pub use search::{SEARCH_FILL_DONE, SEARCH_FILL_META};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

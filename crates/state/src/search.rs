@@ -148,16 +148,6 @@ impl StateTx<'_> {
         Ok(())
     }
 
-    /// [`index_contacts`](StateTx::index_contacts) for documents made
-    /// beforehand (off the state database's thread).
-    pub fn index_docs(&self, docs: &[SearchDoc]) -> Result<()> {
-        let mut st = self.tx.prepare_cached(UPSERT)?;
-        for d in docs {
-            upsert(&mut st, d)?;
-        }
-        Ok(())
-    }
-
     /// Removes a contact's personal data from the index whatever its
     /// version (an erasure).
     pub(crate) fn unindex_contact(&self, contact_id: &str) -> Result<()> {

@@ -1095,14 +1095,10 @@ pub(crate) fn row_text(r: &tokio_postgres::Row, first: usize) -> RowText {
     row
 }
 
-/// Whether table `qtable` (quoted) has an enabled-always row trigger
-/// BEFORE INSERT OR UPDATE (no column list, no WHEN) running a function
-/// whose body is `body`: only then does every other writer's change clear
-/// the kept `content_hash`. False when the table does not exist.
 /// The default expression of column `col` of table `table` (quoted name),
 /// as PostgreSQL prints it.
 async fn id_default(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl GenericClient,
     table: &str,
     col: &str,
 ) -> Result<Option<String>, tokio_postgres::Error> {
@@ -1117,6 +1113,10 @@ async fn id_default(
         .map(|r| r.get(0)))
 }
 
+/// Whether table `qtable` (quoted) has an enabled-always row trigger
+/// BEFORE INSERT OR UPDATE (no column list, no WHEN) running a function
+/// whose body is `body`: only then does every other writer's change clear
+/// the kept `content_hash`. False when the table does not exist.
 async fn hash_trigger_installed(
     client: &impl GenericClient,
     qtable: &str,
@@ -1315,11 +1315,7 @@ impl RecordSink for PgStore {
                 .into_iter()
                 .map(RecordHash::of)
                 .collect();
-            return Ok(HashScan {
-                last: hashes.last().map(|h| h.contact_id.clone()),
-                hashes,
-                unreadable: Vec::new(),
-            });
+            return Ok(HashScan::readable(hashes));
         }
         let name = self.cfg.name.clone();
         let cid = self.col("contact_id");

@@ -208,6 +208,22 @@ impl Sql {
     }
 }
 
+/// The kept content hash of a row the engine wrote (id and hash only:
+/// SQLite extracts columns lazily), or `None` when the row has none (it
+/// must be read in full).
+fn kept_hash(row: &rusqlite::Row<'_>, stored_id: &str) -> Option<RecordHash> {
+    const HASH_COL: usize = NCOLS - 1;
+    debug_assert_eq!(ALL_FIELDS[HASH_COL - 1], "content_hash");
+    let id = stored_id.trim();
+    match row.get_ref(HASH_COL) {
+        Ok(ValueRef::Text(h)) if !h.is_empty() && !id.is_empty() => Some(RecordHash {
+            contact_id: id.to_string(),
+            hash: String::from_utf8_lossy(h).into_owned(),
+        }),
+        _ => None,
+    }
+}
+
 /// Classifies a SQLite error: busy/locked are transient, the rest permanent.
 fn store_error(store: &str, what: &str, e: &rusqlite::Error) -> StoreError {
     let message = format!("{what}: {e}");
@@ -502,20 +518,10 @@ impl Inner {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RecordHash>, StoreError> {
-        const HASH_COL: usize = NCOLS - 1;
-        debug_assert_eq!(ALL_FIELDS[HASH_COL - 1], "content_hash");
         let name = &self.name;
         self.scan_rows(after, limit, "scanning contact hashes", |row, stored_id| {
-            // Only the id and the hash are read from a row the engine
-            // wrote: SQLite extracts columns lazily.
-            if let Ok(ValueRef::Text(h)) = row.get_ref(HASH_COL) {
-                let id = stored_id.trim();
-                if !h.is_empty() && !id.is_empty() {
-                    return Ok(Some(RecordHash {
-                        contact_id: id.to_string(),
-                        hash: String::from_utf8_lossy(h).into_owned(),
-                    }));
-                }
+            if let Some(h) = kept_hash(row, stored_id) {
+                return Ok(Some(h));
             }
             Ok(decode_row(name, row)?.map(RecordHash::of))
         })
@@ -528,23 +534,17 @@ impl Inner {
         after: Option<&str>,
         limit: usize,
     ) -> Result<HashScan, StoreError> {
-        const HASH_COL: usize = NCOLS - 1;
         let items = self.scan_rows(after, limit, "scanning contact hashes", |row, stored_id| {
-            let id = stored_id.trim();
-            if let Ok(ValueRef::Text(h)) = row.get_ref(HASH_COL) {
-                if !h.is_empty() && !id.is_empty() {
-                    return Ok(Some(Ok(RecordHash {
-                        contact_id: id.to_string(),
-                        hash: String::from_utf8_lossy(h).into_owned(),
-                    })));
-                }
+            if let Some(h) = kept_hash(row, stored_id) {
+                return Ok(Some(Ok(h)));
             }
+            let id = stored_id.trim();
             let raw = raw_row(row)?;
             Ok(match codec::decode(&raw) {
                 Ok(c) if !c.contact_id.is_empty() => Some(Ok(RecordHash::of(c))),
-                // Without an id it cannot be named by one, nor paged past.
-                Ok(_) | Err(_) if id.is_empty() => None,
                 Ok(_) => None,
+                // Without an id it cannot be named by one, nor paged past.
+                Err(_) if id.is_empty() => None,
                 Err(invalid) => Some(Err(Unreadable {
                     contact_id: id.to_string(),
                     native_id: id.to_string(),

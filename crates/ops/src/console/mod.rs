@@ -658,30 +658,24 @@ mod tests {
             .unwrap();
         assert_eq!(r.status(), 403);
         // The page: the form posts; results escaped; a next-page form.
-        let page = http
-            .post(format!("{base}/search"))
-            .form(&[("csrf", csrf.as_str()), ("q", "lovelace")])
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let search_page = async |q: &str| {
+            http.post(format!("{base}/search"))
+                .form(&[("csrf", csrf.as_str()), ("q", q)])
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        };
+        let page = search_page("lovelace").await;
         assert_eq!(
             page.matches("href=\"/contact/c").count(),
             PAGE_SIZE,
             "{page}"
         );
         assert!(page.contains("id=\"next-page\""), "{page}");
-        let page = http
-            .post(format!("{base}/search"))
-            .form(&[("csrf", csrf.as_str()), ("q", "alert")])
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = search_page("alert").await;
         assert!(
             page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
             "{page}"
