@@ -23,6 +23,7 @@ mod dead_letters;
 pub use dead_letters::{DeadLetterClosed, DeadLetterRow, DeadLetterStatus};
 mod history;
 pub use history::{bucket_of, HistoryBucket, BUCKET_SECS, HISTORY_DAYS};
+pub mod lease;
 mod lock;
 mod paused;
 mod people;
