@@ -625,6 +625,9 @@ struct StatusReport {
     /// BigQuery's cost and journal table, when canonical is BigQuery.
     #[serde(skip_serializing_if = "Option::is_none")]
     bigquery: Option<crate::bq_wiring::BigQueryStatus>,
+    /// Several daemons on a Postgres state database: who holds what.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    leases: Vec<contact_sync_state::lease::LeaseRow>,
 }
 
 #[derive(Serialize)]
@@ -643,7 +646,21 @@ struct StoreLine {
 
 async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let state = open_state(cfg)?;
-    let holder = state.lock_holder()?;
+    let mut holder = state.lock_holder()?;
+    let leases = match crate::cluster::state_url(cfg)? {
+        Some(url) => crate::cluster::leases_at(&url).await?,
+        None => Vec::new(),
+    };
+    if let Some(l) = leases.iter().find(|l| l.live) {
+        // Daemons sharing the state database: the one doing the work.
+        let pid = l
+            .info
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("pid ");
+        holder = Some((pid.to_string(), l.acquired_at.clone()));
+    }
     let head = state.journal_head()?;
     let mut canonical = stores::open_canonical(cfg).await?;
     let canonical_contacts = canonical.count().await?;
@@ -700,12 +717,34 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         paused: state.paused_stores()?,
         requests: state.unfinished_requests()?,
         bigquery: crate::bq_wiring::status(cfg, &state)?,
+        leases,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
     match (&report.pid, &report.since) {
+        _ if !report.leases.is_empty() => {
+            for l in &report.leases {
+                if l.live {
+                    println!(
+                        "lease {}: held by {} ({}), token {}, since {}, renewed {}, expires {}",
+                        l.name,
+                        l.holder,
+                        l.info,
+                        l.token,
+                        l.acquired_at,
+                        l.heartbeat_at,
+                        l.expires_at
+                    );
+                } else {
+                    println!(
+                        "lease {}: free since {4}: no daemon holds it (last {} ({}), token {}); a waiting daemon takes it at its next poll",
+                        l.name, l.holder, l.info, l.token, l.expires_at
+                    );
+                }
+            }
+        }
         (Some(pid), Some(since)) => println!("daemon: running (pid {pid}, since {since})"),
         _ => println!("daemon: not running"),
     }

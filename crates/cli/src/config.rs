@@ -66,6 +66,34 @@ pub struct Config {
     /// The operator console on the daemon's listener.
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Several daemons on one Postgres state database.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: several daemons sharing a state database on Postgres
+/// (`[state] url`). One of them holds the work's lease; the others wait
+/// and take over when it stops renewing it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The longest a crashed daemon's work waits for another daemon to take
+    /// it over, in seconds (default 15). The lease lasts a little less;
+    /// a clean shutdown hands it over at once.
+    #[serde(default = "default_failover_secs")]
+    pub failover_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            failover_secs: default_failover_secs(),
+        }
+    }
+}
+
+fn default_failover_secs() -> u64 {
+    15
 }
 
 /// `[console]`: the operator console (pages and `/api/...`) on the
@@ -505,6 +533,12 @@ impl Config {
             return Err(ConfigError(
                 "state.retention_days must be at least 1 (days of history kept for audit)".into(),
             ));
+        }
+        if !(2..=3600).contains(&self.cluster.failover_secs) {
+            return Err(ConfigError(format!(
+                "cluster.failover_secs = {} must be between 2 and 3600 (seconds a crashed daemon's work waits for another daemon)",
+                self.cluster.failover_secs
+            )));
         }
         if let Some(r) = &self.sync.default_region {
             r.parse::<contact_sync_core::phone::Region>()

@@ -403,13 +403,118 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
     if !o.initial_sync {
         crate::commands::refuse_missing_state(cfg).await?;
     }
-    let (mut engine, hooks, gates, mut bq) = build_daemon_engine(cfg, batch).await?;
-    let _lock = crate::commands::take_lock(engine.state())?;
-    crate::requests::fail_interrupted(engine.state_mut())?;
     let wake = Arc::new(Notify::new());
     let stopper = Stopper::new(wake.clone());
-    stopper.watch(engine.shutdown_flag());
     install_signal_handlers(stopper.clone());
+    let ops = OpsHandle::default();
+    let http = (!o.once && !o.no_http).then(|| {
+        let mut sc = cfg.server.clone();
+        if let Some(addr) = o.http_listen {
+            sc.listen = addr;
+        }
+        sc
+    });
+    let Some(cluster) =
+        crate::cluster::Cluster::from_config(cfg, http.as_ref().map(|h| h.listen)).await?
+    else {
+        let led = lead(cfg, &o, interval, batch, &stopper, &wake, &ops, None).await?;
+        return Ok(led.code());
+    };
+    // Several daemons share the state database: wait for the work's lease
+    // (serving /health and /metrics meanwhile), do the work while it is
+    // ours, and wait again if it is lost.
+    loop {
+        ops.set_lease(Some(cluster.gauge(None)));
+        let standby = match &http {
+            Some(sc) => Some(contact_sync_ops::serve(sc, ops.clone(), axum::Router::new()).await?),
+            None => None,
+        };
+        let held = cluster.acquire(|| stopper.is_stopped()).await;
+        if let Some(server) = standby {
+            // The leader binds the same address.
+            let _ = tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await;
+        }
+        let Some(held) = held? else {
+            tracing::info!("contact-sync stopped cleanly (standby)");
+            return Ok(ExitCode::SUCCESS);
+        };
+        ops.set_lease(Some(cluster.gauge(Some(&held))));
+        let led = lead(
+            cfg,
+            &o,
+            interval,
+            batch,
+            &stopper,
+            &wake,
+            &ops,
+            Some((&cluster, &held)),
+        )
+        .await;
+        match led {
+            Ok(Led::LeaseLost) => {
+                tracing::warn!(lease = %held.name, token = held.token, "the lease was lost: this daemon stopped its work and waits as a standby");
+                drop(held);
+            }
+            Ok(Led::Done(code)) => {
+                held.release().await;
+                return Ok(code);
+            }
+            Err(e) => {
+                held.release().await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// How a daemon's turn at the work ended.
+enum Led {
+    Done(ExitCode),
+    /// Another daemon holds the lease now.
+    LeaseLost,
+}
+
+impl Led {
+    fn code(self) -> ExitCode {
+        match self {
+            Led::Done(c) => c,
+            Led::LeaseLost => ExitCode::from(1),
+        }
+    }
+}
+
+/// The daemon's work: initial syncs and cycles until stopped (or, with a
+/// lease, until the lease is lost).
+#[allow(clippy::too_many_arguments)]
+async fn lead(
+    cfg: &Config,
+    o: &RunOptions,
+    interval: Duration,
+    batch: usize,
+    stopper: &Stopper,
+    wake: &Arc<Notify>,
+    ops: &OpsHandle,
+    lease: Option<(&crate::cluster::Cluster, &contact_sync_state::lease::Held)>,
+) -> anyhow::Result<Led> {
+    let (mut engine, hooks, gates, mut bq) = build_daemon_engine(cfg, batch).await?;
+    // With a lease, the lease (and the fence on every commit) stands for
+    // the single-instance lock.
+    let _lock = match lease {
+        None => Some(crate::commands::take_lock(engine.state())?),
+        Some(_) => None,
+    };
+    crate::requests::fail_interrupted(engine.state_mut())?;
+    stopper.watch(engine.shutdown_flag());
+    let lost = || lease.is_some_and(|(_, held)| held.is_lost());
+    if let Some((_, held)) = lease {
+        // Losing the lease stops the engine after the batch in flight (its
+        // commit would be refused anyway) and wakes the loop.
+        let (flag, wake) = (engine.shutdown_flag(), wake.clone());
+        held.on_lost(move || {
+            flag.store(true, Ordering::SeqCst);
+            wake.notify_one();
+        });
+    }
     if !o.once {
         // Operator requests (`conflicts resolve`, `drift --repair`, `cdc
         // reset` while the daemon runs) wake the loop.
@@ -451,7 +556,6 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let ops = OpsHandle::default();
     let mut extra = axum::Router::new();
     for (i, (name, rx)) in hooks.iter().enumerate() {
         // Every Twenty store at /webhooks/twenty/<name>; the first also at
@@ -543,13 +647,19 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
     let drift_every = Duration::from_secs(cfg.sync.drift_interval_secs.max(1));
     let mut last_drift = Instant::now();
     loop {
+        if lost() {
+            return Ok(Led::LeaseLost);
+        }
         if stopper.is_stopped() {
             break;
         }
         // Between cycles: what commands asked of the daemon.
-        crate::requests::serve(cfg, &mut engine, &backfills, &stopper).await;
+        crate::requests::serve(cfg, &mut engine, &backfills, stopper).await;
         backfills.refresh_logged(engine.state());
-        backfills.run_due(cfg, &stopper).await;
+        backfills.run_due(cfg, stopper).await;
+        if lost() {
+            return Ok(Led::LeaseLost);
+        }
         if stopper.is_stopped() {
             break;
         }
@@ -612,14 +722,21 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
                     if let Some(c) = &bq_cost {
                         println!("  BigQuery: {}", c.describe());
                     }
-                    return Ok(if report.errors().is_empty() {
+                    return Ok(Led::Done(if report.errors().is_empty() {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::from(1)
-                    });
+                    }));
                 }
             }
             Err(e) => {
+                // A commit refused by the fence means another daemon took
+                // the lease: not a failure of the cycle.
+                if let Some((cluster, held)) = lease {
+                    if !held.confirm(cluster.timings.ttl).await {
+                        return Ok(Led::LeaseLost);
+                    }
+                }
                 failures += 1;
                 tracing::error!(error = %e, alert = "sync_failure", "cycle failed");
                 if o.once {
@@ -652,7 +769,7 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         }
     }
     tracing::info!("contact-sync stopped cleanly");
-    Ok(ExitCode::SUCCESS)
+    Ok(Led::Done(ExitCode::SUCCESS))
 }
 
 /// The console's routes and the receiving end of its requests. A

@@ -3,6 +3,7 @@
 mod backfill;
 mod bq_wiring;
 mod checks;
+mod cluster;
 mod commands;
 mod config;
 mod daemon;

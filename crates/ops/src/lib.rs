@@ -37,8 +37,8 @@ pub use check::{
 };
 pub use health::{HealthStatus, HealthThresholds, UnhealthyReason};
 pub use metrics::{
-    render_prometheus, CycleOutcome, MetricsSnapshot, OpsHandle, QueryCost, StoreMetrics,
-    StoreSample,
+    render_prometheus, CycleOutcome, LeaseGauge, MetricsSnapshot, OpsHandle, QueryCost,
+    StoreMetrics, StoreSample,
 };
 pub use server::{serve, ServeError, ServerConfig, ServerHandle};
 pub use service::{launchd_plist, systemd_unit, ServiceError};

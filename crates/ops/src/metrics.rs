@@ -193,6 +193,22 @@ pub struct MetricsSnapshot {
     pub cycles_total: u64,
     /// Cycles that failed as a whole (in-process counter).
     pub cycle_failures_total: u64,
+    /// Several daemons on one state database: this daemon's lease.
+    pub lease: Option<LeaseGauge>,
+}
+
+/// This daemon's part in a cluster (`[state] url`): whether it holds the
+/// work's lease or waits as a standby.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LeaseGauge {
+    /// The lease's name (`engine`).
+    pub name: String,
+    /// This daemon's name in the lease table.
+    pub holder: String,
+    /// Whether this daemon holds it now.
+    pub held: bool,
+    /// The fencing token while held.
+    pub token: Option<i64>,
 }
 
 fn unix(ts: &Timestamp) -> i64 {
@@ -280,6 +296,7 @@ impl MetricsSnapshot {
             last_cycle: None,
             cycles_total: 0,
             cycle_failures_total: 0,
+            lease: None,
         })
     }
 
@@ -589,6 +606,24 @@ pub fn render_prometheus(snap: &MetricsSnapshot) -> String {
         "Sync cycles of this process that failed as a whole.",
         n(snap.cycle_failures_total),
     );
+    if let Some(l) = &snap.lease {
+        // Only daemons sharing a state database have a lease.
+        let label = format!("{{lease=\"{}\"}}", escape_label_value(&l.name));
+        w.family(
+            "lease_held",
+            Gauge,
+            "1 when this daemon holds the lease (does the work), 0 while it waits as a standby.",
+        );
+        let _ = writeln!(w.out, "contact_sync_lease_held{label} {}", u8::from(l.held));
+        w.family(
+            "lease_token",
+            Gauge,
+            "The fencing token of the lease this daemon holds.",
+        );
+        if let Some(t) = l.token {
+            let _ = writeln!(w.out, "contact_sync_lease_token{label} {t}");
+        }
+    }
     w.out
 }
 
@@ -610,6 +645,7 @@ struct Shared {
     cycle_failures: u64,
     last_cycle: Option<CycleOutcome>,
     health: HealthThresholds,
+    lease: Option<LeaseGauge>,
 }
 
 /// The daemon's live numbers, shared between the sync loop (writer), the
@@ -701,6 +737,11 @@ impl OpsHandle {
             .add(&cost);
     }
 
+    /// This daemon's lease (several daemons on one state database).
+    pub fn set_lease(&self, lease: Option<LeaseGauge>) {
+        self.write().lease = lease;
+    }
+
     /// The health thresholds in force.
     pub fn health_thresholds(&self) -> HealthThresholds {
         self.read().health.clone()
@@ -728,6 +769,7 @@ impl OpsHandle {
         snap.last_cycle = g.last_cycle.clone();
         snap.cycles_total = g.cycles;
         snap.cycle_failures_total = g.cycle_failures;
+        snap.lease = g.lease.clone();
         drop(g);
         snap.with_lag_at(now)
     }
@@ -752,6 +794,39 @@ impl OpsHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clustered_daemon_says_whether_it_holds_the_lease() {
+        let h = OpsHandle::default();
+        assert!(!render_prometheus(&h.snapshot()).contains("lease"));
+        h.set_lease(Some(LeaseGauge {
+            name: "engine".into(),
+            holder: "host:1:ab".into(),
+            held: false,
+            token: None,
+        }));
+        let text = render_prometheus(&h.snapshot());
+        assert!(
+            text.contains("contact_sync_lease_held{lease=\"engine\"} 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("contact_sync_lease_token{"), "{text}");
+        h.set_lease(Some(LeaseGauge {
+            name: "engine".into(),
+            holder: "host:1:ab".into(),
+            held: true,
+            token: Some(7),
+        }));
+        let text = render_prometheus(&h.snapshot());
+        assert!(
+            text.contains("contact_sync_lease_held{lease=\"engine\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("contact_sync_lease_token{lease=\"engine\"} 7\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn bigquery_cost_is_a_counter_per_store_and_only_for_billed_stores() {

@@ -379,12 +379,39 @@ impl Held {
 
     /// Resolves when the lease is lost.
     pub async fn lost(&self) {
-        loop {
-            let wait = self.lost_wake.notified();
-            if self.is_lost() {
-                return;
+        wait_lost(self.lost.clone(), self.lost_wake.clone()).await
+    }
+
+    /// Runs `f` once when the lease is lost (e.g. to stop the engine after
+    /// the batch in flight).
+    pub fn on_lost(&self, f: impl FnOnce() + Send + 'static) {
+        let (lost, wake) = (self.lost.clone(), self.lost_wake.clone());
+        tokio::spawn(async move {
+            wait_lost(lost, wake).await;
+            f();
+        });
+    }
+
+    /// Renews the lease now and says whether it is still ours (after an
+    /// error that may have been a fenced commit). A lease found taken is
+    /// marked lost.
+    pub async fn confirm(&self, ttl: Duration) -> bool {
+        if self.is_lost() {
+            return false;
+        }
+        match self
+            .leases
+            .renew(&self.name, &self.holder, self.token, ttl)
+            .await
+        {
+            Ok(true) => true,
+            Ok(false) => {
+                self.lost.store(true, Ordering::SeqCst);
+                self.lost_wake.notify_waiters();
+                false
             }
-            wait.await;
+            // Unknown: the heartbeat decides.
+            Err(_) => true,
         }
     }
 
@@ -415,6 +442,20 @@ impl Drop for Held {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+async fn wait_lost(lost: Arc<AtomicBool>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let wait = wake.notified();
+        tokio::pin!(wait);
+        // Registered before the check, so a notification in between is
+        // not missed.
+        wait.as_mut().enable();
+        if lost.load(Ordering::SeqCst) {
+            return;
+        }
+        wait.await;
     }
 }
 
