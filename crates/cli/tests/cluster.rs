@@ -1,0 +1,388 @@
+//! Several daemons on one state database in Postgres (issue "Beyond one
+//! machine"), through the binary, on the harness's private cluster.
+//!
+//! Three daemon processes share the state database and the stores
+//! (canonical.db, local.db and a Postgres store). Writers edit every store
+//! while daemons are killed (-9) and restarted, or paused (SIGSTOP) past
+//! their lease and resumed. A history of every acknowledged write decides:
+//! each ends in every store, no contact is duplicated, no write is applied
+//! twice, and no conflict is opened (each contact has one writer).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use contact_sync_postgres::harness;
+use rand::{Rng, SeedableRng};
+use tokio_postgres::{Client, NoTls};
+
+const CONTACTS: usize = 120;
+const FAILOVER_SECS: u64 = 3;
+
+struct Env {
+    dir: tempfile::TempDir,
+    state_url: String,
+    store_url: String,
+}
+
+impl Env {
+    fn d(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_contact-sync"));
+        c.current_dir(self.d())
+            .args(["--config", "contact-sync.toml"])
+            .args(args)
+            .env("STATE_DB_URL", &self.state_url)
+            .env("TEST_PG_URL", &self.store_url)
+            .env("RUST_LOG", "info");
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().expect("run contact-sync");
+        assert!(
+            out.status.success(),
+            "contact-sync {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A daemon polling every second, its log in `daemon-<n>.log`.
+    fn daemon(&self, n: usize, generation: usize) -> Child {
+        let log = std::fs::File::create(self.log_path(n, generation)).unwrap();
+        self.cmd(&["run", "--interval", "1", "--no-http"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn daemon")
+    }
+
+    fn log_path(&self, n: usize, generation: usize) -> PathBuf {
+        self.d().join(format!("daemon-{n}-{generation}.log"))
+    }
+}
+
+async fn pg(url: &str) -> Client {
+    let (c, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    c
+}
+
+fn sqlite(d: &Path, name: &str) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(d.join("contact-sync-data").join(name)).expect("open db");
+    c.busy_timeout(Duration::from_secs(60)).unwrap();
+    c
+}
+
+async fn setup() -> Env {
+    let server = harness::shared();
+    let state_url = server.create_database().await;
+    let store_url = server.create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let slot = format!("cs_cluster_{}", std::process::id());
+    std::fs::write(
+        dir.path().join("contact-sync.toml"),
+        format!(
+            "[state]\nurl = {{ env = \"STATE_DB_URL\" }}\n\n[cluster]\nfailover_secs = {FAILOVER_SECS}\n\n\
+             [stores.local]\nkind = \"sqlite\"\n\n\
+             [stores.supabase]\nkind = \"postgres\"\nurl = {{ env = \"TEST_PG_URL\" }}\nslot_name = \"{slot}\"\n"
+        ),
+    )
+    .unwrap();
+    let env = Env {
+        dir,
+        state_url,
+        store_url,
+    };
+    let n = CONTACTS.to_string();
+    env.ok(&["seed", "--contacts", &n]);
+    env.ok(&["run", "--initial-sync", "--once"]);
+    env
+}
+
+/// The live engine lease: (holder, token).
+async fn holder(state: &Client) -> Option<(String, i64)> {
+    state
+        .query_opt(
+            "SELECT holder, token FROM leases WHERE name = 'engine' AND expires_at > now()",
+            &[],
+        )
+        .await
+        .expect("leases")
+        .map(|r| (r.get(0), r.get(1)))
+}
+
+fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill {sig}");
+}
+
+fn id(i: usize) -> String {
+    format!("c{i:09}")
+}
+
+/// Which store writes contact `i`: one writer per contact.
+fn writer_of(i: usize) -> &'static str {
+    ["canonical", "local", "supabase"][i % 3]
+}
+
+async fn write(env: &Env, store_pg: &Client, i: usize, value: &str) {
+    match writer_of(i) {
+        "supabase" => {
+            let n = store_pg
+                .execute(
+                    "UPDATE contacts SET notes = $1 WHERE contact_id = $2",
+                    &[&value, &id(i)],
+                )
+                .await
+                .expect("update supabase");
+            assert_eq!(n, 1);
+        }
+        db => {
+            // Off the runtime's threads: a paused daemon may hold the
+            // file's lock until it is resumed.
+            let (d, db, value) = (env.d().to_path_buf(), db.to_string(), value.to_string());
+            let n = tokio::task::spawn_blocking(move || {
+                sqlite(&d, &format!("{db}.db"))
+                    .execute(
+                        "UPDATE contacts SET notes = ?1 WHERE contact_id = ?2",
+                        [value.as_str(), &id(i)],
+                    )
+                    .expect("update sqlite")
+            })
+            .await
+            .unwrap();
+            assert_eq!(n, 1);
+        }
+    }
+}
+
+/// Every store's `notes` by contact id, and its row count.
+async fn notes_of(
+    env: &Env,
+    store_pg: &Client,
+) -> BTreeMap<&'static str, (BTreeMap<String, Option<String>>, i64)> {
+    let mut out = BTreeMap::new();
+    for db in ["canonical", "local"] {
+        let c = sqlite(env.d(), &format!("{db}.db"));
+        let mut stmt = c
+            .prepare("SELECT contact_id, notes FROM contacts WHERE deleted_at IS NULL")
+            .unwrap();
+        let rows: BTreeMap<String, Option<String>> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let count: i64 = c
+            .query_row("SELECT count(*) FROM contacts", [], |r| r.get(0))
+            .unwrap();
+        out.insert(db, (rows, count));
+    }
+    let rows: BTreeMap<String, Option<String>> = store_pg
+        .query(
+            "SELECT contact_id, notes FROM contacts WHERE deleted_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let count: i64 = store_pg
+        .query_one("SELECT count(*) FROM contacts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    out.insert("supabase", (rows, count));
+    out
+}
+
+/// What differs from the history: (store, contact, expected, found).
+fn mismatches(
+    seen: &BTreeMap<&'static str, (BTreeMap<String, Option<String>>, i64)>,
+    last: &BTreeMap<usize, String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (store, (rows, count)) in seen {
+        if *count != CONTACTS as i64 {
+            out.push(format!("{store}: {count} rows, expected {CONTACTS}"));
+        }
+        for (i, want) in last {
+            let got = rows.get(&id(*i)).cloned().flatten();
+            if got.as_deref() != Some(want.as_str()) {
+                out.push(format!(
+                    "{store} {}: notes {got:?}, expected {want:?}",
+                    id(*i)
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_daemons_lose_nothing_through_kills_and_pauses() {
+    let env = setup().await;
+    let state = pg(&env.state_url).await;
+    let store_pg = pg(&env.store_url).await;
+    let mut generation = 0usize;
+    let mut daemons: Vec<Child> = (0..3).map(|n| env.daemon(n, 0)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while holder(&state).await.is_none() {
+        assert!(Instant::now() < deadline, "no daemon took the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The history: the last acknowledged value of each written contact.
+    let mut last: BTreeMap<usize, String> = BTreeMap::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let mut failovers = Vec::new();
+    let mut seq = 0u64;
+    for round in 0..6 {
+        // A burst of writes in every store...
+        for _ in 0..20 {
+            let i = rng.gen_range(0..CONTACTS);
+            seq += 1;
+            let value = format!("w{seq}");
+            write(&env, &store_pg, i, &value).await;
+            last.insert(i, value);
+        }
+        // ...then the leader is killed or paused while more writes land.
+        let (lead, token) = holder(&state).await.expect("a leader");
+        let victim = daemons
+            .iter()
+            .position(|d| lead.contains(&format!(":{}:", d.id())))
+            .expect("the leader is one of ours");
+        let pause = round % 2 == 1;
+        let t0 = Instant::now();
+        if pause {
+            signal(&daemons[victim], "-STOP");
+        } else {
+            signal(&daemons[victim], "-KILL");
+            let _ = daemons[victim].wait();
+        }
+        let planned: Vec<(usize, String)> = (0..10)
+            .map(|_| {
+                seq += 1;
+                (rng.gen_range(0..CONTACTS), format!("w{seq}"))
+            })
+            .collect();
+        // Writes land while the leader is down; a write may wait on a lock
+        // the paused leader holds until it is resumed.
+        let writes = async {
+            for (i, value) in &planned {
+                write(&env, &store_pg, *i, value).await;
+            }
+        };
+        let takeover = async {
+            // Another daemon takes over (a deadline, not a timing claim:
+            // the failover time is measured by the benchmark).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some((h, t)) = holder(&state).await {
+                    if t > token {
+                        assert_ne!(h, lead, "a new token goes to another holder");
+                        break;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no daemon took the lease over after round {round}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let took = t0.elapsed();
+            if pause {
+                // The paused leader wakes up without its lease: it must
+                // not commit, and goes back to waiting.
+                signal(&daemons[victim], "-CONT");
+            }
+            took
+        };
+        let ((), took) = tokio::join!(writes, takeover);
+        failovers.push(took);
+        for (i, value) in planned {
+            last.insert(i, value);
+        }
+        if !pause {
+            generation += 1;
+            daemons[victim] = env.daemon(victim, generation);
+        }
+    }
+
+    // Every acknowledged write ends everywhere.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = notes_of(&env, &store_pg).await;
+        let wrong = mismatches(&seen, &last);
+        if wrong.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let mut logs = String::new();
+            for n in 0..3 {
+                for g in 0..=generation {
+                    if let Ok(t) = std::fs::read_to_string(env.log_path(n, g)) {
+                        logs.push_str(&format!("--- daemon {n} gen {g}\n{}\n", tail(&t, 40)));
+                    }
+                }
+            }
+            panic!(
+                "{} writes missing, e.g. {:?}\n{logs}",
+                wrong.len(),
+                &wrong[..wrong.len().min(10)]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No conflict (one writer per contact), no write applied twice: each
+    // value is in the journal once.
+    let open: i64 = state
+        .query_one("SELECT count(*) FROM conflicts WHERE status = 'open'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "no conflict opened");
+    for (i, value) in &last {
+        let n: i64 = state
+            .query_one(
+                "SELECT count(*) FROM journal WHERE contact_id = $1 AND after LIKE '%' || $2 || '%'",
+                &[&id(*i), &format!("\"{value}\"")],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "{} = {value} journaled once", id(*i));
+    }
+    eprintln!(
+        "failovers: {:?}",
+        failovers.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+    );
+
+    // A clean stop of every daemon ends each with success and frees the lease.
+    for d in &daemons {
+        signal(d, "-TERM");
+    }
+    for (n, d) in daemons.iter_mut().enumerate() {
+        let st = d.wait().unwrap();
+        assert!(st.success(), "daemon {n} exits cleanly: {st:?}");
+    }
+    assert_eq!(holder(&state).await, None, "the lease is released");
+    let status = env.ok(&["status"]);
+    assert!(status.contains("lease engine: free"), "{status}");
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
