@@ -83,7 +83,11 @@ pub(crate) async fn open(cfg: &PgConfig) -> Result<(Client, JoinHandle<()>), Sto
     });
     client
         .batch_execute(
-            "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3",
+            // A transaction of ours left open by a stalled process (a
+            // paused daemon that another took over from) must not hold its
+            // row locks for ever: the server ends it after a minute idle.
+            "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3; \
+             SET idle_in_transaction_session_timeout = '60s'",
         )
         .await
         .map_err(|e| pg_err(&cfg.name, "setting up the session", &e))?;
