@@ -2,8 +2,9 @@
 //! id, so page N costs what page 1 costs) and contact search.
 
 use contact_sync_core::{Contact, DeadLetter, JournalEntry};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
+
+use crate::db::{p, Backend as Connection};
 
 use crate::read::{
     conflict_row, dead_letter_row, journal_row, sql_limit, CONFLICT_COLS, JOURNAL_COLS,
@@ -60,12 +61,16 @@ fn hit(entry: &JournalEntry, matched: String) -> ContactHit {
 /// Ordered by the (contact_id, version) index: `ORDER BY seq` alone lets
 /// SQLite walk the whole journal backwards (370 ms at 100k entries).
 fn latest(conn: &Connection, contact_id: &str) -> Result<Option<JournalEntry>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 \
-         ORDER BY version DESC, seq DESC LIMIT 1"
-    ))?;
-    let mut rows = stmt.query([contact_id])?;
-    rows.next()?.map(journal_row).transpose()
+    conn.query_opt(
+        &format!(
+            "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 \
+             ORDER BY version DESC, seq DESC LIMIT 1"
+        ),
+        p![contact_id],
+    )?
+    .as_ref()
+    .map(journal_row)
+    .transpose()
 }
 
 /// The contact whose native id in `store` is `native_id`, by the
@@ -74,12 +79,13 @@ fn latest(conn: &Connection, contact_id: &str) -> Result<Option<JournalEntry>> {
 /// over every record of the store: 170 ms at 1M records.)
 fn by_native(conn: &Connection, store: &str, native_id: &str) -> Result<Option<StoreRecord>> {
     let id: Option<String> = conn
-        .prepare_cached(
+        .query_opt(
             "SELECT contact_id FROM store_records INDEXED BY store_records_native \
              WHERE store = ?1 AND native_id = ?2 LIMIT 1",
+            p![store, native_id],
         )?
-        .query_row(params![store, native_id], |r| r.get(0))
-        .optional()?;
+        .map(|r| r.get(0))
+        .transpose()?;
     match id {
         Some(id) => crate::read::store_record(conn, store, &id),
         None => Ok(None),
@@ -103,42 +109,44 @@ impl StateDb {
         } else {
             format!("SELECT {CONFLICT_COLS} FROM conflicts WHERE id < ?1 ORDER BY id DESC LIMIT ?2")
         };
-        let mut stmt = self.conn().prepare_cached(&sql)?;
-        let mut rows = stmt.query(params![before_id(before), sql_limit(limit + 1)])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(conflict_row(row)?);
-        }
+        let out = self
+            .conn()
+            .query(&sql, p![before_id(before), sql_limit(limit + 1)])?
+            .iter()
+            .map(conflict_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(out, limit, |c| c.id))
     }
 
     /// Up to `limit` dead letters with `id < before`, newest first.
     pub fn dead_letters_page(&self, before: Option<i64>, limit: usize) -> Result<Page<DeadLetter>> {
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT id, store, record, field, reason, payload, at FROM dead_letters \
-             WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
-        )?;
-        let mut rows = stmt.query(params![before_id(before), sql_limit(limit + 1)])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(dead_letter_row(row)?);
-        }
+        let out = self
+            .conn()
+            .query(
+                "SELECT id, store, record, field, reason, payload, at FROM dead_letters \
+                 WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+                p![before_id(before), sql_limit(limit + 1)],
+            )?
+            .iter()
+            .map(dead_letter_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(out, limit, |d| d.id))
     }
 
     /// The open conflicts of one contact, oldest first (the console's
     /// per-field choice).
     pub fn open_conflicts_of(&self, contact_id: &str) -> Result<Vec<ConflictRow>> {
-        let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {CONFLICT_COLS} FROM conflicts INDEXED BY conflicts_contact \
-             WHERE contact_id = ?1 AND status = 'open' ORDER BY id"
-        ))?;
-        let mut rows = stmt.query([contact_id])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(conflict_row(row)?);
-        }
-        Ok(out)
+        self.conn()
+            .query(
+                &format!(
+                    "SELECT {CONFLICT_COLS} FROM conflicts INDEXED BY conflicts_contact \
+                     WHERE contact_id = ?1 AND status = 'open' ORDER BY id"
+                ),
+                p![contact_id],
+            )?
+            .iter()
+            .map(conflict_row)
+            .collect()
     }
 
     /// The sync record of `contact_id` in every known store.

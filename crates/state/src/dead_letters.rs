@@ -19,7 +19,7 @@
 
 use contact_sync_core::model::{format_ts, parse_ts};
 use contact_sync_core::{DeadLetter, Timestamp};
-use rusqlite::{params, Connection, Row};
+use crate::db::{p, Backend as Connection, Row};
 use serde::Serialize;
 
 use crate::{Result, StateDb, StateError, StateTx, StoreRecord};
@@ -70,7 +70,7 @@ pub struct DeadLetterRow {
 const COLUMNS: &str =
     "id, store, record, field, reason, payload, at, count, last_seen, status, closed_at";
 
-fn row(r: &Row<'_>) -> Result<DeadLetterRow> {
+fn row(r: &Row) -> Result<DeadLetterRow> {
     let id: i64 = r.get(0)?;
     let bad = |c: &str, v: &str| StateError::Invalid {
         what: format!("dead letter {id} ({c})"),
@@ -113,23 +113,15 @@ fn list(conn: &Connection, open_only: bool, limit: usize) -> Result<Vec<DeadLett
             ""
         }
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query([crate::read::sql_limit(limit)])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(row(r)?);
-    }
-    Ok(out)
+    conn.query(&sql, p![crate::read::sql_limit(limit)])?
+        .iter()
+        .map(row)
+        .collect()
 }
 
 fn one(conn: &Connection, id: i64) -> Result<Option<DeadLetterRow>> {
     let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?1");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query([id])?;
-    match rows.next()? {
-        Some(r) => Ok(Some(row(r)?)),
-        None => Ok(None),
-    }
+    conn.query_opt(&sql, p![id])?.as_ref().map(row).transpose()
 }
 
 impl StateDb {
@@ -145,8 +137,7 @@ impl StateDb {
     pub fn open_dead_letter_count(&self) -> Result<u64> {
         let n: i64 = self
             .conn()
-            .prepare_cached("SELECT COUNT(*) FROM dead_letters WHERE status = 'open'")?
-            .query_row([], |r| r.get(0))?;
+            .query_value("SELECT COUNT(*) FROM dead_letters WHERE status = 'open'", p![])?;
         Ok(n.max(0) as u64)
     }
 }
@@ -172,15 +163,11 @@ impl StateDb {
     ) -> Result<crate::Page<DeadLetterRow>> {
         let sql =
             format!("SELECT {COLUMNS} FROM dead_letters WHERE id < ?1 ORDER BY id DESC LIMIT ?2");
-        let mut stmt = self.conn().prepare_cached(&sql)?;
-        let mut rows = stmt.query(params![
+        let rows = self.conn().query(&sql, p![
             before.unwrap_or(i64::MAX),
             crate::read::sql_limit(limit.saturating_add(1))
         ])?;
-        let mut items = Vec::new();
-        while let Some(r) = rows.next()? {
-            items.push(row(r)?);
-        }
+        let mut items = rows.iter().map(row).collect::<Result<Vec<_>>>()?;
         let next_before = if items.len() > limit {
             items.truncate(limit);
             items.last().map(|d| d.letter.id)
@@ -240,9 +227,10 @@ impl StateTx<'_> {
         if dl.status != DeadLetterStatus::Open {
             return Ok(dl);
         }
-        self.conn()
-            .prepare_cached("UPDATE dead_letters SET status = ?2, closed_at = ?3 WHERE id = ?1")?
-            .execute(params![id, status.as_str(), format_ts(&at)])?;
+        self.conn().execute(
+            "UPDATE dead_letters SET status = ?2, closed_at = ?3 WHERE id = ?1",
+            p![id, status.as_str(), format_ts(&at)],
+        )?;
         Ok(DeadLetterRow {
             status,
             closed_at: Some(at),

@@ -7,7 +7,7 @@
 
 use contact_sync_core::model::parse_ts;
 use contact_sync_core::Timestamp;
-use rusqlite::params;
+use crate::db::p;
 use serde::Serialize;
 
 use crate::read::sql_u64;
@@ -52,30 +52,30 @@ impl StateTx<'_> {
         failed: bool,
         at: &Timestamp,
     ) -> Result<()> {
-        let last: Option<String> = self
-            .conn()
-            .prepare_cached("SELECT last_success FROM store_stats WHERE store = ?1")?
-            .query_row([store], |r| r.get(0))?;
+        let last: Option<String> = self.conn().query_value(
+            "SELECT last_success FROM store_stats WHERE store = ?1",
+            p![store],
+        )?;
         let lag = last
             .as_deref()
             .and_then(parse_ts)
             .map(|t| ((*at - t).num_milliseconds() as f64 / 1000.0).max(0.0));
-        self.conn()
-            .prepare_cached(
+        self.conn().execute(
                 "INSERT INTO run_history (store, bucket, runs, captured, applied, written, errors, max_lag_secs)
                  VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (bucket, store) DO UPDATE SET
-                     runs = runs + 1,
-                     captured = captured + excluded.captured,
-                     applied = applied + excluded.applied,
-                     written = written + excluded.written,
-                     errors = errors + excluded.errors,
+                     runs = run_history.runs + 1,
+                     captured = run_history.captured + excluded.captured,
+                     applied = run_history.applied + excluded.applied,
+                     written = run_history.written + excluded.written,
+                     errors = run_history.errors + excluded.errors,
                      max_lag_secs = CASE
-                         WHEN excluded.max_lag_secs IS NULL THEN max_lag_secs
-                         WHEN max_lag_secs IS NULL THEN excluded.max_lag_secs
-                         ELSE MAX(max_lag_secs, excluded.max_lag_secs) END",
-            )?
-            .execute(params![
+                         WHEN excluded.max_lag_secs IS NULL THEN run_history.max_lag_secs
+                         WHEN run_history.max_lag_secs IS NULL
+                           OR excluded.max_lag_secs > run_history.max_lag_secs
+                         THEN excluded.max_lag_secs
+                         ELSE run_history.max_lag_secs END",
+            p![
                 store,
                 bucket_of(at),
                 sql_u64(stats.captured),
@@ -83,7 +83,8 @@ impl StateTx<'_> {
                 sql_u64(stats.written),
                 i64::from(failed),
                 lag,
-            ])?;
+            ],
+        )?;
         Ok(())
     }
 }
@@ -91,12 +92,14 @@ impl StateTx<'_> {
 impl StateDb {
     /// Every store's history buckets from `since` on, oldest first.
     pub fn run_history(&self, since: &Timestamp) -> Result<Vec<HistoryBucket>> {
-        let mut stmt = self.conn().prepare_cached(
+        let rows = self.conn().query(
             "SELECT store, bucket, runs, captured, applied, written, errors, max_lag_secs
              FROM run_history WHERE bucket >= ?1 ORDER BY bucket, store",
+            p![bucket_of(since)],
         )?;
-        let rows = stmt.query_map([bucket_of(since)], |r| {
-            let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+        rows.iter()
+            .map(|r| {
+            let n = |i: usize| r.get::<i64>(i).map(|v| v.max(0) as u64);
             Ok(HistoryBucket {
                 store: r.get(0)?,
                 bucket: r.get(1)?,
@@ -107,8 +110,8 @@ impl StateDb {
                 errors: n(6)?,
                 max_lag_secs: r.get(7)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .collect()
     }
 }
 

@@ -149,11 +149,14 @@ fn the_migration_keeps_pauses_recorded_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     drop(StateDb::open(&path).unwrap());
-    // Back to version 3: `paused_stores` as it was, with a pause, and no
-    // request table (nor what version 5 adds).
+    // Back to version 3 of the hand-written ladder (no migration history,
+    // `PRAGMA user_version` 3): `paused_stores` as it was, with a pause,
+    // and no request table (nor what version 5 adds).
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch(
-        "DROP TABLE run_history;
+        "DROP TABLE refinery_schema_history;
+         DROP TABLE leases;
+         DROP TABLE run_history;
          DROP INDEX conflicts_contact;
          DROP TABLE operator_requests;
          DROP TABLE paused_stores;
