@@ -312,70 +312,74 @@ mod tests {
 
     #[test]
     fn the_same_refusal_is_recorded_once_and_counted() {
-        let mut db = StateDb::open_in_memory().unwrap();
-        for _ in 0..5 {
-            add(&mut db, &letter("c1", "invalid email"));
+        for mut db in crate::testing::both() {
+            eprintln!("on {}", db.location());
+            for _ in 0..5 {
+                add(&mut db, &letter("c1", "invalid email"));
+            }
+            add(&mut db, &letter("c1", "another reason"));
+            add(&mut db, &letter("c2", "invalid email"));
+            let rows = db.dead_letter_rows(true, 100).unwrap();
+            assert_eq!(rows.len(), 3, "{rows:?}");
+            let c1 = rows
+                .iter()
+                .find(|r| r.letter.record == "c1" && r.letter.reason == "invalid email")
+                .unwrap();
+            assert_eq!(c1.count, 5);
+            assert!(c1.last_seen >= c1.letter.at);
+            assert_eq!(db.open_dead_letter_count().unwrap(), 3);
         }
-        add(&mut db, &letter("c1", "another reason"));
-        add(&mut db, &letter("c2", "invalid email"));
-        let rows = db.dead_letter_rows(true, 100).unwrap();
-        assert_eq!(rows.len(), 3, "{rows:?}");
-        let c1 = rows
-            .iter()
-            .find(|r| r.letter.record == "c1" && r.letter.reason == "invalid email")
-            .unwrap();
-        assert_eq!(c1.count, 5);
-        assert!(c1.last_seen >= c1.letter.at);
-        assert_eq!(db.open_dead_letter_count().unwrap(), 3);
     }
 
     #[test]
     fn dismissed_stays_dismissed_retried_reopens_and_owes_a_write() {
-        let mut db = StateDb::open_in_memory().unwrap();
-        add(&mut db, &letter("c1", "bad"));
-        add(&mut db, &letter("c2", "bad"));
-        let ids: Vec<i64> = db
-            .dead_letter_rows(true, 10)
-            .unwrap()
-            .iter()
-            .map(|r| r.letter.id)
-            .collect();
-        let (c2, c1) = (ids[0], ids[1]);
-        let tx = db.tx().unwrap();
-        tx.put_store_record(&StoreRecord {
-            store: "twenty".into(),
-            contact_id: "c1".into(),
-            native_id: Some("p1".into()),
-            synced_version: 3,
-            hash: "h3".into(),
-            deleted: false,
-            needs_write: false,
-            writeback: false,
-            late: vec![],
-        })
-        .unwrap();
-        let (dl, owed) = tx.retry_dead_letter(c1, now(), "canonical").unwrap();
-        assert!(owed);
-        assert_eq!(dl.status, DeadLetterStatus::Retried);
-        tx.dismiss_dead_letter(c2, now()).unwrap();
-        tx.commit().unwrap();
-        let rec = db.store_record("twenty", "c1").unwrap().unwrap();
-        assert!(rec.needs_write);
-        assert_eq!(rec.hash, "h3", "the condition keeps what the engine saw");
-        assert_eq!(db.open_dead_letter_count().unwrap(), 0);
+        for mut db in crate::testing::both() {
+            eprintln!("on {}", db.location());
+            add(&mut db, &letter("c1", "bad"));
+            add(&mut db, &letter("c2", "bad"));
+            let ids: Vec<i64> = db
+                .dead_letter_rows(true, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.letter.id)
+                .collect();
+            let (c2, c1) = (ids[0], ids[1]);
+            let tx = db.tx().unwrap();
+            tx.put_store_record(&StoreRecord {
+                store: "twenty".into(),
+                contact_id: "c1".into(),
+                native_id: Some("p1".into()),
+                synced_version: 3,
+                hash: "h3".into(),
+                deleted: false,
+                needs_write: false,
+                writeback: false,
+                late: vec![],
+            })
+            .unwrap();
+            let (dl, owed) = tx.retry_dead_letter(c1, now(), "canonical").unwrap();
+            assert!(owed);
+            assert_eq!(dl.status, DeadLetterStatus::Retried);
+            tx.dismiss_dead_letter(c2, now()).unwrap();
+            tx.commit().unwrap();
+            let rec = db.store_record("twenty", "c1").unwrap().unwrap();
+            assert!(rec.needs_write);
+            assert_eq!(rec.hash, "h3", "the condition keeps what the engine saw");
+            assert_eq!(db.open_dead_letter_count().unwrap(), 0);
 
-        // Seen again: the retried one is a new open dead letter, the
-        // dismissed one is counted and stays dismissed.
-        add(&mut db, &letter("c1", "bad"));
-        add(&mut db, &letter("c2", "bad"));
-        let open = db.dead_letter_rows(true, 10).unwrap();
-        assert_eq!(open.len(), 1);
-        assert_eq!(open[0].letter.record, "c1");
-        let d2 = db.dead_letter(c2).unwrap().unwrap();
-        assert_eq!((d2.status, d2.count), (DeadLetterStatus::Dismissed, 2));
-        assert!(matches!(
-            db.tx().unwrap().dismiss_dead_letter(999, now()),
-            Err(StateError::NotFound { .. })
-        ));
+            // Seen again: the retried one is a new open dead letter, the
+            // dismissed one is counted and stays dismissed.
+            add(&mut db, &letter("c1", "bad"));
+            add(&mut db, &letter("c2", "bad"));
+            let open = db.dead_letter_rows(true, 10).unwrap();
+            assert_eq!(open.len(), 1);
+            assert_eq!(open[0].letter.record, "c1");
+            let d2 = db.dead_letter(c2).unwrap().unwrap();
+            assert_eq!((d2.status, d2.count), (DeadLetterStatus::Dismissed, 2));
+            assert!(matches!(
+                db.tx().unwrap().dismiss_dead_letter(999, now()),
+                Err(StateError::NotFound { .. })
+            ));
+        }
     }
 }

@@ -131,42 +131,44 @@ mod tests {
 
     #[test]
     fn runs_add_up_per_bucket_lag_is_the_largest_and_compact_bounds_it() {
-        let mut db = StateDb::open_in_memory().unwrap();
-        let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
-        let tx = db.tx().unwrap();
-        // Never succeeded: lag unknown.
-        tx.record_run("twenty", &stats(0), Some("down"), t0)
-            .unwrap();
-        tx.record_run("twenty", &stats(2), None, t0 + Duration::seconds(10))
-            .unwrap();
-        tx.record_run("twenty", &stats(3), Some("429"), t0 + Duration::seconds(70))
-            .unwrap();
-        // The next bucket.
-        tx.record_run("twenty", &stats(1), None, t0 + Duration::seconds(310))
-            .unwrap();
-        tx.record_run("local", &stats(4), None, t0 + Duration::seconds(20))
-            .unwrap();
-        tx.commit().unwrap();
-        let h = db.run_history(&(t0 - Duration::hours(1))).unwrap();
-        assert_eq!(h.len(), 3, "{h:?}");
-        let first = h.iter().find(|b| b.store == "twenty").unwrap();
-        assert_eq!(first.bucket, bucket_of(&t0));
-        assert_eq!((first.runs, first.captured, first.errors), (3, 5, 2));
-        assert_eq!(first.max_lag_secs, Some(60.0));
-        let second = h.iter().rfind(|b| b.store == "twenty").unwrap();
-        assert_eq!(second.bucket, bucket_of(&t0) + BUCKET_SECS);
-        assert_eq!(second.max_lag_secs, Some(0.0));
-        // Only what is asked for.
-        assert_eq!(
-            db.run_history(&(t0 + Duration::seconds(300)))
-                .unwrap()
-                .len(),
-            1
-        );
-        // compact keeps HISTORY_DAYS.
-        let later = t0 + Duration::days(HISTORY_DAYS) + Duration::seconds(301);
-        let r = db.compact(later, later).unwrap();
-        assert_eq!(r.history_removed, 2);
-        assert_eq!(db.run_history(&t0).unwrap().len(), 1);
+        for mut db in crate::testing::both() {
+            eprintln!("on {}", db.location());
+            let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+            let tx = db.tx().unwrap();
+            // Never succeeded: lag unknown.
+            tx.record_run("twenty", &stats(0), Some("down"), t0)
+                .unwrap();
+            tx.record_run("twenty", &stats(2), None, t0 + Duration::seconds(10))
+                .unwrap();
+            tx.record_run("twenty", &stats(3), Some("429"), t0 + Duration::seconds(70))
+                .unwrap();
+            // The next bucket.
+            tx.record_run("twenty", &stats(1), None, t0 + Duration::seconds(310))
+                .unwrap();
+            tx.record_run("local", &stats(4), None, t0 + Duration::seconds(20))
+                .unwrap();
+            tx.commit().unwrap();
+            let h = db.run_history(&(t0 - Duration::hours(1))).unwrap();
+            assert_eq!(h.len(), 3, "{h:?}");
+            let first = h.iter().find(|b| b.store == "twenty").unwrap();
+            assert_eq!(first.bucket, bucket_of(&t0));
+            assert_eq!((first.runs, first.captured, first.errors), (3, 5, 2));
+            assert_eq!(first.max_lag_secs, Some(60.0));
+            let second = h.iter().rfind(|b| b.store == "twenty").unwrap();
+            assert_eq!(second.bucket, bucket_of(&t0) + BUCKET_SECS);
+            assert_eq!(second.max_lag_secs, Some(0.0));
+            // Only what is asked for.
+            assert_eq!(
+                db.run_history(&(t0 + Duration::seconds(300)))
+                    .unwrap()
+                    .len(),
+                1
+            );
+            // compact keeps HISTORY_DAYS.
+            let later = t0 + Duration::days(HISTORY_DAYS) + Duration::seconds(301);
+            let r = db.compact(later, later).unwrap();
+            assert_eq!(r.history_removed, 2);
+            assert_eq!(db.run_history(&t0).unwrap().len(), 1);
+        }
     }
 }

@@ -861,3 +861,25 @@ impl StateTx<'_> {
         read::meta(self.db, key)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::StateDb;
+
+    /// A fresh database on each backend: SQLite in memory, and a new
+    /// Postgres database (the store-postgres harness: `CONTACT_SYNC_PG_URL`
+    /// or a private cluster; it panics with instructions when there is no
+    /// Postgres).
+    pub(crate) fn both() -> Vec<StateDb> {
+        let url = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(contact_sync_postgres::harness::shared().create_database());
+        let dbs = vec![
+            StateDb::open_in_memory().unwrap(),
+            StateDb::open_url(&url).unwrap(),
+        ];
+        dbs
+    }
+}
