@@ -596,9 +596,13 @@ fn adopt_sqlite(conn: &mut Connection) -> Result<(), String> {
         });
     }
     let step = |tx: &rusqlite::Transaction<'_>| -> rusqlite::Result<()> {
+        // As refinery creates it (the same text, so the same schema).
         tx.execute_batch(&format!(
-            "CREATE TABLE {HISTORY} (version int4 PRIMARY KEY, name VARCHAR(255), \
-             applied_on VARCHAR(255), checksum VARCHAR(255))"
+            "CREATE TABLE IF NOT EXISTS {HISTORY}(
+             version int4 PRIMARY KEY,
+             name VARCHAR(255),
+             applied_on VARCHAR(255),
+             checksum VARCHAR(255));"
         ))?;
         let at = contact_sync_core::model::format_ts(&contact_sync_core::model::now());
         for m in migrations(&SQLITE[..old as usize])
@@ -715,4 +719,106 @@ pub(crate) mod fixture {
         super::V6,
         super::V7,
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table, index and trigger of a SQLite file, by name.
+    fn objects(c: &Connection) -> Vec<(String, String, Option<String>)> {
+        let mut st = c
+            .prepare(
+                "SELECT type, name, sql FROM sqlite_master
+                 WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
+            )
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_file_of_the_hand_written_ladder_is_adopted_without_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        // The file as the previous build left it: the ladder's migrations,
+        // `PRAGMA user_version` 7, and some state.
+        {
+            let c = Connection::open(&path).unwrap();
+            for sql in fixture::LADDER_V7 {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", 7).unwrap();
+            c.execute_batch(
+                "INSERT INTO journal (contact_id, version, prev_version, op, origin, changes,
+                     conflicts, after, hash, at)
+                 VALUES ('c1', 1, 0, 'create', 'local', '[]', '[]', '{}', 'h1',
+                     '2026-01-01T00:00:00.000000Z');
+                 INSERT INTO cursors VALUES ('twenty', 1, '2026-01-01T00:00:00.000000Z');
+                 INSERT INTO store_records (store, contact_id, native_id, synced_version, hash, deleted)
+                     VALUES ('twenty', 'c1', 'p1', 1, 'h1', 0);
+                 INSERT INTO search_docs (contact_id, version, deleted, name, names, emails, phones)
+                     VALUES ('c1', 1, 0, 'Ada', 'Ada Lovelace', 'ada@example.com', '');
+                 UPDATE meta SET value = 'done' WHERE key = 'search_fill';",
+            )
+            .unwrap();
+        }
+        let ladder = objects(&Connection::open(&path).unwrap());
+        let db = crate::StateDb::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(db.cursor("twenty").unwrap(), 1);
+        assert_eq!(db.journal_head().unwrap(), 1);
+        assert_eq!(
+            db.store_record("twenty", "c1").unwrap().unwrap().native_id,
+            Some("p1".into())
+        );
+        assert_eq!(
+            db.search_index("lovelace", None, 10).unwrap().items[0].contact_id,
+            "c1"
+        );
+        assert_eq!(db.meta("search_fill").unwrap().as_deref(), Some("done"));
+        // Seqs go on from where the ladder's file was.
+        let mut db = db;
+        let tx = db.tx().unwrap();
+        let seq = tx
+            .append_journal(&contact_sync_core::JournalEntry::snapshot(
+                contact_sync_core::Contact::new("c2", "Grace"),
+                "local",
+                contact_sync_core::model::now(),
+            ))
+            .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(seq, 2);
+        drop(db);
+
+        // The adopted file has the ladder's schema plus version 8, and the
+        // same schema as a file made new by this build.
+        let c = Connection::open(&path).unwrap();
+        let adopted = objects(&c);
+        let added: Vec<&str> = adopted
+            .iter()
+            .filter(|o| !ladder.contains(o))
+            .map(|o| o.1.as_str())
+            .collect();
+        assert_eq!(added, ["erasures", "leases", "refinery_schema_history"]);
+        assert!(ladder.iter().all(|o| adopted.contains(o)));
+        let fresh_dir = tempfile::tempdir().unwrap();
+        drop(crate::StateDb::open(&fresh_dir.path().join("state.db")).unwrap());
+        let fresh = objects(&Connection::open(fresh_dir.path().join("state.db")).unwrap());
+        assert_eq!(adopted, fresh);
+        let versions: Vec<i64> = c
+            .prepare("SELECT version FROM refinery_schema_history ORDER BY version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        let user_version: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(user_version, SCHEMA_VERSION);
+    }
 }
