@@ -619,6 +619,12 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
                     });
                 }
             }
+            Err(e) if e.is_fenced() => {
+                // Another daemon holds the lease now: nothing of this cycle
+                // was committed, and retrying cannot help.
+                tracing::error!(error = %e, alert = "sync_failure", "lease lost: stopping");
+                return Err(e.into());
+            }
             Err(e) => {
                 failures += 1;
                 tracing::error!(error = %e, alert = "sync_failure", "cycle failed");
@@ -674,7 +680,7 @@ fn console_router(
     stores.extend(cfg.stores().keys().cloned());
     let (c, rx) = console::Console::new(
         console::ConsoleConfig {
-            state_path: cfg.state_path(),
+            state: cfg.state_target()?,
             stores,
             token,
             allow_remote: server.allow_remote,

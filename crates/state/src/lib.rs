@@ -112,11 +112,18 @@ pub struct Fence {
 }
 
 /// Where the state database is: a SQLite file or a Postgres database.
+/// (`Default`: an empty path, for configurations filled in later.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateTarget {
     Path(PathBuf),
     /// A connection string (a secret: never shown whole).
     Url(String),
+}
+
+impl Default for StateTarget {
+    fn default() -> Self {
+        StateTarget::Path(PathBuf::new())
+    }
 }
 
 impl StateTarget {
@@ -349,6 +356,15 @@ impl StateDb {
         match target {
             StateTarget::Path(p) => Self::open(p),
             StateTarget::Url(u) => Self::open_url(u),
+        }
+    }
+    /// Whether a state database exists at `target` (a SQLite file, or a
+    /// Postgres database that was set up by a build of contact-sync);
+    /// creates nothing.
+    pub fn exists(target: &StateTarget) -> Result<bool> {
+        match target {
+            StateTarget::Path(p) => Ok(p.exists()),
+            StateTarget::Url(u) => pg::has_state(u),
         }
     }
     /// Whether the database is on Postgres.

@@ -273,6 +273,42 @@ async fn start(url: &str, busy: std::time::Duration) -> Result<Worker> {
     })
 }
 
+/// Whether the database at `url` holds a state database (its migration
+/// history), without creating anything. On a thread of its own, like
+/// every connection here.
+pub(crate) fn has_state(url: &str) -> Result<bool> {
+    let url = url.to_string();
+    std::thread::spawn(move || -> Result<bool> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StateError::Open {
+                path: redact(&url).into(),
+                message: format!("starting the connection thread: {e}"),
+            })?;
+        rt.block_on(async {
+            let (client, conn) =
+                tokio_postgres::connect(&url, NoTls)
+                    .await
+                    .map_err(|e| StateError::Open {
+                        path: redact(&url).into(),
+                        message: format!("connecting: {e}"),
+                    })?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(crate::schema::pg_version(&client).await? > 0)
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        Err(StateError::Open {
+            path: "postgres".into(),
+            message: "the connection thread panicked".into(),
+        })
+    })
+}
+
 impl PgConn {
     /// Connects (on a new thread), migrates, and returns once ready.
     pub(crate) fn open(url: &str, busy: std::time::Duration) -> Result<PgConn> {
