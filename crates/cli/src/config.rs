@@ -621,7 +621,10 @@ mod tests {
         )
         .unwrap();
         let e = Config::load(Some(&p)).unwrap_err();
-        assert!(e.0.contains("state.path and state.url are mutually exclusive"), "{e}");
+        assert!(
+            e.0.contains("state.path and state.url are mutually exclusive"),
+            "{e}"
+        );
         std::fs::write(&p, "[state]\nurl = { env = \"CS_TEST_STATE_URL_UNSET\" }\n").unwrap();
         let c = Config::load(Some(&p)).unwrap();
         let e = c.state_target().unwrap_err();

@@ -110,9 +110,15 @@ fn sync_status_and_conflicts_with_the_state_on_postgres() {
     let out = s.run(&["status"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("there is no state database at postgres://"), "{err}");
+    assert!(
+        err.contains("there is no state database at postgres://"),
+        "{err}"
+    );
     if s.url.contains(PASSWORD) {
-        assert!(!err.contains(PASSWORD), "the password is never shown: {err}");
+        assert!(
+            !err.contains(PASSWORD),
+            "the password is never shown: {err}"
+        );
     }
 
     s.ok(&["seed", "--contacts", "200", "--invalid", "5"]);
@@ -172,7 +178,10 @@ fn sync_status_and_conflicts_with_the_state_on_postgres() {
         "Local title"
     );
     assert_eq!(
-        s.json(&["conflicts", "list", "--json"]).as_array().unwrap().len(),
+        s.json(&["conflicts", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
         0
     );
     let out = s.run(&["check"]);

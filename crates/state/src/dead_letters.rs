@@ -17,9 +17,9 @@
 //! canonical there is no owed write: the record is read again when it
 //! changes there (the BigQuery sweep, the SQLite triggers).
 
+use crate::db::{p, Backend as Connection, Row};
 use contact_sync_core::model::{format_ts, parse_ts};
 use contact_sync_core::{DeadLetter, Timestamp};
-use crate::db::{p, Backend as Connection, Row};
 use serde::Serialize;
 
 use crate::{Result, StateDb, StateError, StateTx, StoreRecord};
@@ -135,9 +135,10 @@ impl StateDb {
     }
     /// Dead letters nobody has dismissed or retried.
     pub fn open_dead_letter_count(&self) -> Result<u64> {
-        let n: i64 = self
-            .conn()
-            .query_value("SELECT COUNT(*) FROM dead_letters WHERE status = 'open'", p![])?;
+        let n: i64 = self.conn().query_value(
+            "SELECT COUNT(*) FROM dead_letters WHERE status = 'open'",
+            p![],
+        )?;
         Ok(n.max(0) as u64)
     }
 }
@@ -163,10 +164,13 @@ impl StateDb {
     ) -> Result<crate::Page<DeadLetterRow>> {
         let sql =
             format!("SELECT {COLUMNS} FROM dead_letters WHERE id < ?1 ORDER BY id DESC LIMIT ?2");
-        let rows = self.conn().query(&sql, p![
-            before.unwrap_or(i64::MAX),
-            crate::read::sql_limit(limit.saturating_add(1))
-        ])?;
+        let rows = self.conn().query(
+            &sql,
+            p![
+                before.unwrap_or(i64::MAX),
+                crate::read::sql_limit(limit.saturating_add(1))
+            ],
+        )?;
         let mut items = rows.iter().map(row).collect::<Result<Vec<_>>>()?;
         let next_before = if items.len() > limit {
             items.truncate(limit);

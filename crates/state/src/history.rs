@@ -5,9 +5,9 @@
 //! by [`StateDb::compact`], which removes buckets older than
 //! [`HISTORY_DAYS`].
 
+use crate::db::p;
 use contact_sync_core::model::parse_ts;
 use contact_sync_core::Timestamp;
-use crate::db::p;
 use serde::Serialize;
 
 use crate::read::sql_u64;
@@ -99,19 +99,19 @@ impl StateDb {
         )?;
         rows.iter()
             .map(|r| {
-            let n = |i: usize| r.get::<i64>(i).map(|v| v.max(0) as u64);
-            Ok(HistoryBucket {
-                store: r.get(0)?,
-                bucket: r.get(1)?,
-                runs: n(2)?,
-                captured: n(3)?,
-                applied: n(4)?,
-                written: n(5)?,
-                errors: n(6)?,
-                max_lag_secs: r.get(7)?,
+                let n = |i: usize| r.get::<i64>(i).map(|v| v.max(0) as u64);
+                Ok(HistoryBucket {
+                    store: r.get(0)?,
+                    bucket: r.get(1)?,
+                    runs: n(2)?,
+                    captured: n(3)?,
+                    applied: n(4)?,
+                    written: n(5)?,
+                    errors: n(6)?,
+                    max_lag_secs: r.get(7)?,
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 }
 

@@ -4,9 +4,9 @@
 //! state transaction, no lock) and carried out by the daemon at its next
 //! cycle.
 
+use crate::db::{p, Backend as Connection, Row};
 use contact_sync_core::model::{format_ts, parse_ts};
 use contact_sync_core::Timestamp;
-use crate::db::{p, Backend as Connection, Row};
 use serde::Serialize;
 
 use crate::{Result, StateDb, StateError, StateTx};
@@ -203,10 +203,13 @@ pub(crate) fn paused(conn: &Connection, store: &str) -> Result<Option<PausedStor
 }
 
 pub(crate) fn all_paused(conn: &Connection) -> Result<Vec<PausedStore>> {
-    conn.query(&format!("SELECT {COLS} FROM paused_stores ORDER BY store"), p![])?
-        .iter()
-        .map(row)
-        .collect()
+    conn.query(
+        &format!("SELECT {COLS} FROM paused_stores ORDER BY store"),
+        p![],
+    )?
+    .iter()
+    .map(row)
+    .collect()
 }
 
 impl StateDb {

@@ -192,15 +192,17 @@ impl StateTx<'_> {
             )?;
         }
         self.unindex_contact(contact_id)?;
-        let conflicts = self
-            .conn()
-            .execute("DELETE FROM conflicts WHERE contact_id = ?1", p![contact_id])?;
+        let conflicts = self.conn().execute(
+            "DELETE FROM conflicts WHERE contact_id = ?1",
+            p![contact_id],
+        )?;
         let mut dead = 0;
         for row in rows_as_json(self.conn(), DEAD_LETTERS_OF, contact_id)? {
             if of_contact(&row, contact_id) {
-                dead += self
-                    .conn()
-                    .execute("DELETE FROM dead_letters WHERE id = ?1", p![row["id"].as_i64()])?;
+                dead += self.conn().execute(
+                    "DELETE FROM dead_letters WHERE id = ?1",
+                    p![row["id"].as_i64()],
+                )?;
             }
         }
         Ok((entries.len(), conflicts as usize, dead as usize))

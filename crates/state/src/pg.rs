@@ -78,12 +78,24 @@ fn row_of(r: &tokio_postgres::Row, names: &Arc<Vec<String>>) -> Result<Row> {
     for (i, c) in r.columns().iter().enumerate() {
         let v = match *c.type_() {
             Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Value::Int),
-            Type::INT4 => r.try_get::<_, Option<i32>>(i)?.map(|n| Value::Int(n.into())),
-            Type::INT2 => r.try_get::<_, Option<i16>>(i)?.map(|n| Value::Int(n.into())),
-            Type::BOOL => r.try_get::<_, Option<bool>>(i)?.map(|b| Value::Int(b.into())),
+            Type::INT4 => r
+                .try_get::<_, Option<i32>>(i)?
+                .map(|n| Value::Int(n.into())),
+            Type::INT2 => r
+                .try_get::<_, Option<i16>>(i)?
+                .map(|n| Value::Int(n.into())),
+            Type::BOOL => r
+                .try_get::<_, Option<bool>>(i)?
+                .map(|b| Value::Int(b.into())),
             Type::FLOAT8 => r.try_get::<_, Option<f64>>(i)?.map(Value::Real),
-            Type::FLOAT4 => r.try_get::<_, Option<f32>>(i)?.map(|x| Value::Real(x.into())),
-            _ => r.try_get::<_, Option<String>>(i).ok().flatten().map(Value::Text),
+            Type::FLOAT4 => r
+                .try_get::<_, Option<f32>>(i)?
+                .map(|x| Value::Real(x.into())),
+            _ => r
+                .try_get::<_, Option<String>>(i)
+                .ok()
+                .flatten()
+                .map(Value::Text),
         };
         values.push(v.unwrap_or(Value::Null));
     }

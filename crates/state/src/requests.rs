@@ -10,9 +10,9 @@
 //! stopped in the middle of one fails it at its next start (`interrupted`)
 //! rather than repeating it unasked.
 
+use crate::db::{p, Backend as Connection, Row};
 use contact_sync_core::model::{format_ts, parse_ts};
 use contact_sync_core::Timestamp;
-use crate::db::{p, Backend as Connection, Row};
 use serde::Serialize;
 
 use crate::{Result, StateDb, StateError, StateTx};

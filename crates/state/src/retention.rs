@@ -23,9 +23,9 @@
 //! (the file does not grow again for the same volume); it is not
 //! vacuumed.
 
+use crate::db::p;
 use contact_sync_core::model::format_ts;
 use contact_sync_core::Timestamp;
-use crate::db::p;
 use serde::Serialize;
 
 use crate::{Result, StateDb};

@@ -679,7 +679,9 @@ pub(crate) async fn migrate_pg(client: &mut tokio_postgres::Client) -> Result<()
 }
 
 /// The latest migration applied to a Postgres database; 0 when none.
-pub(crate) async fn pg_version(client: &tokio_postgres::Client) -> Result<i64, tokio_postgres::Error> {
+pub(crate) async fn pg_version(
+    client: &tokio_postgres::Client,
+) -> Result<i64, tokio_postgres::Error> {
     let row = client
         .query_one("SELECT to_regclass($1)::text", &[&HISTORY])
         .await?;

@@ -23,8 +23,8 @@
 //! the meta key [`SEARCH_FILL_META`]). A write never replaces a newer
 //! version with an older one.
 
-use contact_sync_core::Contact;
 use crate::db::{p, Value};
+use contact_sync_core::Contact;
 use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
 
@@ -625,7 +625,10 @@ mod tests {
                 // Nothing of c1 left to index either.
                 let words: String = db
                     .conn()
-                    .query_value("SELECT words FROM search_docs WHERE contact_id = 'c1'", p![])
+                    .query_value(
+                        "SELECT words FROM search_docs WHERE contact_id = 'c1'",
+                        p![],
+                    )
                     .unwrap();
                 assert_eq!(words, "");
                 continue;

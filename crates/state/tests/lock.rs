@@ -17,7 +17,10 @@ fn pid_of(shown: &str) -> String {
 fn wait_free(db: &StateDb) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while db.lock_holder().unwrap().is_some() {
-        assert!(std::time::Instant::now() < deadline, "lock still held 10 s after the holder died");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lock still held 10 s after the holder died"
+        );
         std::thread::yield_now();
     }
 }

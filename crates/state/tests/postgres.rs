@@ -34,7 +34,10 @@ fn a_commit_after_the_lease_was_taken_over_is_refused_and_leaves_nothing() {
     tx.set_cursor("local", 1).unwrap();
     tx.append_journal(&entry("c1")).unwrap();
     tx.commit().unwrap();
-    assert_eq!((db.journal_head().unwrap(), db.cursor("local").unwrap()), (1, 1));
+    assert_eq!(
+        (db.journal_head().unwrap(), db.cursor("local").unwrap()),
+        (1, 1)
+    );
 
     // Another daemon takes the lease over (its own connection).
     place.exec("UPDATE leases SET holder = 'daemon-b', token = 2 WHERE name = 'store:local'");
@@ -147,6 +150,9 @@ fn writers_on_two_connections_commit_one_after_another_in_seq_order() {
     assert!(seen.len() > 1, "the reader never looked");
     for (head, n) in seen {
         let later = all.iter().filter(|e| e.seq <= head).count();
-        assert_eq!(later, n, "entries appeared at or below head {head} after it was read");
+        assert_eq!(
+            later, n,
+            "entries appeared at or below head {head} after it was read"
+        );
     }
 }
