@@ -167,8 +167,7 @@ pub(crate) fn acquire_pg(db: &Backend, pg: &PgConn) -> Result<()> {
             since,
         });
     }
-    let got: bool = db.query_value("SELECT pg_try_advisory_lock(?1)", p![INSTANCE_KEY])?;
-    if !got {
+    if !pg.try_lock()? {
         let (pid, since) = pg_holder_text(db)?;
         return Err(StateError::Locked {
             path: pg.location.clone().into(),
@@ -203,7 +202,7 @@ pub(crate) fn holder_pg(db: &Backend) -> Result<Option<(String, String)>> {
 
 /// Releases the instance lock held by the session of `pg`.
 pub(crate) fn release_pg(pg: &PgConn) {
-    let _ = pg.execute("SELECT pg_advisory_unlock(?1)", p![INSTANCE_KEY]);
+    pg.unlock();
 }
 
 #[cfg(test)]

@@ -106,12 +106,25 @@ fn row_of(r: &tokio_postgres::Row, names: &Arc<Vec<String>>) -> Result<Row> {
 }
 
 enum Op {
+    /// Takes the instance lock (session advisory lock); whether it got it.
+    Lock,
+    Unlock,
     Query(String, Vec<Value>),
     Execute(String, Vec<Value>),
     ExecuteMany(String, Vec<Vec<Value>>),
     Begin,
     Commit(Option<Fence>),
     Rollback,
+}
+
+impl Op {
+    /// The same read or `BEGIN` again (only those are retried).
+    fn clone_retry(&self) -> Op {
+        match self {
+            Op::Query(sql, params) => Op::Query(sql.clone(), params.clone()),
+            _ => Op::Begin,
+        }
+    }
 }
 
 enum Reply {
@@ -151,9 +164,104 @@ pub(crate) fn redact(url: &str) -> String {
 struct Worker {
     client: Client,
     stmts: HashMap<String, Statement>,
+    url: String,
+    busy: std::time::Duration,
+    /// Between `Begin` and `Commit`/`Rollback`.
+    in_tx: bool,
+    /// This session holds the instance lock.
+    locked: bool,
+    /// The connection was lost while holding the instance lock, and
+    /// another session took it: this handle must not write any more.
+    lock_lost: bool,
+}
+
+fn lost(url: &str, message: &str) -> StateError {
+    StateError::Open {
+        path: redact(url).into(),
+        message: message.to_string(),
+    }
 }
 
 impl Worker {
+    /// A new connection after the old one was lost (a server restart, a
+    /// network cut), outside any transaction; the instance lock is taken
+    /// again if this session held it.
+    async fn reconnect(&mut self) -> Result<()> {
+        self.client = connect(&self.url, self.busy).await?;
+        self.stmts.clear();
+        if self.locked {
+            let got: bool = self
+                .client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&INSTANCE_KEY])
+                .await?
+                .get(0);
+            if !got {
+                self.locked = false;
+                self.lock_lost = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `e` says the connection is over (closed, or ended by the
+    /// server: shutdown, restart, a terminated backend).
+    fn gone(&self, e: &tokio_postgres::Error) -> bool {
+        use tokio_postgres::error::SqlState;
+        e.is_closed()
+            || self.client.is_closed()
+            || e.code().is_some_and(|c| {
+                [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                ]
+                .contains(c)
+            })
+    }
+
+    /// Runs `op`, reconnecting first when the connection is gone and no
+    /// transaction was open on it (one open on it is lost: the server
+    /// rolled it back, and the op fails). A read or a `BEGIN` that fails
+    /// because the connection closed under it is tried once more on a new
+    /// one.
+    async fn run(&mut self, op: Op) -> Result<Reply> {
+        let refuse = |w: &Worker, op: &Op| -> Result<()> {
+            if w.lock_lost && !matches!(op, Op::Rollback | Op::Unlock) {
+                return Err(lost(
+                    &w.url,
+                    "the connection was lost and another contact-sync holds the state database's lock now; this one must stop",
+                ));
+            }
+            Ok(())
+        };
+        refuse(self, &op)?;
+        if self.client.is_closed() {
+            if self.in_tx {
+                if matches!(op, Op::Rollback) {
+                    self.in_tx = false;
+                    return Ok(Reply::Count(0));
+                }
+                return Err(lost(
+                    &self.url,
+                    "the connection was lost in the middle of a transaction (nothing of it was committed)",
+                ));
+            }
+            self.reconnect().await?;
+            refuse(self, &op)?;
+        }
+        let retry = matches!(op, Op::Query(..) | Op::Begin) && !self.in_tx;
+        let again = if retry { Some(op.clone_retry()) } else { None };
+        match self.run_once(op).await {
+            Err(StateError::Postgres(e)) if again.is_some() && self.gone(&e) => {
+                self.reconnect().await?;
+                let op = again.expect("checked");
+                refuse(self, &op)?;
+                self.run_once(op).await
+            }
+            out => out,
+        }
+    }
+
     async fn stmt(&mut self, sql: &str) -> Result<Statement> {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
@@ -166,8 +274,32 @@ impl Worker {
         Ok(s)
     }
 
-    async fn run(&mut self, op: Op) -> Result<Reply> {
+    async fn run_once(&mut self, op: Op) -> Result<Reply> {
         match op {
+            Op::Lock => {
+                let got: bool = self
+                    .client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&INSTANCE_KEY])
+                    .await?
+                    .get(0);
+                if got && self.locked {
+                    // Session locks stack: keep one.
+                    self.client
+                        .execute("SELECT pg_advisory_unlock($1)", &[&INSTANCE_KEY])
+                        .await?;
+                }
+                self.locked |= got;
+                Ok(Reply::Count(u64::from(got)))
+            }
+            Op::Unlock => {
+                if self.locked && !self.client.is_closed() {
+                    self.client
+                        .execute("SELECT pg_advisory_unlock($1)", &[&INSTANCE_KEY])
+                        .await?;
+                }
+                self.locked = false;
+                Ok(Reply::Count(0))
+            }
             Op::Query(sql, params) => {
                 let st = self.stmt(&sql).await?;
                 let refs: Vec<&(dyn ToSql + Sync)> =
@@ -206,17 +338,21 @@ impl Worker {
             }
             Op::Begin => {
                 self.client.batch_execute("BEGIN").await?;
+                self.in_tx = true;
                 if let Err(e) = self
                     .client
                     .execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_KEY])
                     .await
                 {
                     let _ = self.client.batch_execute("ROLLBACK").await;
+                    self.in_tx = false;
                     return Err(e.into());
                 }
                 Ok(Reply::Count(0))
             }
             Op::Commit(fence) => {
+                // The transaction ends here, whatever happens.
+                self.in_tx = false;
                 if let Some(f) = fence {
                     let held = self
                         .client
@@ -248,6 +384,7 @@ impl Worker {
                 Ok(Reply::Count(0))
             }
             Op::Rollback => {
+                self.in_tx = false;
                 self.client.batch_execute("ROLLBACK").await?;
                 Ok(Reply::Count(0))
             }
@@ -255,19 +392,24 @@ impl Worker {
     }
 }
 
-/// Session setup and migrations, before the connection serves anyone.
-async fn start(url: &str, busy: std::time::Duration) -> Result<Worker> {
+/// A connection with the session set up.
+async fn connect(url: &str, busy: std::time::Duration) -> Result<Client> {
     let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut client = client;
     client
         .batch_execute(&format!(
             "SET lock_timeout = '{}ms'; SET application_name = 'contact-sync state'",
             busy.as_millis()
         ))
         .await?;
+    Ok(client)
+}
+
+/// Session setup and migrations, before the connection serves anyone.
+async fn start(url: &str, busy: std::time::Duration) -> Result<Worker> {
+    let mut client = connect(url, busy).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_KEY])
         .await?;
@@ -282,6 +424,11 @@ async fn start(url: &str, busy: std::time::Duration) -> Result<Worker> {
     Ok(Worker {
         client,
         stmts: HashMap::new(),
+        url: url.to_string(),
+        busy,
+        in_tx: false,
+        locked: false,
+        lock_lost: false,
     })
 }
 
@@ -406,6 +553,17 @@ impl PgConn {
             Reply::Count(n) => Ok(n),
             Reply::Rows(r) => Ok(r.len() as u64),
         }
+    }
+    /// Takes the instance lock on this connection (kept across
+    /// reconnections while no one else takes it); whether it got it.
+    pub(crate) fn try_lock(&self) -> Result<bool> {
+        match self.call(Op::Lock)? {
+            Reply::Count(n) => Ok(n > 0),
+            Reply::Rows(_) => Ok(false),
+        }
+    }
+    pub(crate) fn unlock(&self) {
+        let _ = self.call(Op::Unlock);
     }
     pub(crate) fn begin(&self) -> Result<()> {
         self.call(Op::Begin).map(|_| ())

@@ -156,3 +156,70 @@ fn writers_on_two_connections_commit_one_after_another_in_seq_order() {
         );
     }
 }
+
+/// Ends every state connection to the test's database (a server restart
+/// or a network cut, as the client sees it).
+fn cut_connections(place: &Place) {
+    place.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'contact-sync state' AND datname = current_database()",
+    );
+}
+
+#[test]
+fn a_lost_connection_is_replaced_and_a_transaction_on_it_is_not_committed() {
+    let place = Place::postgres();
+    let mut db = place.open();
+    let lock = db.lock().unwrap();
+    let tx = db.tx().unwrap();
+    tx.set_cursor("local", 1).unwrap();
+    tx.commit().unwrap();
+
+    // Cut between transactions: the next read reconnects.
+    cut_connections(&place);
+    assert_eq!(db.cursor("local").unwrap(), 1);
+    // The lock came back with the new connection.
+    let other = place.open();
+    assert!(matches!(other.lock(), Err(StateError::Locked { .. })));
+
+    // Cut in the middle of a transaction: it fails, nothing of it stays,
+    // and the next one works.
+    let tx = db.tx().unwrap();
+    tx.set_cursor("local", 2).unwrap();
+    cut_connections(&place);
+    let failed = tx.set_cursor("other", 2).and_then(|()| tx.commit());
+    assert!(
+        failed.is_err(),
+        "a transaction on a lost connection committed"
+    );
+    let tx = db.tx().unwrap();
+    tx.set_meta("after", "cut").unwrap();
+    tx.commit().unwrap();
+    assert_eq!(other.cursor("local").unwrap(), 1);
+    assert_eq!(other.meta("after").unwrap().as_deref(), Some("cut"));
+    drop(lock);
+    drop(other.lock().expect("released"));
+
+    // Lost while someone else takes the lock: this handle stops writing.
+    let lock = db.lock().unwrap();
+    cut_connections(&place);
+    // (the other session was cut too; it opens again and takes the lock)
+    let other = place.open();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let _theirs = loop {
+        match other.lock() {
+            Ok(l) => break l,
+            Err(StateError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let err = db.tx().map(|_| ()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("another contact-sync holds the state database's lock now"),
+        "{err}"
+    );
+    drop(lock);
+}
