@@ -521,6 +521,9 @@ const POSTGRES: &[(&str, &str)] = &[("V7__state", PG_V7), ("V8__leases", PG_V8)]
 /// The schema version this build writes (the same on both backends).
 pub(crate) const SCHEMA_VERSION: i64 = 8;
 
+/// The last version of the hand-written ladder (`PRAGMA user_version`).
+const LADDER_LAST: i64 = 7;
+
 /// refinery's history table.
 const HISTORY: &str = "refinery_schema_history";
 
@@ -588,12 +591,11 @@ fn adopt_sqlite(conn: &mut Connection) -> Result<(), String> {
     if has || old == 0 {
         return Ok(());
     }
-    if old < 0 || old > 7 {
-        return Err(if old > 7 {
-            newer(old)
-        } else {
-            format!("invalid schema version {old}")
-        });
+    if old > LADDER_LAST {
+        return Err(newer(old));
+    }
+    if old < 0 {
+        return Err(format!("invalid schema version {old}"));
     }
     let step = |tx: &rusqlite::Transaction<'_>| -> rusqlite::Result<()> {
         // As refinery creates it (the same text, so the same schema).
@@ -606,7 +608,7 @@ fn adopt_sqlite(conn: &mut Connection) -> Result<(), String> {
         ))?;
         let at = contact_sync_core::model::format_ts(&contact_sync_core::model::now());
         for m in migrations(&SQLITE[..old as usize])
-            .map_err(|e| rusqlite::Error::InvalidParameterName(e))?
+            .map_err(rusqlite::Error::InvalidParameterName)?
         {
             tx.execute(
                 &format!(

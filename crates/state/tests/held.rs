@@ -3,7 +3,7 @@
 
 mod support;
 
-use contact_sync_state::{StateDb, StoreRecord};
+use contact_sync_state::StoreRecord;
 
 fn record(id: &str, native: Option<&str>, hash: &str, deleted: bool) -> StoreRecord {
     StoreRecord {
