@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use contact_sync_ops::LeaseGauge;
 use contact_sync_state::lease::{holder_id, Held, LeaseRow, LeaseTimings, Leases};
+use contact_sync_state::Fence;
 
 use crate::config::Config;
 
@@ -68,6 +69,18 @@ impl Cluster {
         .map_err(|e| anyhow::anyhow!("state database: {e}"))
     }
 
+    /// Who holds the engine lease, in words.
+    pub async fn describe_holder(&self) -> String {
+        match self.leases.list().await {
+            Ok(rows) => rows
+                .into_iter()
+                .find(|r| r.name == ENGINE_LEASE && r.live)
+                .map(|r| format!("{}, {}, since {}", r.holder, r.info, r.acquired_at))
+                .unwrap_or_else(|| "it was just released".into()),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// What `/metrics` says of this daemon's part.
     pub fn gauge(&self, held: Option<&Held>) -> LeaseGauge {
         LeaseGauge {
@@ -80,8 +93,29 @@ impl Cluster {
 }
 
 /// The state database's URL when it is on Postgres.
-pub fn state_url(_cfg: &Config) -> anyhow::Result<Option<String>> {
-    Ok(None)
+pub fn state_url(cfg: &Config) -> anyhow::Result<Option<String>> {
+    Ok(match cfg.state_target()? {
+        contact_sync_state::StateTarget::Url(url) => Some(url),
+        contact_sync_state::StateTarget::Path(_) => None,
+    })
+}
+
+/// The fence of the lease this process holds, applied to every state
+/// database connection it opens (the engine's, the initial syncs', the
+/// operator requests').
+static FENCE: std::sync::Mutex<Option<Fence>> = std::sync::Mutex::new(None);
+
+pub fn current_fence() -> Option<Fence> {
+    FENCE.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Sets (or, with None, clears) the fence for connections opened from now.
+pub fn set_fence(held: Option<&Held>) {
+    *FENCE.lock().unwrap_or_else(|p| p.into_inner()) = held.map(|h| Fence {
+        lease: h.name.clone(),
+        holder: h.holder.clone(),
+        token: h.token,
+    });
 }
 
 /// Every lease of the state database at `url` (for `status`).

@@ -7,7 +7,7 @@ use contact_sync_core::model::format_ts;
 use contact_sync_core::synth::Generator;
 use contact_sync_core::Contact;
 use contact_sync_engine::CANONICAL;
-use contact_sync_state::StateDb;
+use contact_sync_state::{StateDb, StateTarget};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -194,7 +194,7 @@ pub async fn safety_report(
             )),
         }
     }
-    let state_path = cfg.state_path();
+    let state_target = cfg.state_target()?;
     let all: Vec<&mut dyn contact_sync_connector::Store> = opened
         .iter_mut()
         .map(|s| s.as_mut() as &mut dyn contact_sync_connector::Store)
@@ -257,7 +257,7 @@ pub async fn safety_report(
     Ok(contact_sync_ops::run_checks(contact_sync_ops::CheckInputs {
         config_path,
         config_has_secrets: has_secrets,
-        state_path: &state_path,
+        state: &state_target,
         stores: all,
         extra,
         thresholds: contact_sync_ops::CheckThresholds::default(),
@@ -450,7 +450,7 @@ const PROMPT_DEAD_LETTER_SCAN: usize = 10_000;
 /// stderr, naming each dead letter: the prompt is a read-only view a person
 /// asked for, and refusing would hide the contact with no way around it.
 fn warn_dead_letters(cfg: &Config, ids: &[String]) {
-    if !cfg.state_path().exists() {
+    if !state_exists(cfg).unwrap_or(false) {
         return;
     }
     let Ok(state) = open_state(cfg) else {
@@ -472,12 +472,19 @@ fn warn_dead_letters(cfg: &Config, ids: &[String]) {
 /// A state database that exists but cannot be read is refused with what
 /// to do about it.
 pub fn open_state(cfg: &Config) -> anyhow::Result<StateDb> {
-    let path = cfg.state_path();
+    let target = cfg.state_target()?;
+    let StateTarget::Path(path) = &target else {
+        let mut state = StateDb::open_target(&target)?;
+        // A daemon holding the lease: every commit of every connection it
+        // opens checks that it still does.
+        state.set_fence(crate::cluster::current_fence());
+        return Ok(state);
+    };
     let existed = path.exists();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    match StateDb::open(&path) {
+    match StateDb::open(path) {
         Ok(s) => Ok(s),
         Err(e) => {
             let text = e.to_string();
@@ -497,18 +504,23 @@ pub fn open_state(cfg: &Config) -> anyhow::Result<StateDb> {
     }
 }
 
+/// Whether the state database exists (a SQLite file, or a Postgres
+/// database set up by contact-sync); creates nothing.
+pub fn state_exists(cfg: &Config) -> anyhow::Result<bool> {
+    Ok(StateDb::exists(&cfg.state_target()?)?)
+}
+
 /// Refuses when there is no state database: nothing is set up here (the
 /// read-only and operator commands never create one).
 pub fn require_state(cfg: &Config) -> anyhow::Result<()> {
-    let path = cfg.state_path();
-    if path.exists() {
+    if state_exists(cfg)? {
         return Ok(());
     }
     anyhow::bail!(
         "nothing is set up here: there is no state database at {}. Run this where contact-sync \
          keeps its data, or pass --config with the configuration the daemon uses \
          (to set up: `contact-sync run --initial-sync`)",
-        path.display()
+        cfg.state_target()?.describe()
     )
 }
 
@@ -518,9 +530,10 @@ pub fn take_lock(state: &StateDb) -> anyhow::Result<contact_sync_state::StateLoc
         Ok(l) => Ok(l),
         Err(contact_sync_state::StateError::Locked { path, pid, since }) => Err(anyhow::anyhow!(
             "state database {} is in use by another contact-sync (pid {pid}, since {since}). \
-             Stop it first (e.g. `systemctl stop contact-sync`, or `kill -TERM {pid}`); \
+             Stop it first (e.g. `systemctl stop contact-sync`, or `kill -TERM {}`); \
              never run two daemons on the same stores",
-            path.display()
+            path.display(),
+            pid.split_whitespace().next().unwrap_or(&pid)
         )),
         Err(e) => Err(e.into()),
     }
@@ -531,8 +544,7 @@ pub fn take_lock(state: &StateDb) -> anyhow::Result<contact_sync_state::StateLoc
 /// history, dead letters and conflicts gone, every store overwritten from
 /// canonical) unless `--initial-sync` says to start (over).
 pub async fn refuse_missing_state(cfg: &Config) -> anyhow::Result<()> {
-    let path = cfg.state_path();
-    if path.exists() {
+    if state_exists(cfg)? {
         return Ok(());
     }
     let mut holding = Vec::new();
@@ -563,7 +575,7 @@ pub async fn refuse_missing_state(cfg: &Config) -> anyhow::Result<()> {
          lost, restore it from a backup: it holds the sync history, conflicts and dead letters. \
          To start over on purpose (first start with existing data, or the state is gone for good), \
          run `contact-sync run --initial-sync`: every store is then copied again from canonical",
-        path.display(),
+        cfg.state_target()?.describe(),
         holding.join(", ")
     )
 }

@@ -312,7 +312,13 @@ fn default_batch() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
+    /// The SQLite file (default `<data_dir>/state.db`).
     pub path: Option<PathBuf>,
+    /// A Postgres database for the whole state database instead
+    /// (`postgres://user:password@host:port/db`: a secret, e.g.
+    /// `{ env = "STATE_DB_URL" }`). Not with `path`.
+    #[serde(default)]
+    pub url: Option<SecretRef>,
     /// The audit window in days: journal entries, settled conflicts and
     /// dismissed dead letters older than this are compacted or expire
     /// (`contact-sync compact`; the daemon once a day). Default 30.
@@ -324,6 +330,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             path: None,
+            url: None,
             retention_days: default_retention_days(),
         }
     }
@@ -529,6 +536,11 @@ impl Config {
                 self.sync.guard_min, self.sync.guard_max
             )));
         }
+        if self.state.path.is_some() && self.state.url.is_some() {
+            return Err(ConfigError(
+                "state.path and state.url are mutually exclusive: set path for a SQLite file, or url for a Postgres database".into(),
+            ));
+        }
         if self.state.retention_days == 0 {
             return Err(ConfigError(
                 "state.retention_days must be at least 1 (days of history kept for audit)".into(),
@@ -565,6 +577,17 @@ impl Config {
         Ok(())
     }
 
+    /// Where the state database is: `[state] url` (resolved) or the SQLite file.
+    pub fn state_target(&self) -> Result<contact_sync_state::StateTarget, ConfigError> {
+        Ok(match &self.state.url {
+            Some(url) => contact_sync_state::StateTarget::Url(
+                url.resolve("state.url")?.expose().trim().to_string(),
+            ),
+            None => contact_sync_state::StateTarget::Path(self.state_path()),
+        })
+    }
+
+    /// The SQLite state file (meaningless with `[state] url`).
     pub fn state_path(&self) -> PathBuf {
         self.state
             .path
@@ -620,6 +643,33 @@ mod tests {
         assert_eq!(c.state_path(), PathBuf::from("contact-sync-data/state.db"));
         assert_eq!(c.sync.interval_secs, 300);
         assert_eq!(c.sync.batch_size, 100);
+    }
+
+    #[test]
+    fn the_state_is_a_file_or_a_postgres_url_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[state]\npath = \"s.db\"\nurl = { env = \"CS_TEST_STATE_URL_BOTH\" }\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(
+            e.0.contains("state.path and state.url are mutually exclusive"),
+            "{e}"
+        );
+        std::fs::write(&p, "[state]\nurl = { env = \"CS_TEST_STATE_URL_UNSET\" }\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        let e = c.state_target().unwrap_err();
+        assert!(
+            e.0.contains("state.url: environment variable CS_TEST_STATE_URL_UNSET is not set"),
+            "{e}"
+        );
+        assert!(matches!(
+            Config::load(None).unwrap().state_target().unwrap(),
+            contact_sync_state::StateTarget::Path(_)
+        ));
     }
 
     #[test]

@@ -429,16 +429,29 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
             Some(sc) => Some(contact_sync_ops::serve(sc, ops.clone(), axum::Router::new()).await?),
             None => None,
         };
-        let held = cluster.acquire(|| stopper.is_stopped()).await;
+        // `--once` waits only as long as a crashed holder's lease lasts: it
+        // never waits behind a running daemon.
+        let waited = Instant::now();
+        let patience = cluster.timings.ttl + cluster.timings.poll * 2;
+        let held = cluster
+            .acquire(|| stopper.is_stopped() || (o.once && waited.elapsed() > patience))
+            .await;
         if let Some(server) = standby {
             // The leader binds the same address.
             let _ = tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await;
         }
         let Some(held) = held? else {
+            if o.once && !stopper.is_stopped() {
+                anyhow::bail!(
+                    "another daemon holds the engine lease of this state database ({}); `run --once` does not wait for it: stop it, or let it do the work",
+                    cluster.describe_holder().await
+                );
+            }
             tracing::info!("contact-sync stopped cleanly (standby)");
             return Ok(ExitCode::SUCCESS);
         };
         ops.set_lease(Some(cluster.gauge(Some(&held))));
+        crate::cluster::set_fence(Some(&held));
         let led = lead(
             cfg,
             &o,
@@ -450,6 +463,7 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
             Some((&cluster, &held)),
         )
         .await;
+        crate::cluster::set_fence(None);
         match led {
             Ok(Led::LeaseLost) => {
                 tracing::warn!(lease = %held.name, token = held.token, "the lease was lost: this daemon stopped its work and waits as a standby");
@@ -501,7 +515,22 @@ async fn lead(
     // the single-instance lock.
     let _lock = match lease {
         None => Some(crate::commands::take_lock(engine.state())?),
-        Some(_) => None,
+        Some(_) => {
+            // A command that took the instance lock before the lease was
+            // taken finishes first (commands refuse while a lease is held).
+            let mut logged = false;
+            while let Some((pid, _)) = engine.state().command_lock_holder()? {
+                if !logged {
+                    tracing::info!(pid = %pid, "waiting for a command that drives the stores to finish");
+                    logged = true;
+                }
+                if lease.is_some_and(|(_, h)| h.is_lost()) || stopper.is_stopped() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None
+        }
     };
     crate::requests::fail_interrupted(engine.state_mut())?;
     stopper.watch(engine.shutdown_flag());
@@ -729,6 +758,12 @@ async fn lead(
                     }));
                 }
             }
+            Err(e) if e.is_fenced() && lease.is_some() => {
+                // Another daemon holds the lease now: nothing of this cycle
+                // was committed.
+                tracing::warn!(error = %e, "a commit was refused: another daemon holds the lease");
+                return Ok(Led::LeaseLost);
+            }
             Err(e) => {
                 // A commit refused by the fence means another daemon took
                 // the lease: not a failure of the cycle.
@@ -791,7 +826,7 @@ fn console_router(
     stores.extend(cfg.stores().keys().cloned());
     let (c, rx) = console::Console::new(
         console::ConsoleConfig {
-            state_path: cfg.state_path(),
+            state: cfg.state_target()?,
             stores,
             token,
             allow_remote: server.allow_remote,

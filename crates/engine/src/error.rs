@@ -12,7 +12,8 @@ pub enum EngineError {
     /// The canonical store failed: the cycle stops and is retried.
     #[error("canonical store: {0}")]
     Canonical(StoreError),
-    /// The state database failed: the cycle stops (nothing is safe to do).
+    /// The state database failed: the cycle stops (nothing is safe to do);
+    /// a fenced commit ([`EngineError::is_fenced`]) stops the daemon.
     #[error(transparent)]
     State(#[from] StateError),
     /// The engine was set up wrong.
@@ -28,5 +29,30 @@ impl EngineError {
     /// the others).
     pub fn is_store_error(&self) -> bool {
         matches!(self, EngineError::Store(_))
+    }
+
+    /// True when a state commit was refused because this daemon's lease
+    /// was taken over ([`StateError::Fenced`]): nothing of it was
+    /// committed, and retrying cannot help (another daemon does the work).
+    /// The daemon stops instead of retrying the cycle.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, EngineError::State(e) if e.is_fenced())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fenced_commit_is_not_a_store_error_and_stops_the_daemon() {
+        let e = EngineError::from(StateError::Fenced {
+            lease: "store:local".into(),
+            holder: "a".into(),
+            token: 1,
+        });
+        assert!(e.is_fenced());
+        assert!(!e.is_store_error());
+        assert!(!EngineError::from(StateError::NotFound { what: "x".into() }).is_fenced());
     }
 }

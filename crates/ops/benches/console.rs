@@ -170,7 +170,7 @@ fn main() {
     rt.block_on(async {
         let (c, mut rx) = console::Console::new(
             ConsoleConfig {
-                state_path: path.clone(),
+                state: contact_sync_state::StateTarget::Path(path.clone()),
                 stores: vec!["canonical".into(), "local".into()],
                 token: None,
                 allow_remote: false,

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use contact_sync_connector::Store;
 use contact_sync_core::model::format_ts;
 use contact_sync_core::Timestamp;
-use contact_sync_state::StateDb;
+use contact_sync_state::{StateDb, StateTarget};
 use serde::Serialize;
 
 use crate::OpsError;
@@ -313,7 +313,11 @@ fn dir_writable(dir: &Path) -> std::io::Result<()> {
 /// when its directory is writable; it is not created here.
 ///
 /// Returns the checks and the open database, for [`state_checks`].
-pub fn check_state_db(path: &Path) -> (Vec<Check>, Option<StateDb>) {
+pub fn check_state_db(target: &StateTarget) -> (Vec<Check>, Option<StateDb>) {
+    let path = match target {
+        StateTarget::Path(p) => p.as_path(),
+        StateTarget::Url(_) => return check_state_pg(target),
+    };
     let name = "state database";
     let shown = path.display();
     if !path.exists() {
@@ -347,7 +351,7 @@ pub fn check_state_db(path: &Path) -> (Vec<Check>, Option<StateDb>) {
         };
         return (vec![check], None);
     }
-    let mut state = match StateDb::open(path) {
+    let state = match StateDb::open(path) {
         Ok(s) => s,
         Err(e) => {
             return (
@@ -360,6 +364,36 @@ pub fn check_state_db(path: &Path) -> (Vec<Check>, Option<StateDb>) {
             )
         }
     };
+    writable_and_lock(state, &shown.to_string(), |shown| {
+        format!("check the permissions of {shown} and of its -wal and -shm files")
+    })
+}
+
+/// The state database on Postgres: it opens (and migrates), takes a write
+/// transaction, and the lock is free or held.
+fn check_state_pg(target: &StateTarget) -> (Vec<Check>, Option<StateDb>) {
+    let shown = target.describe();
+    match StateDb::open_target(target) {
+        Ok(state) => writable_and_lock(state, &shown, |shown| {
+            format!("check that the user of {shown} owns the database (or may create tables in its schema) and that the server is reachable")
+        }),
+        Err(e) => (
+            vec![Check::fail(
+                "state database",
+                e.to_string(),
+                format!("check [state] url: the server must be reachable from here and {shown} must exist, owned by its user (no extension is needed)"),
+            )],
+            None,
+        ),
+    }
+}
+
+fn writable_and_lock(
+    mut state: StateDb,
+    shown: &str,
+    hint: impl Fn(&str) -> String,
+) -> (Vec<Check>, Option<StateDb>) {
+    let name = "state database";
     let mut out = Vec::new();
     match state.tx() {
         // Dropping the transaction rolls it back: nothing is written.
@@ -370,7 +404,7 @@ pub fn check_state_db(path: &Path) -> (Vec<Check>, Option<StateDb>) {
         Err(e) => out.push(Check::fail(
             name,
             format!("{shown} is not writable: {e}"),
-            format!("check the permissions of {shown} and of its -wal and -shm files"),
+            hint(shown),
         )),
     }
     out.push(match state.lock_holder() {
@@ -648,8 +682,8 @@ pub struct CheckInputs<'a> {
     /// Whether that file holds secrets inline (then it must not be
     /// readable by group or others).
     pub config_has_secrets: bool,
-    /// The state database file.
-    pub state_path: &'a Path,
+    /// The state database.
+    pub state: &'a StateTarget,
     /// Every store to check, canonical included (its name is `canonical`).
     pub stores: Vec<&'a mut dyn Store>,
     /// Store-specific checks, run last, in order.
@@ -665,7 +699,7 @@ pub async fn run_checks(inputs: CheckInputs<'_>) -> CheckReport {
     let CheckInputs {
         config_path,
         config_has_secrets,
-        state_path,
+        state,
         mut stores,
         mut extra,
         thresholds,
@@ -675,7 +709,7 @@ pub async fn run_checks(inputs: CheckInputs<'_>) -> CheckReport {
     report.push(check_config_file(config_path, config_has_secrets));
     let names: Vec<String> = stores.iter().map(|s| s.name().to_string()).collect();
     // Everything from the state database first, so it is closed before any await.
-    let (db_checks, state) = check_state_db(state_path);
+    let (db_checks, state) = check_state_db(state);
     report.extend(db_checks);
     let from_state = state
         .as_ref()

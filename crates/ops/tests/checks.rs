@@ -115,7 +115,7 @@ async fn dead_letters_conflicts_and_a_held_lock_warn() {
     add_dead_letter_and_conflict(engine.state_mut(), &w.contacts[1]);
     let _lock = engine.state().lock().unwrap();
     let mut report = CheckReport::new();
-    let (db, state) = check_state_db(&w.state_path());
+    let (db, state) = check_state_db(&contact_sync_state::StateTarget::Path(w.state_path()));
     report.extend(db);
     report.extend(state_checks(
         state.as_ref().unwrap(),
@@ -224,7 +224,7 @@ async fn run_checks_covers_everything_in_order() {
     let report = run_checks(CheckInputs {
         config_path: Some(&config),
         config_has_secrets: true,
-        state_path: &w.state_path(),
+        state: &contact_sync_state::StateTarget::Path(w.state_path()),
         stores,
         extra: vec![Box::new(SlotPresent { present: true })],
         thresholds: CheckThresholds::default(),
@@ -257,7 +257,7 @@ async fn run_checks_covers_everything_in_order() {
     let report = run_checks(CheckInputs {
         config_path: Some(&config),
         config_has_secrets: true,
-        state_path: &w.state_path(),
+        state: &contact_sync_state::StateTarget::Path(w.state_path()),
         stores: vec![&mut canonical],
         extra: vec![Box::new(SlotPresent { present: false })],
         thresholds: CheckThresholds::default(),
@@ -270,7 +270,7 @@ async fn run_checks_covers_everything_in_order() {
     // A state database not created yet is fine, and is not created by the check.
     let fresh = w.dir.path().join("fresh").join("state.db");
     std::fs::create_dir_all(fresh.parent().unwrap()).unwrap();
-    let (checks, db) = check_state_db(&fresh);
+    let (checks, db) = check_state_db(&contact_sync_state::StateTarget::Path(fresh.clone()));
     assert!(db.is_none());
     assert_eq!(checks[0].level, Level::Ok, "{checks:?}");
     assert!(!fresh.exists());

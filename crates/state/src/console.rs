@@ -2,8 +2,9 @@
 //! id, so page N costs what page 1 costs) and contact search.
 
 use contact_sync_core::{Contact, DeadLetter, JournalEntry};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
+
+use crate::db::{p, Backend as Connection};
 
 use crate::read::{
     conflict_row, dead_letter_row, journal_row, sql_limit, CONFLICT_COLS, JOURNAL_COLS,
@@ -60,12 +61,16 @@ fn hit(entry: &JournalEntry, matched: String) -> ContactHit {
 /// Ordered by the (contact_id, version) index: `ORDER BY seq` alone lets
 /// SQLite walk the whole journal backwards (370 ms at 100k entries).
 fn latest(conn: &Connection, contact_id: &str) -> Result<Option<JournalEntry>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 \
-         ORDER BY version DESC, seq DESC LIMIT 1"
-    ))?;
-    let mut rows = stmt.query([contact_id])?;
-    rows.next()?.map(journal_row).transpose()
+    conn.query_opt(
+        &format!(
+            "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 \
+             ORDER BY version DESC, seq DESC LIMIT 1"
+        ),
+        p![contact_id],
+    )?
+    .as_ref()
+    .map(journal_row)
+    .transpose()
 }
 
 /// The contact whose native id in `store` is `native_id`, by the
@@ -74,12 +79,13 @@ fn latest(conn: &Connection, contact_id: &str) -> Result<Option<JournalEntry>> {
 /// over every record of the store: 170 ms at 1M records.)
 fn by_native(conn: &Connection, store: &str, native_id: &str) -> Result<Option<StoreRecord>> {
     let id: Option<String> = conn
-        .prepare_cached(
+        .query_opt(
             "SELECT contact_id FROM store_records INDEXED BY store_records_native \
              WHERE store = ?1 AND native_id = ?2 LIMIT 1",
+            p![store, native_id],
         )?
-        .query_row(params![store, native_id], |r| r.get(0))
-        .optional()?;
+        .map(|r| r.get(0))
+        .transpose()?;
     match id {
         Some(id) => crate::read::store_record(conn, store, &id),
         None => Ok(None),
@@ -103,42 +109,44 @@ impl StateDb {
         } else {
             format!("SELECT {CONFLICT_COLS} FROM conflicts WHERE id < ?1 ORDER BY id DESC LIMIT ?2")
         };
-        let mut stmt = self.conn().prepare_cached(&sql)?;
-        let mut rows = stmt.query(params![before_id(before), sql_limit(limit + 1)])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(conflict_row(row)?);
-        }
+        let out = self
+            .conn()
+            .query(&sql, p![before_id(before), sql_limit(limit + 1)])?
+            .iter()
+            .map(conflict_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(out, limit, |c| c.id))
     }
 
     /// Up to `limit` dead letters with `id < before`, newest first.
     pub fn dead_letters_page(&self, before: Option<i64>, limit: usize) -> Result<Page<DeadLetter>> {
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT id, store, record, field, reason, payload, at FROM dead_letters \
-             WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
-        )?;
-        let mut rows = stmt.query(params![before_id(before), sql_limit(limit + 1)])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(dead_letter_row(row)?);
-        }
+        let out = self
+            .conn()
+            .query(
+                "SELECT id, store, record, field, reason, payload, at FROM dead_letters \
+                 WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+                p![before_id(before), sql_limit(limit + 1)],
+            )?
+            .iter()
+            .map(dead_letter_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(out, limit, |d| d.id))
     }
 
     /// The open conflicts of one contact, oldest first (the console's
     /// per-field choice).
     pub fn open_conflicts_of(&self, contact_id: &str) -> Result<Vec<ConflictRow>> {
-        let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {CONFLICT_COLS} FROM conflicts INDEXED BY conflicts_contact \
-             WHERE contact_id = ?1 AND status = 'open' ORDER BY id"
-        ))?;
-        let mut rows = stmt.query([contact_id])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(conflict_row(row)?);
-        }
-        Ok(out)
+        self.conn()
+            .query(
+                &format!(
+                    "SELECT {CONFLICT_COLS} FROM conflicts INDEXED BY conflicts_contact \
+                     WHERE contact_id = ?1 AND status = 'open' ORDER BY id"
+                ),
+                p![contact_id],
+            )?
+            .iter()
+            .map(conflict_row)
+            .collect()
     }
 
     /// The sync record of `contact_id` in every known store.
@@ -215,8 +223,7 @@ mod tests {
 
     use super::*;
 
-    fn db_with(n: usize) -> StateDb {
-        let mut db = StateDb::open_in_memory().unwrap();
+    fn db_with(mut db: StateDb, n: usize) -> StateDb {
         let tx = db.tx().unwrap();
         for i in 0..n {
             tx.add_dead_letter(&DeadLetter {
@@ -253,111 +260,120 @@ mod tests {
 
     #[test]
     fn pages_walk_every_row_once_newest_first() {
-        let db = db_with(7);
-        let mut seen = Vec::new();
-        let mut before = None;
-        loop {
-            let p = db.dead_letters_page(before, 3).unwrap();
-            seen.extend(p.items.iter().map(|d| d.id));
-            match p.next_before {
-                Some(b) => before = Some(b),
-                None => break,
+        for db in crate::testing::both() {
+            eprintln!("on {}", db.location());
+            let db = db_with(db, 7);
+            let mut seen = Vec::new();
+            let mut before = None;
+            loop {
+                let p = db.dead_letters_page(before, 3).unwrap();
+                seen.extend(p.items.iter().map(|d| d.id));
+                match p.next_before {
+                    Some(b) => before = Some(b),
+                    None => break,
+                }
             }
+            assert_eq!(seen, vec![7, 6, 5, 4, 3, 2, 1]);
         }
-        assert_eq!(seen, vec![7, 6, 5, 4, 3, 2, 1]);
     }
 
     #[test]
     fn a_contacts_open_conflicts_and_dead_letters_closed_once() {
         use contact_sync_core::{FieldConflict, Resolution};
-        let mut db = db_with(3);
-        let f = |field: &str, resolution: Resolution| FieldConflict {
-            field: field.into(),
-            base: serde_json::json!(null),
-            canonical: serde_json::json!("a"),
-            incoming: serde_json::json!("b"),
-            canonical_version: 1,
-            incoming_version: 1,
-            resolution,
-        };
-        let tx = db.tx().unwrap();
-        let org = tx
-            .add_conflict("c1", "local", &f("organization", Resolution::Open), now())
-            .unwrap();
-        let dept = tx
-            .add_conflict("c1", "local", &f("department", Resolution::Open), now())
-            .unwrap();
-        tx.add_conflict("c2", "local", &f("department", Resolution::Open), now())
-            .unwrap();
-        tx.commit().unwrap();
-        let open = db.open_conflicts_of("c1").unwrap();
-        assert_eq!(
-            open.iter().map(|c| c.id).collect::<Vec<_>>(),
-            vec![org, dept]
-        );
-        let tx = db.tx().unwrap();
-        tx.resolve_conflict(org, "kept_canonical", now()).unwrap();
-        tx.commit().unwrap();
-        assert_eq!(db.open_conflicts_of("c1").unwrap().len(), 1);
+        for db in crate::testing::both() {
+            eprintln!("on {}", db.location());
+            let mut db = db_with(db, 3);
+            let f = |field: &str, resolution: Resolution| FieldConflict {
+                field: field.into(),
+                base: serde_json::json!(null),
+                canonical: serde_json::json!("a"),
+                incoming: serde_json::json!("b"),
+                canonical_version: 1,
+                incoming_version: 1,
+                resolution,
+            };
+            let tx = db.tx().unwrap();
+            let org = tx
+                .add_conflict("c1", "local", &f("organization", Resolution::Open), now())
+                .unwrap();
+            let dept = tx
+                .add_conflict("c1", "local", &f("department", Resolution::Open), now())
+                .unwrap();
+            tx.add_conflict("c2", "local", &f("department", Resolution::Open), now())
+                .unwrap();
+            tx.commit().unwrap();
+            let open = db.open_conflicts_of("c1").unwrap();
+            assert_eq!(
+                open.iter().map(|c| c.id).collect::<Vec<_>>(),
+                vec![org, dept]
+            );
+            let tx = db.tx().unwrap();
+            tx.resolve_conflict(org, "kept_canonical", now()).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(db.open_conflicts_of("c1").unwrap().len(), 1);
 
-        // Dead letters: closed once, the second time answered as closed.
-        use crate::{DeadLetterClosed, DeadLetterStatus, StateError};
-        let page = db.dead_letter_rows_page(None, 2).unwrap();
-        assert_eq!(page.items.len(), 2);
-        assert_eq!(page.next_before, Some(2));
-        let id = page.items[0].letter.id;
-        match db
-            .retry_or_dismiss_dead_letter(id, false, "canonical", now())
-            .unwrap()
-        {
-            DeadLetterClosed::Closed { letter, owed } => {
-                assert_eq!(letter.status, DeadLetterStatus::Dismissed);
-                assert!(!owed);
+            // Dead letters: closed once, the second time answered as closed.
+            use crate::{DeadLetterClosed, DeadLetterStatus, StateError};
+            let page = db.dead_letter_rows_page(None, 2).unwrap();
+            assert_eq!(page.items.len(), 2);
+            assert_eq!(page.next_before, Some(2));
+            let id = page.items[0].letter.id;
+            match db
+                .retry_or_dismiss_dead_letter(id, false, "canonical", now())
+                .unwrap()
+            {
+                DeadLetterClosed::Closed { letter, owed } => {
+                    assert_eq!(letter.status, DeadLetterStatus::Dismissed);
+                    assert!(!owed);
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
+            assert!(matches!(
+                db.retry_or_dismiss_dead_letter(id, true, "canonical", now())
+                    .unwrap(),
+                DeadLetterClosed::AlreadyClosed { .. }
+            ));
+            assert!(matches!(
+                db.retry_or_dismiss_dead_letter(999, true, "canonical", now()),
+                Err(StateError::NotFound { .. })
+            ));
+            let row = db.dead_letter_rows_page(None, 1).unwrap().items.remove(0);
+            assert_eq!(row.status, DeadLetterStatus::Dismissed);
         }
-        assert!(matches!(
-            db.retry_or_dismiss_dead_letter(id, true, "canonical", now())
-                .unwrap(),
-            DeadLetterClosed::AlreadyClosed { .. }
-        ));
-        assert!(matches!(
-            db.retry_or_dismiss_dead_letter(999, true, "canonical", now()),
-            Err(StateError::NotFound { .. })
-        ));
-        let row = db.dead_letter_rows_page(None, 1).unwrap().items.remove(0);
-        assert_eq!(row.status, DeadLetterStatus::Dismissed);
     }
 
     #[test]
     fn search_by_id_native_id_name_and_email() {
-        let db = db_with(5);
-        let hit = |q: &str| db.search_contacts(q, None, 10).unwrap().items;
-        assert_eq!(hit("c2")[0].matched, "id");
-        assert_eq!(hit("row-77")[0].contact_id, "c3");
-        assert_eq!(hit("row-77")[0].matched, "native_id:local");
-        let by_email = hit("ADA4@example");
-        assert_eq!(by_email.len(), 1);
-        assert_eq!(by_email[0].matched, "email");
-        // Words are prefixes of a name's words, in any order.
-        let by_name = hit("love 1");
-        assert_eq!(by_name.len(), 1);
-        assert_eq!(by_name[0].contact_id, "c1");
-        assert_eq!(by_name[0].matched, "name");
-        assert!(hit("_").is_empty());
-        assert!(hit("  ").is_empty());
-        assert!(hit("\"").is_empty());
-        // Pages: newest indexed first, every contact once.
-        let mut seen = Vec::new();
-        let mut before = None;
-        loop {
-            let p = db.search_contacts("lovelace", before, 2).unwrap();
-            seen.extend(p.items.into_iter().map(|h| h.contact_id));
-            match p.next_before {
-                Some(b) => before = Some(b),
-                None => break,
+        for db in crate::testing::both() {
+            eprintln!("on {}", db.location());
+            let db = db_with(db, 5);
+            let hit = |q: &str| db.search_contacts(q, None, 10).unwrap().items;
+            assert_eq!(hit("c2")[0].matched, "id");
+            assert_eq!(hit("row-77")[0].contact_id, "c3");
+            assert_eq!(hit("row-77")[0].matched, "native_id:local");
+            let by_email = hit("ADA4@example");
+            assert_eq!(by_email.len(), 1);
+            assert_eq!(by_email[0].matched, "email");
+            // Words are prefixes of a name's words, in any order.
+            let by_name = hit("love 1");
+            assert_eq!(by_name.len(), 1);
+            assert_eq!(by_name[0].contact_id, "c1");
+            assert_eq!(by_name[0].matched, "name");
+            assert!(hit("_").is_empty());
+            assert!(hit("  ").is_empty());
+            assert!(hit("\"").is_empty());
+            // Pages: newest indexed first, every contact once.
+            let mut seen = Vec::new();
+            let mut before = None;
+            loop {
+                let p = db.search_contacts("lovelace", before, 2).unwrap();
+                seen.extend(p.items.into_iter().map(|h| h.contact_id));
+                match p.next_before {
+                    Some(b) => before = Some(b),
+                    None => break,
+                }
             }
+            assert_eq!(seen, vec!["c4", "c3", "c2", "c1", "c0"]);
         }
-        assert_eq!(seen, vec!["c4", "c3", "c2", "c1", "c0"]);
     }
 }

@@ -17,9 +17,9 @@
 //! canonical there is no owed write: the record is read again when it
 //! changes there (the BigQuery sweep, the SQLite triggers).
 
+use crate::db::{p, Backend as Connection, Row};
 use contact_sync_core::model::{format_ts, parse_ts};
 use contact_sync_core::{DeadLetter, Timestamp};
-use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 
 use crate::{Result, StateDb, StateError, StateTx, StoreRecord};
@@ -70,7 +70,7 @@ pub struct DeadLetterRow {
 const COLUMNS: &str =
     "id, store, record, field, reason, payload, at, count, last_seen, status, closed_at";
 
-fn row(r: &Row<'_>) -> Result<DeadLetterRow> {
+fn row(r: &Row) -> Result<DeadLetterRow> {
     let id: i64 = r.get(0)?;
     let bad = |c: &str, v: &str| StateError::Invalid {
         what: format!("dead letter {id} ({c})"),
@@ -113,23 +113,15 @@ fn list(conn: &Connection, open_only: bool, limit: usize) -> Result<Vec<DeadLett
             ""
         }
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query([crate::read::sql_limit(limit)])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(row(r)?);
-    }
-    Ok(out)
+    conn.query(&sql, p![crate::read::sql_limit(limit)])?
+        .iter()
+        .map(row)
+        .collect()
 }
 
 fn one(conn: &Connection, id: i64) -> Result<Option<DeadLetterRow>> {
     let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?1");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query([id])?;
-    match rows.next()? {
-        Some(r) => Ok(Some(row(r)?)),
-        None => Ok(None),
-    }
+    conn.query_opt(&sql, p![id])?.as_ref().map(row).transpose()
 }
 
 impl StateDb {
@@ -143,10 +135,10 @@ impl StateDb {
     }
     /// Dead letters nobody has dismissed or retried.
     pub fn open_dead_letter_count(&self) -> Result<u64> {
-        let n: i64 = self
-            .conn()
-            .prepare_cached("SELECT COUNT(*) FROM dead_letters WHERE status = 'open'")?
-            .query_row([], |r| r.get(0))?;
+        let n: i64 = self.conn().query_value(
+            "SELECT COUNT(*) FROM dead_letters WHERE status = 'open'",
+            p![],
+        )?;
         Ok(n.max(0) as u64)
     }
 }
@@ -172,15 +164,14 @@ impl StateDb {
     ) -> Result<crate::Page<DeadLetterRow>> {
         let sql =
             format!("SELECT {COLUMNS} FROM dead_letters WHERE id < ?1 ORDER BY id DESC LIMIT ?2");
-        let mut stmt = self.conn().prepare_cached(&sql)?;
-        let mut rows = stmt.query(params![
-            before.unwrap_or(i64::MAX),
-            crate::read::sql_limit(limit.saturating_add(1))
-        ])?;
-        let mut items = Vec::new();
-        while let Some(r) = rows.next()? {
-            items.push(row(r)?);
-        }
+        let rows = self.conn().query(
+            &sql,
+            p![
+                before.unwrap_or(i64::MAX),
+                crate::read::sql_limit(limit.saturating_add(1))
+            ],
+        )?;
+        let mut items = rows.iter().map(row).collect::<Result<Vec<_>>>()?;
         let next_before = if items.len() > limit {
             items.truncate(limit);
             items.last().map(|d| d.letter.id)
@@ -240,9 +231,10 @@ impl StateTx<'_> {
         if dl.status != DeadLetterStatus::Open {
             return Ok(dl);
         }
-        self.conn()
-            .prepare_cached("UPDATE dead_letters SET status = ?2, closed_at = ?3 WHERE id = ?1")?
-            .execute(params![id, status.as_str(), format_ts(&at)])?;
+        self.conn().execute(
+            "UPDATE dead_letters SET status = ?2, closed_at = ?3 WHERE id = ?1",
+            p![id, status.as_str(), format_ts(&at)],
+        )?;
         Ok(DeadLetterRow {
             status,
             closed_at: Some(at),
@@ -324,70 +316,74 @@ mod tests {
 
     #[test]
     fn the_same_refusal_is_recorded_once_and_counted() {
-        let mut db = StateDb::open_in_memory().unwrap();
-        for _ in 0..5 {
-            add(&mut db, &letter("c1", "invalid email"));
+        for mut db in crate::testing::both() {
+            eprintln!("on {}", db.location());
+            for _ in 0..5 {
+                add(&mut db, &letter("c1", "invalid email"));
+            }
+            add(&mut db, &letter("c1", "another reason"));
+            add(&mut db, &letter("c2", "invalid email"));
+            let rows = db.dead_letter_rows(true, 100).unwrap();
+            assert_eq!(rows.len(), 3, "{rows:?}");
+            let c1 = rows
+                .iter()
+                .find(|r| r.letter.record == "c1" && r.letter.reason == "invalid email")
+                .unwrap();
+            assert_eq!(c1.count, 5);
+            assert!(c1.last_seen >= c1.letter.at);
+            assert_eq!(db.open_dead_letter_count().unwrap(), 3);
         }
-        add(&mut db, &letter("c1", "another reason"));
-        add(&mut db, &letter("c2", "invalid email"));
-        let rows = db.dead_letter_rows(true, 100).unwrap();
-        assert_eq!(rows.len(), 3, "{rows:?}");
-        let c1 = rows
-            .iter()
-            .find(|r| r.letter.record == "c1" && r.letter.reason == "invalid email")
-            .unwrap();
-        assert_eq!(c1.count, 5);
-        assert!(c1.last_seen >= c1.letter.at);
-        assert_eq!(db.open_dead_letter_count().unwrap(), 3);
     }
 
     #[test]
     fn dismissed_stays_dismissed_retried_reopens_and_owes_a_write() {
-        let mut db = StateDb::open_in_memory().unwrap();
-        add(&mut db, &letter("c1", "bad"));
-        add(&mut db, &letter("c2", "bad"));
-        let ids: Vec<i64> = db
-            .dead_letter_rows(true, 10)
-            .unwrap()
-            .iter()
-            .map(|r| r.letter.id)
-            .collect();
-        let (c2, c1) = (ids[0], ids[1]);
-        let tx = db.tx().unwrap();
-        tx.put_store_record(&StoreRecord {
-            store: "twenty".into(),
-            contact_id: "c1".into(),
-            native_id: Some("p1".into()),
-            synced_version: 3,
-            hash: "h3".into(),
-            deleted: false,
-            needs_write: false,
-            writeback: false,
-            late: vec![],
-        })
-        .unwrap();
-        let (dl, owed) = tx.retry_dead_letter(c1, now(), "canonical").unwrap();
-        assert!(owed);
-        assert_eq!(dl.status, DeadLetterStatus::Retried);
-        tx.dismiss_dead_letter(c2, now()).unwrap();
-        tx.commit().unwrap();
-        let rec = db.store_record("twenty", "c1").unwrap().unwrap();
-        assert!(rec.needs_write);
-        assert_eq!(rec.hash, "h3", "the condition keeps what the engine saw");
-        assert_eq!(db.open_dead_letter_count().unwrap(), 0);
+        for mut db in crate::testing::both() {
+            eprintln!("on {}", db.location());
+            add(&mut db, &letter("c1", "bad"));
+            add(&mut db, &letter("c2", "bad"));
+            let ids: Vec<i64> = db
+                .dead_letter_rows(true, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.letter.id)
+                .collect();
+            let (c2, c1) = (ids[0], ids[1]);
+            let tx = db.tx().unwrap();
+            tx.put_store_record(&StoreRecord {
+                store: "twenty".into(),
+                contact_id: "c1".into(),
+                native_id: Some("p1".into()),
+                synced_version: 3,
+                hash: "h3".into(),
+                deleted: false,
+                needs_write: false,
+                writeback: false,
+                late: vec![],
+            })
+            .unwrap();
+            let (dl, owed) = tx.retry_dead_letter(c1, now(), "canonical").unwrap();
+            assert!(owed);
+            assert_eq!(dl.status, DeadLetterStatus::Retried);
+            tx.dismiss_dead_letter(c2, now()).unwrap();
+            tx.commit().unwrap();
+            let rec = db.store_record("twenty", "c1").unwrap().unwrap();
+            assert!(rec.needs_write);
+            assert_eq!(rec.hash, "h3", "the condition keeps what the engine saw");
+            assert_eq!(db.open_dead_letter_count().unwrap(), 0);
 
-        // Seen again: the retried one is a new open dead letter, the
-        // dismissed one is counted and stays dismissed.
-        add(&mut db, &letter("c1", "bad"));
-        add(&mut db, &letter("c2", "bad"));
-        let open = db.dead_letter_rows(true, 10).unwrap();
-        assert_eq!(open.len(), 1);
-        assert_eq!(open[0].letter.record, "c1");
-        let d2 = db.dead_letter(c2).unwrap().unwrap();
-        assert_eq!((d2.status, d2.count), (DeadLetterStatus::Dismissed, 2));
-        assert!(matches!(
-            db.tx().unwrap().dismiss_dead_letter(999, now()),
-            Err(StateError::NotFound { .. })
-        ));
+            // Seen again: the retried one is a new open dead letter, the
+            // dismissed one is counted and stays dismissed.
+            add(&mut db, &letter("c1", "bad"));
+            add(&mut db, &letter("c2", "bad"));
+            let open = db.dead_letter_rows(true, 10).unwrap();
+            assert_eq!(open.len(), 1);
+            assert_eq!(open[0].letter.record, "c1");
+            let d2 = db.dead_letter(c2).unwrap().unwrap();
+            assert_eq!((d2.status, d2.count), (DeadLetterStatus::Dismissed, 2));
+            assert!(matches!(
+                db.tx().unwrap().dismiss_dead_letter(999, now()),
+                Err(StateError::NotFound { .. })
+            ));
+        }
     }
 }

@@ -5,9 +5,9 @@
 //! by [`StateDb::compact`], which removes buckets older than
 //! [`HISTORY_DAYS`].
 
+use crate::db::p;
 use contact_sync_core::model::parse_ts;
 use contact_sync_core::Timestamp;
-use rusqlite::params;
 use serde::Serialize;
 
 use crate::read::sql_u64;
@@ -52,30 +52,30 @@ impl StateTx<'_> {
         failed: bool,
         at: &Timestamp,
     ) -> Result<()> {
-        let last: Option<String> = self
-            .conn()
-            .prepare_cached("SELECT last_success FROM store_stats WHERE store = ?1")?
-            .query_row([store], |r| r.get(0))?;
+        let last: Option<String> = self.conn().query_value(
+            "SELECT last_success FROM store_stats WHERE store = ?1",
+            p![store],
+        )?;
         let lag = last
             .as_deref()
             .and_then(parse_ts)
             .map(|t| ((*at - t).num_milliseconds() as f64 / 1000.0).max(0.0));
-        self.conn()
-            .prepare_cached(
+        self.conn().execute(
                 "INSERT INTO run_history (store, bucket, runs, captured, applied, written, errors, max_lag_secs)
                  VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (bucket, store) DO UPDATE SET
-                     runs = runs + 1,
-                     captured = captured + excluded.captured,
-                     applied = applied + excluded.applied,
-                     written = written + excluded.written,
-                     errors = errors + excluded.errors,
+                     runs = run_history.runs + 1,
+                     captured = run_history.captured + excluded.captured,
+                     applied = run_history.applied + excluded.applied,
+                     written = run_history.written + excluded.written,
+                     errors = run_history.errors + excluded.errors,
                      max_lag_secs = CASE
-                         WHEN excluded.max_lag_secs IS NULL THEN max_lag_secs
-                         WHEN max_lag_secs IS NULL THEN excluded.max_lag_secs
-                         ELSE MAX(max_lag_secs, excluded.max_lag_secs) END",
-            )?
-            .execute(params![
+                         WHEN excluded.max_lag_secs IS NULL THEN run_history.max_lag_secs
+                         WHEN run_history.max_lag_secs IS NULL
+                           OR excluded.max_lag_secs > run_history.max_lag_secs
+                         THEN excluded.max_lag_secs
+                         ELSE run_history.max_lag_secs END",
+            p![
                 store,
                 bucket_of(at),
                 sql_u64(stats.captured),
@@ -83,7 +83,8 @@ impl StateTx<'_> {
                 sql_u64(stats.written),
                 i64::from(failed),
                 lag,
-            ])?;
+            ],
+        )?;
         Ok(())
     }
 }
@@ -91,24 +92,26 @@ impl StateTx<'_> {
 impl StateDb {
     /// Every store's history buckets from `since` on, oldest first.
     pub fn run_history(&self, since: &Timestamp) -> Result<Vec<HistoryBucket>> {
-        let mut stmt = self.conn().prepare_cached(
+        let rows = self.conn().query(
             "SELECT store, bucket, runs, captured, applied, written, errors, max_lag_secs
              FROM run_history WHERE bucket >= ?1 ORDER BY bucket, store",
+            p![bucket_of(since)],
         )?;
-        let rows = stmt.query_map([bucket_of(since)], |r| {
-            let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
-            Ok(HistoryBucket {
-                store: r.get(0)?,
-                bucket: r.get(1)?,
-                runs: n(2)?,
-                captured: n(3)?,
-                applied: n(4)?,
-                written: n(5)?,
-                errors: n(6)?,
-                max_lag_secs: r.get(7)?,
+        rows.iter()
+            .map(|r| {
+                let n = |i: usize| r.get::<i64>(i).map(|v| v.max(0) as u64);
+                Ok(HistoryBucket {
+                    store: r.get(0)?,
+                    bucket: r.get(1)?,
+                    runs: n(2)?,
+                    captured: n(3)?,
+                    applied: n(4)?,
+                    written: n(5)?,
+                    errors: n(6)?,
+                    max_lag_secs: r.get(7)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            .collect()
     }
 }
 
@@ -128,42 +131,44 @@ mod tests {
 
     #[test]
     fn runs_add_up_per_bucket_lag_is_the_largest_and_compact_bounds_it() {
-        let mut db = StateDb::open_in_memory().unwrap();
-        let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
-        let tx = db.tx().unwrap();
-        // Never succeeded: lag unknown.
-        tx.record_run("twenty", &stats(0), Some("down"), t0)
-            .unwrap();
-        tx.record_run("twenty", &stats(2), None, t0 + Duration::seconds(10))
-            .unwrap();
-        tx.record_run("twenty", &stats(3), Some("429"), t0 + Duration::seconds(70))
-            .unwrap();
-        // The next bucket.
-        tx.record_run("twenty", &stats(1), None, t0 + Duration::seconds(310))
-            .unwrap();
-        tx.record_run("local", &stats(4), None, t0 + Duration::seconds(20))
-            .unwrap();
-        tx.commit().unwrap();
-        let h = db.run_history(&(t0 - Duration::hours(1))).unwrap();
-        assert_eq!(h.len(), 3, "{h:?}");
-        let first = h.iter().find(|b| b.store == "twenty").unwrap();
-        assert_eq!(first.bucket, bucket_of(&t0));
-        assert_eq!((first.runs, first.captured, first.errors), (3, 5, 2));
-        assert_eq!(first.max_lag_secs, Some(60.0));
-        let second = h.iter().rfind(|b| b.store == "twenty").unwrap();
-        assert_eq!(second.bucket, bucket_of(&t0) + BUCKET_SECS);
-        assert_eq!(second.max_lag_secs, Some(0.0));
-        // Only what is asked for.
-        assert_eq!(
-            db.run_history(&(t0 + Duration::seconds(300)))
-                .unwrap()
-                .len(),
-            1
-        );
-        // compact keeps HISTORY_DAYS.
-        let later = t0 + Duration::days(HISTORY_DAYS) + Duration::seconds(301);
-        let r = db.compact(later, later).unwrap();
-        assert_eq!(r.history_removed, 2);
-        assert_eq!(db.run_history(&t0).unwrap().len(), 1);
+        for mut db in crate::testing::both() {
+            eprintln!("on {}", db.location());
+            let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+            let tx = db.tx().unwrap();
+            // Never succeeded: lag unknown.
+            tx.record_run("twenty", &stats(0), Some("down"), t0)
+                .unwrap();
+            tx.record_run("twenty", &stats(2), None, t0 + Duration::seconds(10))
+                .unwrap();
+            tx.record_run("twenty", &stats(3), Some("429"), t0 + Duration::seconds(70))
+                .unwrap();
+            // The next bucket.
+            tx.record_run("twenty", &stats(1), None, t0 + Duration::seconds(310))
+                .unwrap();
+            tx.record_run("local", &stats(4), None, t0 + Duration::seconds(20))
+                .unwrap();
+            tx.commit().unwrap();
+            let h = db.run_history(&(t0 - Duration::hours(1))).unwrap();
+            assert_eq!(h.len(), 3, "{h:?}");
+            let first = h.iter().find(|b| b.store == "twenty").unwrap();
+            assert_eq!(first.bucket, bucket_of(&t0));
+            assert_eq!((first.runs, first.captured, first.errors), (3, 5, 2));
+            assert_eq!(first.max_lag_secs, Some(60.0));
+            let second = h.iter().rfind(|b| b.store == "twenty").unwrap();
+            assert_eq!(second.bucket, bucket_of(&t0) + BUCKET_SECS);
+            assert_eq!(second.max_lag_secs, Some(0.0));
+            // Only what is asked for.
+            assert_eq!(
+                db.run_history(&(t0 + Duration::seconds(300)))
+                    .unwrap()
+                    .len(),
+                1
+            );
+            // compact keeps HISTORY_DAYS.
+            let later = t0 + Duration::days(HISTORY_DAYS) + Duration::seconds(301);
+            let r = db.compact(later, later).unwrap();
+            assert_eq!(r.history_removed, 2);
+            assert_eq!(db.run_history(&t0).unwrap().len(), 1);
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! The state database (SQLite): everything the engine must remember between
-//! cycles and across crashes.
+//! The state database (SQLite, or Postgres with `[state] url`): everything
+//! the engine must remember between cycles and across crashes.
 //!
 //! - `checkpoints`: per store, the change-capture position (opaque text).
 //! - `cursors`: per store, the last journal `seq` it has durably applied.
@@ -9,15 +9,21 @@
 //! - `journal`: append-only change log (audit trail and propagation feed).
 //! - `conflicts`, `dead_letters`, `store_stats` (run totals per store), `meta`.
 //!
-//! The schema version is `PRAGMA user_version`; opening migrates forward
-//! and refuses a file written by a newer build.
+//! Opening migrates forward (refinery, both backends: see `schema.rs`) and
+//! refuses a database written by a newer build.
 //!
 //! Writes go through a [`StateTx`] so that one batch's journal entries,
-//! conflicts, dead letters, sync records and checkpoint commit together.
+//! conflicts, dead letters, sync records and checkpoint commit together;
+//! one write transaction at a time (on Postgres, across connections too),
+//! so journal seqs grow in commit order. On Postgres a [`Fence`] makes
+//! every commit conditional on a lease still being held.
 //! Single-instance: [`StateDb::lock`] takes an OS file lock beside the
-//! database; a second daemon gets [`StateError::Locked`].
+//! database (Postgres: a session advisory lock); a second daemon gets
+//! [`StateError::Locked`].
 
 mod console;
+mod db;
+mod pg;
 pub use console::{ContactHit, Page};
 mod dead_letters;
 pub use dead_letters::{DeadLetterClosed, DeadLetterRow, DeadLetterStatus};
@@ -31,7 +37,7 @@ pub use paused::{Decision, Parked, PauseKind, PausedStore};
 mod requests;
 pub use requests::{Request, RequestKind, RequestStatus};
 
-/// The schema version this build writes (`PRAGMA user_version`).
+/// The schema version this build writes (the same on both backends).
 pub const SCHEMA_VERSION: i64 = schema::SCHEMA_VERSION;
 pub use people::Erasure;
 mod read;
@@ -47,8 +53,10 @@ use std::time::Duration;
 
 use contact_sync_core::model::{format_ts, now};
 use contact_sync_core::{DeadLetter, FieldConflict, JournalEntry, Resolution, Timestamp};
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::Connection;
 use serde::Serialize;
+
+use crate::db::{p, Backend};
 
 /// Errors of the state database.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +72,16 @@ pub enum StateError {
     Open { path: PathBuf, message: String },
     #[error("state database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("state database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A fenced commit found its lease taken over: the transaction was
+    /// rolled back. The engine must stop (another daemon does the work).
+    #[error("lease {lease} is no longer held by {holder} (token {token}): another daemon took over; nothing was committed")]
+    Fenced {
+        lease: String,
+        holder: String,
+        token: i64,
+    },
     #[error("state database: corrupt {what}: {message}")]
     Corrupt { what: String, message: String },
     /// A write named something that does not exist (e.g. an unknown conflict id).
@@ -75,6 +93,49 @@ pub enum StateError {
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;
+
+impl StateError {
+    /// A commit refused because the lease it was fenced by is lost.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StateError::Fenced { .. })
+    }
+}
+
+/// A lease every commit must still hold (Postgres; SQLite ignores it):
+/// the commit checks, in its own transaction, that `leases` has the row
+/// (`lease`, `holder`, `token`), and otherwise rolls back with
+/// [`StateError::Fenced`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub lease: String,
+    pub holder: String,
+    pub token: i64,
+}
+
+/// Where the state database is: a SQLite file or a Postgres database.
+/// (`Default`: an empty path, for configurations filled in later.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateTarget {
+    Path(PathBuf),
+    /// A connection string (a secret: never shown whole).
+    Url(String),
+}
+
+impl Default for StateTarget {
+    fn default() -> Self {
+        StateTarget::Path(PathBuf::new())
+    }
+}
+
+impl StateTarget {
+    /// For messages: the path, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            StateTarget::Path(p) => p.display().to_string(),
+            StateTarget::Url(u) => pg::redact(u),
+        }
+    }
+}
 
 /// What the engine remembers about one contact in one store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -150,6 +211,8 @@ pub struct StoreStatus {
 pub struct StateLock {
     /// The open, flock'd lock file; `None` for an in-memory database.
     file: Option<File>,
+    /// Postgres: the connection holding the session advisory lock.
+    pg: Option<pg::PgConn>,
 }
 
 impl Drop for StateLock {
@@ -158,20 +221,34 @@ impl Drop for StateLock {
             lock::release(file);
         }
         // Closing the file releases the flock.
+        if let Some(pg) = &self.pg {
+            lock::release_pg(pg);
+        }
     }
 }
 
 /// The state database.
 #[derive(Debug)]
 pub struct StateDb {
-    conn: rusqlite::Connection,
+    db: Backend,
     path: Option<PathBuf>,
+    fence: Option<Fence>,
 }
 
 /// One write transaction; nothing is visible to others until [`StateTx::commit`].
 /// Dropping it without committing rolls everything back.
 pub struct StateTx<'a> {
-    tx: rusqlite::Transaction<'a>,
+    db: &'a Backend,
+    fence: Option<&'a Fence>,
+    done: bool,
+}
+
+impl Drop for StateTx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.db.rollback();
+        }
+    }
 }
 
 /// How long a statement waits for another connection's write lock.
@@ -220,8 +297,25 @@ fn to_json<T: Serialize + ?Sized>(value: &T, what: impl FnOnce() -> String) -> R
 }
 
 impl StateDb {
-    pub(crate) fn conn(&self) -> &Connection {
-        &self.conn
+    pub(crate) fn conn(&self) -> &Backend {
+        &self.db
+    }
+
+    fn sqlite(conn: Connection, path: Option<PathBuf>, wal: bool) -> Result<StateDb> {
+        let err = |message: String| StateError::Open {
+            path: path.clone().unwrap_or_else(|| PathBuf::from(":memory:")),
+            message,
+        };
+        let mut conn = conn;
+        configure(&conn, wal)
+            .map_err(|e| err(format!("configuring: {e}")))?
+            .map_err(err)?;
+        schema::migrate_sqlite(&mut conn).map_err(err)?;
+        Ok(StateDb {
+            db: Backend::Sqlite(conn),
+            path,
+            fence: None,
+        })
     }
 
     /// Opens (creating and migrating when needed) the state database at
@@ -236,57 +330,118 @@ impl StateDb {
             std::fs::create_dir_all(parent)
                 .map_err(|e| err(format!("creating directory {}: {e}", parent.display())))?;
         }
-        let mut conn = Connection::open(path).map_err(|e| err(format!("opening: {e}")))?;
-        configure(&conn, true)
-            .map_err(|e| err(format!("configuring: {e}")))?
-            .map_err(err)?;
-        schema::migrate(&mut conn).map_err(err)?;
-        Ok(StateDb {
-            conn,
-            path: Some(path.to_path_buf()),
-        })
+        let conn = Connection::open(path).map_err(|e| err(format!("opening: {e}")))?;
+        Self::sqlite(conn, Some(path.to_path_buf()), true)
     }
     /// A private in-memory database (tests).
     pub fn open_in_memory() -> Result<StateDb> {
-        let err = |message: String| StateError::Open {
+        let conn = Connection::open_in_memory().map_err(|e| StateError::Open {
             path: PathBuf::from(":memory:"),
-            message,
-        };
-        let mut conn = Connection::open_in_memory().map_err(|e| err(format!("opening: {e}")))?;
-        configure(&conn, false)
-            .map_err(|e| err(format!("configuring: {e}")))?
-            .map_err(err)?;
-        schema::migrate(&mut conn).map_err(err)?;
-        Ok(StateDb { conn, path: None })
+            message: format!("opening: {e}"),
+        })?;
+        Self::sqlite(conn, None, false)
     }
-    /// Takes the single-instance lock (`<path>.lock`, flock, non-blocking),
-    /// writing pid and start time into it. In-memory: always succeeds.
+    /// Opens (migrating when needed) the state database in the Postgres
+    /// database at `url` (`postgres://user:password@host:port/db`): a
+    /// database the user owns; no extension is needed. Its connection
+    /// lives on a thread of its own. Does not take the lock.
+    pub fn open_url(url: &str) -> Result<StateDb> {
+        Ok(StateDb {
+            db: Backend::Pg(pg::PgConn::open(url, BUSY_TIMEOUT)?),
+            path: None,
+            fence: None,
+        })
+    }
+    /// [`StateDb::open`] or [`StateDb::open_url`].
+    pub fn open_target(target: &StateTarget) -> Result<StateDb> {
+        match target {
+            StateTarget::Path(p) => Self::open(p),
+            StateTarget::Url(u) => Self::open_url(u),
+        }
+    }
+    /// Whether a state database exists at `target` (a SQLite file, or a
+    /// Postgres database that was set up by a build of contact-sync);
+    /// creates nothing.
+    pub fn exists(target: &StateTarget) -> Result<bool> {
+        match target {
+            StateTarget::Path(p) => Ok(p.exists()),
+            StateTarget::Url(u) => pg::has_state(u),
+        }
+    }
+    /// Whether the database is on Postgres.
+    pub fn is_postgres(&self) -> bool {
+        self.db.is_pg()
+    }
+    /// The path, or the Postgres URL without its password (for messages).
+    pub fn location(&self) -> String {
+        match (&self.db, &self.path) {
+            (Backend::Pg(pg), _) => pg.location.clone(),
+            (_, Some(p)) => p.display().to_string(),
+            (_, None) => ":memory:".into(),
+        }
+    }
+    /// Sets (or clears) the lease every later commit must still hold
+    /// (Postgres; ignored on SQLite, where the file lock keeps a single
+    /// writer process).
+    pub fn set_fence(&mut self, fence: Option<Fence>) {
+        self.fence = fence;
+    }
+    /// The fence set, if any.
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
+    }
+    /// Takes the single-instance lock, non-blocking. SQLite: `<path>.lock`
+    /// (flock) holding pid and start time; in memory: always succeeds.
+    /// Postgres: a session advisory lock on this database's connection,
+    /// the holder ("pid since host") kept in meta.
     ///
     /// Another live holder (another process, or another `StateLock` of this
     /// one) gives [`StateError::Locked`] with the pid and start time it wrote.
     pub fn lock(&self) -> Result<StateLock> {
+        if let Backend::Pg(pg) = &self.db {
+            lock::acquire_pg(&self.db, pg)?;
+            return Ok(StateLock {
+                file: None,
+                pg: Some(pg.handle()),
+            });
+        }
         let file = match &self.path {
             Some(path) => Some(lock::acquire(path)?),
             None => None,
         };
-        Ok(StateLock { file })
+        Ok(StateLock { file, pg: None })
     }
     /// Whether some process holds the lock now (for `status`): Some((pid, since)).
     /// This process counts too, when it holds a [`StateLock`].
     pub fn lock_holder(&self) -> Result<Option<(String, String)>> {
+        if self.db.is_pg() {
+            return lock::holder_pg(&self.db);
+        }
         match &self.path {
             Some(path) => lock::holder(path),
             None => Ok(None),
         }
     }
 
-    /// Starts a write transaction (`BEGIN IMMEDIATE`: it takes the write
-    /// lock now, waiting up to the busy timeout for another writer).
+    /// Postgres: who holds the instance lock, leases aside (a daemon taking
+    /// the engine lease waits until no command holds it). SQLite: None.
+    pub fn command_lock_holder(&self) -> Result<Option<(String, String)>> {
+        if self.db.is_pg() {
+            return lock::command_holder_pg(&self.db);
+        }
+        Ok(None)
+    }
+
+    /// Starts a write transaction. SQLite: `BEGIN IMMEDIATE` (it takes the
+    /// write lock now, waiting up to the busy timeout for another writer).
+    /// Postgres: the writers' transaction lock, waited for as long.
     pub fn tx(&mut self) -> Result<StateTx<'_>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Ok(StateTx { tx })
+        self.db.begin()?;
+        Ok(StateTx {
+            db: &self.db,
+            fence: self.fence.as_ref(),
+            done: false,
+        })
     }
 
     /// The database file, `None` when in memory.
@@ -294,34 +449,34 @@ impl StateDb {
         self.path.as_deref()
     }
 
-    /// The schema version of the open database (`PRAGMA user_version`).
+    /// The schema version of the open database (the latest migration).
     pub fn schema_version(&self) -> Result<i64> {
-        Ok(schema::version(&self.conn)?)
+        schema::version(&self.db)
     }
 
     // --- reads ---
     pub fn checkpoint(&self, store: &str) -> Result<Option<String>> {
-        read::checkpoint(&self.conn, store)
+        read::checkpoint(&self.db, store)
     }
     /// Last journal seq applied by `consumer` (a store name); 0 when none.
     pub fn cursor(&self, consumer: &str) -> Result<i64> {
-        read::cursor(&self.conn, consumer)
+        read::cursor(&self.db, consumer)
     }
     /// Highest journal seq; 0 when empty.
     pub fn journal_head(&self) -> Result<i64> {
-        read::journal_head(&self.conn)
+        read::journal_head(&self.db)
     }
     /// Entries with `seq > after` and `seq <= upto`, in seq order, at most `limit`.
     pub fn journal_after(&self, after: i64, upto: i64, limit: usize) -> Result<Vec<JournalEntry>> {
-        read::journal_after(&self.conn, after, upto, limit)
+        read::journal_after(&self.db, after, upto, limit)
     }
     /// Entries of one contact, newest first, at most `limit`.
     pub fn journal_of(&self, contact_id: &str, limit: usize) -> Result<Vec<JournalEntry>> {
-        read::journal_of(&self.conn, contact_id, limit)
+        read::journal_of(&self.db, contact_id, limit)
     }
     /// The entry that produced `version` of `contact_id`, if any.
     pub fn journal_version(&self, contact_id: &str, version: i64) -> Result<Option<JournalEntry>> {
-        read::journal_version(&self.conn, contact_id, version)
+        read::journal_version(&self.db, contact_id, version)
     }
     /// The entry whose `prev_version` is `version` (to rebuild the record at `version` from its before-image).
     pub fn journal_after_version(
@@ -329,15 +484,15 @@ impl StateDb {
         contact_id: &str,
         version: i64,
     ) -> Result<Option<JournalEntry>> {
-        read::journal_after_version(&self.conn, contact_id, version)
+        read::journal_after_version(&self.db, contact_id, version)
     }
     pub fn store_record(&self, store: &str, contact_id: &str) -> Result<Option<StoreRecord>> {
-        read::store_record(&self.conn, store, contact_id)
+        read::store_record(&self.db, store, contact_id)
     }
     /// Many at once (one query per chunk of ids); missing ids are absent.
     /// The order of the result is unspecified.
     pub fn store_records(&self, store: &str, contact_ids: &[String]) -> Result<Vec<StoreRecord>> {
-        read::store_records(&self.conn, store, contact_ids)
+        read::store_records(&self.db, store, contact_ids)
     }
     /// The record of `store` whose native id is `native_id` (a live one
     /// first, should several share it).
@@ -346,7 +501,7 @@ impl StateDb {
         store: &str,
         native_id: &str,
     ) -> Result<Option<StoreRecord>> {
-        read::store_record_by_native(&self.conn, store, native_id)
+        read::store_record_by_native(&self.db, store, native_id)
     }
     /// Up to `limit` records of `store` that must be written again
     /// (`needs_write`), by contact id, after `after`.
@@ -356,7 +511,7 @@ impl StateDb {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StoreRecord>> {
-        read::store_records_needing_write(&self.conn, store, after, limit)
+        read::store_records_needing_write(&self.db, store, after, limit)
     }
     /// Up to `limit` live records of `store` with a native id, by contact
     /// id, after `after`: what the engine last knew the store to hold
@@ -367,63 +522,61 @@ impl StateDb {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StoreRecord>> {
-        read::store_records_held(&self.conn, store, after, limit)
+        read::store_records_held(&self.db, store, after, limit)
     }
     /// Number of sync records of a store, live ones only.
     pub fn store_record_count(&self, store: &str) -> Result<u64> {
-        read::store_record_count(&self.conn, store)
+        read::store_record_count(&self.db, store)
     }
     /// `status = 'open'` only when `open_only`. Newest first.
     pub fn conflicts(&self, open_only: bool) -> Result<Vec<ConflictRow>> {
-        read::conflicts(&self.conn, open_only)
+        read::conflicts(&self.db, open_only)
     }
     pub fn conflict(&self, id: i64) -> Result<Option<ConflictRow>> {
-        read::conflict(&self.conn, id)
+        read::conflict(&self.db, id)
     }
     pub fn open_conflict_count(&self) -> Result<u64> {
-        read::open_conflict_count(&self.conn)
+        read::open_conflict_count(&self.db)
     }
     /// Newest first, at most `limit`.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        read::dead_letters(&self.conn, limit)
+        read::dead_letters(&self.db, limit)
     }
     pub fn dead_letter_count(&self) -> Result<u64> {
-        read::dead_letter_count(&self.conn)
+        read::dead_letter_count(&self.db)
     }
     /// The store's totals and last outcomes; all zero/empty for a store
     /// that never ran.
     pub fn store_status(&self, store: &str) -> Result<StoreStatus> {
-        read::store_status(&self.conn, store)
+        read::store_status(&self.db, store)
     }
     /// Every store that has a checkpoint, cursor, record or run, sorted.
     pub fn known_stores(&self) -> Result<Vec<String>> {
-        read::known_stores(&self.conn)
+        read::known_stores(&self.db)
     }
     /// Free-form key/value (e.g. `initial_sync_done`, `backfill:<store>`).
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        read::meta(&self.conn, key)
+        read::meta(&self.db, key)
     }
 }
 
 impl StateTx<'_> {
     pub fn set_checkpoint(&self, store: &str, checkpoint: &str) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO checkpoints (store, checkpoint, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (store) DO UPDATE
-                 SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
-            )?
-            .execute(params![store, checkpoint, format_ts(&now())])?;
+        self.db.execute(
+            "INSERT INTO checkpoints (store, checkpoint, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (store) DO UPDATE
+             SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
+            p![store, checkpoint, format_ts(&now())],
+        )?;
         Ok(())
     }
     pub fn set_cursor(&self, consumer: &str, seq: i64) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO cursors (consumer, seq, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (consumer) DO UPDATE
-                 SET seq = excluded.seq, updated_at = excluded.updated_at",
-            )?
-            .execute(params![consumer, seq, format_ts(&now())])?;
+        self.db.execute(
+            "INSERT INTO cursors (consumer, seq, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (consumer) DO UPDATE
+             SET seq = excluded.seq, updated_at = excluded.updated_at",
+            p![consumer, seq, format_ts(&now())],
+        )?;
         Ok(())
     }
     /// Appends an entry, assigning and returning its `seq` (the entry's own `seq` is ignored).
@@ -438,13 +591,11 @@ impl StateTx<'_> {
         let changes = to_json(&entry.changes, || what("changes"))?;
         let conflicts = to_json(&entry.conflicts, || what("conflicts"))?;
         let after = to_json(&entry.after, || what("after"))?;
-        self.tx
-            .prepare_cached(
-                "INSERT INTO journal (contact_id, version, prev_version, op, origin,
-                                      changes, conflicts, after, hash, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
+        let seq: i64 = self.db.query_value(
+            "INSERT INTO journal (contact_id, version, prev_version, op, origin,
+                                  changes, conflicts, after, hash, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING seq",
+            p![
                 entry.contact_id,
                 entry.version,
                 entry.prev_version,
@@ -455,8 +606,8 @@ impl StateTx<'_> {
                 after,
                 entry.hash,
                 format_ts(&entry.at),
-            ])?;
-        let seq = self.tx.last_insert_rowid();
+            ],
+        )?;
         // The search index follows canonical in the same transaction.
         self.index_contacts([&entry.after])?;
         Ok(seq)
@@ -467,9 +618,29 @@ impl StateTx<'_> {
     }
 
     /// [`put_store_record`](StateTx::put_store_record) for many records,
-    /// with the statement prepared once.
+    /// with the statement prepared once (on Postgres, sent in one round
+    /// trip).
     pub fn put_store_records(&self, recs: &[StoreRecord]) -> Result<()> {
-        let mut stmt = self.tx.prepare_cached(
+        let rows = recs
+            .iter()
+            .map(|rec| {
+                p![
+                    rec.store,
+                    rec.contact_id,
+                    rec.native_id,
+                    rec.synced_version,
+                    rec.hash,
+                    rec.deleted,
+                    if rec.writeback {
+                        2
+                    } else {
+                        i64::from(rec.needs_write)
+                    },
+                    rec.late.join(" "),
+                ]
+            })
+            .collect();
+        self.db.execute_many(
             "INSERT INTO store_records
                  (store, contact_id, native_id, synced_version, hash, deleted, needs_write, late)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -477,23 +648,8 @@ impl StateTx<'_> {
              SET native_id = excluded.native_id, synced_version = excluded.synced_version,
                  hash = excluded.hash, deleted = excluded.deleted,
                  needs_write = excluded.needs_write, late = excluded.late",
+            rows,
         )?;
-        for rec in recs {
-            stmt.execute(params![
-                rec.store,
-                rec.contact_id,
-                rec.native_id,
-                rec.synced_version,
-                rec.hash,
-                rec.deleted,
-                if rec.writeback {
-                    2
-                } else {
-                    i64::from(rec.needs_write)
-                },
-                rec.late.join(" "),
-            ])?;
-        }
         Ok(())
     }
     /// Marks every record of `store` as owed a write (its change capture
@@ -501,19 +657,17 @@ impl StateTx<'_> {
     /// condition of what the engine last saw there, so a record edited in
     /// the meantime is found and merged. Returns how many.
     pub fn owe_all(&self, store: &str) -> Result<u64> {
-        let n = self
-            .tx
-            .prepare_cached(
-                "UPDATE store_records SET needs_write = 1 WHERE store = ?1 AND needs_write = 0",
-            )?
-            .execute([store])?;
-        Ok(n as u64)
+        self.db.execute(
+            "UPDATE store_records SET needs_write = 1 WHERE store = ?1 AND needs_write = 0",
+            p![store],
+        )
     }
     /// Removes the record keyed by (store, contact_id); absent is not an error.
     pub fn delete_store_record(&self, store: &str, contact_id: &str) -> Result<()> {
-        self.tx
-            .prepare_cached("DELETE FROM store_records WHERE store = ?1 AND contact_id = ?2")?
-            .execute(params![store, contact_id])?;
+        self.db.execute(
+            "DELETE FROM store_records WHERE store = ?1 AND contact_id = ?2",
+            p![store, contact_id],
+        )?;
         Ok(())
     }
     /// Records a conflict and returns its id. A conflict the merge settled
@@ -538,13 +692,11 @@ impl StateTx<'_> {
             r if r.incoming_won() => ("kept_incoming", Some(at.as_str())),
             _ => ("kept_canonical", Some(at.as_str())),
         };
-        self.tx
-            .prepare_cached(
-                "INSERT INTO conflicts (contact_id, store, field, base, canonical, incoming,
-                     canonical_version, incoming_version, resolution, status, created_at, resolved_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?
-            .execute(params![
+        self.db.query_value(
+            "INSERT INTO conflicts (contact_id, store, field, base, canonical, incoming,
+                 canonical_version, incoming_version, resolution, status, created_at, resolved_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+            p![
                 contact_id,
                 store,
                 conflict.field,
@@ -557,8 +709,8 @@ impl StateTx<'_> {
                 status,
                 at,
                 resolved_at,
-            ])?;
-        Ok(self.tx.last_insert_rowid())
+            ],
+        )
     }
     /// Marks a conflict settled (`kept_canonical` / `kept_incoming`).
     /// An unknown id is [`StateError::NotFound`], another status
@@ -570,10 +722,10 @@ impl StateTx<'_> {
                 message: format!("{status:?} is not kept_canonical or kept_incoming"),
             });
         }
-        let n = self
-            .tx
-            .prepare_cached("UPDATE conflicts SET status = ?1, resolved_at = ?2 WHERE id = ?3")?
-            .execute(params![status, format_ts(&at), id])?;
+        let n = self.db.execute(
+            "UPDATE conflicts SET status = ?1, resolved_at = ?2 WHERE id = ?3",
+            p![status, format_ts(&at), id],
+        )?;
         if n == 0 {
             return Err(StateError::NotFound {
                 what: format!("conflict {id}"),
@@ -581,7 +733,9 @@ impl StateTx<'_> {
         }
         Ok(())
     }
-    /// Appends a dead letter (its `id` is ignored); returns the new id.
+    /// Appends a dead letter (its `id` is ignored); returns its id. The
+    /// same refusal (store, record, field, reason) while one is open or
+    /// dismissed is counted on that one instead (see schema V3).
     pub fn add_dead_letter(&self, dl: &DeadLetter) -> Result<i64> {
         let payload = dl
             .payload
@@ -592,20 +746,22 @@ impl StateTx<'_> {
                 })
             })
             .transpose()?;
-        self.tx
-            .prepare_cached(
-                "INSERT INTO dead_letters (store, record, field, reason, payload, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                dl.store,
-                dl.record,
-                dl.field,
-                dl.reason,
-                payload,
-                format_ts(&dl.at)
-            ])?;
-        Ok(self.tx.last_insert_rowid())
+        let at = format_ts(&dl.at);
+        if let Some(row) = self.db.query_opt(
+            "UPDATE dead_letters SET count = count + 1, last_seen = ?5,
+                 payload = COALESCE(?6, payload)
+             WHERE store = ?1 AND record = ?2 AND field = ?3 AND reason = ?4
+               AND status IN ('open', 'dismissed')
+             RETURNING id",
+            p![dl.store, dl.record, dl.field, dl.reason, at, payload],
+        )? {
+            return row.get(0);
+        }
+        self.db.query_value(
+            "INSERT INTO dead_letters (store, record, field, reason, payload, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+            p![dl.store, dl.record, dl.field, dl.reason, payload, at],
+        )
     }
     /// Adds a run's stats to the store's totals and to its run history
     /// (the console's charts); `error = None` marks a success at `at`
@@ -626,29 +782,26 @@ impl StateTx<'_> {
             Some(_) => (None, Some(at.as_str())),
         };
         let error = error.map(|e| truncate(e, MAX_ERROR_LEN));
-        self.tx
-            .prepare_cached(
-                "INSERT INTO store_stats (store, runs, captured, applied, written, skipped_echo,
-                     dead_letters, conflicts, last_success, last_error, last_error_at,
-                     consecutive_errors, updated_at)
-                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                     CASE WHEN ?9 IS NULL THEN 0 ELSE 1 END, ?11)
-                 ON CONFLICT (store) DO UPDATE SET
-                     runs = runs + 1,
-                     captured = captured + excluded.captured,
-                     applied = applied + excluded.applied,
-                     written = written + excluded.written,
-                     skipped_echo = skipped_echo + excluded.skipped_echo,
-                     dead_letters = dead_letters + excluded.dead_letters,
-                     conflicts = conflicts + excluded.conflicts,
-                     last_success = COALESCE(excluded.last_success, last_success),
-                     last_error = COALESCE(excluded.last_error, last_error),
-                     last_error_at = COALESCE(excluded.last_error_at, last_error_at),
-                     consecutive_errors = CASE WHEN excluded.last_error IS NULL THEN 0
-                                               ELSE consecutive_errors + 1 END,
-                     updated_at = excluded.updated_at",
-            )?
-            .execute(params![
+        self.db.execute(
+            "INSERT INTO store_stats (store, runs, captured, applied, written, skipped_echo,
+                 dead_letters, conflicts, last_success, last_error, last_error_at,
+                 consecutive_errors, updated_at)
+             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?12, ?11)
+             ON CONFLICT (store) DO UPDATE SET
+                 runs = store_stats.runs + 1,
+                 captured = store_stats.captured + excluded.captured,
+                 applied = store_stats.applied + excluded.applied,
+                 written = store_stats.written + excluded.written,
+                 skipped_echo = store_stats.skipped_echo + excluded.skipped_echo,
+                 dead_letters = store_stats.dead_letters + excluded.dead_letters,
+                 conflicts = store_stats.conflicts + excluded.conflicts,
+                 last_success = COALESCE(excluded.last_success, store_stats.last_success),
+                 last_error = COALESCE(excluded.last_error, store_stats.last_error),
+                 last_error_at = COALESCE(excluded.last_error_at, store_stats.last_error_at),
+                 consecutive_errors = CASE WHEN excluded.last_error IS NULL THEN 0
+                                           ELSE store_stats.consecutive_errors + 1 END,
+                 updated_at = excluded.updated_at",
+            p![
                 store,
                 read::sql_u64(stats.captured),
                 read::sql_u64(stats.applied),
@@ -660,60 +813,66 @@ impl StateTx<'_> {
                 error,
                 error_at,
                 at,
-            ])?;
+                i64::from(error.is_some()),
+            ],
+        )?;
         self.record_history(store, stats, error.is_some(), &when)?;
         Ok(())
     }
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![key, value])?;
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            p![key, value],
+        )?;
         Ok(())
     }
     /// Removes a meta key; absent is not an error.
     pub fn delete_meta(&self, key: &str) -> Result<()> {
-        self.tx
-            .prepare_cached("DELETE FROM meta WHERE key = ?1")?
-            .execute([key])?;
+        self.db
+            .execute("DELETE FROM meta WHERE key = ?1", p![key])?;
         Ok(())
     }
-    pub(crate) fn conn(&self) -> &Connection {
-        &self.tx
+    pub(crate) fn conn(&self) -> &Backend {
+        self.db
     }
-    /// Makes every write of this transaction durable and visible.
-    pub fn commit(self) -> Result<()> {
-        self.tx.commit()?;
-        Ok(())
+    /// Makes every write of this transaction durable and visible. Under a
+    /// fence (Postgres), only while the lease is held: otherwise nothing is
+    /// committed and the answer is [`StateError::Fenced`].
+    pub fn commit(mut self) -> Result<()> {
+        let out = self.db.commit(self.fence);
+        if out.is_ok() || self.db.is_pg() {
+            // Postgres ends the transaction either way.
+            self.done = true;
+        }
+        out
     }
 
     // --- reads inside the transaction (they see its own writes) ---
 
     /// As [`StateDb::checkpoint`].
     pub fn checkpoint(&self, store: &str) -> Result<Option<String>> {
-        read::checkpoint(&self.tx, store)
+        read::checkpoint(self.db, store)
     }
     /// As [`StateDb::cursor`].
     pub fn cursor(&self, consumer: &str) -> Result<i64> {
-        read::cursor(&self.tx, consumer)
+        read::cursor(self.db, consumer)
     }
     /// As [`StateDb::journal_head`].
     pub fn journal_head(&self) -> Result<i64> {
-        read::journal_head(&self.tx)
+        read::journal_head(self.db)
     }
     /// As [`StateDb::journal_version`].
     pub fn journal_version(&self, contact_id: &str, version: i64) -> Result<Option<JournalEntry>> {
-        read::journal_version(&self.tx, contact_id, version)
+        read::journal_version(self.db, contact_id, version)
     }
     /// As [`StateDb::store_record`].
     pub fn store_record(&self, store: &str, contact_id: &str) -> Result<Option<StoreRecord>> {
-        read::store_record(&self.tx, store, contact_id)
+        read::store_record(self.db, store, contact_id)
     }
     /// As [`StateDb::store_records`].
     pub fn store_records(&self, store: &str, contact_ids: &[String]) -> Result<Vec<StoreRecord>> {
-        read::store_records(&self.tx, store, contact_ids)
+        read::store_records(self.db, store, contact_ids)
     }
     /// As [`StateDb::store_record_by_native`].
     pub fn store_record_by_native(
@@ -721,10 +880,32 @@ impl StateTx<'_> {
         store: &str,
         native_id: &str,
     ) -> Result<Option<StoreRecord>> {
-        read::store_record_by_native(&self.tx, store, native_id)
+        read::store_record_by_native(self.db, store, native_id)
     }
     /// As [`StateDb::meta`].
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        read::meta(&self.tx, key)
+        read::meta(self.db, key)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::StateDb;
+
+    /// A fresh database on each backend: SQLite in memory, and a new
+    /// Postgres database (the store-postgres harness: `CONTACT_SYNC_PG_URL`
+    /// or a private cluster; it panics with instructions when there is no
+    /// Postgres).
+    pub(crate) fn both() -> Vec<StateDb> {
+        let url = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(contact_sync_postgres::harness::shared().create_database());
+        let dbs = vec![
+            StateDb::open_in_memory().unwrap(),
+            StateDb::open_url(&url).unwrap(),
+        ];
+        dbs
     }
 }

@@ -1,5 +1,8 @@
 //! The single-instance lock: an OS advisory lock (`flock`, through
 //! `std::fs::File::try_lock`) on `<db path>.lock`, holding "pid since".
+//! On Postgres: a session advisory lock on the database's connection, the
+//! holder ("pid since host") in meta `lock:holder`; the server drops it when
+//! the session ends, kill -9 included.
 //!
 //! The OS drops the lock when the holding process exits for any reason
 //! (including kill -9), so a stale lock file never blocks a restart: only a
@@ -11,6 +14,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::db::{p, Backend};
+use crate::pg::{PgConn, HOLDER_META, INSTANCE_KEY};
 use crate::{Result, StateError};
 
 /// How often `acquire` retries a busy lock before giving up, and the pause
@@ -121,6 +126,114 @@ pub(crate) fn holder(db: &Path) -> Result<Option<(String, String)>> {
 /// never sees a dead holder's pid. Best effort: the lock goes either way.
 pub(crate) fn release(file: &File) {
     let _ = file.set_len(0);
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+/// "pid since host" as stored → (pid as shown, since).
+fn parse_pg_holder(text: &str) -> (String, String) {
+    let mut parts = text.split_whitespace();
+    let pid = parts.next().unwrap_or("unknown");
+    let since = parts.next().unwrap_or("unknown");
+    match parts.next() {
+        Some(host) => (format!("{pid} on {host}"), since.to_string()),
+        None => (pid.to_string(), since.to_string()),
+    }
+}
+
+fn pg_holder_text(db: &Backend) -> Result<(String, String)> {
+    Ok(crate::read::meta(db, HOLDER_META)?
+        .map(|t| parse_pg_holder(&t))
+        .unwrap_or_else(|| ("unknown".into(), "unknown".into())))
+}
+
+/// Takes the session advisory lock on `pg` (the connection of `db`).
+pub(crate) fn acquire_pg(db: &Backend, pg: &PgConn) -> Result<()> {
+    // A session lock is re-entrant within its session: another StateLock
+    // of this StateDb must be refused like another process. A daemon
+    // holding the engine lease counts as a holder too.
+    if let Some((pid, since)) = holder_pg(db)? {
+        return Err(StateError::Locked {
+            path: pg.location.clone().into(),
+            pid,
+            since,
+        });
+    }
+    if !pg.try_lock()? {
+        let (pid, since) = pg_holder_text(db)?;
+        return Err(StateError::Locked {
+            path: pg.location.clone().into(),
+            pid,
+            since,
+        });
+    }
+    let since = contact_sync_core::model::format_ts(&contact_sync_core::model::now());
+    let text = format!("{} {} {}", std::process::id(), since, host());
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        p![HOLDER_META, text],
+    )?;
+    Ok(())
+}
+
+/// Whether a session (this one included) holds the instance lock of the
+/// database, and who it says it is.
+pub(crate) fn holder_pg(db: &Backend) -> Result<Option<(String, String)>> {
+    if let Some(h) = lease_holder(db)? {
+        return Ok(Some(h));
+    }
+    command_holder_pg(db)
+}
+
+/// The daemon holding a live lease (several daemons share the database):
+/// (pid, since), from what it wrote of itself ("pid N, …").
+fn lease_holder(db: &Backend) -> Result<Option<(String, String)>> {
+    let row = db.query_opt(
+        "SELECT info, CAST(acquired_at AS TEXT) FROM leases WHERE expires_at > now() ORDER BY name LIMIT 1",
+        Vec::new(),
+    )?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let info: String = row.get(0)?;
+    let since: String = row.get(1)?;
+    let pid = info
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_start_matches("pid ")
+        .to_string();
+    Ok(Some((pid, since)))
+}
+
+/// Whether a session holds the instance lock (a command driving the
+/// stores, or a lone daemon), leases aside.
+pub(crate) fn command_holder_pg(db: &Backend) -> Result<Option<(String, String)>> {
+    let held: bool = db.query_value(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = ?1)",
+        p![INSTANCE_KEY],
+    )?;
+    if !held {
+        return Ok(None);
+    }
+    pg_holder_text(db).map(Some)
+}
+
+/// Releases the instance lock held by the session of `pg`.
+pub(crate) fn release_pg(pg: &PgConn) {
+    pg.unlock();
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 //! state transaction, no lock) and carried out by the daemon at its next
 //! cycle.
 
+use crate::db::{p, Backend as Connection, Row};
 use contact_sync_core::model::{format_ts, parse_ts};
 use contact_sync_core::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use crate::{Result, StateDb, StateError, StateTx};
@@ -158,7 +158,7 @@ fn corrupt(store: &str, what: &str, v: impl std::fmt::Display) -> StateError {
     }
 }
 
-fn row(r: &Row<'_>) -> Result<PausedStore> {
+fn row(r: &Row) -> Result<PausedStore> {
     let store: String = r.get(0)?;
     let kind: String = r.get(1)?;
     let details: String = r.get(3)?;
@@ -193,23 +193,23 @@ fn row(r: &Row<'_>) -> Result<PausedStore> {
 }
 
 pub(crate) fn paused(conn: &Connection, store: &str) -> Result<Option<PausedStore>> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLS} FROM paused_stores WHERE store = ?1"
-    ))?
-    .query_row([store], |r| Ok(row(r)))
-    .optional()?
+    conn.query_opt(
+        &format!("SELECT {COLS} FROM paused_stores WHERE store = ?1"),
+        p![store],
+    )?
+    .as_ref()
+    .map(row)
     .transpose()
 }
 
 pub(crate) fn all_paused(conn: &Connection) -> Result<Vec<PausedStore>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {COLS} FROM paused_stores ORDER BY store"))?;
-    let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(row(r)?);
-    }
-    Ok(out)
+    conn.query(
+        &format!("SELECT {COLS} FROM paused_stores ORDER BY store"),
+        p![],
+    )?
+    .iter()
+    .map(row)
+    .collect()
 }
 
 impl StateDb {
@@ -243,39 +243,35 @@ impl StateTx<'_> {
             }
         };
         let config_hash = p.parked.as_ref().and_then(|x| x.config_hash.as_deref());
-        self.conn()
-            .prepare_cached(
+        self.conn().execute(
                 "INSERT INTO paused_stores (store, kind, reason, details, since, decision, decided_at, config_hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL, ?6)
                  ON CONFLICT (store) DO UPDATE SET kind = excluded.kind, reason = excluded.reason,
                      details = excluded.details, since = excluded.since,
                      decision = NULL, decided_at = NULL, config_hash = excluded.config_hash",
-            )?
-            .execute(params![
+            p![
                 p.store,
                 kind,
                 p.reason,
                 p.details.to_string(),
                 format_ts(&p.since),
                 config_hash
-            ])?;
+            ],
+        )?;
         Ok(())
     }
     /// Records a person's decision; false when the store is not paused.
     pub fn decide(&self, store: &str, decision: Decision, at: Timestamp) -> Result<bool> {
-        let n = self
-            .conn()
-            .prepare_cached(
-                "UPDATE paused_stores SET decision = ?2, decided_at = ?3 WHERE store = ?1",
-            )?
-            .execute(params![store, decision.as_str(), format_ts(&at)])?;
+        let n = self.conn().execute(
+            "UPDATE paused_stores SET decision = ?2, decided_at = ?3 WHERE store = ?1",
+            p![store, decision.as_str(), format_ts(&at)],
+        )?;
         Ok(n > 0)
     }
     /// Ends a store's pause.
     pub fn unpause_store(&self, store: &str) -> Result<()> {
         self.conn()
-            .prepare_cached("DELETE FROM paused_stores WHERE store = ?1")?
-            .execute([store])?;
+            .execute("DELETE FROM paused_stores WHERE store = ?1", p![store])?;
         Ok(())
     }
 }

@@ -3,26 +3,18 @@
 //! the journal, conflicts and dead letters, and everything held about one
 //! contact for an access request.
 //!
-//! The `erasures` table is created on first use (`CREATE TABLE IF NOT
-//! EXISTS`), so databases of every schema version take it without a
-//! migration step.
+//! The `erasures` table is created by schema version 8 (before, on first
+//! use).
 
 use std::collections::BTreeSet;
 
 use contact_sync_core::model::{format_ts, parse_ts};
 use contact_sync_core::{Contact, Timestamp};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::db::{p, Backend as Connection, Value as SqlValue};
 use crate::{Result, StateDb, StateError, StateTx};
-
-const ERASURES: &str = "CREATE TABLE IF NOT EXISTS erasures (
-    contact_id TEXT PRIMARY KEY NOT NULL,
-    erased_at  TEXT NOT NULL,
-    version    INTEGER NOT NULL,
-    confirmed  TEXT NOT NULL DEFAULT '[]'
-)";
 
 /// A contact that was erased: no personal data, only the id, when, the
 /// tombstone's version and the stores that confirmed they hold nothing.
@@ -34,26 +26,14 @@ pub struct Erasure {
     pub confirmed: Vec<String>,
 }
 
-fn ensure(conn: &Connection) -> Result<()> {
-    conn.execute_batch(ERASURES)?;
-    Ok(())
-}
-
 fn erasure_of(conn: &Connection, id: &str) -> Result<Option<Erasure>> {
-    ensure(conn)?;
     let row = conn
-        .query_row(
+        .query_opt(
             "SELECT erased_at, version, confirmed FROM erasures WHERE contact_id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            },
-        )
-        .optional()?;
+            p![id],
+        )?
+        .map(|r| -> Result<(String, i64, String)> { Ok((r.get(0)?, r.get(1)?, r.get(2)?)) })
+        .transpose()?;
     row.map(|(at, version, confirmed)| {
         Ok(Erasure {
             contact_id: id.to_string(),
@@ -73,34 +53,39 @@ fn erasure_of(conn: &Connection, id: &str) -> Result<Option<Erasure>> {
 
 /// Every row of `sql` (one `?1` parameter) as a JSON object by column name.
 fn rows_as_json(conn: &Connection, sql: &str, id: &str) -> Result<Vec<Value>> {
-    let mut st = conn.prepare(sql)?;
-    let names: Vec<String> = st.column_names().map(|s| s.to_string()).collect();
-    let rows = st.query_map([id], |r| {
-        let mut m = Map::new();
-        for (i, n) in names.iter().enumerate() {
-            let v = match r.get_ref(i)? {
-                rusqlite::types::ValueRef::Null => Value::Null,
-                rusqlite::types::ValueRef::Integer(x) => Value::from(x),
-                rusqlite::types::ValueRef::Real(x) => Value::from(x),
-                rusqlite::types::ValueRef::Text(t) => {
-                    let s = String::from_utf8_lossy(t).into_owned();
+    let rows = conn.query(sql, p![id])?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let mut m = Map::new();
+            for (n, v) in r.names.iter().zip(&r.values) {
+                let v = match v {
+                    SqlValue::Null => Value::Null,
+                    SqlValue::Int(x) => Value::from(*x),
+                    SqlValue::Real(x) => Value::from(*x),
                     // JSON columns (values, payloads) as JSON.
-                    match serde_json::from_str::<Value>(&s) {
+                    SqlValue::Text(s) => match serde_json::from_str::<Value>(s) {
                         Ok(v @ (Value::Object(_) | Value::Array(_))) => v,
-                        _ => Value::String(s),
-                    }
-                }
-                rusqlite::types::ValueRef::Blob(_) => Value::Null,
-            };
-            m.insert(n.clone(), v);
-        }
-        Ok(Value::Object(m))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                        _ => Value::String(s.clone()),
+                    },
+                };
+                m.insert(n.clone(), v);
+            }
+            Value::Object(m)
+        })
+        .collect())
 }
 
+/// Dead letters that may be of a contact (by record, or its id anywhere in
+/// the payload); [`of_contact`] tells.
 const DEAD_LETTERS_OF: &str = "SELECT * FROM dead_letters WHERE record = ?1 \
-     OR (json_valid(payload) AND json_extract(payload, '$.contact_id') = ?1) ORDER BY id";
+     OR payload LIKE '%' || ?1 || '%' ORDER BY id";
+
+/// Whether a dead letter row (as JSON) is about `id`: its record, or the
+/// `contact_id` of its payload.
+fn of_contact(row: &Value, id: &str) -> bool {
+    row["record"].as_str() == Some(id) || row["payload"]["contact_id"].as_str() == Some(id)
+}
 
 impl StateDb {
     /// The erasure record of a contact, if it was erased.
@@ -111,11 +96,12 @@ impl StateDb {
     /// Which of `ids` were erased (their images are deletes, never edits).
     pub fn erased_among(&self, ids: &[String]) -> Result<BTreeSet<String>> {
         let conn = self.conn();
-        ensure(conn)?;
-        let mut st = conn.prepare_cached("SELECT 1 FROM erasures WHERE contact_id = ?1")?;
         let mut out = BTreeSet::new();
         for id in ids {
-            if st.exists([id])? {
+            if conn
+                .query_opt("SELECT 1 FROM erasures WHERE contact_id = ?1", p![id])?
+                .is_some()
+            {
                 out.insert(id.clone());
             }
         }
@@ -133,7 +119,9 @@ impl StateDb {
 
     /// The dead letters of a contact (by record or payload id), as JSON rows.
     pub fn dead_letters_of(&self, contact_id: &str) -> Result<Vec<Value>> {
-        rows_as_json(self.conn(), DEAD_LETTERS_OF, contact_id)
+        let mut rows = rows_as_json(self.conn(), DEAD_LETTERS_OF, contact_id)?;
+        rows.retain(|r| of_contact(r, contact_id));
+        Ok(rows)
     }
 
     /// The engine's records of a contact in every store, as JSON rows.
@@ -149,26 +137,24 @@ impl StateDb {
 impl StateTx<'_> {
     /// Notes that a contact is erased (from now on its images are deletes).
     pub fn record_erasure(&self, contact_id: &str, at: Timestamp, version: i64) -> Result<()> {
-        ensure(&self.tx)?;
-        self.tx.execute(
+        self.conn().execute(
             "INSERT INTO erasures (contact_id, erased_at, version) VALUES (?1, ?2, ?3)
              ON CONFLICT (contact_id) DO UPDATE SET erased_at = excluded.erased_at,
                  version = excluded.version",
-            params![contact_id, format_ts(&at), version],
+            p![contact_id, format_ts(&at), version],
         )?;
         Ok(())
     }
 
     /// The stores that confirmed an erasure.
     pub fn set_erasure_confirmed(&self, contact_id: &str, stores: &[String]) -> Result<()> {
-        ensure(&self.tx)?;
         let list = serde_json::to_string(stores).map_err(|e| StateError::Corrupt {
             what: format!("erasure of {contact_id}"),
             message: format!("{e}"),
         })?;
-        self.tx.execute(
+        self.conn().execute(
             "UPDATE erasures SET confirmed = ?2 WHERE contact_id = ?1",
-            params![contact_id, list],
+            p![contact_id, list],
         )?;
         Ok(())
     }
@@ -183,13 +169,15 @@ impl StateTx<'_> {
         contact_id: &str,
         erased_at: Timestamp,
     ) -> Result<(usize, usize, usize)> {
-        let entries: Vec<(i64, i64)> = {
-            let mut st = self.tx.prepare(
+        let entries: Vec<(i64, i64)> = self
+            .conn()
+            .query(
                 "SELECT seq, version FROM journal WHERE contact_id = ?1 AND origin != 'erase'",
-            )?;
-            let rows = st.query_map([contact_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
+                p![contact_id],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect::<Result<_>>()?;
         for (seq, version) in &entries {
             let mut t = Contact::new(contact_id, "");
             t.version = *version;
@@ -198,22 +186,25 @@ impl StateTx<'_> {
                 what: format!("scrubbing {contact_id}"),
                 message: format!("{e}"),
             })?;
-            self.tx.execute(
+            self.conn().execute(
                 "UPDATE journal SET after = ?2, changes = '[]', conflicts = '[]' WHERE seq = ?1",
-                params![seq, after],
+                p![seq, after],
             )?;
         }
         self.unindex_contact(contact_id)?;
-        let conflicts = self
-            .tx
-            .execute("DELETE FROM conflicts WHERE contact_id = ?1", [contact_id])?;
-        let dead = self.tx.execute(
-            &format!(
-                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM ({}))",
-                DEAD_LETTERS_OF.replace("SELECT *", "SELECT id")
-            ),
-            [contact_id],
+        let conflicts = self.conn().execute(
+            "DELETE FROM conflicts WHERE contact_id = ?1",
+            p![contact_id],
         )?;
-        Ok((entries.len(), conflicts, dead))
+        let mut dead = 0;
+        for row in rows_as_json(self.conn(), DEAD_LETTERS_OF, contact_id)? {
+            if of_contact(&row, contact_id) {
+                dead += self.conn().execute(
+                    "DELETE FROM dead_letters WHERE id = ?1",
+                    p![row["id"].as_i64()],
+                )?;
+            }
+        }
+        Ok((entries.len(), conflicts as usize, dead as usize))
     }
 }

@@ -3,9 +3,9 @@
 
 use contact_sync_core::model::parse_ts;
 use contact_sync_core::{DeadLetter, FieldConflict, JournalEntry, Op, Resolution, Timestamp};
-use rusqlite::types::FromSql;
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::de::DeserializeOwned;
+
+use crate::db::{p, Backend as Connection, FromValue, Row};
 
 use crate::{ConflictRow, Result, RunStats, StateError, StoreRecord, StoreStatus};
 
@@ -31,8 +31,11 @@ fn corrupt(what: String, message: impl std::fmt::Display) -> StateError {
 }
 
 /// One column; a value of the wrong type is `Corrupt` naming `what`.
-fn col<T: FromSql>(row: &Row<'_>, idx: usize, what: impl FnOnce() -> String) -> Result<T> {
-    row.get(idx).map_err(|e| corrupt(what(), e))
+fn col<T: FromValue>(row: &Row, idx: usize, what: impl FnOnce() -> String) -> Result<T> {
+    row.get(idx).map_err(|e| match e {
+        StateError::Corrupt { message, .. } => corrupt(what(), message),
+        e => e,
+    })
 }
 
 fn ts(text: &str, what: impl FnOnce() -> String) -> Result<Timestamp> {
@@ -56,7 +59,7 @@ fn count(n: i64, what: impl FnOnce() -> String) -> Result<u64> {
 pub(crate) const JOURNAL_COLS: &str =
     "seq, contact_id, version, prev_version, op, origin, changes, conflicts, after, hash, at";
 
-pub(crate) fn journal_row(row: &Row<'_>) -> Result<JournalEntry> {
+pub(crate) fn journal_row(row: &Row) -> Result<JournalEntry> {
     let seq: i64 = col(row, 0, || "journal seq".to_string())?;
     let what = |c: &str| format!("journal entry seq {seq} ({c})");
     let op: String = col(row, 4, || what("op"))?;
@@ -82,21 +85,13 @@ pub(crate) fn journal_row(row: &Row<'_>) -> Result<JournalEntry> {
 fn journal_query(
     conn: &Connection,
     sql: &str,
-    params: impl rusqlite::Params,
+    params: Vec<crate::db::Value>,
 ) -> Result<Vec<JournalEntry>> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params)?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(journal_row(row)?);
-    }
-    Ok(out)
+    conn.query(sql, params)?.iter().map(journal_row).collect()
 }
 
 pub(crate) fn journal_head(conn: &Connection) -> Result<i64> {
-    Ok(conn
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM journal")?
-        .query_row([], |r| r.get(0))?)
+    conn.query_value("SELECT COALESCE(MAX(seq), 0) FROM journal", p![])
 }
 
 pub(crate) fn journal_after(
@@ -110,7 +105,7 @@ pub(crate) fn journal_after(
         &format!(
             "SELECT {JOURNAL_COLS} FROM journal WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
         ),
-        params![after, upto, sql_limit(limit)],
+        p![after, upto, sql_limit(limit)],
     )
 }
 
@@ -124,7 +119,7 @@ pub(crate) fn journal_of(
         &format!(
             "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 ORDER BY seq DESC LIMIT ?2"
         ),
-        params![contact_id, sql_limit(limit)],
+        p![contact_id, sql_limit(limit)],
     )
 }
 
@@ -138,7 +133,7 @@ pub(crate) fn journal_version(
         &format!(
             "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 AND version = ?2 ORDER BY seq DESC LIMIT 1"
         ),
-        params![contact_id, version],
+        p![contact_id, version],
     )?
     .pop())
 }
@@ -153,7 +148,7 @@ pub(crate) fn journal_after_version(
         &format!(
             "SELECT {JOURNAL_COLS} FROM journal WHERE contact_id = ?1 AND prev_version = ?2 ORDER BY seq DESC LIMIT 1"
         ),
-        params![contact_id, version],
+        p![contact_id, version],
     )?
     .pop())
 }
@@ -161,25 +156,26 @@ pub(crate) fn journal_after_version(
 // --- checkpoints, cursors, meta ---
 
 pub(crate) fn checkpoint(conn: &Connection, store: &str) -> Result<Option<String>> {
-    Ok(conn
-        .prepare_cached("SELECT checkpoint FROM checkpoints WHERE store = ?1")?
-        .query_row([store], |r| r.get(0))
-        .optional()?)
+    conn.query_opt(
+        "SELECT checkpoint FROM checkpoints WHERE store = ?1",
+        p![store],
+    )?
+    .map(|r| r.get(0))
+    .transpose()
 }
 
 pub(crate) fn cursor(conn: &Connection, consumer: &str) -> Result<i64> {
     Ok(conn
-        .prepare_cached("SELECT seq FROM cursors WHERE consumer = ?1")?
-        .query_row([consumer], |r| r.get(0))
-        .optional()?
+        .query_opt("SELECT seq FROM cursors WHERE consumer = ?1", p![consumer])?
+        .map(|r| r.get(0))
+        .transpose()?
         .unwrap_or(0))
 }
 
 pub(crate) fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
-    Ok(conn
-        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-        .query_row([key], |r| r.get(0))
-        .optional()?)
+    conn.query_opt("SELECT value FROM meta WHERE key = ?1", p![key])?
+        .map(|r| r.get(0))
+        .transpose()
 }
 
 // --- store records ---
@@ -187,7 +183,7 @@ pub(crate) fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
 pub(crate) const RECORD_COLS: &str =
     "store, contact_id, native_id, synced_version, hash, deleted, needs_write, late";
 
-pub(crate) fn record_row(row: &Row<'_>) -> Result<StoreRecord> {
+pub(crate) fn record_row(row: &Row) -> Result<StoreRecord> {
     let store: String = col(row, 0, || "store record (store)".to_string())?;
     let contact_id: String = col(row, 1, || format!("store record of {store} (contact_id)"))?;
     let what = |c: &str| format!("store record {store}/{contact_id} ({c})");
@@ -215,11 +211,13 @@ pub(crate) fn store_record(
     store: &str,
     contact_id: &str,
 ) -> Result<Option<StoreRecord>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND contact_id = ?2"
-    ))?;
-    let mut rows = stmt.query(params![store, contact_id])?;
-    rows.next()?.map(record_row).transpose()
+    conn.query_opt(
+        &format!("SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND contact_id = ?2"),
+        p![store, contact_id],
+    )?
+    .as_ref()
+    .map(record_row)
+    .transpose()
 }
 
 /// `?2, ?3, …, ?{n+1}` (parameter 1 is the store).
@@ -247,11 +245,12 @@ pub(crate) fn store_records(
             "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND contact_id IN ({})",
             placeholders(chunk.len())
         );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let params = std::iter::once(store).chain(chunk.iter().map(String::as_str));
-        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-        while let Some(row) = rows.next()? {
-            out.push(record_row(row)?);
+        let params = std::iter::once(store)
+            .chain(chunk.iter().map(String::as_str))
+            .map(|s| crate::db::Value::Text(s.to_string()))
+            .collect();
+        for row in conn.query(&sql, params)? {
+            out.push(record_row(&row)?);
         }
     }
     Ok(out)
@@ -262,12 +261,16 @@ pub(crate) fn store_record_by_native(
     store: &str,
     native_id: &str,
 ) -> Result<Option<StoreRecord>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND native_id = ?2 \
-         ORDER BY deleted, contact_id LIMIT 1"
-    ))?;
-    let mut rows = stmt.query(params![store, native_id])?;
-    rows.next()?.map(record_row).transpose()
+    conn.query_opt(
+        &format!(
+            "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND native_id = ?2 \
+             ORDER BY deleted, contact_id LIMIT 1"
+        ),
+        p![store, native_id],
+    )?
+    .as_ref()
+    .map(record_row)
+    .transpose()
 }
 
 /// Owed records of a store, after a contact id, in pages: read every cycle,
@@ -284,13 +287,13 @@ pub(crate) fn store_records_needing_write(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<StoreRecord>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {RECORD_COLS} {OWED_FROM}"))?;
-    let mut rows = stmt.query(params![store, after.unwrap_or(""), sql_limit(limit)])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(record_row(row)?);
-    }
-    Ok(out)
+    conn.query(
+        &format!("SELECT {RECORD_COLS} {OWED_FROM}"),
+        p![store, after.unwrap_or(""), sql_limit(limit)],
+    )?
+    .iter()
+    .map(record_row)
+    .collect()
 }
 
 /// Live records of a store that carry a native id, after a contact id, in
@@ -303,23 +306,24 @@ pub(crate) fn store_records_held(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<StoreRecord>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND deleted = 0 \
-         AND native_id IS NOT NULL AND native_id <> '' AND hash <> '' AND contact_id > ?2 \
-         ORDER BY contact_id LIMIT ?3"
-    ))?;
-    let mut rows = stmt.query(params![store, after.unwrap_or(""), sql_limit(limit)])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(record_row(row)?);
-    }
-    Ok(out)
+    conn.query(
+        &format!(
+            "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND deleted = 0 \
+             AND native_id IS NOT NULL AND native_id <> '' AND hash <> '' AND contact_id > ?2 \
+             ORDER BY contact_id LIMIT ?3"
+        ),
+        p![store, after.unwrap_or(""), sql_limit(limit)],
+    )?
+    .iter()
+    .map(record_row)
+    .collect()
 }
 
 pub(crate) fn store_record_count(conn: &Connection, store: &str) -> Result<u64> {
-    let n: i64 = conn
-        .prepare_cached("SELECT COUNT(*) FROM store_records WHERE store = ?1 AND deleted = 0")?
-        .query_row([store], |r| r.get(0))?;
+    let n: i64 = conn.query_value(
+        "SELECT COUNT(*) FROM store_records WHERE store = ?1 AND deleted = 0",
+        p![store],
+    )?;
     count(n, || format!("store record count of {store}"))
 }
 
@@ -328,7 +332,7 @@ pub(crate) fn store_record_count(conn: &Connection, store: &str) -> Result<u64> 
 pub(crate) const CONFLICT_COLS: &str = "id, contact_id, store, field, base, canonical, incoming, \
      canonical_version, incoming_version, resolution, status, created_at, resolved_at";
 
-pub(crate) fn conflict_row(row: &Row<'_>) -> Result<ConflictRow> {
+pub(crate) fn conflict_row(row: &Row) -> Result<ConflictRow> {
     let id: i64 = col(row, 0, || "conflict id".to_string())?;
     let what = |c: &str| format!("conflict {id} ({c})");
     let base: String = col(row, 4, || what("base"))?;
@@ -367,33 +371,27 @@ pub(crate) fn conflicts(conn: &Connection, open_only: bool) -> Result<Vec<Confli
     } else {
         format!("SELECT {CONFLICT_COLS} FROM conflicts ORDER BY id DESC")
     };
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(conflict_row(row)?);
-    }
-    Ok(out)
+    conn.query(&sql, p![])?.iter().map(conflict_row).collect()
 }
 
 pub(crate) fn conflict(conn: &Connection, id: i64) -> Result<Option<ConflictRow>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {CONFLICT_COLS} FROM conflicts WHERE id = ?1"
-    ))?;
-    let mut rows = stmt.query([id])?;
-    rows.next()?.map(conflict_row).transpose()
+    conn.query_opt(
+        &format!("SELECT {CONFLICT_COLS} FROM conflicts WHERE id = ?1"),
+        p![id],
+    )?
+    .as_ref()
+    .map(conflict_row)
+    .transpose()
 }
 
 pub(crate) fn open_conflict_count(conn: &Connection) -> Result<u64> {
-    let n: i64 = conn
-        .prepare_cached("SELECT COUNT(*) FROM conflicts WHERE status = 'open'")?
-        .query_row([], |r| r.get(0))?;
+    let n: i64 = conn.query_value("SELECT COUNT(*) FROM conflicts WHERE status = 'open'", p![])?;
     count(n, || "open conflict count".to_string())
 }
 
 // --- dead letters ---
 
-pub(crate) fn dead_letter_row(row: &Row<'_>) -> Result<DeadLetter> {
+pub(crate) fn dead_letter_row(row: &Row) -> Result<DeadLetter> {
     let id: i64 = col(row, 0, || "dead letter id".to_string())?;
     let what = |c: &str| format!("dead letter {id} ({c})");
     let payload: Option<String> = col(row, 5, || what("payload"))?;
@@ -410,35 +408,31 @@ pub(crate) fn dead_letter_row(row: &Row<'_>) -> Result<DeadLetter> {
 }
 
 pub(crate) fn dead_letters(conn: &Connection, limit: usize) -> Result<Vec<DeadLetter>> {
-    let mut stmt = conn.prepare_cached(
+    conn.query(
         "SELECT id, store, record, field, reason, payload, at FROM dead_letters \
          ORDER BY id DESC LIMIT ?1",
-    )?;
-    let mut rows = stmt.query([sql_limit(limit)])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(dead_letter_row(row)?);
-    }
-    Ok(out)
+        p![sql_limit(limit)],
+    )?
+    .iter()
+    .map(dead_letter_row)
+    .collect()
 }
 
 pub(crate) fn dead_letter_count(conn: &Connection) -> Result<u64> {
-    let n: i64 = conn
-        .prepare_cached("SELECT COUNT(*) FROM dead_letters")?
-        .query_row([], |r| r.get(0))?;
+    let n: i64 = conn.query_value("SELECT COUNT(*) FROM dead_letters", p![])?;
     count(n, || "dead letter count".to_string())
 }
 
 // --- run stats ---
 
 pub(crate) fn store_status(conn: &Connection, store: &str) -> Result<StoreStatus> {
-    let mut stmt = conn.prepare_cached(
+    let Some(row) = conn.query_opt(
         "SELECT captured, applied, written, skipped_echo, dead_letters, conflicts, \
                 last_success, last_error, last_error_at, consecutive_errors \
          FROM store_stats WHERE store = ?1",
-    )?;
-    let mut rows = stmt.query([store])?;
-    let Some(row) = rows.next()? else {
+        p![store],
+    )?
+    else {
         return Ok(StoreStatus {
             store: store.to_string(),
             ..StoreStatus::default()
@@ -446,7 +440,7 @@ pub(crate) fn store_status(conn: &Connection, store: &str) -> Result<StoreStatus
     };
     let what = |c: &str| format!("run stats of {store} ({c})");
     let counter = |idx: usize, c: &str| -> Result<u64> {
-        let n: i64 = col(row, idx, || what(c))?;
+        let n: i64 = col(&row, idx, || what(c))?;
         count(n, || what(c))
     };
     let totals = RunStats {
@@ -459,11 +453,11 @@ pub(crate) fn store_status(conn: &Connection, store: &str) -> Result<StoreStatus
     };
     Ok(StoreStatus {
         store: store.to_string(),
-        last_success: opt_ts(col(row, 6, || what("last_success"))?, || {
+        last_success: opt_ts(col(&row, 6, || what("last_success"))?, || {
             what("last_success")
         })?,
-        last_error: col(row, 7, || what("last_error"))?,
-        last_error_at: opt_ts(col(row, 8, || what("last_error_at"))?, || {
+        last_error: col(&row, 7, || what("last_error"))?,
+        last_error_at: opt_ts(col(&row, 8, || what("last_error_at"))?, || {
             what("last_error_at")
         })?,
         consecutive_errors: counter(9, "consecutive_errors")?,
@@ -474,7 +468,7 @@ pub(crate) fn store_status(conn: &Connection, store: &str) -> Result<StoreStatus
 pub(crate) fn known_stores(conn: &Connection) -> Result<Vec<String>> {
     // The distinct stores of store_records by walking its primary key from
     // one store to the next (a loose index scan), not by reading every row.
-    let mut stmt = conn.prepare_cached(
+    conn.query(
         "WITH RECURSIVE rec(store) AS (
              SELECT MIN(store) FROM store_records
              UNION ALL
@@ -486,9 +480,11 @@ pub(crate) fn known_stores(conn: &Connection) -> Result<Vec<String>> {
          UNION SELECT consumer FROM cursors
          UNION SELECT store FROM store_stats
          ORDER BY 1",
-    )?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        p![],
+    )?
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
 #[cfg(test)]
@@ -500,8 +496,10 @@ mod tests {
     #[test]
     fn the_owed_writes_page_is_served_by_its_partial_index() {
         let db = crate::StateDb::open_in_memory().unwrap();
-        let plan: Vec<String> = db
-            .conn
+        let crate::db::Backend::Sqlite(conn) = db.conn() else {
+            unreachable!()
+        };
+        let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN SELECT contact_id {OWED_FROM}"))
             .unwrap()
             .query_map(rusqlite::params!["local", "", 100], |r| {

@@ -10,9 +10,9 @@
 //! stopped in the middle of one fails it at its next start (`interrupted`)
 //! rather than repeating it unasked.
 
+use crate::db::{p, Backend as Connection, Row};
 use contact_sync_core::model::{format_ts, parse_ts};
 use contact_sync_core::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use crate::{Result, StateDb, StateError, StateTx};
@@ -138,7 +138,7 @@ fn json(id: i64, what: &str, s: Option<String>) -> Result<Option<serde_json::Val
     }
 }
 
-fn row(r: &Row<'_>) -> Result<Request> {
+fn row(r: &Row) -> Result<Request> {
     let id: i64 = r.get(0)?;
     let status: String = r.get(3)?;
     let created: String = r.get(6)?;
@@ -156,24 +156,25 @@ fn row(r: &Row<'_>) -> Result<Request> {
 }
 
 fn one(conn: &Connection, id: i64) -> Result<Option<Request>> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLS} FROM operator_requests WHERE id = ?1"
-    ))?
-    .query_row([id], |r| Ok(row(r)))
-    .optional()?
+    conn.query_opt(
+        &format!("SELECT {COLS} FROM operator_requests WHERE id = ?1"),
+        p![id],
+    )?
+    .as_ref()
+    .map(row)
     .transpose()
 }
 
 fn unfinished(conn: &Connection) -> Result<Vec<Request>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLS} FROM operator_requests WHERE status IN ('queued', 'running') ORDER BY id"
-    ))?;
-    let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(row(r)?);
-    }
-    Ok(out)
+    conn.query(
+        &format!(
+            "SELECT {COLS} FROM operator_requests WHERE status IN ('queued', 'running') ORDER BY id"
+        ),
+        p![],
+    )?
+    .iter()
+    .map(row)
+    .collect()
 }
 
 impl StateDb {
@@ -189,9 +190,10 @@ impl StateDb {
     pub fn has_queued_request(&self) -> Result<bool> {
         Ok(self
             .conn()
-            .prepare_cached("SELECT 1 FROM operator_requests WHERE status = 'queued' LIMIT 1")?
-            .query_row([], |_| Ok(()))
-            .optional()?
+            .query_opt(
+                "SELECT 1 FROM operator_requests WHERE status = 'queued' LIMIT 1",
+                p![],
+            )?
             .is_some())
     }
 }
@@ -204,30 +206,28 @@ impl StateTx<'_> {
         args: &serde_json::Value,
         at: Timestamp,
     ) -> Result<i64> {
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO operator_requests (kind, args, created_at) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![kind.as_str(), args.to_string(), format_ts(&at)])?;
-        Ok(self.conn().last_insert_rowid())
+        self.conn().query_value(
+            "INSERT INTO operator_requests (kind, args, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+            p![kind.as_str(), args.to_string(), format_ts(&at)],
+        )
     }
     /// Takes the oldest queued request (it is `running` from now on).
     pub fn start_next_request(&self, at: Timestamp) -> Result<Option<Request>> {
         let id: Option<i64> = self
             .conn()
-            .prepare_cached(
+            .query_opt(
                 "SELECT id FROM operator_requests WHERE status = 'queued' ORDER BY id LIMIT 1",
+                p![],
             )?
-            .query_row([], |r| r.get(0))
-            .optional()?;
+            .map(|r| r.get(0))
+            .transpose()?;
         let Some(id) = id else {
             return Ok(None);
         };
-        self.conn()
-            .prepare_cached(
-                "UPDATE operator_requests SET status = 'running', started_at = ?2 WHERE id = ?1",
-            )?
-            .execute(params![id, format_ts(&at)])?;
+        self.conn().execute(
+            "UPDATE operator_requests SET status = 'running', started_at = ?2 WHERE id = ?1",
+            p![id, format_ts(&at)],
+        )?;
         one(self.conn(), id)
     }
     /// Records how a request went: `Ok(result)` is done, `Err(error)`
@@ -246,13 +246,11 @@ impl StateTx<'_> {
                 Some(crate::truncate(e, MAX_ERROR_LEN)),
             ),
         };
-        let n = self
-            .conn()
-            .prepare_cached(
-                "UPDATE operator_requests SET status = ?2, result = ?3, error = ?4, finished_at = ?5
-                 WHERE id = ?1",
-            )?
-            .execute(params![id, status.as_str(), result, error, format_ts(&at)])?;
+        let n = self.conn().execute(
+            "UPDATE operator_requests SET status = ?2, result = ?3, error = ?4, finished_at = ?5
+             WHERE id = ?1",
+            p![id, status.as_str(), result, error, format_ts(&at)],
+        )?;
         if n == 0 {
             return Err(StateError::NotFound {
                 what: format!("operator request {id}"),
@@ -263,14 +261,11 @@ impl StateTx<'_> {
     /// Fails every request left `running` (the daemon stopped in the
     /// middle of it): it is not repeated unasked. Returns how many.
     pub fn fail_interrupted_requests(&self, at: Timestamp) -> Result<u64> {
-        let n = self
-            .conn()
-            .prepare_cached(
-                "UPDATE operator_requests SET status = 'failed', finished_at = ?1,
-                     error = 'interrupted: the daemon stopped while carrying it out (it may be partly done; run the command again)'
-                 WHERE status = 'running'",
-            )?
-            .execute([format_ts(&at)])?;
-        Ok(n as u64)
+        self.conn().execute(
+            "UPDATE operator_requests SET status = 'failed', finished_at = ?1,
+                 error = 'interrupted: the daemon stopped while carrying it out (it may be partly done; run the command again)'
+             WHERE status = 'running'",
+            p![format_ts(&at)],
+        )
     }
 }

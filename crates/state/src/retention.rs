@@ -23,9 +23,9 @@
 //! (the file does not grow again for the same volume); it is not
 //! vacuumed.
 
+use crate::db::p;
 use contact_sync_core::model::format_ts;
 use contact_sync_core::Timestamp;
-use rusqlite::params;
 use serde::Serialize;
 
 use crate::{Result, StateDb};
@@ -60,11 +60,15 @@ impl StateDb {
     /// of every cursor and every `journal_consumer:` meta value.
     pub fn journal_floor(&self) -> Result<i64> {
         let c = self.conn();
-        let cursors: Option<i64> = c.query_row("SELECT MIN(seq) FROM cursors", [], |r| r.get(0))?;
-        let mut stmt = c.prepare("SELECT value FROM meta WHERE key LIKE ?1 || '%'")?;
-        let outside: Vec<String> = stmt
-            .query_map([JOURNAL_CONSUMER_PREFIX], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let cursors: Option<i64> = c.query_value("SELECT MIN(seq) FROM cursors", p![])?;
+        let outside: Vec<String> = c
+            .query(
+                "SELECT value FROM meta WHERE key LIKE ?1 || '%'",
+                p![JOURNAL_CONSUMER_PREFIX],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect::<Result<_>>()?;
         let mut floor = cursors.unwrap_or(0);
         for v in outside {
             // An unreadable value keeps everything (never guess).
@@ -95,38 +99,38 @@ impl StateDb {
                                    GROUP BY j.contact_id)
                    AND (contact_id, version) NOT IN
                        (SELECT contact_id, synced_version FROM store_records)",
-                params![lo, hi, cutoff],
+                p![lo, hi, cutoff],
             )?;
             tx.commit()?;
-            report.journal_removed += n as u64;
+            report.journal_removed += n;
             lo = hi;
         }
         let tx = self.tx()?;
         report.conflicts_removed = tx.conn().execute(
             "DELETE FROM conflicts WHERE status <> 'open'
                AND COALESCE(resolved_at, created_at) < ?1",
-            [&cutoff],
-        )? as u64;
+            p![cutoff],
+        )?;
         report.dead_letters_removed = tx.conn().execute(
             "DELETE FROM dead_letters WHERE status <> 'open' AND closed_at < ?1
                AND (status = 'retried' OR COALESCE(last_seen, at) < ?1)",
-            [&cutoff],
-        )? as u64;
+            p![cutoff],
+        )?;
         report.requests_removed = tx.conn().execute(
             "DELETE FROM operator_requests WHERE status IN ('done', 'failed') AND finished_at < ?1",
-            [&cutoff],
-        )? as u64;
+            p![cutoff],
+        )?;
         report.history_removed = tx.conn().execute(
             "DELETE FROM run_history WHERE bucket < ?1",
-            [crate::bucket_of(
+            p![crate::bucket_of(
                 &(now - chrono::Duration::days(crate::HISTORY_DAYS)),
             )],
-        )? as u64;
+        )?;
         tx.set_meta(LAST_COMPACTED_META, &format_ts(&now))?;
         tx.commit()?;
         let kept: i64 = self
             .conn()
-            .query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0))?;
+            .query_value("SELECT COUNT(*) FROM journal", p![])?;
         report.journal_kept = kept.max(0) as u64;
         Ok(report)
     }

@@ -10,6 +10,11 @@
 //!   `unicode61` tokens without diacritics, `secure-delete` so a removed
 //!   contact's tokens are gone from the index pages, not only marked), kept
 //!   in step by triggers.
+//! - On Postgres instead: `search_docs.words`, the tokens of names and
+//!   email addresses as [`tokens`] makes them (folded here: no extension
+//!   needed), and `phones`, each under a GIN `to_tsvector('simple', …)`
+//!   index; the same candidates, checked by the same code, so the same
+//!   results.
 //!
 //! Fed in the same state transaction as the canonical change: every
 //! journal entry ([`StateTx::append_journal`] calls [`StateTx::index_contacts`]),
@@ -18,8 +23,8 @@
 //! the meta key [`SEARCH_FILL_META`]). A write never replaces a newer
 //! version with an older one.
 
+use crate::db::{p, Value};
 use contact_sync_core::Contact;
-use rusqlite::params;
 use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
 
@@ -120,8 +125,21 @@ const UPSERT: &str =
                 IS NOT (search_docs.deleted, search_docs.name, search_docs.names,
                         search_docs.emails, search_docs.phones))";
 
-fn upsert(st: &mut rusqlite::CachedStatement<'_>, d: &SearchDoc) -> Result<()> {
-    st.execute(params![
+/// [`UPSERT`] on Postgres, with the indexed words.
+const UPSERT_PG: &str =
+    "INSERT INTO search_docs (contact_id, version, deleted, name, names, emails, phones, words)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+     ON CONFLICT (contact_id) DO UPDATE SET version = excluded.version,
+         deleted = excluded.deleted, name = excluded.name, names = excluded.names,
+         emails = excluded.emails, phones = excluded.phones, words = excluded.words
+     WHERE excluded.version > search_docs.version
+        OR (excluded.version = search_docs.version
+            AND (excluded.deleted, excluded.name, excluded.names, excluded.emails, excluded.phones)
+                IS DISTINCT FROM (search_docs.deleted, search_docs.name, search_docs.names,
+                        search_docs.emails, search_docs.phones))";
+
+fn upsert_params(d: &SearchDoc, pg: bool) -> Vec<Value> {
+    let mut v = p![
         d.contact_id,
         d.version,
         d.deleted,
@@ -129,8 +147,13 @@ fn upsert(st: &mut rusqlite::CachedStatement<'_>, d: &SearchDoc) -> Result<()> {
         d.names,
         d.emails,
         d.phones
-    ])?;
-    Ok(())
+    ];
+    if pg {
+        let mut words = tokens(&d.names);
+        words.extend(tokens(&d.emails));
+        v.push(Value::Text(words.join(" ")));
+    }
+    v
 }
 
 impl StateTx<'_> {
@@ -141,22 +164,27 @@ impl StateTx<'_> {
         &self,
         contacts: impl IntoIterator<Item = &'c Contact>,
     ) -> Result<()> {
-        let mut st = self.tx.prepare_cached(UPSERT)?;
-        for c in contacts {
-            upsert(&mut st, &SearchDoc::of(c))?;
-        }
+        let pg = self.conn().is_pg();
+        let rows: Vec<Vec<Value>> = contacts
+            .into_iter()
+            .map(|c| upsert_params(&SearchDoc::of(c), pg))
+            .collect();
+        self.conn()
+            .execute_many(if pg { UPSERT_PG } else { UPSERT }, rows)?;
         Ok(())
     }
 
     /// Removes a contact's personal data from the index whatever its
     /// version (an erasure).
     pub(crate) fn unindex_contact(&self, contact_id: &str) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "UPDATE search_docs SET deleted = 1, name = '', names = '', emails = '', phones = ''
-                 WHERE contact_id = ?1",
-            )?
-            .execute([contact_id])?;
+        let sql = if self.conn().is_pg() {
+            "UPDATE search_docs SET deleted = 1, name = '', names = '', emails = '', phones = '',
+                 words = '' WHERE contact_id = ?1"
+        } else {
+            "UPDATE search_docs SET deleted = 1, name = '', names = '', emails = '', phones = ''
+             WHERE contact_id = ?1"
+        };
+        self.conn().execute(sql, p![contact_id])?;
         Ok(())
     }
 }
@@ -245,6 +273,27 @@ impl Plan {
         })
     }
 
+    /// The Postgres driver: a `tsquery` over the words (every complete
+    /// token exact, each word's last token as a prefix: Postgres looks a
+    /// prefix up in the GIN index without expanding it first), and one
+    /// over the phones for a phone-number query.
+    fn tsqueries(&self) -> (String, Option<String>) {
+        let words: Vec<String> = self
+            .words
+            .iter()
+            .flat_map(|w| {
+                let (last, rest) = w.split_last().expect("words are not empty");
+                rest.iter()
+                    .map(|t| format!("'{t}'"))
+                    .chain(std::iter::once(format!("'{last}':*")))
+            })
+            .collect();
+        (
+            words.join(" & "),
+            self.digits.as_ref().map(|d| format!("'{d}':*")),
+        )
+    }
+
     /// Whether every word is in `text`'s tokens (the last token of a word as
     /// a prefix).
     fn words_in(&self, text: &[String]) -> bool {
@@ -275,6 +324,61 @@ impl Plan {
     }
 }
 
+/// A row the index offered, to be checked against the plan.
+struct Candidate {
+    doc: i64,
+    contact_id: String,
+    version: i64,
+    name: String,
+    names: String,
+    emails: String,
+    phones: String,
+}
+
+/// Checks candidates (newest first, from `next`) until a page is full or
+/// [`SCAN_CAP`] were looked at.
+fn collect(
+    plan: &Plan,
+    limit: usize,
+    mut next: impl FnMut() -> Result<Option<Candidate>>,
+) -> Result<Page<ContactHit>> {
+    let mut items = Vec::new();
+    let mut last = None;
+    let mut scanned = 0;
+    while let Some(c) = next()? {
+        if items.len() == limit || scanned == SCAN_CAP {
+            // More may follow: the next page starts after the last one
+            // looked at.
+            return Ok(Page {
+                items,
+                next_before: last,
+            });
+        }
+        scanned += 1;
+        last = Some(c.doc);
+        let Some(matched) = plan.matches(&c.names, &c.emails, &c.phones) else {
+            continue;
+        };
+        items.push(ContactHit {
+            contact_id: c.contact_id,
+            version: c.version,
+            name: c.name,
+            emails: c
+                .emails
+                .split(' ')
+                .filter(|e| !e.is_empty())
+                .map(String::from)
+                .collect(),
+            deleted: false,
+            matched: matched.to_string(),
+        });
+    }
+    Ok(Page {
+        items,
+        next_before: None,
+    })
+}
+
 impl StateDb {
     /// Contacts whose names, email addresses (by words, each word a prefix:
     /// `love` finds Lovelace, `ada@exa` finds ada@example.com) or phone
@@ -292,82 +396,115 @@ impl StateDb {
                 next_before: None,
             });
         };
-        let mut st = self.conn().prepare_cached(
+        let conn = match self.conn() {
+            crate::db::Backend::Sqlite(c) => c,
+            crate::db::Backend::Pg(_) => return self.search_index_pg(&plan, before, limit),
+        };
+        let mut st = conn.prepare_cached(
             "SELECT d.doc, d.contact_id, d.version, d.name, d.names, d.emails, d.phones
              FROM search_fts JOIN search_docs d ON d.doc = search_fts.rowid
              WHERE search_fts MATCH ?1 AND search_fts.rowid < ?2
              ORDER BY search_fts.rowid DESC",
         )?;
-        let mut rows = st.query(params![plan.driver, before.unwrap_or(i64::MAX)])?;
-        let mut items = Vec::new();
-        let mut last = None;
-        let mut scanned = 0;
-        while let Some(r) = rows.next()? {
-            if items.len() == limit || scanned == SCAN_CAP {
-                // More may follow: the next page starts after the last one
-                // looked at.
-                return Ok(Page {
-                    items,
-                    next_before: last,
-                });
-            }
-            scanned += 1;
-            last = Some(r.get::<_, i64>(0)?);
-            let names: String = r.get(4)?;
-            let emails: String = r.get(5)?;
-            let phones: String = r.get(6)?;
-            let Some(matched) = plan.matches(&names, &emails, &phones) else {
-                continue;
+        let mut rows = st.query(rusqlite::params![plan.driver, before.unwrap_or(i64::MAX)])?;
+        collect(&plan, limit, || {
+            let Some(r) = rows.next()? else {
+                return Ok(None);
             };
-            items.push(ContactHit {
+            Ok(Some(Candidate {
+                doc: r.get(0)?,
                 contact_id: r.get(1)?,
                 version: r.get(2)?,
                 name: r.get(3)?,
-                emails: emails
-                    .split(' ')
-                    .filter(|e| !e.is_empty())
-                    .map(String::from)
-                    .collect(),
-                deleted: false,
-                matched: matched.to_string(),
-            });
-        }
-        Ok(Page {
-            items,
-            next_before: None,
+                names: r.get(4)?,
+                emails: r.get(5)?,
+                phones: r.get(6)?,
+            }))
+        })
+    }
+
+    /// [`StateDb::search_index`] on Postgres: candidates from the GIN
+    /// indexes, newest first, fetched in pages as the scan goes.
+    fn search_index_pg(
+        &self,
+        plan: &Plan,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<ContactHit>> {
+        let (words, phones) = plan.tsqueries();
+        let sql = if phones.is_some() {
+            "SELECT doc, contact_id, version, name, names, emails, phones FROM search_docs
+             WHERE deleted = 0 AND doc < ?2
+               AND (to_tsvector('simple', words) @@ to_tsquery('simple', ?1)
+                    OR to_tsvector('simple', phones) @@ to_tsquery('simple', ?4))
+             ORDER BY doc DESC LIMIT ?3"
+        } else {
+            "SELECT doc, contact_id, version, name, names, emails, phones FROM search_docs
+             WHERE deleted = 0 AND doc < ?2
+               AND to_tsvector('simple', words) @@ to_tsquery('simple', ?1)
+             ORDER BY doc DESC LIMIT ?3"
+        };
+        let batch = (limit + 1).clamp(64, SCAN_CAP) as i64;
+        let mut buf: std::collections::VecDeque<Candidate> = Default::default();
+        let mut cursor = before.unwrap_or(i64::MAX);
+        let mut exhausted = false;
+        collect(plan, limit, || {
+            if buf.is_empty() && !exhausted {
+                let mut params = p![words, cursor, batch];
+                if let Some(ph) = &phones {
+                    params.push(Value::Text(ph.clone()));
+                }
+                let rows = self.conn().query(sql, params)?;
+                exhausted = (rows.len() as i64) < batch;
+                for r in rows {
+                    let c = Candidate {
+                        doc: r.get(0)?,
+                        contact_id: r.get(1)?,
+                        version: r.get(2)?,
+                        name: r.get(3)?,
+                        names: r.get(4)?,
+                        emails: r.get(5)?,
+                        phones: r.get(6)?,
+                    };
+                    cursor = c.doc;
+                    buf.push_back(c);
+                }
+            }
+            Ok(buf.pop_front())
         })
     }
 
     /// The indexed contact with id `contact_id` (live ones only).
     pub(crate) fn indexed(&self, contact_id: &str) -> Result<Option<ContactHit>> {
-        use rusqlite::OptionalExtension;
-        Ok(self
-            .conn()
-            .prepare_cached(
+        self.conn()
+            .query_opt(
                 "SELECT version, name, emails FROM search_docs WHERE contact_id = ?1 AND deleted = 0",
+                p![contact_id],
             )?
-            .query_row([contact_id], |r| {
+            .map(|r| {
                 let emails: String = r.get(2)?;
                 Ok(ContactHit {
                     contact_id: contact_id.to_string(),
                     version: r.get(0)?,
                     name: r.get(1)?,
-                    emails: emails.split(' ').filter(|e| !e.is_empty()).map(String::from).collect(),
+                    emails: emails
+                        .split(' ')
+                        .filter(|e| !e.is_empty())
+                        .map(String::from)
+                        .collect(),
                     deleted: false,
                     matched: "id".into(),
                 })
             })
-            .optional()?)
+            .transpose()
     }
 
     /// Contacts in the search index (live ones), and whether its fill from
     /// canonical is still to finish.
     pub fn search_index_status(&self) -> Result<(u64, bool)> {
-        let n: i64 = self.conn().query_row(
-            "SELECT COUNT(*) FROM search_docs WHERE deleted = 0",
-            [],
-            |r| r.get(0),
-        )?;
+        let n: i64 = self
+            .conn()
+            .query_value("SELECT COUNT(*) FROM search_docs WHERE deleted = 0", p![])?;
         let pending = crate::read::meta(self.conn(), SEARCH_FILL_META)?
             .is_some_and(|v| v != SEARCH_FILL_DONE);
         Ok((n as u64, pending))
@@ -410,104 +547,126 @@ mod tests {
 
     #[test]
     fn indexed_contacts_are_found_by_name_email_and_phone_and_leave_when_deleted() {
-        let mut db = StateDb::open_in_memory().unwrap();
-        let tx = db.tx().unwrap();
-        let people = [
-            person(1, "Ada Lovelace"),
-            person(2, "Zoë Ångström"),
-            person(3, "Grace Hopper"),
-        ];
-        tx.index_contacts(&people).unwrap();
-        tx.commit().unwrap();
-        assert_eq!(ids(&db, "lovel"), ["c1"]);
-        assert_eq!(ids(&db, "ADA love"), ["c1"]);
-        assert_eq!(ids(&db, "zoe angs"), ["c2"], "diacritics are folded");
-        assert_eq!(ids(&db, "person3@example.com"), ["c3"]);
-        assert_eq!(ids(&db, "person3@exa"), ["c3"]);
-        assert_eq!(ids(&db, "example.com"), ["c1", "c2", "c3"]);
-        assert_eq!(ids(&db, "+44 20 7946 0002"), ["c2"]);
-        assert_eq!(
-            db.search_index("+442079460003", None, 5).unwrap().items[0].matched,
-            "phone"
-        );
-        assert!(ids(&db, "hopper lovelace").is_empty());
-        // An older image never replaces a newer one; a newer one does.
-        let mut old = person(1, "Ada Byron");
-        old.version = 0;
-        let mut newer = person(1, "Ada King");
-        newer.version = 2;
-        let tx = db.tx().unwrap();
-        tx.index_contacts([&old]).unwrap();
-        tx.commit().unwrap();
-        assert_eq!(ids(&db, "lovelace"), ["c1"]);
-        let tx = db.tx().unwrap();
-        tx.index_contacts([&newer]).unwrap();
-        tx.commit().unwrap();
-        assert!(ids(&db, "lovelace").is_empty());
-        assert_eq!(ids(&db, "king"), ["c1"]);
-        // A tombstone leaves the index; the older live image cannot return.
-        let mut gone = person(3, "Grace Hopper");
-        gone.version = 2;
-        gone.deleted_at = Some(now());
-        let tx = db.tx().unwrap();
-        tx.index_contacts([&gone]).unwrap();
-        tx.index_contacts([&person(3, "Grace Hopper")]).unwrap();
-        tx.commit().unwrap();
-        assert!(ids(&db, "hopper").is_empty());
-        assert_eq!(db.search_index_status().unwrap().0, 2);
+        for mut db in crate::testing::both() {
+            eprintln!("on {}", db.location());
+            let tx = db.tx().unwrap();
+            let people = [
+                person(1, "Ada Lovelace"),
+                person(2, "Zoë Ångström"),
+                person(3, "Grace Hopper"),
+            ];
+            tx.index_contacts(&people).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(ids(&db, "lovel"), ["c1"]);
+            assert_eq!(ids(&db, "ADA love"), ["c1"]);
+            assert_eq!(ids(&db, "zoe angs"), ["c2"], "diacritics are folded");
+            assert_eq!(ids(&db, "person3@example.com"), ["c3"]);
+            assert_eq!(ids(&db, "person3@exa"), ["c3"]);
+            assert_eq!(ids(&db, "example.com"), ["c1", "c2", "c3"]);
+            assert_eq!(ids(&db, "+44 20 7946 0002"), ["c2"]);
+            assert_eq!(
+                db.search_index("+442079460003", None, 5).unwrap().items[0].matched,
+                "phone"
+            );
+            assert!(ids(&db, "hopper lovelace").is_empty());
+            // An older image never replaces a newer one; a newer one does.
+            let mut old = person(1, "Ada Byron");
+            old.version = 0;
+            let mut newer = person(1, "Ada King");
+            newer.version = 2;
+            let tx = db.tx().unwrap();
+            tx.index_contacts([&old]).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(ids(&db, "lovelace"), ["c1"]);
+            let tx = db.tx().unwrap();
+            tx.index_contacts([&newer]).unwrap();
+            tx.commit().unwrap();
+            assert!(ids(&db, "lovelace").is_empty());
+            assert_eq!(ids(&db, "king"), ["c1"]);
+            // A tombstone leaves the index; the older live image cannot return.
+            let mut gone = person(3, "Grace Hopper");
+            gone.version = 2;
+            gone.deleted_at = Some(now());
+            let tx = db.tx().unwrap();
+            tx.index_contacts([&gone]).unwrap();
+            tx.index_contacts([&person(3, "Grace Hopper")]).unwrap();
+            tx.commit().unwrap();
+            assert!(ids(&db, "hopper").is_empty());
+            assert_eq!(db.search_index_status().unwrap().0, 2);
+        }
     }
 
     #[test]
     fn an_erasure_leaves_nothing_of_the_contact_in_the_index() {
-        let mut db = StateDb::open_in_memory().unwrap();
-        let tx = db.tx().unwrap();
-        tx.index_contacts(&[person(1, "Ada Lovelace"), person(2, "Ada Byron")])
-            .unwrap();
-        tx.commit().unwrap();
-        let tx = db.tx().unwrap();
-        tx.scrub_contact("c1", now()).unwrap();
-        tx.commit().unwrap();
-        assert_eq!(ids(&db, "ada"), ["c2"]);
-        assert!(ids(&db, "lovelace").is_empty());
-        assert!(ids(&db, "person1").is_empty());
-        let (name, names, emails, phones): (String, String, String, String) = db
-            .conn()
-            .query_row(
-                "SELECT name, names, emails, phones FROM search_docs WHERE contact_id = 'c1'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .unwrap();
-        assert_eq!((name, names, emails, phones), Default::default());
-        // The FTS vocabulary holds no token only c1 had.
-        db.conn()
-            .execute_batch("CREATE VIRTUAL TABLE temp.v USING fts5vocab(main, search_fts, row)")
-            .unwrap();
-        let n: i64 = db
-            .conn()
-            .query_row(
-                "SELECT COUNT(*) FROM temp.v WHERE term IN ('lovelace', 'person1')",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(n, 0);
+        for mut db in crate::testing::both() {
+            eprintln!("on {}", db.location());
+            let tx = db.tx().unwrap();
+            tx.index_contacts(&[person(1, "Ada Lovelace"), person(2, "Ada Byron")])
+                .unwrap();
+            tx.commit().unwrap();
+            let tx = db.tx().unwrap();
+            tx.scrub_contact("c1", now()).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(ids(&db, "ada"), ["c2"]);
+            assert!(ids(&db, "lovelace").is_empty());
+            assert!(ids(&db, "person1").is_empty());
+            let row = db
+                .conn()
+                .query_opt(
+                    "SELECT name, names, emails, phones FROM search_docs WHERE contact_id = 'c1'",
+                    p![],
+                )
+                .unwrap()
+                .unwrap();
+            for i in 0..4 {
+                assert_eq!(row.get::<String>(i).unwrap(), "");
+            }
+            if db.is_postgres() {
+                // Nothing of c1 left to index either.
+                let words: String = db
+                    .conn()
+                    .query_value(
+                        "SELECT words FROM search_docs WHERE contact_id = 'c1'",
+                        p![],
+                    )
+                    .unwrap();
+                assert_eq!(words, "");
+                continue;
+            }
+            // The FTS vocabulary holds no token only c1 had.
+            db.conn()
+                .sqlite()
+                .execute_batch("CREATE VIRTUAL TABLE temp.v USING fts5vocab(main, search_fts, row)")
+                .unwrap();
+            let n: i64 = db
+                .conn()
+                .sqlite()
+                .query_row(
+                    "SELECT COUNT(*) FROM temp.v WHERE term IN ('lovelace', 'person1')",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 0);
+        }
     }
 
     #[test]
     fn journal_entries_feed_the_index() {
-        let mut db = StateDb::open_in_memory().unwrap();
-        let tx = db.tx().unwrap();
-        tx.append_journal(&contact_sync_core::JournalEntry::snapshot(
-            person(7, "Katherine Johnson"),
-            "local",
-            now(),
-        ))
-        .unwrap();
-        tx.commit().unwrap();
-        assert_eq!(ids(&db, "kath"), ["c7"]);
-        // A fresh database has its fill from canonical still to do.
-        assert_eq!(db.search_index_status().unwrap(), (1, true));
+        for mut db in crate::testing::both() {
+            eprintln!("on {}", db.location());
+            let tx = db.tx().unwrap();
+            tx.append_journal(&contact_sync_core::JournalEntry::snapshot(
+                person(7, "Katherine Johnson"),
+                "local",
+                now(),
+            ))
+            .unwrap();
+            tx.commit().unwrap();
+            assert_eq!(ids(&db, "kath"), ["c7"]);
+            // A fresh database has its fill from canonical still to do.
+            assert_eq!(db.search_index_status().unwrap(), (1, true));
+        }
     }
 
     #[test]

@@ -35,7 +35,6 @@ mod choose;
 mod data;
 mod pages;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,7 +44,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use contact_sync_state::StateDb;
+use contact_sync_state::{StateDb, StateTarget};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
@@ -94,8 +93,8 @@ pub struct StoreRead {
 /// How the console is set up.
 #[derive(Clone, Default)]
 pub struct ConsoleConfig {
-    /// The state database file (the console opens its own connection).
-    pub state_path: PathBuf,
+    /// The state database (the console opens its own connection).
+    pub state: StateTarget,
     /// The configured stores (canonical first), for the overview and for
     /// refusing decisions about unknown stores.
     pub stores: Vec<String>,
@@ -108,7 +107,7 @@ pub struct ConsoleConfig {
 impl std::fmt::Debug for ConsoleConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsoleConfig")
-            .field("state_path", &self.state_path)
+            .field("state", &self.state.describe())
             .field("stores", &self.stores)
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("allow_remote", &self.allow_remote)
@@ -169,7 +168,7 @@ impl Console {
         if config.allow_remote && config.token.is_none() {
             return Err(ConsoleError::RemoteWithoutToken);
         }
-        let db = StateDb::open(&config.state_path)?;
+        let db = StateDb::open_target(&config.state)?;
         let (tx, rx) = mpsc::channel(16);
         let console = Console {
             inner: Arc::new(Inner {
@@ -417,7 +416,7 @@ mod tests {
         }
         let (c, _rx) = Console::new(
             ConsoleConfig {
-                state_path: path,
+                state: StateTarget::Path(path),
                 stores: vec!["canonical".into(), "local".into()],
                 token: token.map(String::from),
                 allow_remote: false,
@@ -718,7 +717,7 @@ mod tests {
         );
         let (c, _rx) = Console::new(
             ConsoleConfig {
-                state_path: path,
+                state: StateTarget::Path(path),
                 stores: vec!["canonical".into(), "supabase".into()],
                 token: None,
                 allow_remote: false,
@@ -858,7 +857,7 @@ mod tests {
         }
         let (c, mut rx) = Console::new(
             ConsoleConfig {
-                state_path: path,
+                state: StateTarget::Path(path),
                 stores: vec!["canonical".into(), "local".into()],
                 token: None,
                 allow_remote: false,
@@ -927,7 +926,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Console::new(
             ConsoleConfig {
-                state_path: dir.path().join("state.db"),
+                state: StateTarget::Path(dir.path().join("state.db")),
                 stores: vec![],
                 token: None,
                 allow_remote: true,
