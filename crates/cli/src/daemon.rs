@@ -474,11 +474,28 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
                 return Ok(code);
             }
             Err(e) => {
+                // Refused by the fence anywhere (opening the engine, an
+                // initial sync, a request): the lease went to another
+                // daemon while this one was stalled; wait again.
+                if fenced(&e) || !held.confirm(cluster.timings.ttl).await {
+                    tracing::warn!(error = %e, "the lease was lost: this daemon stopped its work and waits as a standby");
+                    continue;
+                }
                 held.release().await;
                 return Err(e);
             }
         }
     }
+}
+
+/// Whether `e` is a commit refused by the lease's fence.
+fn fenced(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<contact_sync_state::StateError>()
+            .is_some_and(|s| s.is_fenced())
+            || c.downcast_ref::<contact_sync_engine::EngineError>()
+                .is_some_and(|s| s.is_fenced())
+    })
 }
 
 /// How a daemon's turn at the work ended.

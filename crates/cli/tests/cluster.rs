@@ -64,6 +64,19 @@ impl Env {
             .expect("spawn daemon")
     }
 
+    /// The end of every daemon's log, for a failure's message.
+    fn logs(&self, generation: usize) -> String {
+        let mut logs = String::new();
+        for n in 0..3 {
+            for g in 0..=generation {
+                if let Ok(t) = std::fs::read_to_string(self.log_path(n, g)) {
+                    logs.push_str(&format!("--- daemon {n} gen {g}\n{}\n", tail(&t, 30)));
+                }
+            }
+        }
+        logs
+    }
+
     fn log_path(&self, n: usize, generation: usize) -> PathBuf {
         self.d().join(format!("daemon-{n}-{generation}.log"))
     }
@@ -295,10 +308,12 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
                         break;
                     }
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "no daemon took the lease over after round {round}"
-                );
+                if Instant::now() > deadline {
+                    panic!(
+                        "no daemon took the lease over after round {round}\n{}",
+                        env.logs(generation)
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let took = t0.elapsed();
@@ -329,16 +344,53 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
             break;
         }
         if Instant::now() > deadline {
-            let mut logs = String::new();
-            for n in 0..3 {
-                for g in 0..=generation {
-                    if let Ok(t) = std::fs::read_to_string(env.log_path(n, g)) {
-                        logs.push_str(&format!("--- daemon {n} gen {g}\n{}\n", tail(&t, 40)));
-                    }
+            let logs = env.logs(generation);
+            // The journal of the first contacts that went wrong.
+            let mut journal = String::new();
+            for (i, _) in last
+                .iter()
+                .filter(|(i, v)| {
+                    seen["canonical"]
+                        .0
+                        .get(&id(**i))
+                        .cloned()
+                        .flatten()
+                        .as_deref()
+                        != Some(v.as_str())
+                })
+                .take(3)
+            {
+                for r in state
+                    .query(
+                        "SELECT seq, version, prev_version, origin, op, after::jsonb->>'notes', at FROM journal WHERE contact_id = $1 ORDER BY seq",
+                        &[&id(*i)],
+                    )
+                    .await
+                    .unwrap()
+                {
+                    let (seq, v, pv, origin, op, notes, at): (i64, i64, i64, String, String, Option<String>, String) =
+                        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6));
+                    journal.push_str(&format!("{} #{seq} v{pv}→v{v} {origin} {op} {notes:?} {at}\n", id(*i)));
+                }
+                for r in state
+                    .query(
+                        "SELECT store || ' ' || field || ' base=' || base || ' canonical=' || canonical || ' incoming=' || incoming || ' ' || canonical_version || '/' || incoming_version || ' ' || status FROM conflicts WHERE contact_id = $1",
+                        &[&id(*i)],
+                    )
+                    .await
+                    .unwrap()
+                {
+                    let line: String = r.get(0);
+                    journal.push_str(&format!("  conflict {line}\n"));
                 }
             }
+            if let Ok(keep) = std::env::var("CLUSTER_TEST_KEEP") {
+                let _ = std::process::Command::new("cp")
+                    .args(["-r", &env.d().display().to_string(), &keep])
+                    .status();
+            }
             panic!(
-                "{} writes missing, e.g. {:?}\n{logs}",
+                "{} writes missing, e.g. {:?}\n{journal}\n{logs}",
                 wrong.len(),
                 &wrong[..wrong.len().min(10)]
             );
@@ -375,7 +427,11 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
     }
     for (n, d) in daemons.iter_mut().enumerate() {
         let st = d.wait().unwrap();
-        assert!(st.success(), "daemon {n} exits cleanly: {st:?}");
+        assert!(
+            st.success(),
+            "daemon {n} exits cleanly: {st:?}\n{}",
+            env.logs(generation)
+        );
     }
     assert_eq!(holder(&state).await, None, "the lease is released");
     let status = env.ok(&["status"]);

@@ -503,7 +503,18 @@ impl Engine {
                 // this very edit) raced an edit made in canonical. The edit
                 // is merged three-way like any store's, against what
                 // canonical last held, so neither side is lost silently.
-                let base = self.base_at(&contact_id, synced, None)?;
+                // Canonical held the entry's very content under an older
+                // version number (its own edit that did not bump the
+                // version, journaled one above, not yet written back):
+                // the entry is the base, or the edit on top of it would
+                // read as a conflict with canonical's own earlier edit.
+                let base_version = match recs.get(&contact_id) {
+                    Some(r) if r.hash == content_hash(p) && r.deleted == p.is_deleted() => {
+                        p.version
+                    }
+                    _ => synced,
+                };
+                let base = self.base_at(&contact_id, base_version, None)?;
                 let outcome = merge(MergeInput {
                     base: base.as_ref(),
                     canonical: Some(p),

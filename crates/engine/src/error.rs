@@ -34,7 +34,7 @@ impl EngineError {
     /// True when a state commit was refused because this daemon's lease
     /// was taken over ([`StateError::Fenced`]): nothing of it was
     /// committed, and retrying cannot help (another daemon does the work).
-    /// The daemon stops instead of retrying the cycle.
+    /// The daemon stops its work and waits as a standby.
     pub fn is_fenced(&self) -> bool {
         matches!(self, EngineError::State(e) if e.is_fenced())
     }

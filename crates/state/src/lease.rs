@@ -60,9 +60,12 @@ fn q(e: tokio_postgres::Error) -> LeaseError {
     match e.as_db_error() {
         Some(db) => {
             let code = db.code().code();
-            // Connection (08), resources (53), operator intervention (57)
-            // and rollbacks (40) pass; the rest is the statement itself.
-            let passing = ["08", "53", "57", "40"].iter().any(|c| code.starts_with(c));
+            // Connection (08), resources (53), a lock not available (55),
+            // operator intervention (57) and rollbacks (40) pass; the rest
+            // is the statement itself.
+            let passing = ["08", "53", "55", "57", "40"]
+                .iter()
+                .any(|c| code.starts_with(c));
             LeaseError::Query {
                 message: format!("{} ({code})", db.message()),
                 permanent: !passing,
@@ -134,8 +137,10 @@ impl Leases {
                 tracing::debug!(error = %e, "lease connection closed");
             }
         });
+        // A lease row locked by a stalled holder's transaction (until the
+        // server ends it) must not block a renewal or a standby for ever.
         client
-            .batch_execute("SET application_name = 'contact-sync lease'")
+            .batch_execute("SET application_name = 'contact-sync lease'; SET lock_timeout = '2s'")
             .await
             .map_err(q)?;
         Ok(Leases { client })

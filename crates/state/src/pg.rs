@@ -398,9 +398,13 @@ async fn connect(url: &str, busy: std::time::Duration) -> Result<Client> {
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    // A transaction left open by a stalled process (a daemon paused, or
+    // cut off, while another took its lease over) would hold the writers'
+    // lock and its rows for ever: the server ends it after 10 s idle.
     client
         .batch_execute(&format!(
-            "SET lock_timeout = '{}ms'; SET application_name = 'contact-sync state'",
+            "SET lock_timeout = '{}ms'; SET idle_in_transaction_session_timeout = '10s'; \
+             SET application_name = 'contact-sync state'",
             busy.as_millis()
         ))
         .await?;

@@ -8,17 +8,10 @@ use contact_sync_postgres::harness;
 use contact_sync_state::lease::{Held, LeaseTimings, Leases};
 use tokio_postgres::NoTls;
 
-/// The table as the state migrations create it (kept here so these tests
-/// pin the lease logic on its own).
-const LEASES_DDL: &str = "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, token BIGINT NOT NULL, acquired_at TIMESTAMPTZ NOT NULL, heartbeat_at TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ NOT NULL, info TEXT NOT NULL DEFAULT '')";
-
+/// A state database on Postgres, migrated (the `leases` table is V8's).
 async fn db() -> String {
     let url = harness::shared().create_database().await;
-    let (c, conn) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
-    let task = tokio::spawn(conn);
-    c.batch_execute(LEASES_DDL).await.expect("ddl");
-    drop(c);
-    let _ = task.await;
+    contact_sync_state::StateDb::open_url(&url).expect("migrate the state database");
     url
 }
 
