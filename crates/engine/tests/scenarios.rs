@@ -560,3 +560,56 @@ async fn a_first_store_edit_after_the_initial_sync_merges_with_an_undelivered_ca
     assert!(conflicts.is_empty(), "merged field by field: {conflicts:?}");
     w.assert_converged();
 }
+
+/// A user edits canonical twice without bumping its version: the first
+/// edit is journaled one version above what the row carries, and before the
+/// engine writes that version back the second edit lands. The second edit
+/// is made on top of the first, so it wins everywhere with no conflict
+/// (before, it was merged against the older base, read as a conflict with
+/// the first and settled by version against the user's newer value; the
+/// three-daemon test found it, a failover widening the window).
+#[tokio::test]
+async fn a_second_unbumped_canonical_edit_before_the_first_is_written_back_wins() {
+    use contact_sync_memory::{FaultPlan, Operation};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let w = World::new().with_faults([FaultPlan::new(1), FaultPlan::new(2), FaultPlan::new(3)]);
+    w.canonical.user_upsert(person("C001", "Person 1"));
+    let mut e = w.engine();
+    let mut progress = |_: &str, _: u64, _: u64| {};
+    e.initial_sync(&mut progress).await.unwrap();
+    settle(&mut e, 5).await;
+    let v1 = w.canonical.get("C001").unwrap();
+
+    // The first edit, version not bumped.
+    let mut first = v1.clone();
+    first.notes = Some("first".into());
+    w.canonical.user_upsert(first.clone());
+    // The second lands just before the engine's first write to canonical
+    // (the version write-back of the first), also unbumped.
+    let canonical = w.canonical.clone();
+    let done = Arc::new(AtomicBool::new(false));
+    w.faults.as_ref().unwrap()[0].set_hook(Some(Arc::new(move |op, _| {
+        if op == Operation::WriteBatch && !done.swap(true, Ordering::SeqCst) {
+            let mut second = canonical.get("C001").unwrap();
+            assert_eq!(second.notes.as_deref(), Some("first"));
+            second.notes = Some("second".into());
+            canonical.user_upsert(second);
+        }
+    })));
+    settle(&mut e, 6).await;
+    let conflicts = e.state().conflicts(false).unwrap();
+    assert!(conflicts.is_empty(), "no conflict: {conflicts:?}");
+    for (name, store) in [
+        ("canonical", &w.canonical),
+        ("local", &w.local),
+        ("crm", &w.crm),
+    ] {
+        assert_eq!(
+            store.get("C001").unwrap().notes.as_deref(),
+            Some("second"),
+            "{name}"
+        );
+    }
+    w.assert_converged();
+}
