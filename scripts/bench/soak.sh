@@ -8,7 +8,13 @@
 # every store, or recorded as a conflict. Exit 1 if anything was lost or
 # duplicated (or a store differs from canonical), 2 if it could not run.
 #
-#   scripts/bench/soak.sh [--minutes N] [--contacts N] [--interval SECS] [--seed N] [--keep] ...
+#   scripts/bench/soak.sh [--minutes N] [--contacts N] [--interval SECS] [--sweep-interval SECS] [--seed N] [--keep] ...
+#
+# BigQuery's fingerprint sweep runs at least every --sweep-interval (default
+# 60 s; the product's default is 900 s): half the BigQuery user's edits leave
+# last_updated alone and 40 % of its deletes are hard DELETEs, which only the
+# sweep finds; the report counts them and how many were lost.
+#
 #   scripts/bench/soak.sh --help
 #
 # It starts what it needs itself (scripts/postgres/start-cluster.sh,

@@ -158,6 +158,9 @@ impl ChangeSource for Held {
     async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
         self.ready()?.acknowledge(upto).await
     }
+    async fn current_position(&mut self) -> Result<Option<Checkpoint>, StoreError> {
+        self.ready()?.current_position().await
+    }
     fn wants_held(&self) -> bool {
         !self.gate.held.load(Ordering::SeqCst) && self.info(|s| s.wants_held())
     }

@@ -238,10 +238,9 @@ pub fn print_verification(results: &[StoreVerification]) {
         }
         if !v.unreadable.is_empty() {
             println!(
-                "  {:<12} {} record(s) cannot be read as contacts (fix them in {}; a repair leaves them alone):",
+                "  {:<12} {} record(s) cannot be read as contacts (fix them in the store named; a repair leaves them alone):",
                 "",
                 v.unreadable.len(),
-                v.store
             );
             for u in v.unreadable.iter().take(50) {
                 let contact = if u.contact_id.is_empty() {
@@ -251,7 +250,7 @@ pub fn print_verification(results: &[StoreVerification]) {
                 };
                 println!(
                     "  {:<12}   {} {} ({contact}): field {}: {}",
-                    "", v.store, u.native_id, u.field, u.reason
+                    "", u.store, u.native_id, u.field, u.reason
                 );
             }
             if v.unreadable.len() > 50 {

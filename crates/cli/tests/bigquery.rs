@@ -37,10 +37,8 @@ fn conn_local(d: &Path) -> rusqlite::Connection {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bigquery_canonical_seed_sync_and_local_edit_through_the_binary() {
-    let Some(ds) = bq::TestDataset::new("cli").await else {
-        return;
-    };
-    let url = bq::emulator_url().expect("emulator");
+    let ds = bq::TestDataset::create("cli").await;
+    let url = bq::url();
     let pg_url = contact_sync_postgres::harness::shared()
         .create_database()
         .await;
@@ -130,6 +128,14 @@ async fn bigquery_canonical_seed_sync_and_local_edit_through_the_binary() {
         )
         .unwrap();
     assert_eq!(nick.as_deref(), Some("From PG"));
+    // What BigQuery cost: the last cycle's and the day's queries and bytes
+    // (the emulator reports 0 bytes; BigQuery its totals per job).
+    let st: Value = serde_json::from_str(&run(&["status", "--json"]).await.unwrap()).unwrap();
+    let usage = &st["bigquery"]["usage"];
+    let last = usage["last_cycle"]["queries"].as_u64().unwrap_or(0);
+    let today = usage["today"]["queries"].as_u64().unwrap_or(0);
+    assert!(last > 0 && today >= last, "{st}");
+    assert!(usage["today"]["bytes_billed"].is_u64(), "{st}");
     ds.cleanup().await;
 }
 
@@ -145,10 +151,8 @@ fn check_named<'a>(report: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_finds_a_missing_table_a_misfit_table_and_reads_bigquerys_clock() {
-    let Some(ds) = bq::TestDataset::new("check").await else {
-        return;
-    };
-    let url = bq::emulator_url().expect("emulator");
+    let ds = bq::TestDataset::create("check").await;
+    let url = bq::url();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     // Canonical in BigQuery, and a second BigQuery store on an existing
@@ -316,10 +320,8 @@ async fn check_finds_a_missing_table_a_misfit_table_and_reads_bigquerys_clock() 
 /// again, never propagated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_and_export_with_bigquery_as_canonical() {
-    let Some(ds) = bq::TestDataset::new("erase").await else {
-        return;
-    };
-    let url = bq::emulator_url().expect("emulator");
+    let ds = bq::TestDataset::create("erase").await;
+    let url = bq::url();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     std::fs::write(

@@ -84,21 +84,35 @@ async fn every_journal_entry_reaches_the_journal_table_once_also_after_a_retry()
     .await
     .unwrap();
 
-    // The journal table is gone when the first cycle appends: the append
+    // The initial sync journals nothing (the first cycle after it reads
+    // nothing again from canonical); edits of the 12 contacts in local.db
+    // make 12 entries.
+    let dd = d.clone();
+    blocking(Box::new(move || {
+        ok(
+            &dd,
+            &["run", "--initial-sync", "--once", "--batch-size", "50"],
+        );
+    }))
+    .await
+    .unwrap();
+    let c = rusqlite::Connection::open(d.join("contact-sync-data/local.db")).unwrap();
+    let n = c
+        .execute("UPDATE contacts SET notes = 'Noted ' || contact_id", [])
+        .unwrap();
+    assert_eq!(n, 12);
+    drop(c);
+
+    // The journal table is gone when the next cycle appends: the append
     // fails, the cycle does not, and nothing is recorded as appended.
     bq::python(
         &ds,
         "client.delete_table(f'{DS}.contact_changes')\nprint('ok')",
     );
     let dd = d.clone();
-    let (stdout, stderr) = tokio::task::spawn_blocking(move || {
-        ok(
-            &dd,
-            &["run", "--initial-sync", "--once", "--batch-size", "50"],
-        )
-    })
-    .await
-    .unwrap();
+    let (stdout, stderr) = tokio::task::spawn_blocking(move || ok(&dd, &["run", "--once"]))
+        .await
+        .unwrap();
     assert!(stderr.contains("journal table: append failed"), "{stderr}");
     assert!(stdout.contains("BigQuery:"), "{stdout}");
     let dd = d.clone();

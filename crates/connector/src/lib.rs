@@ -104,6 +104,19 @@ pub trait ChangeSource: Send {
     /// slot). Idempotent; acknowledging an older checkpoint is a no-op.
     async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError>;
 
+    /// A checkpoint for "now": reading from it returns the changes made
+    /// from this call on (and perhaps a few earlier ones again), not the
+    /// records already there. The engine takes it at the start of an
+    /// initial sync, whose copy then carries everything before it, and
+    /// stores it as the store's checkpoint when the sync commits, so the
+    /// first cycle after does not read the whole store again as changes
+    /// (issue 14, observation 9). A store whose first read already starts
+    /// at the present (a log that begins when capture was installed) may
+    /// return `None` (the default): the engine then reads from `None`.
+    async fn current_position(&mut self) -> Result<Option<Checkpoint>, StoreError> {
+        Ok(None)
+    }
+
     /// Whether the store wants to be told [`held`](ChangeSource::held):
     /// a store whose change stream cannot show a record removed while no
     /// engine was reading it (Twenty's destroys) until it has been told.
@@ -245,6 +258,19 @@ impl HashScan {
             unreadable: Vec::new(),
         }
     }
+}
+
+/// A page of [`RecordSink::scan_checked`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordScan {
+    /// As [`RecordSink::scan`].
+    pub records: Vec<Contact>,
+    /// The records of the same range that could not be read, in
+    /// `contact_id` order.
+    pub unreadable: Vec<Unreadable>,
+    /// The last `contact_id` the page covered, readable or not: the next
+    /// page starts after it. `None` when the page is empty (the end).
+    pub last: Option<String>,
 }
 
 /// Idempotent, batched writes and reads keyed by `contact_id`.
@@ -403,6 +429,23 @@ pub trait RecordSink: Send {
         limit: usize,
     ) -> Result<HashScan, StoreError> {
         Ok(HashScan::readable(self.scan_hashes(after, limit).await?))
+    }
+
+    /// [`scan`](RecordSink::scan) and, beside it, the records of that
+    /// range that could not be read as contacts (which `scan` leaves out):
+    /// what drift reports of canonical. The default has none to report; a
+    /// store that can name them overrides it.
+    async fn scan_checked(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RecordScan, StoreError> {
+        let records = self.scan(after, limit).await?;
+        Ok(RecordScan {
+            last: records.last().map(|c| c.contact_id.clone()),
+            records,
+            unreadable: Vec::new(),
+        })
     }
 
     /// Number of live (not deleted) records.

@@ -137,6 +137,10 @@ impl DeliveredPage {
     }
 }
 
+/// Canonical's change position taken when an initial sync started, until
+/// the sync commits it as canonical's checkpoint.
+const CANONICAL_POSITION: &str = "backfill_position:canonical";
+
 fn meta_key(store: &str) -> String {
     format!("backfill:{store}")
 }
@@ -266,6 +270,9 @@ impl Engine {
     ) -> Result<Vec<StoreVerification>, EngineError> {
         let mut report = CycleReport::default();
         self.apply_canonical(&mut report).await?;
+        // Canonical's position before the first page is read: the copy
+        // carries everything before it, capture takes over from it.
+        let position = self.canonical_start_position().await?;
         let total = self
             .canonical
             .count()
@@ -285,6 +292,14 @@ impl Engine {
         if self.stopping() {
             return Ok(vec![]);
         }
+        if let Some(p) = position {
+            let tx = self.state.tx()?;
+            if tx.checkpoint(CANONICAL)?.is_none() {
+                tx.set_checkpoint(CANONICAL, &p)?;
+            }
+            tx.set_meta(CANONICAL_POSITION, "")?;
+            tx.commit()?;
+        }
         let mut out = Vec::with_capacity(verified.len());
         for (i, v) in verified.into_iter().enumerate() {
             let v = match v {
@@ -295,6 +310,38 @@ impl Engine {
             out.push(v);
         }
         Ok(out)
+    }
+
+    /// Canonical's [`current_position`](contact_sync_connector::ChangeSource::current_position)
+    /// when capture of canonical has not started (no checkpoint): taken at
+    /// the start of the first attempt of an initial sync and kept (meta
+    /// `CANONICAL_POSITION`) so a resumed one uses the same. Without it the
+    /// first cycle after an initial sync read the whole store again as
+    /// changes (issue 14, observation 9: 5,000 BigQuery rows, 51 s, 105
+    /// query jobs).
+    async fn canonical_start_position(&mut self) -> Result<Option<String>, EngineError> {
+        if self.state.checkpoint(CANONICAL)?.is_some() {
+            return Ok(None);
+        }
+        if let Some(p) = self
+            .state
+            .meta(CANONICAL_POSITION)?
+            .filter(|p| !p.is_empty())
+        {
+            return Ok(Some(p));
+        }
+        let Some(p) = self
+            .canonical
+            .current_position()
+            .await
+            .map_err(EngineError::Canonical)?
+        else {
+            return Ok(None);
+        };
+        let tx = self.state.tx()?;
+        tx.set_meta(CANONICAL_POSITION, p.as_str())?;
+        tx.commit()?;
+        Ok(Some(p.0))
     }
 
     /// Backfills store `i`, page by page, with reading canonical, writing

@@ -172,12 +172,22 @@ impl Engine {
         while side.page.is_empty() && !side.done {
             let last = match store {
                 None => {
-                    let rows = self
+                    let scan = self
                         .canonical
-                        .scan(side.after.as_deref(), page)
+                        .scan_checked(side.after.as_deref(), page)
                         .await
                         .map_err(EngineError::Canonical)?;
-                    let last = rows.last().map(|c| c.contact_id.clone());
+                    let (rows, last) = (scan.records, scan.last);
+                    // Canonical's unreadable records are named too (they
+                    // reach no store); a store's copy of one counts as extra.
+                    side.unreadable
+                        .extend(scan.unreadable.into_iter().map(|u| UnreadableRecord {
+                            store: CANONICAL.to_string(),
+                            native_id: u.native_id,
+                            contact_id: u.contact_id,
+                            field: u.invalid.field.clone(),
+                            reason: u.invalid.log_reason().to_string(),
+                        }));
                     let kept_hashes = self.canonical.keeps_content_hash();
                     // Reads come normalized (RecordSink contract).
                     for c in rows {
@@ -251,7 +261,8 @@ impl Engine {
                 break;
             }
         }
-        tally.v.unreadable = s.unreadable;
+        tally.v.unreadable = c.unreadable;
+        tally.v.unreadable.extend(s.unreadable);
         Ok(tally.finish())
     }
 

@@ -613,3 +613,45 @@ async fn a_second_unbumped_canonical_edit_before_the_first_is_written_back_wins(
     }
     w.assert_converged();
 }
+
+/// Issue 14, observation 9, for every canonical kind: the initial sync
+/// stores canonical's position from before its copy as canonical's
+/// checkpoint, so the first cycle reads only what changed since (here the
+/// memory store's change log held the 40 seeded records), and an edit made
+/// in canonical while the copy ran still arrives.
+#[tokio::test]
+async fn the_first_cycle_after_an_initial_sync_reads_only_edits_made_since_it_began() {
+    let w = World::new();
+    for i in 0..40 {
+        w.canonical
+            .user_upsert(person(&format!("C{i:03}"), &format!("Person {i}")));
+    }
+    let mut e = w.engine();
+    let mut edited = false;
+    let mut progress = |_: &str, done: u64, _: u64| {
+        if done > 0 && !edited {
+            edited = true;
+            let mut c = w.canonical.get("C007").expect("C007");
+            c.job_title = Some("Edited during the copy".into());
+            w.canonical.user_upsert(c);
+        }
+    };
+    e.initial_sync(&mut progress).await.expect("initial sync");
+    assert!(edited);
+    let r = e.cycle().await.expect("cycle");
+    let captured: u64 = r
+        .stores
+        .iter()
+        .filter(|s| s.store == CANONICAL)
+        .map(|s| s.stats.captured)
+        .sum();
+    assert_eq!(captured, 1, "only the edit made during the copy: {r:?}");
+    settle(&mut e, 5).await;
+    for s in [&w.local, &w.crm] {
+        assert_eq!(
+            s.get("C007").and_then(|c| c.job_title).as_deref(),
+            Some("Edited during the copy")
+        );
+    }
+    w.assert_converged();
+}

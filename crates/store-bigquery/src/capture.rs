@@ -428,6 +428,31 @@ impl BigQueryStore {
         Ok(())
     }
 
+    /// The sweep's baseline: the sidecar made to hold every row's
+    /// fingerprint as it is now (two DML jobs, server-side: only the
+    /// statements travel). Rows with several copies of one id keep the smallest
+    /// fingerprint (the sweep keeps finding such an id, as before).
+    async fn baseline_fingerprints(&mut self) -> Result<(), StoreError> {
+        self.cap.acked.clear();
+        let fp = self.fp_table_sql();
+        self.query(
+            &format!("DELETE FROM {fp} WHERE TRUE"),
+            &[],
+            "clearing the fingerprint sidecar",
+        )
+        .await?;
+        let id = self.layout.id_text("t");
+        let sql = format!(
+            "INSERT INTO {fp} (contact_id, fp) SELECT {id} AS contact_id, MIN({}) AS fp              FROM {} t WHERE {id} IS NOT NULL GROUP BY 1",
+            self.layout.fingerprint("t"),
+            self.table_sql,
+        );
+        self.counters.sidecar_writes += 1;
+        self.query(&sql, &[], "recording every row's fingerprint")
+            .await?;
+        Ok(())
+    }
+
     /// The table's metadata signature (one `tables.get`, no job).
     async fn signature(&self) -> Result<Option<String>, StoreError> {
         if !self.cfg.idle_check {
@@ -563,6 +588,50 @@ impl ChangeSource for BigQueryStore {
             self.cap.swept_sig = sig;
         }
         Ok(unchanged(&cur))
+    }
+
+    /// "Now" for an initial sync (issue 14, observation 9): the fast path
+    /// from the server's `CURRENT_TIMESTAMP()` minus the overlap, and the
+    /// sweep's sidecar holding every row's fingerprint as it is now. The
+    /// sync's copy starts after this returns, so it carries every row as
+    /// it was here or later; an edit from here on is past the cursor
+    /// (bumped `last_updated`) or differs from the baseline (anything else,
+    /// hard deletes included) and is delivered. Three jobs (the clock, the
+    /// sidecar's DELETE and INSERT … SELECT) once per initial sync, instead
+    /// of the whole table read back as changes by the first cycle.
+    async fn current_position(&mut self) -> Result<Option<Checkpoint>, StoreError> {
+        let res = self
+            .query(
+                "SELECT UNIX_MICROS(CURRENT_TIMESTAMP()) AS now",
+                &[],
+                "reading BigQuery's clock",
+            )
+            .await?;
+        let now = res
+            .rows
+            .first()
+            .and_then(|r| r.get("now"))
+            .and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()))
+            .ok_or_else(|| {
+                StoreError::permanent(
+                    &self.cfg.name,
+                    "reading BigQuery's clock: no timestamp in the answer",
+                )
+            })?;
+        if self.cfg.sweep_every.is_some() {
+            self.baseline_fingerprints().await?;
+        }
+        self.cap.pending.clear();
+        self.cap.queue.clear();
+        let overlap = self.cfg.overlap.as_micros() as i64;
+        Ok(Some(
+            Cursor {
+                v: 2,
+                wm: Some(now.saturating_sub(overlap)),
+                ..Cursor::default()
+            }
+            .encode(),
+        ))
     }
 
     /// Takes the fingerprints of the batches up to `upto` as applied: they

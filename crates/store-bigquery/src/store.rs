@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use contact_sync_connector::{
-    Conditional, Expect, RecordSink, StoreError, StoreInfo, WriteOutcome,
+    Conditional, Expect, HashScan, RecordHash, RecordScan, RecordSink, StoreError, StoreInfo,
+    Unreadable, WriteOutcome,
 };
 use contact_sync_core::clock::ClockSkew;
 use contact_sync_core::Contact;
@@ -568,6 +569,68 @@ impl BigQueryStore {
         }
     }
 
+    /// The scan: pages of rows after `after` in `contact_id` order until
+    /// `limit` records (and, with `count_unreadable`, unreadable rows) or
+    /// the end.
+    async fn scan_rows(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+        count_unreadable: bool,
+    ) -> Result<RecordScan, StoreError> {
+        let mut out = RecordScan::default();
+        let mut cursor = after.map(str::to_string);
+        let id = self.layout.id_text("t");
+        let limit = limit.max(1);
+        loop {
+            let got = out.records.len()
+                + if count_unreadable {
+                    out.unreadable.len()
+                } else {
+                    0
+                };
+            if got >= limit {
+                break;
+            }
+            let want = (limit - got).min(MAX_PAGE);
+            let mut params = Vec::new();
+            let filter = match &cursor {
+                Some(a) => {
+                    params.push(QueryParam::string("after", a.clone()));
+                    format!("WHERE {id} > @after")
+                }
+                None => String::new(),
+            };
+            let sql = format!(
+                "SELECT {} FROM {} t {filter} ORDER BY {id} LIMIT {want}",
+                self.layout.select_list("t"),
+                self.table_sql
+            );
+            let res = self.query(&sql, &params, "scan").await?;
+            let fetched = res.rows.len();
+            for row in &res.rows {
+                let native = crate::capture::row_id(row);
+                match decode_contact(row) {
+                    Ok(c) => out.records.push(c),
+                    Err(invalid) => out.unreadable.push(Unreadable {
+                        contact_id: native.clone(),
+                        native_id: native.clone(),
+                        invalid,
+                    }),
+                }
+                if !native.is_empty() {
+                    cursor = Some(native.clone());
+                    out.last = Some(native);
+                }
+            }
+            // A short page is the end.
+            if fetched < want || cursor.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Rows as contacts; undecodable rows are left out (with a warning: the
     /// change source reports them as [`ChangeKind::Undecodable`]).
     fn decode_rows(&self, rows: &[Map<String, Value>]) -> Vec<Contact> {
@@ -619,45 +682,44 @@ impl RecordSink for BigQueryStore {
         Ok(self.decode_rows(&res.rows))
     }
 
+    /// Up to `limit` records after `after` in `contact_id` order, reading
+    /// on past undecodable rows (left out, with a warning) until `limit`
+    /// records or the end.
     async fn scan(
         &mut self,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Contact>, StoreError> {
-        let mut out = Vec::new();
-        let mut cursor = after.map(str::to_string);
-        let id = self.layout.id_text("t");
-        while out.len() < limit {
-            let want = (limit - out.len()).min(MAX_PAGE);
-            let mut params = Vec::new();
-            let filter = match &cursor {
-                Some(a) => {
-                    params.push(QueryParam::string("after", a.clone()));
-                    format!("WHERE {id} > @after")
-                }
-                None => String::new(),
-            };
-            let sql = format!(
-                "SELECT {} FROM {} t {filter} ORDER BY {id} LIMIT {want}",
-                self.layout.select_list("t"),
-                self.table_sql
-            );
-            let res = self.query(&sql, &params, "scan").await?;
-            let fetched = res.rows.len();
-            cursor = res
-                .rows
-                .last()
-                .and_then(|r| r.get("contact_id"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            out.extend(self.decode_rows(&res.rows));
-            // A short page is the end; undecodable rows left out are made up
-            // by reading on.
-            if fetched < want || cursor.is_none() {
-                break;
-            }
+        let page = self.scan_rows(after, limit, false).await?;
+        for u in &page.unreadable {
+            tracing::warn!(store = %self.cfg.name, table = %self.full_name, record = %u.invalid.record, field = %u.invalid.field, "bigquery: skipping an undecodable row: {}", u.invalid.log_reason());
         }
-        Ok(out)
+        Ok(page.records)
+    }
+
+    /// Up to `limit` rows after `after` in `contact_id` order, each decoded
+    /// or named as unreadable (id, field, reason; values masked unless PII
+    /// logging is on).
+    async fn scan_checked(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RecordScan, StoreError> {
+        self.scan_rows(after, limit, true).await
+    }
+
+    /// As `scan_checked`, hashed.
+    async fn scan_hashes_checked(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<HashScan, StoreError> {
+        let page = self.scan_checked(after, limit).await?;
+        Ok(HashScan {
+            hashes: page.records.into_iter().map(RecordHash::of).collect(),
+            unreadable: page.unreadable,
+            last: page.last,
+        })
     }
 
     async fn count(&mut self) -> Result<u64, StoreError> {

@@ -545,6 +545,10 @@ where
     async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
         guarded!(self, Operation::Acknowledge, self.inner.acknowledge(upto))
     }
+
+    async fn current_position(&mut self) -> Result<Option<Checkpoint>, StoreError> {
+        self.inner.current_position().await
+    }
 }
 
 #[async_trait]

@@ -541,6 +541,10 @@ impl ChangeSource for MemoryStore {
         })
     }
 
+    async fn current_position(&mut self) -> Result<Option<Checkpoint>, StoreError> {
+        Ok(Some(Checkpoint::new(self.handle.lock().head.to_string())))
+    }
+
     async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
         let mut s = self.handle.lock();
         let seq = s.parse_checkpoint(upto)?;

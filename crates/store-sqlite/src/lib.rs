@@ -1001,6 +1001,19 @@ impl ChangeSource for SqliteStore {
     async fn acknowledge(&mut self, upto: &Checkpoint) -> Result<(), StoreError> {
         self.lock()?.acknowledge_sync(upto)
     }
+
+    /// The newest captured change's sequence number (`None` when the
+    /// change table is empty: reading from the start then reads nothing old).
+    async fn current_position(&mut self) -> Result<Option<Checkpoint>, StoreError> {
+        let inner = self.lock()?;
+        let seq: Option<i64> = inner
+            .conn
+            .query_row("SELECT MAX(seq) FROM _contact_sync_changes", [], |r| {
+                r.get(0)
+            })
+            .map_err(inner.err("reading the change table's position"))?;
+        Ok(seq.map(|s| Checkpoint::new(s.to_string())))
+    }
 }
 
 #[async_trait]

@@ -961,3 +961,43 @@ async fn a_bulk_load_suspends_the_identity_indexes_and_a_reopen_restores_them() 
         .expect("lookup");
     assert_eq!(found.len(), 1);
 }
+
+/// The position an initial sync takes before copying (issue 14,
+/// observation 9): none on an empty change table; after other programs'
+/// inserts, the newest change, from which a read returns only what was
+/// changed after it.
+#[tokio::test]
+async fn the_current_position_skips_the_changes_already_made() {
+    let mut f = fixture();
+    assert_eq!(f.store.current_position().await.expect("position"), None);
+    let db = cli(&f.path);
+    for i in 0..3 {
+        db.execute(
+            "INSERT INTO contacts (contact_id, canonical_name) VALUES (?1, 'n')",
+            [format!("u{i}")],
+        )
+        .expect("insert");
+    }
+    let at = f
+        .store
+        .current_position()
+        .await
+        .expect("position")
+        .expect("some");
+    assert_eq!(at, Checkpoint::new("3"));
+    assert!(f
+        .store
+        .read_changes(Some(&at), 10)
+        .await
+        .expect("read")
+        .changes
+        .is_empty());
+    db.execute(
+        "UPDATE contacts SET notes = 'later' WHERE contact_id = 'u1'",
+        [],
+    )
+    .expect("edit");
+    let later = f.store.read_changes(Some(&at), 10).await.expect("read");
+    assert_eq!(later.changes.len(), 1);
+    assert_eq!(later.changes[0].native_id, "2");
+}

@@ -115,7 +115,7 @@ pub fn check(history: &History, stores: &Stores, conflicts: &Conflicts) -> Verdi
         v.checked += 1;
         let later = || history.events.iter().any(|l| l.supersedes(ev));
         let outcome = match &ev.what {
-            What::Edit { field, value } => edit(ev, *field, value, stores, conflicts, later),
+            What::Edit { field, value, .. } => edit(ev, *field, value, stores, conflicts, later),
             What::Delete { .. } => delete(ev, stores, conflicts),
             What::Create { email } => create(ev, email, history, stores, conflicts),
         };

@@ -12,7 +12,13 @@ use crate::snapshot::{StoreId, FIELDS};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum What {
     /// Field `FIELDS[field]` set to `value` (unique across the run).
-    Edit { field: usize, value: String },
+    Edit {
+        field: usize,
+        value: String,
+        /// Whether the write moved `last_updated` to now (only BigQuery's
+        /// user chooses; an edit that does not is found by the sweep).
+        bumped: bool,
+    },
     /// A new contact with this primary email (unique across the run).
     Create { email: String },
     /// The contact deleted (`hard`: the row removed; else a tombstone or
@@ -55,7 +61,19 @@ impl Event {
     pub fn describe(&self) -> String {
         let id = self.contact_id.as_deref().unwrap_or("(new person)");
         let what = match &self.what {
-            What::Edit { field, value } => format!("{id}.{} = {value:?}", FIELDS[*field].0),
+            What::Edit {
+                field,
+                value,
+                bumped,
+            } => format!(
+                "{id}.{} = {value:?}{}",
+                FIELDS[*field].0,
+                if *bumped {
+                    ""
+                } else {
+                    " (last_updated not bumped)"
+                }
+            ),
             What::Create { email } => format!("create {email}"),
             What::Delete { hard: true, .. } => format!("hard delete {id}"),
             What::Delete { .. } => format!("delete {id}"),

@@ -66,7 +66,7 @@ impl Lag {
             return;
         }
         let target = match (&ev.what, &ev.contact_id) {
-            (What::Edit { field, value }, Some(id)) => Target::Field {
+            (What::Edit { field, value, .. }, Some(id)) => Target::Field {
                 id: id.clone(),
                 field: *field,
                 value: value.clone(),

@@ -142,12 +142,20 @@ pub async fn run(
         } else {
             let field = rng.gen_range(0..FIELDS.len());
             let value = format!("{}-{op}", store.name());
-            let out = user.edit(&t, field, &value, rng.gen_bool(0.5)).await;
+            // Half of BigQuery's edits leave `last_updated` alone (only
+            // the sweep finds them); the other stores ignore `bump`.
+            let bump = rng.gen_bool(0.5);
+            let out = user.edit(&t, field, &value, bump).await;
+            let bumped = bump || store != StoreId::Canonical;
             note(
                 &shared,
                 store,
                 Some(t.contact_id),
-                What::Edit { field, value },
+                What::Edit {
+                    field,
+                    value,
+                    bumped,
+                },
                 out,
             );
         }

@@ -1,12 +1,17 @@
 //! The BigQuery emulator for tests: found through `CONTACT_SYNC_BQ_URL`, or
-//! installed (scripts/bigquery/setup.sh) and started (scripts/bigquery/
-//! start.sh) once per test binary, stopped by a watchdog when the binary
-//! exits. One dataset per test, with a random suffix.
+//! started (scripts/bigquery/start.sh, one DuckDB thread) once per test
+//! binary from the cache scripts/bigquery/setup.sh fills, and stopped by a
+//! watchdog when the binary exits. The cache is the first installed one of
+//! `CONTACT_SYNC_BQ_HOME`, `$CONTACT_SYNC_CACHE/bigquery` and
+//! `.ci-cache/bigquery` in the repository or a folder above it; setup.sh
+//! installs into the default one when none is. One dataset per test, with
+//! a random suffix.
 //!
-//! A missing emulator fails the test with what to do (the tests never pass
-//! having done nothing). `scripts/bigquery/setup.sh` installs it (PyPI,
-//! CPython >= 3.13) and Google's official Python client, which tests use to
-//! edit tables as analysts do ([`python`]).
+//! `CI` plays no part: a plain `cargo test` runs every test. When the
+//! emulator can be neither found nor installed (no CPython >= 3.13, no
+//! network the first time) the test fails with what to do; no test returns
+//! early as passed. setup.sh also installs Google's official Python
+//! client, which tests use to edit tables as analysts do ([`python`]).
 
 #![allow(dead_code)]
 
@@ -22,6 +27,78 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Whether `dir` holds both venvs setup.sh installs.
+fn installed(dir: &std::path::Path) -> bool {
+    dir.join(".installed-local-bigquery-0.4.0").exists()
+        && dir.join(".installed-google-cloud-bigquery-3.47.0").exists()
+}
+
+/// Where the emulator and the official client are (or go): the first of
+/// `CONTACT_SYNC_BQ_HOME`, `$CONTACT_SYNC_CACHE/bigquery` and
+/// `.ci-cache/bigquery` in the repository or any folder above it (a git
+/// worktree next to the main checkout finds the shared cache) that holds
+/// them installed; else where setup.sh installs by default.
+fn cache_dir() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(h) = env("CONTACT_SYNC_BQ_HOME") {
+        candidates.push(PathBuf::from(h));
+    }
+    if let Some(c) = env("CONTACT_SYNC_CACHE") {
+        candidates.push(PathBuf::from(c).join("bigquery"));
+    }
+    let root = repo_root().canonicalize().unwrap_or_else(|_| repo_root());
+    candidates.extend(root.ancestors().map(|d| d.join(".ci-cache/bigquery")));
+    candidates.into_iter().find(|d| installed(d))
+}
+
+/// Runs scripts/bigquery/setup.sh (installing only what is missing) and
+/// returns its exports: (`CONTACT_SYNC_BQ_HOME`, `CONTACT_SYNC_BQ_PYTHON`).
+fn setup() -> Result<(String, PathBuf), String> {
+    static SETUP: OnceLock<Result<(String, PathBuf), String>> = OnceLock::new();
+    SETUP
+        .get_or_init(|| {
+            let mut cmd = Command::new("bash");
+            cmd.arg(repo_root().join("scripts/bigquery/setup.sh"));
+            if let Some(dir) = cache_dir() {
+                cmd.arg(dir);
+            }
+            let out = cmd
+                .output()
+                .map_err(|e| format!("running scripts/bigquery/setup.sh: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "scripts/bigquery/setup.sh failed (it installs local-bigquery 0.4.0 and \
+                     google-cloud-bigquery 3.47.0 from PyPI into a cache: it needs CPython >= 3.13 \
+                     and, the first time, network access):\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let export = |name: &str| {
+                stdout
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix(&format!("export {name}="))
+                            .map(str::to_string)
+                    })
+                    .ok_or_else(|| format!("setup.sh printed no {name}"))
+            };
+            Ok((
+                export("CONTACT_SYNC_BQ_HOME")?,
+                PathBuf::from(export("CONTACT_SYNC_BQ_PYTHON")?),
+            ))
+        })
+        .clone()
+}
+
+/// The emulator's URL: `CONTACT_SYNC_BQ_URL`, or one started for this test
+/// binary.
 fn start() -> Result<String, String> {
     if let Ok(url) = std::env::var("CONTACT_SYNC_BQ_URL") {
         if !url.trim().is_empty() {
@@ -29,23 +106,7 @@ fn start() -> Result<String, String> {
         }
     }
     let root = repo_root();
-    let setup = Command::new("bash")
-        .arg(root.join("scripts/bigquery/setup.sh"))
-        .output()
-        .map_err(|e| format!("running scripts/bigquery/setup.sh: {e}"))?;
-    if !setup.status.success() {
-        return Err(format!(
-            "scripts/bigquery/setup.sh failed:\n{}",
-            String::from_utf8_lossy(&setup.stderr)
-        ));
-    }
-    let home = String::from_utf8_lossy(&setup.stdout)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("export CONTACT_SYNC_BQ_HOME=")
-                .map(str::to_string)
-        })
-        .ok_or("setup.sh printed no CONTACT_SYNC_BQ_HOME")?;
+    let (home, _) = setup()?;
     // A few tries: a port found free can be taken before the emulator binds it.
     let mut last = String::new();
     for _ in 0..3 {
@@ -59,6 +120,16 @@ fn start() -> Result<String, String> {
             .arg(grpc.to_string())
             .env("CONTACT_SYNC_BQ_HOME", &home)
             .env("CONTACT_SYNC_BQ_WATCH_PID", std::process::id().to_string())
+            // One DuckDB thread unless told otherwise: local-bigquery 0.4.0
+            // can hang for good on a parallel scan calling its Python
+            // functions (the sweep's FARM_FINGERPRINT; see start.sh).
+            .env(
+                "CONTACT_SYNC_BQ_DUCKDB_THREADS",
+                std::env::var("CONTACT_SYNC_BQ_DUCKDB_THREADS")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| "1".into()),
+            )
             .output()
             .map_err(|e| format!("running scripts/bigquery/start.sh: {e}"))?;
         if out.status.success() {
@@ -85,12 +156,6 @@ fn free_ports() -> std::io::Result<(u16, u16)> {
     Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
-/// The emulator's base URL, always `Some`: kept for callers that used to
-/// skip on `None` (the CLI's tests); see [`url`].
-pub fn emulator_url() -> Option<String> {
-    Some(url())
-}
-
 /// The emulator's base URL; panics (the test fails) when it cannot run.
 pub fn url() -> String {
     static URL: OnceLock<Result<String, String>> = OnceLock::new();
@@ -98,9 +163,13 @@ pub fn url() -> String {
         Ok(u) => u.clone(),
         Err(e) => panic!(
             "the BigQuery emulator is not available, so this test cannot run: {e}\n\
-             Install it with `bash scripts/bigquery/setup.sh` (needs CPython >= 3.13; set PY313), \
-             or point CONTACT_SYNC_BQ_URL at a running one. To leave the BigQuery tests out, \
-             skip this crate: `cargo test --workspace --exclude contact-sync-bigquery`."
+             The tests start it themselves from a cache (CONTACT_SYNC_BQ_HOME, \
+             $CONTACT_SYNC_CACHE/bigquery, or .ci-cache/bigquery in the repository or a folder \
+             above it). Fill one with `CONTACT_SYNC_CACHE=<dir> bash scripts/bigquery/setup.sh` \
+             (needs CPython >= 3.13, or PY313 set to one, and network access to PyPI once), or \
+             point CONTACT_SYNC_BQ_URL at a running emulator. To leave the BigQuery tests out: \
+             `cargo test --workspace --exclude contact-sync-bigquery --exclude contact-sync` \
+             (the CLI's bigquery and bq_journal tests need it too)."
         ),
     }
 }
@@ -113,22 +182,10 @@ fn client_python() -> PathBuf {
             return PathBuf::from(p.trim());
         }
     }
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/bigquery/setup.sh"))
-        .output()
-        .expect("running scripts/bigquery/setup.sh");
-    assert!(
-        out.status.success(),
-        "scripts/bigquery/setup.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("export CONTACT_SYNC_BQ_PYTHON=")
-                .map(PathBuf::from)
-        })
-        .expect("setup.sh printed no CONTACT_SYNC_BQ_PYTHON")
+    match setup() {
+        Ok((_, py)) => py,
+        Err(e) => panic!("Google's official BigQuery client is not available: {e}"),
+    }
 }
 
 /// Runs `body` with Google's official Python client against the emulator,
@@ -177,12 +234,6 @@ pub struct TestDataset {
 }
 
 impl TestDataset {
-    /// Always `Some` (a missing emulator fails the test): kept for callers
-    /// that used to skip on `None` (the CLI's tests); see [`create`](Self::create).
-    pub async fn new(test: &str) -> Option<TestDataset> {
-        Some(Self::create(test).await)
-    }
-
     /// A dataset name of its own on the emulator; panics (the test fails)
     /// when the emulator cannot run.
     pub async fn create(test: &str) -> TestDataset {
