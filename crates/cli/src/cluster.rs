@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use contact_sync_ops::LeaseGauge;
-use contact_sync_state::lease::{holder_id, Held, LeaseRow, LeaseTimings, Leases};
+use contact_sync_state::lease::{holder_id, Held, LeaseTimings, Leases};
 use contact_sync_state::Fence;
 
 use crate::config::Config;
@@ -116,15 +116,4 @@ pub fn set_fence(held: Option<&Held>) {
         holder: h.holder.clone(),
         token: h.token,
     });
-}
-
-/// Every lease of the state database at `url` (for `status`).
-pub async fn leases_at(url: &str) -> anyhow::Result<Vec<LeaseRow>> {
-    let leases = Leases::connect(url)
-        .await
-        .map_err(|e| anyhow::anyhow!("state database: {e}"))?;
-    leases
-        .list()
-        .await
-        .map_err(|e| anyhow::anyhow!("state database: {e}"))
 }

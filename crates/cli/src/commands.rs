@@ -659,10 +659,7 @@ struct StoreLine {
 async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let state = open_state(cfg)?;
     let mut holder = state.lock_holder()?;
-    let leases = match crate::cluster::state_url(cfg)? {
-        Some(url) => crate::cluster::leases_at(&url).await?,
-        None => Vec::new(),
-    };
+    let leases = state.leases()?;
     if let Some(l) = leases.iter().find(|l| l.live) {
         // Daemons sharing the state database: the one doing the work.
         let pid = l

@@ -425,7 +425,7 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
     loop {
         ops.set_lease(Some(cluster.gauge(None)));
         let standby = match &http {
-            Some(sc) => Some(contact_sync_ops::serve(sc, ops.clone(), axum::Router::new()).await?),
+            Some(sc) => serve_standby(sc, &ops).await,
             None => None,
         };
         // `--once` waits only as long as a crashed holder's lease lasts: it
@@ -485,6 +485,27 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// A standby's /health and /metrics. The address may still be held for a
+/// moment by the server of the work this daemon just lost: tried for a few
+/// seconds; a standby without HTTP still takes the lease over.
+async fn serve_standby(
+    sc: &contact_sync_ops::ServerConfig,
+    ops: &OpsHandle,
+) -> Option<contact_sync_ops::ServerHandle> {
+    let mut last = None;
+    for _ in 0..25 {
+        match contact_sync_ops::serve(sc, ops.clone(), axum::Router::new()).await {
+            Ok(h) => return Some(h),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some(e) = last {
+        tracing::warn!(error = %e, "standby: no HTTP server (/health, /metrics) while waiting");
+    }
+    None
 }
 
 /// Whether `e` is a commit refused by the lease's fence.

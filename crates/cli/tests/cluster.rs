@@ -24,6 +24,8 @@ struct Env {
     dir: tempfile::TempDir,
     state_url: String,
     store_url: String,
+    /// Each daemon slot's HTTP port (kept across its restarts).
+    ports: Vec<u16>,
 }
 
 impl Env {
@@ -54,10 +56,12 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// A daemon polling every second, its log in `daemon-<n>.log`.
+    /// A daemon polling every second on its slot's port, its log in
+    /// `daemon-<n>-<generation>.log`.
     fn daemon(&self, n: usize, generation: usize) -> Child {
         let log = std::fs::File::create(self.log_path(n, generation)).unwrap();
-        self.cmd(&["run", "--interval", "1", "--no-http"])
+        let listen = format!("127.0.0.1:{}", self.ports[n]);
+        self.cmd(&["run", "--interval", "1", "--http-listen", &listen])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -109,10 +113,20 @@ async fn setup() -> Env {
         ),
     )
     .unwrap();
+    let ports = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
     let env = Env {
         dir,
         state_url,
         store_url,
+        ports,
     };
     let n = CONTACTS.to_string();
     env.ok(&["seed", "--contacts", &n]);
@@ -420,6 +434,61 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
         "failovers: {:?}",
         failovers.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
     );
+
+    // Who holds what: `status` names the holder; each daemon's /metrics
+    // says whether it holds the lease (one does); the holder's console
+    // lists the daemons.
+    let (lead, token) = holder(&state).await.expect("a leader");
+    let status = env.ok(&["status"]);
+    assert!(
+        status.contains(&format!("lease engine: held by {lead}"))
+            && status.contains(&format!("token {token}")),
+        "{status}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut held = Vec::new();
+        for port in &env.ports {
+            let text = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            held.push(
+                if text.contains("contact_sync_lease_held{lease=\"engine\"} 1") {
+                    Some(true)
+                } else if text.contains("contact_sync_lease_held{lease=\"engine\"} 0") {
+                    Some(false)
+                } else {
+                    None
+                },
+            );
+        }
+        if held.iter().all(Option::is_some) {
+            assert_eq!(
+                held.iter().filter(|h| **h == Some(true)).count(),
+                1,
+                "one daemon holds the lease: {held:?}"
+            );
+            let i = held.iter().position(|h| *h == Some(true)).unwrap();
+            let page = reqwest::get(format!("http://127.0.0.1:{}/", env.ports[i]))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                page.contains("Daemons") && page.contains("this daemon"),
+                "{page}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every daemon serves /metrics: {held:?}\n{}",
+            env.logs(generation)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A clean stop of every daemon ends each with success and frees the lease.
     for d in &daemons {

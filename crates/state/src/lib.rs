@@ -423,6 +423,37 @@ impl StateDb {
         }
     }
 
+    /// Every lease, by name, with whether it is live by the server's clock
+    /// (several daemons on a Postgres state database; none on SQLite).
+    pub fn leases(&self) -> Result<Vec<lease::LeaseRow>> {
+        if !self.db.is_pg() {
+            return Ok(Vec::new());
+        }
+        let rows = self.db.query(
+            "SELECT name, holder, token,
+                    to_char(acquired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    to_char(heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    expires_at > now(), info
+             FROM leases ORDER BY name",
+            Vec::new(),
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(lease::LeaseRow {
+                    name: r.get(0)?,
+                    holder: r.get(1)?,
+                    token: r.get(2)?,
+                    acquired_at: r.get(3)?,
+                    heartbeat_at: r.get(4)?,
+                    expires_at: r.get(5)?,
+                    live: r.get(6)?,
+                    info: r.get(7)?,
+                })
+            })
+            .collect()
+    }
+
     /// Postgres: who holds the instance lock, leases aside (a daemon taking
     /// the engine lease waits until no command holds it). SQLite: None.
     pub fn command_lock_holder(&self) -> Result<Option<(String, String)>> {

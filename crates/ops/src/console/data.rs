@@ -64,6 +64,10 @@ pub struct Overview {
     pub health: &'static str,
     /// What `/health` names (alerts firing).
     pub alerts: Vec<String>,
+    /// Several daemons on one state database: who holds what.
+    pub leases: Vec<contact_sync_state::lease::LeaseRow>,
+    /// This daemon's part (its name in the lease table).
+    pub this_daemon: Option<crate::LeaseGauge>,
 }
 
 /// One contact: its canonical record (as of its newest journal entry),
@@ -187,6 +191,8 @@ pub(crate) async fn overview(c: &Console) -> Result<Overview, String> {
         cycle_failures_total: snap.cycle_failures_total,
         health: health_word,
         alerts: reasons.iter().map(|r| r.to_string()).collect(),
+        leases: c.with_db(|db| db.leases().map_err(state_err)).await?,
+        this_daemon: live.lease.clone(),
     })
 }
 

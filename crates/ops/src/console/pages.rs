@@ -146,6 +146,27 @@ pub(crate) async fn overview(State(c): State<Console>) -> Response {
             div.card { "Journal head" b { (o.journal_head) } }
             div.card { "Cycles" b { (o.cycles_total) } "failed: " (o.cycle_failures_total) }
         }
+        @if !o.leases.is_empty() {
+            h2 { "Daemons" }
+            table #leases {
+                thead { tr {
+                    th { "Work" } th { "Held by" } th { "Token" } th { "Since" } th { "Renewed" } th { "Expires" }
+                } }
+                tbody {
+                    @for l in &o.leases {
+                        tr {
+                            td { (l.name) }
+                            td {
+                                @if l.live { (l.holder) " (" (l.info) ")" } @else { "nobody (last: " (l.holder) ")" }
+                                @if o.this_daemon.as_ref().is_some_and(|d| d.holder == l.holder && l.live) { " · this daemon" }
+                            }
+                            td.num { (l.token) }
+                            td { (l.acquired_at) } td { (l.heartbeat_at) } td { (l.expires_at) }
+                        }
+                    }
+                }
+            }
+        }
         @if !o.alerts.is_empty() {
             h2 { "Alerts firing" }
             ul #alerts { @for a in &o.alerts { li.err { (a) } } }
