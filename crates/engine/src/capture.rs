@@ -30,6 +30,9 @@ struct Item {
     /// (its phones were brought to E.164): the store is owed the E.164
     /// form, and its own image of that write is then an echo.
     held: Option<String>,
+    /// The hash of what the store holds (`held`, else `incoming`'s), taken
+    /// once; `None` for a removal.
+    hash: Option<String>,
 }
 
 /// Out-of-turn copies remembered per contact and store at most.
@@ -481,7 +484,7 @@ impl Engine {
                         &mut c,
                         self.opts.default_region,
                     ) {
-                        Ok(true) => Some(held_hash),
+                        Ok(true) => Some(held_hash.clone()),
                         Ok(false) => None,
                         Err(mut invalid) => {
                             if c.contact_id.is_empty() {
@@ -533,12 +536,15 @@ impl Engine {
                         dead.push((letter, log));
                         continue;
                     }
+                    // Unchanged by the phones (else `held`): the hash of what
+                    // the store holds is the incoming record's too.
                     items.push(Item {
                         native_id: ch.native_id,
                         contact_id: c.contact_id.clone(),
                         incoming: Some(c),
                         writeback,
                         held,
+                        hash: Some(held_hash),
                     });
                 }
                 ChangeKind::Delete { contact_id } => {
@@ -556,6 +562,7 @@ impl Engine {
                             incoming: None,
                             writeback: false,
                             held: None,
+                            hash: None,
                         }),
                         None => tracing::debug!(store = %name, native_id = %ch.native_id,
                             "delete of a record never synced; nothing to do"),
@@ -605,11 +612,7 @@ impl Engine {
                 let cur = canon.get(&it.contact_id)?;
                 // Cheap tests first: the hashes are taken only for the
                 // rare contact never journaled whose canonical moved on.
-                let echo = || {
-                    it.incoming.as_ref().is_some_and(|c| {
-                        it.held.as_deref().unwrap_or(&content_hash(c)) == r.hash.as_str()
-                    })
-                };
+                let echo = || it.hash.as_deref() == Some(r.hash.as_str());
                 let needed = r.synced_version > 0
                     && !r.deleted
                     && !r.hash.is_empty()
@@ -651,9 +654,8 @@ impl Engine {
                     // of this record than the stream has delivered so far:
                     // every image up to that state's own is older than what
                     // was merged (superseded); the images after it are new.
-                    let hash = match &it.incoming {
-                        Some(_) if it.held.is_some() => it.held.clone().unwrap_or_default(),
-                        Some(c) => content_hash(c),
+                    let hash = match &it.hash {
+                        Some(h) => h.clone(),
                         None => contact_sync_core::hash::tombstone_hash().to_string(),
                     };
                     if let Some(k) = r.late.iter().position(|h| *h == hash) {
@@ -681,14 +683,18 @@ impl Engine {
                 Some(b) => Some(b),
                 None => bases_elsewhere.remove(&it.contact_id),
             };
-            let incoming = match it.incoming {
-                Some(c) => c,
+            let (incoming, hash) = match it.incoming {
+                Some(c) => {
+                    let hash = it.hash.clone().unwrap_or_else(|| content_hash(&c));
+                    (c, hash)
+                }
                 None => {
                     // Removed outright: a tombstone of what the store last had.
                     match base.clone().or_else(|| current.cloned()) {
                         Some(mut t) if !t.is_deleted() => {
                             t.deleted_at = Some(now);
-                            t
+                            let hash = content_hash(&t);
+                            (t, hash)
                         }
                         _ => {
                             // Nothing to merge, but the engine now knows the
@@ -705,8 +711,8 @@ impl Engine {
                     }
                 }
             };
-            // What the store holds (before its phones were brought to E.164).
-            let hash = it.held.clone().unwrap_or_else(|| content_hash(&incoming));
+            // `hash`: what the store holds (before its phones were brought
+            // to E.164).
             // Provenance: a store that keeps the engine's content hash
             // forgets it on anyone else's write, so an image still carrying
             // its content's hash is an image of an engine write: never a
@@ -809,9 +815,15 @@ impl Engine {
                 open.push((it.contact_id.clone(), c.clone()));
             }
             let mut note_needed = !outcome.conflicts.is_empty() || it.writeback;
+            // The hash of canonical's record after this merge, when known.
+            let mut cur_hash: Option<String> = None;
             if let Some(mut w) = outcome.write {
                 w.external_ids.insert(name.clone(), it.native_id.clone());
                 let prev_version = current.map_or(0, |c| c.version);
+                // The merge stamps what it writes with its hash.
+                let w_hash = w.content_hash.clone().unwrap_or_else(|| content_hash(&w));
+                debug_assert_eq!(w_hash, content_hash(&w));
+                cur_hash = Some(w_hash.clone());
                 let entry = JournalEntry {
                     seq: 0,
                     contact_id: it.contact_id.clone(),
@@ -821,7 +833,7 @@ impl Engine {
                     origin: name.clone(),
                     changes: outcome.changes,
                     conflicts: outcome.conflicts.clone(),
-                    hash: content_hash(&w),
+                    hash: w_hash,
                     after: w.clone(),
                     at: now,
                 };
@@ -866,7 +878,13 @@ impl Engine {
             }
             let current = canon.get(&it.contact_id);
             touched.insert(it.contact_id.clone());
-            let agreed = current.filter(|c| content_hash(c) == hash && !it.writeback);
+            let agreed = current.filter(|c| {
+                !it.writeback
+                    && match &cur_hash {
+                        Some(h) => *h == hash,
+                        None => content_hash(c) == hash,
+                    }
+            });
             // Canonical took this store's content at a newer version (an
             // edit that did not bump the version, or a conflict settled
             // for this store's side): a versioned store is owed that

@@ -140,8 +140,16 @@ impl Engine {
             // holds is not sent: the later one carries the full record (a
             // replay must not resurrect, then delete again, a contact the
             // store never had).
+            // A batch that reaches `upto` holds every entry up to it, so its
+            // latest entry of a contact is the newest canonical holds: only
+            // a batch cut short by the batch size needs to look further.
+            let whole = last_seq >= upto;
             let mut latest = Vec::new();
             for e in latest_per_contact(entries) {
+                if whole {
+                    latest.push(e);
+                    continue;
+                }
                 let newest = self.state.journal_of(&e.contact_id, 1)?;
                 if newest
                     .first()

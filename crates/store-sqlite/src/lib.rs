@@ -335,6 +335,10 @@ impl SqliteStore {
             // one) in memory: on disk they cost a temp-file write per page.
             conn.pragma_update(None, "temp_store", "MEMORY")?;
             conn.set_prepared_statement_cache_capacity(64);
+            // One plan per statement text: SQLite otherwise prepares a
+            // statement with a bound `LIMIT ?` again after every new
+            // binding (the value is a planner hint).
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
             Ok(())
         };
         setup(&conn).map_err(|e| store_error(name, &ctx("configuring"), &e))?;
