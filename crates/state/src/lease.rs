@@ -105,6 +105,15 @@ impl LeaseTimings {
     }
 }
 
+/// Every lease, by name, with whether it is live by the server's clock
+/// (Postgres; also read by [`crate::StateDb::leases`]).
+pub(crate) const LIST_SQL: &str = "SELECT name, holder, token,
+        to_char(acquired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+        to_char(heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+        to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+        expires_at > now(), info
+     FROM leases ORDER BY name";
+
 /// One row of the lease table, for `status` and the console.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LeaseRow {
@@ -216,19 +225,7 @@ impl Leases {
 
     /// Every lease, by name.
     pub async fn list(&self) -> Result<Vec<LeaseRow>, LeaseError> {
-        let rows = self
-            .client
-            .query(
-                "SELECT name, holder, token,
-                        to_char(acquired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                        to_char(heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                        to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                        expires_at > now(), info
-                 FROM leases ORDER BY name",
-                &[],
-            )
-            .await
-            .map_err(q)?;
+        let rows = self.client.query(LIST_SQL, &[]).await.map_err(q)?;
         Ok(rows
             .iter()
             .map(|r| LeaseRow {

@@ -437,15 +437,7 @@ impl StateDb {
         if !self.db.is_pg() {
             return Ok(Vec::new());
         }
-        let rows = self.db.query(
-            "SELECT name, holder, token,
-                    to_char(acquired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                    to_char(heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                    to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                    expires_at > now(), info
-             FROM leases ORDER BY name",
-            Vec::new(),
-        )?;
+        let rows = self.db.query(lease::LIST_SQL, Vec::new())?;
         rows.iter()
             .map(|r| {
                 Ok(lease::LeaseRow {
