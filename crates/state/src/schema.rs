@@ -607,8 +607,8 @@ fn adopt_sqlite(conn: &mut Connection) -> Result<(), String> {
              checksum VARCHAR(255));"
         ))?;
         let at = contact_sync_core::model::format_ts(&contact_sync_core::model::now());
-        for m in migrations(&SQLITE[..old as usize])
-            .map_err(rusqlite::Error::InvalidParameterName)?
+        for m in
+            migrations(&SQLITE[..old as usize]).map_err(rusqlite::Error::InvalidParameterName)?
         {
             tx.execute(
                 &format!(
