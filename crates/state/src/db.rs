@@ -22,6 +22,10 @@ pub(crate) enum Value {
     Int(i64),
     Real(f64),
     Text(String),
+    /// Postgres only: a `text[]` (bulk statements over `UNNEST`).
+    TextArray(Vec<Option<String>>),
+    /// Postgres only: a `bigint[]`.
+    IntArray(Vec<i64>),
 }
 
 /// Something that can be bound as a parameter.
@@ -92,6 +96,7 @@ fn kind(v: &Value) -> &'static str {
         Value::Int(_) => "an integer",
         Value::Real(_) => "a real",
         Value::Text(_) => "text",
+        Value::TextArray(_) | Value::IntArray(_) => "an array",
     }
 }
 
@@ -199,6 +204,11 @@ impl rusqlite::ToSql for Value {
             Value::Int(n) => ToSqlOutput::from(*n),
             Value::Real(x) => ToSqlOutput::from(*x),
             Value::Text(s) => ToSqlOutput::from(s.as_str()),
+            Value::TextArray(_) | Value::IntArray(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "arrays are bound on Postgres only".into(),
+                ))
+            }
         })
     }
 }

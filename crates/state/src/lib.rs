@@ -254,6 +254,9 @@ impl Drop for StateTx<'_> {
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Rows per bulk statement on Postgres.
+const PG_BULK: usize = 5_000;
+
 /// Longest error text kept by [`StateTx::record_run`].
 const MAX_ERROR_LEN: usize = 2000;
 
@@ -652,6 +655,9 @@ impl StateTx<'_> {
     /// with the statement prepared once (on Postgres, sent in one round
     /// trip).
     pub fn put_store_records(&self, recs: &[StoreRecord]) -> Result<()> {
+        if self.db.is_pg() {
+            return self.put_store_records_pg(recs);
+        }
         let rows = recs
             .iter()
             .map(|rec| {
@@ -681,6 +687,59 @@ impl StateTx<'_> {
                  needs_write = excluded.needs_write, late = excluded.late",
             rows,
         )?;
+        Ok(())
+    }
+    /// [`StateTx::put_store_records`] on Postgres: one statement per
+    /// chunk over `UNNEST` of arrays (a statement per record cost ~0.1 ms
+    /// of server CPU each). One statement cannot upsert a key twice: the
+    /// last record of each key is kept, which is what upserting them one
+    /// after another leaves.
+    fn put_store_records_pg(&self, recs: &[StoreRecord]) -> Result<()> {
+        let mut last: std::collections::HashMap<(&str, &str), usize> =
+            std::collections::HashMap::with_capacity(recs.len());
+        for (i, r) in recs.iter().enumerate() {
+            last.insert((r.store.as_str(), r.contact_id.as_str()), i);
+        }
+        let kept: Vec<&StoreRecord> = recs
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| last[&(r.store.as_str(), r.contact_id.as_str())] == *i)
+            .map(|(_, r)| r)
+            .collect();
+        use db::Value::{IntArray, TextArray};
+        for chunk in kept.chunks(PG_BULK) {
+            let text = |f: &dyn Fn(&StoreRecord) -> Option<String>| {
+                TextArray(chunk.iter().map(|r| f(r)).collect())
+            };
+            let int =
+                |f: &dyn Fn(&StoreRecord) -> i64| IntArray(chunk.iter().map(|r| f(r)).collect());
+            self.db.execute(
+                "INSERT INTO store_records
+                     (store, contact_id, native_id, synced_version, hash, deleted, needs_write, late)
+                 SELECT * FROM UNNEST(?1::text[], ?2::text[], ?3::text[], ?4::int8[], ?5::text[],
+                                      ?6::int8[], ?7::int8[], ?8::text[])
+                 ON CONFLICT (store, contact_id) DO UPDATE
+                 SET native_id = excluded.native_id, synced_version = excluded.synced_version,
+                     hash = excluded.hash, deleted = excluded.deleted,
+                     needs_write = excluded.needs_write, late = excluded.late",
+                vec![
+                    text(&|r| Some(r.store.clone())),
+                    text(&|r| Some(r.contact_id.clone())),
+                    text(&|r| r.native_id.clone()),
+                    int(&|r| r.synced_version),
+                    text(&|r| Some(r.hash.clone())),
+                    int(&|r| i64::from(r.deleted)),
+                    int(&|r| {
+                        if r.writeback {
+                            2
+                        } else {
+                            i64::from(r.needs_write)
+                        }
+                    }),
+                    text(&|r| Some(r.late.join(" "))),
+                ],
+            )?;
+        }
         Ok(())
     }
     /// Marks every record of `store` as owed a write (its change capture

@@ -68,6 +68,7 @@ fn rows_as_json(conn: &Connection, sql: &str, id: &str) -> Result<Vec<Value>> {
                         Ok(v @ (Value::Object(_) | Value::Array(_))) => v,
                         _ => Value::String(s.clone()),
                     },
+                    SqlValue::TextArray(_) | SqlValue::IntArray(_) => Value::Null,
                 };
                 m.insert(n.clone(), v);
             }

@@ -65,6 +65,8 @@ impl ToSql for Value {
                 Type::INT8 => s.parse::<i64>()?.to_sql(ty, out),
                 _ => s.as_str().to_sql(ty, out),
             },
+            Value::TextArray(v) => v.to_sql(ty, out),
+            Value::IntArray(v) => v.to_sql(ty, out),
         }
     }
     fn accepts(_: &Type) -> bool {

@@ -239,6 +239,24 @@ pub(crate) fn store_records(
     contact_ids: &[String],
 ) -> Result<Vec<StoreRecord>> {
     let mut out = Vec::with_capacity(contact_ids.len());
+    if conn.is_pg() {
+        // One statement shape whatever the number of ids.
+        for chunk in contact_ids.chunks(10_000) {
+            let rows = conn.query(
+                &format!(
+                    "SELECT {RECORD_COLS} FROM store_records WHERE store = ?1 AND contact_id = ANY(?2::text[])"
+                ),
+                vec![
+                    crate::db::Value::Text(store.to_string()),
+                    crate::db::Value::TextArray(chunk.iter().cloned().map(Some).collect()),
+                ],
+            )?;
+            for row in rows {
+                out.push(record_row(&row)?);
+            }
+        }
+        return Ok(out);
+    }
     // One parameter is the store.
     for chunk in contact_ids.chunks(MAX_PARAMS - 1) {
         let sql = format!(

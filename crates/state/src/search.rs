@@ -125,21 +125,8 @@ const UPSERT: &str =
                 IS NOT (search_docs.deleted, search_docs.name, search_docs.names,
                         search_docs.emails, search_docs.phones))";
 
-/// [`UPSERT`] on Postgres, with the indexed words.
-const UPSERT_PG: &str =
-    "INSERT INTO search_docs (contact_id, version, deleted, name, names, emails, phones, words)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-     ON CONFLICT (contact_id) DO UPDATE SET version = excluded.version,
-         deleted = excluded.deleted, name = excluded.name, names = excluded.names,
-         emails = excluded.emails, phones = excluded.phones, words = excluded.words
-     WHERE excluded.version > search_docs.version
-        OR (excluded.version = search_docs.version
-            AND (excluded.deleted, excluded.name, excluded.names, excluded.emails, excluded.phones)
-                IS DISTINCT FROM (search_docs.deleted, search_docs.name, search_docs.names,
-                        search_docs.emails, search_docs.phones))";
-
-fn upsert_params(d: &SearchDoc, pg: bool) -> Vec<Value> {
-    let mut v = p![
+fn upsert_params(d: &SearchDoc) -> Vec<Value> {
+    p![
         d.contact_id,
         d.version,
         d.deleted,
@@ -147,13 +134,7 @@ fn upsert_params(d: &SearchDoc, pg: bool) -> Vec<Value> {
         d.names,
         d.emails,
         d.phones
-    ];
-    if pg {
-        let mut words = tokens(&d.names);
-        words.extend(tokens(&d.emails));
-        v.push(Value::Text(words.join(" ")));
-    }
-    v
+    ]
 }
 
 impl StateTx<'_> {
@@ -164,13 +145,73 @@ impl StateTx<'_> {
         &self,
         contacts: impl IntoIterator<Item = &'c Contact>,
     ) -> Result<()> {
-        let pg = self.conn().is_pg();
+        if self.conn().is_pg() {
+            return self.index_contacts_pg(contacts.into_iter().map(SearchDoc::of).collect());
+        }
         let rows: Vec<Vec<Value>> = contacts
             .into_iter()
-            .map(|c| upsert_params(&SearchDoc::of(c), pg))
+            .map(|c| upsert_params(&SearchDoc::of(c)))
             .collect();
-        self.conn()
-            .execute_many(if pg { UPSERT_PG } else { UPSERT }, rows)?;
+        self.conn().execute_many(UPSERT, rows)?;
+        Ok(())
+    }
+
+    /// [`StateTx::index_contacts`] on Postgres: one statement per chunk
+    /// over `UNNEST` of arrays. One statement cannot upsert a contact twice:
+    /// of several docs of one contact, the last of the newest version is
+    /// kept, which is what upserting them one after another leaves.
+    fn index_contacts_pg(&self, docs: Vec<SearchDoc>) -> Result<()> {
+        let mut best: std::collections::HashMap<&str, usize> = Default::default();
+        for (i, d) in docs.iter().enumerate() {
+            match best.get(d.contact_id.as_str()) {
+                Some(&j) if docs[j].version > d.version => {}
+                _ => {
+                    best.insert(d.contact_id.as_str(), i);
+                }
+            }
+        }
+        let kept: Vec<&SearchDoc> = docs
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| best[d.contact_id.as_str()] == *i)
+            .map(|(_, d)| d)
+            .collect();
+        for chunk in kept.chunks(crate::PG_BULK) {
+            let text = |f: &dyn Fn(&SearchDoc) -> String| {
+                Value::TextArray(chunk.iter().map(|d| Some(f(d))).collect())
+            };
+            let int = |f: &dyn Fn(&SearchDoc) -> i64| {
+                Value::IntArray(chunk.iter().map(|d| f(d)).collect())
+            };
+            self.conn().execute(
+                "INSERT INTO search_docs (contact_id, version, deleted, name, names, emails, phones, words)
+                 SELECT * FROM UNNEST(?1::text[], ?2::int8[], ?3::int8[], ?4::text[], ?5::text[],
+                                      ?6::text[], ?7::text[], ?8::text[])
+                 ON CONFLICT (contact_id) DO UPDATE SET version = excluded.version,
+                     deleted = excluded.deleted, name = excluded.name, names = excluded.names,
+                     emails = excluded.emails, phones = excluded.phones, words = excluded.words
+                 WHERE excluded.version > search_docs.version
+                    OR (excluded.version = search_docs.version
+                        AND (excluded.deleted, excluded.name, excluded.names, excluded.emails,
+                             excluded.phones)
+                            IS DISTINCT FROM (search_docs.deleted, search_docs.name,
+                                search_docs.names, search_docs.emails, search_docs.phones))",
+                vec![
+                    text(&|d| d.contact_id.clone()),
+                    int(&|d| d.version),
+                    int(&|d| i64::from(d.deleted)),
+                    text(&|d| d.name.clone()),
+                    text(&|d| d.names.clone()),
+                    text(&|d| d.emails.clone()),
+                    text(&|d| d.phones.clone()),
+                    text(&|d| {
+                        let mut words = tokens(&d.names);
+                        words.extend(tokens(&d.emails));
+                        words.join(" ")
+                    }),
+                ],
+            )?;
+        }
         Ok(())
     }
 

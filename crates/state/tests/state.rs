@@ -598,3 +598,31 @@ fn a_file_that_is_not_a_database_is_an_open_error() {
         other => panic!("expected Open error, got {other:?}"),
     }
 }
+
+on_both! {
+    fn one_batch_may_name_a_record_twice_and_the_last_wins(place) {
+        let mut db = place.open();
+        let tx = db.tx().unwrap();
+        let mut second = record("twenty", "c1", 2);
+        second.native_id = Some("p2".into());
+        tx.put_store_records(&[
+            record("twenty", "c1", 1),
+            record("twenty", "c2", 1),
+            second.clone(),
+        ])
+        .unwrap();
+        // The search index: the newest version of a contact wins, in
+        // whatever order a batch names them.
+        let mut newer = contact("c3", 2);
+        newer.canonical_name = "Grace Hopper".into();
+        let mut older = contact("c3", 1);
+        older.canonical_name = "Grace Brewster".into();
+        tx.index_contacts([&newer, &older]).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(db.store_record("twenty", "c1").unwrap(), Some(second));
+        assert_eq!(db.store_record_count("twenty").unwrap(), 2);
+        let hits = db.search_index("grace", None, 10).unwrap().items;
+        assert_eq!(hits.len(), 1);
+        assert_eq!((hits[0].name.as_str(), hits[0].version), ("Grace Hopper", 2));
+    }
+}
