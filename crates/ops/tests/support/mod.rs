@@ -62,6 +62,13 @@ impl World {
             .await
             .expect("initial sync");
         assert!(v.iter().all(|v| v.drift_pct == 0.0), "{v:?}");
+        // Every contact edited once in canonical after the initial sync
+        // (which journals nothing), so the journal holds one entry each.
+        for c in &self.contacts {
+            let mut c = self.canonical.get(&c.contact_id).expect("seeded");
+            c.notes = Some("Edited after the initial sync".into());
+            self.canonical.user_upsert(c);
+        }
         engine.cycle().await.expect("cycle");
         engine
     }
