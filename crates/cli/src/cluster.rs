@@ -71,12 +71,9 @@ impl Cluster {
 
     /// Who holds the engine lease, in words.
     pub async fn describe_holder(&self) -> String {
-        match self.leases.list().await {
-            Ok(rows) => rows
-                .into_iter()
-                .find(|r| r.name == ENGINE_LEASE && r.live)
-                .map(|r| format!("{}, {}, since {}", r.holder, r.info, r.acquired_at))
-                .unwrap_or_else(|| "it was just released".into()),
+        match self.leases.live(ENGINE_LEASE).await {
+            Ok(Some(r)) => format!("{}, {}, since {}", r.holder, r.info, r.acquired_at),
+            Ok(None) => "it was just released".into(),
             Err(e) => e.to_string(),
         }
     }

@@ -658,18 +658,9 @@ struct StoreLine {
 
 async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let state = open_state(cfg)?;
-    let mut holder = state.lock_holder()?;
+    // On Postgres, the daemon holding the lease when several share it.
+    let holder = state.lock_holder()?;
     let leases = state.leases()?;
-    if let Some(l) = leases.iter().find(|l| l.live) {
-        // Daemons sharing the state database: the one doing the work.
-        let pid = l
-            .info
-            .split(',')
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("pid ");
-        holder = Some((pid.to_string(), l.acquired_at.clone()));
-    }
     let head = state.journal_head()?;
     let mut canonical = stores::open_canonical(cfg).await?;
     let canonical_contacts = canonical.count().await?;

@@ -548,6 +548,7 @@ async fn lead(
     lease: Option<(&crate::cluster::Cluster, &contact_sync_state::lease::Held)>,
 ) -> anyhow::Result<Led> {
     let (mut engine, hooks, gates, mut bq) = build_daemon_engine(cfg, batch).await?;
+    let lost = || lease.is_some_and(|(_, held)| held.is_lost());
     // With a lease, the lease (and the fence on every commit) stands for
     // the single-instance lock.
     let _lock = match lease {
@@ -561,7 +562,7 @@ async fn lead(
                     tracing::info!(pid = %pid, "waiting for a command that drives the stores to finish");
                     logged = true;
                 }
-                if lease.is_some_and(|(_, h)| h.is_lost()) || stopper.is_stopped() {
+                if lost() || stopper.is_stopped() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -571,7 +572,6 @@ async fn lead(
     };
     crate::requests::fail_interrupted(engine.state_mut())?;
     stopper.watch(engine.shutdown_flag());
-    let lost = || lease.is_some_and(|(_, held)| held.is_lost());
     if let Some((_, held)) = lease {
         // Losing the lease stops the engine after the batch in flight (its
         // commit would be refused anyway) and wakes the loop.

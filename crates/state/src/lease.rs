@@ -129,6 +129,37 @@ pub struct LeaseRow {
     pub info: String,
 }
 
+impl LeaseRow {
+    /// The holder's process id, from what it wrote of itself ("pid N, …").
+    pub fn pid(&self) -> &str {
+        self.info
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_start_matches("pid ")
+    }
+}
+
+/// Every lease, on the state database's own connection (Postgres).
+pub(crate) fn rows(db: &crate::db::Backend) -> crate::Result<Vec<LeaseRow>> {
+    db.query(LIST_SQL, Vec::new())?
+        .iter()
+        .map(|r| {
+            Ok(LeaseRow {
+                name: r.get(0)?,
+                holder: r.get(1)?,
+                token: r.get(2)?,
+                acquired_at: r.get(3)?,
+                heartbeat_at: r.get(4)?,
+                expires_at: r.get(5)?,
+                live: r.get(6)?,
+                info: r.get(7)?,
+            })
+        })
+        .collect()
+}
+
 /// A connection to the lease table.
 pub struct Leases {
     client: Client,
@@ -223,6 +254,15 @@ impl Leases {
         Ok(n == 1)
     }
 
+    /// Lease `name` while someone holds it.
+    pub async fn live(&self, name: &str) -> Result<Option<LeaseRow>, LeaseError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .find(|r| r.name == name && r.live))
+    }
+
     /// Every lease, by name.
     pub async fn list(&self) -> Result<Vec<LeaseRow>, LeaseError> {
         let rows = self.client.query(LIST_SQL, &[]).await.map_err(q)?;
@@ -277,10 +317,10 @@ impl Held {
                 Ok(None) => {
                     if !logged {
                         let by = leases
-                            .list()
+                            .live(name)
                             .await
                             .ok()
-                            .and_then(|l| l.into_iter().find(|r| r.name == name))
+                            .flatten()
                             .map(|r| format!("{} ({})", r.holder, r.info))
                             .unwrap_or_default();
                         tracing::info!(lease = name, held_by = %by, "standby: another daemon holds the lease; taking it over when it stops renewing");

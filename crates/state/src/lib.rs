@@ -440,21 +440,7 @@ impl StateDb {
         if !self.db.is_pg() {
             return Ok(Vec::new());
         }
-        let rows = self.db.query(lease::LIST_SQL, Vec::new())?;
-        rows.iter()
-            .map(|r| {
-                Ok(lease::LeaseRow {
-                    name: r.get(0)?,
-                    holder: r.get(1)?,
-                    token: r.get(2)?,
-                    acquired_at: r.get(3)?,
-                    heartbeat_at: r.get(4)?,
-                    expires_at: r.get(5)?,
-                    live: r.get(6)?,
-                    info: r.get(7)?,
-                })
-            })
-            .collect()
+        lease::rows(&self.db)
     }
 
     /// Postgres: who holds the instance lock, leases aside (a daemon taking

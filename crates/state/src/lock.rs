@@ -197,23 +197,10 @@ pub(crate) fn holder_pg(db: &Backend) -> Result<Option<(String, String)>> {
 /// The daemon holding a live lease (several daemons share the database):
 /// (pid, since), from what it wrote of itself ("pid N, …").
 fn lease_holder(db: &Backend) -> Result<Option<(String, String)>> {
-    let row = db.query_opt(
-        "SELECT info, CAST(acquired_at AS TEXT) FROM leases WHERE expires_at > now() ORDER BY name LIMIT 1",
-        Vec::new(),
-    )?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let info: String = row.get(0)?;
-    let since: String = row.get(1)?;
-    let pid = info
-        .split(',')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .trim_start_matches("pid ")
-        .to_string();
-    Ok(Some((pid, since)))
+    Ok(crate::lease::rows(db)?
+        .into_iter()
+        .find(|l| l.live)
+        .map(|l| (l.pid().to_string(), l.acquired_at)))
 }
 
 /// Whether a session holds the instance lock (a command driving the
