@@ -445,6 +445,15 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
             && status.contains(&format!("token {token}")),
         "{status}"
     );
+    // `run --once` beside working daemons waits at most a crashed holder's
+    // lease, then refuses, naming the holder.
+    let once = env.cmd(&["run", "--once"]).output().unwrap();
+    let err = String::from_utf8_lossy(&once.stderr);
+    assert!(!once.status.success(), "{err}");
+    assert!(
+        err.contains("another daemon holds the engine lease") && err.contains(&lead),
+        "{err}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut held = Vec::new();
