@@ -94,6 +94,10 @@ impl Engine {
         &mut self,
         report: &mut CycleReport,
     ) -> Result<(), EngineError> {
+        // Another daemon writes canonical (several daemons).
+        if !self.runs(CANONICAL) {
+            return Ok(());
+        }
         let now = (self.clock)();
         loop {
             let cursor = self.state.cursor(CANONICAL)?;
@@ -347,6 +351,30 @@ impl Engine {
         changes: Vec<contact_sync_connector::Change>,
         checkpoint: Option<&Checkpoint>,
     ) -> Result<RunStats, EngineError> {
+        if !self.opts.concurrent {
+            return self.journal_canonical_once(changes, checkpoint).await;
+        }
+        let mut tries = 0;
+        loop {
+            match self
+                .journal_canonical_once(changes.clone(), checkpoint)
+                .await
+            {
+                Err(EngineError::JournalMoved(id)) if tries < crate::capture::MAX_REMERGES => {
+                    tries += 1;
+                    tracing::debug!(contact_id = %id,
+                        "another daemon journaled a contact of this batch meanwhile: merging again");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn journal_canonical_once(
+        &mut self,
+        changes: Vec<contact_sync_connector::Change>,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<RunStats, EngineError> {
         let now = (self.clock)();
         let mut stats = RunStats {
             captured: changes.len() as u64,
@@ -402,6 +430,7 @@ impl Engine {
             }
         }
         let ids: Vec<String> = order.iter().map(|(id, _)| id.clone()).collect();
+        let heads = crate::capture::read_heads(self.opts.concurrent, &self.state, &ids)?;
         let mut current: HashMap<String, Contact> = HashMap::new();
         if !ids.is_empty() {
             for c in self
@@ -636,7 +665,9 @@ impl Engine {
             touched.insert(contact_id);
         }
         stats.dead_letters = dead.len() as u64;
+        let concurrent = self.opts.concurrent;
         let tx = self.state.tx()?;
+        crate::capture::check_heads(concurrent, &tx, &ids, &heads)?;
         for e in &entries {
             tx.append_journal(e)?;
         }

@@ -42,6 +42,46 @@ const MAX_LATE: usize = 8;
 /// before the rest waits for the next cycle.
 const RECAPTURE_ROUNDS: usize = 3;
 
+/// How many times a batch is merged again when other daemons keep
+/// journaling its contacts under it, before the cycle gives up (and the
+/// next cycle tries again).
+pub(crate) const MAX_REMERGES: usize = 8;
+
+/// Several daemons (`concurrent`): the seq of each contact's newest
+/// journal entry, read before a merge reads anything of them.
+pub(crate) fn read_heads(
+    concurrent: bool,
+    state: &contact_sync_state::StateDb,
+    ids: &[String],
+) -> Result<HashMap<String, i64>, EngineError> {
+    if !concurrent {
+        return Ok(HashMap::new());
+    }
+    Ok(state.journal_heads(ids)?)
+}
+
+/// Several daemons: refuses the commit of a merge (nothing of it is
+/// written) when another engine journaled one of its contacts since
+/// [`read_heads`]. Runs inside the commit's transaction, under the
+/// writers' lock, so nothing can be appended between the check and the
+/// commit. Canonical writes thus stay serialised per contact: of two
+/// merges of one contact, the second is made on top of the first.
+pub(crate) fn check_heads(
+    concurrent: bool,
+    tx: &contact_sync_state::StateTx<'_>,
+    ids: &[String],
+    read: &HashMap<String, i64>,
+) -> Result<(), EngineError> {
+    if !concurrent {
+        return Ok(());
+    }
+    let now = tx.journal_heads(ids)?;
+    match ids.iter().find(|id| now.get(*id) != read.get(*id)) {
+        Some(id) => Err(EngineError::JournalMoved(id.clone())),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn add_stats(into: &mut RunStats, s: &RunStats) {
     into.captured += s.captured;
     into.applied += s.applied;
@@ -456,6 +496,34 @@ impl Engine {
         checkpoint: Option<&Checkpoint>,
         out_of_turn: bool,
     ) -> Result<RunStats, EngineError> {
+        if !self.opts.concurrent {
+            return self
+                .merge_batch_once(i, changes, checkpoint, out_of_turn)
+                .await;
+        }
+        let mut tries = 0;
+        loop {
+            match self
+                .merge_batch_once(i, changes.clone(), checkpoint, out_of_turn)
+                .await
+            {
+                Err(EngineError::JournalMoved(id)) if tries < MAX_REMERGES => {
+                    tries += 1;
+                    tracing::debug!(store = %self.stores[i].name(), contact_id = %id,
+                        "another daemon journaled a contact of this batch meanwhile: merging again");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn merge_batch_once(
+        &mut self,
+        i: usize,
+        changes: Vec<Change>,
+        checkpoint: Option<&Checkpoint>,
+        out_of_turn: bool,
+    ) -> Result<RunStats, EngineError> {
         let name = self.stores[i].name().to_string();
         let versioned = self.stores[i].keeps_version();
         let kept_hashes = self.stores[i].keeps_content_hash();
@@ -577,6 +645,9 @@ impl Engine {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        // Several daemons: what the journal held for these contacts before
+        // anything was read of them (checked again at the commit).
+        let heads = read_heads(self.opts.concurrent, &self.state, &ids)?;
         let mut canon = self.read_canonical(&ids).await?;
         let canon_seen = self.canonical_seen(&canon)?;
         // The canonical side of each merge is canonical as the engine knows
@@ -932,7 +1003,11 @@ impl Engine {
             tracing::warn!(store = %d.store, record = %d.record, field = %d.field,
                 reason = %log, "record refused; kept in dead letters");
         }
+        let concurrent = self.opts.concurrent;
+        // Tests force another engine's commit into this window.
+        fail::fail_point!("merge-before-commit");
         let tx = self.state.tx()?;
+        check_heads(concurrent, &tx, &ids, &heads)?;
         for e in &entries {
             tx.append_journal(e)?;
         }
@@ -945,7 +1020,23 @@ impl Engine {
         for id in &touched {
             tx.put_store_record(&recs[id])?;
         }
-        tx.put_store_records(&canon_seen)?;
+        if concurrent && !canon_seen.is_empty() {
+            // Canonical's first sightings, unless the daemon writing
+            // canonical recorded one meanwhile (it knows better).
+            let seen: Vec<String> = canon_seen.iter().map(|r| r.contact_id.clone()).collect();
+            let known: BTreeSet<String> = tx
+                .store_records(CANONICAL, &seen)?
+                .into_iter()
+                .map(|r| r.contact_id)
+                .collect();
+            let fresh: Vec<StoreRecord> = canon_seen
+                .into_iter()
+                .filter(|r| !known.contains(&r.contact_id))
+                .collect();
+            tx.put_store_records(&fresh)?;
+        } else {
+            tx.put_store_records(&canon_seen)?;
+        }
         if let Some(cp) = checkpoint {
             tx.set_checkpoint(&name, cp.as_str())?;
         }

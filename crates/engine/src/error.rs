@@ -19,6 +19,11 @@ pub enum EngineError {
     /// The engine was set up wrong.
     #[error("configuration: {0}")]
     Config(String),
+    /// Another engine journaled a change of this contact after this one
+    /// read it (several daemons): nothing was committed; the batch is
+    /// merged again against the new entry.
+    #[error("contact {0}: another daemon journaled a change of it meanwhile; merged again")]
+    JournalMoved(String),
     /// A person asked for something that does not exist or cannot be done.
     #[error("{0}")]
     Request(String),

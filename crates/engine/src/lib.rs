@@ -77,6 +77,16 @@ pub struct EngineOptions {
     /// its fingerprint; an engine started with another one for that store
     /// tries it again. A store without one is only resumed by a person.
     pub config_hashes: std::collections::BTreeMap<String, String>,
+    /// The work this engine does, when several daemons share the state
+    /// database and each holds part of it (`[state] url`): [`CANONICAL`]
+    /// (canonical's writes and capture) and the names of the stores whose
+    /// capture and propagation it runs. `None`: all of it.
+    pub only: Option<std::collections::BTreeSet<String>>,
+    /// Other engines append to the same journal concurrently (several
+    /// daemons): every merge checks, in its commit's transaction, that no
+    /// entry was appended for its contacts since it read them, and merges
+    /// again if one was. Off for a lone engine (nothing to race).
+    pub concurrent: bool,
 }
 
 impl Default for EngineOptions {
@@ -88,6 +98,8 @@ impl Default for EngineOptions {
             guard: MassChangeGuard::default(),
             default_region: None,
             config_hashes: std::collections::BTreeMap::new(),
+            only: None,
+            concurrent: false,
         }
     }
 }
@@ -197,6 +209,12 @@ impl Engine {
         &mut self.state
     }
 
+    /// Whether this engine does `work` ([`CANONICAL`] or a store's name):
+    /// see [`EngineOptions::only`].
+    pub fn runs(&self, work: &str) -> bool {
+        self.opts.only.as_ref().is_none_or(|o| o.contains(work))
+    }
+
     /// Names of the non-canonical stores, in configuration order.
     pub fn store_names(&self) -> Vec<String> {
         self.stores.iter().map(|s| s.name().to_string()).collect()
@@ -219,13 +237,20 @@ impl Engine {
     /// others go on. A failing canonical store fails the cycle.
     pub async fn cycle(&mut self) -> Result<CycleReport, EngineError> {
         let mut report = CycleReport::default();
-        report.entry(CANONICAL);
-        // Every store has its line in the report, idle or not.
-        for s in &self.stores {
-            report.entry(s.name());
+        // Every store this engine runs has its line in the report, idle or
+        // not (another daemon reports the others).
+        if self.runs(CANONICAL) {
+            report.entry(CANONICAL);
         }
-        self.apply_canonical(&mut report).await?;
-        self.capture_canonical(&mut report).await?;
+        for s in &self.stores {
+            if self.runs(s.name()) {
+                report.entry(s.name());
+            }
+        }
+        if self.runs(CANONICAL) {
+            self.apply_canonical(&mut report).await?;
+            self.capture_canonical(&mut report).await?;
+        }
         // Stores written to in this cycle: only those whose changes were
         // all captured (a store with changes left would have its pending
         // edits raced by the writes), and none that is paused.
@@ -235,6 +260,9 @@ impl Engine {
                 break;
             }
             let name = self.stores[i].name().to_string();
+            if !self.runs(&name) {
+                continue;
+            }
             let (runs, approved) = match self.settle_pause(i, &mut report).await {
                 Ok(v) => v,
                 Err(e) => {
@@ -265,7 +293,7 @@ impl Engine {
         // After the cycle's changes went out: the search index's fill from
         // canonical (after an initial sync, or for an older state
         // database) never delays them.
-        if !self.stopping() {
+        if !self.stopping() && self.runs(CANONICAL) {
             self.fill_search_index().await;
         }
         let now = (self.clock)();

@@ -295,10 +295,10 @@ impl Backend {
     }
 
     /// Commits; on Postgres with a fence, only while the lease is held.
-    pub(crate) fn commit(&self, fence: Option<&Fence>) -> Result<()> {
+    pub(crate) fn commit(&self, fences: &[Fence]) -> Result<()> {
         match self {
             Backend::Sqlite(c) => Ok(c.execute_batch("COMMIT")?),
-            Backend::Pg(pg) => pg.commit(fence.cloned()),
+            Backend::Pg(pg) => pg.commit(fences.to_vec()),
         }
     }
 

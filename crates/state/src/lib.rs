@@ -47,6 +47,7 @@ mod schema;
 mod search;
 pub use search::{SEARCH_FILL_DONE, SEARCH_FILL_META};
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -232,14 +233,14 @@ impl Drop for StateLock {
 pub struct StateDb {
     db: Backend,
     path: Option<PathBuf>,
-    fence: Option<Fence>,
+    fences: Vec<Fence>,
 }
 
 /// One write transaction; nothing is visible to others until [`StateTx::commit`].
 /// Dropping it without committing rolls everything back.
 pub struct StateTx<'a> {
     db: &'a Backend,
-    fence: Option<&'a Fence>,
+    fences: &'a [Fence],
     done: bool,
 }
 
@@ -325,7 +326,7 @@ impl StateDb {
         Ok(StateDb {
             db: Backend::Sqlite(conn),
             path,
-            fence: None,
+            fences: Vec::new(),
         })
     }
 
@@ -360,7 +361,7 @@ impl StateDb {
         Ok(StateDb {
             db: Backend::Pg(pg::PgConn::open(url, BUSY_TIMEOUT)?),
             path: None,
-            fence: None,
+            fences: Vec::new(),
         })
     }
     /// [`StateDb::open`] or [`StateDb::open_url`].
@@ -395,11 +396,16 @@ impl StateDb {
     /// (Postgres; ignored on SQLite, where the file lock keeps a single
     /// writer process).
     pub fn set_fence(&mut self, fence: Option<Fence>) {
-        self.fence = fence;
+        self.fences = fence.into_iter().collect();
     }
-    /// The fence set, if any.
-    pub fn fence(&self) -> Option<&Fence> {
-        self.fence.as_ref()
+    /// Sets the leases every later commit must still hold, all of them (a
+    /// daemon holding the work of several stores); empty: none.
+    pub fn set_fences(&mut self, fences: Vec<Fence>) {
+        self.fences = fences;
+    }
+    /// The leases commits are fenced by.
+    pub fn fences(&self) -> &[Fence] {
+        &self.fences
     }
     /// Takes the single-instance lock, non-blocking. SQLite: `<path>.lock`
     /// (flock) holding pid and start time; in memory: always succeeds.
@@ -459,7 +465,7 @@ impl StateDb {
         self.db.begin()?;
         Ok(StateTx {
             db: &self.db,
-            fence: self.fence.as_ref(),
+            fences: &self.fences,
             done: false,
         })
     }
@@ -493,6 +499,11 @@ impl StateDb {
     /// Entries of one contact, newest first, at most `limit`.
     pub fn journal_of(&self, contact_id: &str, limit: usize) -> Result<Vec<JournalEntry>> {
         read::journal_of(&self.db, contact_id, limit)
+    }
+    /// The seq of each contact's newest journal entry (contacts never
+    /// journaled are left out).
+    pub fn journal_heads(&self, contact_ids: &[String]) -> Result<HashMap<String, i64>> {
+        read::journal_heads(&self.db, contact_ids)
     }
     /// The entry that produced `version` of `contact_id`, if any.
     pub fn journal_version(&self, contact_id: &str, version: i64) -> Result<Option<JournalEntry>> {
@@ -916,7 +927,7 @@ impl StateTx<'_> {
     /// fence (Postgres), only while the lease is held: otherwise nothing is
     /// committed and the answer is [`StateError::Fenced`].
     pub fn commit(mut self) -> Result<()> {
-        let out = self.db.commit(self.fence);
+        let out = self.db.commit(self.fences);
         if out.is_ok() || self.db.is_pg() {
             // Postgres ends the transaction either way.
             self.done = true;
@@ -949,6 +960,12 @@ impl StateTx<'_> {
     /// As [`StateDb::store_records`].
     pub fn store_records(&self, store: &str, contact_ids: &[String]) -> Result<Vec<StoreRecord>> {
         read::store_records(self.db, store, contact_ids)
+    }
+    /// As [`StateDb::journal_heads`], inside the transaction: the writers'
+    /// lock is held, so no other writer can append until it commits (a
+    /// merge checks here that the journal did not move under it).
+    pub fn journal_heads(&self, contact_ids: &[String]) -> Result<HashMap<String, i64>> {
+        read::journal_heads(self.db, contact_ids)
     }
     /// As [`StateDb::store_record_by_native`].
     pub fn store_record_by_native(

@@ -115,7 +115,7 @@ enum Op {
     Execute(String, Vec<Value>),
     ExecuteMany(String, Vec<Vec<Value>>),
     Begin,
-    Commit(Option<Fence>),
+    Commit(Vec<Fence>),
     Rollback,
 }
 
@@ -352,10 +352,10 @@ impl Worker {
                 }
                 Ok(Reply::Count(0))
             }
-            Op::Commit(fence) => {
+            Op::Commit(fences) => {
                 // The transaction ends here, whatever happens.
                 self.in_tx = false;
-                if let Some(f) = fence {
+                for f in fences {
                     let held = self
                         .client
                         .query_opt(
@@ -574,8 +574,8 @@ impl PgConn {
     pub(crate) fn begin(&self) -> Result<()> {
         self.call(Op::Begin).map(|_| ())
     }
-    pub(crate) fn commit(&self, fence: Option<Fence>) -> Result<()> {
-        self.call(Op::Commit(fence)).map(|_| ())
+    pub(crate) fn commit(&self, fences: Vec<Fence>) -> Result<()> {
+        self.call(Op::Commit(fences)).map(|_| ())
     }
     /// Queued behind whatever was sent before; not waited for.
     pub(crate) fn rollback(&self) {

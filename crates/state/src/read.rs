@@ -123,6 +123,43 @@ pub(crate) fn journal_of(
     )
 }
 
+/// The seq of each contact's newest journal entry (see
+/// [`crate::StateDb::journal_heads`]).
+pub(crate) fn journal_heads(
+    conn: &Connection,
+    contact_ids: &[String],
+) -> Result<std::collections::HashMap<String, i64>> {
+    let mut out = std::collections::HashMap::with_capacity(contact_ids.len());
+    if conn.is_pg() {
+        for chunk in contact_ids.chunks(10_000) {
+            let rows = conn.query(
+                "SELECT contact_id, max(seq) FROM journal WHERE contact_id = ANY(?1::text[]) GROUP BY contact_id",
+                vec![crate::db::Value::TextArray(
+                    chunk.iter().cloned().map(Some).collect(),
+                )],
+            )?;
+            for row in rows {
+                out.insert(row.get::<String>(0)?, row.get::<i64>(1)?);
+            }
+        }
+        return Ok(out);
+    }
+    // `placeholders` numbers from ?2: ?1 is an unused constant here.
+    for chunk in contact_ids.chunks(MAX_PARAMS - 1) {
+        let sql = format!(
+            "SELECT contact_id, max(seq) FROM journal WHERE ?1 = 1 AND contact_id IN ({}) GROUP BY contact_id",
+            placeholders(chunk.len())
+        );
+        let params = std::iter::once(crate::db::Value::Int(1))
+            .chain(chunk.iter().map(|s| crate::db::Value::Text(s.clone())))
+            .collect();
+        for row in conn.query(&sql, params)? {
+            out.insert(row.get::<String>(0)?, row.get::<i64>(1)?);
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn journal_version(
     conn: &Connection,
     contact_id: &str,
