@@ -524,6 +524,8 @@ impl Backfills {
             batch_size: self.batch_size,
             default_region: cfg.sync.region(),
             config_hashes: cfg.store_fingerprints(),
+            // Other daemons merge the same contacts (several daemons).
+            concurrent: crate::cluster::state_url(cfg)?.is_some(),
             ..EngineOptions::default()
         };
         let mut engine = Engine::new(state, canonical, vec![store], opts)?;

@@ -475,9 +475,9 @@ pub fn open_state(cfg: &Config) -> anyhow::Result<StateDb> {
     let target = cfg.state_target()?;
     let StateTarget::Path(path) = &target else {
         let mut state = StateDb::open_target(&target)?;
-        // A daemon holding the lease: every commit of every connection it
-        // opens checks that it still does.
-        state.set_fence(crate::cluster::current_fence());
+        // A daemon holding leases: every commit of every connection it
+        // opens checks that it still holds them all.
+        state.set_fences(crate::cluster::current_fences());
         return Ok(state);
     };
     let existed = path.exists();
@@ -726,7 +726,15 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     match (&report.pid, &report.since) {
         _ if !report.leases.is_empty() => {
             for l in &report.leases {
-                if l.live {
+                if l.name.starts_with("member:") {
+                    // A daemon's membership: only the running ones.
+                    if l.live {
+                        println!(
+                            "daemon {} ({}): running since {}, renewed {}",
+                            l.holder, l.info, l.acquired_at, l.heartbeat_at
+                        );
+                    }
+                } else if l.live {
                     println!(
                         "lease {}: held by {} ({}), token {}, since {}, renewed {}, expires {}",
                         l.name,

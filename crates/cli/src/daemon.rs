@@ -84,6 +84,7 @@ pub async fn build_readonly_engine(cfg: &Config) -> anyhow::Result<Engine> {
 async fn build_daemon_engine(
     cfg: &Config,
     batch: usize,
+    work: Option<std::collections::BTreeSet<String>>,
 ) -> anyhow::Result<(
     Engine,
     Wakeups,
@@ -99,8 +100,13 @@ async fn build_daemon_engine(
         webhooks: opened.webhooks,
         databases: opened.wakes,
     };
+    let mut opts = engine_options(cfg, batch);
+    // Several daemons: this one does its leases' part, and merges check
+    // that no other daemon journaled their contacts meanwhile.
+    opts.concurrent = work.is_some();
+    opts.only = work;
     Ok((
-        Engine::new(state, canonical, opened.stores, engine_options(cfg, batch))?,
+        Engine::new(state, canonical, opened.stores, opts)?,
         hooks,
         gates,
         bq,
@@ -419,38 +425,68 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
         let led = lead(cfg, &o, interval, batch, &stopper, &wake, &ops, None).await?;
         return Ok(led.code());
     };
-    // Several daemons share the state database: wait for the work's lease
-    // (serving /health and /metrics meanwhile), do the work while it is
-    // ours, and wait again if it is lost.
+    // Several daemons share the state database: take a fair share of the
+    // work's leases (serving /health and /metrics while holding none), do
+    // that part while it is ours, and set up again when it changes.
+    let mut cluster = cluster;
+    if !o.once {
+        // `--once` takes all the work or none, and is no member: the
+        // daemons keep their shares.
+        cluster.join(|| stopper.is_stopped()).await?;
+    }
+    let share = o.once.then(|| cluster.units());
+    let mut standby = None;
     loop {
-        ops.set_lease(Some(cluster.gauge(None)));
-        let standby = match &http {
-            Some(sc) => serve_standby(sc, &ops).await,
-            None => None,
-        };
+        ops.set_leases(cluster.gauges());
+        let waited = Instant::now();
         // `--once` waits only as long as a crashed holder's lease lasts: it
         // never waits behind a running daemon.
-        let waited = Instant::now();
         let patience = cluster.timings.ttl + cluster.timings.poll * 2;
-        let held = cluster
-            .acquire(|| stopper.is_stopped() || (o.once && waited.elapsed() > patience))
-            .await;
-        if let Some(server) = standby {
-            // The leader binds the same address.
-            let _ = tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await;
-        }
-        let Some(held) = held? else {
-            if o.once && !stopper.is_stopped() {
+        let mut logged = false;
+        loop {
+            if stopper.is_stopped() {
+                break;
+            }
+            cluster.rebalance(share).await;
+            if if o.once {
+                cluster.holds_all()
+            } else {
+                cluster.holds_any()
+            } {
+                break;
+            }
+            if o.once && waited.elapsed() > patience {
+                let holders = cluster.describe_holders().await;
+                cluster.release_work().await;
                 anyhow::bail!(
-                    "another daemon holds the engine lease of this state database ({}); `run --once` does not wait for it: stop it, or let it do the work",
-                    cluster.describe_holder().await
+                    "another daemon holds leases of the work of this state database ({holders}); `run --once` does not wait for it: stop it, or let it do the work"
                 );
             }
+            if !logged {
+                tracing::info!("standby: the other daemons hold every lease of the work; taking one over when a daemon stops");
+                logged = true;
+            }
+            if standby.is_none() {
+                if let Some(sc) = &http {
+                    standby = serve_standby(sc, &ops).await;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(cluster.timings.poll) => {}
+                _ = wake.notified() => {}
+            }
+        }
+        if let Some(server) = standby.take() {
+            // The daemon doing work binds the same address.
+            let _ = tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await;
+        }
+        if stopper.is_stopped() {
+            cluster.release_all().await;
             tracing::info!("contact-sync stopped cleanly (standby)");
             return Ok(ExitCode::SUCCESS);
-        };
-        ops.set_lease(Some(cluster.gauge(Some(&held))));
-        crate::cluster::set_fence(Some(&held));
+        }
+        ops.set_leases(cluster.gauges());
+        crate::cluster::set_fences(cluster.fences());
         let led = lead(
             cfg,
             &o,
@@ -459,53 +495,73 @@ pub async fn run(cfg: &Config, o: RunOptions) -> anyhow::Result<ExitCode> {
             &stopper,
             &wake,
             &ops,
-            Some((&cluster, &held)),
+            Some(&mut cluster),
         )
         .await;
-        crate::cluster::set_fence(None);
+        crate::cluster::set_fences(Vec::new());
         match led {
             Ok(Led::LeaseLost) => {
-                tracing::warn!(lease = %held.name, token = held.token, "the lease was lost: this daemon stopped its work and waits as a standby");
-                drop(held);
+                tracing::warn!(
+                    "a lease was lost: this daemon stopped that work and takes its share again"
+                );
+            }
+            Ok(Led::Rebalanced) => {
+                tracing::info!(work = ?cluster.work(), "the daemons' shares of the work changed: setting up again");
             }
             Ok(Led::Done(code)) => {
-                held.release().await;
+                cluster.release_all().await;
                 return Ok(code);
             }
             Err(e) => {
                 // Refused by the fence anywhere (opening the engine, an
-                // initial sync, a request): the lease went to another
-                // daemon while this one was stalled; wait again.
-                if fenced(&e) || !held.confirm(cluster.timings.ttl).await {
-                    tracing::warn!(error = %e, "the lease was lost: this daemon stopped its work and waits as a standby");
+                // initial sync, a request): a lease went to another daemon
+                // while this one was stalled; take the share again.
+                if fenced(&e) || !cluster.confirm().await {
+                    tracing::warn!(error = %e, "a lease was lost: this daemon stopped that work and takes its share again");
                     continue;
                 }
-                held.release().await;
+                cluster.release_all().await;
                 return Err(e);
             }
         }
     }
 }
 
-/// A standby's /health and /metrics. The address may still be held for a
-/// moment by the server of the work this daemon just lost: tried for a few
-/// seconds; a standby without HTTP still takes the lease over.
+/// A standby's /health and /metrics; a standby without HTTP still takes
+/// leases over.
 async fn serve_standby(
     sc: &contact_sync_ops::ServerConfig,
     ops: &OpsHandle,
 ) -> Option<contact_sync_ops::ServerHandle> {
-    let mut last = None;
-    for _ in 0..25 {
-        match contact_sync_ops::serve(sc, ops.clone(), axum::Router::new()).await {
-            Ok(h) => return Some(h),
-            Err(e) => last = Some(e),
+    match serve_retrying(sc, ops, axum::Router::new()).await {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "standby: no HTTP server (/health, /metrics) while waiting");
+            None
+        }
+    }
+}
+
+/// The HTTP server. The address may still be held for a moment by the
+/// server of this daemon's previous turn at the work (several daemons): tried
+/// for a few seconds.
+async fn serve_retrying(
+    sc: &contact_sync_ops::ServerConfig,
+    ops: &OpsHandle,
+    extra: axum::Router,
+) -> anyhow::Result<contact_sync_ops::ServerHandle> {
+    let mut tries = 0;
+    loop {
+        match contact_sync_ops::serve(sc, ops.clone(), extra.clone()).await {
+            Ok(h) => return Ok(h),
+            Err(e) if tries < 25 => {
+                tracing::debug!(error = %e, "HTTP address busy; trying again");
+                tries += 1;
+            }
+            Err(e) => return Err(e.into()),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    if let Some(e) = last {
-        tracing::warn!(error = %e, "standby: no HTTP server (/health, /metrics) while waiting");
-    }
-    None
 }
 
 /// Whether `e` is a commit refused by the lease's fence.
@@ -518,18 +574,43 @@ fn fenced(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Watchers that live as long as the process, started by the first turn
+/// at the work that needs them.
+static REQUESTS_WATCHED: AtomicBool = AtomicBool::new(false);
+static SQLITE_WATCHED: AtomicBool = AtomicBool::new(false);
+
+/// Tasks of one turn at the work, ended with it.
+#[derive(Default)]
+struct LeadTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl LeadTasks {
+    fn push(&mut self, t: tokio::task::JoinHandle<()>) {
+        self.0.push(t);
+    }
+}
+
+impl Drop for LeadTasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 /// How a daemon's turn at the work ended.
 enum Led {
     Done(ExitCode),
-    /// Another daemon holds the lease now.
+    /// Another daemon holds one of this daemon's leases now.
     LeaseLost,
+    /// This daemon's share of the work changed (a daemon joined or left).
+    Rebalanced,
 }
 
 impl Led {
     fn code(self) -> ExitCode {
         match self {
             Led::Done(c) => c,
-            Led::LeaseLost => ExitCode::from(1),
+            Led::LeaseLost | Led::Rebalanced => ExitCode::from(1),
         }
     }
 }
@@ -545,11 +626,18 @@ async fn lead(
     stopper: &Stopper,
     wake: &Arc<Notify>,
     ops: &OpsHandle,
-    lease: Option<(&crate::cluster::Cluster, &contact_sync_state::lease::Held)>,
+    mut lease: Option<&mut crate::cluster::Cluster>,
 ) -> anyhow::Result<Led> {
-    let (mut engine, hooks, gates, mut bq) = build_daemon_engine(cfg, batch).await?;
-    let lost = || lease.is_some_and(|(_, held)| held.is_lost());
-    // With a lease, the lease (and the fence on every commit) stands for
+    // Several daemons: this one does its leases' part of the work; the
+    // `engine` lease's holder (the primary) also serves the requests, the
+    // initial syncs, the console, the drift checks and retention.
+    let mut lead_tasks = LeadTasks::default();
+    let work = lease.as_ref().map(|c| c.work());
+    let primary = lease.as_ref().is_none_or(|c| c.is_primary());
+    let (mut engine, hooks, gates, mut bq) = build_daemon_engine(cfg, batch, work).await?;
+    let lost_flags = lease.as_ref().map(|c| c.lost_flags()).unwrap_or_default();
+    let lost = || lost_flags.iter().any(|f| f.load(Ordering::SeqCst));
+    // With leases, the leases (and the fences on every commit) stand for
     // the single-instance lock.
     let _lock = match lease {
         None => Some(crate::commands::take_lock(engine.state())?),
@@ -570,20 +658,41 @@ async fn lead(
             None
         }
     };
-    crate::requests::fail_interrupted(engine.state_mut())?;
-    stopper.watch(engine.shutdown_flag());
-    if let Some((_, held)) = lease {
-        // Losing the lease stops the engine after the batch in flight (its
-        // commit would be refused anyway) and wakes the loop.
-        let (flag, wake) = (engine.shutdown_flag(), wake.clone());
-        held.on_lost(move || {
-            flag.store(true, Ordering::SeqCst);
-            wake.notify_one();
-        });
+    if primary {
+        crate::requests::fail_interrupted(engine.state_mut())?;
     }
-    if !o.once {
+    stopper.watch(engine.shutdown_flag());
+    if let Some(cluster) = lease.as_ref() {
+        // Losing a lease stops the engine after the batch in flight (its
+        // commit would be refused anyway) and wakes the loop.
+        let (flag, lost_wake) = (engine.shutdown_flag(), wake.clone());
+        cluster.on_lost(move || {
+            flag.store(true, Ordering::SeqCst);
+            lost_wake.notify_one();
+        });
+        // Another daemon's journal entries and canonical writes wake this
+        // one (its stores are owed them).
+        let leases_wake = wake.clone();
+        let timings = cluster.timings;
+        let progress = cluster.progress_probe();
+        lead_tasks.push(tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                tokio::time::sleep(timings.poll).await;
+                let now = progress.progress().await.ok();
+                if now.is_some() && last.is_some() && now != last {
+                    leases_wake.notify_one();
+                }
+                if now.is_some() {
+                    last = now;
+                }
+            }
+        }));
+    }
+    if !o.once && primary && !REQUESTS_WATCHED.swap(true, Ordering::SeqCst) {
         // Operator requests (`conflicts resolve`, `drift --repair`, `cdc
-        // reset` while the daemon runs) wake the loop.
+        // reset` while the daemon runs) wake the loop (one watcher for
+        // the process's life).
         crate::requests::watch(cfg, wake.clone())?;
     }
     tracing::info!(stores = ?engine.store_names(), interval_secs = interval.as_secs(), "contact-sync started");
@@ -604,8 +713,9 @@ async fn lead(
         });
     }
     // SQLite stores (canonical.db, local.db): an edit by another program
-    // wakes the loop within SQLITE_WATCH_EVERY, as NOTIFY does for Postgres.
-    if !o.once {
+    // wakes the loop within SQLITE_WATCH_EVERY, as NOTIFY does for Postgres
+    // (watched once for the process's life).
+    if !o.once && !SQLITE_WATCHED.swap(true, Ordering::SeqCst) {
         let sqlite = std::iter::once((contact_sync_engine::CANONICAL, cfg.canonical()))
             .chain(cfg.stores().iter().map(|(n, sc)| (n.as_str(), sc)));
         for (name, sc) in sqlite {
@@ -685,12 +795,13 @@ async fn lead(
         if let Some(addr) = o.http_listen {
             sc.listen = addr;
         }
-        if cfg.console.enabled {
+        // The console acts on the whole work: the primary's.
+        if cfg.console.enabled && primary {
             let (router, rx) = console_router(cfg, &sc, ops.clone())?;
             extra = extra.merge(router);
             console_requests = Some(rx);
         }
-        let h = contact_sync_ops::serve(&sc, ops.clone(), extra).await?;
+        let h = serve_retrying(&sc, ops, extra).await?;
         tracing::info!(addr = %h.local_addr(), "HTTP server: /health /metrics{}{}", if console_requests.is_some() { " and the console at /" } else { "" }, if hooks.is_empty() { "" } else { " /webhooks/twenty[/<store>]" });
         Some(h)
     };
@@ -702,7 +813,14 @@ async fn lead(
     backfills
         .refresh(engine.state())
         .context("the state database cannot be read")?;
-    if o.initial_sync && backfills.waiting().is_empty() {
+    if !primary {
+        // Canonical's journal goes to BigQuery from the primary.
+        bq = None;
+    }
+    if !primary {
+        // The primary runs the initial syncs; the stores waiting for one
+        // are held out of this daemon's cycles meanwhile.
+    } else if o.initial_sync && backfills.waiting().is_empty() {
         println!(
             "initial sync: every store has finished its backfill already (`contact-sync initial-sync` copies everything again)"
         );
@@ -710,6 +828,7 @@ async fn lead(
         tracing::info!(stores = ?backfills.waiting(), "a store has not been backfilled yet: running its initial sync");
     }
     let mut failures = 0u32;
+    let mut next_rebalance = tokio::time::Instant::now();
     let drift_every = Duration::from_secs(cfg.sync.drift_interval_secs.max(1));
     let mut last_drift = Instant::now();
     loop {
@@ -720,16 +839,24 @@ async fn lead(
             break;
         }
         // Between cycles: what commands asked of the daemon.
-        crate::requests::serve(cfg, &mut engine, &backfills, stopper).await;
+        if primary {
+            crate::requests::serve(cfg, &mut engine, &backfills, stopper).await;
+        }
         backfills.refresh_logged(engine.state());
-        backfills.run_due(cfg, stopper).await;
+        if primary {
+            backfills.run_due(cfg, stopper).await;
+        }
         if lost() {
             return Ok(Led::LeaseLost);
         }
         if stopper.is_stopped() {
             break;
         }
-        if !o.once && last_drift.elapsed() >= drift_every && backfills.waiting().is_empty() {
+        if !o.once
+            && primary
+            && last_drift.elapsed() >= drift_every
+            && backfills.waiting().is_empty()
+        {
             last_drift = Instant::now();
             match engine.verify().await {
                 Ok(v) => {
@@ -796,16 +923,16 @@ async fn lead(
                 }
             }
             Err(e) if e.is_fenced() && lease.is_some() => {
-                // Another daemon holds the lease now: nothing of this cycle
-                // was committed.
-                tracing::warn!(error = %e, "a commit was refused: another daemon holds the lease");
+                // Another daemon holds a lease of this one now: nothing of
+                // this cycle was committed.
+                tracing::warn!(error = %e, "a commit was refused: another daemon holds a lease of this daemon's work");
                 return Ok(Led::LeaseLost);
             }
             Err(e) => {
                 // A commit refused by the fence means another daemon took
-                // the lease: not a failure of the cycle.
-                if let Some((cluster, held)) = lease {
-                    if !held.confirm(cluster.timings.ttl).await {
+                // a lease: not a failure of the cycle.
+                if let Some(cluster) = lease.as_ref() {
+                    if !cluster.confirm().await {
                         return Ok(Led::LeaseLost);
                     }
                 }
@@ -816,7 +943,9 @@ async fn lead(
                 }
             }
         }
-        crate::retention::run_if_due(engine.state_mut(), cfg.state.retention_days);
+        if primary {
+            crate::retention::run_if_due(engine.state_mut(), cfg.state.retention_days);
+        }
         if stopper.is_stopped() {
             break;
         }
@@ -828,16 +957,39 @@ async fn lead(
         if let Some(due) = backfills.next_due() {
             wait = wait.min(due.saturating_duration_since(Instant::now()));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {},
-            _ = wake.notified() => {},
-            Some(req) = recv_console(&mut console_requests) => {
-                serve_console(&mut engine, req).await;
-                // Settle whatever else is waiting, then run a cycle.
-                while let Some(Ok(req)) = console_requests.as_mut().map(|r| r.try_recv()) {
-                    serve_console(&mut engine, req).await;
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            // Several daemons: the shares are looked at every poll, cycles
+            // or not (a daemon joined or left).
+            if let Some(cluster) = lease.as_deref_mut() {
+                if tokio::time::Instant::now() >= next_rebalance {
+                    next_rebalance = tokio::time::Instant::now() + cluster.timings.poll;
+                    if cluster.rebalance(None).await {
+                        return Ok(Led::Rebalanced);
+                    }
                 }
-            },
+            }
+            if lost() {
+                return Ok(Led::LeaseLost);
+            }
+            let rebalance_at = if lease.is_some() {
+                next_rebalance
+            } else {
+                until
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                _ = wake.notified() => break,
+                _ = tokio::time::sleep_until(rebalance_at), if rebalance_at < until => continue,
+                Some(req) = recv_console(&mut console_requests) => {
+                    serve_console(&mut engine, req).await;
+                    // Settle whatever else is waiting, then run a cycle.
+                    while let Some(Ok(req)) = console_requests.as_mut().map(|r| r.try_recv()) {
+                        serve_console(&mut engine, req).await;
+                    }
+                    break;
+                },
+            }
         }
     }
     tracing::info!("contact-sync stopped cleanly");

@@ -2,11 +2,15 @@
 //! machine"), through the binary, on the harness's private cluster.
 //!
 //! Three daemon processes share the state database and the stores
-//! (canonical.db, local.db and a Postgres store). Writers edit every store
-//! while daemons are killed (-9) and restarted, or paused (SIGSTOP) past
-//! their lease and resumed. A history of every acknowledged write decides:
-//! each ends in every store, no contact is duplicated, no write is applied
-//! twice, and no conflict is opened (each contact has one writer).
+//! (canonical.db, local.db and a Postgres store), and split the work: one
+//! holds `engine` (canonical's writes), one `store:local`, one
+//! `store:supabase`. Writers edit every store while the holder of each
+//! lease in turn is killed (-9) and restarted, or paused (SIGSTOP) past its
+//! lease and resumed; batches of 7 make every round's backlog span many
+//! batches, so a failover lands in the middle of one. A history of every
+//! acknowledged write decides: each ends in every store, no contact is
+//! duplicated, no write is applied twice, and no conflict is opened (each
+//! contact has one writer).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -108,6 +112,7 @@ async fn setup() -> Env {
         dir.path().join("contact-sync.toml"),
         format!(
             "[state]\nurl = {{ env = \"STATE_DB_URL\" }}\n\n[cluster]\nfailover_secs = {FAILOVER_SECS}\n\n\
+             [sync]\nbatch_size = 7\n\n\
              [stores.local]\nkind = \"sqlite\"\n\n\
              [stores.supabase]\nkind = \"postgres\"\nurl = {{ env = \"TEST_PG_URL\" }}\nslot_name = \"{slot}\"\n"
         ),
@@ -134,16 +139,28 @@ async fn setup() -> Env {
     env
 }
 
-/// The live engine lease: (holder, token).
-async fn holder(state: &Client) -> Option<(String, i64)> {
+/// The leases of the work.
+const LEASES: [&str; 3] = ["engine", "store:local", "store:supabase"];
+
+/// Lease `name` while it is held: (holder, token).
+async fn holder(state: &Client, name: &str) -> Option<(String, i64)> {
     state
         .query_opt(
-            "SELECT holder, token FROM leases WHERE name = 'engine' AND expires_at > now()",
-            &[],
+            "SELECT holder, token FROM leases WHERE name = $1 AND expires_at > now()",
+            &[&name],
         )
         .await
         .expect("leases")
         .map(|r| (r.get(0), r.get(1)))
+}
+
+/// The holders of the work's leases, once all three are held.
+async fn holders(state: &Client) -> Option<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    for name in LEASES {
+        out.push(holder(state, name).await?);
+    }
+    Some(out)
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -264,9 +281,21 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
     let store_pg = pg(&env.store_url).await;
     let mut generation = 0usize;
     let mut daemons: Vec<Child> = (0..3).map(|n| env.daemon(n, 0)).collect();
+    // The work spreads: each daemon holds one lease.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while holder(&state).await.is_none() {
-        assert!(Instant::now() < deadline, "no daemon took the lease");
+    loop {
+        if let Some(h) = holders(&state).await {
+            let distinct: std::collections::BTreeSet<&String> = h.iter().map(|(h, _)| h).collect();
+            if distinct.len() == 3 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the three leases are not spread over the three daemons: {:?}\n{}",
+            holders(&state).await,
+            env.logs(0)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -284,12 +313,25 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
             write(&env, &store_pg, i, &value).await;
             last.insert(i, value);
         }
-        // ...then the leader is killed or paused while more writes land.
-        let (lead, token) = holder(&state).await.expect("a leader");
+        // ...then the holder of one lease (each in turn) is killed or
+        // paused while more writes land.
+        let lease = LEASES[round % 3];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (lead, token) = loop {
+            if let Some(h) = holder(&state, lease).await {
+                break h;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nobody holds {lease}\n{}",
+                env.logs(generation)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let victim = daemons
             .iter()
             .position(|d| lead.contains(&format!(":{}:", d.id())))
-            .expect("the leader is one of ours");
+            .expect("the holder is one of ours");
         let pause = round % 2 == 1;
         let t0 = Instant::now();
         if pause {
@@ -316,7 +358,7 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
             // the failover time is measured by the benchmark).
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                if let Some((h, t)) = holder(&state).await {
+                if let Some((h, t)) = holder(&state, lease).await {
                     if t > token {
                         assert_ne!(h, lead, "a new token goes to another holder");
                         break;
@@ -324,7 +366,7 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
                 }
                 if Instant::now() > deadline {
                     panic!(
-                        "no daemon took the lease over after round {round}\n{}",
+                        "no daemon took {lease} over after round {round}\n{}",
                         env.logs(generation)
                     );
                 }
@@ -435,50 +477,69 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
         failovers.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
     );
 
-    // Who holds what: `status` names the holder; each daemon's /metrics
-    // says whether it holds the lease (one does); the holder's console
-    // lists the daemons.
-    let (lead, token) = holder(&state).await.expect("a leader");
+    // Who holds what: `status` names each lease's holder and every running
+    // daemon; each daemon's /metrics says which leases it holds (each
+    // lease is held by exactly one); the primary's console lists them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held_now = loop {
+        if let Some(h) = holders(&state).await {
+            break h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every lease is held again\n{}",
+            env.logs(generation)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let status = env.ok(&["status"]);
-    assert!(
-        status.contains(&format!("lease engine: held by {lead}"))
-            && status.contains(&format!("token {token}")),
-        "{status}"
-    );
+    for (name, (h, _)) in LEASES.iter().zip(&held_now) {
+        assert!(
+            status.contains(&format!("lease {name}: held by {h}")),
+            "{status}"
+        );
+    }
+    assert_eq!(status.matches(": running since ").count(), 3, "{status}");
     // `run --once` beside working daemons waits at most a crashed holder's
-    // lease, then refuses, naming the holder.
+    // lease, then refuses, naming the holders.
     let once = env.cmd(&["run", "--once"]).output().unwrap();
     let err = String::from_utf8_lossy(&once.stderr);
     assert!(!once.status.success(), "{err}");
     assert!(
-        err.contains("another daemon holds the engine lease") && err.contains(&lead),
+        err.contains("another daemon holds leases of the work") && err.contains(&held_now[0].0),
         "{err}"
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mut held = Vec::new();
+        // Per daemon: the leases its /metrics says it holds.
+        let mut held: Vec<Option<Vec<&str>>> = Vec::new();
         for port in &env.ports {
             let text = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
                 Ok(r) => r.text().await.unwrap_or_default(),
                 Err(_) => String::new(),
             };
-            held.push(
-                if text.contains("contact_sync_lease_held{lease=\"engine\"} 1") {
-                    Some(true)
-                } else if text.contains("contact_sync_lease_held{lease=\"engine\"} 0") {
-                    Some(false)
-                } else {
-                    None
-                },
-            );
+            held.push(text.contains("contact_sync_lease_held{").then(|| {
+                LEASES
+                    .iter()
+                    .copied()
+                    .filter(|l| {
+                        text.contains(&format!("contact_sync_lease_held{{lease=\"{l}\"}} 1"))
+                    })
+                    .collect()
+            }));
         }
-        if held.iter().all(Option::is_some) {
-            assert_eq!(
-                held.iter().filter(|h| **h == Some(true)).count(),
-                1,
-                "one daemon holds the lease: {held:?}"
-            );
-            let i = held.iter().position(|h| *h == Some(true)).unwrap();
+        let settled = held.iter().all(Option::is_some)
+            && LEASES.iter().all(|l| {
+                held.iter()
+                    .filter(|h| h.as_ref().is_some_and(|h| h.contains(l)))
+                    .count()
+                    == 1
+            });
+        if settled {
+            let i = held
+                .iter()
+                .position(|h| h.as_ref().is_some_and(|h| h.contains(&"engine")))
+                .unwrap();
             let page = reqwest::get(format!("http://127.0.0.1:{}/", env.ports[i]))
                 .await
                 .unwrap()
@@ -486,14 +547,17 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
                 .await
                 .unwrap();
             assert!(
-                page.contains("Daemons") && page.contains("this daemon"),
+                page.contains("Daemons")
+                    && page.contains("this daemon")
+                    && page.contains("store:supabase")
+                    && page.contains("daemon (member)"),
                 "{page}"
             );
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "every daemon serves /metrics: {held:?}\n{}",
+            "each lease held by exactly one daemon's /metrics: {held:?}\n{}",
             env.logs(generation)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -511,9 +575,17 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
             env.logs(generation)
         );
     }
-    assert_eq!(holder(&state).await, None, "the lease is released");
+    for name in LEASES {
+        assert_eq!(holder(&state, name).await, None, "{name} is released");
+    }
     let status = env.ok(&["status"]);
-    assert!(status.contains("lease engine: free"), "{status}");
+    for name in LEASES {
+        assert!(status.contains(&format!("lease {name}: free")), "{status}");
+    }
+    assert!(
+        !status.contains(": running since "),
+        "no daemon runs: {status}"
+    );
 }
 
 fn tail(text: &str, n: usize) -> String {

@@ -193,15 +193,16 @@ pub struct MetricsSnapshot {
     pub cycles_total: u64,
     /// Cycles that failed as a whole (in-process counter).
     pub cycle_failures_total: u64,
-    /// Several daemons on one state database: this daemon's lease.
-    pub lease: Option<LeaseGauge>,
+    /// Several daemons on one state database: this daemon's part of each
+    /// lease (the engine's, each store's).
+    pub leases: Vec<LeaseGauge>,
 }
 
-/// This daemon's part in a cluster (`[state] url`): whether it holds the
-/// work's lease or waits as a standby.
+/// This daemon's part in a cluster (`[state] url`): whether it holds one
+/// lease of the work (`engine`, `store:<name>`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LeaseGauge {
-    /// The lease's name (`engine`).
+    /// The lease's name (`engine`, `store:<name>`).
     pub name: String,
     /// This daemon's name in the lease table.
     pub holder: String,
@@ -296,7 +297,7 @@ impl MetricsSnapshot {
             last_cycle: None,
             cycles_total: 0,
             cycle_failures_total: 0,
-            lease: None,
+            leases: Vec::new(),
         })
     }
 
@@ -606,22 +607,27 @@ pub fn render_prometheus(snap: &MetricsSnapshot) -> String {
         "Sync cycles of this process that failed as a whole.",
         n(snap.cycle_failures_total),
     );
-    if let Some(l) = &snap.lease {
-        // Only daemons sharing a state database have a lease.
-        let label = format!("{{lease=\"{}\"}}", escape_label_value(&l.name));
+    if !snap.leases.is_empty() {
+        // Only daemons sharing a state database have leases.
         w.family(
             "lease_held",
             Gauge,
-            "1 when this daemon holds the lease (does the work), 0 while it waits as a standby.",
+            "1 when this daemon holds the lease (does that part of the work), 0 when another daemon does.",
         );
-        let _ = writeln!(w.out, "contact_sync_lease_held{label} {}", u8::from(l.held));
+        for l in &snap.leases {
+            let label = format!("{{lease=\"{}\"}}", escape_label_value(&l.name));
+            let _ = writeln!(w.out, "contact_sync_lease_held{label} {}", u8::from(l.held));
+        }
         w.family(
             "lease_token",
             Gauge,
-            "The fencing token of the lease this daemon holds.",
+            "The fencing token of each lease this daemon holds.",
         );
-        if let Some(t) = l.token {
-            let _ = writeln!(w.out, "contact_sync_lease_token{label} {t}");
+        for l in &snap.leases {
+            if let Some(t) = l.token {
+                let label = format!("{{lease=\"{}\"}}", escape_label_value(&l.name));
+                let _ = writeln!(w.out, "contact_sync_lease_token{label} {t}");
+            }
         }
     }
     w.out
@@ -645,7 +651,7 @@ struct Shared {
     cycle_failures: u64,
     last_cycle: Option<CycleOutcome>,
     health: HealthThresholds,
-    lease: Option<LeaseGauge>,
+    leases: Vec<LeaseGauge>,
 }
 
 /// The daemon's live numbers, shared between the sync loop (writer), the
@@ -737,9 +743,10 @@ impl OpsHandle {
             .add(&cost);
     }
 
-    /// This daemon's lease (several daemons on one state database).
-    pub fn set_lease(&self, lease: Option<LeaseGauge>) {
-        self.write().lease = lease;
+    /// This daemon's part of each lease (several daemons on one state
+    /// database).
+    pub fn set_leases(&self, leases: Vec<LeaseGauge>) {
+        self.write().leases = leases;
     }
 
     /// The health thresholds in force.
@@ -769,7 +776,7 @@ impl OpsHandle {
         snap.last_cycle = g.last_cycle.clone();
         snap.cycles_total = g.cycles;
         snap.cycle_failures_total = g.cycle_failures;
-        snap.lease = g.lease.clone();
+        snap.leases = g.leases.clone();
         drop(g);
         snap.with_lag_at(now)
     }
@@ -799,24 +806,32 @@ mod tests {
     fn a_clustered_daemon_says_whether_it_holds_the_lease() {
         let h = OpsHandle::default();
         assert!(!render_prometheus(&h.snapshot()).contains("lease"));
-        h.set_lease(Some(LeaseGauge {
+        h.set_leases(vec![LeaseGauge {
             name: "engine".into(),
             holder: "host:1:ab".into(),
             held: false,
             token: None,
-        }));
+        }]);
         let text = render_prometheus(&h.snapshot());
         assert!(
             text.contains("contact_sync_lease_held{lease=\"engine\"} 0\n"),
             "{text}"
         );
         assert!(!text.contains("contact_sync_lease_token{"), "{text}");
-        h.set_lease(Some(LeaseGauge {
-            name: "engine".into(),
-            holder: "host:1:ab".into(),
-            held: true,
-            token: Some(7),
-        }));
+        h.set_leases(vec![
+            LeaseGauge {
+                name: "engine".into(),
+                holder: "host:1:ab".into(),
+                held: true,
+                token: Some(7),
+            },
+            LeaseGauge {
+                name: "store:local".into(),
+                holder: "host:1:ab".into(),
+                held: false,
+                token: None,
+            },
+        ]);
         let text = render_prometheus(&h.snapshot());
         assert!(
             text.contains("contact_sync_lease_held{lease=\"engine\"} 1\n"),
@@ -826,6 +841,11 @@ mod tests {
             text.contains("contact_sync_lease_token{lease=\"engine\"} 7\n"),
             "{text}"
         );
+        assert!(
+            text.contains("contact_sync_lease_held{lease=\"store:local\"} 0\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE contact_sync_lease_held").count(), 1);
     }
 
     #[test]

@@ -254,6 +254,35 @@ impl Leases {
         Ok(n == 1)
     }
 
+    /// Deletes the rows of leases named `prefix…` that expired more than
+    /// `age` ago (the memberships of daemons long gone).
+    pub async fn prune(&self, prefix: &str, age: Duration) -> Result<u64, LeaseError> {
+        let age_ms = age.as_millis() as i64;
+        self.client
+            .execute(
+                "DELETE FROM leases WHERE left(name, length($1)) = $1
+                   AND expires_at < now() - $2::bigint * interval '1 millisecond'",
+                &[&prefix, &age_ms],
+            )
+            .await
+            .map_err(q)
+    }
+
+    /// How far the shared work has gone: the journal's head and the
+    /// canonical store's cursor (a daemon wakes when another moved them).
+    pub async fn progress(&self) -> Result<(i64, i64), LeaseError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT (SELECT COALESCE(MAX(seq), 0) FROM journal),
+                        (SELECT COALESCE(MAX(seq), 0) FROM cursors WHERE consumer = 'canonical')",
+                &[],
+            )
+            .await
+            .map_err(q)?;
+        Ok((row.get(0), row.get(1)))
+    }
+
     /// Lease `name` while someone holds it.
     pub async fn live(&self, name: &str) -> Result<Option<LeaseRow>, LeaseError> {
         Ok(self
@@ -336,6 +365,21 @@ impl Held {
             }
             tokio::time::sleep(timings.poll).await;
         }
+    }
+
+    /// Takes `name` now if it is free (or expired, or ours), without
+    /// waiting: None when another daemon holds it.
+    pub async fn try_take(
+        leases: Arc<Leases>,
+        name: &str,
+        holder: &str,
+        info: &str,
+        timings: LeaseTimings,
+    ) -> Result<Option<Held>, LeaseError> {
+        Ok(leases
+            .try_acquire(name, holder, timings.ttl, info)
+            .await?
+            .map(|token| Held::start(leases, name, holder, token, timings)))
     }
 
     fn start(

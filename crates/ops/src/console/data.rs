@@ -192,7 +192,7 @@ pub(crate) async fn overview(c: &Console) -> Result<Overview, String> {
         health: health_word,
         alerts: reasons.iter().map(|r| r.to_string()).collect(),
         leases: c.with_db(|db| db.leases().map_err(state_err)).await?,
-        this_daemon: live.lease.clone(),
+        this_daemon: live.leases.first().cloned(),
     })
 }
 

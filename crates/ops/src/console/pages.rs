@@ -153,9 +153,11 @@ pub(crate) async fn overview(State(c): State<Console>) -> Response {
                     th { "Work" } th { "Held by" } th { "Token" } th { "Since" } th { "Renewed" } th { "Expires" }
                 } }
                 tbody {
-                    @for l in &o.leases {
+                    // A daemon's membership (`member:<holder>`) shows
+                    // while it runs; the work's leases always.
+                    @for l in o.leases.iter().filter(|l| l.live || !l.name.starts_with("member:")) {
                         tr {
-                            td { (l.name) }
+                            td { @if l.name.starts_with("member:") { "daemon (member)" } @else { (l.name) } }
                             td {
                                 @if l.live { (l.holder) " (" (l.info) ")" } @else { "nobody (last: " (l.holder) ")" }
                                 @if o.this_daemon.as_ref().is_some_and(|d| d.holder == l.holder && l.live) { " · this daemon" }
