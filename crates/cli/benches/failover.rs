@@ -2,13 +2,16 @@
 //! release binary:
 //!
 //! - **failover**: `FAILOVER_KILLS` (default 20) times, the daemon holding
-//!   the `engine` lease is killed with SIGKILL and restarted; the time from
-//!   the kill to another daemon holding the lease is measured (p50, max),
-//!   then the same for a clean stop (SIGTERM hands the lease over).
+//!   a lease of the work (`engine` and `store:local` in turn) is killed
+//!   with SIGKILL and restarted; the time from the kill to another daemon
+//!   holding that lease is measured (p50, max), then the same for a clean
+//!   stop (SIGTERM hands the leases over).
 //!   `FAILOVER_SECS` sets `[cluster] failover_secs` (default 15).
 //! - **throughput** with 1, 2 and 3 daemons: the initial sync of
 //!   `FAILOVER_CONTACTS` (default 20,000) SQLite → SQLite, and 2,000 edits
-//!   made in local.db at once until all are in canonical.db.
+//!   made in local.db at once until all are in canonical.db. (Two leases,
+//!   `engine` and `store:local`: with two daemons or more, one captures
+//!   local.db and the other writes canonical.db.)
 //!
 //! `cargo bench -p contact-sync --bench failover` (a private PostgreSQL
 //! cluster is started by the harness, or CONTACT_SYNC_PG_URL is used).
@@ -88,11 +91,11 @@ async fn pg(url: &str) -> Client {
     c
 }
 
-async fn holder(state: &Client) -> Option<(String, i64)> {
+async fn holder(state: &Client, lease: &str) -> Option<(String, i64)> {
     state
         .query_opt(
-            "SELECT holder, token FROM leases WHERE name = 'engine' AND expires_at > now()",
-            &[],
+            "SELECT holder, token FROM leases WHERE name = $1 AND expires_at > now()",
+            &[&lease],
         )
         .await
         .ok()
@@ -126,13 +129,20 @@ async fn failovers(failover: u64, kills: usize) {
     let state = pg(&e.state_url).await;
     let mut daemons: Vec<Child> = (0..3).map(|_| e.daemon()).collect();
     until("a leader", Duration::from_secs(60), async || {
-        holder(&state).await.is_some()
+        holder(&state, "engine").await.is_some() && holder(&state, "store:local").await.is_some()
     })
     .await;
     for (sig, n) in [("-KILL", kills), ("-TERM", kills.min(5))] {
         let mut times = Vec::new();
-        for _ in 0..n {
-            let (lead, token) = holder(&state).await.unwrap();
+        for k in 0..n {
+            let lease = ["engine", "store:local"][k % 2];
+            // The shares settle after a restart (the newcomer is handed a
+            // lease): wait until this one is held.
+            until("a holder", Duration::from_secs(60), async || {
+                holder(&state, lease).await.is_some()
+            })
+            .await;
+            let (lead, token) = holder(&state, lease).await.unwrap();
             let i = daemons
                 .iter()
                 .position(|d| lead.contains(&format!(":{}:", d.id())))
@@ -144,7 +154,7 @@ async fn failovers(failover: u64, kills: usize) {
             until(
                 "a takeover",
                 Duration::from_secs(failover * 4),
-                async || holder(&state).await.is_some_and(|(_, t)| t > token),
+                async || holder(&state, lease).await.is_some_and(|(_, t)| t > token),
             )
             .await;
             times.push(t0.elapsed());

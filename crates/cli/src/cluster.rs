@@ -286,9 +286,7 @@ impl Cluster {
         };
         let others: Vec<String> = rows
             .iter()
-            .filter(|r| {
-                r.live && r.holder != self.holder && self.units.iter().any(|u| *u == r.name)
-            })
+            .filter(|r| r.live && r.holder != self.holder && self.units.contains(&r.name))
             .map(|r| {
                 format!(
                     "{}: {}, {}, since {}",
