@@ -37,7 +37,10 @@ pub fn migrate_to_postgres(
         return Ok(ExitCode::SUCCESS);
     }
     println!("Copied the state database");
-    println!("  from {} (SQLite, left unchanged)", report.source.display());
+    println!(
+        "  from {} (SQLite, left unchanged)",
+        report.source.display()
+    );
     println!("  into {} (Postgres)", report.target);
     let width = report
         .tables

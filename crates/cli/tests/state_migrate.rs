@@ -310,11 +310,7 @@ fn the_move_is_refused_while_the_sqlite_file_is_in_use_or_the_target_holds_state
         "{err}"
     );
     assert!(err.contains("stop the daemon or command"), "{err}");
-    assert_eq!(
-        s.pg_count("journal"),
-        -1,
-        "nothing was created in Postgres"
-    );
+    assert_eq!(s.pg_count("journal"), -1, "nothing was created in Postgres");
     stop(daemon);
 
     // Stopped: the move goes through once; a second finds state there.
@@ -341,7 +337,12 @@ fn the_move_is_refused_while_the_sqlite_file_is_in_use_or_the_target_holds_state
     let from = s.d().join("contact-sync-data/state.db");
     let out = other.run(
         PG,
-        &["state", "migrate-to-postgres", "--from", from.to_str().unwrap()],
+        &[
+            "state",
+            "migrate-to-postgres",
+            "--from",
+            from.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("is not empty ("), "{}", stderr(&out));

@@ -770,10 +770,7 @@ fn copy_locked(from: &Path, url: &str, start: Instant) -> Result<MigrationReport
     // Verify inside the transaction: a difference commits nothing.
     for (name, rows) in &tables {
         let back: i64 = if name == "meta" {
-            dst.query_value(
-                "SELECT count(*) FROM meta WHERE key <> ?1",
-                p![HOLDER_META],
-            )?
+            dst.query_value("SELECT count(*) FROM meta WHERE key <> ?1", p![HOLDER_META])?
         } else {
             dst.query_value(&format!("SELECT count(*) FROM {name}"), vec![])?
         };
