@@ -45,22 +45,22 @@ pub fn migrate_to_postgres(
     let width = report
         .tables
         .iter()
-        .map(|(t, _)| t.len())
+        .map(|t| t.table.len())
         .max()
         .unwrap_or(5);
     println!("  {:<width$}  {:>10}", "table", "rows");
-    for (table, rows) in &report.tables {
-        println!("  {table:<width$}  {rows:>10}");
+    for t in &report.tables {
+        println!("  {:<width$}  {:>10}", t.table, t.rows);
     }
     let entries = report
         .tables
         .iter()
-        .find(|(t, _)| t == "journal")
-        .map_or(0, |(_, n)| *n);
+        .find(|t| t.table == "journal")
+        .map_or(0, |t| t.rows);
     println!(
         "Verified in {:.1} s: every table's row count read back; the journal's {} entries \
          (up to seq {}) read back with the same SHA-256 {}. The next journal seq is {}.",
-        report.elapsed.as_secs_f64(),
+        report.seconds,
         entries,
         report.journal_max_seq,
         report.journal_sha256,

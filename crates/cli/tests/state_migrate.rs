@@ -314,7 +314,21 @@ fn the_move_is_refused_while_the_sqlite_file_is_in_use_or_the_target_holds_state
     stop(daemon);
 
     // Stopped: the move goes through once; a second finds state there.
-    s.ok(PG, &["state", "migrate-to-postgres"]);
+    let report = s.json(PG, &["state", "migrate-to-postgres", "--json"]);
+    let rows = |t: &str| {
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["table"] == t)
+            .unwrap_or_else(|| panic!("no table {t} in {report}"))["rows"]
+            .as_i64()
+            .unwrap()
+    };
+    assert!(rows("store_records") >= 20, "{report}");
+    assert_eq!(rows("store_records"), s.pg_count("store_records"));
+    assert_eq!(rows("journal"), 0);
+    assert_eq!(report["journal_next_seq"], 1);
     let out = s.run(PG, &["state", "migrate-to-postgres"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);

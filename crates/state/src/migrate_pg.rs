@@ -296,13 +296,13 @@ pub enum MigrateError {
 }
 
 /// What was copied (and verified).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct MigrationReport {
     pub source: PathBuf,
     /// The Postgres database, without its password.
     pub target: String,
-    /// (table, rows copied), in copy order; each count read back equal.
-    pub tables: Vec<(String, u64)>,
+    /// Rows copied per table, in copy order; each count read back equal.
+    pub tables: Vec<TableRows>,
     /// The largest journal seq copied (0 when the journal was empty).
     pub journal_max_seq: i64,
     /// The seq the next journal entry gets.
@@ -310,8 +310,16 @@ pub struct MigrationReport {
     /// SHA-256 of the journal (hex), the same read from SQLite and read
     /// back from Postgres.
     pub journal_sha256: String,
-    #[serde(skip)]
-    pub elapsed: Duration,
+    /// Seconds the whole move took (the checks and the verification
+    /// included).
+    pub seconds: f64,
+}
+
+/// Rows copied into one table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableRows {
+    pub table: String,
+    pub rows: u64,
 }
 
 /// One value as carried over: text, or NULL.
@@ -764,11 +772,14 @@ fn copy_locked(from: &Path, url: &str, start: Instant) -> Result<MigrationReport
         if is_journal {
             journal_rows = copied.rows;
         }
-        tables.push((t.name.to_string(), copied.rows));
+        tables.push(TableRows {
+            table: t.name.to_string(),
+            rows: copied.rows,
+        });
     }
 
     // Verify inside the transaction: a difference commits nothing.
-    for (name, rows) in &tables {
+    for TableRows { table: name, rows } in &tables {
         let back: i64 = if name == "meta" {
             dst.query_value("SELECT count(*) FROM meta WHERE key <> ?1", p![HOLDER_META])?
         } else {
@@ -805,6 +816,6 @@ fn copy_locked(from: &Path, url: &str, start: Instant) -> Result<MigrationReport
         journal_max_seq,
         journal_next_seq,
         journal_sha256,
-        elapsed: start.elapsed(),
+        seconds: start.elapsed().as_secs_f64(),
     })
 }
