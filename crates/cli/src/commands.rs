@@ -115,6 +115,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             DeadLetterAction::Retry { id } => crate::dead_letters::close(&cfg, id, true),
             DeadLetterAction::Dismiss { id } => crate::dead_letters::close(&cfg, id, false),
         },
+        Command::State { action } => match action {
+            crate::StateAction::MigrateToPostgres { from, json } => {
+                crate::state_cmd::migrate_to_postgres(&cfg, from, json)
+            }
+        },
         Command::Cdc { action } => cdc(&cfg, action).await,
         Command::Drift { json, repair, wait } => {
             crate::operator::drift(&cfg, json, repair, wait).await

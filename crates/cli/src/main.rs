@@ -16,6 +16,7 @@ mod people;
 mod requests;
 mod retention;
 mod secret;
+mod state_cmd;
 mod stores;
 
 use std::path::PathBuf;
@@ -178,6 +179,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The state database itself (moving it to Postgres).
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
     /// Change data capture of a database store.
     Cdc {
         #[command(subcommand)]
@@ -218,6 +224,23 @@ pub enum Command {
         /// Let category X (Exclude) contacts into the prompt.
         #[arg(long)]
         allow_excluded: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateAction {
+    /// Copy the SQLite state database (sync records, checkpoints, cursors,
+    /// the journal, conflicts, dead letters, run history, pauses, requests,
+    /// erasures, the search index) into the empty Postgres state database
+    /// of `[state] url`, in one transaction, and verify the copy. The
+    /// SQLite file is not changed. Needs every daemon and command on it
+    /// stopped.
+    MigrateToPostgres {
+        /// The SQLite state database (default: `<data_dir>/state.db`).
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 

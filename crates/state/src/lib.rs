@@ -31,6 +31,8 @@ mod history;
 pub use history::{bucket_of, HistoryBucket, BUCKET_SECS, HISTORY_DAYS};
 pub mod lease;
 mod lock;
+mod migrate_pg;
+pub use migrate_pg::{copy_sqlite_to_postgres, MigrateError, MigrationReport, TableRows};
 mod paused;
 mod people;
 pub use paused::{Decision, Parked, PauseKind, PausedStore};

@@ -236,7 +236,7 @@ const SCAN_CAP: usize = 20_000;
 
 /// Lower-cased, diacritics removed (as `unicode61 remove_diacritics 2`
 /// does), split on anything not alphanumeric: the index's tokens.
-fn tokens(s: &str) -> Vec<String> {
+pub(crate) fn tokens(s: &str) -> Vec<String> {
     let folded: String = s
         .nfd()
         .filter(|ch| !is_combining_mark(*ch))
