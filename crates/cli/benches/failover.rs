@@ -7,11 +7,12 @@
 //!   holding that lease is measured (p50, max), then the same for a clean
 //!   stop (SIGTERM hands the leases over).
 //!   `FAILOVER_SECS` sets `[cluster] failover_secs` (default 15).
-//! - **throughput** with 1, 2 and 3 daemons: the initial sync of
-//!   `FAILOVER_CONTACTS` (default 20,000) SQLite → SQLite, and 2,000 edits
-//!   made in local.db at once until all are in canonical.db. (Two leases,
-//!   `engine` and `store:local`: with two daemons or more, one captures
-//!   local.db and the other writes canonical.db.)
+//! - **throughput** with 1, 2 and 3 daemons over two SQLite stores
+//!   (local.db, second.db): the initial sync of `FAILOVER_CONTACTS`
+//!   (default 20,000) into both, then 2,000 edits made at once in each
+//!   (other contacts) until all 4,000 are in canonical.db. Three leases
+//!   (`engine`, `store:local`, `store:second`): with three daemons each
+//!   store is captured by its own daemon and canonical written by a third.
 //!
 //! `cargo bench -p contact-sync --bench failover` (a private PostgreSQL
 //! cluster is started by the harness, or CONTACT_SYNC_PG_URL is used).
@@ -69,12 +70,12 @@ impl Env {
     }
 }
 
-async fn env(failover: u64, initial_sync: bool, contacts: usize) -> Env {
+async fn env(failover: u64, initial_sync: bool, contacts: usize, stores: &str) -> Env {
     let state_url = harness::shared().create_database().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("contact-sync.toml"),
-        format!("[state]\nurl = {{ env = \"STATE_DB_URL\" }}\n\n[cluster]\nfailover_secs = {failover}\n"),
+        format!("[state]\nurl = {{ env = \"STATE_DB_URL\" }}\n\n[cluster]\nfailover_secs = {failover}\n\n{stores}"),
     )
     .unwrap();
     let e = Env { dir, state_url };
@@ -125,7 +126,7 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 }
 
 async fn failovers(failover: u64, kills: usize) {
-    let e = env(failover, true, 1000).await;
+    let e = env(failover, true, 1000, "").await;
     let state = pg(&e.state_url).await;
     let mut daemons: Vec<Child> = (0..3).map(|_| e.daemon()).collect();
     until("a leader", Duration::from_secs(60), async || {
@@ -181,12 +182,18 @@ fn count(path: &Path, sql: &str) -> i64 {
 }
 
 async fn throughput(n_daemons: usize, contacts: usize) {
-    let e = env(15, false, contacts).await;
+    let e = env(
+        15,
+        false,
+        contacts,
+        "[stores.local]\nkind = \"sqlite\"\n\n[stores.second]\nkind = \"sqlite\"\n",
+    )
+    .await;
     let data = e.dir.path().join("contact-sync-data");
     let t0 = Instant::now();
     let mut daemons: Vec<Child> = (0..n_daemons)
         .map(|_| {
-            // The first starts the initial sync; the others wait.
+            // The primary runs the initial syncs; the others wait for them.
             e.cmd(&["run", "--initial-sync", "--interval", "1", "--no-http"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -194,22 +201,43 @@ async fn throughput(n_daemons: usize, contacts: usize) {
                 .unwrap()
         })
         .collect();
-    let local = data.join("local.db");
-    until("the initial sync", Duration::from_secs(900), async || {
+    let (local, second) = (data.join("local.db"), data.join("second.db"));
+    until("the initial syncs", Duration::from_secs(900), async || {
         count(&local, "SELECT count(*) FROM contacts") >= contacts as i64
+            && count(&second, "SELECT count(*) FROM contacts") >= contacts as i64
     })
     .await;
     let initial = t0.elapsed();
-    // 2,000 edits at once in local.db, until all are in canonical.db.
-    let edits = 2000.min(contacts);
-    let c = rusqlite::Connection::open(&local).unwrap();
-    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    // Let the shares settle (the leases spread once the syncs are done).
+    until("the leases", Duration::from_secs(60), async || {
+        let state = pg(&e.state_url).await;
+        let n: i64 = state
+            .query_one(
+                "SELECT count(DISTINCT holder) FROM leases WHERE name NOT LIKE 'member:%' AND expires_at > now()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n as usize == n_daemons.min(3)
+    })
+    .await;
+    // 2,000 edits at once in each store (other contacts), until all are
+    // in canonical.db.
+    let edits = 2000.min(contacts / 2);
     let t1 = Instant::now();
-    c.execute(
-        &format!("UPDATE contacts SET notes = 'bench edit' WHERE rowid <= {edits}"),
-        [],
-    )
-    .unwrap();
+    for (db, range) in [
+        (&local, format!("rowid <= {edits}")),
+        (&second, format!("rowid > {}", contacts - edits)),
+    ] {
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.busy_timeout(Duration::from_secs(30)).unwrap();
+        c.execute(
+            &format!("UPDATE contacts SET notes = 'bench edit' WHERE {range}"),
+            [],
+        )
+        .unwrap();
+    }
     let canonical = data.join("canonical.db");
     until(
         "the edits in canonical",
@@ -218,17 +246,17 @@ async fn throughput(n_daemons: usize, contacts: usize) {
             count(
                 &canonical,
                 "SELECT count(*) FROM contacts WHERE notes = 'bench edit'",
-            ) >= edits as i64
+            ) >= 2 * edits as i64
         },
     )
     .await;
     let steady = t1.elapsed();
     println!(
-        "{n_daemons} daemon(s): initial sync of {contacts} {:.1} s ({:.0}/s); {edits} edits local → canonical {:.2} s ({:.0}/s)",
+        "{n_daemons} daemon(s): initial sync of {contacts} into 2 stores {:.1} s; {} edits (2 stores) → canonical {:.2} s ({:.0}/s)",
         initial.as_secs_f64(),
-        contacts as f64 / initial.as_secs_f64(),
+        2 * edits,
         steady.as_secs_f64(),
-        edits as f64 / steady.as_secs_f64()
+        (2 * edits) as f64 / steady.as_secs_f64()
     );
     for d in &mut daemons {
         signal(d.id(), "-TERM");
