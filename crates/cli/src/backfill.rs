@@ -544,6 +544,37 @@ impl Backfills {
         if stopper.is_stopped() || results.is_empty() {
             return Ok(false);
         }
+        self.open_if_unopened(cfg, name).await?;
+        Ok(true)
+    }
+
+    /// Several daemons, on one that does not run the initial syncs: lets
+    /// into the cycles every store whose backfill another daemon (the
+    /// primary) has finished since. Returns the stores let in.
+    pub async fn take_finished(
+        &mut self,
+        cfg: &Config,
+        state: &StateDb,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut finished = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            let name = self.pending[i].gate.name.clone();
+            if needs_backfill(state, &name)? {
+                i += 1;
+                continue;
+            }
+            self.open_if_unopened(cfg, &name).await?;
+            let p = self.pending.remove(i);
+            p.gate.release();
+            finished.push(name);
+        }
+        Ok(finished)
+    }
+
+    /// A store that could not be opened at start-up: the engine's own copy
+    /// of it, opened now.
+    async fn open_if_unopened(&mut self, cfg: &Config, name: &str) -> anyhow::Result<()> {
         let gate = self
             .gates
             .iter()
@@ -568,6 +599,6 @@ impl Backfills {
                 .ok_or_else(|| anyhow::anyhow!("store {name} did not open"))?;
             *lock(&gate.state.replacement) = Some(store);
         }
-        Ok(true)
+        Ok(())
     }
 }

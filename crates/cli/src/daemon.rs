@@ -845,6 +845,18 @@ async fn lead(
         backfills.refresh_logged(engine.state());
         if primary {
             backfills.run_due(cfg, stopper).await;
+        } else {
+            // The primary runs the initial syncs: a store is let into this
+            // daemon's cycles once its backfill is done.
+            match backfills.take_finished(cfg, engine.state()).await {
+                Ok(done) if !done.is_empty() => {
+                    tracing::info!(stores = ?done, "initial sync finished by the primary: syncing the store");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot let a backfilled store into the cycles")
+                }
+            }
         }
         if lost() {
             return Ok(Led::LeaseLost);
@@ -954,7 +966,7 @@ async fn lead(
         let mut wait = interval.saturating_mul(1u32 << failures.min(3));
         // A parked backfill resumed by this cycle is due at once.
         backfills.refresh_logged(engine.state());
-        if let Some(due) = backfills.next_due() {
+        if let Some(due) = backfills.next_due().filter(|_| primary) {
             wait = wait.min(due.saturating_duration_since(Instant::now()));
         }
         let until = tokio::time::Instant::now() + wait;

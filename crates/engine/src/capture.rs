@@ -671,6 +671,20 @@ impl Engine {
             .into_iter()
             .map(|r| (r.contact_id.clone(), r))
             .collect();
+        // Canonical's first sightings are recorded only where canonical
+        // still holds what this store was copied (what it agreed with):
+        // content that differs is an edit made in canonical that canonical
+        // capture has not journaled yet, and recording it as seen would
+        // make that capture skip it as an echo — the edit would be lost.
+        // (Another daemon captures canonical at any time; in one daemon an
+        // edit between canonical's capture and this store's hit it too.)
+        let canon_seen: Vec<StoreRecord> = canon_seen
+            .into_iter()
+            .filter(|c| {
+                recs.get(&c.contact_id)
+                    .is_some_and(|r| r.hash == c.hash && r.deleted == c.deleted)
+            })
+            .collect();
 
         // Contacts whose agreed version is known here only by its hash
         // (copied by the initial sync, never journaled) while canonical

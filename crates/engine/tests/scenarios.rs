@@ -655,3 +655,56 @@ async fn the_first_cycle_after_an_initial_sync_reads_only_edits_made_since_it_be
     }
     w.assert_converged();
 }
+
+/// Right after an initial sync, a contact never journaled is edited in
+/// canonical after canonical's capture and before a store's capture, which
+/// meets the contact only as a record that store already holds (the echo
+/// of the copy, or a user saving it unchanged). The store's capture reads
+/// canonical for it: recording canonical's content as "seen" there made
+/// canonical's capture skip the edit as an echo — lost without a conflict.
+/// (With several daemons another daemon captures canonical at any time;
+/// the cluster test found it.)
+#[tokio::test]
+async fn a_canonical_edit_read_by_a_stores_capture_before_canonical_journals_it_is_not_lost() {
+    use contact_sync_memory::{FaultPlan, Operation};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let w = World::new().with_faults([FaultPlan::new(1), FaultPlan::new(2), FaultPlan::new(3)]);
+    for c in w.faults.as_ref().unwrap() {
+        c.disable();
+    }
+    for i in 0..3 {
+        w.canonical
+            .user_upsert(person(&format!("C{i:03}"), &format!("Person {i}")));
+    }
+    let mut e = w.engine();
+    let mut progress = |_: &str, _: u64, _: u64| {};
+    e.initial_sync(&mut progress).await.expect("initial sync");
+    assert!(e.state().journal_of("C001", 1).unwrap().is_empty());
+    // In the first cycle after the copy, when the engine reads local's changes (after canonical's capture in
+    // this cycle): canonical's C001 is edited, and someone saves local's
+    // C001 unchanged.
+    let fired = Arc::new(AtomicBool::new(false));
+    {
+        let (canonical, local, fired) = (w.canonical.clone(), w.local.clone(), fired.clone());
+        w.faults.as_ref().unwrap()[1].set_hook(Some(Arc::new(move |op, store| {
+            if op == Operation::ReadChanges
+                && store == "local"
+                && !fired.swap(true, Ordering::SeqCst)
+            {
+                let mut c = canonical.get("C001").expect("in canonical");
+                c.job_title = Some("Edited in canonical".into());
+                c.version += 1;
+                canonical.user_upsert(c);
+                local.user_upsert(local.get("C001").expect("in local"));
+            }
+        })));
+    }
+    settle(&mut e, 6).await;
+    assert!(fired.load(Ordering::SeqCst));
+    assert_eq!(
+        w.local.get("C001").unwrap().job_title.as_deref(),
+        Some("Edited in canonical")
+    );
+    w.assert_converged();
+}
