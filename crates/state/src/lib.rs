@@ -28,6 +28,7 @@ pub use console::{ContactHit, Page};
 mod dead_letters;
 pub use dead_letters::{DeadLetterClosed, DeadLetterRow, DeadLetterStatus};
 mod history;
+mod journal_cache;
 pub use history::{bucket_of, HistoryBucket, BUCKET_SECS, HISTORY_DAYS};
 pub mod lease;
 mod lock;
@@ -233,6 +234,9 @@ pub struct StateDb {
     db: Backend,
     path: Option<PathBuf>,
     fence: Option<Fence>,
+    /// The entries this handle's transactions committed, decoded
+    /// (`journal_cache`).
+    journal: journal_cache::JournalCache,
 }
 
 /// One write transaction; nothing is visible to others until [`StateTx::commit`].
@@ -241,6 +245,12 @@ pub struct StateTx<'a> {
     db: &'a Backend,
     fence: Option<&'a Fence>,
     done: bool,
+    journal: &'a journal_cache::JournalCache,
+    /// Entries appended in this transaction, for the cache at commit.
+    appended: std::cell::RefCell<Vec<JournalEntry>>,
+    /// Entries rewritten or removed in this transaction: the cache is
+    /// emptied at commit.
+    rewrote_journal: std::cell::Cell<bool>,
 }
 
 impl Drop for StateTx<'_> {
@@ -326,6 +336,7 @@ impl StateDb {
             db: Backend::Sqlite(conn),
             path,
             fence: None,
+            journal: Default::default(),
         })
     }
 
@@ -361,6 +372,7 @@ impl StateDb {
             db: Backend::Pg(pg::PgConn::open(url, BUSY_TIMEOUT)?),
             path: None,
             fence: None,
+            journal: Default::default(),
         })
     }
     /// [`StateDb::open`] or [`StateDb::open_url`].
@@ -395,6 +407,8 @@ impl StateDb {
     /// (Postgres; ignored on SQLite, where the file lock keeps a single
     /// writer process).
     pub fn set_fence(&mut self, fence: Option<Fence>) {
+        // Another holder may have written the journal since.
+        self.journal.clear();
         self.fence = fence;
     }
     /// The fence set, if any.
@@ -461,6 +475,9 @@ impl StateDb {
             db: &self.db,
             fence: self.fence.as_ref(),
             done: false,
+            journal: &self.journal,
+            appended: Default::default(),
+            rewrote_journal: Default::default(),
         })
     }
 
@@ -488,14 +505,47 @@ impl StateDb {
     }
     /// Entries with `seq > after` and `seq <= upto`, in seq order, at most `limit`.
     pub fn journal_after(&self, after: i64, upto: i64, limit: usize) -> Result<Vec<JournalEntry>> {
+        let head = || read::journal_head(&self.db);
+        if let Some(hit) = self.journal.after(after, upto, limit, head)? {
+            debug_assert_eq!(
+                hit,
+                read::journal_after(&self.db, after, upto, limit)?,
+                "cached journal entries after {after} up to {upto}"
+            );
+            return Ok(hit);
+        }
         read::journal_after(&self.db, after, upto, limit)
     }
     /// Entries of one contact, newest first, at most `limit`.
     pub fn journal_of(&self, contact_id: &str, limit: usize) -> Result<Vec<JournalEntry>> {
+        if limit == 1 {
+            let head = || read::journal_head(&self.db);
+            if let journal_cache::Newest::Entry(e) =
+                self.journal.newest_of(contact_id, None, head)?
+            {
+                debug_assert_eq!(
+                    vec![e.clone()],
+                    read::journal_of(&self.db, contact_id, 1)?,
+                    "cached newest journal entry of {contact_id}"
+                );
+                return Ok(vec![e]);
+            }
+        }
         read::journal_of(&self.db, contact_id, limit)
     }
     /// The entry that produced `version` of `contact_id`, if any.
     pub fn journal_version(&self, contact_id: &str, version: i64) -> Result<Option<JournalEntry>> {
+        let head = || read::journal_head(&self.db);
+        if let journal_cache::Newest::Entry(e) =
+            self.journal.newest_of(contact_id, Some(version), head)?
+        {
+            debug_assert_eq!(
+                Some(e.clone()),
+                read::journal_version(&self.db, contact_id, version)?,
+                "cached journal entry of {contact_id} v{version}"
+            );
+            return Ok(Some(e));
+        }
         read::journal_version(&self.db, contact_id, version)
     }
     /// The entry whose `prev_version` is `version` (to rebuild the record at `version` from its before-image).
@@ -630,6 +680,9 @@ impl StateTx<'_> {
         )?;
         // The search index follows canonical in the same transaction.
         self.index_contacts([&entry.after])?;
+        self.appended
+            .borrow_mut()
+            .push(journal_cache::as_decoded(entry.clone(), seq));
         Ok(seq)
     }
     /// Inserts or replaces the record keyed by (store, contact_id).
@@ -912,6 +965,11 @@ impl StateTx<'_> {
     pub(crate) fn conn(&self) -> &Backend {
         self.db
     }
+    /// This transaction rewrites or removes journal entries: the handle's
+    /// cached entries are dropped when it commits.
+    pub(crate) fn journal_rewritten(&self) {
+        self.rewrote_journal.set(true);
+    }
     /// Makes every write of this transaction durable and visible. Under a
     /// fence (Postgres), only while the lease is held: otherwise nothing is
     /// committed and the answer is [`StateError::Fenced`].
@@ -920,6 +978,11 @@ impl StateTx<'_> {
         if out.is_ok() || self.db.is_pg() {
             // Postgres ends the transaction either way.
             self.done = true;
+        }
+        if self.rewrote_journal.get() {
+            self.journal.clear();
+        } else if out.is_ok() {
+            self.journal.committed(self.appended.take());
         }
         out
     }
