@@ -533,6 +533,14 @@ impl StateDb {
         }
         read::journal_of(&self.db, contact_id, limit)
     }
+    /// The newest journal seq of each of `contact_ids` that has an entry
+    /// (no entry is read or decoded).
+    pub fn journal_newest_seqs(
+        &self,
+        contact_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, i64>> {
+        read::journal_newest_seqs(&self.db, contact_ids)
+    }
     /// The entry that produced `version` of `contact_id`, if any.
     pub fn journal_version(&self, contact_id: &str, version: i64) -> Result<Option<JournalEntry>> {
         let head = || read::journal_head(&self.db);
