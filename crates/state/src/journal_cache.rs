@@ -34,12 +34,19 @@ use contact_sync_core::JournalEntry;
 /// Entries kept at most (the oldest go first).
 pub(crate) const CAPACITY: usize = 8192;
 
+/// Bytes of the entries' JSON (as written to the journal) kept at most: a
+/// bound on the memory the cache takes whatever the contacts hold
+/// (decoded, an entry takes about twice its JSON).
+pub(crate) const CAPACITY_BYTES: usize = 16 << 20;
+
 /// How long an entry is served after its commit.
 pub(crate) const MAX_AGE: Duration = Duration::from_secs(3600);
 
 struct Cached {
     entry: JournalEntry,
     at: Instant,
+    /// Its JSON's length.
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -48,6 +55,8 @@ struct Inner {
     entries: VecDeque<Cached>,
     /// Contact id → its cached seqs, ascending.
     by_contact: HashMap<String, Vec<i64>>,
+    /// Sum of the entries' `bytes`.
+    bytes: usize,
 }
 
 impl Inner {
@@ -64,6 +73,7 @@ impl Inner {
     }
     fn pop_front(&mut self) {
         if let Some(c) = self.entries.pop_front() {
+            self.bytes -= c.bytes;
             if let Some(seqs) = self.by_contact.get_mut(&c.entry.contact_id) {
                 if seqs.first() == Some(&c.entry.seq) {
                     seqs.remove(0);
@@ -86,6 +96,7 @@ impl Inner {
     fn clear(&mut self) {
         self.entries.clear();
         self.by_contact.clear();
+        self.bytes = 0;
     }
 }
 
@@ -131,14 +142,15 @@ impl JournalCache {
         self.lock().clear();
     }
 
-    /// Entries a transaction of this handle committed, in seq order.
-    pub(crate) fn committed(&self, entries: Vec<JournalEntry>) {
+    /// Entries a transaction of this handle committed, in seq order, each
+    /// with the length of its JSON.
+    pub(crate) fn committed(&self, entries: Vec<(JournalEntry, usize)>) {
         if entries.is_empty() {
             return;
         }
         let now = Instant::now();
         let mut g = self.lock();
-        for e in entries {
+        for (e, bytes) in entries {
             if g.hi().is_some_and(|hi| e.seq != hi + 1) {
                 // Someone else's entries (or a gap) lie between: a new run.
                 g.clear();
@@ -147,8 +159,13 @@ impl JournalCache {
                 .entry(e.contact_id.clone())
                 .or_default()
                 .push(e.seq);
-            g.entries.push_back(Cached { entry: e, at: now });
-            if g.entries.len() > CAPACITY {
+            g.entries.push_back(Cached {
+                entry: e,
+                at: now,
+                bytes,
+            });
+            g.bytes += bytes;
+            while g.entries.len() > CAPACITY || g.bytes > CAPACITY_BYTES {
                 g.pop_front();
             }
         }

@@ -246,8 +246,9 @@ pub struct StateTx<'a> {
     fence: Option<&'a Fence>,
     done: bool,
     journal: &'a journal_cache::JournalCache,
-    /// Entries appended in this transaction, for the cache at commit.
-    appended: std::cell::RefCell<Vec<JournalEntry>>,
+    /// Entries appended in this transaction (with their JSON's length),
+    /// for the cache at commit.
+    appended: std::cell::RefCell<Vec<(JournalEntry, usize)>>,
     /// Entries rewritten or removed in this transaction: the cache is
     /// emptied at commit.
     rewrote_journal: std::cell::Cell<bool>,
@@ -669,6 +670,7 @@ impl StateTx<'_> {
         let changes = to_json(&entry.changes, || what("changes"))?;
         let conflicts = to_json(&entry.conflicts, || what("conflicts"))?;
         let after = to_json(&entry.after, || what("after"))?;
+        let bytes = changes.len() + conflicts.len() + after.len();
         let seq: i64 = self.db.query_value(
             "INSERT INTO journal (contact_id, version, prev_version, op, origin,
                                   changes, conflicts, after, hash, at)
@@ -690,7 +692,7 @@ impl StateTx<'_> {
         self.index_contacts([&entry.after])?;
         self.appended
             .borrow_mut()
-            .push(journal_cache::as_decoded(entry.clone(), seq));
+            .push((journal_cache::as_decoded(entry.clone(), seq), bytes));
         Ok(seq)
     }
     /// Inserts or replaces the record keyed by (store, contact_id).
