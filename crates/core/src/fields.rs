@@ -15,24 +15,30 @@ use crate::model::{Contact, CONTENT_FIELDS};
 /// Compares two values of one field as their JSON forms would compare.
 trait SameJson {
     fn same_json(&self, other: &Self) -> bool;
+    /// Whether the value holds nothing: JSON `null`, `""`, `[]` or `{}`.
+    fn blank(&self) -> bool;
 }
 
 macro_rules! plain_eq {
-    ($($t:ty),*) => {$(
+    ($($t:ty => |$v:ident| $blank:expr),* $(,)?) => {$(
         impl SameJson for $t {
             fn same_json(&self, other: &Self) -> bool {
                 self == other
+            }
+            fn blank(&self) -> bool {
+                let $v = self;
+                $blank
             }
         }
     )*};
 }
 plain_eq!(
-    String,
-    Option<String>,
-    Vec<String>,
-    Option<crate::model::Timestamp>,
-    Vec<crate::model::Email>,
-    Vec<crate::model::Phone>
+    String => |s| s.is_empty(),
+    Option<String> => |s| s.as_deref().is_none_or(str::is_empty),
+    Vec<String> => |v| v.is_empty(),
+    Option<crate::model::Timestamp> => |t| t.is_none(),
+    Vec<crate::model::Email> => |v| v.is_empty(),
+    Vec<crate::model::Phone> => |v| v.is_empty(),
 );
 
 impl SameJson for Option<Value> {
@@ -41,6 +47,15 @@ impl SameJson for Option<Value> {
             (None | Some(Value::Null), None | Some(Value::Null)) => true,
             (Some(a), Some(b)) => a == b,
             _ => false,
+        }
+    }
+    fn blank(&self) -> bool {
+        match self {
+            None | Some(Value::Null) => true,
+            Some(Value::String(s)) => s.is_empty(),
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::Object(o)) => o.is_empty(),
+            Some(_) => false,
         }
     }
 }
@@ -54,6 +69,9 @@ pub(crate) struct Field {
     pub json: fn(&Contact) -> Value,
     /// Copies the value from the second contact into the first.
     pub take: fn(&mut Contact, &Contact),
+    /// Whether the contact's value holds nothing (JSON `null`, `""`, `[]`
+    /// or `{}`).
+    pub blank: fn(&Contact) -> bool,
 }
 
 macro_rules! fields {
@@ -65,6 +83,7 @@ macro_rules! fields {
                 same: |a, b| a.$f.same_json(&b.$f),
                 json: |c| serde_json::to_value(&c.$f).unwrap_or(Value::Null),
                 take: |into, from| into.$f = from.$f.clone(),
+                blank: |c| c.$f.blank(),
             },
         )*];
     };
@@ -98,6 +117,18 @@ fields!(
     emails,
     phones,
 );
+
+/// The content fields `before` holds a value in and `after` holds nothing
+/// in (JSON `null`, `""`, `[]` or `{}`), in [`CONTENT_FIELDS`] order.
+pub fn blanked_fields<'a>(
+    before: &'a Contact,
+    after: &'a Contact,
+) -> impl Iterator<Item = &'static str> + 'a {
+    FIELDS
+        .iter()
+        .filter(|f| !(f.blank)(before) && (f.blank)(after))
+        .map(|f| f.name)
+}
 
 /// Whether every content field of `a` equals `b`'s (as JSON).
 pub(crate) fn same_content(a: &Contact, b: &Contact) -> bool {
@@ -139,6 +170,7 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn contacts() -> Vec<Contact> {
         use crate::model::{parse_ts, Email, Phone};
@@ -146,7 +178,7 @@ mod tests {
         a.first_name = Some("Ada".into());
         a.tags = vec!["x".into(), "y".into()];
         a.created_at = parse_ts("2026-01-01T00:00:00.123456Z");
-        a.llm_context = Some(serde_json::json!({"closeness_level": 7, "key_interests": ["maths"]}));
+        a.llm_context = Some(json!({"closeness_level": 7, "key_interests": ["maths"]}));
         a.emails = vec![Email {
             address: "ada@example.com".into(),
             label: Some("work".into()),
@@ -166,12 +198,15 @@ mod tests {
         b.created_at = parse_ts("2026-01-01T00:00:00.123457Z");
         let mut c = a.clone();
         c.llm_context = None;
-        c.custom_attributes = Some(serde_json::json!({"a": 1.5}));
+        c.custom_attributes = Some(json!({"a": 1.5}));
         c.canonical_name = "Ada".into();
         let mut d = c.clone();
-        d.custom_attributes = Some(serde_json::json!({"a": 1}));
+        d.custom_attributes = Some(json!({"a": 1}));
         d.llm_context = Some(Value::Null);
-        vec![a, b, c, d, Contact::new("c2", "Bob")]
+        let mut e = Contact::new("c3", "");
+        e.notes = Some(String::new());
+        e.llm_context = Some(json!({}));
+        vec![a, b, c, d, e, Contact::new("c2", "Bob")]
     }
 
     #[test]
@@ -188,6 +223,19 @@ mod tests {
                     assert_eq!(c.content_fields()[f.name], jb[f.name], "{}", f.name);
                 }
                 assert_eq!(same_content(a, b), ja == jb);
+                let json_blank = |v: &Value| match v {
+                    Value::Null => true,
+                    Value::String(s) => s.is_empty(),
+                    Value::Array(a) => a.is_empty(),
+                    Value::Object(o) => o.is_empty(),
+                    _ => false,
+                };
+                let by_json: Vec<&str> = FIELDS
+                    .iter()
+                    .map(|f| f.name)
+                    .filter(|n| !json_blank(&ja[*n]) && json_blank(&jb[*n]))
+                    .collect();
+                assert_eq!(blanked_fields(a, b).collect::<Vec<_>>(), by_json);
             }
         }
     }

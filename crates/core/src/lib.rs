@@ -6,7 +6,7 @@
 //! process-wide state is [`pii`]'s switch for masking contact data in logs.
 
 pub mod clock;
-mod fields;
+pub mod fields;
 pub mod hash;
 pub mod identity;
 pub mod journal;
