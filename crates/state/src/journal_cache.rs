@@ -116,14 +116,6 @@ impl std::fmt::Debug for JournalCache {
     }
 }
 
-/// What [`JournalCache::newest_of`] found.
-pub(crate) enum Newest {
-    /// The contact's newest entry (the cache reaches the head).
-    Entry(JournalEntry),
-    /// The cache cannot tell: read the database.
-    Unknown,
-}
-
 impl JournalCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding it leaves at worst a cache to drop.
@@ -207,18 +199,19 @@ impl JournalCache {
         Ok(Some(out))
     }
 
-    /// The newest cached entry of `contact_id` and of its `version` when
-    /// given, provided the cache reaches the journal's head (`head`).
+    /// The newest entry of `contact_id` (of its `version` when given),
+    /// when the cache holds one and reaches the journal's head (`head`);
+    /// `None`: the cache cannot tell, read the database.
     pub(crate) fn newest_of(
         &self,
         contact_id: &str,
         version: Option<i64>,
         head: impl FnOnce() -> crate::Result<i64>,
-    ) -> crate::Result<Newest> {
+    ) -> crate::Result<Option<JournalEntry>> {
         let mut g = self.lock();
         g.expire(Instant::now());
         let Some(seqs) = g.by_contact.get(contact_id) else {
-            return Ok(Newest::Unknown);
+            return Ok(None);
         };
         let found = seqs
             .iter()
@@ -227,12 +220,12 @@ impl JournalCache {
             .find(|e| version.is_none_or(|v| e.version == v));
         let Some(e) = found else {
             // An older entry of that version may lie below the cache.
-            return Ok(Newest::Unknown);
+            return Ok(None);
         };
         if g.hi() != Some(head()?) {
-            return Ok(Newest::Unknown);
+            return Ok(None);
         }
-        Ok(Newest::Entry(e.clone()))
+        Ok(Some(e.clone()))
     }
 }
 

@@ -521,9 +521,7 @@ impl StateDb {
     pub fn journal_of(&self, contact_id: &str, limit: usize) -> Result<Vec<JournalEntry>> {
         if limit == 1 {
             let head = || read::journal_head(&self.db);
-            if let journal_cache::Newest::Entry(e) =
-                self.journal.newest_of(contact_id, None, head)?
-            {
+            if let Some(e) = self.journal.newest_of(contact_id, None, head)? {
                 debug_assert_eq!(
                     vec![e.clone()],
                     read::journal_of(&self.db, contact_id, 1)?,
@@ -545,9 +543,7 @@ impl StateDb {
     /// The entry that produced `version` of `contact_id`, if any.
     pub fn journal_version(&self, contact_id: &str, version: i64) -> Result<Option<JournalEntry>> {
         let head = || read::journal_head(&self.db);
-        if let journal_cache::Newest::Entry(e) =
-            self.journal.newest_of(contact_id, Some(version), head)?
-        {
+        if let Some(e) = self.journal.newest_of(contact_id, Some(version), head)? {
             debug_assert_eq!(
                 Some(e.clone()),
                 read::journal_version(&self.db, contact_id, version)?,

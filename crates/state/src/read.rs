@@ -505,34 +505,6 @@ pub(crate) fn known_stores(conn: &Connection) -> Result<Vec<String>> {
     .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::OWED_FROM;
-
-    /// The owed-writes page runs every cycle: at 1M records a scan of the
-    /// store's records cost 120-180 ms per idle cycle.
-    #[test]
-    fn the_owed_writes_page_is_served_by_its_partial_index() {
-        let db = crate::StateDb::open_in_memory().unwrap();
-        let crate::db::Backend::Sqlite(conn) = db.conn() else {
-            unreachable!()
-        };
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN SELECT contact_id {OWED_FROM}"))
-            .unwrap()
-            .query_map(rusqlite::params!["local", "", 100], |r| {
-                r.get::<_, String>(3)
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert!(
-            plan.iter().any(|p| p.contains("INDEX store_records_owed")),
-            "{plan:?}"
-        );
-    }
-}
-
 /// The newest journal seq of each of `contact_ids` that has an entry
 /// (seqs only: no entry is read or decoded).
 pub(crate) fn journal_newest_seqs(
@@ -574,4 +546,32 @@ pub(crate) fn journal_newest_seqs(
         take(conn.query(&sql, params)?)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OWED_FROM;
+
+    /// The owed-writes page runs every cycle: at 1M records a scan of the
+    /// store's records cost 120-180 ms per idle cycle.
+    #[test]
+    fn the_owed_writes_page_is_served_by_its_partial_index() {
+        let db = crate::StateDb::open_in_memory().unwrap();
+        let crate::db::Backend::Sqlite(conn) = db.conn() else {
+            unreachable!()
+        };
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN SELECT contact_id {OWED_FROM}"))
+            .unwrap()
+            .query_map(rusqlite::params!["local", "", 100], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("INDEX store_records_owed")),
+            "{plan:?}"
+        );
+    }
 }
