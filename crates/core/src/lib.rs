@@ -6,6 +6,7 @@
 //! process-wide state is [`pii`]'s switch for masking contact data in logs.
 
 pub mod clock;
+pub mod fields;
 pub mod hash;
 pub mod identity;
 pub mod journal;

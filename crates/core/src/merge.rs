@@ -14,8 +14,9 @@
 
 use serde_json::Value;
 
+use crate::fields::{same_content, FIELDS};
 use crate::journal::{FieldChange, FieldConflict, Resolution};
-use crate::model::{Contact, Timestamp, CONTENT_FIELDS};
+use crate::model::{Contact, Timestamp};
 
 /// What the merge is given.
 #[derive(Debug, Clone, Copy)]
@@ -120,13 +121,12 @@ pub fn merge(input: MergeInput<'_>) -> MergeOutcome {
         new.last_updated = Some(stamp(&input));
         new.last_updated_by = Some(input.origin.to_string());
         new.content_hash = Some(crate::hash::content_hash(&new));
-        let mut fields = incoming.content_fields();
-        let changes = CONTENT_FIELDS
+        let changes = FIELDS
             .iter()
-            .filter_map(|f| fields.remove(*f).map(|v| (f.to_string(), v)))
+            .map(|f| (f.name, (f.json)(incoming)))
             .filter(|(_, v)| !v.is_null() && *v != Value::Array(vec![]))
             .map(|(field, new)| FieldChange {
-                field,
+                field: field.to_string(),
                 old: Value::Null,
                 new,
             })
@@ -138,12 +138,11 @@ pub fn merge(input: MergeInput<'_>) -> MergeOutcome {
         };
     };
 
-    let cur = canonical.content_fields();
-    let inc = incoming.content_fields();
-    let base = input.base.map(|b| b.content_fields());
-    let base_deleted = input.base.map(|b| b.is_deleted());
-    let store_changed_content = base.as_ref().is_none_or(|b| *b != inc);
-    let canonical_changed_content = base.as_ref().is_none_or(|b| *b != cur);
+    // Fields are compared typed, as their JSON forms compare (`fields`).
+    let base = input.base;
+    let base_deleted = base.map(|b| b.is_deleted());
+    let store_changed_content = base.is_none_or(|b| !same_content(b, incoming));
+    let canonical_changed_content = base.is_none_or(|b| !same_content(b, canonical));
 
     let delete_conflict = |resolution| FieldConflict {
         field: "deleted_at".to_string(),
@@ -211,28 +210,25 @@ pub fn merge(input: MergeInput<'_>) -> MergeOutcome {
         (false, false) => {}
     }
 
-    let mut taken = serde_json::Map::new();
+    let mut taken = Vec::new();
     let mut changes = Vec::new();
     let mut conflicts = Vec::new();
-    for field in CONTENT_FIELDS {
-        let c = &cur[*field];
-        let i = &inc[*field];
-        if c == i {
+    for f in FIELDS {
+        if (f.same)(canonical, incoming) {
             continue;
         }
-        let b = base.as_ref().map(|b| &b[*field]);
-        if b == Some(i) {
+        if base.is_some_and(|b| (f.same)(b, incoming)) {
             continue; // only canonical changed it
         }
-        let take = if b == Some(c) && !canonical.is_deleted() {
+        let take = if base.is_some_and(|b| (f.same)(b, canonical)) && !canonical.is_deleted() {
             true // only the store changed it
         } else {
             let resolution = settle(canonical, canonical.version, incoming, v_in);
             conflicts.push(FieldConflict {
-                field: field.to_string(),
-                base: b.cloned().unwrap_or(Value::Null),
-                canonical: c.clone(),
-                incoming: i.clone(),
+                field: f.name.to_string(),
+                base: base.map_or(Value::Null, |b| (f.json)(b)),
+                canonical: (f.json)(canonical),
+                incoming: (f.json)(incoming),
                 canonical_version: canonical.version,
                 incoming_version: v_in,
                 resolution,
@@ -240,11 +236,11 @@ pub fn merge(input: MergeInput<'_>) -> MergeOutcome {
             resolution.incoming_won()
         };
         if take {
-            taken.insert(field.to_string(), i.clone());
+            taken.push(f);
             changes.push(FieldChange {
-                field: field.to_string(),
-                old: c.clone(),
-                new: i.clone(),
+                field: f.name.to_string(),
+                old: (f.json)(canonical),
+                new: (f.json)(incoming),
             });
         }
     }
@@ -257,8 +253,11 @@ pub fn merge(input: MergeInput<'_>) -> MergeOutcome {
         };
     }
     let mut new = canonical.clone();
-    new.set_fields(&taken)
-        .expect("values taken from a valid contact fit the contact");
+    for f in taken {
+        (f.take)(&mut new, incoming);
+    }
+    // As a trip through JSON leaves it (what the merge once did).
+    crate::fields::json_nulls_absent(&mut new);
     if undelete {
         changes.push(FieldChange {
             field: "deleted_at".to_string(),
@@ -281,20 +280,18 @@ pub fn merge(input: MergeInput<'_>) -> MergeOutcome {
 /// Field changes from `old` to `new` over the content fields and the
 /// tombstone (`deleted_at`); `old = None` lists every field `new` sets.
 pub fn diff(old: Option<&Contact>, new: &Contact) -> Vec<FieldChange> {
-    let mut new_fields = new.content_fields();
-    let old_fields = old.map(|o| o.content_fields());
     let mut out = Vec::new();
-    // In canonical field order (the map itself is sorted by name).
-    for field in CONTENT_FIELDS {
-        let nv = new_fields.remove(*field).unwrap_or(Value::Null);
-        let field = field.to_string();
-        let ov = old_fields
-            .as_ref()
-            .map_or(Value::Null, |o| o[field.as_str()].clone());
+    // In canonical field order.
+    for f in FIELDS {
+        if old.is_some_and(|o| (f.same)(o, new)) {
+            continue;
+        }
+        let nv = (f.json)(new);
+        let ov = old.map_or(Value::Null, |o| (f.json)(o));
         let empty = |v: &Value| v.is_null() || *v == Value::Array(vec![]);
         if ov != nv && !(empty(&ov) && empty(&nv)) {
             out.push(FieldChange {
-                field,
+                field: f.name.to_string(),
                 old: ov,
                 new: nv,
             });

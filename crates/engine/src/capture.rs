@@ -57,7 +57,7 @@ pub(crate) fn read_heads(
     if !concurrent {
         return Ok(HashMap::new());
     }
-    Ok(state.journal_heads(ids)?)
+    Ok(state.journal_newest_seqs(ids)?)
 }
 
 /// Several daemons: refuses the commit of a merge (nothing of it is
@@ -75,7 +75,7 @@ pub(crate) fn check_heads(
     if !concurrent {
         return Ok(());
     }
-    let now = tx.journal_heads(ids)?;
+    let now = tx.journal_newest_seqs(ids)?;
     match ids.iter().find(|id| now.get(*id) != read.get(*id)) {
         Some(id) => Err(EngineError::JournalMoved(id.clone())),
         None => Ok(()),

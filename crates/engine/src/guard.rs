@@ -71,17 +71,6 @@ impl Window {
     }
 }
 
-/// A field is blank when it holds nothing (normal form: absent).
-fn blank(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::Null => true,
-        serde_json::Value::String(s) => s.is_empty(),
-        serde_json::Value::Array(a) => a.is_empty(),
-        serde_json::Value::Object(o) => o.is_empty(),
-        _ => false,
-    }
-}
-
 impl Engine {
     /// Counts what a window would delete or blank in canonical; over the
     /// threshold, the pause to record.
@@ -120,6 +109,24 @@ impl Engine {
         // Live records the change would leave with blank fields, compared
         // with canonical's record below.
         let mut edited: Vec<Contact> = Vec::new();
+        // The store's records of the changes with a contact id, in one read.
+        let with_id: Vec<String> = last
+            .values()
+            .filter_map(|kind| match kind {
+                ChangeKind::Delete {
+                    contact_id: Some(id),
+                } => Some(id.clone()),
+                ChangeKind::Upsert(c) => Some(c.contact_id.clone()),
+                _ => None,
+            })
+            .filter(|id| !id.is_empty())
+            .collect();
+        let recs: HashMap<String, StoreRecord> = self
+            .state
+            .store_records(&name, &with_id)?
+            .into_iter()
+            .map(|r| (r.contact_id.clone(), r))
+            .collect();
         for (native, kind) in last {
             let (contact_id, incoming): (Option<String>, Option<&Contact>) = match kind {
                 ChangeKind::Delete { contact_id } => (contact_id.clone(), None),
@@ -127,7 +134,7 @@ impl Engine {
                 ChangeKind::Undecodable { .. } => continue,
             };
             let rec = match contact_id.filter(|id| !id.is_empty()) {
-                Some(id) => self.state.store_record(&name, &id)?,
+                Some(id) => recs.get(&id).cloned(),
                 None => self.state.store_record_by_native(&name, &native)?,
             };
             // Only what the engine knows the store held can be lost.
@@ -162,12 +169,9 @@ impl Engine {
                 let Some(before) = held.get(&c.contact_id).filter(|b| !b.is_deleted()) else {
                     continue;
                 };
-                let before = before.content_fields();
-                let after = c.content_fields();
-                for (field, v) in &before {
-                    if !blank(v) && after.get(field).is_none_or(blank) {
-                        *blanked.entry(field.clone()).or_default() += 1;
-                    }
+                // Typed: no JSON map per side (issue 18 item 2).
+                for field in contact_sync_core::fields::blanked_fields(before, c) {
+                    *blanked.entry(field.to_string()).or_default() += 1;
                 }
             }
         }

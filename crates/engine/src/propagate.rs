@@ -144,19 +144,16 @@ impl Engine {
             // latest entry of a contact is the newest canonical holds: only
             // a batch cut short by the batch size needs to look further.
             let whole = last_seq >= upto;
-            let mut latest = Vec::new();
-            for e in latest_per_contact(entries) {
-                if whole {
-                    latest.push(e);
-                    continue;
-                }
-                let newest = self.state.journal_of(&e.contact_id, 1)?;
-                if newest
-                    .first()
-                    .is_none_or(|n| n.seq <= e.seq || n.seq > upto)
-                {
-                    latest.push(e);
-                }
+            let mut latest = latest_per_contact(entries);
+            if !whole {
+                // Only the seqs are needed: one read, nothing decoded.
+                let ids: Vec<String> = latest.iter().map(|e| e.contact_id.clone()).collect();
+                let newest = self.state.journal_newest_seqs(&ids)?;
+                latest.retain(|e| {
+                    newest
+                        .get(&e.contact_id)
+                        .is_none_or(|n| *n <= e.seq || *n > upto)
+                });
             }
             let ids: Vec<String> = latest.iter().map(|e| e.contact_id.clone()).collect();
             let recs: HashMap<String, StoreRecord> = self

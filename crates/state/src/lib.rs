@@ -28,6 +28,7 @@ pub use console::{ContactHit, Page};
 mod dead_letters;
 pub use dead_letters::{DeadLetterClosed, DeadLetterRow, DeadLetterStatus};
 mod history;
+mod journal_cache;
 pub use history::{bucket_of, HistoryBucket, BUCKET_SECS, HISTORY_DAYS};
 pub mod lease;
 mod lock;
@@ -236,6 +237,9 @@ pub struct StateDb {
     db: Backend,
     path: Option<PathBuf>,
     fences: Vec<Fence>,
+    /// The entries this handle's transactions committed, decoded
+    /// (`journal_cache`).
+    journal: journal_cache::JournalCache,
 }
 
 /// One write transaction; nothing is visible to others until [`StateTx::commit`].
@@ -244,6 +248,13 @@ pub struct StateTx<'a> {
     db: &'a Backend,
     fences: &'a [Fence],
     done: bool,
+    journal: &'a journal_cache::JournalCache,
+    /// Entries appended in this transaction (with their JSON's length),
+    /// for the cache at commit.
+    appended: std::cell::RefCell<Vec<(JournalEntry, usize)>>,
+    /// Entries rewritten or removed in this transaction: the cache is
+    /// emptied at commit.
+    rewrote_journal: std::cell::Cell<bool>,
 }
 
 impl Drop for StateTx<'_> {
@@ -329,6 +340,7 @@ impl StateDb {
             db: Backend::Sqlite(conn),
             path,
             fences: Vec::new(),
+            journal: Default::default(),
         })
     }
 
@@ -364,6 +376,7 @@ impl StateDb {
             db: Backend::Pg(pg::PgConn::open(url, BUSY_TIMEOUT)?),
             path: None,
             fences: Vec::new(),
+            journal: Default::default(),
         })
     }
     /// [`StateDb::open`] or [`StateDb::open_url`].
@@ -398,11 +411,15 @@ impl StateDb {
     /// (Postgres; ignored on SQLite, where the file lock keeps a single
     /// writer process).
     pub fn set_fence(&mut self, fence: Option<Fence>) {
+        // Another holder may have written the journal since.
+        self.journal.clear();
         self.fences = fence.into_iter().collect();
     }
     /// Sets the leases every later commit must still hold, all of them (a
     /// daemon holding the work of several stores); empty: none.
     pub fn set_fences(&mut self, fences: Vec<Fence>) {
+        // Another holder may have written the journal since.
+        self.journal.clear();
         self.fences = fences;
     }
     /// The leases commits are fenced by.
@@ -469,6 +486,9 @@ impl StateDb {
             db: &self.db,
             fences: &self.fences,
             done: false,
+            journal: &self.journal,
+            appended: Default::default(),
+            rewrote_journal: Default::default(),
         })
     }
 
@@ -496,19 +516,51 @@ impl StateDb {
     }
     /// Entries with `seq > after` and `seq <= upto`, in seq order, at most `limit`.
     pub fn journal_after(&self, after: i64, upto: i64, limit: usize) -> Result<Vec<JournalEntry>> {
+        let head = || read::journal_head(&self.db);
+        if let Some(hit) = self.journal.after(after, upto, limit, head)? {
+            debug_assert_eq!(
+                hit,
+                read::journal_after(&self.db, after, upto, limit)?,
+                "cached journal entries after {after} up to {upto}"
+            );
+            return Ok(hit);
+        }
         read::journal_after(&self.db, after, upto, limit)
     }
     /// Entries of one contact, newest first, at most `limit`.
     pub fn journal_of(&self, contact_id: &str, limit: usize) -> Result<Vec<JournalEntry>> {
+        if limit == 1 {
+            let head = || read::journal_head(&self.db);
+            if let Some(e) = self.journal.newest_of(contact_id, None, head)? {
+                debug_assert_eq!(
+                    vec![e.clone()],
+                    read::journal_of(&self.db, contact_id, 1)?,
+                    "cached newest journal entry of {contact_id}"
+                );
+                return Ok(vec![e]);
+            }
+        }
         read::journal_of(&self.db, contact_id, limit)
     }
-    /// The seq of each contact's newest journal entry (contacts never
-    /// journaled are left out).
-    pub fn journal_heads(&self, contact_ids: &[String]) -> Result<HashMap<String, i64>> {
-        read::journal_heads(&self.db, contact_ids)
+    /// The newest journal seq of each of `contact_ids` that has an entry
+    /// (no entry is read or decoded).
+    pub fn journal_newest_seqs(
+        &self,
+        contact_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, i64>> {
+        read::journal_newest_seqs(&self.db, contact_ids)
     }
     /// The entry that produced `version` of `contact_id`, if any.
     pub fn journal_version(&self, contact_id: &str, version: i64) -> Result<Option<JournalEntry>> {
+        let head = || read::journal_head(&self.db);
+        if let Some(e) = self.journal.newest_of(contact_id, Some(version), head)? {
+            debug_assert_eq!(
+                Some(e.clone()),
+                read::journal_version(&self.db, contact_id, version)?,
+                "cached journal entry of {contact_id} v{version}"
+            );
+            return Ok(Some(e));
+        }
         read::journal_version(&self.db, contact_id, version)
     }
     /// The entry whose `prev_version` is `version` (to rebuild the record at `version` from its before-image).
@@ -624,6 +676,7 @@ impl StateTx<'_> {
         let changes = to_json(&entry.changes, || what("changes"))?;
         let conflicts = to_json(&entry.conflicts, || what("conflicts"))?;
         let after = to_json(&entry.after, || what("after"))?;
+        let bytes = changes.len() + conflicts.len() + after.len();
         let seq: i64 = self.db.query_value(
             "INSERT INTO journal (contact_id, version, prev_version, op, origin,
                                   changes, conflicts, after, hash, at)
@@ -643,6 +696,9 @@ impl StateTx<'_> {
         )?;
         // The search index follows canonical in the same transaction.
         self.index_contacts([&entry.after])?;
+        self.appended
+            .borrow_mut()
+            .push((journal_cache::as_decoded(entry.clone(), seq), bytes));
         Ok(seq)
     }
     /// Inserts or replaces the record keyed by (store, contact_id).
@@ -925,6 +981,11 @@ impl StateTx<'_> {
     pub(crate) fn conn(&self) -> &Backend {
         self.db
     }
+    /// This transaction rewrites or removes journal entries: the handle's
+    /// cached entries are dropped when it commits.
+    pub(crate) fn journal_rewritten(&self) {
+        self.rewrote_journal.set(true);
+    }
     /// Makes every write of this transaction durable and visible. Under a
     /// fence (Postgres), only while the lease is held: otherwise nothing is
     /// committed and the answer is [`StateError::Fenced`].
@@ -933,6 +994,11 @@ impl StateTx<'_> {
         if out.is_ok() || self.db.is_pg() {
             // Postgres ends the transaction either way.
             self.done = true;
+        }
+        if self.rewrote_journal.get() {
+            self.journal.clear();
+        } else if out.is_ok() {
+            self.journal.committed(self.appended.take());
         }
         out
     }
@@ -963,11 +1029,12 @@ impl StateTx<'_> {
     pub fn store_records(&self, store: &str, contact_ids: &[String]) -> Result<Vec<StoreRecord>> {
         read::store_records(self.db, store, contact_ids)
     }
-    /// As [`StateDb::journal_heads`], inside the transaction: the writers'
-    /// lock is held, so no other writer can append until it commits (a
-    /// merge checks here that the journal did not move under it).
-    pub fn journal_heads(&self, contact_ids: &[String]) -> Result<HashMap<String, i64>> {
-        read::journal_heads(self.db, contact_ids)
+    /// As [`StateDb::journal_newest_seqs`], inside the transaction (read
+    /// from the database, never the cache): the writers' lock is held, so
+    /// no other writer can append until it commits (a merge checks here
+    /// that the journal did not move under it).
+    pub fn journal_newest_seqs(&self, contact_ids: &[String]) -> Result<HashMap<String, i64>> {
+        read::journal_newest_seqs(self.db, contact_ids)
     }
     /// As [`StateDb::store_record_by_native`].
     pub fn store_record_by_native(

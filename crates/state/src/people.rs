@@ -170,6 +170,8 @@ impl StateTx<'_> {
         contact_id: &str,
         erased_at: Timestamp,
     ) -> Result<(usize, usize, usize)> {
+        // The entries' cached copies hold what is scrubbed here.
+        self.journal_rewritten();
         let entries: Vec<(i64, i64)> = self
             .conn()
             .query(

@@ -123,43 +123,6 @@ pub(crate) fn journal_of(
     )
 }
 
-/// The seq of each contact's newest journal entry (see
-/// [`crate::StateDb::journal_heads`]).
-pub(crate) fn journal_heads(
-    conn: &Connection,
-    contact_ids: &[String],
-) -> Result<std::collections::HashMap<String, i64>> {
-    let mut out = std::collections::HashMap::with_capacity(contact_ids.len());
-    if conn.is_pg() {
-        for chunk in contact_ids.chunks(10_000) {
-            let rows = conn.query(
-                "SELECT contact_id, max(seq) FROM journal WHERE contact_id = ANY(?1::text[]) GROUP BY contact_id",
-                vec![crate::db::Value::TextArray(
-                    chunk.iter().cloned().map(Some).collect(),
-                )],
-            )?;
-            for row in rows {
-                out.insert(row.get::<String>(0)?, row.get::<i64>(1)?);
-            }
-        }
-        return Ok(out);
-    }
-    // `placeholders` numbers from ?2: ?1 is an unused constant here.
-    for chunk in contact_ids.chunks(MAX_PARAMS - 1) {
-        let sql = format!(
-            "SELECT contact_id, max(seq) FROM journal WHERE ?1 = 1 AND contact_id IN ({}) GROUP BY contact_id",
-            placeholders(chunk.len())
-        );
-        let params = std::iter::once(crate::db::Value::Int(1))
-            .chain(chunk.iter().map(|s| crate::db::Value::Text(s.clone())))
-            .collect();
-        for row in conn.query(&sql, params)? {
-            out.insert(row.get::<String>(0)?, row.get::<i64>(1)?);
-        }
-    }
-    Ok(out)
-}
-
 pub(crate) fn journal_version(
     conn: &Connection,
     contact_id: &str,
@@ -540,6 +503,49 @@ pub(crate) fn known_stores(conn: &Connection) -> Result<Vec<String>> {
     .iter()
     .map(|r| r.get(0))
     .collect()
+}
+
+/// The newest journal seq of each of `contact_ids` that has an entry
+/// (seqs only: no entry is read or decoded).
+pub(crate) fn journal_newest_seqs(
+    conn: &Connection,
+    contact_ids: &[String],
+) -> Result<std::collections::HashMap<String, i64>> {
+    let mut out = std::collections::HashMap::with_capacity(contact_ids.len());
+    let mut take = |rows: Vec<Row>| -> Result<()> {
+        for row in rows {
+            let id: String = col(&row, 0, || "journal contact_id".to_string())?;
+            let seq: i64 = col(&row, 1, || format!("journal seq of {id}"))?;
+            out.insert(id, seq);
+        }
+        Ok(())
+    };
+    if conn.is_pg() {
+        for chunk in contact_ids.chunks(10_000) {
+            take(conn.query(
+                "SELECT contact_id, MAX(seq) FROM journal WHERE contact_id = ANY(?1::text[]) GROUP BY contact_id",
+                vec![crate::db::Value::TextArray(
+                    chunk.iter().cloned().map(Some).collect(),
+                )],
+            )?)?;
+        }
+        return Ok(out);
+    }
+    for chunk in contact_ids.chunks(MAX_PARAMS) {
+        let sql = format!(
+            "SELECT contact_id, MAX(seq) FROM journal WHERE contact_id IN ({}) GROUP BY contact_id",
+            (1..=chunk.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let params = chunk
+            .iter()
+            .map(|s| crate::db::Value::Text(s.clone()))
+            .collect();
+        take(conn.query(&sql, params)?)?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -81,6 +81,8 @@ impl StateDb {
     /// docs), in short transactions; records when it ran.
     pub fn compact(&mut self, cutoff: Timestamp, now: Timestamp) -> Result<CompactReport> {
         let cutoff = format_ts(&cutoff);
+        // Removed entries are not served from the cache either.
+        self.journal.clear();
         let floor = self.journal_floor()?;
         let mut report = CompactReport {
             floor_seq: floor,
