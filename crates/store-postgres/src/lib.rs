@@ -76,6 +76,7 @@
 //! With the `test-harness` feature, [`harness`] starts private PostgreSQL
 //! clusters for tests.
 
+mod bulk;
 mod capture;
 mod codec;
 mod config;
