@@ -284,8 +284,10 @@ PY
           printf '[stores.supabase]\nkind = "postgres"\nurl = { env = "CMP_PG_URL" }\nslot_name = "%s"\n' "$db" >"$d/contact-sync.toml"
           m="$(cd "$d" && CMP_PG_URL="$base/$db" measure "$bin" --config contact-sync.toml run --initial-sync --once)"
           ph="$(phases "${m%% *}")"
-          echo "$n	$t	$r	$ph" | tr ' ' '\t' >>"$work/phases.tsv"
-          echo "   $n $t run $r phases: $ph (setup, initial sync, first cycle, exit s; server CPU s of each)" >&2
+          # WAL the slot still holds once the run ended (its first cycle done).
+          ret="$(psql_ -At -d "$base/$db" -c "SELECT round((pg_current_wal_lsn() - restart_lsn) / 1e6, 1) FROM pg_replication_slots WHERE slot_name = '$db'")"
+          echo "$n	$t	$r	$ph $ret" | tr ' ' '\t' >>"$work/phases.tsv"
+          echo "   $n $t run $r phases: $ph (setup, initial sync, first cycle, exit s; server CPU s of each); slot retains $ret MB" >&2
           [[ -z "${LOGS:-}" ]] || cp "$work/last.log" "$LOGS/$t-$n-$r.log"
           ls -l "$d/contact-sync-data" >&2
           rows="$(psql_ -At -d "$base/$db" -c "SELECT count(*) FROM contacts")"
@@ -368,9 +370,10 @@ if ph:
     print("contact-sync's phases (wall s / server CPU s): setup = start to the backfill; initial sync = backfill and")
     print("verification; first cycle = the capture cycle `run --once` ends with; exit = the rest")
     print()
-    print("| contacts | tool | run | setup | initial sync | first cycle | exit |")
-    print("|---|---|---|---|---|---|---|")
+    print("| contacts | tool | run | setup | initial sync | first cycle | exit | WAL the slot retains after, MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for n, t, r, *x in ph:
-        cells = [f"{x[i]} / {x[i + 4]}" for i in range(4)] if len(x) == 8 else ["?"] * 4
+        cells = [f"{x[i]} / {x[i + 4]}" for i in range(4)] if len(x) >= 8 else ["?"] * 4
+        cells.append(x[8] if len(x) > 8 else "?")
         print(f"| {int(n):,} | {name(t)} | {r} | " + " | ".join(cells) + " |")
 PY
