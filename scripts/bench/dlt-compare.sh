@@ -21,6 +21,14 @@
 # postmaster's children times), WAL the server generated, and the idle share
 # of the machine's cores during the load (1 - CPU / (cores x wall)).
 #
+# For contact-sync it also prints its phases (setup, initial sync = backfill
+# and verification, the first capture cycle, exit: wall and server CPU of
+# each, from its log and the server CPU sampled every 0.5 s) and the WAL its
+# slot still retains at the end; LOGS=DIR keeps each run's log there. The
+# summary gives the load average at the start and end of each run, wall and
+# CPU ratios to the first tool, and the \copy ceiling's wall over each
+# tool's (issue 18's target: >= 50 %).
+#
 # --cs label=path,... compares several contact-sync binaries (default: the
 # release build of this tree, labelled contact-sync); --dlt none leaves dlt out.
 #
@@ -56,7 +64,7 @@ while [[ $# -gt 0 ]]; do
     --dlt) dlt_modes="$2"; shift 2 ;;
     --cs) cs_bins="$2"; shift 2 ;;
     --ceiling) ceiling="$2"; shift 2 ;;
-    -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,51p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
