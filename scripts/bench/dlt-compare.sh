@@ -21,6 +21,14 @@
 # postmaster's children times), WAL the server generated, and the idle share
 # of the machine's cores during the load (1 - CPU / (cores x wall)).
 #
+# For contact-sync it also prints its phases (setup, initial sync = backfill
+# and verification, the first capture cycle, exit: wall and server CPU of
+# each, from its log and the server CPU sampled every 0.5 s) and the WAL its
+# slot still retains at the end; LOGS=DIR keeps each run's log there. The
+# summary gives the load average at the start and end of each run, wall and
+# CPU ratios to the first tool, and the \copy ceiling's wall over each
+# tool's (issue 18's target: >= 50 %).
+#
 # --cs label=path,... compares several contact-sync binaries (default: the
 # release build of this tree, labelled contact-sync); --dlt none leaves dlt out.
 #
@@ -56,7 +64,7 @@ while [[ $# -gt 0 ]]; do
     --dlt) dlt_modes="$2"; shift 2 ;;
     --cs) cs_bins="$2"; shift 2 ;;
     --ceiling) ceiling="$2"; shift 2 ;;
-    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,50p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -153,20 +161,96 @@ PY
 
 wal_lsn() { psql_ -At -c "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"; }
 
-# Runs a load; prints "wall client_cpu server_cpu peak_rss_kb client_written_mb wal_mb idle_pct".
+# Samples, every 0.5 s until killed: "unix_time server_cpu_s load1" (the
+# server as in server_cpu).
+sampler() {
+  exec python3 - "$pgdata/postmaster.pid" "$1" <<'PY'
+import os, sys, time
+pid = int(open(sys.argv[1]).readline())
+tck = os.sysconf("SC_CLK_TCK")
+out = open(sys.argv[2], "w", buffering=1)
+def stat(p):
+    s = open(f"/proc/{p}/stat").read()
+    return s[s.rindex(")") + 2:].split()
+while True:
+    f = stat(pid)
+    total = sum(int(x) for x in f[11:15])
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                g = stat(d)
+            except OSError:
+                continue
+            if int(g[1]) == pid:
+                total += int(g[11]) + int(g[12])
+    load = open("/proc/loadavg").read().split()[0]
+    out.write(f"{time.time():.3f} {total / tck:.2f} {load}\n")
+    time.sleep(0.5)
+PY
+}
+
+# Runs a load; prints "wall client_cpu server_cpu peak_rss_kb client_written_mb
+# wal_mb idle_pct load_start load_end". Leaves the load's output in
+# $work/last.log and the server CPU samples in $work/last.samples.
 measure() {
-  local s0 s1 w0 w1 out
-  s0="$(server_cpu)"; w0="$(wal_lsn)"
+  local s0 s1 w0 w1 out l0 l1 sp
+  s0="$(server_cpu)"; w0="$(wal_lsn)"; l0="$(cut -d' ' -f1 /proc/loadavg)"
   out="$work/time.$$"
+  sampler "$work/last.samples" </dev/null >/dev/null 2>&1 & sp=$!
   /usr/bin/time -o "$out" -f "%e %U %S %M %O" "$@" >"$work/last.log" 2>&1 || {
-    echo "load failed: $*" >&2; tail -n 20 "$work/last.log" >&2; exit 1; }
-  s1="$(server_cpu)"; w1="$(wal_lsn)"
+    kill "$sp" 2>/dev/null; echo "load failed: $*" >&2; tail -n 20 "$work/last.log" >&2; exit 1; }
+  kill "$sp" 2>/dev/null; wait "$sp" 2>/dev/null || true
+  s1="$(server_cpu)"; w1="$(wal_lsn)"; l1="$(cut -d' ' -f1 /proc/loadavg)"
   read -r wall user sys rss blocks <"$out"
-  python3 -c "c=$user+$sys; s=$s1-$s0; print($wall, round(c, 2), round(s, 2), $rss, round($blocks*512/1e6, 1), round(($w1-$w0)/1e6, 1), round(max(0, 100*(1-(c+s)/($(nproc)*max($wall, 0.01)))), 1))"
+  python3 -c "c=$user+$sys; s=$s1-$s0; print($wall, round(c, 2), round(s, 2), $rss, round($blocks*512/1e6, 1), round(($w1-$w0)/1e6, 1), round(max(0, 100*(1-(c+s)/($(nproc)*max($wall, 0.01)))), 1), $l0, $l1)"
+}
+
+# The phases of a contact-sync load, from its log (timestamps of "initial
+# sync of the store" and of the first "cycle:" line with its duration) and
+# the server CPU samples: prints "setup_s initial_sync_s first_cycle_s
+# exit_s server_cpu_setup server_cpu_initial_sync server_cpu_first_cycle
+# server_cpu_exit" ("nan" where a mark is missing).
+phases() {
+  python3 - "$work/last.log" "$work/last.samples" "$1" <<'PY'
+import re, sys, datetime
+log, samples, wall = sys.argv[1], sys.argv[2], float(sys.argv[3])
+rows = [tuple(map(float, l.split()[:2])) for l in open(samples) if len(l.split()) >= 2]
+t_start, t_end = rows[0][0], rows[0][0] + wall
+def ts(line):
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z", line)
+    if not m:
+        return None
+    return datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp()
+t_bf = t_cy0 = t_cy1 = None
+for line in open(log, errors="replace"):
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    if t_bf is None and "initial sync of the store" in plain:
+        t_bf = ts(line)
+    m = re.search(r"cycle: .*\((\d+) ms", plain)
+    if m and t_cy1 is None and ts(line) is not None:
+        t_cy1 = ts(line); t_cy0 = t_cy1 - int(m.group(1)) / 1000
+def cpu_at(t):
+    prev = rows[0]
+    for r in rows:
+        if r[0] >= t:
+            if r[0] == prev[0]:
+                return r[1]
+            return prev[1] + (r[1] - prev[1]) * (t - prev[0]) / (r[0] - prev[0])
+        prev = r
+    return rows[-1][1]
+marks = [t_start, t_bf, t_cy0, t_cy1, t_end]
+if any(m is None for m in marks):
+    print(" ".join(["nan"] * 8)); sys.exit()
+d = [round(b - a, 1) for a, b in zip(marks, marks[1:])]
+c = [round(cpu_at(b) - cpu_at(a), 1) for a, b in zip(marks, marks[1:])]
+print(" ".join(map(str, d + c)))
+PY
 }
 
 results="$work/results.tsv"
 : >"$results"
+: >"$work/phases.tsv"
 for n in ${sizes//,/ }; do
   echo "== seeding $n contacts" >&2
   seed="$work/seed-$n"
@@ -207,6 +291,12 @@ PY
           cp "$canonical" "$d/contact-sync-data/canonical.db"
           printf '[stores.supabase]\nkind = "postgres"\nurl = { env = "CMP_PG_URL" }\nslot_name = "%s"\n' "$db" >"$d/contact-sync.toml"
           m="$(cd "$d" && CMP_PG_URL="$base/$db" measure "$bin" --config contact-sync.toml run --initial-sync --once)"
+          ph="$(phases "${m%% *}")"
+          # WAL the slot still holds once the run ended (its first cycle done).
+          ret="$(psql_ -At -d "$base/$db" -c "SELECT round((pg_current_wal_lsn() - restart_lsn) / 1e6, 1) FROM pg_replication_slots WHERE slot_name = '$db'")"
+          echo "$n	$t	$r	$ph $ret" | tr ' ' '\t' >>"$work/phases.tsv"
+          echo "   $n $t run $r phases: $ph (setup, initial sync, first cycle, exit s; server CPU s of each); slot retains $ret MB" >&2
+          [[ -z "${LOGS:-}" ]] || cp "$work/last.log" "$LOGS/$t-$n-$r.log"
           ls -l "$d/contact-sync-data" >&2
           rows="$(psql_ -At -d "$base/$db" -c "SELECT count(*) FROM contacts")"
           psql_ -c "SELECT pg_drop_replication_slot('$db')" >/dev/null
@@ -238,15 +328,16 @@ PY
   done
 done
 
-python3 - "$results" "$settings" "$(nproc)" "$(uptime)" "cs-${cs_labels[0]}" <<'PY'
+python3 - "$results" "$settings" "$(nproc)" "$(uptime)" "cs-${cs_labels[0]}" "$work/phases.tsv" <<'PY'
 import sys, statistics as st
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 first = sys.argv[5]
 print(f"PostgreSQL: {sys.argv[2]}")
 print(f"machine: {sys.argv[3]} cores; at the end: {sys.argv[4].strip()}")
 print()
-print("| contacts | tool | runs | wall s (min–max) | client CPU s | server CPU s | peak RSS MB | client wrote MB | WAL MB | idle % | wall ÷ first |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| contacts | tool | runs | wall s (min–max) | client CPU s | server CPU s | peak RSS MB | client wrote MB | WAL MB | idle % "
+      "| load avg (start–end of each run) | wall ÷ first | CPU ÷ first | ceiling ÷ wall |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 by = {}
 for n, t, r, *m in rows:
     by.setdefault((int(n), t), []).append([float(x) for x in m])
@@ -260,15 +351,37 @@ def name(t):
     return t.replace("dlt-", "dlt ")
 def cell(v, i, f="{:.1f}", scale=1.0):
     xs = [x[i] * scale for x in v]
+    if len(xs) == 1:
+        return f.format(xs[0])
     return f"{f.format(st.median(xs))} ({f.format(min(xs))}–{f.format(max(xs))})"
+def med(v, i):
+    return st.median(x[i] for x in v)
 for n in sorted({k[0] for k in by}):
-    base = st.median(x[0] for x in by.get((n, first), [[float("nan")]]))
+    nan = [[float("nan")] * 9]
+    base = by.get((n, first), nan)
+    ceil = by.get((n, "copy"))
     tools = [t for (m, t) in by if m == n]
     for t in sorted(tools, key=lambda t: (not t.startswith("cs-"), t)):
         v = by[(n, t)]
+        loads = ", ".join(f"{x[7]:.1f}–{x[8]:.1f}" for x in v)
+        cpu = lambda w: med(w, 1) + med(w, 2)
+        of_ceiling = f"{100 * med(ceil, 0) / med(v, 0):.0f} %" if ceil else "—"
         print(f"| {n:,} | {name(t)} | {len(v)} | {cell(v, 0)} | {cell(v, 1)} | {cell(v, 2)} | "
               f"{cell(v, 3, '{:.0f}', 1/1024)} | {cell(v, 4, '{:.0f}')} | {cell(v, 5, '{:.0f}')} | {cell(v, 6, '{:.0f}')} | "
-              f"{st.median(x[0] for x in v)/base:.2f}× |")
+              f"{loads} | {med(v, 0)/med(base, 0):.2f}× | {cpu(v)/cpu(base):.2f}× | {of_ceiling} |")
 print()
-print("medians (min–max); contact-sync includes the verification of every page; dlt verifies nothing.")
+print("medians (min–max); contact-sync includes the verification of every page; dlt verifies nothing;")
+print("ceiling ÷ wall = the \\copy ceiling's median wall clock over the tool's (issue 18's target: >= 50 %).")
+ph = [l.rstrip("\n").split("\t") for l in open(sys.argv[6]) if l.strip()]
+if ph:
+    print()
+    print("contact-sync's phases (wall s / server CPU s): setup = start to the backfill; initial sync = backfill and")
+    print("verification; first cycle = the capture cycle `run --once` ends with; exit = the rest")
+    print()
+    print("| contacts | tool | run | setup | initial sync | first cycle | exit | WAL the slot retains after, MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, t, r, *x in ph:
+        cells = [f"{x[i]} / {x[i + 4]}" for i in range(4)] if len(x) >= 8 else ["?"] * 4
+        cells.append(x[8] if len(x) > 8 else "?")
+        print(f"| {int(n):,} | {name(t)} | {r} | " + " | ".join(cells) + " |")
 PY

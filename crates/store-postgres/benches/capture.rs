@@ -11,7 +11,9 @@
 //!   empty or `BENCH_DEADLINE_S` (default 300) passes. Prints the time, the
 //!   changes delivered (own writes among them), when the user's edit came,
 //!   the WAL the slot retains before and after, and how long idle polls
-//!   (once a second) take until it retains under 16 MiB.
+//!   (once a second) take until it retains under 16 MiB. The backfill runs
+//!   inside `begin_bulk_load` / `end_bulk_load` as the initial sync's does
+//!   (`BENCH_BULK=0`: without, the capture then reads its WAL).
 //! - `BENCH_MODE=busy`: `BENCH_RATES` (edits/s, default `1000`) for
 //!   `BENCH_SECONDS` (default 60) each, on `BENCH_CONTACTS` (default 10000)
 //!   rows: single-row UPDATEs in their own transactions from 4 connections
@@ -64,7 +66,16 @@ async fn first(url: &str) {
     cfg.slot_name = "bench_first".into();
     let mut store = PgStore::connect(cfg).await.expect("connect");
     store.migrate().await.expect("migrate");
+    // As the initial sync writes: inside a bulk load (its WAL skipped by the
+    // capture when nobody else wrote meanwhile); BENCH_BULK=0 without.
+    let bulk = env("BENCH_BULK", 1) == 1;
+    if bulk {
+        store.begin_bulk_load().await.expect("begin bulk load");
+    }
     let took = backfill(&mut store, n).await;
+    if bulk {
+        store.end_bulk_load().await.expect("end bulk load");
+    }
     let user = sql(url).await;
     user.execute(
         "UPDATE contacts SET notes = 'edited by a user' WHERE contact_id = $1",
@@ -74,7 +85,7 @@ async fn first(url: &str) {
     .expect("user edit");
     let before = store.slot_health().await.expect("health");
     println!(
-        "backfill: {n} contacts in {:.1} s; provenance: {}; slot retains {:.1} MiB",
+        "backfill: {n} contacts in {:.1} s (bulk load: {bulk}); provenance: {}; slot retains {:.1} MiB",
         took.as_secs_f64(),
         before.provenance,
         mib(before.retained_wal_bytes)

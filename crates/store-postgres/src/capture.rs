@@ -177,26 +177,33 @@ impl PgStore {
         )
     }
 
-    pub(crate) async fn peek(&mut self, n: i32) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    /// Peeks up to `n` messages; with `upto`, decoding stops at the first
+    /// record ending at or after it.
+    pub(crate) async fn peek(
+        &mut self,
+        n: i32,
+        upto: Option<Lsn>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let name = self.cfg.name.clone();
         let slot = self.cfg.slot_name.clone();
         let publication = self.cfg.publication.clone();
         let origin_none = self.origin_none;
+        let upto = upto.map(|l| l.to_string());
         let client = self.client().await?;
         let rows = if origin_none {
             client
                 .query(
-                    "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
+                    "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, $4::text::pg_lsn, $2, \
                      'proto_version', '1', 'publication_names', $3, 'origin', 'none')",
-                    &[&slot, &n, &publication],
+                    &[&slot, &n, &publication, &upto],
                 )
                 .await
         } else {
             client
                 .query(
-                    "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
+                    "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, $4::text::pg_lsn, $2, \
                      'proto_version', '1', 'publication_names', $3)",
-                    &[&slot, &n, &publication],
+                    &[&slot, &n, &publication, &upto],
                 )
                 .await
         };
@@ -427,13 +434,51 @@ impl PgStore {
                 .read_ahead
                 .take()
                 .filter(|ra| ra.after == from_pos && !ra.txns.is_empty());
+            let mut bound = None;
+            if ahead.is_none() {
+                if let Some((start, end)) = self.bulk_window {
+                    if from_pos.lsn >= end {
+                        self.forget_bulk_window(end).await?;
+                    } else if from_pos.lsn >= start && from_pos.partial.is_none() {
+                        // Everything before the bulk load is delivered.
+                        if self.skip_bulk_window(from_pos, end).await? {
+                            from_pos = SlotPos {
+                                lsn: end,
+                                partial: None,
+                            };
+                            continue;
+                        }
+                        // Delivered but not yet acknowledged (a window of
+                        // batches the engine has not merged): nothing more
+                        // in this read; the next skips.
+                        return Ok(ChangeBatch {
+                            changes: Vec::new(),
+                            checkpoint: if from_pos == from_given {
+                                from.cloned().unwrap_or_else(|| from_pos.checkpoint())
+                            } else {
+                                from_pos.checkpoint()
+                            },
+                            has_more: false,
+                        });
+                    } else if from_pos.lsn < start {
+                        // Read only up to the bulk load: what follows it is
+                        // skipped once this is delivered.
+                        bound = Some(start);
+                    }
+                }
+            }
             let (mut window, exhausted, flush) = match ahead {
                 Some(ra) => (ra.txns, ra.exhausted, ra.flush),
                 None => {
-                    let flush = self.flush_lsn().await?;
+                    let mut flush = self.flush_lsn().await?;
                     let nn = i32::try_from(n).unwrap_or(i32::MAX);
-                    let rows = self.peek(nn).await?;
+                    let rows = self.peek(nn, bound).await?;
                     let exhausted = (rows.len() as i64) < n;
+                    if let Some(b) = bound {
+                        // A peek that stopped at the bound saw every
+                        // transaction committed before it.
+                        flush = flush.min(b);
+                    }
                     (self.parse_txns(&rows)?, exhausted, flush)
                 }
             };
@@ -506,7 +551,7 @@ impl PgStore {
                 // slot has confirmed `from`, move it past them now.
                 if self.skip_ahead(from_pos, pos.lsn).await? {
                     from_pos = pos;
-                    if !exhausted {
+                    if !exhausted || bound.is_some() {
                         n = n.saturating_mul(2).min(MAX_PEEK.max(n));
                         continue;
                     }
@@ -603,6 +648,28 @@ impl PgStore {
         if to > confirmed {
             self.advance_slot(to).await?;
         }
+        Ok(true)
+    }
+
+    /// Moves the slot from `from` over a bulk load's WAL to `end` (see
+    /// `bulk`) when the slot has confirmed `from` (passing on an
+    /// acknowledgement held back first): `pg_replication_slot_advance`
+    /// reads the WAL without decoding its rows. Returns whether it did.
+    async fn skip_bulk_window(&mut self, from: SlotPos, end: Lsn) -> Result<bool, StoreError> {
+        self.pass_on_ack().await?;
+        let confirmed = self.confirmed_lsn().await?;
+        if from.lsn > confirmed {
+            return Ok(false);
+        }
+        let started = std::time::Instant::now();
+        if end > confirmed {
+            self.advance_slot(end).await?;
+        }
+        self.read_ahead = None;
+        tracing::info!(store = %self.cfg.name, from = %from.lsn, to = %end,
+            secs = started.elapsed().as_secs_f64(),
+            "skipped the initial sync's WAL (nobody else wrote to the table meanwhile)");
+        self.forget_bulk_window(end).await?;
         Ok(true)
     }
 

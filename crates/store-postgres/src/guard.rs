@@ -122,7 +122,9 @@ impl PgStore {
                      EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $3 \
                        AND schemaname = $4 AND tablename = $5), \
                      ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
-                       AND attnum > 0 AND NOT attisdropped)"
+                       AND attnum > 0 AND NOT attisdropped), \
+                     (SELECT to_jsonb(m) ->> 'bulk_from' FROM {meta} m WHERE tbl = $2), \
+                     (SELECT to_jsonb(m) ->> 'bulk_to' FROM {meta} m WHERE tbl = $2)"
                 ),
                 &[&qt, &tkey, &publication, &schema, &table],
             )
@@ -132,6 +134,13 @@ impl PgStore {
         let recorded: Option<i64> = row.get(1);
         let published: bool = row.get(2);
         let columns: Vec<String> = row.get(3);
+        // A bulk load's WAL to skip (see `bulk`; the columns exist once a
+        // bulk load ran).
+        let (from, to): (Option<String>, Option<String>) = (row.get(4), row.get(5));
+        self.bulk_window = from
+            .as_deref()
+            .and_then(crate::pgoutput::Lsn::parse)
+            .zip(to.as_deref().and_then(crate::pgoutput::Lsn::parse));
         let Some(current) = current else {
             return Err(StoreError::paused(
                 &store,

@@ -41,7 +41,10 @@
 //!   capture skips those transactions whole (PostgreSQL 15 sends them
 //!   marked by an Origin message; 16+ is asked for `origin 'none'` when no
 //!   other origin exists) and advances the slot over runs of them, so a
-//!   backfill's WAL is neither delivered nor retained. Without the rights
+//!   backfill's WAL is neither delivered nor retained. A bulk load (the
+//!   initial sync) nobody else wrote in is not even decoded: a statement
+//!   trigger watches the table during it, and the capture advances the slot
+//!   over its WAL in fast-forward (see `bulk`). Without the rights
 //!   (logged at connect, shown by [`PgStore::slot_health`]) and in outbox
 //!   mode, own writes come back carrying the kept `content_hash`: an image
 //!   whose hash is set is one of the engine's own writes; a foreign write's
@@ -76,6 +79,7 @@
 //! With the `test-harness` feature, [`harness`] starts private PostgreSQL
 //! clusters for tests.
 
+mod bulk;
 mod capture;
 mod codec;
 mod config;

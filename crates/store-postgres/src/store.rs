@@ -193,6 +193,11 @@ pub struct PgStore {
     /// is are copied straight into the table (see `write_tx`); cleared at
     /// its end or after a copy failed.
     pub(crate) bulk_direct: bool,
+    /// This store armed the bulk-load watch (see `bulk`).
+    pub(crate) bulk_watching: bool,
+    /// The WAL of a finished bulk load nobody else wrote in (from, to), as
+    /// read at the last capture start; the capture skips it (see `bulk`).
+    pub(crate) bulk_window: Option<(crate::pgoutput::Lsn, crate::pgoutput::Lsn)>,
 }
 
 impl Drop for PgStore {
@@ -243,6 +248,8 @@ impl PgStore {
             origin_none: false,
             bulk_dropped: Vec::new(),
             bulk_direct: false,
+            bulk_watching: false,
+            bulk_window: None,
             origin_warned: false,
         };
         if let Err(e) = store.detect_provenance().await {
@@ -1171,56 +1178,15 @@ impl RecordSink for PgStore {
     /// WAL) are dropped and built once at the end, from sorted input;
     /// `migrate` (every daemon start) builds them after a crash. Reads stay
     /// correct meanwhile; identity lookups scan. Batches of inserts where
-    /// no row is are copied straight into the table (see `write_tx`).
+    /// no row is are copied straight into the table (see `write_tx`). In
+    /// slot mode the load's WAL is skipped by the capture when nobody else
+    /// wrote to the table meanwhile (see `bulk`).
     async fn begin_bulk_load(&mut self) -> Result<(), StoreError> {
-        let name = self.cfg.name.clone();
-        let info = self.table_info().await?;
-        let t = self.qtable();
-        let indexes = self.identity_indexes();
-        let empty: bool = self
-            .client()
-            .await?
-            .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {t})"), &[])
-            .await
-            .map_err(|e| pg_err(&name, "starting a bulk load", &e))?
-            .get(0);
-        if !empty {
-            return Ok(());
-        }
-        self.bulk_direct = true;
-        for (col, idx, create) in indexes {
-            if info.types.get(&col).map(String::as_str) != Some("jsonb") {
-                continue;
-            }
-            let client = self.client().await?;
-            let exists: bool = client
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&idx])
-                .await
-                .map_err(|e| pg_err(&name, "starting a bulk load", &e))?
-                .get(0);
-            if exists {
-                client
-                    .batch_execute(&format!("DROP INDEX IF EXISTS {idx}"))
-                    .await
-                    .map_err(|e| pg_err(&name, "starting a bulk load: dropping an index", &e))?;
-                self.bulk_dropped.push(create);
-            }
-        }
-        Ok(())
+        self.start_bulk_load().await
     }
 
     async fn end_bulk_load(&mut self) -> Result<(), StoreError> {
-        let name = self.cfg.name.clone();
-        self.bulk_direct = false;
-        while let Some(create) = self.bulk_dropped.first().cloned() {
-            self.client()
-                .await?
-                .batch_execute(&create)
-                .await
-                .map_err(|e| pg_err(&name, "ending a bulk load: building an index", &e))?;
-            self.bulk_dropped.remove(0);
-        }
-        Ok(())
+        self.finish_bulk_load().await
     }
 
     /// [`write_batch_if`](RecordSink::write_batch_if) with no condition.
