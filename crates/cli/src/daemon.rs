@@ -85,6 +85,7 @@ async fn build_daemon_engine(
     cfg: &Config,
     batch: usize,
     work: Option<std::collections::BTreeSet<String>>,
+    fill_while_idle: bool,
 ) -> anyhow::Result<(
     Engine,
     Wakeups,
@@ -101,6 +102,11 @@ async fn build_daemon_engine(
         databases: opened.wakes,
     };
     let mut opts = engine_options(cfg, batch);
+    if fill_while_idle {
+        // The search index is filled while the daemon waits, not in its
+        // cycles.
+        opts.search_fill_per_cycle = Duration::ZERO;
+    }
     // Several daemons: this one does its leases' part, and merges check
     // that no other daemon journaled their contacts meanwhile.
     opts.concurrent = work.is_some();
@@ -574,6 +580,9 @@ fn fenced(e: &anyhow::Error) -> bool {
     })
 }
 
+/// One slice of the search index's fill between checks for a wake-up.
+const SEARCH_FILL_SLICE: Duration = Duration::from_millis(300);
+
 /// Watchers that live as long as the process, started by the first turn
 /// at the work that needs them.
 static REQUESTS_WATCHED: AtomicBool = AtomicBool::new(false);
@@ -634,7 +643,7 @@ async fn lead(
     let mut lead_tasks = LeadTasks::default();
     let work = lease.as_ref().map(|c| c.work());
     let primary = lease.as_ref().is_none_or(|c| c.is_primary());
-    let (mut engine, hooks, gates, mut bq) = build_daemon_engine(cfg, batch, work).await?;
+    let (mut engine, hooks, gates, mut bq) = build_daemon_engine(cfg, batch, work, !o.once).await?;
     let lost_flags = lease.as_ref().map(|c| c.lost_flags()).unwrap_or_default();
     let lost = || lost_flags.iter().any(|f| f.load(Ordering::SeqCst));
     // With leases, the leases (and the fences on every commit) stand for
@@ -970,7 +979,34 @@ async fn lead(
             wait = wait.min(due.saturating_duration_since(Instant::now()));
         }
         let until = tokio::time::Instant::now() + wait;
+        // `--once` never waits: its cycle filled the index already.
+        let mut filling = primary && !o.once;
         loop {
+            // While nothing is due: the search index's fill from canonical
+            // (after an initial sync), a slice at a time, so that an edit
+            // arriving meanwhile never waits behind it.
+            if filling && console_requests.as_ref().is_some_and(|r| !r.is_empty()) {
+                // A person waits on the console: served first (below).
+                filling = false;
+            }
+            if filling {
+                if tokio::time::timeout(Duration::ZERO, wake.notified())
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                match engine.fill_search_index_for(SEARCH_FILL_SLICE).await {
+                    Ok(done) => filling = !done,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "filling the search index from canonical failed; retried later");
+                        filling = false;
+                    }
+                }
+                if tokio::time::Instant::now() >= until {
+                    break;
+                }
+            }
             // Several daemons: the shares are looked at every poll, cycles
             // or not (a daemon joined or left).
             if let Some(cluster) = lease.as_deref_mut() {
@@ -989,6 +1025,9 @@ async fn lead(
             } else {
                 until
             };
+            if filling {
+                continue;
+            }
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
                 _ = wake.notified() => break,

@@ -87,6 +87,11 @@ pub struct EngineOptions {
     /// entry was appended for its contacts since it read them, and merges
     /// again if one was. Off for a lone engine (nothing to race).
     pub concurrent: bool,
+    /// How long a cycle spends at most filling the search index from
+    /// canonical (after an initial sync), once its changes went out. The
+    /// daemon sets none and fills it while it waits instead, a slice at a
+    /// time, so that no edit waits behind the fill.
+    pub search_fill_per_cycle: std::time::Duration,
 }
 
 impl Default for EngineOptions {
@@ -100,6 +105,7 @@ impl Default for EngineOptions {
             config_hashes: std::collections::BTreeMap::new(),
             only: None,
             concurrent: false,
+            search_fill_per_cycle: std::time::Duration::from_secs(20),
         }
     }
 }

@@ -2,7 +2,9 @@
 //! an initial sync (which does not index as it copies: indexing every page
 //! made the copy 2.6× slower, see BENCHMARKS.md) and for a state database
 //! that predates the index. It runs at the end of each cycle, after the
-//! cycle's changes went out, for at most [`FILL_BUDGET`]. Journaled
+//! cycle's changes went out, for at most
+//! [`EngineOptions::search_fill_per_cycle`](crate::EngineOptions) (the
+//! daemon sets none and fills it in slices while it waits). Journaled
 //! changes index themselves (`StateTx::append_journal`).
 
 use std::time::{Duration, Instant};
@@ -11,17 +13,18 @@ use contact_sync_state::{SEARCH_FILL_DONE, SEARCH_FILL_META};
 
 use crate::{Engine, EngineError};
 
-/// How long one cycle spends filling the index at most; the rest is done
-/// by the next cycles (the position is kept in `meta`).
-const FILL_BUDGET: Duration = Duration::from_secs(20);
-
 impl Engine {
     /// Indexes canonical's contacts page by page from where the fill
-    /// stopped, for at most [`FILL_BUDGET`]; nothing when the index is
-    /// complete. A failure is logged and retried at the next cycle (search
-    /// is not worth failing a cycle for).
+    /// stopped, for at most the cycle's budget; nothing when the index is
+    /// complete or the budget is none (the rest is done later: the position
+    /// is kept in `meta`). A failure is logged and retried at the next
+    /// cycle (search is not worth failing a cycle for).
     pub(crate) async fn fill_search_index(&mut self) {
-        if let Err(e) = self.fill_search_index_for(FILL_BUDGET).await {
+        let budget = self.opts.search_fill_per_cycle;
+        if budget.is_zero() {
+            return;
+        }
+        if let Err(e) = self.fill_search_index_for(budget).await {
             tracing::warn!(error = %e, "filling the search index from canonical failed; retried at the next cycle");
         }
     }
