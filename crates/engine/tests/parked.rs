@@ -11,17 +11,13 @@ use std::sync::Arc;
 
 use contact_sync_core::model::now;
 use contact_sync_engine::Engine;
-use contact_sync_memory::FaultPlan;
 use contact_sync_state::Decision;
 use support::{person, settle, World};
 
 /// A world whose stores pass every call through (faults are switched on
 /// by hand), four contacts synced everywhere.
 async fn synced() -> (World, Engine) {
-    let w = World::new().with_faults([FaultPlan::new(1), FaultPlan::new(2), FaultPlan::new(3)]);
-    for c in w.faults.as_ref().unwrap() {
-        c.disable();
-    }
+    let w = World::passthrough();
     for i in 0..4 {
         w.canonical
             .user_upsert(person(&format!("C{i}"), &format!("Person {i}")));

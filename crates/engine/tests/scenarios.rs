@@ -666,13 +666,10 @@ async fn the_first_cycle_after_an_initial_sync_reads_only_edits_made_since_it_be
 /// the cluster test found it.)
 #[tokio::test]
 async fn a_canonical_edit_read_by_a_stores_capture_before_canonical_journals_it_is_not_lost() {
-    use contact_sync_memory::{FaultPlan, Operation};
+    use contact_sync_memory::Operation;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let w = World::new().with_faults([FaultPlan::new(1), FaultPlan::new(2), FaultPlan::new(3)]);
-    for c in w.faults.as_ref().unwrap() {
-        c.disable();
-    }
+    let w = World::passthrough();
     for i in 0..3 {
         w.canonical
             .user_upsert(person(&format!("C{i:03}"), &format!("Person {i}")));

@@ -38,6 +38,16 @@ impl World {
         }
     }
 
+    /// Every store wrapped in a fault injector that passes every call
+    /// through (faults and hooks are switched on by hand).
+    pub fn passthrough() -> World {
+        let w = World::new().with_faults([FaultPlan::new(1), FaultPlan::new(2), FaultPlan::new(3)]);
+        for c in w.faults.as_ref().expect("faults") {
+            c.disable();
+        }
+        w
+    }
+
     /// Wraps every store in a fault injector with these plans.
     pub fn with_faults(mut self, plans: [FaultPlan; 3]) -> World {
         self.faults = Some(plans.into_iter().map(FaultControl::new).collect());
