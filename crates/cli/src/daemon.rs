@@ -823,12 +823,10 @@ async fn lead(
         .refresh(engine.state())
         .context("the state database cannot be read")?;
     if !primary {
-        // Canonical's journal goes to BigQuery from the primary.
+        // Canonical's journal goes to BigQuery from the primary, which also
+        // runs the initial syncs (the stores waiting for one are held out
+        // of this daemon's cycles meanwhile).
         bq = None;
-    }
-    if !primary {
-        // The primary runs the initial syncs; the stores waiting for one
-        // are held out of this daemon's cycles meanwhile.
     } else if o.initial_sync && backfills.waiting().is_empty() {
         println!(
             "initial sync: every store has finished its backfill already (`contact-sync initial-sync` copies everything again)"
