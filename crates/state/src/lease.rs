@@ -436,11 +436,7 @@ impl Held {
                 }
             })
         };
-        tracing::info!(
-            lease = name,
-            token,
-            "lease taken: this daemon does the work"
-        );
+        tracing::info!(lease = name, token, "lease taken");
         Held {
             name: name.to_string(),
             holder: holder.to_string(),
