@@ -289,7 +289,7 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
     let state = pg(&env.state_url).await;
     let store_pg = pg(&env.store_url).await;
     let mut generation = 0usize;
-    let mut daemons: Vec<Child> = (0..3).map(|n| env.daemon(n, 0)).collect();
+    let mut daemons = Daemons((0..3).map(|n| env.daemon(n, 0)).collect());
     // The work spreads: each daemon holds one lease.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -600,7 +600,7 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
     }
 
     // A clean stop of every daemon ends each with success and frees the lease.
-    for d in &daemons {
+    for d in daemons.iter() {
         signal(d, "-TERM");
     }
     for (n, d) in daemons.iter_mut().enumerate() {
@@ -622,6 +622,33 @@ async fn three_daemons_lose_nothing_through_kills_and_pauses() {
         !status.contains(": running since "),
         "no daemon runs: {status}"
     );
+}
+
+/// The daemon processes, killed if the test fails before it stops them.
+struct Daemons(Vec<Child>);
+
+impl std::ops::Deref for Daemons {
+    type Target = Vec<Child>;
+    fn deref(&self) -> &Vec<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemons {
+    fn deref_mut(&mut self) -> &mut Vec<Child> {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for d in &mut self.0 {
+            // SIGKILL ends a paused daemon too; one already stopped is
+            // only reaped.
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
 }
 
 fn tail(text: &str, n: usize) -> String {
