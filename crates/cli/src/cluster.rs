@@ -262,9 +262,7 @@ impl Cluster {
 
     /// Gives every lease up (a clean stop), the membership last.
     pub async fn release_all(&mut self) {
-        for (_, h) in std::mem::take(&mut self.held) {
-            h.release().await;
-        }
+        self.release_work().await;
         if let Some(m) = self.member.take() {
             m.release().await;
         }
