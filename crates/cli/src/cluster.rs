@@ -91,7 +91,7 @@ impl Cluster {
     /// Takes this daemon's membership (waiting while the database is
     /// unreachable, until `stop`): the others then leave it its share.
     pub async fn join(&mut self, stop: impl Fn() -> bool) -> anyhow::Result<()> {
-        let name = format!("{MEMBER_PREFIX}{}", self.holder);
+        let name = self.member_name();
         self.member = Held::acquire(
             self.leases.clone(),
             &name,
@@ -113,6 +113,25 @@ impl Cluster {
     /// members) and releases those above it. True when what this daemon
     /// holds changed (its work must be set up again).
     pub async fn rebalance(&mut self, share: Option<usize>) -> bool {
+        // A membership that ran out (this daemon was paused or cut off past
+        // it) is taken again: nobody else takes `member:<holder>`, and until
+        // then the others count this daemon out and never leave it a share.
+        if self.member.as_ref().is_some_and(|m| m.is_lost()) {
+            let name = self.member_name();
+            match Held::try_take(
+                self.leases.clone(),
+                &name,
+                &self.holder,
+                &self.info,
+                self.timings,
+            )
+            .await
+            {
+                Ok(Some(m)) => self.member = Some(m),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot renew this daemon's membership"),
+            }
+        }
         let mut changed = false;
         let lost: Vec<String> = self
             .held
@@ -189,6 +208,11 @@ impl Cluster {
             }
         }
         changed
+    }
+
+    /// This daemon's membership lease.
+    fn member_name(&self) -> String {
+        format!("{MEMBER_PREFIX}{}", self.holder)
     }
 
     /// Whether this daemon holds any lease of the work.
