@@ -96,9 +96,15 @@ pub(crate) struct ReadAhead {
 /// The slot is advanced at most this often (see `ack_slot`).
 const ADVANCE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Messages one peek asks for at least (a read-ahead of a few thousand
-/// changes).
-const READ_AHEAD: i64 = 4096;
+/// Messages one peek asks for at least: a read-ahead of up to ~5,000
+/// single-row transactions (begin, row, commit; an origin message for the
+/// engine's own). Each peek decodes the WAL from the slot's restart point,
+/// which PostgreSQL 15 moves only every ~15 s, so a backlog read in fewer,
+/// larger peeks costs the server less: at 1,000 edits/s, 4,096 took a peek
+/// of ~100 ms per ~400 edits; 16,384 cut the edit → local.db p99 from 4.1 s
+/// to 1.5 s (BENCHMARKS.md). A peek returns what the WAL holds, so an
+/// engine that keeps up reads small peeks as before.
+const READ_AHEAD: i64 = 16384;
 
 /// The most messages one peek returns: bounds the memory of a read that
 /// skips a long run of the engine's own transactions.
@@ -426,7 +432,12 @@ impl PgStore {
         self.detect_provenance().await?;
         self.check_origin_filter().await?;
         let hash_trusted = self.table_info().await?.hash_trusted;
-        self.check_identity().await?;
+        // The table's identity (dropped, re-created, unpublished, columns
+        // gone) is checked before every peek, not before a read served
+        // from the read-ahead: that holds transactions a checked peek
+        // decoded, committed before it (the check's catalog query was
+        // 7 % of a busy capture's time when it ran for every read).
+        let mut identity_checked = false;
         let limit = limit.max(1);
         let mut n: i64 = ((limit as i64) * 4 + 16).max(READ_AHEAD);
         loop {
@@ -435,6 +446,10 @@ impl PgStore {
                 .take()
                 .filter(|ra| ra.after == from_pos && !ra.txns.is_empty());
             let mut bound = None;
+            if ahead.is_none() && !identity_checked {
+                self.check_identity().await?;
+                identity_checked = true;
+            }
             if ahead.is_none() {
                 if let Some((start, end)) = self.bulk_window {
                     if from_pos.lsn >= end {
@@ -702,10 +717,9 @@ impl PgStore {
         Ok(())
     }
 
-    /// Acknowledges up to a whole transaction. While reads are served from
-    /// the read-ahead the slot is advanced at most every [`ADVANCE_EVERY`]
-    /// (each advance decodes the WAL from the slot's restart point, which a
-    /// busy database makes costly); an
+    /// Acknowledges up to a whole transaction. The slot is advanced at
+    /// most every [`ADVANCE_EVERY`] (each advance decodes the WAL from the
+    /// slot's restart point, which a busy database makes costly); an
     /// acknowledgement not yet passed on is kept here, so this store never
     /// delivers anything at or before it again, and is passed on by the
     /// next acknowledgement after that interval or the next read that finds
@@ -724,13 +738,18 @@ impl PgStore {
         if pos.lsn <= self.advanced_to {
             return Ok(());
         }
-        // Held back only while reads are served from the read-ahead (no
-        // peek until it runs out): the next peek starts at the slot's
-        // position, so it should not lag behind what was delivered.
-        if self.read_ahead.is_some()
-            && self
-                .advanced_at
-                .is_some_and(|t| t.elapsed() < ADVANCE_EVERY)
+        // Held back for up to [`ADVANCE_EVERY`] after the last advance,
+        // with or without a read-ahead: an engine merging a window of
+        // batches acknowledges each one after the window's reads ended, and
+        // advancing for each cost more than the batch's merge (measured:
+        // 30 advances of 34 ms for a window of 3,000 changes at 1,000
+        // edits/s). A peek before the slot caught up returns the delivered
+        // transactions again; `read_slot` drops them (they end before the
+        // read's position), which costs less than decoding the WAL once
+        // more for an advance.
+        if self
+            .advanced_at
+            .is_some_and(|t| t.elapsed() < ADVANCE_EVERY)
         {
             return Ok(());
         }
