@@ -8,7 +8,9 @@
 //!   schedule over 10,000 contacts, while a watcher reads local.db every
 //!   10 ms; lag = from sending an edit to seeing it in local.db, through
 //!   the whole engine (capture, merge, journal, canonical and local writes).
-//!   `PG_LATENCY_BATCH` sets the engine's batch size (default 100).
+//!   `PG_LATENCY_BATCH` sets the engine's batch size (default 100),
+//!   `PG_LATENCY_BUDGET_MS` its capture budget (default 250 as in the
+//!   daemon; 0: none).
 //!
 //! `cargo bench -p contact-sync --bench pg_latency` (a private PostgreSQL
 //! cluster is started by the harness, or CONTACT_SYNC_PG_URL is used).
@@ -53,6 +55,12 @@ async fn main() {
     let stores: Vec<Box<dyn Store>> = vec![Box::new(local), Box::new(pg)];
     let opts = EngineOptions {
         batch_size: env("PG_LATENCY_BATCH").unwrap_or(EngineOptions::default().batch_size),
+        // As the daemon runs it (`[sync] capture_budget_ms`, default 250;
+        // `PG_LATENCY_BUDGET_MS=0`: none).
+        capture_budget: match env("PG_LATENCY_BUDGET_MS").unwrap_or(250) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms as u64)),
+        },
         ..EngineOptions::default()
     };
     let mut engine = Engine::new(state, Box::new(canonical), stores, opts).unwrap();
@@ -63,7 +71,10 @@ async fn main() {
     let wake = notifier.handle();
     let daemon = tokio::spawn(async move {
         while !stop.load(Ordering::SeqCst) {
-            engine.cycle().await.expect("cycle");
+            if engine.cycle().await.expect("cycle").more {
+                // The rest of a backlog: at once, as the daemon does.
+                continue;
+            }
             tokio::select! {
                 _ = wake.notified() => {},
                 _ = tokio::time::sleep(Duration::from_secs(600)) => {},

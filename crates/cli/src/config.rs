@@ -249,6 +249,16 @@ pub struct SyncConfig {
     /// written with their country code are accepted.
     #[serde(default)]
     pub default_region: Option<String>,
+    /// Milliseconds a running daemon's cycle merges one store's backlog at
+    /// most before it writes what it merged to the other stores and starts
+    /// the next cycle (0: no bound, each store drained first). Keeps an
+    /// edit's lag short while another store's backlog is worked off.
+    #[serde(default = "default_capture_budget_ms")]
+    pub capture_budget_ms: u64,
+}
+
+fn default_capture_budget_ms() -> u64 {
+    250
 }
 
 fn default_true() -> bool {
@@ -280,6 +290,12 @@ impl SyncConfig {
     pub fn region(&self) -> Option<contact_sync_core::phone::Region> {
         self.default_region.as_deref().and_then(|r| r.parse().ok())
     }
+
+    /// A running daemon's time budget per store capture (`None`: 0, no bound).
+    pub fn capture_budget(&self) -> Option<std::time::Duration> {
+        (self.capture_budget_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.capture_budget_ms))
+    }
 }
 
 fn default_drift_interval() -> u64 {
@@ -297,6 +313,7 @@ impl Default for SyncConfig {
             guard_min: default_guard_min(),
             guard_max: default_guard_max(),
             default_region: None,
+            capture_budget_ms: default_capture_budget_ms(),
         }
     }
 }

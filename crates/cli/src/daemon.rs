@@ -103,9 +103,11 @@ async fn build_daemon_engine(
     };
     let mut opts = engine_options(cfg, batch);
     if fill_while_idle {
-        // The search index is filled while the daemon waits, not in its
-        // cycles.
+        // A running daemon (not `--once`): the search index is filled while
+        // it waits, not in its cycles; a store's backlog is merged in
+        // slices, the other stores written between them.
         opts.search_fill_per_cycle = Duration::ZERO;
+        opts.capture_budget = cfg.sync.capture_budget();
     }
     // Several daemons: this one does its leases' part, and merges check
     // that no other daemon journaled their contacts meanwhile.
@@ -889,6 +891,8 @@ async fn lead(
             bq.begin_cycle();
         }
         let result = engine.cycle().await;
+        // A store's capture stopped at its time budget with changes left.
+        let more = matches!(&result, Ok(r) if r.more);
         // BigQuery: the journal table gets the cycle's entries (and any
         // left by a failed append); the cycle's cost is recorded.
         let bq_cost = match bq.as_mut() {
@@ -976,9 +980,13 @@ async fn lead(
         if let Some(due) = backfills.next_due().filter(|_| primary) {
             wait = wait.min(due.saturating_duration_since(Instant::now()));
         }
+        if more {
+            // The rest of a backlog: the next cycle at once.
+            wait = Duration::ZERO;
+        }
         let until = tokio::time::Instant::now() + wait;
         // `--once` never waits: its cycle filled the index already.
-        let mut filling = primary && !o.once;
+        let mut filling = primary && !o.once && !more;
         loop {
             // While nothing is due: the search index's fill from canonical
             // (after an initial sync), a slice at a time, so that an edit

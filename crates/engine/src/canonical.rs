@@ -310,9 +310,24 @@ impl Engine {
                 tracing::debug!(error = %e, "canonical re-acknowledge failed");
             }
         }
-        for _ in 0..self.opts.max_batches_per_cycle {
+        let started = std::time::Instant::now();
+        for round in 0..self.opts.max_batches_per_cycle {
             if self.stopping() {
                 break;
+            }
+            // The cycle's bound of batches, or its time budget (see
+            // `capture_store`): the rest in the next cycle, at once.
+            if round > 0
+                && self
+                    .opts
+                    .capture_budget
+                    .is_some_and(|b| started.elapsed() >= b)
+            {
+                report.more = true;
+                break;
+            }
+            if round + 1 == self.opts.max_batches_per_cycle {
+                report.more = true;
             }
             let from = self.state.checkpoint(CANONICAL)?.map(Checkpoint);
             let batch = self

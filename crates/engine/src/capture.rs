@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use contact_sync_connector::{Change, ChangeKind, Checkpoint};
+use contact_sync_connector::{Change, ChangeBatch, ChangeKind, Checkpoint};
 use contact_sync_core::identity::mint_contact_id;
 use contact_sync_core::pii::Reason;
 use contact_sync_core::{
@@ -82,6 +82,14 @@ pub(crate) fn check_heads(
     }
 }
 
+/// The rest of a window a capture cut short by its time budget: read and
+/// checked by the mass-change guard, not merged. Valid while the store's
+/// stored checkpoint is still `from`.
+pub(crate) struct Carry {
+    pub from: Option<Checkpoint>,
+    pub window: crate::guard::Window,
+}
+
 pub(crate) fn add_stats(into: &mut RunStats, s: &RunStats) {
     into.captured += s.captured;
     into.applied += s.applied;
@@ -100,6 +108,13 @@ impl Engine {
     /// Changes are read a window at a time ([`crate::guard`]) and checked by
     /// the mass-change guard before any of them is merged; a window over the
     /// guard's threshold pauses the store instead.
+    ///
+    /// With [`EngineOptions::capture_budget`](crate::EngineOptions), a
+    /// capture that has merged for that long stops after the batch it is
+    /// in, so that the cycle goes on to write what it merged to the other
+    /// stores; the window's batches not merged yet are kept
+    /// ([`Carry`]) and merged first by the next cycle, which the report
+    /// asks for at once ([`crate::CycleReport::more`]).
     pub(crate) async fn capture_store(
         &mut self,
         i: usize,
@@ -107,30 +122,47 @@ impl Engine {
         approved: bool,
     ) -> Result<bool, EngineError> {
         let name = self.stores[i].name().to_string();
-        if let Some(cp) = self.state.checkpoint(&name)? {
+        let stored = self.state.checkpoint(&name)?;
+        if let Some(cp) = &stored {
             // A previous acknowledge may have been lost; repeating it is harmless.
-            if let Err(e) = self.stores[i].acknowledge(&Checkpoint(cp)).await {
+            if let Err(e) = self.stores[i].acknowledge(&Checkpoint(cp.clone())).await {
                 tracing::debug!(store = %name, error = %e, "re-acknowledge failed");
             }
         }
+        // Batches a cut-short capture read and checked but did not merge:
+        // still the store's next changes only if nothing moved its
+        // checkpoint since (a reset, a backfill, another daemon).
+        let mut carried = self
+            .carry
+            .remove(&name)
+            .filter(|c| c.from.as_ref().map(|c| c.as_str()) == stored.as_deref());
+        let started = std::time::Instant::now();
+        let budget = self.opts.capture_budget;
         let mut batches = 0usize;
         loop {
             if self.stopping() {
                 return Ok(false);
             }
-            let window = self.read_window(i, &mut batches).await?;
-            if window.batches.is_empty() {
-                return Ok(window.drained);
-            }
-            if !approved {
-                if let Some(pause) = self.mass_change_verdict(i, &window).await? {
-                    report.entry(&name).error = Some(format!("paused: {}", pause.reason));
-                    self.pause(pause)?;
-                    return Ok(false);
+            let window = match carried.take() {
+                Some(c) => c.window,
+                None => {
+                    let window = self.read_window(i, &mut batches).await?;
+                    if window.batches.is_empty() {
+                        return Ok(window.drained);
+                    }
+                    if !approved {
+                        if let Some(pause) = self.mass_change_verdict(i, &window).await? {
+                            report.entry(&name).error = Some(format!("paused: {}", pause.reason));
+                            self.pause(pause)?;
+                            return Ok(false);
+                        }
+                    }
+                    window
                 }
-            }
+            };
             let drained = window.drained;
-            for batch in window.batches {
+            let mut rest = window.batches.into_iter();
+            while let Some(batch) = rest.next() {
                 let stats = self
                     .merge_batch(i, batch.changes, Some(&batch.checkpoint), false)
                     .await?;
@@ -140,11 +172,33 @@ impl Engine {
                     // The checkpoint is stored; the next read starts after it anyway.
                     tracing::warn!(store = %name, error = %e, "acknowledge failed; will repeat");
                 }
+                if budget.is_some_and(|b| started.elapsed() >= b) {
+                    let left: Vec<ChangeBatch> = rest.collect();
+                    if left.is_empty() && drained {
+                        return Ok(true);
+                    }
+                    if !left.is_empty() {
+                        self.carry.insert(
+                            name.clone(),
+                            Carry {
+                                from: Some(batch.checkpoint.clone()),
+                                window: crate::guard::Window {
+                                    from: Some(batch.checkpoint),
+                                    batches: left,
+                                    drained,
+                                },
+                            },
+                        );
+                    }
+                    report.more = true;
+                    return Ok(false);
+                }
             }
             if drained {
                 return Ok(true);
             }
             if batches >= self.opts.max_batches_per_cycle {
+                report.more = true;
                 return Ok(false);
             }
         }

@@ -217,6 +217,7 @@ impl Engine {
     pub(crate) fn pause(&mut self, p: PausedStore) -> Result<(), EngineError> {
         tracing::error!(store = %p.store, kind = p.kind.as_str(), reason = %p.reason,
             alert = "store_paused", "store paused; a person must decide");
+        self.carry.remove(&p.store);
         let tx = self.state.tx()?;
         tx.pause_store(&p)?;
         tx.commit()?;

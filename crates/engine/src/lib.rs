@@ -92,6 +92,15 @@ pub struct EngineOptions {
     /// daemon sets none and fills it while it waits instead, a slice at a
     /// time, so that no edit waits behind the fill.
     pub search_fill_per_cycle: std::time::Duration,
+    /// How long a cycle merges one store's changes at most before it goes
+    /// on to write them to the other stores (the rest is merged by the next
+    /// cycle, at once: [`CycleReport::more`]). Keeps the lag of every
+    /// other store's edits short behind a backlog. `None`: a store's
+    /// capture runs until it is drained or
+    /// [`max_batches_per_cycle`](Self::max_batches_per_cycle) is reached
+    /// (`run --once`, tests that expect one cycle to sync everything). The
+    /// daemon sets it (`[sync] capture_budget_ms`).
+    pub capture_budget: Option<std::time::Duration>,
 }
 
 impl Default for EngineOptions {
@@ -106,6 +115,7 @@ impl Default for EngineOptions {
             only: None,
             concurrent: false,
             search_fill_per_cycle: std::time::Duration::from_secs(20),
+            capture_budget: None,
         }
     }
 }
@@ -117,6 +127,9 @@ pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CycleReport {
     pub stores: Vec<StoreReport>,
+    /// A store's capture stopped with changes left (its time budget, or
+    /// the cycle's bound of batches): the next cycle should start at once.
+    pub more: bool,
 }
 
 /// What one cycle did for one store.
@@ -160,6 +173,9 @@ pub struct Engine {
     /// hold writes the engine did not see confirmed, so the next apply
     /// reads before it writes.
     canonical_uncertain: bool,
+    /// Per store: the batches a capture cut short by its time budget read
+    /// but did not merge ([`capture::Carry`]).
+    carry: std::collections::HashMap<String, capture::Carry>,
 }
 
 impl Engine {
@@ -188,6 +204,7 @@ impl Engine {
             clock: Arc::new(contact_sync_core::model::now),
             shutdown: Arc::new(AtomicBool::new(false)),
             canonical_uncertain: true,
+            carry: std::collections::HashMap::new(),
         })
     }
 
@@ -322,6 +339,8 @@ impl Engine {
         e: EngineError,
         report: &mut CycleReport,
     ) -> Result<(), EngineError> {
+        // What a cut-short capture kept is read again after a failure.
+        self.carry.remove(name);
         if !e.is_store_error() {
             return Err(e);
         }

@@ -121,6 +121,7 @@ impl Engine {
         report: &mut CycleReport,
     ) -> Result<(), EngineError> {
         let name = self.stores[i].name().to_string();
+        let started = std::time::Instant::now();
         loop {
             if self.stopping() {
                 return Ok(());
@@ -167,6 +168,18 @@ impl Engine {
             let recorded = self.send(i, &name, plans, last_seq).await?;
             add_stats(&mut report.entry(&name).stats, &recorded.stats);
             self.recapture(i, recorded.changed, report).await?;
+            // The capture budget bounds a store's writes as well: after a
+            // backlog (the version write-backs of a busy store's own
+            // edits, a mass change), the next cycle reads the stores again
+            // before it writes on.
+            if self
+                .opts
+                .capture_budget
+                .is_some_and(|b| started.elapsed() >= b)
+            {
+                report.more = true;
+                return Ok(());
+            }
         }
     }
 

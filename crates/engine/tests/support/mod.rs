@@ -68,6 +68,18 @@ impl World {
         &self,
         config_hashes: std::collections::BTreeMap<String, String>,
     ) -> Engine {
+        self.engine_with(|o| o.config_hashes = config_hashes)
+    }
+
+    /// [`World::engine`] with options changed by `f`.
+    pub fn engine_with(&self, f: impl FnOnce(&mut EngineOptions)) -> Engine {
+        let mut opts = EngineOptions {
+            batch_size: self.batch_size,
+            backfill_page: 5,
+            max_batches_per_cycle: 1000,
+            ..Default::default()
+        };
+        f(&mut opts);
         let state = StateDb::open(&self.state_path()).expect("state db");
         let wrap = |h: &MemoryHandle, i: usize| -> Box<dyn Store> {
             match &self.faults {
@@ -79,13 +91,7 @@ impl World {
             state,
             wrap(&self.canonical, 0),
             vec![wrap(&self.local, 1), wrap(&self.crm, 2)],
-            EngineOptions {
-                batch_size: self.batch_size,
-                backfill_page: 5,
-                max_batches_per_cycle: 1000,
-                config_hashes,
-                ..Default::default()
-            },
+            opts,
         )
         .expect("engine")
     }

@@ -1,0 +1,193 @@
+//! The capture budget (`EngineOptions::capture_budget`, the daemon's
+//! `[sync] capture_budget_ms`): a store's backlog is merged in slices, and
+//! the other stores' edits go out between them.
+
+mod support;
+
+use contact_sync_engine::CycleReport;
+use support::{person, World};
+
+async fn seeded(n: usize) -> World {
+    let w = World::new();
+    for i in 0..n {
+        w.canonical
+            .user_upsert(person(&format!("C{i:03}"), &format!("Person {i}")));
+    }
+    let mut e = w.engine();
+    let mut progress = |_: &str, _: u64, _: u64| {};
+    e.initial_sync(&mut progress).await.expect("initial sync");
+    for _ in 0..5 {
+        e.cycle().await.expect("cycle");
+    }
+    w.assert_converged();
+    w
+}
+
+fn captured(r: &CycleReport, store: &str) -> u64 {
+    r.stores
+        .iter()
+        .find(|s| s.store == store)
+        .map_or(0, |s| s.stats.captured - s.stats.skipped_echo)
+}
+
+#[tokio::test]
+async fn a_backlog_is_merged_in_slices_and_another_stores_edit_goes_out_between_them() {
+    let w = seeded(40).await;
+    // A backlog in local: 40 edits (6 batches of 7), and one edit in the CRM.
+    for i in 0..40 {
+        let mut c = w.local.get(&format!("C{i:03}")).expect("contact");
+        c.job_title = Some(format!("Backlog {i}"));
+        w.local.user_upsert(c);
+    }
+    let mut crm_edit = w.crm.get("C039").expect("contact");
+    crm_edit.notes = Some("edited in the CRM".into());
+    w.crm.user_upsert(crm_edit);
+
+    // Spent at once: every capture stops after one batch.
+    let mut e = w.engine_with(|o| o.capture_budget = Some(std::time::Duration::ZERO));
+    let first = e.cycle().await.expect("cycle");
+    assert!(first.more, "the report asks for the next cycle at once");
+    assert_eq!(captured(&first, "local"), 7, "one batch of local's backlog");
+    assert_eq!(captured(&first, "crm"), 1);
+    // The CRM's edit reached canonical in that cycle, behind local's
+    // backlog (local itself is written once its backlog is merged: its
+    // pending edits would race the writes).
+    assert_eq!(
+        w.canonical.get("C039").expect("C039").notes.as_deref(),
+        Some("edited in the CRM")
+    );
+    let in_canonical = (0..40)
+        .filter(|i| {
+            w.canonical.get(&format!("C{i:03}")).expect("c").job_title
+                == Some(format!("Backlog {i}"))
+        })
+        .count();
+    assert_eq!(
+        in_canonical, 7,
+        "the rest of the backlog is left for later cycles"
+    );
+
+    // The rest follows, a batch a cycle, each edit merged once.
+    let mut cycles = 1;
+    let mut total = captured(&first, "local");
+    loop {
+        let r = e.cycle().await.expect("cycle");
+        total += captured(&r, "local");
+        cycles += 1;
+        if !r.more {
+            break;
+        }
+        assert!(cycles < 50, "the backlog never ended");
+    }
+    assert!(cycles >= 6, "sliced: {cycles} cycles");
+    assert_eq!(
+        total, 40,
+        "every edit of the backlog captured once (echoes aside)"
+    );
+    for i in 0..40 {
+        let id = format!("C{i:03}");
+        let want = Some(format!("Backlog {i}"));
+        assert_eq!(w.canonical.get(&id).expect("c").job_title, want, "{id}");
+        assert_eq!(w.crm.get(&id).expect("c").job_title, want, "{id}");
+    }
+    let head = e.state().journal_head().expect("head");
+    let entries = e.state().journal_after(0, head, 100_000).expect("journal");
+    for i in 0..40 {
+        let id = format!("C{i:03}");
+        let n = entries
+            .iter()
+            .filter(|en| en.contact_id == id && en.origin == "local")
+            .count();
+        assert_eq!(n, 1, "{id}: journaled {n} times from local");
+    }
+    w.assert_converged();
+}
+
+#[tokio::test]
+async fn a_restart_in_the_middle_of_a_sliced_backlog_reads_the_rest_again() {
+    let w = seeded(30).await;
+    for i in 0..30 {
+        let mut c = w.local.get(&format!("C{i:03}")).expect("contact");
+        c.job_title = Some(format!("Backlog {i}"));
+        w.local.user_upsert(c);
+    }
+    let budget = |o: &mut contact_sync_engine::EngineOptions| {
+        o.capture_budget = Some(std::time::Duration::ZERO)
+    };
+    let mut e = w.engine_with(budget);
+    assert!(e.cycle().await.expect("cycle").more);
+    // The engine stops with the rest of the window kept in memory only.
+    drop(e);
+    let mut e = w.engine_with(budget);
+    for _ in 0..50 {
+        if !e.cycle().await.expect("cycle").more {
+            break;
+        }
+    }
+    for i in 0..30 {
+        let id = format!("C{i:03}");
+        assert_eq!(
+            w.crm.get(&id).expect("c").job_title,
+            Some(format!("Backlog {i}")),
+            "{id}"
+        );
+    }
+    w.assert_converged();
+}
+
+#[tokio::test]
+async fn a_canonical_backlog_is_sliced_and_a_crm_edit_reaches_local_before_its_end() {
+    let w = seeded(40).await;
+    // A mass edit in canonical (40 edits, 6 batches of 7) and one in the CRM.
+    for i in 0..40 {
+        let mut c = w.canonical.get(&format!("C{i:03}")).expect("contact");
+        c.job_title = Some(format!("Mass {i}"));
+        w.canonical.user_upsert(c);
+    }
+    let mut crm_edit = w.crm.get("C039").expect("contact");
+    crm_edit.notes = Some("edited in the CRM".into());
+    w.crm.user_upsert(crm_edit);
+
+    let mut e = w.engine_with(|o| o.capture_budget = Some(std::time::Duration::ZERO));
+    let first = e.cycle().await.expect("cycle");
+    assert!(first.more, "the report asks for the next cycle at once");
+    let first_slice = captured(&first, "canonical");
+    assert!(
+        (7..40).contains(&first_slice),
+        "one batch of canonical's: {first_slice}"
+    );
+    // Local is written a batch at a time as well: the CRM's edit, journaled
+    // after canonical's first slice, goes out in the second cycle, before
+    // the rest of canonical's backlog is even read.
+    assert!(e.cycle().await.expect("cycle").more);
+    assert_eq!(
+        w.local.get("C039").expect("C039").notes.as_deref(),
+        Some("edited in the CRM"),
+        "the CRM's edit reached local in the second cycle"
+    );
+    let in_local = (0..40)
+        .filter(|i| {
+            w.local.get(&format!("C{i:03}")).expect("c").job_title == Some(format!("Mass {i}"))
+        })
+        .count();
+    assert!(
+        in_local < 40,
+        "canonical's backlog was sliced ({in_local} in local)"
+    );
+
+    let mut cycles = 2;
+    while e.cycle().await.expect("cycle").more {
+        cycles += 1;
+        assert!(cycles < 50, "the backlog never ended");
+    }
+    assert!(cycles >= 6, "sliced: {cycles} cycles");
+    for i in 0..40 {
+        let id = format!("C{i:03}");
+        assert_eq!(
+            w.local.get(&id).expect("c").job_title,
+            Some(format!("Mass {i}")),
+            "{id}"
+        );
+    }
+    w.assert_converged();
+}
