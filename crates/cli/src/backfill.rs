@@ -164,6 +164,9 @@ impl ChangeSource for Held {
     fn wants_held(&self) -> bool {
         !self.gate.held.load(Ordering::SeqCst) && self.info(|s| s.wants_held())
     }
+    fn metered_reads(&self) -> bool {
+        self.info(|s| s.metered_reads())
+    }
     fn held(&mut self, records: Vec<(String, String)>) {
         if let Ok(s) = self.ready() {
             s.held(records);

@@ -155,7 +155,13 @@ impl BqCanonical {
     /// Appends journal entries after the table's cursor (see the module
     /// docs). Returns how many entries the cursor moved over; a failure is
     /// logged and retried at the next cycle (the cursor stays).
-    pub async fn append_journal(&mut self, state: &mut StateDb) -> u64 {
+    ///
+    /// `backlog`: the cycle stopped at its capture budget and the next one
+    /// follows at once; only whole requests of [`APPEND_BATCH`] entries are
+    /// appended then, the rest after the backlog's last slice (each request
+    /// is a MERGE query billed at least 10 MB: a backlog worked off in many
+    /// short cycles must not cost a query per cycle).
+    pub async fn append_journal(&mut self, state: &mut StateDb, backlog: bool) -> u64 {
         let Some((store, key)) = &self.journal else {
             return 0;
         };
@@ -181,6 +187,9 @@ impl BqCanonical {
             let Some(last) = entries.last().map(|e| e.seq) else {
                 return moved;
             };
+            if backlog && entries.len() < APPEND_BATCH {
+                return moved;
+            }
             match store.append_journal_rows(&entries).await {
                 Ok(inserted) => {
                     let saved = state.tx().and_then(|tx| {

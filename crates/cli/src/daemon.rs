@@ -897,7 +897,7 @@ async fn lead(
         // left by a failed append); the cycle's cost is recorded.
         let bq_cost = match bq.as_mut() {
             Some(bq) => {
-                bq.append_journal(engine.state_mut()).await;
+                bq.append_journal(engine.state_mut(), more).await;
                 let cost = bq.end_cycle(engine.state_mut());
                 ops.add_query_cost(
                     CANONICAL,

@@ -133,6 +133,15 @@ pub trait ChangeSource: Send {
     fn held(&mut self, records: Vec<(String, String)>) {
         let _ = records;
     }
+
+    /// Whether every read costs a request of a budget the store shares with
+    /// its writes (Twenty's per-key rate limit). In a cycle that goes on
+    /// with a backlog another store left (the engine's capture budget), the
+    /// engine reads such a store only every
+    /// few seconds, not in each short cycle. Default: false.
+    fn metered_reads(&self) -> bool {
+        false
+    }
 }
 
 /// The result of one write in a batch.

@@ -176,7 +176,16 @@ pub struct Engine {
     /// Per store: the batches a capture cut short by its time budget read
     /// but did not merge ([`capture::Carry`]).
     carry: std::collections::HashMap<String, capture::Carry>,
+    /// The last cycle stopped at its capture budget (this one goes on with
+    /// the backlog), and when each store with metered reads was last read.
+    continuing: bool,
+    metered_read_at: std::collections::HashMap<String, std::time::Instant>,
 }
+
+/// In a cycle that goes on with a backlog, a store whose reads cost a
+/// request of a shared budget (`ChangeSource::metered_reads`) is read at
+/// most this often.
+pub const METERED_READ_SPACING: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Engine {
     /// An engine over `canonical` and the other `stores`. Store names must
@@ -205,6 +214,8 @@ impl Engine {
             shutdown: Arc::new(AtomicBool::new(false)),
             canonical_uncertain: true,
             carry: std::collections::HashMap::new(),
+            continuing: false,
+            metered_read_at: std::collections::HashMap::new(),
         })
     }
 
@@ -299,8 +310,33 @@ impl Engine {
             if self.stores[i].wants_held() {
                 self.tell_held(i)?;
             }
+            // A store with metered reads that had nothing left at its last
+            // read is not read in every short cycle of a backlog (each read
+            // of it is a request of its budget). It is written as if that
+            // read had just been made: a cycle of a few seconds reads and
+            // writes as far apart, and its writes are conditional (an edit
+            // made there since refuses them and is captured).
+            let metered = self.stores[i].metered_reads();
+            if metered
+                && self.continuing
+                && self
+                    .metered_read_at
+                    .get(&name)
+                    .is_some_and(|t| t.elapsed() < METERED_READ_SPACING)
+            {
+                *w = self.state.paused(&name)?.is_none();
+                continue;
+            }
+            let read_at = std::time::Instant::now();
             match self.capture_store(i, &mut report, approved).await {
-                Ok(drained) => *w = drained && self.state.paused(&name)?.is_none(),
+                Ok(drained) => {
+                    if metered && drained {
+                        self.metered_read_at.insert(name.clone(), read_at);
+                    } else {
+                        self.metered_read_at.remove(&name);
+                    }
+                    *w = drained && self.state.paused(&name)?.is_none()
+                }
                 Err(e) => self.store_failed(&name, "capture", e, &mut report)?,
             }
         }
@@ -325,6 +361,7 @@ impl Engine {
             tx.record_run(&s.store, &s.stats, s.error.as_deref(), now)?;
         }
         tx.commit()?;
+        self.continuing = report.more;
         Ok(report)
     }
 

@@ -5,10 +5,14 @@
 mod support;
 
 use contact_sync_engine::CycleReport;
+use contact_sync_memory::{MemoryHandle, MemoryOptions};
 use support::{person, World};
 
 async fn seeded(n: usize) -> World {
-    let w = World::new();
+    seeded_in(World::new(), n).await
+}
+
+async fn seeded_in(w: World, n: usize) -> World {
     for i in 0..n {
         w.canonical
             .user_upsert(person(&format!("C{i:03}"), &format!("Person {i}")));
@@ -188,6 +192,65 @@ async fn a_canonical_backlog_is_sliced_and_a_crm_edit_reaches_local_before_its_e
             Some(format!("Mass {i}")),
             "{id}"
         );
+    }
+    w.assert_converged();
+}
+
+#[tokio::test]
+async fn a_store_with_metered_reads_is_not_polled_in_every_slice_of_another_stores_backlog() {
+    // A CRM whose every read is a request of its budget (as Twenty's polls).
+    let mut w = World::new();
+    w.crm = MemoryHandle::new(
+        MemoryOptions::new("crm")
+            .keeps_version(false)
+            .own_ids(true)
+            .metered_reads(true),
+    );
+    let w = seeded_in(w, 40).await;
+    for i in 0..40 {
+        let mut c = w.canonical.get(&format!("C{i:03}")).expect("contact");
+        c.job_title = Some(format!("Mass {i}"));
+        w.canonical.user_upsert(c);
+    }
+    let mut e = w.engine_with(|o| o.capture_budget = Some(std::time::Duration::ZERO));
+    let (crm_before, local_before) = (w.crm.reads(), w.local.reads());
+    let mut cycles = 1;
+    while e.cycle().await.expect("cycle").more {
+        cycles += 1;
+        assert!(cycles < 50, "the backlog never ended");
+    }
+    assert!(cycles >= 6, "sliced: {cycles} cycles");
+    let written = (0..40)
+        .filter(|i| {
+            w.crm.get(&format!("C{i:03}")).expect("c").job_title == Some(format!("Mass {i}"))
+        })
+        .count();
+    assert_eq!(written, 40, "the CRM was written between the slices");
+    let (crm_reads, local_reads) = (w.crm.reads() - crm_before, w.local.reads() - local_before);
+    assert!(
+        local_reads >= cycles,
+        "local is read in every slice: {local_reads} reads in {cycles} cycles"
+    );
+    assert_eq!(
+        crm_reads, 1,
+        "the CRM is read once, in the first cycle ({cycles} cycles)"
+    );
+    // It was written meanwhile (its writes are conditional). The first
+    // cycle after the backlog reads it again (the echoes of those writes).
+    let more = e.cycle().await.expect("cycle").more;
+    assert!(
+        w.crm.reads() - crm_before > 1,
+        "read again after the backlog"
+    );
+    if more {
+        for _ in 0..50 {
+            if !e.cycle().await.expect("cycle").more {
+                break;
+            }
+        }
+    }
+    for _ in 0..3 {
+        e.cycle().await.expect("cycle");
     }
     w.assert_converged();
 }

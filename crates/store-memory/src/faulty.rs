@@ -549,6 +549,10 @@ where
     async fn current_position(&mut self) -> Result<Option<Checkpoint>, StoreError> {
         self.inner.current_position().await
     }
+
+    fn metered_reads(&self) -> bool {
+        self.inner.metered_reads()
+    }
 }
 
 #[async_trait]

@@ -36,6 +36,9 @@ pub struct MemoryOptions {
     /// writes ignore their condition (they overwrite whatever is there)
     /// while the store still claims [`Conditional::Atomic`].
     pub ignore_conditions: bool,
+    /// Says every read costs a request of a shared budget, as Twenty's
+    /// polls do ([`ChangeSource::metered_reads`]).
+    pub metered_reads: bool,
 }
 
 impl MemoryOptions {
@@ -47,7 +50,13 @@ impl MemoryOptions {
             own_ids: false,
             echo_own_writes: true,
             ignore_conditions: false,
+            metered_reads: false,
         }
+    }
+
+    pub fn metered_reads(mut self, yes: bool) -> Self {
+        self.metered_reads = yes;
+        self
     }
 
     pub fn ignore_conditions(mut self, yes: bool) -> Self {
@@ -111,6 +120,8 @@ struct State {
     /// Everything up to here is acknowledged and discarded.
     acked: u64,
     writes: Vec<WriteRecord>,
+    /// `read_changes` calls so far.
+    reads: u64,
 }
 
 /// A cheaply cloneable handle on a memory store's data.
@@ -312,6 +323,7 @@ impl MemoryHandle {
                 head: 0,
                 acked: 0,
                 writes: Vec::new(),
+                reads: 0,
             })),
         }
     }
@@ -328,6 +340,11 @@ impl MemoryHandle {
 
     pub fn options(&self) -> MemoryOptions {
         self.lock().options.clone()
+    }
+
+    /// How many times the engine read this store's changes.
+    pub fn reads(&self) -> u64 {
+        self.lock().reads
     }
 
     /// A user creates or edits a record. Stores exactly what is given
@@ -519,7 +536,8 @@ impl ChangeSource for MemoryStore {
         from: Option<&Checkpoint>,
         limit: usize,
     ) -> Result<ChangeBatch, StoreError> {
-        let s = self.handle.lock();
+        let mut s = self.handle.lock();
+        s.reads += 1;
         let after = match from {
             Some(cp) => s.parse_checkpoint(cp)?,
             None => s.acked,
@@ -564,6 +582,10 @@ impl ChangeSource for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    fn metered_reads(&self) -> bool {
+        self.handle.lock().options.metered_reads
     }
 }
 

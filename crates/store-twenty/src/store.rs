@@ -1611,6 +1611,12 @@ impl ChangeSource for TwentyStore {
         !self.held_told
     }
 
+    /// A read polls (a request of the 100-per-minute budget) unless
+    /// webhook events are queued.
+    fn metered_reads(&self) -> bool {
+        true
+    }
+
     fn held(&mut self, records: Vec<(String, String)>) {
         self.held_told = true;
         self.held = records
