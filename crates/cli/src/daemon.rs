@@ -1147,9 +1147,12 @@ fn log_cycle(
     for s in &report.stores {
         moved += s.stats.applied + s.stats.written + s.stats.dead_letters;
     }
-    let cost = bq
+    let mut cost = bq
         .map(|c| format!("; BigQuery: {}", c.describe()))
         .unwrap_or_default();
+    if report.more {
+        cost.push_str("; a backlog is left: the next cycle starts at once");
+    }
     if moved == 0 && errors.is_empty() {
         tracing::info!("cycle: nothing to do ({millis} ms{cost})");
         return;

@@ -208,3 +208,71 @@ fn import_and_merge_while_the_daemon_runs_are_carried_out_by_it() {
         .unwrap();
     assert_eq!(title, "Rear Admiral");
 }
+
+#[test]
+fn a_backlog_beyond_the_capture_budget_is_worked_off_in_slices_without_waiting_for_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Batches of 5 and a budget of 1 ms: every cycle merges one batch.
+    std::fs::write(
+        d.join("contact-sync.toml"),
+        "[sync]\nbatch_size = 5\ncapture_budget_ms = 1\n",
+    )
+    .unwrap();
+    assert!(cmd(d, &["seed", "--contacts", "200"])
+        .status()
+        .unwrap()
+        .success());
+    assert!(cmd(d, &["run", "--initial-sync", "--once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let log = d.join("daemon.log");
+    let mut daemon = Daemon(
+        cmd(d, &["run", "--no-http", "--interval", "3600"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log_text = || {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    };
+    wait_for("the daemon's first cycle", Duration::from_secs(60), || {
+        log_text().contains("cycle:")
+    });
+    let cycles_before = log_text().matches("cycle:").count();
+    // Another program edits every contact in local.db at once: 40 batches.
+    let n = db(d, "local.db")
+        .execute("UPDATE contacts SET notes = 'mass note'", [])
+        .unwrap();
+    assert_eq!(n, 200);
+    let count = |file: &str| -> i64 {
+        db(d, file)
+            .query_row(
+                "SELECT count(*) FROM contacts WHERE notes = 'mass note'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    // One wake-up: without the next slice at once, the daemon would wait
+    // for its hour after the first.
+    let took = wait_for(
+        "the whole backlog to reach canonical",
+        Duration::from_secs(120),
+        || count("canonical.db") == 200,
+    );
+    let slices = log_text().matches("cycle:").count() - cycles_before;
+    eprintln!("200 edits reached canonical in {took:?}, {slices} cycles");
+    assert!(
+        slices >= 10,
+        "the backlog was worked off in slices: {slices} cycles\n{}",
+        log_text()
+    );
+    assert!(daemon.0.try_wait().unwrap().is_none(), "{}", log_text());
+}

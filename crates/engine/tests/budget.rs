@@ -4,7 +4,7 @@
 
 mod support;
 
-use contact_sync_engine::CycleReport;
+use contact_sync_engine::{CycleReport, Engine};
 use contact_sync_memory::{MemoryHandle, MemoryOptions};
 use support::{person, World};
 
@@ -27,6 +27,53 @@ async fn seeded_in(w: World, n: usize) -> World {
     w
 }
 
+fn id(i: usize) -> String {
+    format!("C{i:03}")
+}
+
+/// A user edits the job title of contacts 0..n in `store`: `{label} {i}`.
+fn mass_edit(store: &MemoryHandle, label: &str, n: usize) {
+    for i in 0..n {
+        let mut c = store.get(&id(i)).expect("contact");
+        c.job_title = Some(format!("{label} {i}"));
+        store.user_upsert(c);
+    }
+}
+
+/// How many of contacts 0..n hold `{label} {i}` in `store`.
+fn holding(store: &MemoryHandle, label: &str, n: usize) -> usize {
+    (0..n)
+        .filter(|i| store.get(&id(*i)).expect("contact").job_title == Some(format!("{label} {i}")))
+        .count()
+}
+
+/// A user edits C039's notes in the CRM.
+fn crm_edit(w: &World) {
+    let mut c = w.crm.get("C039").expect("contact");
+    c.notes = Some("edited in the CRM".into());
+    w.crm.user_upsert(c);
+}
+
+fn crm_note(store: &MemoryHandle) -> Option<String> {
+    store.get("C039").expect("C039").notes
+}
+
+/// An engine whose budget is spent at once: every capture and every
+/// propagation stops after one batch.
+fn sliced(w: &World) -> Engine {
+    w.engine_with(|o| o.capture_budget = Some(std::time::Duration::ZERO))
+}
+
+/// Runs cycles until one leaves nothing for the next; returns how many.
+async fn run_out(e: &mut Engine) -> usize {
+    for n in 1..50 {
+        if !e.cycle().await.expect("cycle").more {
+            return n;
+        }
+    }
+    panic!("the backlog never ended");
+}
+
 fn captured(r: &CycleReport, store: &str) -> u64 {
     r.stores
         .iter()
@@ -38,17 +85,10 @@ fn captured(r: &CycleReport, store: &str) -> u64 {
 async fn a_backlog_is_merged_in_slices_and_another_stores_edit_goes_out_between_them() {
     let w = seeded(40).await;
     // A backlog in local: 40 edits (6 batches of 7), and one edit in the CRM.
-    for i in 0..40 {
-        let mut c = w.local.get(&format!("C{i:03}")).expect("contact");
-        c.job_title = Some(format!("Backlog {i}"));
-        w.local.user_upsert(c);
-    }
-    let mut crm_edit = w.crm.get("C039").expect("contact");
-    crm_edit.notes = Some("edited in the CRM".into());
-    w.crm.user_upsert(crm_edit);
+    mass_edit(&w.local, "Backlog", 40);
+    crm_edit(&w);
 
-    // Spent at once: every capture stops after one batch.
-    let mut e = w.engine_with(|o| o.capture_budget = Some(std::time::Duration::ZERO));
+    let mut e = sliced(&w);
     let first = e.cycle().await.expect("cycle");
     assert!(first.more, "the report asks for the next cycle at once");
     assert_eq!(captured(&first, "local"), 7, "one batch of local's backlog");
@@ -56,18 +96,10 @@ async fn a_backlog_is_merged_in_slices_and_another_stores_edit_goes_out_between_
     // The CRM's edit reached canonical in that cycle, behind local's
     // backlog (local itself is written once its backlog is merged: its
     // pending edits would race the writes).
+    assert_eq!(crm_note(&w.canonical).as_deref(), Some("edited in the CRM"));
     assert_eq!(
-        w.canonical.get("C039").expect("C039").notes.as_deref(),
-        Some("edited in the CRM")
-    );
-    let in_canonical = (0..40)
-        .filter(|i| {
-            w.canonical.get(&format!("C{i:03}")).expect("c").job_title
-                == Some(format!("Backlog {i}"))
-        })
-        .count();
-    assert_eq!(
-        in_canonical, 7,
+        holding(&w.canonical, "Backlog", 40),
+        7,
         "the rest of the backlog is left for later cycles"
     );
 
@@ -88,21 +120,16 @@ async fn a_backlog_is_merged_in_slices_and_another_stores_edit_goes_out_between_
         total, 40,
         "every edit of the backlog captured once (echoes aside)"
     );
-    for i in 0..40 {
-        let id = format!("C{i:03}");
-        let want = Some(format!("Backlog {i}"));
-        assert_eq!(w.canonical.get(&id).expect("c").job_title, want, "{id}");
-        assert_eq!(w.crm.get(&id).expect("c").job_title, want, "{id}");
-    }
+    assert_eq!(holding(&w.canonical, "Backlog", 40), 40);
+    assert_eq!(holding(&w.crm, "Backlog", 40), 40);
     let head = e.state().journal_head().expect("head");
     let entries = e.state().journal_after(0, head, 100_000).expect("journal");
     for i in 0..40 {
-        let id = format!("C{i:03}");
         let n = entries
             .iter()
-            .filter(|en| en.contact_id == id && en.origin == "local")
+            .filter(|en| en.contact_id == id(i) && en.origin == "local")
             .count();
-        assert_eq!(n, 1, "{id}: journaled {n} times from local");
+        assert_eq!(n, 1, "{}: journaled {n} times from local", id(i));
     }
     w.assert_converged();
 }
@@ -110,32 +137,14 @@ async fn a_backlog_is_merged_in_slices_and_another_stores_edit_goes_out_between_
 #[tokio::test]
 async fn a_restart_in_the_middle_of_a_sliced_backlog_reads_the_rest_again() {
     let w = seeded(30).await;
-    for i in 0..30 {
-        let mut c = w.local.get(&format!("C{i:03}")).expect("contact");
-        c.job_title = Some(format!("Backlog {i}"));
-        w.local.user_upsert(c);
-    }
-    let budget = |o: &mut contact_sync_engine::EngineOptions| {
-        o.capture_budget = Some(std::time::Duration::ZERO)
-    };
-    let mut e = w.engine_with(budget);
+    mass_edit(&w.local, "Backlog", 30);
+    let mut e = sliced(&w);
     assert!(e.cycle().await.expect("cycle").more);
     // The engine stops with the rest of the window kept in memory only.
     drop(e);
-    let mut e = w.engine_with(budget);
-    for _ in 0..50 {
-        if !e.cycle().await.expect("cycle").more {
-            break;
-        }
-    }
-    for i in 0..30 {
-        let id = format!("C{i:03}");
-        assert_eq!(
-            w.crm.get(&id).expect("c").job_title,
-            Some(format!("Backlog {i}")),
-            "{id}"
-        );
-    }
+    let mut e = sliced(&w);
+    run_out(&mut e).await;
+    assert_eq!(holding(&w.crm, "Backlog", 30), 30);
     w.assert_converged();
 }
 
@@ -143,16 +152,10 @@ async fn a_restart_in_the_middle_of_a_sliced_backlog_reads_the_rest_again() {
 async fn a_canonical_backlog_is_sliced_and_a_crm_edit_reaches_local_before_its_end() {
     let w = seeded(40).await;
     // A mass edit in canonical (40 edits, 6 batches of 7) and one in the CRM.
-    for i in 0..40 {
-        let mut c = w.canonical.get(&format!("C{i:03}")).expect("contact");
-        c.job_title = Some(format!("Mass {i}"));
-        w.canonical.user_upsert(c);
-    }
-    let mut crm_edit = w.crm.get("C039").expect("contact");
-    crm_edit.notes = Some("edited in the CRM".into());
-    w.crm.user_upsert(crm_edit);
+    mass_edit(&w.canonical, "Mass", 40);
+    crm_edit(&w);
 
-    let mut e = w.engine_with(|o| o.capture_budget = Some(std::time::Duration::ZERO));
+    let mut e = sliced(&w);
     let first = e.cycle().await.expect("cycle");
     assert!(first.more, "the report asks for the next cycle at once");
     let first_slice = captured(&first, "canonical");
@@ -165,34 +168,19 @@ async fn a_canonical_backlog_is_sliced_and_a_crm_edit_reaches_local_before_its_e
     // the rest of canonical's backlog is even read.
     assert!(e.cycle().await.expect("cycle").more);
     assert_eq!(
-        w.local.get("C039").expect("C039").notes.as_deref(),
+        crm_note(&w.local).as_deref(),
         Some("edited in the CRM"),
         "the CRM's edit reached local in the second cycle"
     );
-    let in_local = (0..40)
-        .filter(|i| {
-            w.local.get(&format!("C{i:03}")).expect("c").job_title == Some(format!("Mass {i}"))
-        })
-        .count();
+    let in_local = holding(&w.local, "Mass", 40);
     assert!(
         in_local < 40,
         "canonical's backlog was sliced ({in_local} in local)"
     );
 
-    let mut cycles = 2;
-    while e.cycle().await.expect("cycle").more {
-        cycles += 1;
-        assert!(cycles < 50, "the backlog never ended");
-    }
+    let cycles = 2 + run_out(&mut e).await;
     assert!(cycles >= 6, "sliced: {cycles} cycles");
-    for i in 0..40 {
-        let id = format!("C{i:03}");
-        assert_eq!(
-            w.local.get(&id).expect("c").job_title,
-            Some(format!("Mass {i}")),
-            "{id}"
-        );
-    }
+    assert_eq!(holding(&w.local, "Mass", 40), 40);
     w.assert_converged();
 }
 
@@ -207,25 +195,16 @@ async fn a_store_with_metered_reads_is_not_polled_in_every_slice_of_another_stor
             .metered_reads(true),
     );
     let w = seeded_in(w, 40).await;
-    for i in 0..40 {
-        let mut c = w.canonical.get(&format!("C{i:03}")).expect("contact");
-        c.job_title = Some(format!("Mass {i}"));
-        w.canonical.user_upsert(c);
-    }
-    let mut e = w.engine_with(|o| o.capture_budget = Some(std::time::Duration::ZERO));
+    mass_edit(&w.canonical, "Mass", 40);
+    let mut e = sliced(&w);
     let (crm_before, local_before) = (w.crm.reads(), w.local.reads());
-    let mut cycles = 1;
-    while e.cycle().await.expect("cycle").more {
-        cycles += 1;
-        assert!(cycles < 50, "the backlog never ended");
-    }
+    let cycles = run_out(&mut e).await as u64;
     assert!(cycles >= 6, "sliced: {cycles} cycles");
-    let written = (0..40)
-        .filter(|i| {
-            w.crm.get(&format!("C{i:03}")).expect("c").job_title == Some(format!("Mass {i}"))
-        })
-        .count();
-    assert_eq!(written, 40, "the CRM was written between the slices");
+    assert_eq!(
+        holding(&w.crm, "Mass", 40),
+        40,
+        "the CRM was written between the slices"
+    );
     let (crm_reads, local_reads) = (w.crm.reads() - crm_before, w.local.reads() - local_before);
     assert!(
         local_reads >= cycles,
@@ -235,19 +214,15 @@ async fn a_store_with_metered_reads_is_not_polled_in_every_slice_of_another_stor
         crm_reads, 1,
         "the CRM is read once, in the first cycle ({cycles} cycles)"
     );
-    // It was written meanwhile (its writes are conditional). The first
-    // cycle after the backlog reads it again (the echoes of those writes).
+    // The first cycle after the backlog reads it again (the echoes of
+    // those writes).
     let more = e.cycle().await.expect("cycle").more;
     assert!(
         w.crm.reads() - crm_before > 1,
         "read again after the backlog"
     );
     if more {
-        for _ in 0..50 {
-            if !e.cycle().await.expect("cycle").more {
-                break;
-            }
-        }
+        run_out(&mut e).await;
     }
     for _ in 0..3 {
         e.cycle().await.expect("cycle");

@@ -75,10 +75,10 @@ pub(crate) enum RawOp {
 
 pub(crate) struct Txn {
     end_lsn: Lsn,
-    changes: Vec<RawChange>,
+    pub(crate) changes: Vec<RawChange>,
     /// The transaction carries the store's replication origin: one of the
     /// engine's writes, skipped whole (its changes are not even parsed).
-    own: bool,
+    pub(crate) own: bool,
     /// Changes already removed from the front (delivered from a read-ahead).
     skipped: usize,
 }
@@ -624,7 +624,7 @@ impl PgStore {
     }
 
     /// The slot's `confirmed_flush_lsn`.
-    async fn confirmed_lsn(&mut self) -> Result<Lsn, StoreError> {
+    pub(crate) async fn confirmed_lsn(&mut self) -> Result<Lsn, StoreError> {
         let name = self.cfg.name.clone();
         let slot = self.cfg.slot_name.clone();
         let row = self
@@ -772,7 +772,7 @@ impl PgStore {
     }
 
     /// `pg_replication_slot_advance` to `target`.
-    async fn advance_slot(&mut self, target: Lsn) -> Result<(), StoreError> {
+    pub(crate) async fn advance_slot(&mut self, target: Lsn) -> Result<(), StoreError> {
         self.advanced_to = self.advanced_to.max(target);
         let name = self.cfg.name.clone();
         let slot = self.cfg.slot_name.clone();

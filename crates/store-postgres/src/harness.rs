@@ -358,6 +358,28 @@ async fn sweep_leftovers(client: &tokio_postgres::Client) {
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .await;
     }
+    // Replication origins are cluster-wide and outlive the databases: each
+    // keeps a replication state (`max_replication_slots` of them), and once
+    // they are used up no session can tag its writes, so a store falls back
+    // to recognising them by hash and tests of the origin path fail (seen
+    // on a long-lived cluster after a few runs). An origin whose slot is
+    // gone is dropped; one in use by a live session refuses, and stays.
+    if let Ok(rows) = client
+        .query(
+            "SELECT roname FROM pg_replication_origin o WHERE roname LIKE 'contact\\_sync\\_%' \
+             AND NOT EXISTS (SELECT 1 FROM pg_replication_slots s \
+               WHERE 'contact_sync_' || s.slot_name = o.roname)",
+            &[],
+        )
+        .await
+    {
+        for row in rows {
+            let origin: String = row.get(0);
+            let _ = client
+                .execute("SELECT pg_replication_origin_drop($1)", &[&origin])
+                .await;
+        }
+    }
 }
 
 struct Shared {

@@ -195,6 +195,11 @@ pub struct PgStore {
     pub(crate) bulk_direct: bool,
     /// This store armed the bulk-load watch (see `bulk`).
     pub(crate) bulk_watching: bool,
+    /// How far this bulk load has moved the slot over its own WAL so far
+    /// (see `bulk::PgStore::bulk_progress`).
+    pub(crate) bulk_advance: crate::bulk::BulkAdvance,
+    /// WAL bytes between two of those moves.
+    pub(crate) bulk_advance_every: u64,
     /// The WAL of a finished bulk load nobody else wrote in (from, to), as
     /// read at the last capture start; the capture skips it (see `bulk`).
     pub(crate) bulk_window: Option<(crate::pgoutput::Lsn, crate::pgoutput::Lsn)>,
@@ -249,6 +254,8 @@ impl PgStore {
             bulk_dropped: Vec::new(),
             bulk_direct: false,
             bulk_watching: false,
+            bulk_advance: crate::bulk::BulkAdvance::Unchecked,
+            bulk_advance_every: crate::bulk::BULK_ADVANCE_EVERY,
             bulk_window: None,
             origin_warned: false,
         };
@@ -261,6 +268,13 @@ impl PgStore {
     }
 
     /// The store's configuration.
+    /// WAL bytes a bulk load writes between two moves of the slot over
+    /// it (tests: 0 moves it after every page).
+    #[doc(hidden)]
+    pub fn set_bulk_advance_every(&mut self, bytes: u64) {
+        self.bulk_advance_every = bytes;
+    }
+
     pub fn config(&self) -> &PgConfig {
         &self.cfg
     }

@@ -175,6 +175,8 @@ impl PgStore {
                 Err(e) => return Err(self.write_error(&e).await),
             }
         }
+        // An initial sync: the slot follows the load over its own WAL.
+        self.bulk_progress().await;
         Ok(outcomes
             .into_iter()
             .map(|o| {

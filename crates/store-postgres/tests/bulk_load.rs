@@ -287,3 +287,119 @@ async fn a_truncate_during_a_bulk_load_pauses_the_store() {
     }
     panic!("the capture did not pause on the truncate");
 }
+
+/// The slot's confirmed position.
+async fn confirmed(c: &Client, slot: &str) -> Lsn {
+    let s: String = c
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .expect("slot")
+        .get(0);
+    Lsn::parse(&s).expect("lsn")
+}
+
+#[tokio::test]
+async fn the_slot_follows_a_bulk_load_nobody_else_wrote_in() {
+    let url = harness::shared().create_database().await;
+    let cfg = cfg_for(&url);
+    let slot = cfg.slot_name.clone();
+    let mut s = PgStore::connect(cfg).await.expect("connect");
+    s.migrate().await.expect("migrate");
+    // A move after every page (the default: every 128 MB of WAL).
+    s.set_bulk_advance_every(0);
+    let admin = sql(&url).await;
+    s.begin_bulk_load().await.expect("begin");
+    backfill(&mut s, 0..1000).await;
+    let from = Lsn::parse(&window(&admin).await.0.expect("bulk_from")).expect("lsn");
+    let after_first = confirmed(&admin, &slot).await;
+    assert!(
+        after_first > from,
+        "the slot moved over the load's WAL during it: {after_first:?} after {from:?}"
+    );
+    backfill(&mut s, 1000..2000).await;
+    let after_second = confirmed(&admin, &slot).await;
+    assert!(after_second > after_first, "and kept following it");
+    s.end_bulk_load().await.expect("end");
+    assert!(window(&admin).await.1.is_some(), "the window is recorded");
+
+    // A user's edit right after the load is the only change delivered.
+    sql(&url)
+        .await
+        .execute(
+            "UPDATE contacts SET job_title = 'Analyst' WHERE contact_id = 'c-000003'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (changes, _) = drain(&mut s).await;
+    assert_eq!(
+        summary(&changes),
+        vec![("c-000003".to_string(), "Analyst".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_write_by_someone_else_during_a_bulk_load_stops_the_slot_where_it_was() {
+    let url = harness::shared().create_database().await;
+    let cfg = cfg_for(&url);
+    let slot = cfg.slot_name.clone();
+    let mut s = PgStore::connect(cfg).await.expect("connect");
+    s.migrate().await.expect("migrate");
+    s.set_bulk_advance_every(0);
+    let admin = sql(&url).await;
+    s.begin_bulk_load().await.expect("begin");
+    backfill(&mut s, 0..1000).await;
+    let before = confirmed(&admin, &slot).await;
+    admin
+        .batch_execute("UPDATE contacts SET job_title = 'Analyst' WHERE contact_id = 'c-000007'")
+        .await
+        .unwrap();
+    backfill(&mut s, 1000..2000).await;
+    assert_eq!(
+        confirmed(&admin, &slot).await,
+        before,
+        "not moved past someone else's write"
+    );
+    s.end_bulk_load().await.expect("end");
+    let (changes, _) = drain(&mut s).await;
+    assert_eq!(
+        summary(&changes),
+        vec![("c-000007".to_string(), "Analyst".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn changes_in_the_slot_before_a_bulk_load_keep_the_slot_where_it_is() {
+    let url = harness::shared().create_database().await;
+    let cfg = cfg_for(&url);
+    let slot = cfg.slot_name.clone();
+    let mut s = PgStore::connect(cfg).await.expect("connect");
+    s.migrate().await.expect("migrate");
+    s.set_bulk_advance_every(0);
+    let admin = sql(&url).await;
+    // Someone adds a row and removes it again before the initial sync (the
+    // table is empty when it starts): not delivered yet.
+    admin
+        .batch_execute(
+            "INSERT INTO contacts (contact_id, canonical_name, job_title) VALUES ('c-early', 'Early', 'Early'); \
+             DELETE FROM contacts WHERE contact_id = 'c-early';",
+        )
+        .await
+        .unwrap();
+    let before = confirmed(&admin, &slot).await;
+    s.begin_bulk_load().await.expect("begin");
+    backfill(&mut s, 0..1000).await;
+    assert_eq!(confirmed(&admin, &slot).await, before, "not moved");
+    s.end_bulk_load().await.expect("end");
+    let (changes, _) = drain(&mut s).await;
+    assert_eq!(
+        summary(&changes),
+        vec![
+            ("c-early".to_string(), "Early".to_string()),
+            ("c-early".to_string(), "deleted".to_string())
+        ]
+    );
+}
