@@ -165,7 +165,8 @@ impl ChangeSource for Held {
         !self.gate.held.load(Ordering::SeqCst) && self.info(|s| s.wants_held())
     }
     fn metered_reads(&self) -> bool {
-        self.info(|s| s.metered_reads())
+        // While held, every read fails as before (never skipped as if read).
+        !self.gate.held.load(Ordering::SeqCst) && self.info(|s| s.metered_reads())
     }
     fn held(&mut self, records: Vec<(String, String)>) {
         if let Ok(s) = self.ready() {

@@ -33,6 +33,29 @@ fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) -> D
     }
 }
 
+/// Starts the daemon with an hour's interval and waits for its first
+/// cycle; returns it and the path of its log.
+fn start_daemon(d: &Path) -> (Daemon, PathBuf) {
+    let log = d.join("daemon.log");
+    let daemon = Daemon(
+        cmd(d, &["run", "--no-http", "--interval", "3600"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the daemon's first cycle", Duration::from_secs(60), || {
+        read_log(&log).contains("cycle:")
+    });
+    (daemon, log)
+}
+
+fn read_log(path: &Path) -> String {
+    let mut s = String::new();
+    let _ = std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut s));
+    s
+}
+
 /// Kills the daemon when the test ends, however it ends.
 struct Daemon(std::process::Child);
 impl Drop for Daemon {
@@ -57,24 +80,10 @@ fn an_edit_in_local_db_reaches_canonical_long_before_the_interval() {
         .status()
         .unwrap()
         .success());
-    let log = d.join("daemon.log");
-    let mut daemon = Daemon(
-        cmd(d, &["run", "--no-http", "--interval", "3600"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let log_text = || {
-        let mut s = String::new();
-        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut s));
-        s
-    };
-    // The first cycle is done: from now on only a wake-up runs another
-    // before an hour has passed.
-    wait_for("the daemon's first cycle", Duration::from_secs(60), || {
-        log_text().contains("cycle:")
-    });
+    // From its first cycle on, only a wake-up runs another before an hour
+    // has passed.
+    let (mut daemon, log) = start_daemon(d);
+    let log_text = || read_log(&log);
     let id: String = db(d, "local.db")
         .query_row(
             "SELECT contact_id FROM contacts ORDER BY contact_id LIMIT 1",
@@ -127,22 +136,10 @@ fn import_and_merge_while_the_daemon_runs_are_carried_out_by_it() {
         .status()
         .unwrap()
         .success());
-    let log = d.join("daemon.log");
-    let _daemon = Daemon(
-        cmd(d, &["run", "--no-http", "--interval", "3600"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let log_text = || {
-        let mut s = String::new();
-        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut s));
-        s
-    };
-    wait_for("the daemon's first cycle", Duration::from_secs(60), || {
-        log_text().contains("cycle:")
-    });
+    // From its first cycle on, only a wake-up runs another before an hour
+    // has passed.
+    let (_daemon, log) = start_daemon(d);
+    let log_text = || read_log(&log);
     std::fs::write(
         d.join("book.vcf"),
         "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Grace Hopper\r\nEMAIL:grace@navy.example\r\nEND:VCARD\r\n\
@@ -229,22 +226,10 @@ fn a_backlog_beyond_the_capture_budget_is_worked_off_in_slices_without_waiting_f
         .status()
         .unwrap()
         .success());
-    let log = d.join("daemon.log");
-    let mut daemon = Daemon(
-        cmd(d, &["run", "--no-http", "--interval", "3600"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let log_text = || {
-        let mut s = String::new();
-        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut s));
-        s
-    };
-    wait_for("the daemon's first cycle", Duration::from_secs(60), || {
-        log_text().contains("cycle:")
-    });
+    // From its first cycle on, only a wake-up runs another before an hour
+    // has passed.
+    let (mut daemon, log) = start_daemon(d);
+    let log_text = || read_log(&log);
     let cycles_before = log_text().matches("cycle:").count();
     // Another program edits every contact in local.db at once: 40 batches.
     let n = db(d, "local.db")

@@ -376,8 +376,10 @@ impl Engine {
         e: EngineError,
         report: &mut CycleReport,
     ) -> Result<(), EngineError> {
-        // What a cut-short capture kept is read again after a failure.
+        // What a cut-short capture kept is read again after a failure, and a
+        // store with metered reads is read at the next cycle.
         self.carry.remove(name);
+        self.metered_read_at.remove(name);
         if !e.is_store_error() {
             return Err(e);
         }

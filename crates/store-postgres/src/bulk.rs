@@ -72,6 +72,32 @@ pub(crate) enum BulkAdvance {
     Off,
 }
 
+/// Whether someone else wrote to the table since the watch was armed, as
+/// of a WAL position read before this call: `LOCK … IN SHARE MODE` waits
+/// for every transaction that recorded a write and is still running, so a
+/// foreign transaction committed before that position is seen. In `tx`,
+/// which holds the lock until it ends.
+async fn foreign_writes_seen(
+    tx: &tokio_postgres::Transaction<'_>,
+    foreign: &str,
+    tkey: &str,
+    lock_timeout: Option<&str>,
+) -> Result<bool, tokio_postgres::Error> {
+    if let Some(t) = lock_timeout {
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{t}'"))
+            .await?;
+    }
+    tx.batch_execute(&format!("LOCK TABLE {foreign} IN SHARE MODE"))
+        .await?;
+    Ok(tx
+        .query_one(
+            &format!("SELECT EXISTS (SELECT 1 FROM {foreign} WHERE tbl = $1)"),
+            &[&tkey],
+        )
+        .await?
+        .get(0))
+}
+
 impl PgStore {
     fn qforeign(&self) -> String {
         format!("{}.{}", qi(&self.cfg.schema), qi(FOREIGN_WRITES))
@@ -262,17 +288,9 @@ impl PgStore {
             .transaction()
             .await
             .map_err(|e| pg_err(&name, "closing the bulk-load watch", &e))?;
-        tx.batch_execute(&format!("LOCK TABLE {foreign} IN SHARE MODE"))
+        let foreign_writes = foreign_writes_seen(&tx, &foreign, &tkey, None)
             .await
             .map_err(|e| pg_err(&name, "closing the bulk-load watch", &e))?;
-        let foreign_writes: bool = tx
-            .query_one(
-                &format!("SELECT EXISTS (SELECT 1 FROM {foreign} WHERE tbl = $1)"),
-                &[&tkey],
-            )
-            .await
-            .map_err(|e| pg_err(&name, "reading the foreign writes", &e))?
-            .get(0);
         let recorded = if foreign_writes {
             tx.execute(
                 &format!("UPDATE {meta} SET bulk_from = NULL, bulk_to = NULL WHERE tbl = $1"),
@@ -427,19 +445,9 @@ impl PgStore {
             .map_err(|e| pg_err(&name, "checking the foreign writes", &e))?;
         // A writer holding the table long stops the moves for this load
         // (the load's end waits for it).
-        tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = '2s'; LOCK TABLE {foreign} IN SHARE MODE"
-        ))
-        .await
-        .map_err(|e| pg_err(&name, "checking the foreign writes", &e))?;
-        let foreign_writes: bool = tx
-            .query_one(
-                &format!("SELECT EXISTS (SELECT 1 FROM {foreign} WHERE tbl = $1)"),
-                &[&tkey],
-            )
+        let foreign_writes = foreign_writes_seen(&tx, &foreign, &tkey, Some("2s"))
             .await
-            .map_err(|e| pg_err(&name, "reading the foreign writes", &e))?
-            .get(0);
+            .map_err(|e| pg_err(&name, "checking the foreign writes", &e))?;
         tx.commit()
             .await
             .map_err(|e| pg_err(&name, "checking the foreign writes", &e))?;

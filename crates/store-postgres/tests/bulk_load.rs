@@ -301,16 +301,23 @@ async fn confirmed(c: &Client, slot: &str) -> Lsn {
     Lsn::parse(&s).expect("lsn")
 }
 
-#[tokio::test]
-async fn the_slot_follows_a_bulk_load_nobody_else_wrote_in() {
+/// A fresh database and its store, set up, that moves its slot during a
+/// bulk load after every page (the default: every 128 MB of WAL): (url,
+/// slot, store, an admin connection).
+async fn following() -> (String, String, PgStore, Client) {
     let url = harness::shared().create_database().await;
     let cfg = cfg_for(&url);
     let slot = cfg.slot_name.clone();
     let mut s = PgStore::connect(cfg).await.expect("connect");
     s.migrate().await.expect("migrate");
-    // A move after every page (the default: every 128 MB of WAL).
     s.set_bulk_advance_every(0);
     let admin = sql(&url).await;
+    (url, slot, s, admin)
+}
+
+#[tokio::test]
+async fn the_slot_follows_a_bulk_load_nobody_else_wrote_in() {
+    let (url, slot, mut s, admin) = following().await;
     s.begin_bulk_load().await.expect("begin");
     backfill(&mut s, 0..1000).await;
     let from = Lsn::parse(&window(&admin).await.0.expect("bulk_from")).expect("lsn");
@@ -343,13 +350,7 @@ async fn the_slot_follows_a_bulk_load_nobody_else_wrote_in() {
 
 #[tokio::test]
 async fn a_write_by_someone_else_during_a_bulk_load_stops_the_slot_where_it_was() {
-    let url = harness::shared().create_database().await;
-    let cfg = cfg_for(&url);
-    let slot = cfg.slot_name.clone();
-    let mut s = PgStore::connect(cfg).await.expect("connect");
-    s.migrate().await.expect("migrate");
-    s.set_bulk_advance_every(0);
-    let admin = sql(&url).await;
+    let (_url, slot, mut s, admin) = following().await;
     s.begin_bulk_load().await.expect("begin");
     backfill(&mut s, 0..1000).await;
     let before = confirmed(&admin, &slot).await;
@@ -373,13 +374,7 @@ async fn a_write_by_someone_else_during_a_bulk_load_stops_the_slot_where_it_was(
 
 #[tokio::test]
 async fn changes_in_the_slot_before_a_bulk_load_keep_the_slot_where_it_is() {
-    let url = harness::shared().create_database().await;
-    let cfg = cfg_for(&url);
-    let slot = cfg.slot_name.clone();
-    let mut s = PgStore::connect(cfg).await.expect("connect");
-    s.migrate().await.expect("migrate");
-    s.set_bulk_advance_every(0);
-    let admin = sql(&url).await;
+    let (_url, slot, mut s, admin) = following().await;
     // Someone adds a row and removes it again before the initial sync (the
     // table is empty when it starts): not delivered yet.
     admin
