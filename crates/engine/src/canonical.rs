@@ -317,12 +317,7 @@ impl Engine {
             }
             // The cycle's bound of batches, or its time budget (see
             // `capture_store`): the rest in the next cycle, at once.
-            if round > 0
-                && self
-                    .opts
-                    .capture_budget
-                    .is_some_and(|b| started.elapsed() >= b)
-            {
+            if round > 0 && self.budget_spent(started) {
                 report.more = true;
                 break;
             }

@@ -137,7 +137,6 @@ impl Engine {
             .remove(&name)
             .filter(|c| c.from.as_ref().map(|c| c.as_str()) == stored.as_deref());
         let started = std::time::Instant::now();
-        let budget = self.opts.capture_budget;
         let mut batches = 0usize;
         loop {
             if self.stopping() {
@@ -172,7 +171,7 @@ impl Engine {
                     // The checkpoint is stored; the next read starts after it anyway.
                     tracing::warn!(store = %name, error = %e, "acknowledge failed; will repeat");
                 }
-                if budget.is_some_and(|b| started.elapsed() >= b) {
+                if self.budget_spent(started) {
                     let left: Vec<ChangeBatch> = rest.collect();
                     if left.is_empty() && drained {
                         return Ok(true);

@@ -415,6 +415,14 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether a capture or propagation that started at `since` has spent
+    /// the cycle's [`EngineOptions::capture_budget`] (never without one).
+    pub(crate) fn budget_spent(&self, since: std::time::Instant) -> bool {
+        self.opts
+            .capture_budget
+            .is_some_and(|b| since.elapsed() >= b)
+    }
+
     /// Pending journal entries for a store: journal head minus its cursor.
     pub fn pending(&self, store: &str) -> Result<i64, EngineError> {
         Ok(self.state.journal_head()? - self.state.cursor(store)?)

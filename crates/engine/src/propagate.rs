@@ -172,11 +172,7 @@ impl Engine {
             // backlog (the version write-backs of a busy store's own
             // edits, a mass change), the next cycle reads the stores again
             // before it writes on.
-            if self
-                .opts
-                .capture_budget
-                .is_some_and(|b| started.elapsed() >= b)
-            {
+            if self.budget_spent(started) {
                 report.more = true;
                 return Ok(());
             }
