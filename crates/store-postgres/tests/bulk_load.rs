@@ -3,26 +3,17 @@
 //! by someone else during it (an edit, a delete, a truncate, even across a
 //! crash of the loading process) is delivered as always.
 
+mod support;
+
 use contact_sync_connector::{
     Change, ChangeKind, ChangeSource, Checkpoint, Expect, RecordSink, RetryClass,
 };
 use contact_sync_core::{content_hash, Contact};
 use contact_sync_postgres::harness;
 use contact_sync_postgres::pgoutput::Lsn;
-use contact_sync_postgres::{PgConfig, PgStore};
-use tokio_postgres::{Client, NoTls};
-
-fn cfg_for(url: &str) -> PgConfig {
-    let mut cfg = PgConfig::new("supabase", url);
-    cfg.slot_name = url.rsplit('/').next().unwrap().to_string();
-    cfg
-}
-
-async fn sql(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
-    tokio::spawn(conn);
-    client
-}
+use contact_sync_postgres::PgStore;
+use support::{cfg_for, confirmed, cp_lsn, lsn, sql};
+use tokio_postgres::Client;
 
 fn contact(i: usize) -> Contact {
     let mut c = Contact::new(format!("c-{i:06}"), format!("Person {i}"));
@@ -41,11 +32,6 @@ async fn backfill(s: &mut PgStore, range: std::ops::Range<usize>) {
         let (out, _) = s.write_batch_if(writes, &expect).await.expect("write");
         assert_eq!(out.len(), page.len());
     }
-}
-
-async fn lsn(c: &Client, q: &str) -> Lsn {
-    let s: String = c.query_one(q, &[]).await.expect(q).get(0);
-    Lsn::parse(&s).expect("lsn")
 }
 
 /// The recorded window of the last bulk load: (bulk_from, bulk_to).
@@ -105,10 +91,6 @@ fn summary(changes: &[Change]) -> Vec<(String, String)> {
             other => panic!("{other:?}"),
         })
         .collect()
-}
-
-fn cp_lsn(cp: &Checkpoint) -> Lsn {
-    Lsn::parse(cp.as_str().split(':').next().unwrap()).expect("checkpoint is an LSN")
 }
 
 #[tokio::test]
@@ -286,19 +268,6 @@ async fn a_truncate_during_a_bulk_load_pauses_the_store() {
         }
     }
     panic!("the capture did not pause on the truncate");
-}
-
-/// The slot's confirmed position.
-async fn confirmed(c: &Client, slot: &str) -> Lsn {
-    let s: String = c
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .expect("slot")
-        .get(0);
-    Lsn::parse(&s).expect("lsn")
 }
 
 /// A fresh database and its store, set up, that moves its slot during a

@@ -3,24 +3,13 @@
 //! its position (and the slot) past them; a role without the rights to
 //! origins falls back to the kept content hash.
 
-use contact_sync_connector::{ChangeKind, ChangeSource, Checkpoint, Expect, RecordSink};
+mod support;
+
+use contact_sync_connector::{ChangeKind, ChangeSource, Expect, RecordSink};
 use contact_sync_core::{content_hash, Contact};
 use contact_sync_postgres::harness;
-use contact_sync_postgres::pgoutput::Lsn;
-use contact_sync_postgres::{PgConfig, PgStore, Provenance};
-use tokio_postgres::{Client, NoTls};
-
-fn cfg_for(url: &str) -> PgConfig {
-    let mut cfg = PgConfig::new("supabase", url);
-    cfg.slot_name = url.rsplit('/').next().unwrap().to_string();
-    cfg
-}
-
-async fn sql(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
-    tokio::spawn(conn);
-    client
-}
+use contact_sync_postgres::{PgStore, Provenance};
+use support::{cfg_for, confirmed, cp_lsn, lsn, sql};
 
 fn contact(i: usize) -> Contact {
     let mut c = Contact::new(format!("c-{i:06}"), format!("Person {i}"));
@@ -40,27 +29,6 @@ async fn backfill(s: &mut PgStore, range: std::ops::Range<usize>) {
         let (out, _) = s.write_batch_if(writes, &expect).await.expect("write");
         assert_eq!(out.len(), page.len());
     }
-}
-
-async fn lsn(c: &Client, q: &str) -> Lsn {
-    let s: String = c.query_one(q, &[]).await.expect(q).get(0);
-    Lsn::parse(&s).expect("lsn")
-}
-
-async fn confirmed(c: &Client, slot: &str) -> Lsn {
-    let s: String = c
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .expect("slot")
-        .get(0);
-    Lsn::parse(&s).expect("lsn")
-}
-
-fn cp_lsn(cp: &Checkpoint) -> Lsn {
-    Lsn::parse(cp.as_str().split(':').next().unwrap()).expect("checkpoint is an LSN")
 }
 
 #[tokio::test]
