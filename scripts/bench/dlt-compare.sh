@@ -13,7 +13,8 @@
 #
 # For each size: the canonical SQLite is seeded once (`contact-sync seed`);
 # each run loads it into a fresh database with each tool, the order
-# alternating between runs (odd runs contact-sync first). Measured per load:
+# alternating between runs (odd runs contact-sync first; --from K numbers
+# the first run K, so --from 2 starts with the reversed order). Measured per load:
 # wall clock, client CPU (user+sys of the loading process and its children),
 # peak RSS and bytes the client wrote to disk (/usr/bin/time: file system
 # outputs x 512; for contact-sync the state database and its WAL), server
@@ -54,6 +55,7 @@ repo=$PWD
 
 sizes="100000"
 runs=3
+from=1
 dlt_modes="default,fastest"
 cs_bins=""
 ceiling="copy"
@@ -61,6 +63,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --contacts) sizes="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
+    --from) from="$2"; shift 2 ;;
     --dlt) dlt_modes="$2"; shift 2 ;;
     --cs) cs_bins="$2"; shift 2 ;;
     --ceiling) ceiling="$2"; shift 2 ;;
@@ -69,6 +72,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 (( runs >= 1 )) || { echo "--runs must be at least 1" >&2; exit 2; }
+(( from >= 1 )) || { echo "--from must be at least 1" >&2; exit 2; }
 [[ "$ceiling" == copy || "$ceiling" == none ]] || { echo "--ceiling copy|none" >&2; exit 2; }
 
 [[ "$dlt_modes" == none ]] && dlt_modes=""
@@ -274,7 +278,7 @@ with open(sys.argv[2], "w", newline="") as f:
 print(",".join(cols))
 PY
   fi
-  for ((r = 1; r <= runs; r++)); do
+  for ((r = from; r < from + runs; r++)); do
     tools=("${cs_labels[@]/#/cs-}")
     for m in ${dlt_modes//,/ }; do tools+=("dlt-$m"); done
     [[ "$ceiling" == copy ]] && tools+=("copy")

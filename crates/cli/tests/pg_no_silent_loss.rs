@@ -397,3 +397,99 @@ async fn an_erased_contact_stays_erased_after_a_postgres_backlog_replay() {
         .unwrap();
     assert_eq!(mentions, 0, "the replayed personal data reached the state");
 }
+
+/// The version of `id` in each SQLite database and in Postgres.
+async fn versions(d: &Path, c: &Client, id: &str) -> Vec<i64> {
+    let mut v: Vec<i64> = ["canonical.db", "local.db"]
+        .iter()
+        .map(|db| {
+            sqlite(d, db)
+                .query_row(
+                    "SELECT version FROM contacts WHERE contact_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        })
+        .collect();
+    v.push(
+        c.query_one("SELECT version FROM contacts WHERE contact_id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0),
+    );
+    v
+}
+
+/// An app's edit in Postgres (the version left alone) reaches every store
+/// at one version, and the row it edited is not written again by the
+/// engine (no write of the version alone: the table's trigger raised it).
+/// An app that raises the version on a save of nothing new does not make
+/// Postgres refuse canonical's next edit as older.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_in_postgres_is_not_written_back_and_a_raised_version_blocks_nothing() {
+    let (dir, url) = setup("20", "100").await;
+    let d = dir.path();
+    let c = pg(&url).await;
+    let id = "c000000004";
+    assert_eq!(versions(d, &c, id).await, vec![1, 1, 1]);
+    let xmin: String = c
+        .query_one(
+            "UPDATE contacts SET job_title = 'Edited in Postgres' WHERE contact_id = $1 \
+             RETURNING xmin::text",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for _ in 0..2 {
+        let out = cycle(d, &url, "100").await;
+        assert!(out.status.success(), "{}", stdout(&out));
+    }
+    for db in ["canonical.db", "local.db"] {
+        assert_eq!(
+            sqlite_value(d, db, id, "job_title").as_deref(),
+            Some("Edited in Postgres"),
+            "{db}"
+        );
+    }
+    assert_eq!(versions(d, &c, id).await, vec![2, 2, 2]);
+    let now: String = c
+        .query_one(
+            "SELECT xmin::text FROM contacts WHERE contact_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(now, xmin, "the engine wrote the edited row again");
+
+    // A save of nothing new at a raised version, then an edit in canonical.
+    c.execute(
+        "UPDATE contacts SET version = 7 WHERE contact_id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let out = cycle(d, &url, "100").await;
+    assert!(out.status.success(), "{}", stdout(&out));
+    sqlite(d, "canonical.db")
+        .execute(
+            "UPDATE contacts SET notes = 'Edited in canonical', version = version + 1 \
+             WHERE contact_id = ?1",
+            [id],
+        )
+        .unwrap();
+    for _ in 0..3 {
+        let out = cycle(d, &url, "100").await;
+        assert!(out.status.success(), "{}", stdout(&out));
+    }
+    let notes: Option<String> = c
+        .query_one("SELECT notes FROM contacts WHERE contact_id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(notes.as_deref(), Some("Edited in canonical"));
+    let v = versions(d, &c, id).await;
+    assert!(v.iter().all(|x| *x == v[0]) && v[0] > 7, "{v:?}");
+}

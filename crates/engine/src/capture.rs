@@ -8,7 +8,7 @@ use contact_sync_core::identity::mint_contact_id;
 use contact_sync_core::pii::Reason;
 use contact_sync_core::{
     content_hash, merge, validate, Contact, DeadLetter, FieldConflict, JournalEntry, MergeInput,
-    Op, Resolution,
+    MergeOutcome, Op, Resolution,
 };
 use contact_sync_state::{RunStats, StoreRecord};
 
@@ -773,6 +773,31 @@ impl Engine {
         let erased = self.state.erased_among(&ids)?;
         for it in items {
             if erased.contains(&it.contact_id) {
+                // An image at or above the version of the erasure's tombstone
+                // (edits made there before the erasure reached the store,
+                // which the table's trigger versioned, delivered after it):
+                // the tombstone is journaled again above it, or the store's
+                // version guard would refuse it for good.
+                let prev = canon.get(&it.contact_id).cloned();
+                if let (true, Some(inc), Some(p)) = (versioned, it.incoming.as_ref(), prev.as_ref())
+                {
+                    if inc.version >= p.version {
+                        let hash = it.hash.clone().unwrap_or_else(|| content_hash(inc));
+                        if let Some((e, _)) = crate::people::reassert_erasure(
+                            &name,
+                            inc,
+                            &it.native_id,
+                            inc.version,
+                            Some(p),
+                            &hash,
+                            now,
+                        ) {
+                            canon.insert(it.contact_id.clone(), e.after.clone());
+                            entries.push(e);
+                            stats.applied += 1;
+                        }
+                    }
+                }
                 if crate::people::erased_image(
                     &name,
                     &it.native_id,
@@ -878,6 +903,7 @@ impl Engine {
                 stats.skipped_echo += 1;
                 continue;
             }
+            let mut raise = false;
             if let Some(r) = recs.get_mut(&it.contact_id) {
                 let echo = r.hash == hash && r.deleted == incoming.is_deleted() && !it.writeback;
                 if own_image && !echo && r.hash.is_empty() {
@@ -890,7 +916,18 @@ impl Engine {
                     r.native_id.get_or_insert_with(|| it.native_id.clone());
                     touched.insert(it.contact_id.clone());
                 }
-                if echo || own_image {
+                // What the store held, saved again at a version above
+                // canonical's (an app that raises it on every save, or a
+                // trigger that raised it for a change that normalizes to
+                // the same content): no edit, but the store's version
+                // guard would refuse canonical's next write as older, and
+                // no capture would ever bring that "newer edit" in.
+                // Canonical is raised to the store's version instead.
+                raise = echo
+                    && !own_image
+                    && versioned
+                    && current.is_some_and(|c| incoming.version > c.version);
+                if (echo || own_image) && !raise {
                     stats.skipped_echo += 1;
                     continue;
                 }
@@ -934,14 +971,28 @@ impl Engine {
                     }
                 }
             }
-            let outcome = merge(MergeInput {
-                base: base.as_ref(),
-                canonical: current,
-                incoming: &incoming,
-                incoming_versioned: versioned,
-                origin: &name,
-                now,
-            });
+            let outcome = if raise {
+                let c = current.expect("a raise has canonical's record");
+                let mut w = c.clone();
+                w.version = incoming.version;
+                w.last_updated = Some(now);
+                w.last_updated_by = Some(name.clone());
+                w.content_hash = Some(content_hash(&w));
+                MergeOutcome {
+                    write: Some(w),
+                    changes: vec![],
+                    conflicts: vec![],
+                }
+            } else {
+                merge(MergeInput {
+                    base: base.as_ref(),
+                    canonical: current,
+                    incoming: &incoming,
+                    incoming_versioned: versioned,
+                    origin: &name,
+                    now,
+                })
+            };
             for c in &outcome.conflicts {
                 stats.conflicts += 1;
                 if c.resolution == Resolution::Open {

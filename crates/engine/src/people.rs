@@ -300,6 +300,7 @@ pub(crate) fn erased_image(
 /// on condition of what was just read. Returns the entry and canonical's
 /// record, or `None` when canonical already holds nothing of the contact.
 pub(crate) fn reassert_erasure(
+    store: &str,
     held: &Contact,
     native_id: &str,
     held_version: i64,
@@ -312,8 +313,8 @@ pub(crate) fn reassert_erasure(
     if held.is_deleted() && held.content_fields() == empty.content_fields() {
         return None;
     }
-    tracing::info!(store = CANONICAL, contact_id = %id,
-        "image of an erased contact in canonical: erased again");
+    tracing::info!(store = %store, contact_id = %id,
+        "image of an erased contact above its erasure's version: erased again");
     let prev_version = prev.map_or(0, |p| p.version);
     let mut t = empty;
     t.version = prev_version.max(held_version) + 1;

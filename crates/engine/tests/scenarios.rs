@@ -705,3 +705,49 @@ async fn a_canonical_edit_read_by_a_stores_capture_before_canonical_journals_it_
     );
     w.assert_converged();
 }
+
+/// A store's app that raises the version on every save, changed or not: a
+/// save with nothing changed but the version is no edit, but the store now
+/// holds a version above canonical's. Canonical's next edit must still
+/// reach it (the store's version guard would refuse it as older, and no
+/// capture would ever bring the "newer edit" in: lost for good).
+#[tokio::test]
+async fn a_save_that_only_raises_the_version_does_not_block_later_edits() {
+    let (w, mut e) = seeded(3).await;
+    let mut c = w.local.get("C001").unwrap();
+    assert_eq!(c.version, 1);
+    c.version = 5;
+    w.local.user_upsert(c);
+    settle(&mut e, 5).await;
+    let mut k = w.canonical.get("C001").unwrap();
+    k.job_title = Some("Edited in canonical".into());
+    k.version += 1;
+    w.canonical.user_upsert(k);
+    settle(&mut e, 5).await;
+    assert_eq!(
+        w.local.get("C001").unwrap().job_title.as_deref(),
+        Some("Edited in canonical"),
+        "canonical's edit reached the store whose version was raised"
+    );
+    w.assert_converged();
+}
+
+/// The same in canonical: a tool saves a contact unchanged at a far higher
+/// version; an edit made in a store afterwards is still taken by canonical
+/// (its write at the journal's next version would be refused as older).
+#[tokio::test]
+async fn a_save_in_canonical_that_only_raises_the_version_does_not_block_edits() {
+    let (w, mut e) = seeded(3).await;
+    let mut k = w.canonical.get("C002").unwrap();
+    k.version = 1_000;
+    w.canonical.user_upsert(k);
+    settle(&mut e, 5).await;
+    let mut c = w.local.get("C002").unwrap();
+    c.job_title = Some("Edited in local".into());
+    w.local.user_upsert(c);
+    settle(&mut e, 5).await;
+    let canon = w.canonical.get("C002").unwrap();
+    assert_eq!(canon.job_title.as_deref(), Some("Edited in local"));
+    assert!(canon.version > 1_000, "{}", canon.version);
+    w.assert_converged();
+}

@@ -326,45 +326,12 @@ impl PgStore {
         Ok(())
     }
 
-    /// Logs an `xl_running_xacts` record now, so that the slot's restart
-    /// point (from which every peek and advance decodes) can move up to
-    /// here: PostgreSQL logs one only every 15 s of activity, and creating a
-    /// logical slot logs one (no PostgreSQL 15 function does otherwise
-    /// without superuser). Best effort, bounded wait.
+    /// Logs an `xl_running_xacts` record now (see [`log_running_xacts`]),
+    /// on the store's connection.
     async fn log_running_xacts(&mut self, what: &str) {
-        let name = self.cfg.name.clone();
-        let mark = format!(
-            "{}_{what}",
-            &self.cfg.slot_name[..self.cfg.slot_name.len().min(63 - what.len() - 1)]
-        );
-        let Ok(client) = self.client().await else {
-            return;
-        };
-        let logged = async {
-            client.batch_execute("SET lock_timeout = '2s'").await?;
-            client
-                .execute(
-                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)",
-                    &[&mark],
-                )
-                .await?;
-            client
-                .execute("SELECT pg_drop_replication_slot($1)", &[&mark])
-                .await?;
-            client.batch_execute("RESET lock_timeout").await
-        }
-        .await;
-        if let Err(e) = logged {
-            tracing::debug!(store = %name, error = %e, "could not log a running-transactions record");
-            // A temporary slot goes with the session; this one is still open.
-            let _ = client.batch_execute("RESET lock_timeout").await;
-            let _ = client
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                     WHERE slot_name = $1 AND temporary",
-                    &[&mark],
-                )
-                .await;
+        let (name, slot) = (self.cfg.name.clone(), self.cfg.slot_name.clone());
+        if let Ok(client) = self.client().await {
+            log_running_xacts(client, &name, &slot, what).await;
         }
     }
 
@@ -496,5 +463,46 @@ impl PgStore {
             .await
             .map_err(|e| pg_err(&name, "forgetting the bulk load's window", &e))?;
         Ok(())
+    }
+}
+
+/// Logs an `xl_running_xacts` record now, so that the slot's restart point
+/// (from which every peek and advance decodes) can move up to here:
+/// PostgreSQL logs one only every 15 s of activity, and creating a logical
+/// slot logs one (no PostgreSQL 15 function does otherwise without
+/// superuser). Best effort, bounded wait (a transaction running since
+/// before it is waited for at most 2 s).
+pub(crate) async fn log_running_xacts(
+    client: &tokio_postgres::Client,
+    name: &str,
+    slot: &str,
+    what: &str,
+) {
+    let mark = format!("{}_{what}", &slot[..slot.len().min(63 - what.len() - 1)]);
+    let logged = async {
+        client.batch_execute("SET lock_timeout = '2s'").await?;
+        client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)",
+                &[&mark],
+            )
+            .await?;
+        client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&mark])
+            .await?;
+        client.batch_execute("RESET lock_timeout").await
+    }
+    .await;
+    if let Err(e) = logged {
+        tracing::debug!(store = %name, error = %e, "could not log a running-transactions record");
+        // A temporary slot goes with the session; this one is still open.
+        let _ = client.batch_execute("RESET lock_timeout").await;
+        let _ = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND temporary",
+                &[&mark],
+            )
+            .await;
     }
 }

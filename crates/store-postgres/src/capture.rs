@@ -106,6 +106,10 @@ const ADVANCE_EVERY: std::time::Duration = std::time::Duration::from_millis(250)
 /// engine that keeps up reads small peeks as before.
 const READ_AHEAD: i64 = 16384;
 
+/// How often at most a capture that advances its slot has the slot's
+/// restart point moved up (see `PgStore::nudge_restart`).
+const RESTART_NUDGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The most messages one peek returns: bounds the memory of a read that
 /// skips a long run of the engine's own transactions.
 const MAX_PEEK: i64 = 1 << 15;
@@ -792,7 +796,39 @@ impl PgStore {
                 )
             })?;
         self.advanced_at = Some(std::time::Instant::now());
+        self.nudge_restart();
         Ok(())
+    }
+
+    /// After an advance, at most every [`RESTART_NUDGE_EVERY`]: logs a
+    /// running-transactions record on a connection of its own, in the
+    /// background, so that the slot's restart point follows the capture.
+    /// PostgreSQL logs one only every 15 s of activity, and every peek and
+    /// advance decodes all the WAL from the restart point: on a database
+    /// taking 1,000 edits a second that was up to 15 s of WAL decoded again
+    /// by every peek.
+    fn nudge_restart(&mut self) {
+        if self
+            .restart_nudge
+            .as_ref()
+            .is_some_and(|(t, at)| !t.is_finished() || at.elapsed() < RESTART_NUDGE_EVERY)
+        {
+            return;
+        }
+        let cfg = self.cfg.clone();
+        let task = tokio::spawn(async move {
+            match crate::store::open(&cfg).await {
+                Ok((client, conn)) => {
+                    crate::bulk::log_running_xacts(&client, &cfg.name, &cfg.slot_name, "restart")
+                        .await;
+                    drop(client);
+                    let _ = conn.await;
+                }
+                Err(e) => tracing::debug!(store = %cfg.name, error = %e,
+                    "could not connect to log a running-transactions record"),
+            }
+        });
+        self.restart_nudge = Some((task, std::time::Instant::now()));
     }
 
     // ---- change capture: outbox ----

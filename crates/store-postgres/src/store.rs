@@ -172,6 +172,9 @@ pub struct PgStore {
     /// The slot was advanced to this position by this store, at that time.
     pub(crate) advanced_to: crate::pgoutput::Lsn,
     pub(crate) advanced_at: Option<std::time::Instant>,
+    /// The last running-transactions record logged for the slot's restart
+    /// point (see `capture::PgStore::nudge_restart`), and when.
+    pub(crate) restart_nudge: Option<(JoinHandle<()>, std::time::Instant)>,
     /// Changes peeked beyond the last read (slot mode).
     pub(crate) read_ahead: Option<crate::capture::ReadAhead>,
     /// Relation oid → the paused error of the mapped columns it lacks.
@@ -210,6 +213,9 @@ impl Drop for PgStore {
         if let Some(t) = self.conn_task.take() {
             t.abort();
         }
+        if let Some((t, _)) = self.restart_nudge.take() {
+            t.abort();
+        }
     }
 }
 
@@ -246,6 +252,7 @@ impl PgStore {
             acked: None,
             advanced_to: crate::pgoutput::Lsn(0),
             advanced_at: None,
+            restart_nudge: None,
             relation_lost: HashMap::new(),
             provenance: None,
             server_version: 0,
@@ -307,6 +314,53 @@ impl PgStore {
             "\nBEGIN\n  IF current_setting('contact_sync.writing', true) IS DISTINCT FROM 'on' THEN\n    \
              NEW.{} := NULL;\n  END IF;\n  RETURN NEW;\nEND\n",
             self.col("content_hash")
+        )
+    }
+
+    /// The trigger that raises `version` by one on another writer's change
+    /// of a row that left the version as it was (an app saving a contact
+    /// knows nothing of versions): the row then carries the version
+    /// canonical gives that change, and the engine owes it no write of the
+    /// version alone afterwards (one more UPDATE, and its WAL, per edit made
+    /// there). Not for the store's own writes (`contact_sync.writing`, as
+    /// for `content_hash`), not for a change of metadata only (`version`,
+    /// timestamps, `content_hash`, `external_ids`, the row id), not for
+    /// logical replication's apply (a default-enabled trigger).
+    ///
+    /// It names no column in its code: it compares the rows as `jsonb`
+    /// less the metadata keys, and sets the version through
+    /// `jsonb_populate_record`. A column renamed or dropped later never
+    /// makes another app's UPDATE fail (a renamed version column: nothing
+    /// is raised any more, as without the trigger).
+    pub(crate) fn bump_version_ddl(&self) -> String {
+        let s = qi(&self.cfg.schema);
+        let t = self.qtable();
+        let tname = &self.cfg.table;
+        let ver = ql(self.cfg.column("version"));
+        let meta: Vec<String> = [
+            "id",
+            "external_ids",
+            "version",
+            "last_updated",
+            "last_updated_by",
+            "content_hash",
+            "updated_at",
+        ]
+        .iter()
+        .map(|f| ql(self.cfg.column(f)))
+        .collect();
+        let f = format!("{s}.{}", qi(&format!("{tname}_bump_version")));
+        format!(
+            "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $f$\n\
+             DECLARE\n  n jsonb;\n  o jsonb;\n  meta text[] := ARRAY[{meta}];\n\
+             BEGIN\n  IF current_setting('contact_sync.writing', true) IS DISTINCT FROM 'on' THEN\n    \
+             n := to_jsonb(NEW);\n    o := to_jsonb(OLD);\n    \
+             IF n ? {ver} AND (n -> {ver}) IS NOT DISTINCT FROM (o -> {ver}) AND (n - meta) IS DISTINCT FROM (o - meta) THEN\n      \
+             NEW := jsonb_populate_record(NEW, jsonb_build_object({ver}, COALESCE((o ->> {ver})::bigint, 0) + 1));\n    \
+             END IF;\n  END IF;\n  RETURN NEW;\nEND\n$f$;\n\
+             CREATE TRIGGER {trg} BEFORE UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {f}();\n",
+            meta = meta.join(", "),
+            trg = qi(&format!("{tname}_bump_version")),
         )
     }
 
@@ -477,6 +531,12 @@ impl PgStore {
              ALTER TABLE {t} ENABLE ALWAYS TRIGGER {trg};\n",
             trg = idx("forget_content_hash"),
         ));
+        // The version raised on other writers' changes (see
+        // `bump_version_ddl`): created once the table's columns are known.
+        ddl_rest.push_str(&format!(
+            "DROP TRIGGER IF EXISTS {} ON {t};\n",
+            idx("bump_version")
+        ));
         // NOTIFY trigger: wakes the poller, carries no data.
         let notify_fn = format!("{s}.{}", idx("contact_sync_notify"));
         ddl_rest.push_str(&format!(
@@ -533,6 +593,7 @@ impl PgStore {
         let hash_col = self.col("content_hash");
         let meta_ddl = self.meta_ddl();
         let qmeta = self.qmeta();
+        let bump_ddl = self.bump_version_ddl();
         let client = self.client().await?;
         let tx = client
             .transaction()
@@ -605,7 +666,7 @@ impl PgStore {
             .await
             .map_err(|e| pg_err(&name, "migrate: clearing content hashes", &e))?;
         }
-        tx.batch_execute(&creates)
+        tx.batch_execute(&format!("{creates}{bump_ddl}"))
             .await
             .map_err(|e| pg_err(&name, &format!("migrate: creating triggers on {tkey}"), &e))?;
         // contact_id must carry a unique index (existing tables may lack it).

@@ -1131,3 +1131,86 @@ async fn a_bulk_load_copies_inserts_straight_into_the_table_and_falls_back_on_a_
     s.end_bulk_load().await.expect("end");
     assert_eq!(s.count().await.unwrap(), 2);
 }
+
+async fn stored_version(url: &str, contact_id: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let task = tokio::spawn(conn);
+    let v = client
+        .query_one(
+            "SELECT version::bigint FROM contacts WHERE contact_id = $1",
+            &[&contact_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
+    let _ = task.await;
+    v
+}
+
+/// Another app's change of a row's content that leaves `version` alone
+/// raises it by one (so the engine owes the row no write of the version
+/// alone); its own version, a save of nothing new, and the store's own
+/// writes are left as they are. On a table made elsewhere with a `json`
+/// column (a type without equality) and an `int` version, as well.
+#[tokio::test]
+async fn another_apps_edit_raises_the_version_by_one() {
+    let (mut s, url) = fresh(CdcMode::Slot).await;
+    let mut c = hashed(Contact::new("v1", "Vera"));
+    c.version = 3;
+    c.content_hash = Some(contact_sync_core::content_hash(&c));
+    s.write_batch(std::slice::from_ref(&c)).await.unwrap();
+    assert_eq!(stored_version(&url, "v1").await, 3, "the store's write");
+    other_app(
+        &url,
+        "UPDATE contacts SET job_title = 'Pilot' WHERE contact_id = 'v1'",
+    )
+    .await;
+    assert_eq!(stored_version(&url, "v1").await, 4, "an edit");
+    other_app(
+        &url,
+        "UPDATE contacts SET job_title = 'Pilot' WHERE contact_id = 'v1'",
+    )
+    .await;
+    assert_eq!(stored_version(&url, "v1").await, 4, "a save of nothing new");
+    other_app(
+        &url,
+        "UPDATE contacts SET notes = 'x', version = 9 WHERE contact_id = 'v1'",
+    )
+    .await;
+    assert_eq!(stored_version(&url, "v1").await, 9, "the app's own version");
+    other_app(
+        &url,
+        "UPDATE contacts SET deleted_at = now() WHERE contact_id = 'v1'",
+    )
+    .await;
+    assert_eq!(stored_version(&url, "v1").await, 10, "a soft delete");
+    let mut again = hashed(Contact::new("v1", "Vera"));
+    again.version = 10;
+    again.job_title = Some("Captain".into());
+    again.content_hash = Some(contact_sync_core::content_hash(&again));
+    s.write_batch(std::slice::from_ref(&again)).await.unwrap();
+    assert_eq!(stored_version(&url, "v1").await, 10, "the store's own edit");
+
+    let url = harness::shared().create_database().await;
+    other_app(
+        &url,
+        "CREATE TABLE contacts (contact_id text NOT NULL UNIQUE, canonical_name text, \
+         custom_attributes json, version int);
+         INSERT INTO contacts VALUES ('e1', 'Eve', '{\"a\": 1}', 1);",
+    )
+    .await;
+    let _s = new_store(&url, CdcMode::Slot).await;
+    other_app(
+        &url,
+        "UPDATE contacts SET custom_attributes = '{\"a\": 2}' WHERE contact_id = 'e1'",
+    )
+    .await;
+    assert_eq!(stored_version(&url, "e1").await, 2);
+    other_app(
+        &url,
+        "UPDATE contacts SET canonical_name = 'Eve' WHERE contact_id = 'e1'",
+    )
+    .await;
+    assert_eq!(stored_version(&url, "e1").await, 2);
+}
