@@ -323,43 +323,31 @@ impl PgStore {
     /// canonical gives that change, and the engine owes it no write of the
     /// version alone afterwards (one more UPDATE, and its WAL, per edit made
     /// there). Not for the store's own writes (`contact_sync.writing`, as
-    /// for `content_hash`), not for a change of metadata only (`version`,
-    /// timestamps, `content_hash`, `external_ids`, the row id), not for
-    /// logical replication's apply (a default-enabled trigger).
+    /// for `content_hash`), not for a save of nothing new, not for logical
+    /// replication's apply (a default-enabled trigger). A change of
+    /// metadata only raises it too; the engine then raises canonical's
+    /// version to it (no edit is merged).
     ///
-    /// It names no column in its code: it compares the rows as `jsonb`
-    /// less the metadata keys, and sets the version through
-    /// `jsonb_populate_record`. A column renamed or dropped later never
-    /// makes another app's UPDATE fail (a renamed version column: nothing
-    /// is raised any more, as without the trigger).
+    /// The rows are compared as text (any column type, `json` included)
+    /// and only the version column is named: renamed or dropped, its
+    /// `undefined_column` error is caught and nothing is raised, so no
+    /// schema change ever makes another app's UPDATE fail. Measured: ~50 µs
+    /// per UPDATE (10,000 single-row UPDATEs: 1.25–1.74 s, 0.9–1.3 s
+    /// without it; comparing as `jsonb` less the metadata cost ~90 µs).
     pub(crate) fn bump_version_ddl(&self) -> String {
         let s = qi(&self.cfg.schema);
         let t = self.qtable();
         let tname = &self.cfg.table;
-        let ver = ql(self.cfg.column("version"));
-        let meta: Vec<String> = [
-            "id",
-            "external_ids",
-            "version",
-            "last_updated",
-            "last_updated_by",
-            "content_hash",
-            "updated_at",
-        ]
-        .iter()
-        .map(|f| ql(self.cfg.column(f)))
-        .collect();
+        let v = self.col("version");
         let f = format!("{s}.{}", qi(&format!("{tname}_bump_version")));
         format!(
             "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $f$\n\
-             DECLARE\n  n jsonb;\n  o jsonb;\n  meta text[] := ARRAY[{meta}];\n\
              BEGIN\n  IF current_setting('contact_sync.writing', true) IS DISTINCT FROM 'on' THEN\n    \
-             n := to_jsonb(NEW);\n    o := to_jsonb(OLD);\n    \
-             IF n ? {ver} AND (n -> {ver}) IS NOT DISTINCT FROM (o -> {ver}) AND (n - meta) IS DISTINCT FROM (o - meta) THEN\n      \
-             NEW := jsonb_populate_record(NEW, jsonb_build_object({ver}, COALESCE((o ->> {ver})::bigint, 0) + 1));\n    \
-             END IF;\n  END IF;\n  RETURN NEW;\nEND\n$f$;\n\
+             BEGIN\n      \
+             IF NEW.{v} IS NOT DISTINCT FROM OLD.{v} AND NEW::text IS DISTINCT FROM OLD::text THEN\n        \
+             NEW.{v} := COALESCE(OLD.{v}, 0) + 1;\n      END IF;\n    \
+             EXCEPTION WHEN undefined_column THEN NULL;\n    END;\n  END IF;\n  RETURN NEW;\nEND\n$f$;\n\
              CREATE TRIGGER {trg} BEFORE UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {f}();\n",
-            meta = meta.join(", "),
             trg = qi(&format!("{tname}_bump_version")),
         )
     }

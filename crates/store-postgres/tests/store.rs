@@ -1213,4 +1213,27 @@ async fn another_apps_edit_raises_the_version_by_one() {
     )
     .await;
     assert_eq!(stored_version(&url, "e1").await, 2);
+    // The version column renamed: another app's UPDATE still works, and
+    // nothing is raised any more.
+    other_app(
+        &url,
+        "ALTER TABLE contacts RENAME COLUMN version TO v;
+         UPDATE contacts SET canonical_name = 'Evelyn' WHERE contact_id = 'e1';",
+    )
+    .await;
+    let (client, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    let task = tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT canonical_name, v::bigint FROM contacts WHERE contact_id = 'e1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i64>(1)),
+        ("Evelyn".to_string(), 2)
+    );
+    drop(client);
+    let _ = task.await;
 }
