@@ -1161,30 +1161,16 @@ async fn another_apps_edit_raises_the_version_by_one() {
     c.content_hash = Some(contact_sync_core::content_hash(&c));
     s.write_batch(std::slice::from_ref(&c)).await.unwrap();
     assert_eq!(stored_version(&url, "v1").await, 3, "the store's write");
-    other_app(
-        &url,
-        "UPDATE contacts SET job_title = 'Pilot' WHERE contact_id = 'v1'",
-    )
-    .await;
-    assert_eq!(stored_version(&url, "v1").await, 4, "an edit");
-    other_app(
-        &url,
-        "UPDATE contacts SET job_title = 'Pilot' WHERE contact_id = 'v1'",
-    )
-    .await;
-    assert_eq!(stored_version(&url, "v1").await, 4, "a save of nothing new");
-    other_app(
-        &url,
-        "UPDATE contacts SET notes = 'x', version = 9 WHERE contact_id = 'v1'",
-    )
-    .await;
-    assert_eq!(stored_version(&url, "v1").await, 9, "the app's own version");
-    other_app(
-        &url,
-        "UPDATE contacts SET deleted_at = now() WHERE contact_id = 'v1'",
-    )
-    .await;
-    assert_eq!(stored_version(&url, "v1").await, 10, "a soft delete");
+    for (sql, want, what) in [
+        ("SET job_title = 'Pilot'", 4, "an edit"),
+        ("SET job_title = 'Pilot'", 4, "a save of nothing new"),
+        ("SET notes = 'x', version = 9", 9, "the app's own version"),
+        ("SET deleted_at = now()", 10, "a soft delete"),
+    ] {
+        let sql = format!("UPDATE contacts {sql} WHERE contact_id = 'v1'");
+        other_app(&url, &sql).await;
+        assert_eq!(stored_version(&url, "v1").await, want, "{what}");
+    }
     let mut again = hashed(Contact::new("v1", "Vera"));
     again.version = 10;
     again.job_title = Some("Captain".into());
