@@ -620,13 +620,18 @@ fn hashed(mut c: Contact) -> Contact {
     c
 }
 
-/// The `content_hash` column of `contact_id`, read by another connection.
-async fn stored_hash(url: &str, contact_id: &str) -> Option<String> {
+/// A value of `contact_id`'s row (`expr` over its columns), read by
+/// another connection.
+async fn stored<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    url: &str,
+    contact_id: &str,
+    expr: &str,
+) -> T {
     let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
     let task = tokio::spawn(conn);
-    let h = client
+    let v = client
         .query_one(
-            "SELECT content_hash FROM contacts WHERE contact_id = $1",
+            &format!("SELECT {expr} FROM contacts WHERE contact_id = $1"),
             &[&contact_id],
         )
         .await
@@ -634,7 +639,12 @@ async fn stored_hash(url: &str, contact_id: &str) -> Option<String> {
         .get(0);
     drop(client);
     let _ = task.await;
-    h
+    v
+}
+
+/// The `content_hash` column of `contact_id`.
+async fn stored_hash(url: &str, contact_id: &str) -> Option<String> {
+    stored(url, contact_id, "content_hash").await
 }
 
 /// `scan`'s records as (contact_id, content hash), hashed here.
@@ -1132,20 +1142,9 @@ async fn a_bulk_load_copies_inserts_straight_into_the_table_and_falls_back_on_a_
     assert_eq!(s.count().await.unwrap(), 2);
 }
 
+/// The `version` column of `contact_id`.
 async fn stored_version(url: &str, contact_id: &str) -> i64 {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    let task = tokio::spawn(conn);
-    let v = client
-        .query_one(
-            "SELECT version::bigint FROM contacts WHERE contact_id = $1",
-            &[&contact_id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    drop(client);
-    let _ = task.await;
-    v
+    stored(url, contact_id, "version::bigint").await
 }
 
 /// Another app's change of a row's content that leaves `version` alone
