@@ -102,11 +102,12 @@ async fn build_daemon_engine(
         databases: opened.wakes,
     };
     let mut opts = engine_options(cfg, batch);
+    // The search index is never filled inside a cycle: a running daemon
+    // fills it while it waits, `--once` after its cycle (`ONCE_FILL`).
+    opts.search_fill_per_cycle = Duration::ZERO;
     if fill_while_idle {
-        // A running daemon (not `--once`): the search index is filled while
-        // it waits, not in its cycles; a store's backlog is merged in
+        // A running daemon (not `--once`): a store's backlog is merged in
         // slices, the other stores written between them.
-        opts.search_fill_per_cycle = Duration::ZERO;
         opts.capture_budget = cfg.sync.capture_budget();
     }
     // Several daemons: this one does its leases' part, and merges check
@@ -582,6 +583,10 @@ fn fenced(e: &anyhow::Error) -> bool {
     })
 }
 
+/// How long `run --once` fills the search index at most, after its cycle
+/// (the engine's budget per cycle when it filled it inside one).
+const ONCE_FILL: Duration = Duration::from_secs(20);
+
 /// One slice of the search index's fill between checks for a wake-up.
 const SEARCH_FILL_SLICE: Duration = Duration::from_millis(300);
 
@@ -937,6 +942,21 @@ async fn lead(
                     print_cycle(&report);
                     if let Some(c) = &bq_cost {
                         println!("  BigQuery: {}", c.describe());
+                    }
+                    // The search index's fill from canonical (after an
+                    // initial sync), once the cycle's changes went out and
+                    // it was reported, as a daemon fills it between cycles.
+                    if primary {
+                        let at = Instant::now();
+                        match engine.fill_search_index_for(ONCE_FILL).await {
+                            Ok(done) => tracing::debug!(
+                                done,
+                                secs = at.elapsed().as_secs_f64(),
+                                "search index fill from canonical"
+                            ),
+                            Err(e) => tracing::warn!(error = %e,
+                                "filling the search index from canonical failed; retried at the next run"),
+                        }
                     }
                     return Ok(Led::Done(if report.errors().is_empty() {
                         ExitCode::SUCCESS

@@ -90,7 +90,8 @@ pub struct EngineOptions {
     /// How long a cycle spends at most filling the search index from
     /// canonical (after an initial sync), once its changes went out. The
     /// daemon sets none and fills it while it waits instead, a slice at a
-    /// time, so that no edit waits behind the fill.
+    /// time, so that no edit waits behind the fill; `run --once` fills it
+    /// after its cycle.
     pub search_fill_per_cycle: std::time::Duration,
     /// How long a cycle merges one store's changes at most before it goes
     /// on to write them to the other stores (the rest is merged by the next
