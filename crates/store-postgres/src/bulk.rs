@@ -278,12 +278,8 @@ impl PgStore {
         );
         let (trg, _) = self.watch_names();
         self.log_running_xacts("bulk_end").await;
+        let end = self.insert_lsn().await?.to_string();
         let client = self.client().await?;
-        let end: String = client
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-            .await
-            .map_err(|e| pg_err(&name, "reading the WAL position", &e))?
-            .get(0);
         let tx = client
             .transaction()
             .await
@@ -434,15 +430,7 @@ impl PgStore {
 
     /// `pg_current_wal_insert_lsn()`.
     async fn insert_lsn(&mut self) -> Result<Lsn, StoreError> {
-        let name = self.cfg.name.clone();
-        let s: String = self
-            .client()
-            .await?
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-            .await
-            .map_err(|e| pg_err(&name, "reading the WAL position", &e))?
-            .get(0);
-        Ok(Lsn::parse(&s).unwrap_or_default())
+        self.wal_lsn("pg_current_wal_insert_lsn").await
     }
 
     /// Forgets a window the slot has passed.

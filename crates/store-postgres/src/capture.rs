@@ -616,13 +616,19 @@ impl PgStore {
 
     /// `pg_current_wal_flush_lsn()`.
     async fn flush_lsn(&mut self) -> Result<Lsn, StoreError> {
+        self.wal_lsn("pg_current_wal_flush_lsn").await
+    }
+
+    /// A WAL position the server reports through `function` (one of the
+    /// `pg_current_wal_*_lsn` functions, called without arguments).
+    pub(crate) async fn wal_lsn(&mut self, function: &str) -> Result<Lsn, StoreError> {
         let name = self.cfg.name.clone();
         let row = self
             .client()
             .await?
-            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+            .query_one(&format!("SELECT {function}()::text"), &[])
             .await
-            .map_err(|e| pg_err(&name, "reading the WAL flush position", &e))?;
+            .map_err(|e| pg_err(&name, &format!("reading the WAL position ({function})"), &e))?;
         let s: String = row.get(0);
         Ok(Lsn::parse(&s).unwrap_or_default())
     }
