@@ -33,6 +33,24 @@ fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) -> D
     }
 }
 
+/// A data directory with configuration `config`, seeded with `contacts`
+/// contacts (or none) and initially synced.
+fn set_up(d: &Path, config: &str, contacts: Option<usize>) {
+    std::fs::write(d.join("contact-sync.toml"), config).unwrap();
+    if let Some(n) = contacts {
+        assert!(cmd(d, &["seed", "--contacts", &n.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+    assert!(cmd(d, &["run", "--initial-sync", "--once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+}
+
 /// Starts the daemon with an hour's interval and waits for its first
 /// cycle; returns it and the path of its log.
 fn start_daemon(d: &Path) -> (Daemon, PathBuf) {
@@ -69,17 +87,7 @@ impl Drop for Daemon {
 fn an_edit_in_local_db_reaches_canonical_long_before_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("contact-sync.toml"), "").unwrap();
-    assert!(cmd(d, &["seed", "--contacts", "5"])
-        .status()
-        .unwrap()
-        .success());
-    assert!(cmd(d, &["run", "--initial-sync", "--once"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
+    set_up(d, "", Some(5));
     // From its first cycle on, only a wake-up runs another before an hour
     // has passed.
     let (mut daemon, log) = start_daemon(d);
@@ -129,13 +137,7 @@ fn an_edit_in_local_db_reaches_canonical_long_before_the_interval() {
 fn import_and_merge_while_the_daemon_runs_are_carried_out_by_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("contact-sync.toml"), "").unwrap();
-    assert!(cmd(d, &["run", "--initial-sync", "--once"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
+    set_up(d, "", None);
     // From its first cycle on, only a wake-up runs another before an hour
     // has passed.
     let (_daemon, log) = start_daemon(d);
@@ -211,21 +213,11 @@ fn a_backlog_beyond_the_capture_budget_is_worked_off_in_slices_without_waiting_f
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Batches of 5 and a budget of 1 ms: every cycle merges one batch.
-    std::fs::write(
-        d.join("contact-sync.toml"),
+    set_up(
+        d,
         "[sync]\nbatch_size = 5\ncapture_budget_ms = 1\n",
-    )
-    .unwrap();
-    assert!(cmd(d, &["seed", "--contacts", "200"])
-        .status()
-        .unwrap()
-        .success());
-    assert!(cmd(d, &["run", "--initial-sync", "--once"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
+        Some(200),
+    );
     // From its first cycle on, only a wake-up runs another before an hour
     // has passed.
     let (mut daemon, log) = start_daemon(d);
