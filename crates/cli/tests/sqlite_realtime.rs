@@ -1,5 +1,7 @@
 //! An edit made to local.db by another program wakes the daemon at once
-//! (as a Postgres NOTIFY does), not at the next interval.
+//! (as a Postgres NOTIFY does), not at the next interval; a backlog is
+//! worked off in slices; `run --once` fills the search index after its
+//! cycle (the embedded SQLite set-up these tests share).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -252,4 +254,31 @@ fn a_backlog_beyond_the_capture_budget_is_worked_off_in_slices_without_waiting_f
         log_text()
     );
     assert!(daemon.0.try_wait().unwrap().is_none(), "{}", log_text());
+}
+
+/// `run --initial-sync --once` fills the contact search index from
+/// canonical after its cycle (no longer inside it): when it exits, the index
+/// holds every contact and is marked complete, so the console's search
+/// finds them all.
+#[test]
+fn run_once_fills_the_search_index_after_its_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    set_up(d, "", Some(30));
+    let state = db(d, "state.db");
+    let live: i64 = state
+        .query_row(
+            "SELECT COUNT(*) FROM search_docs WHERE deleted = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let fill: String = state
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'search_fill'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!((live, fill.as_str()), (30, "done"));
 }
